@@ -1,0 +1,42 @@
+# trimaran developer entry points. Every target creates .venv itself, so a fresh machine with
+# Python 3.11+ and make is enough.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP_RUN := $(VENV)/.installed-run
+STAMP_TEST := $(VENV)/.installed-test
+PYTEST_ARGS ?=
+
+.PHONY: run test sim bench lint typecheck clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Re-install only when the package metadata changes.
+$(STAMP_RUN): setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(STAMP_TEST): setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@ $(STAMP_RUN)
+
+run: $(STAMP_RUN)
+	$(BIN)/trimaran up
+
+test: $(STAMP_TEST)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# A long simulation sweep, beyond what CI runs.
+sim: $(STAMP_TEST)
+	$(BIN)/trimaran simulate --seeds 1..5000 --jobs 2
+
+bench: $(STAMP_TEST)
+	$(BIN)/python benchmarks/raft_core.py
+
+typecheck: $(STAMP_TEST)
+	$(BIN)/python -m mypy trimaran
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .hypothesis
