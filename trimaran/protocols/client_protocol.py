@@ -1,0 +1,140 @@
+"""The client wire protocol: what a client and a node's client port say to each other.
+
+Every frame (see :mod:`trimaran.protocols.framing`) holds one msgpack value.
+
+1. Handshake. The client's first frame (within ``limits.handshake_timeout_ms``)::
+
+       {"type": "hello", "version": 1, "cluster_id": str | None, "token": str | None}
+
+   The node answers ``{"type": "welcome", "version": 1, "node_id": int, "leader_id": int,
+   "cluster_id": str}``, or ``{"type": "error", "error": <error>}`` and closes. ``token`` is the
+   slot signed-token auth will fill; ``cluster_id`` guards against talking to the wrong cluster.
+
+2. Requests, pipelined (many in flight on one connection, answered in any order)::
+
+       [request_id: int, op: str, body: dict]    ->    [request_id, ok: bool, result | <error>]
+
+   where ``<error>`` is :meth:`trimaran.errors.TrimaranError.to_wire` output
+   (``{"code", "message", "details"}``), e.g. code ``not_leader`` with ``details.leader_hint``.
+
+Operations and their bodies:
+
+======================  ================================================================  ==========
+op                      body                                                              result
+======================  ================================================================  ==========
+``register``            ``{}``                                                            client id
+``command``             ``{"client_id", "seq", "ack_seq", "service", "command"}``         service's
+``read``                ``{"service", "query", "consistency"}`` (linearizable|lease|stale) service's
+``status``              ``{}``                                                            dict
+``membership``          ``{"kind": "add_learner"|"promote"|"remove", "node_id"}``         members
+``transfer``            ``{"node_id"}``                                                   None
+======================  ================================================================  ==========
+
+``command`` is exactly-once: retrying with the same ``(client_id, seq)`` returns the saved answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from trimaran import limits
+from trimaran.errors import InvalidArgument, ProtocolError, TrimaranError
+
+PROTOCOL_VERSION = 1
+OPS = ("register", "command", "read", "status", "membership", "transfer")
+MEMBERSHIP_KINDS = ("add_learner", "promote", "remove")
+CONSISTENCIES = ("linearizable", "lease", "stale")
+
+
+@dataclass(slots=True, frozen=True)
+class Hello:
+    version: int
+    cluster_id: str | None
+    token: str | None
+
+
+@dataclass(slots=True, frozen=True)
+class Request:
+    request_id: int
+    op: str
+    body: dict[str, Any]
+
+
+def hello(cluster_id: str | None = None, token: str | None = None) -> dict[str, Any]:
+    return {"type": "hello", "version": PROTOCOL_VERSION, "cluster_id": cluster_id, "token": token}
+
+
+def welcome(node_id: int, leader_id: int, cluster_id: str) -> dict[str, Any]:
+    return {"type": "welcome", "version": PROTOCOL_VERSION, "node_id": node_id, "leader_id": leader_id, "cluster_id": cluster_id}
+
+
+def error_frame(exc: TrimaranError) -> dict[str, Any]:
+    return {"type": "error", "error": exc.to_wire()}
+
+
+def parse_hello(obj: Any) -> Hello:
+    if not isinstance(obj, dict) or obj.get("type") != "hello":
+        raise ProtocolError("the first frame must be a hello")
+    version = obj.get("version")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported protocol version {version!r}; this node speaks {PROTOCOL_VERSION}")
+    cluster_id, token = obj.get("cluster_id"), obj.get("token")
+    if cluster_id is not None and not isinstance(cluster_id, str):
+        raise ProtocolError("cluster_id must be a string")
+    if token is not None and (not isinstance(token, str) or len(token) > 8 * limits.KIB):
+        raise ProtocolError("token must be a string of at most 8 KiB")
+    return Hello(version, cluster_id, token)
+
+
+def _int_field(body: dict[str, Any], name: str, minimum: int = 0) -> int:
+    v = body.get(name)
+    if type(v) is not int or v < minimum or v >= 1 << 63:
+        raise InvalidArgument(f"{name} must be an integer >= {minimum}")
+    return v
+
+
+def _str_field(body: dict[str, Any], name: str, choices: tuple[str, ...] | None = None) -> str:
+    v = body.get(name)
+    if not isinstance(v, str) or (choices is not None and v not in choices):
+        raise InvalidArgument(f"{name} must be {'one of ' + ', '.join(choices) if choices else 'a string'}")
+    return v
+
+
+def parse_request(obj: Any) -> Request:
+    """Check a request's shape; ``ProtocolError`` if it is not a request at all (close the
+    connection), ``InvalidArgument`` if it is one with bad fields (answer it with the error)."""
+    if type(obj) is not list or len(obj) != 3 or type(obj[0]) is not int or not 0 <= obj[0] < 1 << 63:
+        raise ProtocolError("a request is [request_id, op, body]")
+    request_id, op, body = obj
+    if op not in OPS:
+        raise InvalidArgument(f"unknown operation {op!r}", request_id=request_id)
+    if not isinstance(body, dict):
+        raise InvalidArgument("body must be a map", request_id=request_id)
+    if op == "command":
+        _int_field(body, "client_id", 1)
+        seq = _int_field(body, "seq", 1)
+        if _int_field(body, "ack_seq") >= seq:
+            raise InvalidArgument("ack_seq must be below seq")
+        _str_field(body, "service")
+        if "command" not in body:
+            raise InvalidArgument("command missing")
+    elif op == "read":
+        _str_field(body, "service")
+        _str_field(body, "consistency", CONSISTENCIES)
+        if "query" not in body:
+            raise InvalidArgument("query missing")
+    elif op == "membership":
+        _str_field(body, "kind", MEMBERSHIP_KINDS)
+        _int_field(body, "node_id", 1)
+    elif op == "transfer":
+        _int_field(body, "node_id", 1)
+    return Request(request_id, op, body)
+
+
+def response(request_id: int, ok: bool, value: Any) -> list[Any]:
+    """``value`` is the result when ok, else a TrimaranError."""
+    if ok:
+        return [request_id, True, value]
+    assert isinstance(value, TrimaranError)
+    return [request_id, False, value.to_wire()]
