@@ -1,0 +1,465 @@
+"""The trio-native client: leader discovery, redirects, reconnects, retries and exactly-once commands.
+
+One :class:`Client` keeps one connection, to the leader, shared by every task that calls it:
+requests are pipelined on it (see :mod:`trimaran.client.connection`). Every call runs under a
+deadline (a trio cancel scope); when it passes the call raises ``RequestTimeout``.
+
+Retries never break exactly-once. A command keeps its session sequence number across every retry,
+so the cluster answers a retry that already applied with the saved answer. If the cluster has
+forgotten the session (``session_expired``), the client registers a new one; a command that was
+certainly not applied is then re-sent under the new session, but one that *may* have applied (an
+earlier attempt's answer was lost) is reported with ``SessionExpired`` rather than risk applying
+twice.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable, Iterator
+from types import TracebackType
+from typing import Any
+
+import trio
+
+from trimaran import limits
+from trimaran.client.connection import (
+    INFLIGHT_REQUESTS_MAX_DEFAULT,
+    Address,
+    Connection,
+    ConnectionLost,
+    address_from_wire,
+    backoff_delays_s,
+    open_connection,
+    parse_endpoints,
+)
+from trimaran.client.register import RegisterMethods
+from trimaran.client.session import Session
+from trimaran.errors import (
+    InvalidArgument,
+    NotLeader,
+    ProtocolError,
+    RequestTimeout,
+    SessionExpired,
+    TrimaranError,
+    Unavailable,
+)
+from trimaran.protocols.client_protocol import CONSISTENCIES
+
+#: Default deadline of one call, retries included.
+TIMEOUT_MS_DEFAULT = 5_000
+BACKOFF_MS_MIN_DEFAULT = 10
+BACKOFF_MS_MAX_DEFAULT = 1_000
+#: Answers that mean "this attempt was not applied; try again (elsewhere, or a bit later)".
+_RETRYABLE = (NotLeader, Unavailable, RequestTimeout)
+
+
+
+class _SessionGone(Exception):
+    """Internal: the session expired before this command could have been applied."""
+
+
+Endpoints = str | Address | list[str | Address] | tuple[str | Address, ...]
+
+
+class Client(RegisterMethods):
+    """A connection to a trimaran cluster. Use as ``async with trimaran.connect([...]) as c:``.
+
+    Safe to share between any number of tasks of one trio run.
+    """
+
+    def __init__(
+        self,
+        endpoints: Endpoints,
+        *,
+        cluster_id: str | None = None,
+        token: str | None = None,
+        timeout_ms: int = TIMEOUT_MS_DEFAULT,
+        connect_timeout_ms: int = limits.handshake_timeout_ms,
+        inflight_requests_max: int = INFLIGHT_REQUESTS_MAX_DEFAULT,
+        backoff_ms_min: int = BACKOFF_MS_MIN_DEFAULT,
+        backoff_ms_max: int = BACKOFF_MS_MAX_DEFAULT,
+    ) -> None:
+        if timeout_ms <= 0 or connect_timeout_ms <= 0:
+            raise InvalidArgument("timeouts must be positive")
+        if not 0 < inflight_requests_max <= limits.session_responses_max:
+            raise InvalidArgument(f"inflight_requests_max must be in 1..{limits.session_responses_max}")
+        if not 0 < backoff_ms_min <= backoff_ms_max:
+            raise InvalidArgument("need 0 < backoff_ms_min <= backoff_ms_max")
+        self.endpoints = parse_endpoints(endpoints)
+        self.cluster_id = cluster_id
+        self.timeout_ms = timeout_ms
+        self.connect_timeout_ms = connect_timeout_ms
+        self.inflight_requests_max = inflight_requests_max
+        self._token = token
+        self._backoff_ms = (backoff_ms_min, backoff_ms_max)
+        self._rng = random.Random()  # jitter only; nothing here needs to replay
+        #: node id -> client address, learned from welcomes, not_leader details and status.
+        self.node_addresses: dict[int, Address] = {}
+        self.leader_id: int | None = None
+        self._conn: Connection | None = None
+        self._connect_lock = trio.Lock()
+        self._session: Session | None = None
+        self._session_lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
+        self._nursery_manager: Any = None
+        self._closed = False
+        #: The most recent reason a request could not be served, for the timeout message.
+        self._last_failure = ""
+
+    # ------------------------------------------------------------------ lifetime
+
+    async def __aenter__(self) -> Client:
+        if self._nursery_manager is not None or self._closed:
+            raise InvalidArgument("a Client is entered once")
+        self._nursery_manager = trio.open_nursery()
+        self._nursery = await self._nursery_manager.__aenter__()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection and stop the background tasks (``async with`` does this)."""
+        if self._nursery is None or self._closed:
+            return
+        self._closed = True
+        if self._conn is not None:
+            self._conn.close()
+        self._nursery.cancel_scope.cancel()
+        # The body's own exception (if any) is left to propagate as it is: telling the nursery
+        # "no exception" keeps it from wrapping the caller's error in an ExceptionGroup.
+        await self._nursery_manager.__aexit__(None, None, None)
+
+    def _require_open(self) -> trio.Nursery:
+        if self._nursery is None or self._closed:
+            raise InvalidArgument("the client is not open: use `async with trimaran.connect(...) as c:`")
+        return self._nursery
+
+    # ------------------------------------------------------------------ public calls
+
+    async def command(self, service: str, command: Any, *, timeout_ms: int | None = None) -> Any:
+        """Apply ``command`` to ``service`` exactly once; return the service's result.
+
+        Raises the service's typed error if it refused the command, ``RequestTimeout`` if no answer
+        came before the deadline (the command may or may not have been applied), ``SessionExpired``
+        if the cluster forgot this client's session while the outcome was unknown.
+        """
+        return await self._with_deadline(timeout_ms, self._command, service, command)
+
+    async def read(
+        self, service: str, query: Any, consistency: str = "linearizable", *, timeout_ms: int | None = None
+    ) -> Any:
+        """Answer ``query`` from ``service``'s state at the given consistency level."""
+        if consistency not in CONSISTENCIES:
+            raise InvalidArgument(f"consistency must be one of {', '.join(CONSISTENCIES)}")
+        body = {"service": service, "query": query, "consistency": consistency}
+        return await self._with_deadline(timeout_ms, self._idempotent, "read", body)
+
+    async def status(self, *, timeout_ms: int | None = None) -> dict[str, Any]:
+        """The ``status`` dict of the node this client is connected to (normally the leader)."""
+        result = await self._with_deadline(timeout_ms, self._idempotent, "status", {})
+        if isinstance(result, dict):
+            self._learn_from_status(result)
+        return result  # type: ignore[no-any-return]
+
+    async def node_status(self, address: str | Address, *, timeout_ms: int | None = None) -> dict[str, Any]:
+        """The ``status`` dict of one particular node, over a short-lived connection of its own."""
+        target = address if isinstance(address, Address) else Address.parse(address)
+        nursery = self._require_open()
+
+        async def ask() -> Any:
+            try:
+                conn = await self._open(nursery, target)
+            except (OSError, ConnectionLost) as exc:
+                raise Unavailable(f"cannot reach {target}: {exc}") from None
+            try:
+                return await conn.request("status", {})
+            except ConnectionLost as exc:
+                raise Unavailable(f"{target}: {exc.reason}") from None
+            finally:
+                conn.close()
+
+        result = await self._with_deadline(timeout_ms, ask)
+        if isinstance(result, dict):
+            self._learn_from_status(result)
+        return result  # type: ignore[no-any-return]
+
+    async def membership(self, kind: str, node_id: int, *, timeout_ms: int | None = None) -> Any:
+        """Change membership (``add_learner``, ``promote`` or ``remove``); the new members.
+
+        Not retried once sent: a membership change is not covered by the session, so a lost answer
+        surfaces as ``RequestTimeout`` and ``status()`` tells what happened."""
+        body = {"kind": kind, "node_id": node_id}
+        return await self._with_deadline(timeout_ms, self._once, "membership", body)
+
+    async def transfer(self, node_id: int, *, timeout_ms: int | None = None) -> None:
+        """Ask the leader to hand leadership to ``node_id``."""
+        await self._with_deadline(timeout_ms, self._once, "transfer", {"node_id": node_id})
+
+    # ------------------------------------------------------------------ deadlines and retries
+
+    async def _with_deadline(self, timeout_ms: int | None, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        self._require_open()
+        timeout_ms = self.timeout_ms if timeout_ms is None else timeout_ms
+        if timeout_ms <= 0:
+            raise InvalidArgument("timeout_ms must be positive")
+        with trio.move_on_after(timeout_ms / 1000):
+            return await fn(*args)
+        detail = f" (last: {self._last_failure})" if self._last_failure else ""
+        raise RequestTimeout(f"no answer within {timeout_ms} ms; the outcome is unknown{detail}")
+
+    def _backoff(self) -> Iterator[float]:
+        return backoff_delays_s(self._backoff_ms[0], self._backoff_ms[1], self._rng)
+
+    async def _idempotent(self, op: str, body: dict[str, Any]) -> Any:
+        """Send a request that is safe to repeat until it gets a definite answer."""
+        delays = self._backoff()
+        while True:
+            conn = await self._leader_connection()
+            try:
+                return await conn.request(op, body)
+            except _RETRYABLE as exc:
+                if not self._on_refused(conn, exc):
+                    await trio.sleep(next(delays))
+            except ConnectionLost as exc:
+                self._on_lost(conn, exc)
+                await trio.sleep(next(delays))
+
+    async def _once(self, op: str, body: dict[str, Any]) -> Any:
+        """Send a request that must not be repeated once it may have arrived."""
+        delays = self._backoff()
+        while True:
+            conn = await self._leader_connection()
+            try:
+                return await conn.request(op, body)
+            except NotLeader as exc:  # refused, so certainly not applied: safe to go elsewhere
+                if not self._on_refused(conn, exc):
+                    await trio.sleep(next(delays))
+            except ConnectionLost as exc:
+                self._on_lost(conn, exc)
+                if exc.maybe_sent:
+                    raise RequestTimeout(f"connection lost; the outcome of {op} is unknown: {exc.reason}") from None
+                await trio.sleep(next(delays))
+
+    async def _command(self, service: str, command: Any) -> Any:
+        while True:
+            session = await self._current_session()
+            seq = await session.next_seq()
+            try:
+                return await self._command_in_session(session, seq, service, command)
+            except _SessionGone:
+                # Certainly not applied: send it again as a new command of a new session.
+                await self._renew_session(session)
+            finally:
+                # Answered, or abandoned (deadline, cancellation, error): this number is never re-sent.
+                session.finish(seq)
+
+    async def _command_in_session(self, session: Session, seq: int, service: str, command: Any) -> Any:
+        """Send command ``seq`` until it gets a definite answer, always under the same number."""
+        maybe_applied = False  # did an attempt end without a definite answer?
+        delays = self._backoff()
+        while True:
+            body = {
+                "client_id": session.client_id,
+                "seq": seq,
+                "ack_seq": session.ack_seq,
+                "service": service,
+                "command": command,
+            }
+            conn = await self._leader_connection()
+            try:
+                return await conn.request("command", body)
+            except SessionExpired:
+                if not maybe_applied:
+                    raise _SessionGone() from None
+                raise SessionExpired(
+                    "the session expired while the outcome of this command was unknown: "
+                    "it may or may not have been applied",
+                    indeterminate=True,
+                ) from None
+            except _RETRYABLE as exc:
+                maybe_applied |= isinstance(exc, RequestTimeout)  # the node's deadline: unknown
+                if not self._on_refused(conn, exc):
+                    await trio.sleep(next(delays))
+            except ConnectionLost as exc:
+                maybe_applied |= exc.maybe_sent
+                self._on_lost(conn, exc)
+                await trio.sleep(next(delays))
+
+    # ------------------------------------------------------------------ sessions
+
+    async def _current_session(self) -> Session:
+        if self._session is None:
+            async with self._session_lock:
+                if self._session is None:
+                    self._session = await self._register()
+        return self._session
+
+    async def _renew_session(self, expired: Session) -> Session:
+        """A new session after ``expired`` was forgotten; concurrent callers share one renewal."""
+        async with self._session_lock:
+            if self._session is expired or self._session is None:
+                self._session = await self._register()
+            return self._session
+
+    async def _register(self) -> Session:
+        # Registering twice is harmless (the unused session expires), so it may be retried.
+        client_id = await self._idempotent("register", {})
+        if type(client_id) is not int or client_id <= 0:
+            raise ProtocolError(f"register answered {client_id!r}, not a client id")
+        return Session(client_id, min(limits.session_responses_max, self.inflight_requests_max * 2))
+
+    # ------------------------------------------------------------------ leader discovery
+
+    def _on_refused(self, conn: Connection, exc: TrimaranError) -> bool:
+        """Learn from a node's refusal; True if a known leader elsewhere can be tried at once."""
+        self._last_failure = f"{conn.address}: {exc.code}: {exc.message}"
+        if not isinstance(exc, NotLeader):
+            return False
+        hint = exc.leader_hint
+        address = address_from_wire(exc.details.get("leader_address"))
+        if hint is not None and address is not None:
+            self.node_addresses[hint] = address
+        self.leader_id = hint
+        if hint is None or hint == conn.node_id:
+            # No leader known (an election) or a leadership change in progress: keep the
+            # connection, wait a little, ask again.
+            return False
+        if self._conn is conn:
+            self._conn = None
+        conn.retire()
+        return hint is not None and hint in self.node_addresses
+
+    def _on_lost(self, conn: Connection, exc: ConnectionLost) -> None:
+        self._last_failure = exc.reason
+        if self._conn is conn:
+            self._conn = None
+            if self.leader_id == conn.node_id:
+                self.leader_id = None  # it may be dead; do not insist on it
+        conn.close(exc.reason)
+
+    async def _leader_connection(self) -> Connection:
+        conn = self._conn
+        if conn is not None and conn.usable:
+            return conn
+        async with self._connect_lock:  # one task discovers; the others wait and share its result
+            conn = self._conn
+            if conn is None or not conn.usable:
+                conn = self._conn = await self._discover()
+            return conn
+
+    async def _discover(self) -> Connection:
+        """Connect to the leader, or failing that to some node (which will name the leader)."""
+        nursery = self._require_open()
+        delays = self._backoff()
+        while True:
+            tried: set[Address] = set()
+            fallback: Connection | None = None
+            while (address := self._next_candidate(tried)) is not None:
+                tried.add(address)
+                try:
+                    conn = await self._open(nursery, address)
+                except (OSError, ConnectionLost, RequestTimeout, Unavailable) as exc:
+                    self._last_failure = f"connect to {address}: {exc}"
+                    continue
+                welcome = conn.welcome
+                if welcome.leader_id == welcome.node_id:
+                    if fallback is not None:
+                        fallback.close()
+                    return conn
+                if fallback is None:
+                    fallback = conn  # keep one node: it may forward, and it names the leader
+                else:
+                    conn.close()
+            if fallback is not None:
+                return fallback
+            await trio.sleep(next(delays))
+
+    def _next_candidate(self, tried: set[Address]) -> Address | None:
+        """The leader's address if known, else a node we know least about."""
+        leader = self.node_addresses.get(self.leader_id or 0)
+        if leader is not None and leader not in tried:
+            return leader
+        known_followers = {a for node_id, a in self.node_addresses.items() if node_id != self.leader_id}
+        candidates = [a for a in self._all_addresses() if a not in tried]
+        # When the leader's address is unknown, an address we have not met yet is the likeliest one.
+        candidates.sort(key=lambda a: a in known_followers)
+        return candidates[0] if candidates else None
+
+    def _all_addresses(self) -> list[Address]:
+        out = list(self.endpoints)
+        out.extend(a for _, a in sorted(self.node_addresses.items()) if a not in out)
+        return out
+
+    async def _open(self, nursery: trio.Nursery, address: Address) -> Connection:
+        conn = await open_connection(
+            nursery,
+            address,
+            cluster_id=self.cluster_id,
+            token=self._token,
+            handshake_timeout_ms=self.connect_timeout_ms,
+            inflight_requests_max=self.inflight_requests_max,
+        )
+        welcome = conn.welcome
+        self.node_addresses[welcome.node_id] = address
+        if welcome.leader_id:
+            self.leader_id = welcome.leader_id
+        if self.cluster_id is None:
+            # Pin the cluster met first, so a stray endpoint of another cluster is refused.
+            self.cluster_id = welcome.cluster_id
+        for key in ("leader_address",):
+            leader_address = address_from_wire(welcome.extra.get(key))
+            if leader_address is not None and welcome.leader_id:
+                self.node_addresses[welcome.leader_id] = leader_address
+        return conn
+
+    def _learn_from_status(self, status: dict[str, Any]) -> None:
+        """Pick node addresses out of a status dict (``members``: list of {node_id, address} maps,
+        or a map of node id to address), tolerating any shape the node chooses."""
+        members = status.get("members")
+        items: list[Any] = []
+        if isinstance(members, dict):
+            items = [{"node_id": _int_or_none(k), "address": v} for k, v in members.items()]
+        elif isinstance(members, list):
+            items = members
+        for item in items:
+            if isinstance(item, dict):
+                node_id = _int_or_none(item.get("node_id", item.get("id")))
+                address = address_from_wire(item.get("address", item.get("client_address")))
+                if node_id and address is not None:
+                    self.node_addresses[node_id] = address
+
+
+def _int_or_none(value: Any) -> int | None:
+    if type(value) is int:
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None
+
+
+def connect(
+    endpoints: Endpoints,
+    *,
+    cluster_id: str | None = None,
+    token: str | None = None,
+    timeout_ms: int = TIMEOUT_MS_DEFAULT,
+    **options: Any,
+) -> Client:
+    """A client for the cluster at ``endpoints`` (``"host:port,..."`` or a list of ``"host:port"``).
+
+    Use it as an async context manager, inside a trio run::
+
+        async with trimaran.connect(["127.0.0.1:7001", "127.0.0.1:7002"]) as c:
+            await c.set("greeting", "hello")
+            print(await c.get("greeting"))
+
+    ``cluster_id``: refuse nodes of any other cluster (default: pin the first one met).
+    ``token``: the auth token slot (sent in the handshake). ``timeout_ms``: default deadline per call.
+    Other options: ``connect_timeout_ms``, ``inflight_requests_max``, ``backoff_ms_min``,
+    ``backoff_ms_max``.
+    """
+    return Client(endpoints, cluster_id=cluster_id, token=token, timeout_ms=timeout_ms, **options)
+

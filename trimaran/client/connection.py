@@ -1,0 +1,327 @@
+"""One client connection to one node: handshake, then pipelined requests.
+
+A :class:`Connection` owns a TCP stream and two background tasks. The writer drains an outbox and
+sends every frame that is ready in one ``send_all`` (so many concurrent callers cost one syscall, not
+one each); the reader decodes response frames and hands each to the task waiting on its request id.
+Responses may come back in any order. Callers never touch the stream, so a caller cancelled by its
+timeout can never leave half a frame on the wire.
+
+This module knows nothing about leaders, sessions or retries: a lost connection is reported as
+:class:`ConnectionLost` and the :class:`~trimaran.client.client.Client` decides what to do.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import trio
+
+from trimaran import limits
+from trimaran.errors import AuthError, InvalidArgument, ProtocolError, RequestTimeout, TrimaranError, error_from_wire
+from trimaran.protocols.client_protocol import PROTOCOL_VERSION, hello
+from trimaran.protocols.codec import pack, unpack
+from trimaran.protocols.framing import FrameDecoder, encode_frame
+
+#: Bytes asked of the socket per receive.
+RECEIVE_BYTES = 256 * limits.KIB
+#: Default bound on requests in flight on one connection; also bounds the outbox.
+INFLIGHT_REQUESTS_MAX_DEFAULT = 512
+#: A request id wraps far below int64 (the protocol's ceiling).
+REQUEST_ID_MAX = (1 << 62) - 1
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Address:
+    """A node's client address."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @classmethod
+    def parse(cls, text: str) -> Address:
+        """Parse ``HOST:PORT`` (``[v6]:PORT`` for IPv6); raise ``InvalidArgument`` if malformed."""
+        text = text.strip()
+        host, sep, port_text = text.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise InvalidArgument(f"endpoint {text!r} is not HOST:PORT")
+        return cls(host, int(port_text))
+
+
+def parse_endpoints(endpoints: str | Address | list[str | Address] | tuple[str | Address, ...]) -> list[Address]:
+    """Endpoints as a comma-separated string or a sequence of ``HOST:PORT`` / :class:`Address`."""
+    items: list[str | Address]
+    if isinstance(endpoints, (str, Address)):
+        items = [endpoints] if isinstance(endpoints, Address) else [e for e in endpoints.split(",") if e.strip()]
+    else:
+        items = list(endpoints)
+    out: list[Address] = []
+    for item in items:
+        address = item if isinstance(item, Address) else Address.parse(item)
+        if address not in out:
+            out.append(address)
+    if not out:
+        raise InvalidArgument("at least one endpoint is needed")
+    return out
+
+
+def address_from_wire(value: Any) -> Address | None:
+    """An address a node sent (``"host:port"`` or ``[host, port]``), or None if it is not one."""
+    try:
+        if isinstance(value, str):
+            return Address.parse(value)
+        if isinstance(value, (list, tuple)) and len(value) == 2 and isinstance(value[0], str) and type(value[1]) is int:
+            return Address(value[0], value[1])
+    except TrimaranError:
+        return None
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """What a node said about itself in the handshake."""
+
+    node_id: int
+    #: 0 when the node knows no leader.
+    leader_id: int
+    cluster_id: str
+    #: Anything else the node put in its welcome (additive protocol fields).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ConnectionLost(Exception):
+    """The connection closed before the answer arrived (internal; the Client retries or converts it).
+
+    ``maybe_sent`` says whether the request may have reached the node (so it may have been applied).
+    """
+
+    def __init__(self, reason: str, maybe_sent: bool = True) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.maybe_sent = maybe_sent
+
+
+#: What ends a connection without being a bug: the network, the peer, or a malformed frame.
+_CONNECTION_FAILURES = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, TrimaranError)
+
+
+class _Slot:
+    """Where the reader leaves one response for the task waiting on it."""
+
+    __slots__ = ("event", "ok", "value")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.ok = False
+        self.value: Any = None
+
+
+def _parse_welcome(obj: Any, expected_cluster_id: str | None) -> Welcome:
+    if isinstance(obj, dict) and obj.get("type") == "error":
+        raise error_from_wire(obj.get("error"))
+    if not isinstance(obj, dict) or obj.get("type") != "welcome":
+        raise ProtocolError("the node's first frame is not a welcome")
+    if obj.get("version") != PROTOCOL_VERSION:
+        raise ProtocolError(f"node speaks protocol version {obj.get('version')!r}; this client speaks {PROTOCOL_VERSION}")
+    node_id, leader_id, cluster_id = obj.get("node_id"), obj.get("leader_id"), obj.get("cluster_id")
+    if type(node_id) is not int or node_id <= 0 or type(leader_id) is not int or leader_id < 0:
+        raise ProtocolError("welcome: node_id and leader_id must be integers")
+    if not isinstance(cluster_id, str):
+        raise ProtocolError("welcome: cluster_id must be a string")
+    if expected_cluster_id is not None and cluster_id != expected_cluster_id:
+        # A wrong cluster is a configuration error, never something to retry around.
+        raise AuthError(f"node belongs to cluster {cluster_id!r}, not {expected_cluster_id!r}", cluster_id=cluster_id)
+    known = {"type", "version", "node_id", "leader_id", "cluster_id"}
+    return Welcome(node_id, leader_id, cluster_id, {k: v for k, v in obj.items() if k not in known})
+
+
+class Connection:
+    """A handshaken connection to one node. Create with :func:`open_connection`."""
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        address: Address,
+        decoder: FrameDecoder,
+        welcome: Welcome,
+        inflight_requests_max: int,
+    ) -> None:
+        assert 0 < inflight_requests_max <= limits.session_responses_max
+        self.address = address
+        self.welcome = welcome
+        self._stream = stream
+        self._decoder = decoder
+        self._pending: dict[int, _Slot] = {}
+        self._next_request_id = 0
+        self._inflight = trio.Semaphore(inflight_requests_max)
+        # Sized to the in-flight bound, so send_nowait below never finds it full.
+        self._outbox_send, self._outbox_receive = trio.open_memory_channel[bytes](inflight_requests_max)
+        self._cancel_scope = trio.CancelScope()
+        self._closed_reason: str | None = None
+        self._retired = False
+        self.closed_event = trio.Event()
+
+    @property
+    def node_id(self) -> int:
+        return self.welcome.node_id
+
+    @property
+    def usable(self) -> bool:
+        """Open and not retired: new requests may use it."""
+        return self._closed_reason is None and not self._retired
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    async def request(self, op: str, body: dict[str, Any]) -> Any:
+        """Send one request and wait for its answer.
+
+        Returns the result, raises the node's error as a typed ``TrimaranError``, or raises
+        :class:`ConnectionLost` if the connection closes first.
+        """
+        async with self._inflight:
+            if self._closed_reason is not None:
+                raise ConnectionLost(self._closed_reason, maybe_sent=False)
+            request_id = self._take_request_id()
+            frame = encode_frame(pack([request_id, op, body]))
+            slot = _Slot()
+            self._pending[request_id] = slot
+            try:
+                self._outbox_send.send_nowait(frame)
+                await slot.event.wait()
+            finally:
+                del self._pending[request_id]
+                if self._retired and not self._pending:
+                    self.close("retired")
+        if slot.ok:
+            return slot.value
+        raise slot.value
+
+    def _take_request_id(self) -> int:
+        self._next_request_id = self._next_request_id + 1 if self._next_request_id < REQUEST_ID_MAX else 1
+        return self._next_request_id
+
+    def retire(self) -> None:
+        """Take no new requests; close once the ones in flight are answered."""
+        self._retired = True
+        if not self._pending:
+            self.close("retired")
+
+    def close(self, reason: str = "closed by the client") -> None:
+        """Close now: every waiting request gets :class:`ConnectionLost`."""
+        if self._closed_reason is None:
+            self._closed_reason = reason
+        self._cancel_scope.cancel()
+
+    async def run(self) -> None:
+        """Run the reader and writer until the connection closes (start it in a nursery)."""
+        try:
+            with self._cancel_scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._writer)
+                    await self._reader()
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:  # the nursery wraps whatever the reader or writer raised
+            failures, rest = group.split(_CONNECTION_FAILURES)
+            if failures is not None and self._closed_reason is None:
+                first = failures.exceptions[0]
+                while isinstance(first, BaseExceptionGroup):
+                    first = first.exceptions[0]
+                self._closed_reason = f"connection to {self.address} failed: {first}"
+            if rest is not None:
+                raise rest
+        finally:
+            self._closed_reason = self._closed_reason or f"connection to {self.address} closed"
+            for slot in self._pending.values():
+                slot.ok, slot.value = False, ConnectionLost(self._closed_reason)
+                slot.event.set()
+            self.closed_event.set()
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self._stream)
+
+    async def _writer(self) -> None:
+        async for frame in self._outbox_receive:
+            frames = [frame]
+            while True:  # take everything already queued: one send for the whole batch
+                try:
+                    frames.append(self._outbox_receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            await self._stream.send_all(frames[0] if len(frames) == 1 else b"".join(frames))
+
+    async def _reader(self) -> None:
+        decoder = self._decoder
+        while True:
+            while (frame := decoder.next_frame()) is not None:
+                self._dispatch(unpack(frame))
+            if decoder.closed:
+                self._closed_reason = self._closed_reason or f"{self.address} closed the connection"
+                return
+            decoder.feed(cast(bytes, await self._stream.receive_some(RECEIVE_BYTES)))
+
+    def _dispatch(self, obj: Any) -> None:
+        if isinstance(obj, dict) and obj.get("type") == "error":
+            # A connection-level error (e.g. the node is shutting down): the node closes next.
+            err = error_from_wire(obj.get("error"))
+            raise ProtocolError(f"node closed the connection: {err.code}: {err.message}")
+        if type(obj) is not list or len(obj) != 3 or type(obj[0]) is not int or type(obj[1]) is not bool:
+            raise ProtocolError("a response is [request_id, ok, result]")
+        request_id, ok, value = obj
+        slot = self._pending.get(request_id)
+        if slot is None:
+            return  # its caller gave up (timeout or cancellation)
+        slot.ok = ok
+        slot.value = value if ok else error_from_wire(value)
+        slot.event.set()
+
+
+async def open_connection(
+    nursery: trio.Nursery,
+    address: Address,
+    *,
+    cluster_id: str | None,
+    token: str | None,
+    handshake_timeout_ms: int = limits.handshake_timeout_ms,
+    inflight_requests_max: int = INFLIGHT_REQUESTS_MAX_DEFAULT,
+    frame_bytes_max: int = limits.frame_bytes_max,
+) -> Connection:
+    """Connect to ``address``, do the hello/welcome handshake, and start the connection's tasks in
+    ``nursery``. Raises ``OSError`` if the node cannot be reached, ``RequestTimeout`` if it does not
+    answer the hello in time, or the node's typed refusal (e.g. ``AuthError``)."""
+    with trio.move_on_after(handshake_timeout_ms / 1000) as scope:
+        stream = await trio.open_tcp_stream(address.host, address.port)
+        try:
+            decoder = FrameDecoder(frame_bytes_max)
+            await stream.send_all(encode_frame(pack(hello(cluster_id, token))))
+            while (frame := decoder.next_frame()) is None:
+                if decoder.closed:
+                    raise ConnectionLost(f"{address} closed the connection during the handshake", maybe_sent=False)
+                decoder.feed(cast(bytes, await stream.receive_some(RECEIVE_BYTES)))
+            welcome = _parse_welcome(unpack(frame), cluster_id)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
+            raise
+    if scope.cancelled_caught:
+        raise RequestTimeout(f"{address} did not complete the handshake within {handshake_timeout_ms} ms")
+    conn = Connection(stream, address, decoder, welcome, inflight_requests_max)
+    nursery.start_soon(conn.run)
+    return conn
+
+
+def backoff_delays_s(base_ms: int, cap_ms: int, rng: random.Random) -> Iterator[float]:
+    """Exponential backoff with full jitter: an endless iterator of sleep durations in seconds."""
+    attempt = 0
+    while True:
+        ceiling_ms = min(cap_ms, base_ms * math.pow(2, attempt))
+        attempt = min(attempt + 1, 30)
+        yield rng.uniform(ceiling_ms / 2, ceiling_ms) / 1000
