@@ -1,0 +1,273 @@
+"""The client port: the server side of :mod:`trimaran.protocols.client_protocol`.
+
+Per connection, three tasks: a reader (frames in, requests to the driver), a writer (answers out,
+every queued answer joined into one send), and a reaper (answers ``timeout`` for requests older
+than ``request_timeout_ms``; all requests share that timeout, so arrival order is deadline order
+and a deque suffices).
+
+Bounds: at most ``client_connections_max`` connections (the next one gets an ``unavailable`` error
+frame and is closed); the hello must arrive within ``handshake_timeout_ms``; at most
+``client_inflight_requests_max`` requests in flight per connection — the reader simply stops
+reading at the cap, so TCP pushes back on a client that pipelines too far; frames over
+``client_frame_bytes_max`` close the connection after an error frame.
+
+Errors: a request with bad fields is answered with a typed error under its request id and the
+connection stays open; anything that is not a request at all (malformed msgpack, a frame over the
+limit, a truncated frame) gets one error frame ``{"type": "error", "error": ...}`` and a close.
+
+A request's answer is sent once: a late answer to a request already answered ``timeout`` is
+dropped (each request gets a per-connection internal number, so a reused request id is never
+confused with an old one).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Any, Callable
+
+import trio
+
+from trimaran import limits
+from trimaran.errors import (
+    InvalidArgument,
+    ProtocolError,
+    RequestTimeout,
+    TrimaranError,
+    Unavailable,
+)
+from trimaran.node.config import Address, NodeConfig
+from trimaran.node.driver import Driver
+from trimaran.node.transport import RECEIVE_BYTES, read_frame
+from trimaran.protocols.client_protocol import error_frame, parse_hello, parse_request, response, welcome
+from trimaran.protocols.codec import pack, unpack
+from trimaran.protocols.framing import FrameDecoder, encode_frame
+
+log = logging.getLogger("trimaran.node.client_server")
+
+#: The hello carries at most an 8 KiB token (parse_hello); anything bigger is not a hello.
+HELLO_FRAME_BYTES_MAX = 16 * limits.KIB
+#: How long a closing connection may take to flush its last answers / error frame.
+FLUSH_TIMEOUT_S = 1.0
+
+
+def _encode(obj: Any) -> bytes:
+    return encode_frame(pack(obj))
+
+
+class ClientConnection:
+    """One client connection; the driver answers through :meth:`on_reply`."""
+
+    def __init__(self, server: ClientServer, stream: trio.SocketStream) -> None:
+        self._server = server
+        self._stream = stream
+        cfg = server.config
+        self._timeout_s = cfg.request_timeout_ms / 1000
+        self._slots = trio.Semaphore(cfg.client_inflight_requests_max)
+        #: internal seq -> the client's request id, for requests not yet answered.
+        self._inflight: dict[int, int] = {}
+        self._deadlines: deque[tuple[float, int]] = deque()
+        self._next_seq = 0
+        self._out: deque[bytes] = deque()
+        self._out_lot = trio.lowlevel.ParkingLot()
+        self._reaper_lot = trio.lowlevel.ParkingLot()
+        self.closed = False
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    # ------------------------------------------------------------------ answers
+
+    def on_reply(self, seq: int, ok: bool, value: Any) -> None:
+        request_id = self._inflight.pop(seq, None)
+        if request_id is None or self.closed:
+            return  # answered already (timeout) or the client is gone
+        self._slots.release()
+        try:
+            frame = _encode(response(request_id, ok, value))
+        except (TypeError, ValueError, OverflowError) as exc:  # a result msgpack cannot carry
+            frame = _encode(response(request_id, False, TrimaranError(f"result not encodable: {exc}")))
+        self._queue(frame)
+
+    def _answer_now(self, request_id: int, exc: TrimaranError) -> None:
+        self._queue(_encode(response(request_id, False, exc)))
+
+    def _queue(self, frame: bytes) -> None:
+        self._out.append(frame)
+        self._out_lot.unpark_all()
+
+    # ------------------------------------------------------------------ tasks
+
+    async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_loop, nursery.cancel_scope)
+                nursery.start_soon(self._reap_loop)
+                await self._read_loop()
+                await self._drain()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.closed = True
+
+    async def _read_loop(self) -> None:
+        server = self._server
+        decoder = FrameDecoder(HELLO_FRAME_BYTES_MAX)
+        try:
+            with trio.move_on_after(server.config.handshake_timeout_ms / 1000) as deadline:
+                first = await read_frame(self._stream, decoder)
+            if deadline.cancelled_caught:
+                raise ProtocolError(f"no hello within {server.config.handshake_timeout_ms} ms")
+            if first is None:
+                return
+            self._handshake(first)
+            decoder.frame_bytes_max = server.config.client_frame_bytes_max
+            while True:
+                frame = await read_frame(self._stream, decoder)
+                if frame is None:
+                    return
+                await self._on_frame(frame)
+        except TrimaranError as exc:
+            # Not the protocol at all: one error frame, then close.
+            server.protocol_errors += 1
+            log.info("node %d: closing a client connection: %s", server.config.node_id, exc)
+            self._queue(_encode(error_frame(exc)))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+
+    def _handshake(self, frame: bytes) -> None:
+        server = self._server
+        hello = parse_hello(unpack(frame, size_bytes_max=HELLO_FRAME_BYTES_MAX))
+        if hello.cluster_id is not None and hello.cluster_id != server.config.cluster_id:
+            raise InvalidArgument(
+                f"this node belongs to cluster {server.config.cluster_id!r}, not {hello.cluster_id!r}",
+                cluster_id=server.config.cluster_id,
+            )
+        # hello.token: the slot signed-token auth will check (a later issue); accepted unchecked.
+        self._queue(_encode(welcome(server.config.node_id, server.driver.replica.leader_id, server.config.cluster_id)))
+
+    async def _on_frame(self, frame: bytes) -> None:
+        obj = unpack(frame, size_bytes_max=self._server.config.client_frame_bytes_max)
+        try:
+            request = parse_request(obj)
+        except InvalidArgument as exc:
+            # parse_request raised this only after checking obj is [int request_id, op, body].
+            self._answer_now(obj[0], exc)
+            return
+        await self._slots.acquire()  # at the cap, stop reading: backpressure through TCP
+        self._next_seq += 1
+        seq = self._next_seq
+        self._inflight[seq] = request.request_id
+        self._deadlines.append((trio.current_time() + self._timeout_s, seq))
+        self._reaper_lot.unpark_all()
+        server = self._server
+        if server.shutting_down:
+            self.on_reply(seq, False, Unavailable("the node is shutting down; retry on another node"))
+        elif request.op == "status":
+            self.on_reply(seq, True, server.status())
+        else:
+            await server.driver.submit_client(request.op, request.body, (self, seq), len(frame))
+
+    async def _write_loop(self, cancel: trio.CancelScope) -> None:
+        try:
+            while True:
+                while not self._out:
+                    await self._out_lot.park()
+                frames = list(self._out)
+                self._out.clear()
+                await self._stream.send_all(b"".join(frames) if len(frames) > 1 else frames[0])
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            self.closed = True
+            cancel.cancel()
+
+    async def _reap_loop(self) -> None:
+        while True:
+            while not self._deadlines:
+                await self._reaper_lot.park()
+            deadline, seq = self._deadlines[0]
+            if seq in self._inflight:
+                await trio.sleep_until(deadline)
+                if seq in self._inflight:
+                    self.on_reply(seq, False, RequestTimeout(f"no answer within {self._timeout_s:g} s; outcome unknown"))
+            self._deadlines.popleft()
+
+    async def _drain(self) -> None:
+        """The reader is done (EOF or a protocol error): let in-flight answers and the last frames
+        out (bounded by the request timeout), so a half-closing client still gets its answers."""
+        with trio.move_on_after(self._timeout_s + FLUSH_TIMEOUT_S):
+            while self._inflight or self._out:
+                await trio.sleep(0.01)
+
+
+class ClientServer:
+    """Accepts client connections on ``config.listen``; see the module docstring."""
+
+    def __init__(self, config: NodeConfig, driver: Driver, status: Callable[[], dict[str, Any]]) -> None:
+        self.config = config
+        self.driver = driver
+        self.status = status
+        self.address: Address | None = None
+        self.shutting_down = False
+        self._connections: set[ClientConnection] = set()
+        self._accept_scope = trio.CancelScope()
+        self._connections_scope = trio.CancelScope()
+        #: Counters (reported by the status op).
+        self.connections_refused = 0
+        self.protocol_errors = 0
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    async def serve(self, *, task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED) -> None:
+        listen = self.config.listen
+        listeners = await trio.open_tcp_listeners(listen.port, host=listen.host)
+        host, port = listeners[0].socket.getsockname()[:2]
+        self.address = Address(host, port)
+        with self._connections_scope:
+            async with trio.open_nursery() as connections:
+                connections.start_soon(self._accept, listeners, connections)
+                task_status.started(self.address)
+                # Runs until the node cancels it; stop_accepting() ends only the accept task, so
+                # open connections can finish their in-flight requests.
+                await trio.sleep_forever()
+
+    async def _accept(self, listeners: list[trio.SocketListener], connections: trio.Nursery) -> None:
+        with self._accept_scope:
+            await trio.serve_listeners(self._handle, listeners, handler_nursery=connections)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        if self.shutting_down or len(self._connections) >= self.config.client_connections_max:
+            self.connections_refused += 1
+            reason = "shutting down" if self.shutting_down else f"at its cap of {self.config.client_connections_max} connections"
+            with trio.move_on_after(FLUSH_TIMEOUT_S):
+                try:
+                    await stream.send_all(_encode(error_frame(Unavailable(f"this node is {reason}"))))
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    pass
+            return
+        conn = ClientConnection(self, stream)
+        self._connections.add(conn)
+        try:
+            await conn.run()
+        finally:
+            self._connections.discard(conn)
+
+    # ------------------------------------------------------------------ shutdown
+
+    def stop_accepting(self) -> None:
+        """Close the listeners and refuse new requests with ``unavailable``."""
+        self.shutting_down = True
+        self._accept_scope.cancel()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait (bounded) until no connection has a request in flight."""
+        with trio.move_on_after(timeout_s):
+            while any(c.inflight for c in self._connections):
+                await trio.sleep(0.01)
+            return True
+        return False
+
+    def close(self) -> None:
+        """Cancel every connection (after :meth:`wait_idle`)."""
+        self._connections_scope.cancel()

@@ -1,0 +1,236 @@
+"""A node's configuration: who it is, where it listens, who its peers are, and its runtime bounds.
+
+Everything a node needs to start is in one frozen :class:`NodeConfig`; :meth:`NodeConfig.validate`
+checks the bounds against each other and against :mod:`trimaran.limits` before anything opens a
+socket or a file, so a bad configuration fails at once with one clear ``ConfigError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from dataclasses import dataclass, field
+
+from trimaran import limits
+from trimaran.cluster.config import RaftConfig
+from trimaran.cluster.replica import ReplicaConfig
+from trimaran.errors import ConfigError
+from trimaran.protocols.messages import Membership
+
+DEFAULT_CLUSTER_ID = "trimaran"
+CLUSTER_ID_CHARS_MAX = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A TCP address; ``str()`` gives ``host:port`` (IPv6 hosts in brackets)."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str, what: str = "address") -> Address:
+        """Parse ``HOST:PORT`` or ``[IPV6]:PORT``; raise ``ConfigError`` naming ``what`` otherwise."""
+        text = text.strip()
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host or not port_text.isdigit():
+            raise ConfigError(f"{what} {text!r} is not HOST:PORT")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        port = int(port_text)
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"{what} {text!r}: port must be in 0..65535")
+        return cls(host, port)
+
+    def __str__(self) -> str:
+        try:
+            if ipaddress.ip_address(self.host).version == 6:
+                return f"[{self.host}]:{self.port}"
+        except ValueError:
+            pass
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class PeerSpec:
+    """Another member: its peer-port address, and (for not_leader hints) its client address."""
+
+    node_id: int
+    peer_address: Address
+    client_address: Address | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    node_id: int
+    #: Client port (the client protocol of :mod:`trimaran.protocols.client_protocol`).
+    listen: Address
+    #: Peer port (Raft messages between nodes); may be firewalled off from clients.
+    peer_listen: Address
+    peers: tuple[PeerSpec, ...]
+    data_dir: str
+    cluster_id: str = DEFAULT_CLUSTER_ID
+    #: Raft's logical tick. Election timeouts and heartbeats are counted in ticks.
+    tick_ms: int = 50
+    #: Start with an empty membership and wait for a leader to add this node (thesis §4.1).
+    join: bool = False
+    election_timeout_ticks_min: int = 10
+    election_timeout_ticks_max: int = 20
+    heartbeat_interval_ticks: int = 2
+    lease_reads: bool = False
+    snapshot_interval_entries: int = 10_000
+    snapshot_keep_entries: int = 1_000
+
+    # --- client server ---
+    #: A request not answered within this is answered ``timeout`` (its outcome is then unknown).
+    request_timeout_ms: int = 10_000
+    client_connections_max: int = 1024
+    #: Requests in flight on one connection; the reader stops reading at this many (backpressure).
+    client_inflight_requests_max: int = limits.session_responses_max
+    #: Larger than one maximal command, so an oversized command gets a typed ``too_large`` answer
+    #: rather than a closed connection; frames beyond this close the connection.
+    client_frame_bytes_max: int = 2 * limits.command_bytes_max
+    handshake_timeout_ms: int = limits.handshake_timeout_ms
+
+    # --- peer transport ---
+    peer_connections_max: int = 4 * limits.members_max
+    #: Per-peer send queue; a frame that does not fit is dropped (Raft retransmits).
+    peer_queue_frames_max: int = 4096
+    peer_queue_bytes_max: int = 64 * limits.MIB
+    peer_connect_timeout_ms: int = 1_000
+    peer_reconnect_ms_min: int = 50
+    peer_reconnect_ms_max: int = 2_000
+
+    # --- driver and storage ---
+    #: Inputs (peer messages, client requests) the driver takes before one ``ready()``.
+    driver_inputs_per_round_max: int = 1024
+    #: Inputs waiting for the driver; producers wait (backpressure) beyond this.
+    driver_inbox_items_max: int = 8192
+    #: Batches handed to the writer thread and not yet durable; the driver pauses inputs beyond.
+    writes_outstanding_max: int = 4096
+    #: Batches coalesced into one LMDB transaction (one fsync).
+    write_group_batches_max: int = 1024
+    #: How often the writer retries a group refused with ``StorageFullError``.
+    storage_full_retry_ms: int = 1_000
+    storage_map_bytes_initial: int = limits.storage_map_bytes_initial
+    storage_map_bytes_max: int = limits.storage_map_bytes_max
+    #: Graceful shutdown: wait at most this long for in-flight requests, then for a leadership
+    #: transfer, then for the last writes.
+    shutdown_grace_ms: int = 5_000
+
+    peer_ids: tuple[int, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "peer_ids", tuple(sorted(p.node_id for p in self.peers)))
+
+    def replace(self, **changes: object) -> NodeConfig:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def tick_s(self) -> float:
+        return self.tick_ms / 1000
+
+    def peer(self, node_id: int) -> PeerSpec | None:
+        for p in self.peers:
+            if p.node_id == node_id:
+                return p
+        return None
+
+    def raft_config(self) -> RaftConfig:
+        voters = () if self.join else tuple(sorted((self.node_id, *self.peer_ids)))
+        return RaftConfig(
+            self.node_id,
+            Membership(voters),
+            election_timeout_ticks_min=self.election_timeout_ticks_min,
+            election_timeout_ticks_max=self.election_timeout_ticks_max,
+            heartbeat_interval_ticks=self.heartbeat_interval_ticks,
+            lease_reads=self.lease_reads,
+        )
+
+    def replica_config(self) -> ReplicaConfig:
+        return ReplicaConfig(
+            snapshot_interval_entries=self.snapshot_interval_entries,
+            snapshot_keep_entries=self.snapshot_keep_entries,
+        )
+
+    def validate(self) -> NodeConfig:
+        """Raise ``ConfigError`` naming the first thing that does not fit; return self when all do."""
+        ids = [p.node_id for p in self.peers]
+        checks = [
+            (self.node_id > 0, "node id must be a positive integer"),
+            (all(i > 0 for i in ids), "peer ids must be positive integers"),
+            (len(set(ids)) == len(ids), "a peer id is given twice"),
+            (self.node_id not in ids, f"node {self.node_id} is listed as its own peer"),
+            (len(ids) + 1 <= limits.members_max, f"at most {limits.members_max} members"),
+            (0 < len(self.cluster_id) <= CLUSTER_ID_CHARS_MAX, f"cluster id must be 1..{CLUSTER_ID_CHARS_MAX} characters"),
+            (bool(self.data_dir), "a data directory is required"),
+            (1 <= self.tick_ms <= 10_000, "tick_ms must be in 1..10000"),
+            (self.listen != self.peer_listen or self.listen.port == 0, "the client and peer ports must differ"),
+            (self.request_timeout_ms > 0, "request_timeout_ms must be positive"),
+            (self.client_connections_max > 0, "client_connections_max must be positive"),
+            (
+                0 < self.client_inflight_requests_max <= limits.session_responses_max,
+                f"client_inflight_requests_max must be in 1..{limits.session_responses_max}",
+            ),
+            (
+                limits.command_bytes_max < self.client_frame_bytes_max <= limits.frame_bytes_max,
+                "client_frame_bytes_max must hold one maximal command and fit frame_bytes_max",
+            ),
+            (self.handshake_timeout_ms > 0, "handshake_timeout_ms must be positive"),
+            (self.peer_connections_max > 0, "peer_connections_max must be positive"),
+            (self.peer_queue_frames_max > 0, "peer_queue_frames_max must be positive"),
+            (
+                self.peer_queue_bytes_max >= limits.frame_bytes_max,
+                "peer_queue_bytes_max must hold one maximal frame",
+            ),
+            (
+                0 < self.peer_reconnect_ms_min <= self.peer_reconnect_ms_max,
+                "need 0 < peer_reconnect_ms_min <= peer_reconnect_ms_max",
+            ),
+            (self.peer_connect_timeout_ms > 0, "peer_connect_timeout_ms must be positive"),
+            (self.driver_inputs_per_round_max > 0, "driver_inputs_per_round_max must be positive"),
+            (
+                self.driver_inbox_items_max >= self.driver_inputs_per_round_max,
+                "driver_inbox_items_max must be at least driver_inputs_per_round_max",
+            ),
+            (self.writes_outstanding_max > 0, "writes_outstanding_max must be positive"),
+            (self.write_group_batches_max > 0, "write_group_batches_max must be positive"),
+            (self.storage_full_retry_ms > 0, "storage_full_retry_ms must be positive"),
+            (
+                0 < self.storage_map_bytes_initial <= self.storage_map_bytes_max,
+                "need 0 < storage_map_bytes_initial <= storage_map_bytes_max",
+            ),
+            (self.snapshot_interval_entries > 0, "snapshot_interval_entries must be positive"),
+            (self.snapshot_keep_entries >= 0, "snapshot_keep_entries must be >= 0"),
+            (self.shutdown_grace_ms >= 0, "shutdown_grace_ms must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        self.raft_config().validate()
+        return self
+
+
+def parse_peer(text: str) -> tuple[int, Address]:
+    """Parse ``ID=HOST:PORT`` (the ``--peer`` and ``--peer-client`` syntax)."""
+    node_text, sep, address_text = text.partition("=")
+    if not sep or not node_text.strip().isdigit():
+        raise ConfigError(f"peer {text!r} is not ID=HOST:PORT")
+    return int(node_text), Address.parse(address_text, f"peer {node_text.strip()} address")
+
+
+def build_peers(peer_texts: list[str], peer_client_texts: list[str]) -> tuple[PeerSpec, ...]:
+    """Join ``--peer ID=HOST:PORT`` and ``--peer-client ID=HOST:PORT`` lists into PeerSpecs."""
+    peers: dict[int, Address] = {}
+    for text in peer_texts:
+        node_id, address = parse_peer(text)
+        if node_id in peers:
+            raise ConfigError(f"peer {node_id} is given twice")
+        peers[node_id] = address
+    clients: dict[int, Address] = {}
+    for text in peer_client_texts:
+        node_id, address = parse_peer(text)
+        if node_id not in peers:
+            raise ConfigError(f"--peer-client names node {node_id}, which has no --peer")
+        clients[node_id] = address
+    return tuple(PeerSpec(n, a, clients.get(n)) for n, a in sorted(peers.items()))

@@ -1,0 +1,364 @@
+"""The driver: the one trio task that owns the Replica and runs the Ready protocol with real IO.
+
+It does exactly what the pure reference driver does (:class:`trimaran.simulations.driver.SimNode`,
+``process`` then ``sync``), in the order :mod:`trimaran.cluster.ready` prescribes:
+
+1. take every ``Ready`` the Replica has, hand its batch (hard state, snapshot, truncation,
+   entries, and a local snapshot with its ``compact_through``) to the writer thread;
+2. send its ``messages`` at once;
+3. the Replica has already applied ``committed`` inside ``ready()``: answer the clients it replied to;
+4. hold ``messages_after_persist`` until this batch and every earlier one is durable: the writer
+   reports durability in submission order, and the driver releases held messages strictly in
+   order (a Ready with nothing to write still waits behind earlier writes, as in ``SimNode``);
+5. then call ``on_persisted`` (and ``on_snapshot_saved`` for a local snapshot).
+
+One round of the loop: take writer results, deliver the ticks that are due, take a bounded batch of
+inputs (peer messages, client requests), then call ``ready()`` while the Replica has work, and send
+what the round produced in one go (so the transport can encode a message for several peers once).
+Client commands taken in one round end up in one log entry (the Replica's group proposal).
+
+Time: ticks come from the monotonic clock (``trio.current_time``); the leader timestamp given to
+``register``/``submit`` (TTLs, session expiry) is wall-clock ``time.time()``. Ticks are computed
+from the clock at the start of every round, so after a pause (SIGSTOP, a long GC) the missed ticks
+are delivered before any request is served: an old leader's Check-Quorum and lease expire first.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence
+
+import trio
+
+from trimaran.cluster.raft import Role
+from trimaran.cluster.replica import Replica, ReplicaReady
+from trimaran.errors import InvalidArgument, NotLeader, StorageFullError, TrimaranError
+from trimaran.node.config import NodeConfig
+from trimaran.node.writer import StorageWriter, WriteResult
+from trimaran.protocols.messages import ConfChange, ConfChangeKind, Membership, Message, Snapshot
+from trimaran.storage import WriteBatch
+
+log = logging.getLogger("trimaran.node.driver")
+
+#: ``ready()`` calls per round; one normally takes everything, the bound keeps a round finite.
+READY_CALLS_PER_ROUND_MAX = 16
+#: Ticks delivered at once after a pause: enough for every timeout to fire (Check-Quorum needs
+#: two election timeouts), and a bound on the loop.
+TICKS_CATCH_UP_MAX_FACTOR = 4
+
+MEMBERSHIP_KINDS = {
+    "add_learner": ConfChangeKind.ADD_LEARNER,
+    "promote": ConfChangeKind.PROMOTE,
+    "remove": ConfChangeKind.REMOVE,
+}
+
+
+class ReplyTarget(Protocol):
+    """Whoever asked (a client connection): told the answer to its request ``seq``."""
+
+    def on_reply(self, seq: int, ok: bool, value: Any) -> None: ...
+
+
+#: What the driver hands the Replica as a request token: the asker and its per-connection number.
+Token = tuple[ReplyTarget, int]
+
+
+@dataclass(slots=True)
+class _PendingWrite:
+    #: Durable once the writer reports a sequence >= this (0: nothing of its own to write).
+    write_seq: int
+    after: list[Message]
+    persist_index: int
+    persist_term: int
+    local_snapshot: Snapshot | None
+
+
+class Driver:
+    """Owns the Replica; see the module docstring. All methods run on the trio thread."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        replica: Replica,
+        writer: StorageWriter,
+        send: Callable[[Sequence[Message]], None],
+        client_address_of: Callable[[int], str | None],
+    ) -> None:
+        self.config = config
+        self.replica = replica
+        self._writer = writer
+        self._send = send
+        self._client_address_of = client_address_of
+        self._inbox: deque[tuple[Any, ...]] = deque()
+        self._inbox_space = trio.lowlevel.ParkingLot()
+        self._wake = trio.lowlevel.ParkingLot()
+        self._results: deque[WriteResult] = deque()
+        self._pending: deque[_PendingWrite] = deque()
+        self._outgoing: list[Message] = []
+        self._write_seq_submitted = 0
+        self._write_seq_durable = 0
+        self._next_tick_at = 0.0
+        self._fatal: BaseException | None = None
+        self.storage_full = False
+        #: Counters (reported by the status op).
+        self.rounds = 0
+        self.readies = 0
+        self.ticks = 0
+
+    # ------------------------------------------------------------------ inputs (any task)
+
+    def on_write_result(self, result: WriteResult) -> None:
+        """Called on the trio thread (via run_sync_soon) by the writer."""
+        self._results.append(result)
+        self._wake.unpark_all()
+
+    async def deliver_peer(self, msg: Message) -> None:
+        """A message from a peer; waits while the inbox is full (backpressure on that connection)."""
+        await self._put(("peer", msg))
+
+    async def submit_client(self, op: str, body: dict[str, Any], token: Token, size_bytes: int) -> None:
+        """A client request (already shape-checked by ``parse_request``); answered via the token."""
+        await self._put(("client", op, body, token, size_bytes))
+
+    async def _put(self, item: tuple[Any, ...]) -> None:
+        while len(self._inbox) >= self.config.driver_inbox_items_max:
+            await self._inbox_space.park()
+        self._inbox.append(item)
+        self._wake.unpark_all()
+
+    def wake(self) -> None:
+        self._wake.unpark_all()
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run rounds until cancelled; raises if the writer reported a fatal storage error."""
+        self._next_tick_at = trio.current_time() + self.config.tick_s
+        task_status.started()
+        while True:
+            if self._has_work():
+                await trio.lowlevel.checkpoint()  # let connections and peers run between rounds
+            else:
+                with trio.move_on_at(self._next_tick_at):
+                    await self._wake.park()
+            self._round()
+
+    def _backlogged(self) -> bool:
+        return self._write_seq_submitted - self._write_seq_durable >= self.config.writes_outstanding_max
+
+    def _has_work(self) -> bool:
+        return bool(
+            self._results
+            or (self._inbox and not self._backlogged())
+            or trio.current_time() >= self._next_tick_at
+            or self.replica.has_ready()
+        )
+
+    def _round(self) -> None:
+        self.rounds += 1
+        self._take_results()
+        self._take_ticks()
+        if not self._backlogged():
+            self._take_inputs()
+        for _ in range(READY_CALLS_PER_ROUND_MAX):
+            if not self.replica.has_ready():
+                break
+            self._process_ready()
+        if self._outgoing:
+            outgoing, self._outgoing = self._outgoing, []
+            self._send(outgoing)
+
+    def _take_results(self) -> None:
+        while self._results:
+            result = self._results.popleft()
+            if result.error is None:
+                self._write_seq_durable = result.seq
+                if self.storage_full:
+                    log.warning("node %d: storage accepts writes again", self.config.node_id)
+                self.storage_full = False
+            elif isinstance(result.error, StorageFullError):
+                if not self.storage_full:
+                    self.storage_full = True
+                    self._hand_off_leadership()
+            else:
+                raise result.error  # fail-stop: durability can no longer be promised
+        while self._pending and self._pending[0].write_seq <= self._write_seq_durable:
+            p = self._pending.popleft()
+            self._outgoing.extend(p.after)
+            if p.persist_index:
+                self.replica.on_persisted(p.persist_index, p.persist_term)
+            if p.local_snapshot is not None:
+                self.replica.on_snapshot_saved(p.local_snapshot)
+
+    def _take_ticks(self) -> None:
+        now = trio.current_time()
+        if now < self._next_tick_at:
+            return
+        tick_s = self.config.tick_s
+        due = int((now - self._next_tick_at) / tick_s) + 1
+        self._next_tick_at += due * tick_s
+        due = min(due, TICKS_CATCH_UP_MAX_FACTOR * self.config.election_timeout_ticks_max)
+        for _ in range(due):
+            self.replica.tick()
+        self.ticks += due
+
+    def _take_inputs(self) -> None:
+        inbox = self._inbox
+        for _ in range(min(len(inbox), self.config.driver_inputs_per_round_max)):
+            item = inbox.popleft()
+            if item[0] == "peer":
+                self.replica.step(item[1])
+            else:
+                self._on_client(item[1], item[2], item[3], item[4])
+        self._inbox_space.unpark_all()
+
+    def _process_ready(self) -> None:
+        out: ReplicaReady = self.replica.ready()
+        self.readies += 1
+        rd = out.raft
+        batch = WriteBatch(rd.hard_state, rd.snapshot, rd.truncate_from, list(rd.entries), 0)
+        if out.local_snapshot is not None:
+            batch.snapshot = out.local_snapshot
+            batch.compact_through = out.compact_through
+        for reply in out.replies:
+            self._reply(reply.token, reply.ok, reply.value)
+        self._outgoing.extend(rd.messages)
+        if batch.is_empty() and not self._pending:
+            # Nothing to make durable and nothing ahead of us: "after persist" is now.
+            self._outgoing.extend(rd.messages_after_persist)
+            return
+        # With nothing of its own to write, a Ready still waits for every write ahead of it.
+        write_seq = self._write_seq_submitted
+        if not batch.is_empty():
+            self._write_seq_submitted += 1
+            write_seq = self._write_seq_submitted
+            self._writer.submit(write_seq, batch)
+        self._pending.append(
+            _PendingWrite(write_seq, list(rd.messages_after_persist), rd.persist_index, rd.persist_term, out.local_snapshot)
+        )
+
+    # ------------------------------------------------------------------ client requests
+
+    def _on_client(self, op: str, body: dict[str, Any], token: Token, size_bytes: int) -> None:
+        replica = self.replica
+        try:
+            if op == "command":
+                self._refuse_if_full()
+                now_ms = int(time.time() * 1000)
+                replica.submit(
+                    token, body["client_id"], body["seq"], body["ack_seq"], body["service"], body["command"], now_ms, size_bytes
+                )
+            elif op == "register":
+                self._refuse_if_full()
+                replica.register(token, int(time.time() * 1000))
+            elif op == "read":
+                replica.read(token, body["service"], body["query"], body.get("consistency", "linearizable"))
+            elif op == "membership":
+                replica.change_membership(token, ConfChange(MEMBERSHIP_KINDS[body["kind"]], body["node_id"]))
+            elif op == "transfer":
+                replica.transfer_leadership(body["node_id"])
+                self._reply(token, True, None)
+            else:
+                raise InvalidArgument(f"operation {op!r} is not served by the driver")
+        except TrimaranError as exc:
+            self._reply(token, False, exc)
+
+    def _refuse_if_full(self) -> None:
+        if self.storage_full:
+            raise StorageFullError("this node's storage is full; writes are refused until space is freed")
+
+    def not_leader(self) -> NotLeader:
+        """A not_leader error with the leader's id and, when known, its client address."""
+        leader = self.replica.leader_id
+        return NotLeader(leader_hint=leader or None, leader_address=self._client_address_of(leader) if leader else None)
+
+    def _reply(self, token: Token, ok: bool, value: Any) -> None:
+        if not ok and isinstance(value, NotLeader):
+            value = self.not_leader()  # the freshest hint, with the leader's client address
+        elif ok and isinstance(value, Membership):
+            value = {"voters": list(value.voters), "learners": list(value.learners)}
+        token[0].on_reply(token[1], ok, value)
+
+    # ------------------------------------------------------------------ leadership and shutdown
+
+    def _hand_off_leadership(self) -> bool:
+        """If leader, start a transfer to the most caught-up voter (thesis §3.10); True if started."""
+        raft = self.replica.raft
+        if raft.role != Role.LEADER:
+            return False
+        candidates = [(pr.match, n) for n, pr in sorted(raft.progress.items()) if n in raft.membership.voters]
+        if not candidates:
+            return False
+        target = max(candidates)[1]
+        try:
+            self.replica.transfer_leadership(target)
+        except TrimaranError as exc:
+            log.info("node %d: leadership transfer to %d refused: %s", self.config.node_id, target, exc)
+            return False
+        self.wake()
+        return True
+
+    async def step_down(self, timeout_s: float) -> None:
+        """Graceful shutdown: hand leadership to a peer and wait (bounded) until it took it."""
+        if not self._hand_off_leadership():
+            return
+        with trio.move_on_after(timeout_s):
+            while self.replica.raft.role == Role.LEADER:
+                await trio.sleep(self.config.tick_s)
+
+    async def wait_durable(self, timeout_s: float) -> bool:
+        """Wait (bounded) until everything handed to the writer is durable."""
+        with trio.move_on_after(timeout_s):
+            while self._pending or self._write_seq_durable < self._write_seq_submitted:
+                await trio.sleep(self.config.tick_s / 5)
+            return True
+        return False
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> dict[str, Any]:
+        """The ``status`` op's result; documented in :mod:`trimaran.protocols.client_protocol`."""
+        raft = self.replica.raft
+        lg = raft.log
+        leader = raft.leader_id
+        progress = []
+        if raft.role == Role.LEADER:
+            last = lg.last_index()
+            for node_id, pr in sorted(raft.progress.items()):
+                progress.append(
+                    {
+                        "node_id": node_id,
+                        "match": pr.match,
+                        "next": pr.next,
+                        "lag": max(0, last - pr.match),
+                        "state": pr.state.name.lower(),
+                        "recent_active": bool(pr.recent_active),
+                    }
+                )
+        return {
+            "node_id": self.config.node_id,
+            "cluster_id": self.config.cluster_id,
+            "role": raft.role.name.lower(),
+            "term": raft.term,
+            "leader_id": leader,
+            "leader_address": self._client_address_of(leader) if leader else None,
+            "commit_index": lg.commit_index,
+            "applied_index": lg.applied_index,
+            "last_index": lg.last_index(),
+            "persisted_index": lg.persisted_index,
+            "snapshot_index": raft.snapshot.meta.last_index if raft.snapshot is not None else 0,
+            "voters": list(raft.membership.voters),
+            "learners": list(raft.membership.learners),
+            "progress": progress,
+            "storage_full": self.storage_full,
+            "writes": {
+                "submitted": self._write_seq_submitted,
+                "durable": self._write_seq_durable,
+                "groups": self._writer.groups_written,
+                "batches": self._writer.batches_written,
+            },
+        }
+

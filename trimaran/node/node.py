@@ -1,0 +1,213 @@
+"""One node: the writer thread, the driver, the peer transport and the client server, wired together.
+
+:meth:`Node.run` is a structured-concurrency server: ``await nursery.start(node.run)`` returns once
+both ports listen and the node is driving its Replica; :meth:`Node.request_stop` begins the
+graceful shutdown (stop accepting, let in-flight requests finish, hand leadership to a peer, wait
+for the last writes, close LMDB), all bounded by ``shutdown_grace_ms``. :func:`run_node_process`
+runs one node as a process that stops gracefully on SIGINT/SIGTERM and exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+from typing import Any
+
+import trio
+
+from trimaran.cluster.replica import Replica
+from trimaran.node.client_server import ClientServer
+from trimaran.node.config import Address, NodeConfig
+from trimaran.node.driver import Driver
+from trimaran.node.transport import PeerTransport
+from trimaran.node.writer import StorageWriter, WriteResult
+from trimaran.protocols.service import Service
+from trimaran.services.register import RegisterService
+
+log = logging.getLogger("trimaran.node")
+
+#: How often a child of ``trimaran up`` checks that its parent is still alive.
+PARENT_CHECK_INTERVAL_S = 0.5
+
+
+def default_services() -> list[Service]:
+    """The replicated services every node runs (the KV cache issue replaces the register map)."""
+    return [RegisterService()]
+
+
+class Node:
+    """A running node; see the module docstring."""
+
+    def __init__(self, config: NodeConfig, services: list[Service] | None = None) -> None:
+        self.config = config.validate()
+        self._services = services if services is not None else default_services()
+        self._stop = trio.Event()
+        self.client_address: Address | None = None
+        self.peer_address: Address | None = None
+        self.driver: Driver | None = None
+        self.transport: PeerTransport | None = None
+        self.client_server: ClientServer | None = None
+        self._writer: StorageWriter | None = None
+
+    def request_stop(self) -> None:
+        """Begin the graceful shutdown; :meth:`run` returns when it is done."""
+        self._stop.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def _client_address_of(self, node_id: int) -> str | None:
+        if node_id == self.config.node_id:
+            return str(self.client_address) if self.client_address else None
+        peer = self.config.peer(node_id)
+        return str(peer.client_address) if peer is not None and peer.client_address else None
+
+    def status(self) -> dict[str, Any]:
+        assert self.driver is not None and self.transport is not None and self.client_server is not None
+        out = self.driver.status()
+        out["address"] = str(self.client_address)
+        out["metrics"] = {
+            "driver_rounds": self.driver.rounds,
+            "driver_readies": self.driver.readies,
+            "ticks": self.driver.ticks,
+            "peer_frames_sent": self.transport.frames_sent,
+            "peer_frames_received": self.transport.frames_received,
+            "peer_frames_dropped": sum(self.transport.dropped_frames.values()),
+            "peer_connections_refused": self.transport.connections_refused,
+            "client_connections": self.client_server.connection_count,
+            "client_connections_refused": self.client_server.connections_refused,
+            "client_protocol_errors": self.client_server.protocol_errors,
+        }
+        return out
+
+    async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.config
+        writer = StorageWriter(
+            cfg.data_dir,
+            self._on_write_result,
+            map_bytes_initial=cfg.storage_map_bytes_initial,
+            map_bytes_max=cfg.storage_map_bytes_max,
+            group_batches_max=cfg.write_group_batches_max,
+            retry_ms=cfg.storage_full_retry_ms,
+        )
+        self._writer = writer
+        boot = await writer.start()
+        try:
+            # Election timeouts must differ between nodes: seed from OS entropy (node/ is not the
+            # deterministic core; the simulator seeds its own).
+            replica = Replica(
+                cfg.raft_config(),
+                random.Random(os.urandom(16)),
+                self._services,
+                boot.hard_state,
+                boot.snapshot,
+                boot.entries,
+                cfg.replica_config(),
+            )
+            log.info(
+                "node %d: booted term=%d commit=%d entries=%d snapshot=%d",
+                cfg.node_id,
+                boot.hard_state.term,
+                boot.hard_state.commit_index,
+                len(boot.entries),
+                boot.snapshot.meta.last_index if boot.snapshot else 0,
+            )
+            await self._serve(replica, writer, task_status)
+        finally:
+            with trio.CancelScope(shield=True):
+                await writer.stop()
+            log.info("node %d: stopped", cfg.node_id)
+
+    def _on_write_result(self, result: WriteResult) -> None:
+        if self.driver is not None:
+            self.driver.on_write_result(result)
+
+    async def _serve(self, replica: Replica, writer: StorageWriter, task_status: trio.TaskStatus[Node]) -> None:
+        cfg = self.config
+        transport = PeerTransport(cfg, self._deliver_peer)
+        driver = Driver(cfg, replica, writer, transport.send, self._client_address_of)
+        client_server = ClientServer(cfg, driver, self.status)
+        self.driver, self.transport, self.client_server = driver, transport, client_server
+        async with trio.open_nursery() as nursery:
+            await nursery.start(driver.run)
+            self.peer_address = await nursery.start(transport.serve)
+            self.client_address = await nursery.start(client_server.serve)
+            log.info("node %d: clients on %s, peers on %s", cfg.node_id, self.client_address, self.peer_address)
+            task_status.started(self)
+            await self._stop.wait()
+            await self._shutdown(driver, client_server)
+            nursery.cancel_scope.cancel()
+
+    async def _deliver_peer(self, msg: Any) -> None:
+        assert self.driver is not None
+        await self.driver.deliver_peer(msg)
+
+    async def _shutdown(self, driver: Driver, client_server: ClientServer) -> None:
+        grace_s = self.config.shutdown_grace_ms / 1000
+        log.info("node %d: shutting down", self.config.node_id)
+        client_server.stop_accepting()
+        with trio.move_on_after(grace_s):
+            await client_server.wait_idle(grace_s)
+            # A leader that leaves hands over first, so the cluster does not wait an election out.
+            await driver.step_down(grace_s / 2)
+        if not await driver.wait_durable(grace_s):
+            log.warning("node %d: last writes not durable within %.1f s", self.config.node_id, grace_s)
+        client_server.close()
+
+
+async def _watch_parent(parent_pid: int, node: Node) -> None:
+    """Stop when the parent (``trimaran up``) is gone, so a killed supervisor leaves no orphans."""
+    while True:
+        await trio.sleep(PARENT_CHECK_INTERVAL_S)
+        if os.getppid() != parent_pid:
+            log.warning("node %d: parent %d is gone; stopping", node.config.node_id, parent_pid)
+            node.request_stop()
+            return
+
+
+async def _on_signals(signals: Any, node: Node, cancel: trio.CancelScope) -> None:
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if node.stop_requested:
+            log.warning("node %d: second %s; stopping now", node.config.node_id, name)
+            cancel.cancel()
+            return
+        log.info("node %d: %s received; stopping gracefully", node.config.node_id, name)
+        node.request_stop()
+
+
+async def serve_until_signalled(config: NodeConfig, parent_pid: int | None = None) -> None:
+    """Run one node until SIGINT/SIGTERM (or the parent's death), then stop gracefully.
+
+    A second signal during the graceful stop cancels it (LMDB is still closed cleanly).
+    """
+    node = Node(config)
+    # Opened before the node starts, so a signal during startup is not lost.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_on_signals, signals, node, nursery.cancel_scope)
+            if parent_pid is not None:
+                nursery.start_soon(_watch_parent, parent_pid, node)
+            await node.run()
+            nursery.cancel_scope.cancel()
+
+
+def first_error(exc: BaseException) -> BaseException:
+    """The first leaf of a (possibly nested) exception group, for a one-line error message."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def run_node_process(config: NodeConfig, parent_pid: int | None = None) -> None:
+    """Entry point of ``trimaran node run``: blocks until the node stopped gracefully.
+
+    Raises the first underlying error (not an exception group) if the node could not run.
+    """
+    try:
+        trio.run(serve_until_signalled, config, parent_pid)
+    except BaseExceptionGroup as group:
+        raise first_error(group) from None

@@ -1,0 +1,331 @@
+"""Peer transport: Raft messages between nodes over TCP.
+
+Wire: length-prefixed frames (:mod:`trimaran.protocols.framing`), each holding one msgpack value.
+
+- Connections are one-way. Each node dials one outbound connection per peer and only *sends* on
+  it; it only *receives* on connections it accepted. So "one connection per peer" per direction,
+  and a slow reader never makes a writer wait for anything but its own socket.
+- The dialer's first frame is a handshake::
+
+      {"type": "peer_hello", "version": 1, "cluster_id": str, "node_id": sender, "recipient": int}
+
+  The acceptor checks the cluster id, that it is the recipient, and that the sender is a known
+  peer; otherwise it sends ``{"type": "error", "error": <error>}`` and closes. After the handshake
+  the acceptor sends nothing; the dialer reads only to notice the close (and log the error).
+- Every later frame is :func:`~trimaran.protocols.codec.message_to_wire` of one message with the
+  ``recipient`` field set to 0: the connection already names the recipient, and leaving it out
+  lets an AppendEntries carrying the same entries to several followers be encoded once.
+  The receiver checks ``sender`` against the handshake and fills ``recipient`` back in.
+- Limits are checked before allocating: the frame length against ``frame_bytes_max`` as soon as
+  the header arrives, then msgpack's length ceilings, ``strict_map_key`` and no ext types
+  (:func:`~trimaran.protocols.codec.unpack`), then every field's type. Any violation closes the
+  connection; the node and its other connections carry on.
+- Each peer has a bounded send queue (frames and bytes). A frame that does not fit is DROPPED and
+  counted: Raft retransmits what is lost, and a slow or dead peer must never block the driver or
+  the other peers. Frames queued for a connection that breaks are dropped too (they would be stale).
+- Reconnects back off exponentially with full jitter, so restarted clusters do not reconnect in
+  lockstep.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+from collections import deque
+from typing import Any, Awaitable, Callable, Sequence
+
+import trio
+
+from trimaran import limits
+from trimaran.errors import ProtocolError, TrimaranError
+from trimaran.node.config import Address, NodeConfig
+from trimaran.protocols.codec import message_from_wire, message_to_wire, pack, unpack
+from trimaran.protocols.framing import FrameDecoder, encode_frame
+from trimaran.protocols.messages import MESSAGE_TYPES, AppendEntries, Message
+
+log = logging.getLogger("trimaran.node.transport")
+
+PEER_PROTOCOL_VERSION = 1
+#: Bytes asked of the kernel per receive.
+RECEIVE_BYTES = 64 * limits.KIB
+#: Bytes of queued frames joined into one send (fewer syscalls, bounded copies).
+SEND_CHUNK_BYTES_MAX = 4 * limits.MIB
+#: Largest handshake frame (either port's hello is a few dozen bytes).
+HELLO_FRAME_BYTES_MAX = 4 * limits.KIB
+#: A connection that lived at least this long resets the reconnect backoff.
+STABLE_CONNECTION_S = 1.0
+#: Position of ``recipient`` in message_to_wire output: [tag, term, sender, recipient, ...].
+_RECIPIENT_POS = 3
+
+for _cls in MESSAGE_TYPES:
+    assert [f.name for f in dataclasses.fields(_cls)][:3] == ["term", "sender", "recipient"], _cls
+
+
+def peer_hello(cluster_id: str, node_id: int, recipient: int) -> dict[str, Any]:
+    return {
+        "type": "peer_hello",
+        "version": PEER_PROTOCOL_VERSION,
+        "cluster_id": cluster_id,
+        "node_id": node_id,
+        "recipient": recipient,
+    }
+
+
+def error_frame(exc: TrimaranError) -> bytes:
+    return encode_frame(pack({"type": "error", "error": exc.to_wire()}))
+
+
+def _dedupe_key(msg: Message) -> tuple[Any, ...] | None:
+    """Messages equal but for the recipient share a key. Only appends with entries are worth it:
+    by the Log Matching property, entries with the same index and term in one leader's log are
+    the same entries."""
+    if type(msg) is AppendEntries and msg.entries:
+        last = msg.entries[-1]
+        return (msg.term, msg.sender, msg.prev_index, msg.prev_term, msg.commit_index, last.index, last.term)
+    return None
+
+
+def encode_for_peer(msg: Message) -> bytes:
+    """One frame carrying ``msg`` without its recipient (see the module docstring)."""
+    wire = message_to_wire(msg)
+    wire[_RECIPIENT_POS] = 0
+    return encode_frame(pack(wire))
+
+
+def decode_from_peer(frame: bytes, sender: int, recipient: int) -> Message:
+    """Decode one peer frame under the codec's limits; ``ProtocolError`` if it is not a message
+    from ``sender`` (the handshake's node id)."""
+    msg = message_from_wire(unpack(frame))
+    if msg.sender != sender:
+        raise ProtocolError(f"message claims sender {msg.sender} on a connection from node {sender}")
+    if msg.recipient not in (0, recipient):
+        raise ProtocolError(f"message for node {msg.recipient} arrived at node {recipient}")
+    msg.recipient = recipient
+    return msg
+
+
+class PeerQueue:
+    """A bounded FIFO of encoded frames for one peer that drops (never waits) when full."""
+
+    def __init__(self, frames_max: int, bytes_max: int) -> None:
+        self._frames: deque[bytes] = deque()
+        self._bytes = 0
+        self._frames_max = frames_max
+        self._bytes_max = bytes_max
+        self._lot = trio.lowlevel.ParkingLot()
+        self.dropped_frames = 0
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def push(self, frame: bytes) -> bool:
+        if len(self._frames) >= self._frames_max or self._bytes + len(frame) > self._bytes_max:
+            self.dropped_frames += 1
+            return False
+        self._frames.append(frame)
+        self._bytes += len(frame)
+        self._lot.unpark_all()
+        return True
+
+    async def take(self, bytes_max: int = SEND_CHUNK_BYTES_MAX) -> list[bytes]:
+        """Wait for at least one frame; return queued frames up to ``bytes_max`` (at least one)."""
+        while not self._frames:
+            await self._lot.park()
+        out = [self._frames.popleft()]
+        size = len(out[0])
+        while self._frames and size + len(self._frames[0]) <= bytes_max:
+            frame = self._frames.popleft()
+            size += len(frame)
+            out.append(frame)
+        self._bytes -= size
+        return out
+
+    def clear(self) -> None:
+        self.dropped_frames += len(self._frames)
+        self._frames.clear()
+        self._bytes = 0
+
+
+async def read_frame(stream: trio.abc.ReceiveStream, decoder: FrameDecoder) -> bytes | None:
+    """The next frame from ``stream``, or None on a clean close between frames.
+
+    Raises ``FrameTooLarge`` / ``ProtocolError`` (from the decoder) on an oversized or truncated frame.
+    """
+    while True:
+        frame = decoder.next_frame()
+        if frame is not None:
+            return frame
+        if decoder.closed:
+            return None
+        decoder.feed(await stream.receive_some(RECEIVE_BYTES))
+
+
+class PeerTransport:
+    """Sends Raft messages to peers and hands received ones to ``deliver``; see the module docstring."""
+
+    def __init__(self, config: NodeConfig, deliver: Callable[[Message], Awaitable[None]]) -> None:
+        self._config = config
+        self._node_id = config.node_id
+        self._deliver = deliver
+        self._queues = {
+            p.node_id: PeerQueue(config.peer_queue_frames_max, config.peer_queue_bytes_max) for p in config.peers
+        }
+        self._inbound = 0
+        self.address: Address | None = None
+        #: Counters (reported by the status op).
+        self.frames_sent = 0
+        self.frames_received = 0
+        self.connections_refused = 0
+        self.unknown_recipient_messages = 0
+
+    @property
+    def dropped_frames(self) -> dict[int, int]:
+        return {n: q.dropped_frames for n, q in self._queues.items()}
+
+    # ------------------------------------------------------------------ sending
+
+    def send(self, msgs: Sequence[Message]) -> None:
+        """Queue messages for their recipients. Never blocks; full queues drop."""
+        cache: dict[tuple[Any, ...], bytes] = {}
+        for msg in msgs:
+            q = self._queues.get(msg.recipient)
+            if q is None:
+                self.unknown_recipient_messages += 1
+                continue
+            key = _dedupe_key(msg)
+            frame = cache.get(key) if key is not None else None
+            if frame is None:
+                frame = encode_for_peer(msg)
+                if key is not None:
+                    cache[key] = frame
+            q.push(frame)
+
+    # ------------------------------------------------------------------ serving
+
+    async def serve(self, *, task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen on the peer port and keep one outbound connection per peer, until cancelled."""
+        listen = self._config.peer_listen
+        listeners = await trio.open_tcp_listeners(listen.port, host=listen.host)
+        host, port = listeners[0].socket.getsockname()[:2]
+        self.address = Address(host, port)
+        async with trio.open_nursery() as nursery:
+            for peer in self._config.peers:
+                nursery.start_soon(self._dial_loop, peer.node_id, peer.peer_address)
+            await nursery.start(trio.serve_listeners, self._handle_inbound, listeners)
+            task_status.started(self.address)
+
+    async def _dial_loop(self, peer_id: int, address: Address) -> None:
+        cfg = self._config
+        backoff_ms = cfg.peer_reconnect_ms_min
+        q = self._queues[peer_id]
+        while True:
+            stream: trio.SocketStream | None = None
+            try:
+                with trio.fail_after(cfg.peer_connect_timeout_ms / 1000):
+                    stream = await trio.open_tcp_stream(address.host, address.port)
+            except (OSError, trio.TooSlowError) as exc:
+                log.debug("node %d: cannot reach peer %d at %s: %s", self._node_id, peer_id, address, exc)
+            if stream is not None:
+                started = trio.current_time()
+                await self._pump(peer_id, stream, q)
+                if trio.current_time() - started >= STABLE_CONNECTION_S:
+                    backoff_ms = cfg.peer_reconnect_ms_min
+            q.clear()  # stale by the time a new connection is up; Raft retransmits
+            # Full jitter (AWS architecture blog, "Exponential Backoff And Jitter").
+            await trio.sleep(random.uniform(0, backoff_ms) / 1000)
+            backoff_ms = min(backoff_ms * 2, cfg.peer_reconnect_ms_max)
+
+    async def _pump(self, peer_id: int, stream: trio.SocketStream, q: PeerQueue) -> None:
+        """Handshake, then send queued frames until the connection breaks."""
+
+        async def send_loop(cancel: trio.CancelScope) -> None:
+            try:
+                hello = peer_hello(self._config.cluster_id, self._node_id, peer_id)
+                await stream.send_all(encode_frame(pack(hello)))
+                while True:
+                    frames = await q.take()
+                    await stream.send_all(b"".join(frames) if len(frames) > 1 else frames[0])
+                    self.frames_sent += len(frames)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                log.debug("node %d: connection to peer %d broke: %s", self._node_id, peer_id, exc)
+            cancel.cancel()
+
+        async def watch_close(cancel: trio.CancelScope) -> None:
+            # The acceptor sends nothing but an error before it closes; either way we are done.
+            decoder = FrameDecoder()
+            try:
+                frame = await read_frame(stream, decoder)
+                if frame is not None:
+                    log.warning("node %d: peer %d refused the connection: %.300r", self._node_id, peer_id, unpack(frame))
+            except (TrimaranError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+            cancel.cancel()
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send_loop, nursery.cancel_scope)
+                nursery.start_soon(watch_close, nursery.cancel_scope)
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    # ------------------------------------------------------------------ receiving
+
+    def _check_hello(self, obj: Any) -> int:
+        if not isinstance(obj, dict) or obj.get("type") != "peer_hello":
+            raise ProtocolError("the first frame on a peer connection must be a peer_hello")
+        if obj.get("version") != PEER_PROTOCOL_VERSION:
+            raise ProtocolError(f"unsupported peer protocol version {obj.get('version')!r}")
+        if obj.get("cluster_id") != self._config.cluster_id:
+            raise ProtocolError(f"cluster id {obj.get('cluster_id')!r} is not {self._config.cluster_id!r}")
+        if obj.get("recipient") != self._node_id:
+            raise ProtocolError(f"this is node {self._node_id}, not node {obj.get('recipient')!r}")
+        sender = obj.get("node_id")
+        if type(sender) is not int or sender not in self._queues:
+            raise ProtocolError(f"node {sender!r} is not a known peer")
+        return sender
+
+    async def _handle_inbound(self, stream: trio.SocketStream) -> None:
+        if self._inbound >= self._config.peer_connections_max:
+            self.connections_refused += 1
+            await self._refuse(stream, ProtocolError("too many peer connections"))
+            return
+        self._inbound += 1
+        try:
+            await self._receive(stream)
+        except TrimaranError as exc:
+            # Malformed, oversized or truncated input: say why (best effort) and close.
+            self.connections_refused += 1
+            log.warning("node %d: closing a peer connection: %s", self._node_id, exc)
+            await self._refuse(stream, exc)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            self._inbound -= 1
+
+    async def _receive(self, stream: trio.SocketStream) -> None:
+        # The handshake is tiny: until it is in, a frame header over 4 KiB is refused at once.
+        decoder = FrameDecoder(HELLO_FRAME_BYTES_MAX)
+        with trio.move_on_after(self._config.handshake_timeout_ms / 1000) as deadline:
+            first = await read_frame(stream, decoder)
+        if deadline.cancelled_caught:
+            raise ProtocolError(f"no peer_hello within {self._config.handshake_timeout_ms} ms")
+        if first is None:
+            return
+        sender = self._check_hello(unpack(first, size_bytes_max=HELLO_FRAME_BYTES_MAX))
+        decoder.frame_bytes_max = limits.frame_bytes_max
+        while True:
+            frame = await read_frame(stream, decoder)
+            if frame is None:
+                return
+            msg = decode_from_peer(frame, sender, self._node_id)
+            self.frames_received += 1
+            await self._deliver(msg)
+
+    async def _refuse(self, stream: trio.SocketStream, exc: TrimaranError) -> None:
+        with trio.move_on_after(1.0):
+            try:
+                await stream.send_all(error_frame(exc))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+

@@ -1,0 +1,178 @@
+"""The LMDB writer: one dedicated OS thread that owns the store and does group commit.
+
+Why a thread of its own: LMDB ties a write transaction to the OS thread that began it, and an
+fsync blocks for milliseconds, which must not stall the trio loop (ticks, peers, clients). trio's
+``to_thread.run_sync`` would also work with a ``CapacityLimiter(1)``, but it promises neither the
+same OS thread for every call nor coalescing; a thread fed by a queue gives both plainly.
+
+Group commit: while one transaction is being fsynced, the driver keeps handing over batches; the
+next round takes *every* queued batch (up to ``group_batches_max``) and writes them as one
+``storage.write([...])``: one transaction, one fsync. Batches are written in the order they were
+submitted and reported back in that order, which is what :mod:`trimaran.cluster.ready` requires
+("batches become durable in the order their Readies were taken").
+
+Results go back to the trio thread with ``TrioToken.run_sync_soon`` (thread-safe, non-blocking),
+so the writer never waits for the event loop before starting the next group.
+
+``StorageFullError`` is not fatal: the refused group is kept and retried, ahead of anything newer,
+every ``retry_ms``; the driver is told so it can refuse new client writes meanwhile. Any other
+storage error is fatal for the node (it cannot promise durability any more): it is reported and
+the thread stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import trio
+
+from trimaran.errors import StorageFullError
+from trimaran.storage import BootState, LmdbStorage, WriteBatch
+
+log = logging.getLogger("trimaran.node.writer")
+
+#: Sentinel asking the thread to finish the queued work, close the store and exit.
+_STOP = object()
+
+
+@dataclass(slots=True)
+class WriteResult:
+    """Everything submitted with a sequence number <= ``seq`` is durable (when ``error`` is None)."""
+
+    seq: int
+    #: ``StorageFullError`` (retrying; nothing at or after the failed group is durable yet) or a
+    #: fatal error (the thread has stopped).
+    error: BaseException | None = None
+
+
+class StorageWriter:
+    """Owns one ``LmdbStorage`` on one OS thread; see the module docstring."""
+
+    def __init__(
+        self,
+        path: str,
+        on_result: Callable[[WriteResult], None],
+        *,
+        map_bytes_initial: int,
+        map_bytes_max: int,
+        group_batches_max: int = 1024,
+        retry_ms: int = 1_000,
+    ) -> None:
+        self._path = path
+        self._on_result = on_result
+        self._map_bytes_initial = map_bytes_initial
+        self._map_bytes_max = map_bytes_max
+        self._group_batches_max = group_batches_max
+        self._retry_s = retry_ms / 1000
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._booted = trio.Event()
+        self._boot: BootState | None = None
+        self._boot_error: BaseException | None = None
+        self._closed = trio.Event()
+        #: Counters for status/metrics: groups written and batches in them.
+        self.groups_written = 0
+        self.batches_written = 0
+
+    async def start(self) -> BootState:
+        """Start the thread; it opens the store and reads it back. Raises what opening raised."""
+        assert self._thread is None, "start() once"
+        self._token = trio.lowlevel.current_trio_token()
+        self._thread = threading.Thread(target=self._run, name=f"trimaran-writer:{self._path}", daemon=True)
+        self._thread.start()
+        await self._booted.wait()
+        if self._boot_error is not None:
+            await self._closed.wait()
+            raise self._boot_error
+        assert self._boot is not None
+        return self._boot
+
+    def submit(self, seq: int, batch: WriteBatch) -> None:
+        """Queue a batch; ``seq`` must increase by one per call. Never blocks."""
+        self._queue.put((seq, batch))
+
+    async def stop(self) -> None:
+        """Write what is queued, close the store, end the thread. Safe to call more than once."""
+        if self._thread is None:
+            return
+        self._queue.put(_STOP)
+        await self._closed.wait()
+
+    # ------------------------------------------------------------------ the thread
+
+    def _call_soon(self, fn: Callable[..., object], *args: object) -> None:
+        assert self._token is not None
+        try:
+            self._token.run_sync_soon(fn, *args)
+        except trio.RunFinishedError:
+            pass  # the loop is gone: nobody is waiting for this any more
+
+    def _set_boot(self, boot: BootState | None, error: BaseException | None) -> None:
+        self._boot, self._boot_error = boot, error
+        self._booted.set()
+
+    def _run(self) -> None:
+        storage: LmdbStorage | None = None
+        try:
+            storage = LmdbStorage(self._path, self._map_bytes_initial, self._map_bytes_max)
+            boot = storage.load()
+        except BaseException as exc:  # reported to start(), which re-raises it in the trio task
+            if storage is not None:
+                storage.close()
+            self._call_soon(self._set_boot, None, exc)
+            self._call_soon(self._closed.set)
+            return
+        self._call_soon(self._set_boot, boot, None)
+        try:
+            self._loop(storage)
+        finally:
+            storage.close()
+            self._call_soon(self._closed.set)
+
+    def _take(self, held: bool) -> tuple[list[tuple[int, WriteBatch]], bool]:
+        """Wait for work (at most retry_s when a refused group is held), then drain the queue."""
+        items: list[object] = []
+        try:
+            items.append(self._queue.get(timeout=self._retry_s) if held else self._queue.get())
+        except queue.Empty:
+            return [], False
+        while len(items) < self._group_batches_max:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        stopping = _STOP in items
+        work = [item for item in items if item is not _STOP]
+        return work, stopping  # type: ignore[return-value]
+
+    def _loop(self, storage: LmdbStorage) -> None:
+        held: list[tuple[int, WriteBatch]] = []
+        stopping = False
+        while True:
+            new, stopping_now = self._take(bool(held))
+            stopping = stopping or stopping_now
+            group = held + new
+            if group:
+                try:
+                    storage.write([batch for _, batch in group])
+                except StorageFullError as exc:
+                    held = group
+                    log.error("storage full: %s; retrying every %.1f s", exc, self._retry_s)
+                    self._call_soon(self._on_result, WriteResult(group[-1][0], exc))
+                except BaseException as exc:
+                    log.critical("storage write failed: %r; the node stops", exc)
+                    self._call_soon(self._on_result, WriteResult(group[-1][0], exc))
+                    return
+                else:
+                    held = []
+                    self.groups_written += 1
+                    self.batches_written += len(group)
+                    self._call_soon(self._on_result, WriteResult(group[-1][0]))
+            if stopping and (held or self._queue.empty()):
+                # A held (refused) group is given up on stop: it was never acknowledged to anyone.
+                return
