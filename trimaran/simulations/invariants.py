@@ -7,8 +7,10 @@
   and carry the same data — by induction that is the whole property).
 - Leader Completeness: an entry committed before a term began is in the log of that term's leader.
 - State Machine Safety: no two nodes apply different entries at the same index.
-- Monotonicity: a node's term never decreases (it is durable); commit and applied indexes never
-  decrease during one lifetime of a node.
+- Monotonicity: a node's term, commit and applied indexes never decrease during one lifetime of a
+  node. (Across a crash the in-memory term may fall back to the last durable one: nothing that
+  depended on the lost term was sent, which is what persist-before-speak guarantees; a double vote
+  would show up as two leaders of one term.)
 
 A violation raises :class:`InvariantViolation` (an ``AssertionError``: it is a bug in trimaran).
 """
@@ -45,7 +47,8 @@ class RaftInvariants:
         raise InvariantViolation(message)
 
     def node_restarted(self, node_id: int) -> None:
-        """Volatile indexes start again after a restart."""
+        """Volatile state starts again after a restart."""
+        self._term.pop(node_id, None)
         self._commit.pop(node_id, None)
         self._applied_index.pop(node_id, None)
         self._log_checked.pop(node_id, None)
