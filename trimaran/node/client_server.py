@@ -144,7 +144,10 @@ class ClientConnection:
                 cluster_id=server.config.cluster_id,
             )
         # hello.token: the slot signed-token auth will check (a later issue); accepted unchecked.
-        self._queue(_encode(welcome(server.config.node_id, server.driver.replica.leader_id, server.config.cluster_id)))
+        leader = server.driver.replica.leader_id
+        answer = welcome(server.config.node_id, leader, server.config.cluster_id)
+        answer["leader_address"] = server.driver.client_address_of(leader) if leader else None
+        self._queue(_encode(answer))
 
     async def _on_frame(self, frame: bytes) -> None:
         obj = unpack(frame, size_bytes_max=self._server.config.client_frame_bytes_max)

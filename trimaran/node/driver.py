@@ -91,7 +91,7 @@ class Driver:
         self.replica = replica
         self._writer = writer
         self._send = send
-        self._client_address_of = client_address_of
+        self.client_address_of = client_address_of
         self._inbox: deque[tuple[Any, ...]] = deque()
         self._inbox_space = trio.lowlevel.ParkingLot()
         self._wake = trio.lowlevel.ParkingLot()
@@ -273,7 +273,7 @@ class Driver:
     def not_leader(self) -> NotLeader:
         """A not_leader error with the leader's id and, when known, its client address."""
         leader = self.replica.leader_id
-        return NotLeader(leader_hint=leader or None, leader_address=self._client_address_of(leader) if leader else None)
+        return NotLeader(leader_hint=leader or None, leader_address=self.client_address_of(leader) if leader else None)
 
     def _reply(self, token: Token, ok: bool, value: Any) -> None:
         if not ok and isinstance(value, NotLeader):
@@ -344,7 +344,7 @@ class Driver:
             "role": raft.role.name.lower(),
             "term": raft.term,
             "leader_id": leader,
-            "leader_address": self._client_address_of(leader) if leader else None,
+            "leader_address": self.client_address_of(leader) if leader else None,
             "commit_index": lg.commit_index,
             "applied_index": lg.applied_index,
             "last_index": lg.last_index(),
@@ -352,6 +352,14 @@ class Driver:
             "snapshot_index": raft.snapshot.meta.last_index if raft.snapshot is not None else 0,
             "voters": list(raft.membership.voters),
             "learners": list(raft.membership.learners),
+            "members": [
+                {
+                    "node_id": n,
+                    "role": "voter" if n in raft.membership.voters else "learner",
+                    "address": self.client_address_of(n),
+                }
+                for n in raft.membership.members
+            ],
             "progress": progress,
             "storage_full": self.storage_full,
             "writes": {

@@ -31,6 +31,40 @@ op                      body                                                    
 ======================  ================================================================  ==========
 
 ``command`` is exactly-once: retrying with the same ``(client_id, seq)`` returns the saved answer.
+
+What the node runtime (:mod:`trimaran.node.client_server`) adds, all optional for a client:
+
+- ``welcome`` may carry ``"leader_address": "host:port" | None``, the leader's client address
+  when the node knows it.
+- After the handshake, a frame that is not a request at all (malformed msgpack, not
+  ``[request_id, op, body]``, over the node's frame limit, cut short) gets one
+  ``{"type": "error", "error": <error>}`` frame and the node closes the connection. A connection
+  over the node's cap, or opened while it shuts down, gets the same with code ``unavailable``.
+- A request with bad fields is answered under its request id (``invalid_argument``, ``too_large``)
+  and the connection stays open.
+- ``read``: ``consistency`` may be left out; it defaults to ``"linearizable"``.
+- Error codes a request may meet: ``not_leader`` (``details.leader_hint``: node id or None,
+  ``details.leader_address``: its client ``"host:port"`` or None), ``timeout`` (not answered
+  within the node's request timeout; the outcome is unknown, retry with the same ``seq``),
+  ``unavailable`` (shutting down, leadership changed, overloaded), ``storage_full`` (this node
+  refuses writes until space is freed; reads still work), ``invalid_argument``, ``too_large``,
+  ``session_expired``, ``membership_rejected``, and the services' own codes.
+- ``membership`` result: ``{"voters": [int], "learners": [int]}`` once the change is applied.
+- ``status`` result (a node describes itself; ints are log indexes unless said otherwise)::
+
+      {"node_id", "cluster_id", "address": "host:port" (this node's client address),
+       "role": "leader"|"follower"|"candidate"|"pre_candidate", "term",
+       "leader_id" (0: none known), "leader_address": "host:port" | None,
+       "commit_index", "applied_index", "last_index", "persisted_index", "snapshot_index",
+       "voters": [int], "learners": [int],
+       "members": [{"node_id", "role": "voter"|"learner", "address": "host:port" | None}],
+       "progress": [{"node_id", "match", "next", "lag" (entries behind the leader's last index),
+                     "state": "probe"|"replicate"|"snapshot", "recent_active": bool}]
+                   (leader only; [] elsewhere),
+       "storage_full": bool,
+       "writes": {"submitted", "durable", "groups", "batches"} (counts of LMDB write batches and
+                 of group-commit transactions),
+       "metrics": {str: int} (counters; names may grow)}
 """
 
 from __future__ import annotations
@@ -120,6 +154,7 @@ def parse_request(obj: Any) -> Request:
         if "command" not in body:
             raise InvalidArgument("command missing")
     elif op == "read":
+        body.setdefault("consistency", "linearizable")
         _str_field(body, "service")
         _str_field(body, "consistency", CONSISTENCIES)
         if "query" not in body:
