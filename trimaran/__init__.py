@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from trimaran import errors
 
 if TYPE_CHECKING:
-    from trimaran.client import connect, connect_sync
+    from .client import connect, connect_sync
 
 __all__ = ["connect", "connect_sync", "errors"]
 
@@ -19,7 +19,7 @@ __all__ = ["connect", "connect_sync", "errors"]
 def __getattr__(name: str) -> Any:
     # PEP 562: the client pulls in trio, which a `trimaran --help` or a storage test never needs.
     if name in ("connect", "connect_sync"):
-        from trimaran import client
+        from . import client
 
         return getattr(client, name)
     raise AttributeError(f"module 'trimaran' has no attribute {name!r}")

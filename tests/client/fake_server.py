@@ -53,6 +53,8 @@ class FakeCluster:
     calls: list[Call] = field(default_factory=list)
     nodes: dict[int, FakeNode] = field(default_factory=dict)
     index: int = 0
+    #: Set when the cluster runs in its own thread (cluster_in_thread), to reach its trio run.
+    trio_token: Any = None
 
     def register(self) -> int:
         self.next_client_id += 1
@@ -236,7 +238,7 @@ def cluster_in_thread(size: int = 3, leader_id: int = 1) -> Iterator[FakeCluster
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             box["cluster"] = await start_cluster(nursery, size, leader_id)
-            box["token"] = trio.lowlevel.current_trio_token()
+            box["token"] = box["cluster"].trio_token = trio.lowlevel.current_trio_token()
             box["stop"] = trio.Event()
             ready.set()
             await box["stop"].wait()

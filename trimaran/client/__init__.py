@@ -9,8 +9,8 @@
 Every error is a :class:`trimaran.errors.TrimaranError`; see that module for the tree.
 """
 
-from trimaran.client.client import Client, connect
-from trimaran.client.connection import Address, parse_endpoints
-from trimaran.client.sync import SyncClient, connect_sync
+from .client import Client, connect
+from .connection import Address, parse_endpoints
+from .sync import SyncClient, connect_sync
 
 __all__ = ["Address", "Client", "SyncClient", "connect", "connect_sync", "parse_endpoints"]

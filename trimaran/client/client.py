@@ -1,7 +1,7 @@
 """The trio-native client: leader discovery, redirects, reconnects, retries and exactly-once commands.
 
 One :class:`Client` keeps one connection, to the leader, shared by every task that calls it:
-requests are pipelined on it (see :mod:`trimaran.client.connection`). Every call runs under a
+requests are pipelined on it (see :mod:`.connection`). Every call runs under a
 deadline (a trio cancel scope); when it passes the call raises ``RequestTimeout``.
 
 Retries never break exactly-once. A command keeps its session sequence number across every retry,
@@ -22,18 +22,19 @@ from typing import Any
 import trio
 
 from trimaran import limits
-from trimaran.client.connection import (
+from .connection import (
     INFLIGHT_REQUESTS_MAX_DEFAULT,
     Address,
     Connection,
     ConnectionLost,
     address_from_wire,
     backoff_delays_s,
+    describe_failure,
     open_connection,
     parse_endpoints,
 )
-from trimaran.client.register import RegisterMethods
-from trimaran.client.session import Session
+from .register import RegisterMethods
+from .session import Session
 from trimaran.errors import (
     InvalidArgument,
     NotLeader,
@@ -146,7 +147,7 @@ class Client(RegisterMethods):
         came before the deadline (the command may or may not have been applied), ``SessionExpired``
         if the cluster forgot this client's session while the outcome was unknown.
         """
-        return await self._with_deadline(timeout_ms, self._command, service, command)
+        return await self._with_deadline(timeout_ms, self._command, service, command, unknown_outcome=True)
 
     async def read(
         self, service: str, query: Any, consistency: str = "linearizable", *, timeout_ms: int | None = None
@@ -173,7 +174,7 @@ class Client(RegisterMethods):
             try:
                 conn = await self._open(nursery, target)
             except (OSError, ConnectionLost) as exc:
-                raise Unavailable(f"cannot reach {target}: {exc}") from None
+                raise Unavailable(f"cannot reach {target}: {describe_failure(exc)}") from None
             try:
                 return await conn.request("status", {})
             except ConnectionLost as exc:
@@ -200,15 +201,18 @@ class Client(RegisterMethods):
 
     # ------------------------------------------------------------------ deadlines and retries
 
-    async def _with_deadline(self, timeout_ms: int | None, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    async def _with_deadline(
+        self, timeout_ms: int | None, fn: Callable[..., Awaitable[Any]], *args: Any, unknown_outcome: bool = False
+    ) -> Any:
         self._require_open()
         timeout_ms = self.timeout_ms if timeout_ms is None else timeout_ms
         if timeout_ms <= 0:
             raise InvalidArgument("timeout_ms must be positive")
         with trio.move_on_after(timeout_ms / 1000):
             return await fn(*args)
+        outcome = "; it may or may not have been applied" if unknown_outcome else ""
         detail = f" (last: {self._last_failure})" if self._last_failure else ""
-        raise RequestTimeout(f"no answer within {timeout_ms} ms; the outcome is unknown{detail}")
+        raise RequestTimeout(f"no answer within {timeout_ms} ms{outcome}{detail}")
 
     def _backoff(self) -> Iterator[float]:
         return backoff_delays_s(self._backoff_ms[0], self._backoff_ms[1], self._rng)
@@ -221,8 +225,7 @@ class Client(RegisterMethods):
             try:
                 return await conn.request(op, body)
             except _RETRYABLE as exc:
-                if not self._on_refused(conn, exc):
-                    await trio.sleep(next(delays))
+                await self._after_refusal(conn, exc, delays)
             except ConnectionLost as exc:
                 self._on_lost(conn, exc)
                 await trio.sleep(next(delays))
@@ -235,8 +238,7 @@ class Client(RegisterMethods):
             try:
                 return await conn.request(op, body)
             except NotLeader as exc:  # refused, so certainly not applied: safe to go elsewhere
-                if not self._on_refused(conn, exc):
-                    await trio.sleep(next(delays))
+                await self._after_refusal(conn, exc, delays)
             except ConnectionLost as exc:
                 self._on_lost(conn, exc)
                 if exc.maybe_sent:
@@ -281,8 +283,7 @@ class Client(RegisterMethods):
                 ) from None
             except _RETRYABLE as exc:
                 maybe_applied |= isinstance(exc, RequestTimeout)  # the node's deadline: unknown
-                if not self._on_refused(conn, exc):
-                    await trio.sleep(next(delays))
+                await self._after_refusal(conn, exc, delays)
             except ConnectionLost as exc:
                 maybe_applied |= exc.maybe_sent
                 self._on_lost(conn, exc)
@@ -313,24 +314,37 @@ class Client(RegisterMethods):
 
     # ------------------------------------------------------------------ leader discovery
 
-    def _on_refused(self, conn: Connection, exc: TrimaranError) -> bool:
-        """Learn from a node's refusal; True if a known leader elsewhere can be tried at once."""
+    async def _after_refusal(self, conn: Connection, exc: TrimaranError, delays: Iterator[float]) -> None:
+        """Learn from a node's refusal, then pause unless a known leader elsewhere can be tried at once."""
         self._last_failure = f"{conn.address}: {exc.code}: {exc.message}"
-        if not isinstance(exc, NotLeader):
-            return False
-        hint = exc.leader_hint
-        address = address_from_wire(exc.details.get("leader_address"))
-        if hint is not None and address is not None:
-            self.node_addresses[hint] = address
-        self.leader_id = hint
+        hint = exc.leader_hint if isinstance(exc, NotLeader) else None
         if hint is None or hint == conn.node_id:
-            # No leader known (an election) or a leadership change in progress: keep the
-            # connection, wait a little, ask again.
-            return False
+            # Overloaded, no leader known (an election), or a leadership change in progress:
+            # keep the connection, wait a little, ask again.
+            if isinstance(exc, NotLeader):
+                self.leader_id = hint
+            await trio.sleep(next(delays))
+            return
+        self.leader_id = hint
+        address = address_from_wire(exc.details.get("leader_address"))
+        if address is not None:
+            self.node_addresses[hint] = address
+        elif hint not in self.node_addresses:
+            await self._learn_members(conn)
         if self._conn is conn:
             self._conn = None
         conn.retire()
-        return hint is not None and hint in self.node_addresses
+        if hint not in self.node_addresses:
+            await trio.sleep(next(delays))
+
+    async def _learn_members(self, conn: Connection) -> None:
+        """Ask a node for its status, for the member addresses in it (best effort)."""
+        try:
+            status = await conn.request("status", {})
+        except (TrimaranError, ConnectionLost):
+            return
+        if isinstance(status, dict):
+            self._learn_from_status(status)
 
     def _on_lost(self, conn: Connection, exc: ConnectionLost) -> None:
         self._last_failure = exc.reason
@@ -362,7 +376,7 @@ class Client(RegisterMethods):
                 try:
                     conn = await self._open(nursery, address)
                 except (OSError, ConnectionLost, RequestTimeout, Unavailable) as exc:
-                    self._last_failure = f"connect to {address}: {exc}"
+                    self._last_failure = f"connect to {address}: {describe_failure(exc)}"
                     continue
                 welcome = conn.welcome
                 if welcome.leader_id == welcome.node_id:

@@ -7,7 +7,7 @@ Responses may come back in any order. Callers never touch the stream, so a calle
 timeout can never leave half a frame on the wire.
 
 This module knows nothing about leaders, sessions or retries: a lost connection is reported as
-:class:`ConnectionLost` and the :class:`~trimaran.client.client.Client` decides what to do.
+:class:`ConnectionLost` and the :class:`~.client.Client` decides what to do.
 """
 
 from __future__ import annotations
@@ -316,6 +316,17 @@ async def open_connection(
     conn = Connection(stream, address, decoder, welcome, inflight_requests_max)
     nursery.start_soon(conn.run)
     return conn
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A one-line reason, looking through trio's "all attempts to connect failed" to the OS error."""
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup):
+        causes = {describe_failure(e) for e in cause.exceptions}
+        return "; ".join(sorted(causes))
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
 
 
 def backoff_delays_s(base_ms: int, cap_ms: int, rng: random.Random) -> Iterator[float]:

@@ -13,8 +13,8 @@ from typing import Any
 
 import trio
 
-from trimaran.client.client import Client
-from trimaran.client.connection import Address
+from .client import Client
+from .connection import Address
 from trimaran.errors import TrimaranError
 
 

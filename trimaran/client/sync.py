@@ -1,4 +1,4 @@
-"""A blocking facade over :class:`~trimaran.client.client.Client`, for code that is not trio.
+"""A blocking facade over :class:`~.client.Client`, for code that is not trio.
 
 ``connect_sync`` starts one dedicated thread running ``trio.run``; the async client lives there,
 and each blocking method hands its call to that thread with ``trio.from_thread.run`` and waits.
@@ -14,8 +14,8 @@ from typing import Any, Callable
 
 import trio
 
-from trimaran.client.client import TIMEOUT_MS_DEFAULT, Client, Endpoints
-from trimaran.client.register import BytesLike
+from .client import TIMEOUT_MS_DEFAULT, Client, Endpoints
+from .register import BytesLike
 from trimaran.errors import InvalidArgument, TrimaranError
 
 #: How long closing waits for the trio thread (it only has to cancel its tasks).
