@@ -18,6 +18,116 @@ def main() -> None:
 
 
 # === cluster and node (trimaran.node) ===========================================================
+# Imports of trimaran.node stay inside the commands, like the client's: `--help` stays fast.
+
+
+def _node_error(exc: BaseException) -> click.ClickException:
+    """One clear line for an error that stopped a node or the local cluster."""
+    from trimaran.errors import TrimaranError
+
+    if isinstance(exc, TrimaranError):
+        return click.ClickException(f"{exc.code}: {exc.message}".splitlines()[0])
+    if isinstance(exc, OSError):
+        return click.ClickException(f"{exc.strerror or exc}".splitlines()[0] + (f": {exc.filename}" if exc.filename else ""))
+    return click.ClickException(f"{type(exc).__name__}: {exc}".splitlines()[0])
+
+
+@main.command("up")
+@click.option(
+    "--data-dir", default="./trimaran-data", show_default=True, help="One directory per node is made in here."
+)
+@click.option(
+    "--base-port",
+    type=click.IntRange(1, 65000),
+    default=7000,
+    show_default=True,
+    help="Node i listens for clients on BASE+i and for peers on BASE+100+i.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address every node listens on.")
+@click.option("--cluster-id", default="trimaran", show_default=True, help="Name the nodes check in every handshake.")
+@click.option("--tick-ms", type=click.IntRange(1, 10_000), default=50, show_default=True, help="Raft tick.")
+def up_command(data_dir: str, base_port: int, host: str, cluster_id: str, tick_ms: int) -> None:
+    """Start a local 3-node cluster (Ctrl-C stops it; run again to come back from its data)."""
+    import sys
+
+    from trimaran.node.local_cluster import run_local_cluster
+
+    try:
+        status = run_local_cluster(data_dir, base_port, cluster_id, tick_ms, echo=click.echo, host=host)
+    except Exception as exc:  # one line, not a traceback: the user's next step is in the message
+        raise _node_error(exc) from None
+    sys.exit(status)
+
+
+@main.group("node")
+def node_group() -> None:
+    """Run one node of a cluster spread over machines."""
+
+
+@node_group.command("run")
+@click.option("--id", "node_id", type=click.IntRange(min=1), required=True, help="This node's id (a positive integer).")
+@click.option("--listen", required=True, metavar="HOST:PORT", help="Address for clients.")
+@click.option("--peer-listen", required=True, metavar="HOST:PORT", help="Address for the other nodes (firewall it off from clients).")
+@click.option("--peer", "peers", multiple=True, metavar="ID=HOST:PORT", help="Another node's peer address; repeat per node.")
+@click.option(
+    "--peer-client",
+    "peer_clients",
+    multiple=True,
+    metavar="ID=HOST:PORT",
+    help="Another node's client address, for the leader hint in not_leader answers; repeat per node.",
+)
+@click.option("--data-dir", required=True, help="Directory of this node's LMDB store (created if missing).")
+@click.option("--cluster-id", default="trimaran", show_default=True, help="Name checked in every handshake.")
+@click.option("--tick-ms", type=click.IntRange(1, 10_000), default=50, show_default=True, help="Raft tick.")
+@click.option("--join", is_flag=True, help="Start with no membership and wait for a leader to add this node.")
+@click.option("--lease-reads", is_flag=True, help="Allow lease reads (assumes bounded clock drift).")
+@click.option("--snapshot-interval-entries", type=click.IntRange(min=1), default=10_000, show_default=True)
+@click.option("--request-timeout-ms", type=click.IntRange(min=1), default=10_000, show_default=True)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+@click.option("--parent-pid", type=int, hidden=True, help="Stop when this process is gone (used by `trimaran up`).")
+def node_run_command(
+    node_id: int,
+    listen: str,
+    peer_listen: str,
+    peers: tuple[str, ...],
+    peer_clients: tuple[str, ...],
+    data_dir: str,
+    cluster_id: str,
+    tick_ms: int,
+    join: bool,
+    lease_reads: bool,
+    snapshot_interval_entries: int,
+    request_timeout_ms: int,
+    log_level: str,
+    parent_pid: int | None,
+) -> None:
+    """Run one node until SIGINT/SIGTERM, then stop gracefully (exit status 0)."""
+    from trimaran.node.config import Address, NodeConfig, build_peers
+    from trimaran.node.node import configure_logging, run_node_process
+
+    try:
+        config = NodeConfig(
+            node_id,
+            Address.parse(listen, "--listen"),
+            Address.parse(peer_listen, "--peer-listen"),
+            build_peers(list(peers), list(peer_clients)),
+            data_dir,
+            cluster_id=cluster_id,
+            tick_ms=tick_ms,
+            join=join,
+            lease_reads=lease_reads,
+            snapshot_interval_entries=snapshot_interval_entries,
+            request_timeout_ms=request_timeout_ms,
+        ).validate()
+        configure_logging(log_level, node_id)
+        run_node_process(config, parent_pid)
+    except Exception as exc:
+        raise _node_error(exc) from None
 
 
 # === client commands (trimaran.client) ===========================================================

@@ -32,6 +32,14 @@ log = logging.getLogger("trimaran.node")
 PARENT_CHECK_INTERVAL_S = 0.5
 
 
+def configure_logging(level: str, node_id: int) -> None:
+    """Log lines to stderr, each naming the node (three nodes often share one terminal or file)."""
+    logging.basicConfig(
+        level=level.upper(),
+        format=f"%(asctime)s node{node_id} %(levelname)s %(name)s: %(message)s",
+    )
+
+
 def default_services() -> list[Service]:
     """The replicated services every node runs (the KV cache issue replaces the register map)."""
     return [RegisterService()]

@@ -1,0 +1,52 @@
+"""A minimal one-shot client of the client protocol, for the runtime's own use.
+
+``trimaran up`` uses it to wait until its cluster has a leader; it is not the client library
+(``trimaran.client``, which node/ may not import), just hello + one request over raw frames.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from trimaran.errors import ProtocolError, TrimaranError, error_from_wire
+from trimaran.node.config import Address
+from trimaran.node.transport import read_frame
+from trimaran.protocols.client_protocol import hello
+from trimaran.protocols.codec import pack, unpack
+from trimaran.protocols.framing import FrameDecoder, encode_frame
+
+
+async def request_once(address: Address, op: str, body: dict[str, Any], cluster_id: str | None = None) -> Any:
+    """Connect, say hello, send one request and return its result; raise its typed error.
+
+    Bound it with a cancel scope (``trio.fail_after``); ``OSError`` if nothing listens.
+    """
+    stream = await trio.open_tcp_stream(address.host, address.port)
+    async with stream:
+        decoder = FrameDecoder()
+        await stream.send_all(encode_frame(pack(hello(cluster_id))) + encode_frame(pack([1, op, body])))
+        for _ in range(2):
+            frame = await read_frame(stream, decoder)
+            if frame is None:
+                raise ProtocolError(f"{address} closed the connection")
+            obj = unpack(frame)
+            if isinstance(obj, dict) and obj.get("type") == "error":
+                raise error_from_wire(obj.get("error"))
+            if isinstance(obj, list) and len(obj) == 3 and obj[0] == 1:
+                if obj[1]:
+                    return obj[2]
+                raise error_from_wire(obj[2])
+    raise ProtocolError(f"{address} did not answer the request")
+
+
+async def fetch_status(address: Address, cluster_id: str | None = None, timeout_s: float = 1.0) -> dict[str, Any] | None:
+    """The node's ``status`` answer, or None if it did not give one within ``timeout_s``."""
+    with trio.move_on_after(timeout_s):
+        try:
+            status = await request_once(address, "status", {}, cluster_id)
+        except (OSError, TrimaranError, trio.BrokenResourceError):
+            return None
+        return status if isinstance(status, dict) else None
+    return None
