@@ -18,6 +18,7 @@ import random
 import zlib
 from enum import IntEnum
 
+from trimaran import limits
 from trimaran.cluster.config import RaftConfig
 from trimaran.cluster.log import RaftLog
 from trimaran.cluster.progress import Progress, ProgressState
@@ -212,7 +213,8 @@ class Raft:
         self._require_leader()
         self._check_conf_change(change)
         index = self.log.last_index() + 1
-        self._append([Entry(index, self.term, EntryKind.CONF_CHANGE, encode_conf_change(change))])
+        data = encode_conf_change(change, self._apply_change(self.membership, change))
+        self._append([Entry(index, self.term, EntryKind.CONF_CHANGE, data)])
         return index
 
     def transfer_leadership(self, target: int) -> None:
@@ -274,7 +276,7 @@ class Raft:
         """Storage made the log durable through (index, term)."""
         if not self.log.mark_persisted(index, term):
             return
-        if self.role == Role.LEADER and self._maybe_commit():
+        if self.role == Role.LEADER and self._maybe_commit() and self.role == Role.LEADER:
             self._broadcast_append()
 
     # ================================================================================ output
@@ -301,7 +303,7 @@ class Raft:
             rd.persist_term = self.log.last_term()
         if rd.persist_index and "leader_counts_unpersisted" in self._mutants and self.role == Role.LEADER:
             self.log.persisted_index = rd.persist_index
-            if self._maybe_commit():
+            if self._maybe_commit() and self.role == Role.LEADER:
                 self._broadcast_append()
         rd.committed = self.log.take_committed()
         rd.messages, self._msgs = self._msgs, []
@@ -659,6 +661,8 @@ class Raft:
                 pr.become_replicate()
             pr.free_inflight_through(msg.index)
             if self._maybe_commit():
+                if self.role != Role.LEADER:
+                    return  # the commit removed this leader (thesis §4.2.2)
                 self._broadcast_append()
             if msg.sender == self.transferee and pr.match == self.log.last_index():
                 self._send(TimeoutNow(self.term, self.id, msg.sender))
@@ -729,6 +733,8 @@ class Raft:
             pr.become_probe()
             pr.become_replicate()
             if self._maybe_commit():
+                if self.role != Role.LEADER:
+                    return
                 self._broadcast_append()
             while self._send_append(msg.sender):
                 pass
@@ -847,15 +853,17 @@ class Raft:
 
     @staticmethod
     def _changed(membership: Membership, data: bytes) -> Membership:
-        change = decode_conf_change(data)
+        """The membership a change entry results in (it carries it: see encode_conf_change)."""
+        return decode_conf_change(data)[1]
+
+    @staticmethod
+    def _apply_change(membership: Membership, change: ConfChange) -> Membership:
         voters, learners = set(membership.voters), set(membership.learners)
         if change.kind == ConfChangeKind.ADD_LEARNER:
-            if change.node_id not in voters:
-                learners.add(change.node_id)
+            learners.add(change.node_id)
         elif change.kind == ConfChangeKind.PROMOTE:
-            if change.node_id in learners:
-                learners.discard(change.node_id)
-                voters.add(change.node_id)
+            learners.discard(change.node_id)
+            voters.add(change.node_id)
         else:
             voters.discard(change.node_id)
             learners.discard(change.node_id)
@@ -873,7 +881,7 @@ class Raft:
         if change.kind == ConfChangeKind.ADD_LEARNER:
             if m.contains(node):
                 raise MembershipChangeRejected(f"node {node} is already a member")
-            if len(m.members) >= 15:
+            if len(m.members) >= limits.members_max:
                 raise MembershipChangeRejected("cluster is at members_max")
         elif change.kind == ConfChangeKind.PROMOTE:
             if node not in m.learners:

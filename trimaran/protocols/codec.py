@@ -135,16 +135,18 @@ def hard_state_from_wire(v: Any) -> HardState:
     return HardState(_int(term), _int(vote), _int(commit_index))
 
 
-def encode_conf_change(c: ConfChange) -> bytes:
-    return pack([c.kind, c.node_id])
+def encode_conf_change(c: ConfChange, result: Membership) -> bytes:
+    """A membership-change entry carries the change AND the membership it results in, so a node
+    replaying the log needs no knowledge of earlier configurations (e.g. a brand-new learner)."""
+    return pack([c.kind, c.node_id, membership_to_wire(result)])
 
 
-def decode_conf_change(data: bytes) -> ConfChange:
-    kind, node_id = _list(unpack(data), 2)
+def decode_conf_change(data: bytes) -> tuple[ConfChange, Membership]:
+    kind, node_id, membership = _list(unpack(data), 3)
     kind = _int(kind)
     if kind > 2 or _int(node_id) == 0:
         raise ProtocolError("malformed membership change")
-    return ConfChange(kind, node_id)
+    return ConfChange(kind, node_id), membership_from_wire(membership)
 
 
 # --- messages -----------------------------------------------------------------------------------

@@ -49,10 +49,14 @@ class Harness:
         replica_config: ReplicaConfig = ReplicaConfig(),
         make_services: Callable[[], list[Service]] = lambda: [RegisterService()],
         check: bool = True,
+        voters: tuple[int, ...] | None = None,
         **raft_overrides: Any,
     ) -> None:
+        """``voters``: the bootstrap voters (default: every node); the other nodes start outside the
+        cluster, knowing no members, as a node does that will be added later."""
         self.seed = seed
         self.ids = tuple(range(1, node_count + 1))
+        bootstrap = self.ids if voters is None else voters
         self.network: list[Message] = []
         self.invariants = RaftInvariants()
         self.check_enabled = check
@@ -60,7 +64,7 @@ class Harness:
         for node_id in self.ids:
             node = SimNode(
                 node_id,
-                fast_raft_config(node_id, self.ids, **raft_overrides),
+                fast_raft_config(node_id, bootstrap if node_id in bootstrap else (), **raft_overrides),
                 make_services,
                 random.Random(sub_seed(seed, "node", node_id)),
                 MemoryStorage(),
