@@ -48,6 +48,9 @@ from trimaran.protocols.client_protocol import CONSISTENCIES
 
 #: Default deadline of one call, retries included.
 TIMEOUT_MS_DEFAULT = 5_000
+#: Connect plus handshake with one node. Short, so a stopped node (whose kernel still accepts the
+#: connection) costs one attempt of the call's deadline, not all of it.
+CONNECT_TIMEOUT_MS_DEFAULT = 1_000
 BACKOFF_MS_MIN_DEFAULT = 10
 BACKOFF_MS_MAX_DEFAULT = 1_000
 #: Answers that mean "this attempt was not applied; try again (elsewhere, or a bit later)".
@@ -75,7 +78,7 @@ class Client(RegisterMethods):
         cluster_id: str | None = None,
         token: str | None = None,
         timeout_ms: int = TIMEOUT_MS_DEFAULT,
-        connect_timeout_ms: int = limits.handshake_timeout_ms,
+        connect_timeout_ms: int = CONNECT_TIMEOUT_MS_DEFAULT,
         inflight_requests_max: int = INFLIGHT_REQUESTS_MAX_DEFAULT,
         backoff_ms_min: int = BACKOFF_MS_MIN_DEFAULT,
         backoff_ms_max: int = BACKOFF_MS_MAX_DEFAULT,
@@ -272,7 +275,9 @@ class Client(RegisterMethods):
             }
             conn = await self._leader_connection()
             try:
-                return await conn.request("command", body)
+                result = await conn.request("command", body)
+                self.leader_id = conn.node_id  # only the leader applies commands
+                return result
             except SessionExpired:
                 if not maybe_applied:
                     raise _SessionGone() from None
@@ -423,15 +428,17 @@ class Client(RegisterMethods):
         if self.cluster_id is None:
             # Pin the cluster met first, so a stray endpoint of another cluster is refused.
             self.cluster_id = welcome.cluster_id
-        for key in ("leader_address",):
-            leader_address = address_from_wire(welcome.extra.get(key))
-            if leader_address is not None and welcome.leader_id:
-                self.node_addresses[welcome.leader_id] = leader_address
+        leader_address = address_from_wire(welcome.extra.get("leader_address"))
+        if leader_address is not None and welcome.leader_id:
+            self.node_addresses[welcome.leader_id] = leader_address
         return conn
 
     def _learn_from_status(self, status: dict[str, Any]) -> None:
         """Pick node addresses out of a status dict (``members``: list of {node_id, address} maps,
         or a map of node id to address), tolerating any shape the node chooses."""
+        node_id, address = _int_or_none(status.get("node_id")), address_from_wire(status.get("address"))
+        if node_id and address is not None:
+            self.node_addresses[node_id] = address
         members = status.get("members")
         items: list[Any] = []
         if isinstance(members, dict):
