@@ -179,7 +179,7 @@ class Replica:
             len(self._batch) >= limits.proposal_batch_commands_max
             or self._batch_bytes + size_bytes > limits.proposal_batch_bytes_max
         ):
-            self._flush_batch()
+            self.flush()
         self._stamp_ms = max(self._stamp_ms, now_ms)
         self._batch.append(item)
         self._batch_tokens.append(token)
@@ -219,7 +219,7 @@ class Replica:
     # ------------------------------------------------------------------ output
 
     def ready(self) -> ReplicaReady:
-        self._flush_batch()
+        self.flush()
         rd = self.raft.ready()
         out = ReplicaReady(rd)
         if rd.snapshot is not None:
@@ -236,7 +236,8 @@ class Replica:
 
     # ------------------------------------------------------------------ proposals and apply
 
-    def _flush_batch(self) -> None:
+    def flush(self) -> None:
+        """Propose the commands queued so far as one entry now (``ready()`` does this too)."""
         if not self._batch:
             return
         batch, tokens = self._batch, self._batch_tokens
