@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 import zlib
 from enum import IntEnum
+from typing import Any, Callable
 
 from trimaran import limits
 from trimaran.cluster.config import RaftConfig
@@ -924,7 +925,7 @@ class Raft:
         (self._msgs_after if after_persist else self._msgs).append(msg)
 
 
-_HANDLERS = {
+_HANDLERS: dict[type, Callable[[Raft, Any], None]] = {
     AppendEntries: Raft._on_append,
     AppendEntriesResponse: Raft._on_append_response,
     Heartbeat: Raft._on_heartbeat,

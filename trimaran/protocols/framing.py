@@ -29,7 +29,7 @@ class FrameDecoder:
         self._need: int | None = None  # body length of the frame being read, once its header is in
         self.closed = False
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Add received bytes (b"" means the peer closed the stream)."""
         if not data:
             self.closed = True
