@@ -38,7 +38,7 @@ from trimaran.errors import (
 )
 from trimaran.node.config import Address, NodeConfig
 from trimaran.node.driver import Driver
-from trimaran.node.transport import RECEIVE_BYTES, read_frame
+from trimaran.node.streams import linger_close, read_frame
 from trimaran.protocols.client_protocol import error_frame, parse_hello, parse_request, response, welcome
 from trimaran.protocols.codec import pack, unpack
 from trimaran.protocols.framing import FrameDecoder, encode_frame
@@ -107,6 +107,7 @@ class ClientConnection:
                 await self._read_loop()
                 await self._drain()
                 nursery.cancel_scope.cancel()
+            await linger_close(self._stream)  # the client may have sent more after a bad frame
         finally:
             self.closed = True
 
@@ -243,11 +244,7 @@ class ClientServer:
         if self.shutting_down or len(self._connections) >= self.config.client_connections_max:
             self.connections_refused += 1
             reason = "shutting down" if self.shutting_down else f"at its cap of {self.config.client_connections_max} connections"
-            with trio.move_on_after(FLUSH_TIMEOUT_S):
-                try:
-                    await stream.send_all(_encode(error_frame(Unavailable(f"this node is {reason}"))))
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    pass
+            await linger_close(stream, _encode(error_frame(Unavailable(f"this node is {reason}"))))
             return
         conn = ClientConnection(self, stream)
         self._connections.add(conn)

@@ -12,7 +12,7 @@ import trio
 
 from trimaran.errors import ProtocolError, TrimaranError, error_from_wire
 from trimaran.node.config import Address
-from trimaran.node.transport import read_frame
+from trimaran.node.streams import read_frame
 from trimaran.protocols.client_protocol import hello
 from trimaran.protocols.codec import pack, unpack
 from trimaran.protocols.framing import FrameDecoder, encode_frame

@@ -40,6 +40,7 @@ import trio
 from trimaran import limits
 from trimaran.errors import ProtocolError, TrimaranError
 from trimaran.node.config import Address, NodeConfig
+from trimaran.node.streams import linger_close, read_frame
 from trimaran.protocols.codec import message_from_wire, message_to_wire, pack, unpack
 from trimaran.protocols.framing import FrameDecoder, encode_frame
 from trimaran.protocols.messages import MESSAGE_TYPES, AppendEntries, Message
@@ -47,8 +48,6 @@ from trimaran.protocols.messages import MESSAGE_TYPES, AppendEntries, Message
 log = logging.getLogger("trimaran.node.transport")
 
 PEER_PROTOCOL_VERSION = 1
-#: Bytes asked of the kernel per receive.
-RECEIVE_BYTES = 64 * limits.KIB
 #: Bytes of queued frames joined into one send (fewer syscalls, bounded copies).
 SEND_CHUNK_BYTES_MAX = 4 * limits.MIB
 #: Largest handshake frame (either port's hello is a few dozen bytes).
@@ -145,20 +144,6 @@ class PeerQueue:
         self.dropped_frames += len(self._frames)
         self._frames.clear()
         self._bytes = 0
-
-
-async def read_frame(stream: trio.abc.ReceiveStream, decoder: FrameDecoder) -> bytes | None:
-    """The next frame from ``stream``, or None on a clean close between frames.
-
-    Raises ``FrameTooLarge`` / ``ProtocolError`` (from the decoder) on an oversized or truncated frame.
-    """
-    while True:
-        frame = decoder.next_frame()
-        if frame is not None:
-            return frame
-        if decoder.closed:
-            return None
-        decoder.feed(await stream.receive_some(RECEIVE_BYTES))
 
 
 class PeerTransport:
@@ -323,9 +308,4 @@ class PeerTransport:
             await self._deliver(msg)
 
     async def _refuse(self, stream: trio.SocketStream, exc: TrimaranError) -> None:
-        with trio.move_on_after(1.0):
-            try:
-                await stream.send_all(error_frame(exc))
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
-
+        await linger_close(stream, error_frame(exc))

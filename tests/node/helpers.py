@@ -1,0 +1,183 @@
+"""Test helpers for the node runtime: free loopback ports, a raw-frame client, in-process clusters.
+
+The raw client speaks :mod:`trimaran.protocols.client_protocol` with nothing but framing and
+msgpack, so these tests check the server against the protocol text, not against the client library.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+import trio
+
+from trimaran.errors import TrimaranError, error_from_wire
+from trimaran.node.config import Address, NodeConfig, PeerSpec
+from trimaran.node.node import Node
+from trimaran.protocols.client_protocol import hello
+from trimaran.protocols.codec import pack, unpack
+from trimaran.protocols.framing import FrameDecoder, encode_frame
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (bind port 0, read it, release it)."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def cluster_configs(root: Path, size: int = 3, **overrides: Any) -> list[NodeConfig]:
+    """Configs for ``size`` nodes on free loopback ports, data under ``root``."""
+    ids = list(range(1, size + 1))
+    client = {i: Address(HOST, free_port()) for i in ids}
+    peer = {i: Address(HOST, free_port()) for i in ids}
+    return [
+        NodeConfig(
+            i,
+            client[i],
+            peer[i],
+            tuple(PeerSpec(j, peer[j], client[j]) for j in ids if j != i),
+            str(root / f"node{i}"),
+            **overrides,
+        ).validate()
+        for i in ids
+    ]
+
+
+class RawClient:
+    """A client made of raw frames: hello, then pipelined ``[request_id, op, body]`` requests."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.decoder = FrameDecoder()
+        self.welcome: dict[str, Any] = {}
+        self._next_id = 0
+        self.client_id = 0
+        self.seq = 0
+
+    @classmethod
+    async def connect(cls, address: Address, cluster_id: str | None = None) -> RawClient:
+        client = cls(await trio.open_tcp_stream(address.host, address.port))
+        await client.send_obj(hello(cluster_id))
+        welcome = await client.read_obj()
+        if isinstance(welcome, dict) and welcome.get("type") == "error":
+            raise error_from_wire(welcome["error"])
+        assert isinstance(welcome, dict) and welcome.get("type") == "welcome", welcome
+        client.welcome = welcome
+        return client
+
+    async def send_obj(self, obj: Any) -> None:
+        await self.stream.send_all(encode_frame(pack(obj)))
+
+    async def read_obj(self) -> Any:
+        """The next frame decoded, or None if the node closed the connection."""
+        while True:
+            frame = self.decoder.next_frame()
+            if frame is not None:
+                return unpack(frame)
+            if self.decoder.closed:
+                return None
+            self.decoder.feed(await self.stream.receive_some(65536))
+
+    async def send_request(self, op: str, body: dict[str, Any]) -> int:
+        self._next_id += 1
+        await self.send_obj([self._next_id, op, body])
+        return self._next_id
+
+    async def call(self, op: str, body: dict[str, Any]) -> Any:
+        """One request, its answer; raises the typed error on a failed answer."""
+        request_id = await self.send_request(op, body)
+        answer = await self.read_obj()
+        assert isinstance(answer, list) and answer[0] == request_id, answer
+        if not answer[1]:
+            raise error_from_wire(answer[2])
+        return answer[2]
+
+    async def register(self) -> int:
+        self.client_id = await self.call("register", {})
+        self.seq = 0
+        return self.client_id
+
+    def command_body(self, command: Any) -> dict[str, Any]:
+        self.seq += 1
+        return {"client_id": self.client_id, "seq": self.seq, "ack_seq": self.seq - 1, "service": "register", "command": command}
+
+    async def set(self, key: bytes, value: bytes) -> None:
+        await self.call("command", self.command_body(["set", key, value]))
+
+    async def get(self, key: bytes, consistency: str = "linearizable") -> Any:
+        return await self.call("read", {"service": "register", "query": ["get", key], "consistency": consistency})
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+@dataclass
+class InProcessCluster:
+    """Nodes running in this trio process, each in its own cancel scope so one can be 'crashed'."""
+
+    configs: list[NodeConfig]
+    nursery: trio.Nursery
+    nodes: dict[int, Node] = field(default_factory=dict)
+    scopes: dict[int, trio.CancelScope] = field(default_factory=dict)
+
+    async def start(self, node_id: int) -> Node:
+        config = self.configs[node_id - 1]
+        scope = trio.CancelScope()
+
+        async def run(task_status: trio.TaskStatus[Node]) -> None:
+            with scope:
+                await Node(config).run(task_status=task_status)
+
+        self.scopes[node_id] = scope
+        self.nodes[node_id] = await self.nursery.start(run)
+        return self.nodes[node_id]
+
+    def crash(self, node_id: int) -> None:
+        """Cancel the node's tasks (no graceful shutdown; LMDB is still closed by its finally)."""
+        self.scopes.pop(node_id).cancel()
+        self.nodes.pop(node_id)
+
+    def status(self, node_id: int) -> dict[str, Any]:
+        return self.nodes[node_id].status()
+
+    async def wait_for(self, predicate: Callable[[], Any], timeout_s: float = 5.0, what: str = "condition") -> Any:
+        with trio.move_on_after(timeout_s):
+            while True:
+                value = predicate()
+                if value:
+                    return value
+                await trio.sleep(0.02)
+        raise AssertionError(f"{what} not reached within {timeout_s} s")
+
+    async def leader(self, timeout_s: float = 5.0) -> int:
+        def find() -> int | None:
+            leaders = [n for n, node in self.nodes.items() if node.status()["role"] == "leader"]
+            return leaders[0] if len(leaders) == 1 else None
+
+        return int(await self.wait_for(find, timeout_s, "a single leader"))
+
+    def client_address(self, node_id: int) -> Address:
+        address = self.nodes[node_id].client_address
+        assert address is not None
+        return address
+
+
+@contextlib.asynccontextmanager
+async def in_process_cluster(root: Path, size: int = 3, **overrides: Any) -> AsyncIterator[InProcessCluster]:
+    async with trio.open_nursery() as nursery:
+        cluster = InProcessCluster(cluster_configs(root, size, **overrides), nursery)
+        for i in range(1, size + 1):
+            await cluster.start(i)
+        yield cluster
+        nursery.cancel_scope.cancel()
+
+
+def error_code(exc: BaseException) -> str:
+    assert isinstance(exc, TrimaranError), exc
+    return exc.code

@@ -1,0 +1,127 @@
+"""Three runtimes in one trio process on loopback: election, commit, redirects, failover, restart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.node.helpers import RawClient, in_process_cluster
+from trimaran.errors import NotLeader
+
+FAST = {"tick_ms": 10}
+
+
+async def test_three_nodes_elect_one_leader_and_commit(tmp_path: Path) -> None:
+    async with in_process_cluster(tmp_path, **FAST) as cluster:
+        leader = await cluster.leader()
+        client = await RawClient.connect(cluster.client_address(leader), "trimaran")
+        assert client.welcome["node_id"] == leader and client.welcome["leader_id"] == leader
+        await client.register()
+        for i in range(20):
+            await client.set(b"k%d" % i, b"v%d" % i)
+        assert await client.get(b"k19") == b"v19"
+        status = cluster.status(leader)
+        # Every write was acknowledged only after a majority persisted it (§5.3): the leader's
+        # progress shows both followers matched, give or take the last round in flight.
+        assert status["commit_index"] >= 21 and status["applied_index"] == status["commit_index"]
+        assert sorted(p["node_id"] for p in status["progress"]) == [n for n in (1, 2, 3) if n != leader]
+        await cluster.wait_for(
+            lambda: all(cluster.status(n)["applied_index"] >= status["commit_index"] for n in (1, 2, 3)),
+            what="followers applied everything",
+        )
+        await client.aclose()
+
+
+async def test_follower_answers_not_leader_with_the_leaders_address(tmp_path: Path) -> None:
+    async with in_process_cluster(tmp_path, **FAST) as cluster:
+        leader = await cluster.leader()
+        follower = next(n for n in (1, 2, 3) if n != leader)
+        await cluster.wait_for(lambda: cluster.status(follower)["leader_id"] == leader, what="follower knows the leader")
+        client = await RawClient.connect(cluster.client_address(follower))
+        assert client.welcome["leader_address"] == str(cluster.client_address(leader))
+        with pytest.raises(NotLeader) as caught:
+            await client.register()
+        assert caught.value.leader_hint == leader
+        assert caught.value.details["leader_address"] == str(cluster.client_address(leader))
+        await client.aclose()
+
+
+async def test_follower_serves_linearizable_and_stale_reads(tmp_path: Path) -> None:
+    async with in_process_cluster(tmp_path, **FAST) as cluster:
+        leader = await cluster.leader()
+        writer = await RawClient.connect(cluster.client_address(leader))
+        await writer.register()
+        await writer.set(b"x", b"1")
+        follower = next(n for n in (1, 2, 3) if n != leader)
+        reader = await RawClient.connect(cluster.client_address(follower))
+        # Thesis §6.4: the follower asks the leader for a read index, waits to apply it, answers.
+        assert await reader.get(b"x", "linearizable") == b"1"
+        await writer.set(b"x", b"2")
+        assert await reader.get(b"x", "linearizable") == b"2"
+        assert await reader.get(b"x", "stale") in (b"1", b"2")
+        await writer.aclose()
+        await reader.aclose()
+
+
+async def test_leader_crash_elects_a_new_leader_and_keeps_acknowledged_writes(tmp_path: Path) -> None:
+    async with in_process_cluster(tmp_path, **FAST) as cluster:
+        old = await cluster.leader()
+        client = await RawClient.connect(cluster.client_address(old))
+        await client.register()
+        for i in range(10):
+            await client.set(b"a%d" % i, b"%d" % i)
+        await client.aclose()
+        cluster.crash(old)
+        new = await cluster.leader(timeout_s=5)
+        assert new != old
+        client = await RawClient.connect(cluster.client_address(new))
+        await client.register()
+        for i in range(10):
+            assert await client.get(b"a%d" % i) == b"%d" % i  # §5.4 Leader Completeness
+        await client.set(b"after", b"crash")
+        # The crashed node comes back from its LMDB data and catches up.
+        await cluster.start(old)
+        await cluster.wait_for(
+            lambda: cluster.status(old)["applied_index"] >= cluster.status(new)["commit_index"],
+            what="restarted node caught up",
+        )
+        stale = await RawClient.connect(cluster.client_address(old))
+        assert await stale.get(b"after", "stale") == b"crash"
+        await client.aclose()
+        await stale.aclose()
+
+
+async def test_snapshot_install_brings_back_a_node_that_missed_compacted_entries(tmp_path: Path) -> None:
+    overrides = dict(FAST, snapshot_interval_entries=20, snapshot_keep_entries=5)
+    async with in_process_cluster(tmp_path, **overrides) as cluster:
+        leader = await cluster.leader()
+        lagging = next(n for n in (1, 2, 3) if n != leader)
+        cluster.crash(lagging)
+        client = await RawClient.connect(cluster.client_address(leader))
+        await client.register()
+        for i in range(80):
+            await client.set(b"s%d" % i, b"%d" % i)
+        await cluster.wait_for(lambda: cluster.status(leader)["snapshot_index"] > 30, what="leader snapshot")
+        await cluster.start(lagging)
+        target = cluster.status(leader)["commit_index"]
+        await cluster.wait_for(lambda: cluster.status(lagging)["applied_index"] >= target, what="snapshot install")
+        assert cluster.status(lagging)["snapshot_index"] > 0  # it came back through a snapshot (§7)
+        reader = await RawClient.connect(cluster.client_address(lagging))
+        for i in (0, 41, 79):
+            assert await reader.get(b"s%d" % i, "stale") == b"%d" % i
+        await client.aclose()
+        await reader.aclose()
+
+
+async def test_graceful_stop_of_the_leader_hands_leadership_over(tmp_path: Path) -> None:
+    async with in_process_cluster(tmp_path, **FAST) as cluster:
+        leader = await cluster.leader()
+        node = cluster.nodes[leader]
+        node.request_stop()
+        # Thesis §3.10: the leaving leader transfers leadership instead of letting it time out.
+        with trio.fail_after(5):
+            others = [n for n in (1, 2, 3) if n != leader]
+            while not any(cluster.status(n)["role"] == "leader" for n in others):
+                await trio.sleep(0.01)

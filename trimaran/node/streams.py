@@ -1,0 +1,53 @@
+"""Small stream helpers shared by the client server and the peer transport."""
+
+from __future__ import annotations
+
+import trio
+
+from trimaran import limits
+from trimaran.protocols.framing import FrameDecoder
+
+#: Bytes asked of the kernel per receive.
+RECEIVE_BYTES = 64 * limits.KIB
+#: A refused connection: how long, and how many bytes of its input, to discard before closing.
+LINGER_S = 0.5
+LINGER_BYTES_MAX = 16 * limits.MIB
+
+_CLOSED = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+async def read_frame(stream: trio.abc.ReceiveStream, decoder: FrameDecoder) -> bytes | None:
+    """The next frame from ``stream``, or None on a clean close between frames.
+
+    Raises ``FrameTooLarge`` / ``ProtocolError`` (from the decoder) on an oversized or truncated frame.
+    """
+    while True:
+        frame = decoder.next_frame()
+        if frame is not None:
+            return frame
+        if decoder.closed:
+            return None
+        decoder.feed(await stream.receive_some(RECEIVE_BYTES))
+
+
+async def linger_close(stream: trio.SocketStream, last: bytes = b"") -> None:
+    """Send ``last`` (an error frame), then close so that the peer really reads it.
+
+    Closing a TCP socket with unread input makes the kernel send RST, and an RST can make the other
+    side drop data it has not read yet — our error frame. So: send, shut our side (FIN), discard
+    what the peer still sends for a bounded time, then close.
+    """
+    with trio.move_on_after(LINGER_S):
+        try:
+            if last:
+                await stream.send_all(last)
+            await stream.send_eof()
+            discarded = 0
+            while discarded < LINGER_BYTES_MAX:
+                data = await stream.receive_some(RECEIVE_BYTES)
+                if not data:
+                    break
+                discarded += len(data)
+        except _CLOSED:
+            pass
+    await trio.aclose_forcefully(stream)
