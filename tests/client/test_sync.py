@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -85,3 +86,13 @@ def test_sync_body_exception_propagates_and_thread_stops() -> None:
                 c.set("k", "v")
                 1 / 0
         assert c._thread is not None and not c._thread.is_alive()
+
+
+def test_readme_python_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    default = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
+    assert default in example and len(example.strip().splitlines()) <= 5
+    with cluster_in_thread() as cluster:
+        exec(example.replace(default, ",".join(cluster.addresses())), {})
+    assert capsys.readouterr().out == "b'hello'\n"
