@@ -59,6 +59,8 @@ class ReplicaConfig:
     sessions_max: int = limits.sessions_max
     #: Linearizable reads waiting for their read point or for apply.
     pending_reads_max: int = 65_536
+    #: Least leader time between two timestamp-only entries (the precision of expiry on an idle log).
+    clock_entry_interval_ms: int = 100
     mutants: frozenset[str] = frozenset()
 
 
@@ -113,6 +115,8 @@ class Replica:
         self.observer = observer
         self.last_timestamp_ms = 0
         self._stamp_ms = 0
+        #: Index of the last timestamp-only entry proposed here (one in flight at a time).
+        self._clock_index = 0
         self._batch: list[list[Any]] = []
         self._batch_tokens: list[Any] = []
         self._batch_bytes = 0
@@ -155,6 +159,21 @@ class Replica:
 
     def step(self, msg: Message) -> None:
         self.raft.step(msg)
+
+    def advance_clock(self, now_ms: int) -> None:
+        """The driver's clock reads ``now_ms``. On an idle leader, when a service has a deadline that
+        has passed, propose a timestamp-only entry so log time (and so expiry) moves on."""
+        if not self.is_leader or self._batch or self.raft.transferee:
+            return
+        if self._clock_index > self.raft.log.applied_index:
+            return  # one timestamp-only entry in flight at a time
+        if now_ms - self._stamp_ms < self.config.clock_entry_interval_ms:
+            return
+        due = [d for d in (svc.next_deadline_ms() for svc in self.services.values()) if d is not None]
+        if not due or min(due) > now_ms:
+            return
+        self._stamp_ms = now_ms
+        self._clock_index, _ = self.raft.propose([pack([self._stamp_ms, []])])
 
     def register(self, token: Any, now_ms: int) -> None:
         """Open a session; the reply's value is the new client id."""
@@ -269,6 +288,8 @@ class Replica:
         self.last_timestamp_ms = max(self.last_timestamp_ms, timestamp_ms)
         ctx = ApplyContext(entry.index, self.last_timestamp_ms)
         self.sessions.expire(self.last_timestamp_ms)
+        for svc in self.services.values():
+            svc.on_time(ctx)
         for pos, item in enumerate(batch):
             outcome = self._apply_command(entry.index, pos, item, ctx)
             if tokens is not None:

@@ -2,7 +2,9 @@
 
 A service is a deterministic state machine: ``apply`` sees only the command and the context the log
 gives it (index, leader timestamp), never a clock or global randomness, so every replica computes
-the same state and the same result. Errors a caller should see are raised as ``TrimaranError``
+the same state and the same result. Time is log time: a query sees the timestamp of the last applied
+entry, never the reader's clock, so an expired key cannot reappear after a leader change with a
+slower clock (which would break linearizability). Errors a caller should see are raised as ``TrimaranError``
 subclasses (they are deterministic too, and become the command's saved result).
 
 Commands, results, queries and snapshots are plain msgpack-able data (None, bool, int, float, str,
@@ -30,6 +32,18 @@ class Service(Protocol):
 
     def apply(self, command: Any, ctx: ApplyContext) -> Any:
         """Apply one command; return its result or raise a ``TrimaranError``."""
+        ...
+
+    def on_time(self, ctx: ApplyContext) -> None:
+        """Log time moved to ``ctx.timestamp_ms``: expire what is due. Called once for every applied
+        entry, before its commands, so every replica expires the same things at the same log
+        position (a service without timers does nothing)."""
+        ...
+
+    def next_deadline_ms(self) -> int | None:
+        """The earliest log time at which :meth:`on_time` has work, or None. When it has passed on
+        the leader's clock and the log is idle, the leader appends a timestamp-only entry, so log
+        time keeps moving without client writes."""
         ...
 
     def query(self, query: Any, ctx: ApplyContext) -> Any:

@@ -73,6 +73,12 @@ class RegisterService:
             return result
         raise InvalidArgument(f"unknown register command {op!r} with {len(args)} arguments")
 
+    def on_time(self, ctx: ApplyContext) -> None:
+        """The register has no timers."""
+
+    def next_deadline_ms(self) -> int | None:
+        return None
+
     def query(self, query: Any, ctx: ApplyContext) -> Any:
         if type(query) is not list or len(query) != 2 or query[0] != "get":
             raise InvalidArgument("query must be ['get', key]")
