@@ -1,0 +1,150 @@
+"""Peer transport: encoding without recipients, encode-once, drop-when-full queues, and a peer port
+that closes on anything that is not the protocol while the node carries on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from tests.node.helpers import InProcessCluster, RawClient, in_process_cluster
+from trimaran import limits
+from trimaran.errors import ProtocolError
+from trimaran.node.transport import PeerQueue, PeerTransport, decode_from_peer, encode_for_peer, peer_hello
+from trimaran.protocols.codec import pack, unpack
+from trimaran.protocols.framing import FrameDecoder, encode_frame
+from trimaran.protocols.messages import AppendEntries, Entry, Heartbeat, Message
+
+FAST = {"tick_ms": 10}
+
+
+def _body(frame: bytes) -> bytes:
+    return frame[limits.frame_header_bytes :]
+
+
+def test_a_message_round_trips_without_its_recipient() -> None:
+    msg = Heartbeat(3, 1, 2, 7, 9)
+    frame = encode_for_peer(msg)
+    assert unpack(_body(frame))[3] == 0  # the connection names the recipient
+    assert decode_from_peer(_body(frame), sender=1, recipient=2) == msg
+
+
+def test_a_message_claiming_another_sender_is_refused() -> None:
+    frame = encode_for_peer(Heartbeat(3, 1, 2, 7))
+    with pytest.raises(ProtocolError, match="sender"):
+        decode_from_peer(_body(frame), sender=3, recipient=2)
+
+
+def test_an_append_for_two_followers_is_encoded_once() -> None:
+    class Config:
+        node_id = 1
+        cluster_id = "c"
+        peers: tuple[Any, ...] = ()
+        peer_queue_frames_max = 10
+        peer_queue_bytes_max = limits.frame_bytes_max
+
+    async def deliver(msg: Message) -> None:
+        pass
+
+    transport = PeerTransport(Config(), deliver)  # type: ignore[arg-type]
+    transport._queues = {2: PeerQueue(10, 1 << 30), 3: PeerQueue(10, 1 << 30)}
+    entries = [Entry(5, 2, 0, b"x" * 1000), Entry(6, 2, 0, b"y" * 1000)]
+    transport.send([AppendEntries(2, 1, 2, 4, 2, entries, 3), AppendEntries(2, 1, 3, 4, 2, list(entries), 3)])
+    a, b = transport._queues[2]._frames[0], transport._queues[3]._frames[0]
+    assert a is b  # one encoding, shared by both queues
+
+
+async def test_a_full_queue_drops_instead_of_waiting() -> None:
+    q = PeerQueue(frames_max=2, bytes_max=1 << 20)
+    assert q.push(b"a") and q.push(b"b")
+    assert not q.push(b"c")  # never blocks the driver: Raft retransmits
+    assert q.dropped_frames == 1
+    assert await q.take() == [b"a", b"b"]
+    small = PeerQueue(frames_max=100, bytes_max=10)
+    assert small.push(b"12345678") and not small.push(b"123")  # the byte bound too
+
+
+# ---------------------------------------------------------------------------- the peer port
+
+
+async def peer_connect(cluster: InProcessCluster, node_id: int) -> trio.SocketStream:
+    address = cluster.nodes[node_id].peer_address
+    assert address is not None
+    return await trio.open_tcp_stream(address.host, address.port)
+
+
+async def closed_with(stream: trio.SocketStream) -> Any:
+    """What the node sends before closing (its error frame, decoded), within a bound."""
+    decoder = FrameDecoder()
+    frames = []
+    with trio.fail_after(5):
+        while True:
+            data = await stream.receive_some(65536)
+            if not data:
+                break
+            decoder.feed(data)
+            while (frame := decoder.next_frame()) is not None:
+                frames.append(unpack(frame))
+    return frames[0] if frames else None
+
+
+def hello_frame(**changes: Any) -> bytes:
+    obj = peer_hello("trimaran", 2, 1)
+    obj.update(changes)
+    return encode_frame(pack(obj))
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (hello_frame(cluster_id="other"), "cluster id"),
+        (hello_frame(recipient=3), "not node 3"),
+        (hello_frame(node_id=9), "not a known peer"),
+        (encode_frame(pack({"type": "hello"})), "peer_hello"),
+        ((1 << 30).to_bytes(4, "big"), "frame"),  # oversized, refused from the header alone
+        (hello_frame() + (1 << 30).to_bytes(4, "big"), "frame"),
+        (hello_frame() + encode_frame(b"\xc1"), "malformed"),
+        (hello_frame() + encode_frame(pack([99, 1, 2, 3])), "tag"),
+        (hello_frame() + encode_frame(pack([2, 5, 2, 0, "not an int", 0])), "int"),
+        (hello_frame() + encode_for_peer(Heartbeat(5, 3, 1, 0)), "sender"),  # forged sender
+    ],
+)
+async def test_the_peer_port_closes_on_anything_but_the_protocol(tmp_path: Path, payload: bytes, reason: str) -> None:
+    async with in_process_cluster(tmp_path, **FAST) as cluster:
+        leader = await cluster.leader()
+        await cluster.wait_for(
+            lambda: all(cluster.status(n)["applied_index"] >= 1 for n in (1, 2, 3)), what="no-op applied everywhere"
+        )
+        before = {n: cluster.status(n)["applied_index"] for n in (1, 2, 3)}
+        stream = await peer_connect(cluster, 1)
+        await stream.send_all(payload)
+        error = await closed_with(stream)
+        assert error is not None and error["type"] == "error"
+        assert reason in error["error"]["message"], error
+        # The node is up and serving, and nothing was applied anywhere.
+        client = await RawClient.connect(cluster.client_address(leader))
+        status = await client.call("status", {})
+        assert status["role"] == "leader"
+        assert {n: cluster.status(n)["applied_index"] for n in (1, 2, 3)} == before
+        await client.aclose()
+
+
+async def test_a_truncated_peer_frame_closes_quietly(tmp_path: Path) -> None:
+    async with in_process_cluster(tmp_path, **FAST) as cluster:
+        await cluster.leader()
+        stream = await peer_connect(cluster, 1)
+        await stream.send_all(hello_frame() + (500).to_bytes(4, "big") + b"short")
+        await stream.send_eof()
+        error = await closed_with(stream)
+        assert error is None or "inside a frame" in error["error"]["message"]
+        await cluster.leader()  # still a working cluster
+
+
+async def test_a_silent_peer_connection_is_closed_after_the_handshake_deadline(tmp_path: Path) -> None:
+    async with in_process_cluster(tmp_path, handshake_timeout_ms=200, **FAST) as cluster:
+        await cluster.leader()
+        stream = await peer_connect(cluster, 1)
+        error = await closed_with(stream)
+        assert error is not None and "peer_hello" in error["error"]["message"]
