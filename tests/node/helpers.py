@@ -93,6 +93,8 @@ class RawClient:
         """One request, its answer; raises the typed error on a failed answer."""
         request_id = await self.send_request(op, body)
         answer = await self.read_obj()
+        if answer is None:
+            raise trio.BrokenResourceError("the node closed the connection")
         assert isinstance(answer, list) and answer[0] == request_id, answer
         if not answer[1]:
             raise error_from_wire(answer[2])

@@ -38,7 +38,7 @@ from trimaran.errors import (
 )
 from trimaran.node.config import Address, NodeConfig
 from trimaran.node.driver import Driver
-from trimaran.node.streams import linger_close, read_frame
+from trimaran.node.streams import linger_close, open_listeners, read_frame
 from trimaran.protocols.client_protocol import error_frame, parse_hello, parse_request, response, welcome
 from trimaran.protocols.codec import pack, unpack
 from trimaran.protocols.framing import FrameDecoder, encode_frame
@@ -225,7 +225,7 @@ class ClientServer:
 
     async def serve(self, *, task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED) -> None:
         listen = self.config.listen
-        listeners = await trio.open_tcp_listeners(listen.port, host=listen.host)
+        listeners = await open_listeners(listen, "clients")
         host, port = listeners[0].socket.getsockname()[:2]
         self.address = Address(host, port)
         with self._connections_scope:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import trio
 
 from trimaran import limits
+from trimaran.node.config import Address
 from trimaran.protocols.framing import FrameDecoder
 
 #: Bytes asked of the kernel per receive.
@@ -14,6 +15,14 @@ LINGER_S = 0.5
 LINGER_BYTES_MAX = 16 * limits.MIB
 
 _CLOSED = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+async def open_listeners(address: Address, what: str) -> list[trio.SocketListener]:
+    """Listen on ``address``; an ``OSError`` names the address and its use (one clear line)."""
+    try:
+        return await trio.open_tcp_listeners(address.port, host=address.host)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot listen for {what} on {address}: {exc.strerror or exc}") from None
 
 
 async def read_frame(stream: trio.abc.ReceiveStream, decoder: FrameDecoder) -> bytes | None:

@@ -40,7 +40,7 @@ import trio
 from trimaran import limits
 from trimaran.errors import ProtocolError, TrimaranError
 from trimaran.node.config import Address, NodeConfig
-from trimaran.node.streams import linger_close, read_frame
+from trimaran.node.streams import linger_close, open_listeners, read_frame
 from trimaran.protocols.codec import message_from_wire, message_to_wire, pack, unpack
 from trimaran.protocols.framing import FrameDecoder, encode_frame
 from trimaran.protocols.messages import MESSAGE_TYPES, AppendEntries, Message
@@ -191,7 +191,7 @@ class PeerTransport:
     async def serve(self, *, task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen on the peer port and keep one outbound connection per peer, until cancelled."""
         listen = self._config.peer_listen
-        listeners = await trio.open_tcp_listeners(listen.port, host=listen.host)
+        listeners = await open_listeners(listen, "peers")
         host, port = listeners[0].socket.getsockname()[:2]
         self.address = Address(host, port)
         async with trio.open_nursery() as nursery:

@@ -1,0 +1,59 @@
+"""``trimaran node run`` and ``up``: help on every command, one clear error line and a non-zero exit."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.node.helpers import HOST, free_port
+from trimaran.cli import main
+
+
+@pytest.mark.parametrize("args", [["up", "--help"], ["node", "--help"], ["node", "run", "--help"]])
+def test_every_node_command_has_help(args: list[str]) -> None:
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0 and "Usage:" in result.output
+
+
+def run(args: list[str]) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["node", "run", *args])
+    return result.exit_code, result.output
+
+
+def base_args(tmp_path: Path, listen: str | None = None) -> list[str]:
+    return [
+        "--id", "1",
+        "--listen", listen or f"{HOST}:{free_port()}",
+        "--peer-listen", f"{HOST}:{free_port()}",
+        "--data-dir", str(tmp_path / "n1"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--peer", "1=127.0.0.1:9"], "listed as its own peer"),
+        (["--peer", "2=nonsense"], "not HOST:PORT"),
+        (["--peer", "x=127.0.0.1:9"], "not ID=HOST:PORT"),
+        (["--peer-client", "5=127.0.0.1:9"], "no --peer"),
+        (["--cluster-id", ""], "cluster id"),
+    ],
+)
+def test_bad_configuration_is_one_line_and_exit_1(tmp_path: Path, extra: list[str], message: str) -> None:
+    code, output = run(base_args(tmp_path) + extra)
+    assert code == 1
+    lines = output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: config_error:") and message in lines[0], output
+
+
+def test_a_taken_client_port_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    with socket.socket() as blocker:
+        blocker.bind((HOST, 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        code, output = run(base_args(tmp_path, listen=f"{HOST}:{port}"))
+    lines = output.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "in use" in lines[0] and f"for clients on {HOST}:{port}" in lines[0], output

@@ -1,0 +1,134 @@
+"""``trimaran up`` as a user runs it: starts, serves, stops on Ctrl-C (exit 0, no process left
+listening), and comes back from its data."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.node.helpers import HOST, RawClient
+from trimaran.errors import NotLeader
+from trimaran.node.config import Address
+
+pytestmark = pytest.mark.slow
+
+START_WAIT_S = 30.0
+STOP_WAIT_S = 30.0
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+        return True
+
+
+def free_base_port(attempts_max: int = 50) -> int:
+    """A base port whose six ports (base+1..3, base+101..103) are all free."""
+    rng = random.Random()
+    for _ in range(attempts_max):
+        base = rng.randrange(20_000, 50_000)
+        if all(_free(base + offset) for offset in (1, 2, 3, 101, 102, 103)):
+            return base
+    raise AssertionError("no free base port found")
+
+
+class Up:
+    def __init__(self, tmp_path: Path, base: int) -> None:
+        self.out = tmp_path / f"up-{base}-{len(list(tmp_path.glob('up-*')))}.out"
+        self.data = tmp_path / "data"
+        self.base = base
+        with open(self.out, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "trimaran", "up", "--base-port", str(base), "--data-dir", str(self.data)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def output(self) -> str:
+        return self.out.read_text(errors="replace")
+
+    async def wait_up(self) -> None:
+        with trio.fail_after(START_WAIT_S):
+            while "is up" not in self.output():
+                assert self.proc.poll() is None, self.output()
+                await trio.sleep(0.05)
+
+    async def interrupt(self) -> int:
+        os.kill(self.proc.pid, signal.SIGINT)  # what Ctrl-C sends
+        with trio.fail_after(STOP_WAIT_S):
+            while self.proc.poll() is None:
+                await trio.sleep(0.05)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=STOP_WAIT_S)
+
+
+async def leader_client(base: int) -> RawClient:
+    """Connect to node 1 and follow the not_leader hint (leader_address) once."""
+    client = await RawClient.connect(Address(HOST, base + 1))
+    try:
+        await client.register()
+        return client
+    except NotLeader as exc:
+        await client.aclose()
+        client = await RawClient.connect(Address.parse(exc.details["leader_address"]))
+        await client.register()
+        return client
+
+
+async def test_up_serves_stops_cleanly_and_comes_back_from_its_data(tmp_path: Path) -> None:
+    base = free_base_port()
+    up = Up(tmp_path, base)
+    try:
+        await up.wait_up()
+        assert f"{HOST}:{base + 1}" in up.output() and "trimaran status" in up.output()
+        client = await leader_client(base)
+        await client.set(b"greeting", b"hello")
+        await client.aclose()
+        assert await up.interrupt() == 0, up.output()
+    finally:
+        up.kill()
+    assert "stopped" in up.output()
+    # Every node process is gone: all six ports can be bound again.
+    assert all(_free(base + offset) for offset in (1, 2, 3, 101, 102, 103))
+
+    again = Up(tmp_path, base)
+    try:
+        await again.wait_up()
+        client = await leader_client(base)
+        assert await client.get(b"greeting") == b"hello"
+        await client.aclose()
+        assert await again.interrupt() == 0, again.output()
+    finally:
+        again.kill()
+
+
+async def test_up_on_a_taken_port_fails_with_one_clear_line(tmp_path: Path) -> None:
+    base = free_base_port()
+    with socket.socket() as blocker:
+        blocker.bind((HOST, base + 2))
+        blocker.listen()
+        result = subprocess.run(
+            [sys.executable, "-m", "trimaran", "up", "--base-port", str(base), "--data-dir", str(tmp_path / "d")],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{base + 2}" in lines[0] and "not free" in lines[0], result.stderr
