@@ -144,7 +144,8 @@ class FakeNode:
             await stream.send_all(encode_frame(pack(error_frame(self.refuse_hello))))
             await stream.aclose()
             return
-        await stream.send_all(encode_frame(pack(welcome(self.node_id, self.cluster.leader_id, self.cluster.cluster_id))))
+        greeting = welcome(self.node_id, self.cluster.leader_id, self.cluster.cluster_id)
+        await stream.send_all(encode_frame(pack(greeting)))
         send_lock = trio.Lock()
         with trio.CancelScope() as conn_scope:
             async with trio.open_nursery() as nursery:
@@ -153,7 +154,9 @@ class FakeNode:
                 nursery.cancel_scope.cancel()
         await trio.aclose_forcefully(stream)
 
-    async def _answer(self, stream: trio.SocketStream, send_lock: trio.Lock, conn_scope: trio.CancelScope, frame: Any) -> None:
+    async def _answer(
+        self, stream: trio.SocketStream, send_lock: trio.Lock, conn_scope: trio.CancelScope, frame: Any
+    ) -> None:
         req = parse_request(frame)
         self.cluster.calls.append(Call(self.node_id, req.op, req.body))
         self.inflight += 1

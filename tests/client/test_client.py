@@ -152,7 +152,7 @@ async def test_no_leader_yet_backs_off_until_one_is_elected(nursery: trio.Nurser
 
 async def test_connection_dropped_after_apply_retries_with_the_same_seq(nursery: trio.Nursery) -> None:
     cluster = await start_cluster(nursery)
-    dropped = []
+    dropped: list[int] = []
 
     async def drop_first_incr(node: FakeNode, op: str, body: dict[str, Any]) -> Any:
         if op == "command" and body["command"][0] == "incr" and not dropped:
@@ -324,7 +324,7 @@ async def test_unreachable_cluster_times_out_naming_the_cause(autojump_clock: An
 
 async def test_dropped_connection_retries_reads(nursery: trio.Nursery) -> None:
     cluster = await start_cluster(nursery, size=1)
-    drops = []
+    drops: list[int] = []
 
     async def drop_twice(node: FakeNode, op: str, body: dict[str, Any]) -> Any:
         if op == "read" and len(drops) < 2:

@@ -103,7 +103,8 @@ def test_blocking_client_and_cli_against_the_cluster(cluster: RealCluster) -> No
     # A stopped follower shows as down; the others still answer.
     follower = next(i for i in cluster.processes if i != leader)
     cluster.kill(follower)
-    out = subprocess.run([*cli, "status", "--json", "--timeout-ms", "1000", *env_args], capture_output=True, text=True, timeout=60)
+    status_cmd = [*cli, "status", "--json", "--timeout-ms", "1000", *env_args]
+    out = subprocess.run(status_cmd, capture_output=True, text=True, timeout=60)
     nodes = {n["node_id"]: n for n in json.loads(out.stdout)["nodes"]}
     assert out.returncode == 0 and nodes[follower]["up"] is False
     assert all(nodes[i]["up"] for i in nodes if i != follower)

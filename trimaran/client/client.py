@@ -15,13 +15,24 @@ twice.
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
 import trio
 
 from trimaran import limits
+from trimaran.errors import (
+    InvalidArgument,
+    NotLeader,
+    ProtocolError,
+    RequestTimeout,
+    SessionExpired,
+    TrimaranError,
+    Unavailable,
+)
+from trimaran.protocols.client_protocol import CONSISTENCIES
+
 from .connection import (
     INFLIGHT_REQUESTS_MAX_DEFAULT,
     Address,
@@ -35,16 +46,6 @@ from .connection import (
 )
 from .register import RegisterMethods
 from .session import Session
-from trimaran.errors import (
-    InvalidArgument,
-    NotLeader,
-    ProtocolError,
-    RequestTimeout,
-    SessionExpired,
-    TrimaranError,
-    Unavailable,
-)
-from trimaran.protocols.client_protocol import CONSISTENCIES
 
 #: Default deadline of one call, retries included.
 TIMEOUT_MS_DEFAULT = 5_000
@@ -57,12 +58,12 @@ BACKOFF_MS_MAX_DEFAULT = 1_000
 _RETRYABLE = (NotLeader, Unavailable, RequestTimeout)
 
 
-
 class _SessionGone(Exception):
     """Internal: the session expired before this command could have been applied."""
 
 
-Endpoints = str | Address | list[str | Address] | tuple[str | Address, ...]
+#: ``"host:port,host:port"``, or a sequence of ``"host:port"`` strings or addresses.
+Endpoints = str | Address | Sequence[str | Address]
 
 
 class Client(RegisterMethods):
@@ -166,7 +167,7 @@ class Client(RegisterMethods):
         result = await self._with_deadline(timeout_ms, self._idempotent, "status", {})
         if isinstance(result, dict):
             self._learn_from_status(result)
-        return result  # type: ignore[no-any-return]
+        return result
 
     async def node_status(self, address: str | Address, *, timeout_ms: int | None = None) -> dict[str, Any]:
         """The ``status`` dict of one particular node, over a short-lived connection of its own."""
@@ -188,7 +189,7 @@ class Client(RegisterMethods):
         result = await self._with_deadline(timeout_ms, ask)
         if isinstance(result, dict):
             self._learn_from_status(result)
-        return result  # type: ignore[no-any-return]
+        return result
 
     async def membership(self, kind: str, node_id: int, *, timeout_ms: int | None = None) -> Any:
         """Change membership (``add_learner``, ``promote`` or ``remove``); the new members.

@@ -14,6 +14,7 @@ import trio
 from .client import Client
 from .status import ClusterStatus, fetch_cluster_status
 
+
 def cluster_status(
     endpoints: str, *, cluster_id: str | None = None, token: str | None = None, timeout_ms: int = 2_000
 ) -> ClusterStatus:

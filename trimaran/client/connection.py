@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import trio
 
@@ -56,7 +56,7 @@ class Address:
         return cls(host, int(port_text))
 
 
-def parse_endpoints(endpoints: str | Address | list[str | Address] | tuple[str | Address, ...]) -> list[Address]:
+def parse_endpoints(endpoints: str | Address | Sequence[str | Address]) -> list[Address]:
     """Endpoints as a comma-separated string or a sequence of ``HOST:PORT`` / :class:`Address`."""
     items: list[str | Address]
     if isinstance(endpoints, (str, Address)):
@@ -130,7 +130,8 @@ def _parse_welcome(obj: Any, expected_cluster_id: str | None) -> Welcome:
     if not isinstance(obj, dict) or obj.get("type") != "welcome":
         raise ProtocolError("the node's first frame is not a welcome")
     if obj.get("version") != PROTOCOL_VERSION:
-        raise ProtocolError(f"node speaks protocol version {obj.get('version')!r}; this client speaks {PROTOCOL_VERSION}")
+        version = obj.get("version")
+        raise ProtocolError(f"node speaks protocol version {version!r}; this client speaks {PROTOCOL_VERSION}")
     node_id, leader_id, cluster_id = obj.get("node_id"), obj.get("leader_id"), obj.get("cluster_id")
     if type(node_id) is not int or node_id <= 0 or type(leader_id) is not int or leader_id < 0:
         raise ProtocolError("welcome: node_id and leader_id must be integers")
@@ -266,7 +267,7 @@ class Connection:
             if decoder.closed:
                 self._closed_reason = self._closed_reason or f"{self.address} closed the connection"
                 return
-            decoder.feed(cast(bytes, await self._stream.receive_some(RECEIVE_BYTES)))
+            decoder.feed(await self._stream.receive_some(RECEIVE_BYTES))
 
     def _dispatch(self, obj: Any) -> None:
         if isinstance(obj, dict) and obj.get("type") == "error":
@@ -305,7 +306,7 @@ async def open_connection(
             while (frame := decoder.next_frame()) is None:
                 if decoder.closed:
                     raise ConnectionLost(f"{address} closed the connection during the handshake", maybe_sent=False)
-                decoder.feed(cast(bytes, await stream.receive_some(RECEIVE_BYTES)))
+                decoder.feed(await stream.receive_some(RECEIVE_BYTES))
             welcome = _parse_welcome(unpack(frame), cluster_id)
         except BaseException:
             with trio.CancelScope(shield=True):

@@ -13,9 +13,10 @@ from typing import Any
 
 import trio
 
+from trimaran.errors import TrimaranError
+
 from .client import Client
 from .connection import Address
-from trimaran.errors import TrimaranError
 
 
 @dataclass(slots=True)
@@ -87,7 +88,8 @@ class ClusterStatus:
     def format_table(self) -> str:
         """A human-readable table: one summary line, then one row per node."""
         leader = "none" if self.leader_id is None else str(self.leader_id)
-        lines = [f"leader: {leader}   term: {_dash(self.term)}   voters: {_ids(self.voters)}   learners: {_ids(self.learners)}"]
+        members = f"voters: {_ids(self.voters)}   learners: {_ids(self.learners)}"
+        lines = [f"leader: {leader}   term: {_dash(self.term)}   {members}"]
         header = ("NODE", "ADDRESS", "STATE", "TERM", "COMMIT", "APPLIED", "LAG")
         rows = [header]
         for n in self.nodes:
@@ -195,7 +197,9 @@ def merge(nodes: list[NodeStatus], node_addresses: dict[int, Address]) -> Cluste
         if node_id in seen:
             continue
         address = node_addresses.get(node_id)
-        row = next((n for n in merged if not n.up and n.node_id is None and address is not None and n.address == address), None)
+        row = None
+        if address is not None:
+            row = next((n for n in merged if not n.up and n.node_id is None and n.address == address), None)
         if row is not None:  # an endpoint that did not answer turns out to be this member
             row.node_id = node_id
         else:

@@ -14,9 +14,10 @@ from typing import Any, Callable
 
 import trio
 
+from trimaran.errors import InvalidArgument, TrimaranError
+
 from .client import TIMEOUT_MS_DEFAULT, Client, Endpoints
 from .register import BytesLike
-from trimaran.errors import InvalidArgument, TrimaranError
 
 #: How long closing waits for the trio thread (it only has to cancel its tasks).
 _JOIN_TIMEOUT_S = 10.0
@@ -115,17 +116,19 @@ class SyncClient:
         """Blocking :meth:`Client.command`."""
         return self._call(self._client.command, service, command, timeout_ms=timeout_ms)
 
-    def read(self, service: str, query: Any, consistency: str = "linearizable", *, timeout_ms: int | None = None) -> Any:
+    def read(
+        self, service: str, query: Any, consistency: str = "linearizable", *, timeout_ms: int | None = None
+    ) -> Any:
         """Blocking :meth:`Client.read`."""
         return self._call(self._client.read, service, query, consistency, timeout_ms=timeout_ms)
 
     def status(self, *, timeout_ms: int | None = None) -> dict[str, Any]:
         """Blocking :meth:`Client.status`."""
-        return self._call(self._client.status, timeout_ms=timeout_ms)  # type: ignore[no-any-return]
+        return self._call(self._client.status, timeout_ms=timeout_ms)
 
     def node_status(self, address: str, *, timeout_ms: int | None = None) -> dict[str, Any]:
         """Blocking :meth:`Client.node_status`."""
-        return self._call(self._client.node_status, address, timeout_ms=timeout_ms)  # type: ignore[no-any-return]
+        return self._call(self._client.node_status, address, timeout_ms=timeout_ms)
 
     def set(self, key: BytesLike, value: BytesLike, *, timeout_ms: int | None = None) -> None:
         """Blocking :meth:`Client.set`."""
@@ -133,19 +136,19 @@ class SyncClient:
 
     def get(self, key: BytesLike, consistency: str = "linearizable", *, timeout_ms: int | None = None) -> bytes | None:
         """Blocking :meth:`Client.get`."""
-        return self._call(self._client.get, key, consistency, timeout_ms=timeout_ms)  # type: ignore[no-any-return]
+        return self._call(self._client.get, key, consistency, timeout_ms=timeout_ms)
 
     def cas(self, key: BytesLike, expected: BytesLike | None, new: BytesLike, *, timeout_ms: int | None = None) -> bool:
         """Blocking :meth:`Client.cas`."""
-        return self._call(self._client.cas, key, expected, new, timeout_ms=timeout_ms)  # type: ignore[no-any-return]
+        return self._call(self._client.cas, key, expected, new, timeout_ms=timeout_ms)
 
     def delete(self, key: BytesLike, *, timeout_ms: int | None = None) -> bool:
         """Blocking :meth:`Client.delete`."""
-        return self._call(self._client.delete, key, timeout_ms=timeout_ms)  # type: ignore[no-any-return]
+        return self._call(self._client.delete, key, timeout_ms=timeout_ms)
 
     def incr(self, key: BytesLike, delta: int = 1, *, timeout_ms: int | None = None) -> int:
         """Blocking :meth:`Client.incr`."""
-        return self._call(self._client.incr, key, delta, timeout_ms=timeout_ms)  # type: ignore[no-any-return]
+        return self._call(self._client.incr, key, delta, timeout_ms=timeout_ms)
 
 
 def connect_sync(
