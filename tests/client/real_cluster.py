@@ -34,6 +34,8 @@ class RealCluster:
     client_ports: dict[int, int] = field(default_factory=dict)
     peer_ports: dict[int, int] = field(default_factory=dict)
     processes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+    #: Exit status of each node stopped through :meth:`kill`.
+    exit_codes: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         ports = free_ports(2 * self.size)
@@ -71,7 +73,7 @@ class RealCluster:
     def kill(self, node_id: int, sig: int = signal.SIGKILL) -> None:
         proc = self.processes.pop(node_id)
         os.kill(proc.pid, sig)
-        proc.wait(timeout=30)
+        self.exit_codes[node_id] = proc.wait(timeout=30)
 
     def stop_all(self, timeout_s: float = 10.0) -> None:
         for proc in self.processes.values():

@@ -108,3 +108,28 @@ def test_blocking_client_and_cli_against_the_cluster(cluster: RealCluster) -> No
     nodes = {n["node_id"]: n for n in json.loads(out.stdout)["nodes"]}
     assert out.returncode == 0 and nodes[follower]["up"] is False
     assert all(nodes[i]["up"] for i in nodes if i != follower)
+
+
+async def test_graceful_leader_stop_is_invisible_to_callers(cluster: RealCluster) -> None:
+    """SIGTERM: the leader finishes what is in flight and hands over; callers only see answers."""
+    async with trimaran.connect(cluster.endpoints, timeout_ms=TIMEOUT_MS) as c:
+        await c.set("warm", "up")
+        old_leader = c.leader_id
+        assert old_leader is not None
+        done = 0
+
+        async def writer() -> None:
+            nonlocal done
+            for _ in range(60):
+                await c.incr("counter")
+                done += 1
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(writer)
+            while done < 60:
+                await trio.sleep(0.01)
+            await trio.to_thread.run_sync(cluster.kill, old_leader, signal.SIGTERM)
+        assert c.leader_id != old_leader
+        assert await c.incr("counter", 0) == done == 240
+    assert cluster.exit_codes.get(old_leader) == 0
