@@ -293,7 +293,9 @@ async def test_bad_arguments_fail_before_sending(nursery: trio.Nursery) -> None:
             await c.get("k", consistency="eventual")
         with pytest.raises(errors.InvalidArgument):
             await c.incr("k", 1 << 64)
-    assert cluster.calls == []
+        with pytest.raises(errors.TooLarge):  # the generic call is bounded too
+            await c.command("register", ["set", b"k", b"x" * (2 * 1024 * 1024)])
+    assert [call.op for call in cluster.calls] == ["register"]  # the session, never the command
 
 
 async def test_unanswered_request_times_out(nursery: trio.Nursery, autojump_clock: Any) -> None:
@@ -361,6 +363,24 @@ def test_endpoints_parsing() -> None:
     for bad in ("", "nohost", "h:0", "h:99999", ":7"):
         with pytest.raises(errors.InvalidArgument):
             parse_endpoints(bad)
+
+
+async def test_a_node_that_stops_reading_closes_the_connection(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    """Callers that time out leave their frames queued; a full queue means the node is stuck."""
+    cluster = await start_cluster(nursery, size=1)
+    async with trimaran.connect(cluster.addresses(), inflight_requests_max=2, timeout_ms=1000) as c:
+        await c.set("k", "v")
+        conn = c._conn
+        assert conn is not None
+        stream: Any = conn._stream
+        stream.send_all = lambda data: trio.sleep_forever()  # a node whose socket never drains
+        for _ in range(3):  # one frame stuck in the send, two filling the queue
+            with pytest.raises(errors.RequestTimeout):
+                await c.get("k")
+        assert conn.usable
+        assert await c.get("k") == b"v"  # finds the queue full, drops the connection, reconnects
+        assert not conn.usable and "not reading" in (conn._closed_reason or "")
+    assert cluster.nodes[1].connections_accepted == 2
 
 
 async def test_cancelled_caller_does_not_disturb_others(nursery: trio.Nursery) -> None:

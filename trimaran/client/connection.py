@@ -21,7 +21,15 @@ from typing import Any
 import trio
 
 from trimaran import limits
-from trimaran.errors import AuthError, InvalidArgument, ProtocolError, RequestTimeout, TrimaranError, error_from_wire
+from trimaran.errors import (
+    AuthError,
+    InvalidArgument,
+    ProtocolError,
+    RequestTimeout,
+    TooLarge,
+    TrimaranError,
+    error_from_wire,
+)
 from trimaran.protocols.client_protocol import PROTOCOL_VERSION, hello
 from trimaran.protocols.codec import pack, unpack
 from trimaran.protocols.framing import FrameDecoder, encode_frame
@@ -163,7 +171,7 @@ class Connection:
         self._pending: dict[int, _Slot] = {}
         self._next_request_id = 0
         self._inflight = trio.Semaphore(inflight_requests_max)
-        # Sized to the in-flight bound, so send_nowait below never finds it full.
+        # Sized to the in-flight bound: only frames of callers that gave up can fill it (see request).
         self._outbox_send, self._outbox_receive = trio.open_memory_channel[bytes](inflight_requests_max)
         self._cancel_scope = trio.CancelScope()
         self._closed_reason: str | None = None
@@ -193,11 +201,21 @@ class Connection:
             if self._closed_reason is not None:
                 raise ConnectionLost(self._closed_reason, maybe_sent=False)
             request_id = self._take_request_id()
-            frame = encode_frame(pack([request_id, op, body]))
+            payload = pack([request_id, op, body])
+            if len(payload) > limits.command_bytes_max:
+                # The node answers too_large past this (or closes, far past it): say so unsent.
+                raise TooLarge(f"request of {len(payload)} bytes is over command_bytes_max={limits.command_bytes_max}")
+            frame = encode_frame(payload)
             slot = _Slot()
             self._pending[request_id] = slot
             try:
-                self._outbox_send.send_nowait(frame)
+                try:
+                    self._outbox_send.send_nowait(frame)
+                except trio.WouldBlock:
+                    # Frames of callers that gave up are still queued: the node has not read a
+                    # full window of requests. Treat the connection as dead rather than queue more.
+                    self.close(f"{self.address} is not reading its requests")
+                    raise ConnectionLost(self._closed_reason or "send queue full", maybe_sent=False) from None
                 await slot.event.wait()
             finally:
                 del self._pending[request_id]
