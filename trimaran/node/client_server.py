@@ -158,7 +158,12 @@ class ClientConnection:
             # parse_request raised this only after checking obj is [int request_id, op, body].
             self._answer_now(obj[0], exc)
             return
-        await self._slots.acquire()  # at the cap, stop reading: backpressure through TCP
+        # Not `await acquire()` every time: it always yields, which would let the driver run a round
+        # per request and defeat the group proposal (all requests read in one go, one log entry).
+        try:
+            self._slots.acquire_nowait()
+        except trio.WouldBlock:
+            await self._slots.acquire()  # at the cap, stop reading: backpressure through TCP
         self._next_seq += 1
         seq = self._next_seq
         self._inflight[seq] = request.request_id
