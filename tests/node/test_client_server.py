@@ -260,3 +260,33 @@ async def test_graceful_stop_answers_every_request_in_flight(single: InProcessCl
 def _frame(obj: Any) -> bytes:
     body = pack(obj)
     return len(body).to_bytes(4, "big") + body
+
+
+async def test_a_client_that_never_reads_cannot_make_the_node_buffer_without_bound(tmp_path: Path) -> None:
+    cap = 8
+    async with in_process_cluster(tmp_path, size=1, client_inflight_requests_max=cap, **FAST) as cluster:
+        await cluster.leader()
+        writer = await RawClient.connect(cluster.client_address(1))
+        await writer.register()
+        await writer.set(b"big", b"x" * (512 * 1024))
+        greedy = await RawClient.connect(cluster.client_address(1))
+        read = {"service": "register", "query": ["get", b"big"], "consistency": "stale"}
+        frames = b"".join(_frame([i, "read", read]) for i in range(200))  # ~100 MiB of answers
+
+        async def send_without_reading() -> None:
+            await greedy.stream.send_all(frames)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_without_reading)
+            await trio.sleep(0.5)
+            server = cluster.nodes[1].client_server
+            assert server is not None
+            [conn] = [c for c in server._connections if c._slots.value < cap]
+            # Every slot is taken by an answer not yet written (the send blocks on the full socket):
+            # the reader has stopped reading, so the rest of the requests wait in the kernel.
+            assert conn._slots.value == 0 and len(conn._inflight) + len(conn._out) <= cap
+            # and the node still serves everyone else
+            assert (await writer.call("status", {}))["node_id"] == 1
+            nursery.cancel_scope.cancel()
+        await writer.aclose()
+        await trio.aclose_forcefully(greedy.stream)

@@ -132,3 +132,17 @@ async def test_up_on_a_taken_port_fails_with_one_clear_line(tmp_path: Path) -> N
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"{base + 2}" in lines[0] and "not free" in lines[0], result.stderr
+
+
+async def test_nodes_stop_by_themselves_when_up_is_killed(tmp_path: Path) -> None:
+    base = free_base_port()
+    up = Up(tmp_path, base)
+    try:
+        await up.wait_up()
+        os.kill(up.proc.pid, signal.SIGKILL)  # no chance to stop its children
+        up.proc.wait(timeout=STOP_WAIT_S)
+        with trio.fail_after(STOP_WAIT_S):  # each child notices its parent is gone and stops
+            while not all(_free(base + offset) for offset in (1, 2, 3, 101, 102, 103)):
+                await trio.sleep(0.1)
+    finally:
+        up.kill()

@@ -7,8 +7,9 @@ and a deque suffices).
 
 Bounds: at most ``client_connections_max`` connections (the next one gets an ``unavailable`` error
 frame and is closed); the hello must arrive within ``handshake_timeout_ms``; at most
-``client_inflight_requests_max`` requests in flight per connection — the reader simply stops
-reading at the cap, so TCP pushes back on a client that pipelines too far; frames over
+``client_inflight_requests_max`` requests in flight per connection, counting answers not yet
+written to the socket — the reader simply stops reading at the cap, so TCP pushes back on a client
+that pipelines too far or does not read its answers; frames over
 ``client_frame_bytes_max`` close the connection after an error frame.
 
 Errors: a request with bad fields is answered with a typed error under its request id and the
@@ -68,7 +69,10 @@ class ClientConnection:
         self._inflight: dict[int, int] = {}
         self._deadlines: deque[tuple[float, int]] = deque()
         self._next_seq = 0
-        self._out: deque[bytes] = deque()
+        #: Encoded frames to send, and whether each holds an in-flight slot. A slot is released only
+        #: once its answer is written to the socket, so answers a client does not read count
+        #: against its cap too: memory per connection stays bounded.
+        self._out: deque[tuple[bytes, bool]] = deque()
         self._out_lot = trio.lowlevel.ParkingLot()
         self._reaper_lot = trio.lowlevel.ParkingLot()
         self.closed = False
@@ -83,18 +87,14 @@ class ClientConnection:
         request_id = self._inflight.pop(seq, None)
         if request_id is None or self.closed:
             return  # answered already (timeout) or the client is gone
-        self._slots.release()
         try:
             frame = _encode(response(request_id, ok, value))
         except (TypeError, ValueError, OverflowError) as exc:  # a result msgpack cannot carry
             frame = _encode(response(request_id, False, TrimaranError(f"result not encodable: {exc}")))
-        self._queue(frame)
+        self._queue(frame, holds_slot=True)
 
-    def _answer_now(self, request_id: int, exc: TrimaranError) -> None:
-        self._queue(_encode(response(request_id, False, exc)))
-
-    def _queue(self, frame: bytes) -> None:
-        self._out.append(frame)
+    def _queue(self, frame: bytes, holds_slot: bool = False) -> None:
+        self._out.append((frame, holds_slot))
         self._out_lot.unpark_all()
 
     # ------------------------------------------------------------------ tasks
@@ -155,20 +155,12 @@ class ClientConnection:
         try:
             request = parse_request(obj)
         except InvalidArgument as exc:
-            # parse_request raised this only after checking obj is [int request_id, op, body].
-            self._answer_now(obj[0], exc)
+            # parse_request raised this only after checking obj is [int request_id, op, body]. The
+            # answer takes a slot like any other, so bad requests cannot pile up answers either.
+            seq = await self._take_slot(obj[0])
+            self.on_reply(seq, False, exc)
             return
-        # Not `await acquire()` every time: it always yields, which would let the driver run a round
-        # per request and defeat the group proposal (all requests read in one go, one log entry).
-        try:
-            self._slots.acquire_nowait()
-        except trio.WouldBlock:
-            await self._slots.acquire()  # at the cap, stop reading: backpressure through TCP
-        self._next_seq += 1
-        seq = self._next_seq
-        self._inflight[seq] = request.request_id
-        self._deadlines.append((trio.current_time() + self._timeout_s, seq))
-        self._reaper_lot.unpark_all()
+        seq = await self._take_slot(request.request_id)
         server = self._server
         if server.shutting_down:
             self.on_reply(seq, False, Unavailable("the node is shutting down; retry on another node"))
@@ -177,14 +169,33 @@ class ClientConnection:
         else:
             await server.driver.submit_client(request.op, request.body, (self, seq), len(frame))
 
+    async def _take_slot(self, request_id: int) -> int:
+        """Count a request in flight (waiting at the cap) and return its internal number."""
+        # Not `await acquire()` every time: it always yields, which would let the driver run a round
+        # per request and defeat the group proposal (all requests read in one go, one log entry).
+        try:
+            self._slots.acquire_nowait()
+        except trio.WouldBlock:
+            await self._slots.acquire()  # at the cap, stop reading: backpressure through TCP
+        self._next_seq += 1
+        seq = self._next_seq
+        self._inflight[seq] = request_id
+        self._deadlines.append((trio.current_time() + self._timeout_s, seq))
+        self._reaper_lot.unpark_all()
+        return seq
+
     async def _write_loop(self, cancel: trio.CancelScope) -> None:
         try:
             while True:
                 while not self._out:
                     await self._out_lot.park()
-                frames = list(self._out)
+                items = list(self._out)
                 self._out.clear()
+                frames = [frame for frame, _ in items]
                 await self._stream.send_all(b"".join(frames) if len(frames) > 1 else frames[0])
+                for _, holds_slot in items:
+                    if holds_slot:
+                        self._slots.release()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             self.closed = True
             cancel.cancel()
