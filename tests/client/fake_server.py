@@ -197,6 +197,11 @@ class FakeNode:
                 "commit_index": cluster.index,
                 "applied_index": cluster.index,
                 "members": [{"node_id": n.node_id, "address": n.address} for _, n in sorted(cluster.nodes.items())],
+                "progress": [
+                    {"node_id": n, "lag": 7 if cluster.nodes[n].scope.cancel_called else 0}
+                    for n in sorted(cluster.nodes)
+                    if cluster.leader_id == self.node_id and n != self.node_id
+                ],
                 **self.status_extra,
             }
         if cluster.leader_id != self.node_id:

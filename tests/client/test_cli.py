@@ -76,6 +76,7 @@ def test_status_shows_a_silent_node_as_down(cluster: FakeCluster) -> None:
     nodes = {n["node_id"]: n for n in json.loads(out)["nodes"]}
     assert code == 0 and set(nodes) == {1, 2, 3}
     assert nodes[3]["up"] is False and "unavailable" in nodes[3]["error"]
+    assert nodes[3]["lag_entries"] == 7  # the leader's view of the node it cannot reach
     assert nodes[1]["up"] and nodes[2]["up"]
 
 

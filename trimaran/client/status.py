@@ -49,11 +49,19 @@ class ClusterStatus:
         return next((n for n in self.nodes if n.up and n.node_id == self.leader_id), None)
 
     def lag_entries(self, node: NodeStatus) -> int | None:
-        """How many committed entries ``node`` has yet to apply (against the leader's commit index,
-        or the highest commit index any node reports when no leader answered)."""
+        """How far ``node`` trails the leader, in entries: the leader's own view (its replication
+        progress, known even for a node that is down) when it answered, else how many committed
+        entries the node has yet to apply (against the highest commit index any node reports)."""
+        leader = self.leader()
+        if leader is not None:
+            if node is leader:
+                return 0
+            progress = leader.raw.get("progress")
+            for p in progress if isinstance(progress, list) else []:
+                if isinstance(p, dict) and p.get("node_id") == node.node_id and type(p.get("lag")) is int:
+                    return max(0, int(p["lag"]))
         if not node.up or node.applied_index is None:
             return None
-        leader = self.leader()
         reference = leader.commit_index if leader is not None else None
         if reference is None:
             reference = max((n.commit_index for n in self.nodes if n.commit_index is not None), default=None)
