@@ -1,4 +1,4 @@
-"""Core behaviour the runtime depends on, found while building it; reported to the core owner.
+"""Core behaviour the runtime depends on, found while building it (thesis §6.4 read liveness).
 
 These run the pure harness (no IO): the runtime drops peer messages by design (full queues, broken
 connections), so the core must survive the loss of any single message.
@@ -13,11 +13,6 @@ from trimaran.simulations.harness import Harness
 
 
 @pytest.mark.parametrize("lost", [ReadIndexRequest, ReadIndexResponse])
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: a forwarded ReadIndex whose request or response is lost is never retried nor "
-    "failed while the term is stable; the read hangs (and leaks a pending-read slot) until a term change",
-)
 def test_a_follower_read_survives_one_lost_read_index_message(lost: type) -> None:
     h = Harness(3, seed=7)
     h.elect(1)
@@ -39,11 +34,6 @@ def test_a_follower_read_survives_one_lost_read_index_message(lost: type) -> Non
     assert replies, "the read was neither answered nor failed"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: a leader's ReadIndex round whose heartbeats are lost is confirmed only by a later "
-    "round; periodic heartbeats carry read_seq=0, so an isolated read hangs while the term is stable",
-)
 def test_a_leader_read_survives_lost_read_round_heartbeats() -> None:
     from trimaran.protocols.messages import Heartbeat
 

@@ -131,7 +131,8 @@ class Raft:
         self._read_rounds: list[_ReadRound] = []
         self._reads_new: list[tuple[int, int]] = []
         self._reads_waiting_commit: list[tuple[int, int]] = []
-        self._forwarded_reads: dict[int, int] = {}
+        #: Reads forwarded to the leader: request id -> (context, tick sent).
+        self._forwarded_reads: dict[int, tuple[int, int]] = {}
         self._forward_seq = 0
         # Incoming snapshot being assembled from chunks.
         self._incoming: tuple[SnapshotMeta, int, list[bytes]] | None = None
@@ -187,6 +188,8 @@ class Raft:
         if self.role == Role.LEADER:
             self._tick_leader()
             return
+        if self._forwarded_reads:
+            self._expire_forwarded_reads()
         self.election_elapsed += 1
         if self.promotable() and self.election_elapsed >= self.randomized_election_timeout:
             self.election_elapsed = 0
@@ -249,7 +252,7 @@ class Raft:
             self._read_states.append(ReadState(context, 0, ok=False))
             return
         self._forward_seq += 1
-        self._forwarded_reads[self._forward_seq] = context
+        self._forwarded_reads[self._forward_seq] = (context, self.tick_count)
         self._send(ReadIndexRequest(self.term, self.id, self.leader_id, self._forward_seq))
 
     def compact(self, snapshot: Snapshot, keep_entries: int = 0) -> int:
@@ -585,7 +588,10 @@ class Raft:
                 self.transferee = NO_NODE  # thesis §3.10: abort a transfer that did not finish in time
         if self.heartbeat_elapsed >= self.config.heartbeat_interval_ticks:
             self.heartbeat_elapsed = 0
-            self._broadcast_heartbeat(0)
+            # While reads wait, every heartbeat re-asks for the newest round: an answer confirms
+            # leadership after that round began, so a round whose own heartbeats were lost is still
+            # confirmed (thesis §6.4 step 3).
+            self._broadcast_heartbeat(self._read_seq if self._read_rounds else 0)
 
     def _append(self, entries: list[Entry]) -> None:
         self.log.append(entries)
@@ -834,9 +840,20 @@ class Raft:
         self._leader_read(msg.sender, msg.request_id)
 
     def _on_read_index_response(self, msg: ReadIndexResponse) -> None:
-        context = self._forwarded_reads.pop(msg.request_id, None)
-        if context is not None:
-            self._read_states.append(ReadState(context, msg.index, msg.ok))
+        forwarded = self._forwarded_reads.pop(msg.request_id, None)
+        if forwarded is not None:
+            self._read_states.append(ReadState(forwarded[0], msg.index, msg.ok))
+
+    def _expire_forwarded_reads(self) -> None:
+        """A forwarded read whose request or answer was lost fails after an election timeout, so
+        the caller retries (at the leader) instead of waiting for a term change."""
+        deadline = self.tick_count - self.config.election_timeout_ticks_min
+        # Forward ids increase with time, so the oldest are first in the dict.
+        for request_id, (context, sent_tick) in list(self._forwarded_reads.items()):
+            if sent_tick > deadline:
+                break
+            del self._forwarded_reads[request_id]
+            self._read_states.append(ReadState(context, 0, ok=False))
 
     def _fail_reads(self) -> None:
         """Leadership changed: every read not yet confirmed fails (the caller retries)."""
@@ -846,7 +863,7 @@ class Raft:
         self._reads_waiting_commit, self._reads_new, self._read_rounds = [], [], []
         for requester, context in pending:
             self._deliver_read(requester, context, 0, ok=False)
-        for context in self._forwarded_reads.values():
+        for context, _ in self._forwarded_reads.values():
             self._read_states.append(ReadState(context, 0, ok=False))
         self._forwarded_reads = {}
 
