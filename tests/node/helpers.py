@@ -125,6 +125,7 @@ class InProcessCluster:
 
     configs: list[NodeConfig]
     nursery: trio.Nursery
+    make_services: Callable[[], list[Any]] | None = None
     nodes: dict[int, Node] = field(default_factory=dict)
     scopes: dict[int, trio.CancelScope] = field(default_factory=dict)
 
@@ -134,7 +135,8 @@ class InProcessCluster:
 
         async def run(task_status: trio.TaskStatus[Node]) -> None:
             with scope:
-                await Node(config).run(task_status=task_status)
+                services = self.make_services() if self.make_services is not None else None
+                await Node(config, services).run(task_status=task_status)
 
         self.scopes[node_id] = scope
         self.nodes[node_id] = await self.nursery.start(run)
@@ -171,9 +173,11 @@ class InProcessCluster:
 
 
 @contextlib.asynccontextmanager
-async def in_process_cluster(root: Path, size: int = 3, **overrides: Any) -> AsyncIterator[InProcessCluster]:
+async def in_process_cluster(
+    root: Path, size: int = 3, make_services: Callable[[], list[Any]] | None = None, **overrides: Any
+) -> AsyncIterator[InProcessCluster]:
     async with trio.open_nursery() as nursery:
-        cluster = InProcessCluster(cluster_configs(root, size, **overrides), nursery)
+        cluster = InProcessCluster(cluster_configs(root, size, **overrides), nursery, make_services)
         for i in range(1, size + 1):
             await cluster.start(i)
         yield cluster

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
 from tests.node.helpers import RawClient, in_process_cluster
 from trimaran.errors import NotLeader
+from trimaran.services.register import RegisterService
 
 FAST = {"tick_ms": 10}
 
@@ -125,3 +128,55 @@ async def test_graceful_stop_of_the_leader_hands_leadership_over(tmp_path: Path)
             others = [n for n in (1, 2, 3) if n != leader]
             while not any(cluster.status(n)["role"] == "leader" for n in others):
                 await trio.sleep(0.01)
+
+
+class AlarmService:
+    """A service with one deadline, to see the runtime drive log time on an idle leader."""
+
+    name = "alarm"
+
+    def __init__(self, deadline_ms: int) -> None:
+        self.deadline_ms: int | None = deadline_ms
+        self.fired_at_ms: int | None = None
+
+    def on_time(self, ctx: Any) -> None:
+        if self.deadline_ms is not None and ctx.timestamp_ms >= self.deadline_ms:
+            self.fired_at_ms, self.deadline_ms = ctx.timestamp_ms, None
+
+    def next_deadline_ms(self) -> int | None:
+        return self.deadline_ms
+
+    def apply(self, command: Any, ctx: Any) -> Any:
+        return None
+
+    def query(self, query: Any, ctx: Any) -> Any:
+        return self.fired_at_ms
+
+    def snapshot(self) -> Any:
+        return [self.deadline_ms, self.fired_at_ms]
+
+    def restore(self, data: Any) -> None:
+        self.deadline_ms, self.fired_at_ms = data
+
+
+async def test_an_idle_leader_moves_log_time_past_a_service_deadline(tmp_path: Path) -> None:
+    deadline_ms = int(time.time() * 1000) + 300
+    services = lambda: [RegisterService(), AlarmService(deadline_ms)]  # noqa: E731
+    async with in_process_cluster(tmp_path, make_services=services, **FAST) as cluster:
+        leader = await cluster.leader()
+        client = await RawClient.connect(cluster.client_address(leader))
+        # No client writes at all: only the leader's timestamp-only entry can fire the alarm, on
+        # every replica, at the same log position.
+        with trio.fail_after(5):
+            while (fired := await client.call("read", {"service": "alarm", "query": None})) is None:
+                await trio.sleep(0.05)
+        assert fired >= deadline_ms
+        await cluster.wait_for(
+            lambda: all(cluster.status(n)["applied_index"] == cluster.status(leader)["commit_index"] for n in (1, 2, 3)),
+            what="followers applied the clock entry",
+        )
+        for n in (1, 2, 3):
+            peer = await RawClient.connect(cluster.client_address(n))
+            assert await peer.call("read", {"service": "alarm", "query": None, "consistency": "stale"}) == fired
+            await peer.aclose()
+        await client.aclose()

@@ -18,7 +18,7 @@ what the round produced in one go (so the transport can encode a message for sev
 Client commands taken in one round end up in one log entry (the Replica's group proposal).
 
 Time: ticks come from the monotonic clock (``trio.current_time``); the leader timestamp given to
-``register``/``submit`` (TTLs, session expiry) is wall-clock ``time.time()``. Ticks are computed
+``register``/``submit``/``advance_clock`` (TTLs, session expiry) is wall-clock ``time.time()``. Ticks are computed
 from the clock at the start of every round, so after a pause (SIGSTOP, a long GC) the missed ticks
 are delivered before any request is served: an old leader's Check-Quorum and lease expire first.
 """
@@ -211,6 +211,10 @@ class Driver:
         for _ in range(due):
             self.replica.tick()
         self.ticks += due
+        # Log time for services (TTLs, delays): an idle leader whose services have a deadline that
+        # passed on its wall clock appends a timestamp-only entry. Checked once per tick is enough:
+        # the Replica spaces such entries by clock_entry_interval_ms anyway.
+        self.replica.advance_clock(int(time.time() * 1000))
 
     def _take_inputs(self) -> None:
         inbox = self._inbox
