@@ -1,8 +1,7 @@
-"""Core behaviour the runtime depends on, found while building it (thesis §6.4 read liveness).
+"""Core behaviour the runtime depends on, found while building it (fixed in the core by 990569d).
 
 These run the pure harness (no IO): the runtime drops peer messages by design (full queues, broken
-connections), so the core must survive the loss of any single message.
-"""
+connections), so the core must survive the loss of any single message. Kept as regression tests."""
 
 from __future__ import annotations
 

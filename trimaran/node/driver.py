@@ -18,9 +18,10 @@ what the round produced in one go (so the transport can encode a message for sev
 Client commands taken in one round end up in one log entry (the Replica's group proposal).
 
 Time: ticks come from the monotonic clock (``trio.current_time``); the leader timestamp given to
-``register``/``submit``/``advance_clock`` (TTLs, session expiry) is wall-clock ``time.time()``. Ticks are computed
-from the clock at the start of every round, so after a pause (SIGSTOP, a long GC) the missed ticks
-are delivered before any request is served: an old leader's Check-Quorum and lease expire first.
+``register``, ``submit`` and ``advance_clock`` (TTLs, session expiry) is wall-clock ``time.time()``.
+Ticks are computed from the clock at the start of every round, so after a pause (SIGSTOP, a long
+GC) the missed ticks are delivered before any request is served: an old leader's Check-Quorum and
+lease expire first.
 """
 
 from __future__ import annotations
