@@ -1,0 +1,36 @@
+"""The planted bugs the simulator must catch, and the seeds known to catch each (the CI matrix).
+
+The switches live in the core (``RaftConfig.mutants``, ``ReplicaConfig.mutants``); this module
+only names them for the command line and records, per mutant, a small run that its checkers are
+known to fail (``tests/simulations/test_mutants.py`` replays each, and the same run without the
+mutant, which must pass).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from trimaran.cluster.raft import MUTANTS
+from trimaran.cluster.replica import REPLICA_MUTANTS
+
+
+def all_mutants() -> dict[str, str]:
+    """Every mutant name with what it breaks, Raft's first."""
+    return {**MUTANTS, **REPLICA_MUTANTS}
+
+
+@dataclass(frozen=True, slots=True)
+class MatrixCase:
+    """A run a mutant is known to fail (and the core without it passes)."""
+
+    mutant: str
+    seed: int
+    nodes: int
+    sim_seconds: float
+    #: The checker that fails it.
+    category: str
+
+
+#: Filled in from sweeps (``trimaran simulate --seeds 1..500 --mutant NAME``): the first seed
+#: that catches each mutant, on the cheapest configuration that does.
+MATRIX: tuple[MatrixCase, ...] = ()

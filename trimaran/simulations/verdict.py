@@ -1,0 +1,90 @@
+"""The checks at the end of a run: liveness, durability, replica agreement, linearizability.
+
+Raft's invariants and exactly-once are checked continuously while the run goes (see
+:mod:`trimaran.simulations.loop`); these need the whole run.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from trimaran.simulations.checkers import CheckFailure, RegisterServiceModel
+from trimaran.simulations.linearizability import Outcome, check
+
+if TYPE_CHECKING:
+    from trimaran.simulations.loop import Simulation
+
+#: Lines of a linearizability report kept in a failure message.
+REPORT_LINES_MAX = 40
+#: Search budget per key; a run whose search runs out is reported, never passed silently.
+STATES_PER_KEY_MAX = 2_000_000
+
+
+def final_checks(sim: Simulation) -> None:
+    """Raise :class:`CheckFailure` for the first end-of-run property that does not hold."""
+    check_liveness(sim)
+    check_durability(sim)
+    check_replicas_agree(sim)
+    check_linearizable(sim)
+
+
+def check_liveness(sim: Simulation) -> None:
+    config = sim.config
+    if sim.leader_ok_us < 0:
+        raise CheckFailure("liveness", "no functional leader after the heal")
+    pending = [c.index for c in sim.clients if not c.stopped]
+    if pending:
+        raise CheckFailure("liveness", f"clients {pending} still had operations pending at the end")
+    if sim.final_reader is None or not sim.final_reader.done:
+        raise CheckFailure("liveness", "the final reads were not answered before the end")
+    late = config.heal_us + config.liveness_us
+    for client in sim.clients:
+        for op_id, at_us in client.gave_up_at:
+            if at_us > late:
+                op = sim.history.operations[op_id]
+                raise CheckFailure("liveness", f"client {client.index} gave up after the heal: {op.describe()}")
+
+
+def check_durability(sim: Simulation) -> None:
+    """Every acknowledged write is in the final leader's committed log, as it was applied."""
+    leader = sim.leader()
+    assert leader is not None, "a run that ends with its final reads done has a leader"
+    log = sim.slots[leader].sim.replica.raft.log
+    for client in sim.clients:
+        for client_id, seq in client.acked_writes:
+            index, _pos = sim.exactly_once.position[(client_id, seq)]
+            applied_term = sim.invariants.applied[index][0]
+            if index > log.commit_index or (index > log.offset_index and log.term_at(index) != applied_term):
+                raise CheckFailure(
+                    "durability",
+                    f"acknowledged write (client {client_id}, seq {seq}) applied at entry {index} term {applied_term}"
+                    f" is not in leader {leader}'s committed log (commit {log.commit_index})",
+                )
+
+
+def check_replicas_agree(sim: Simulation) -> None:
+    """Replicas that applied the same prefix hold the same register data."""
+    by_index: dict[int, tuple[int, object]] = {}
+    for node_id, slot in sim.slots.items():
+        if not slot.sim.up:
+            continue
+        replica = slot.sim.replica
+        data = replica.services["register"].snapshot()
+        seen = by_index.setdefault(replica.applied_index, (node_id, data))
+        if seen[1] != data:
+            raise CheckFailure(
+                "invariant", f"nodes {seen[0]} and {node_id} applied through {replica.applied_index} but hold different data"
+            )
+
+
+def check_linearizable(sim: Simulation) -> None:
+    sim.history.finalize()
+    result = check(sim.history, RegisterServiceModel(), STATES_PER_KEY_MAX)
+    sim.linearizability_states = result.states_explored
+    if result.outcome is Outcome.OK:
+        return
+    lines = result.explain().splitlines()
+    if len(lines) > REPORT_LINES_MAX:
+        lines = lines[: REPORT_LINES_MAX // 2] + ["  ..."] + lines[-REPORT_LINES_MAX // 2 :]
+    category = "linearizability" if result.outcome is Outcome.VIOLATION else "linearizability_unknown"
+    raise CheckFailure(category, "\n".join(lines))
