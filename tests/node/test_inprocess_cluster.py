@@ -180,3 +180,24 @@ async def test_an_idle_leader_moves_log_time_past_a_service_deadline(tmp_path: P
             assert await peer.call("read", {"service": "alarm", "query": None, "consistency": "stale"}) == fired
             await peer.aclose()
         await client.aclose()
+
+
+async def test_after_a_pause_a_leader_does_not_serve_from_its_old_lease(tmp_path: Path) -> None:
+    # Thesis §6.4.1: a lease is only as good as the clock that measures it. A process paused
+    # (SIGSTOP, a long GC) past its lease must count the paused time before serving anything, so the
+    # runtime delivers the missed ticks before any request of the same round.
+    async with in_process_cluster(tmp_path, lease_reads=True, **FAST) as cluster:
+        leader = await cluster.leader()
+        client = await RawClient.connect(cluster.client_address(leader))
+        await client.register()
+        await client.set(b"x", b"1")
+        assert await client.get(b"x", "lease") == b"1"  # served from the lease while healthy
+        driver = cluster.nodes[leader].driver
+        assert driver is not None
+        # The pause: ten seconds of ticks become due at once, and the read is in the same round.
+        driver._next_tick_at -= 10.0
+        request_id = await client.send_request("read", {"service": "register", "query": ["get", b"x"], "consistency": "lease"})
+        answer = await client.read_obj()
+        assert answer[0] == request_id
+        assert answer[1] is False and answer[2]["code"] in ("not_leader", "unavailable"), answer
+        await client.aclose()
