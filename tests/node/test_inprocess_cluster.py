@@ -201,3 +201,28 @@ async def test_after_a_pause_a_leader_does_not_serve_from_its_old_lease(tmp_path
         assert answer[0] == request_id
         assert answer[1] is False and answer[2]["code"] in ("not_leader", "unavailable"), answer
         await client.aclose()
+
+
+async def test_transfer_and_membership_ops(tmp_path: Path) -> None:
+    async with in_process_cluster(tmp_path, **FAST) as cluster:
+        leader = await cluster.leader()
+        target = next(n for n in (1, 2, 3) if n != leader)
+        client = await RawClient.connect(cluster.client_address(leader))
+        assert await client.call("transfer", {"node_id": target}) is None
+        await client.aclose()
+        # Thesis §3.10: the target catches up, gets TimeoutNow, and wins the next term at once.
+        await cluster.wait_for(lambda: cluster.status(target)["role"] == "leader", what="transfer done")
+        client = await RawClient.connect(cluster.client_address(target))
+        removed = next(n for n in (1, 2, 3) if n != target)
+        # Thesis §4.1: one server at a time; the answer comes once the change is applied.
+        assert await client.call("membership", {"kind": "remove", "node_id": removed}) == {
+            "voters": sorted(n for n in (1, 2, 3) if n != removed),
+            "learners": [],
+        }
+        assert await client.call("membership", {"kind": "add_learner", "node_id": removed}) == {
+            "voters": sorted(n for n in (1, 2, 3) if n != removed),
+            "learners": [removed],
+        }
+        status = await client.call("status", {})
+        assert {m["node_id"]: m["role"] for m in status["members"]}[removed] == "learner"
+        await client.aclose()
