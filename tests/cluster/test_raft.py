@@ -294,6 +294,20 @@ def test_leader_does_not_commit_an_earlier_term_entry_by_counting() -> None:
     assert r.log.commit_index == 3
 
 
+def test_a_commit_index_alone_is_never_a_write_of_its_own() -> None:
+    """Term and vote must be durable before speaking (§5.1); the commit index need not be, so a
+    Ready never asks for an fsync just to record it (etcd's MustSync): it rides with entries."""
+    entries = [Entry(1, 1, 0, b""), Entry(2, 1, 0, b"x")]
+    r = Raft(fast_raft_config(2, (1, 2, 3)), random.Random(2), HardState(1, 1, 0), None, entries)
+    r.step(Heartbeat(1, 1, 2, 2))
+    rd = r.ready()
+    assert r.log.commit_index == 2 and rd.hard_state is None and not rd.needs_persist()
+    r.step(AppendEntries(1, 1, 2, 2, 1, [Entry(3, 1, 0, b"y")], 2))
+    assert r.ready().hard_state == HardState(1, 1, 2)
+    r.step(RequestVote(2, 3, 2, 3, 1, transfer=True))  # new term and vote: written without entries
+    assert r.ready().hard_state == HardState(2, 3, 2)
+
+
 def test_heartbeat_never_commits_past_the_followers_match() -> None:
     """A heartbeat carries min(commit, match) so a follower never commits entries it may not hold."""
     entries = [Entry(1, 1, 0, b""), Entry(2, 1, 0, b"stale")]

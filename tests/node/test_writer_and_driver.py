@@ -138,31 +138,3 @@ async def test_a_fatal_storage_error_stops_the_driver(tmp_path: Path) -> None:
         assert exc.errno == 5
     else:
         raise AssertionError("a failed fsync must stop the node (fail-stop), not be ignored")
-
-
-
-
-async def test_a_commit_only_hard_state_is_folded_into_the_next_write(tmp_path: Path) -> None:
-    driver, writer, _ = make_driver(tmp_path)
-    base = driver.replica.raft.hard_state()
-    # Only the commit index moved: not needed for safety, so no fsync of its own (etcd MustSync).
-    commit_only = WriteBatch(HardState(base.term, base.vote, base.commit_index + 5))
-    assert driver._defer_commit_only(commit_only).is_empty()
-    # The next real write carries it in the same transaction.
-    entries = WriteBatch(entries=[Entry(1, base.term, 0, b"")])
-    folded = driver._defer_commit_only(entries)
-    assert folded.hard_state == HardState(base.term, base.vote, base.commit_index + 5)
-    # A vote or term change is never deferred: it must be durable before the node speaks (§5.1).
-    vote = WriteBatch(HardState(base.term + 1, 2, base.commit_index))
-    assert driver._defer_commit_only(vote) is vote and not vote.is_empty()
-
-
-async def test_a_deferred_commit_is_flushed_on_its_own_when_nothing_else_comes(tmp_path: Path) -> None:
-    driver, writer, _ = make_driver(tmp_path)
-    base = driver.replica.raft.hard_state()
-    driver._defer_commit_only(WriteBatch(HardState(base.term, base.vote, 7)))
-    driver._flush_deferred()
-    assert writer.submitted == []  # not yet: it waits for a write to ride on
-    driver._flush_deferred(force=True)  # as at shutdown, or after COMMIT_FLUSH_S
-    [(_, batch)] = writer.submitted
-    assert batch.hard_state == HardState(base.term, base.vote, 7)

@@ -153,6 +153,10 @@ class Raft:
     def hard_state(self) -> HardState:
         return HardState(self.term, self.vote, self.log.commit_index)
 
+    def _vote_state_changed(self) -> bool:
+        handed = self._handed_hard_state
+        return self.term != handed.term or self.vote != handed.vote
+
     def promotable(self) -> bool:
         return self.id in self.membership.voters
 
@@ -164,7 +168,7 @@ class Raft:
             or self._snapshot_out
             or self._reads_new
             or self.log.unstable_from <= self.log.last_index()
-            or self.hard_state() != self._handed_hard_state
+            or self._vote_state_changed()
             or min(self.log.commit_index, self.log.persisted_index) > self.log.applied_index
         )
 
@@ -290,10 +294,6 @@ class Raft:
         if self._reads_new:
             self._start_read_round()
         rd = Ready()
-        hs = self.hard_state()
-        if hs != self._handed_hard_state:
-            rd.hard_state = hs
-            self._handed_hard_state = hs
         if self._snapshot_out is not None:
             rd.snapshot = self._snapshot_out
             rd.truncate_from = 1
@@ -305,6 +305,13 @@ class Raft:
         if rd.entries or rd.snapshot is not None:
             rd.persist_index = self.log.last_index()
             rd.persist_term = self.log.last_term()
+        # Term and vote must be durable before the node speaks (§5.1). A commit index alone is not
+        # needed for safety, so it is never a write of its own: it rides with the next one (etcd's
+        # MustSync rule), saving a leader a second fsync per client write.
+        hs = self.hard_state()
+        if hs != self._handed_hard_state and (self._vote_state_changed() or rd.persist_index or truncate_from):
+            rd.hard_state = hs
+            self._handed_hard_state = hs
         if rd.persist_index and "leader_counts_unpersisted" in self._mutants and self.role == Role.LEADER:
             self.log.persisted_index = rd.persist_index
             if self._maybe_commit() and self.role == Role.LEADER:

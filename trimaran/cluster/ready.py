@@ -2,7 +2,9 @@
 
 A driver (the trio runtime or the simulator) handles a :class:`Ready` like this:
 
-1. hand ``hard_state``, ``snapshot``, ``truncate_from`` and ``entries`` to storage (one batch);
+1. hand ``hard_state``, ``snapshot``, ``truncate_from`` and ``entries`` to storage (one batch; a
+   hard state comes only when term or vote changed, or with entries — a commit index alone is
+   never worth an fsync);
 2. send ``messages`` at once (a leader's replication traffic: thesis §10.2.1 lets the leader write
    its own log in parallel with sending);
 3. if ``snapshot``: restore the state machine from it; then apply ``committed`` in order;

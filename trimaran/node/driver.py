@@ -39,15 +39,13 @@ from trimaran.cluster.replica import Replica, ReplicaReady
 from trimaran.errors import InvalidArgument, NotLeader, StorageFullError, TrimaranError
 from trimaran.node.config import NodeConfig
 from trimaran.node.writer import StorageWriter, WriteResult
-from trimaran.protocols.messages import ConfChange, ConfChangeKind, HardState, Membership, Message, Snapshot
+from trimaran.protocols.messages import ConfChange, ConfChangeKind, Membership, Message, Snapshot
 from trimaran.storage import WriteBatch
 
 log = logging.getLogger("trimaran.node.driver")
 
 #: ``ready()`` calls per round; one normally takes everything, the bound keeps a round finite.
 READY_CALLS_PER_ROUND_MAX = 16
-#: A commit-index-only hard state held back longer than this is written on its own.
-COMMIT_FLUSH_S = 0.1
 #: Ticks delivered at once after a pause: enough for every timeout to fire (Check-Quorum needs
 #: two election timeouts), and a bound on the loop.
 TICKS_CATCH_UP_MAX_FACTOR = 4
@@ -104,11 +102,6 @@ class Driver:
         self._write_seq_submitted = 0
         self._write_seq_durable = 0
         self._next_tick_at = 0.0
-        #: The last hard state handed to the writer, and a commit-only one held back (see
-        #: _defer_commit_only).
-        self._hard_state_submitted = replica.raft.hard_state()
-        self._deferred_hard_state: HardState | None = None
-        self._deferred_since = 0.0
         self.storage_full = False
         #: Counters (reported by the status op).
         self.rounds = 0
@@ -174,7 +167,6 @@ class Driver:
             if not self.replica.has_ready():
                 break
             self._process_ready()
-        self._flush_deferred()
         if self._outgoing:
             outgoing, self._outgoing = self._outgoing, []
             self._send(outgoing)
@@ -238,7 +230,6 @@ class Driver:
         for reply in out.replies:
             self._reply(reply.token, reply.ok, reply.value)
         self._outgoing.extend(rd.messages)
-        batch = self._defer_commit_only(batch)
         if batch.is_empty() and not self._pending:
             # Nothing to make durable and nothing ahead of us: "after persist" is now.
             self._outgoing.extend(rd.messages_after_persist)
@@ -252,49 +243,9 @@ class Driver:
         )
 
     def _submit(self, batch: WriteBatch) -> int:
-        if batch.hard_state is not None:
-            self._hard_state_submitted = batch.hard_state
         self._write_seq_submitted += 1
         self._writer.submit(self._write_seq_submitted, batch)
         return self._write_seq_submitted
-
-    def _defer_commit_only(self, batch: WriteBatch) -> WriteBatch:
-        """A batch whose only change is a higher commit index need not be fsynced on its own.
-
-        The commit index is not needed for safety (it only lets a restarted node apply sooner), so,
-        as etcd's ``raft.MustSync`` does, such a batch is held back and folded into the next write
-        (whose hard state supersedes it anyway), or flushed after ``COMMIT_FLUSH_S``. Without this
-        a leader spends a second fsync per client write just to record the commit of the first.
-        Returns the batch to write now (empty when deferred).
-        """
-        hs, last = batch.hard_state, self._hard_state_submitted
-        commit_only = (
-            hs is not None
-            and batch.snapshot is None
-            and not batch.truncate_from
-            and not batch.entries
-            and not batch.compact_through
-            and hs.term == last.term
-            and hs.vote == last.vote
-        )
-        if commit_only:
-            if self._deferred_hard_state is None:
-                self._deferred_since = trio.current_time()
-            self._deferred_hard_state = hs
-            return WriteBatch()
-        if not batch.is_empty() and self._deferred_hard_state is not None:
-            if batch.hard_state is None:
-                batch.hard_state = self._deferred_hard_state  # unchanged since: it is the latest
-            self._deferred_hard_state = None
-        return batch
-
-    def _flush_deferred(self, force: bool = False) -> None:
-        if self._deferred_hard_state is None:
-            return
-        if force or trio.current_time() - self._deferred_since >= COMMIT_FLUSH_S:
-            hs, self._deferred_hard_state = self._deferred_hard_state, None
-            seq = self._submit(WriteBatch(hard_state=hs))
-            self._pending.append(_PendingWrite(seq, [], 0, 0, None))
 
     # ------------------------------------------------------------------ client requests
 
@@ -367,7 +318,6 @@ class Driver:
 
     async def wait_durable(self, timeout_s: float) -> bool:
         """Wait (bounded) until everything handed to the writer is durable."""
-        self._flush_deferred(force=True)
         with trio.move_on_after(timeout_s):
             while self._pending or self._write_seq_durable < self._write_seq_submitted:
                 await trio.sleep(self.config.tick_s / 5)
