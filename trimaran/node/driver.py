@@ -18,7 +18,8 @@ what the round produced in one go (so the transport can encode a message for sev
 Client commands taken in one round end up in one log entry (the Replica's group proposal).
 
 Time: ticks come from the monotonic clock (``trio.current_time``); the leader timestamp given to
-``register``, ``submit`` and ``advance_clock`` (TTLs, session expiry) is wall-clock ``time.time()``.
+``register``, ``submit`` and ``advance_clock`` (TTLs, session expiry) is wall-clock ``time.time()``
+(injectable, for the simulator's trio tier).
 Ticks are computed from the clock at the start of every round, so after a pause (SIGSTOP, a long
 GC) the missed ticks are delivered before any request is served: an old leader's Check-Quorum and
 lease expire first.
@@ -87,8 +88,12 @@ class Driver:
         writer: StorageWriter,
         send: Callable[[Sequence[Message]], None],
         client_address_of: Callable[[int], str | None],
+        wall_clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
+        """``wall_clock_ms`` gives the leader timestamps put in the log; injected so the simulator's
+        trio tier can run this driver on simulated time."""
         self.config = config
+        self._wall_clock_ms = wall_clock_ms
         self.replica = replica
         self._writer = writer
         self._send = send
@@ -207,7 +212,7 @@ class Driver:
         # Log time for services (TTLs, delays): an idle leader whose services have a deadline that
         # passed on its wall clock appends a timestamp-only entry. Checked once per tick is enough:
         # the Replica spaces such entries by clock_entry_interval_ms anyway.
-        self.replica.advance_clock(int(time.time() * 1000))
+        self.replica.advance_clock(self._wall_clock_ms())
 
     def _take_inputs(self) -> None:
         inbox = self._inbox
@@ -254,13 +259,13 @@ class Driver:
         try:
             if op == "command":
                 self._refuse_if_full()
-                now_ms = int(time.time() * 1000)
+                now_ms = self._wall_clock_ms()
                 replica.submit(
                     token, body["client_id"], body["seq"], body["ack_seq"], body["service"], body["command"], now_ms, size_bytes
                 )
             elif op == "register":
                 self._refuse_if_full()
-                replica.register(token, int(time.time() * 1000))
+                replica.register(token, self._wall_clock_ms())
             elif op == "read":
                 replica.read(token, body["service"], body["query"], body.get("consistency", "linearizable"))
             elif op == "membership":
