@@ -1,0 +1,335 @@
+"""Parsing and validation of the KV service's commands and queries (see :mod:`trimaran.services.kv`).
+
+Every check here depends on the input alone, never on the service's state, so a command that fails
+validation is refused before anything (not even expiry) could be blamed on it, and the same bytes
+are refused identically on every replica. The shape rule for every command and query is::
+
+    [op, required positional arguments..., {optional arguments by name}?]
+
+The trailing options map may be left out or be ``None``; an option given as ``None`` means "not
+given". Unknown ops,
+missing or extra positional arguments, unknown option names and wrongly typed values are
+``InvalidArgument``; a key or value over its limit is ``TooLarge`` (a subclass).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+from trimaran import limits
+from trimaran.errors import InvalidArgument, TooLarge
+
+INT64_MIN = -(1 << 63)
+INT64_MAX = (1 << 63) - 1
+#: Longest TTL accepted: ten years. Bounds ``timestamp_ms + ttl_ms`` far below int64.
+ttl_ms_max = 10 * 365 * 24 * 3_600_000
+#: Pairs in one ``mset`` (the command must also fit ``limits.command_bytes_max``).
+mset_keys_max = 10_000
+#: Keys in one ``mget``.
+mget_keys_max = 1_000
+#: Longest decimal text of an int64 ("-9223372036854775808").
+int64_text_bytes_max = 20
+
+
+# --- parsed commands -----------------------------------------------------------------------------
+# NamedTuples, not frozen dataclasses: they are built once per command on the apply path, and a
+# frozen dataclass sets each field through object.__setattr__ (measurably slower).
+
+
+class Conditions(NamedTuple):
+    """Preconditions of a conditional write; all given ones must hold (logical AND)."""
+
+    if_absent: bool = False
+    #: The key's current revision must equal this; 0 means "the key must be absent".
+    if_revision: int | None = None
+    #: The key must exist with exactly this value.
+    if_value: bytes | None = None
+
+
+NO_CONDITIONS = Conditions()
+
+
+class SetCmd(NamedTuple):
+    key: bytes
+    value: bytes
+    ttl_ms: int | None
+    cond: Conditions
+
+
+class DeleteCmd(NamedTuple):
+    key: bytes
+    cond: Conditions
+
+
+class IncrCmd(NamedTuple):
+    key: bytes
+    #: Signed amount added (``decr`` arrives here negated; the int64 check is on the result).
+    delta: int
+
+
+class MsetCmd(NamedTuple):
+    #: (key, value, ttl_ms | None), keys distinct, in command order.
+    items: tuple[tuple[bytes, bytes, int | None], ...]
+
+
+class TouchCmd(NamedTuple):
+    key: bytes
+
+
+class ExpireCmd(NamedTuple):
+    key: bytes
+    #: None removes the key's TTL.
+    ttl_ms: int | None
+
+
+# --- parsed queries ------------------------------------------------------------------------------
+
+
+class GetQuery(NamedTuple):
+    key: bytes
+
+
+class MgetQuery(NamedTuple):
+    keys: tuple[bytes, ...]
+
+
+class ScanQuery(NamedTuple):
+    prefix: bytes
+    start_after: bytes | None
+    #: None: the service's ``scan_limit_max``.
+    limit: int | None
+
+
+class WatchQuery(NamedTuple):
+    match: bytes
+    is_prefix: bool
+    from_revision: int
+    #: None: the service's ``watch_limit_max``.
+    limit: int | None
+
+
+class StatsQuery(NamedTuple):
+    pass
+
+
+# --- field checks --------------------------------------------------------------------------------
+
+
+def key_arg(v: Any, what: str = "key") -> bytes:
+    if type(v) is not bytes:
+        raise InvalidArgument(f"{what} must be bytes, not {type(v).__name__}")
+    if not v:
+        raise InvalidArgument(f"{what} must not be empty")
+    if len(v) > limits.key_bytes_max:
+        raise TooLarge(f"{what} of {len(v)} bytes is over key_bytes_max={limits.key_bytes_max}")
+    return v
+
+
+def prefix_arg(v: Any) -> bytes:
+    """A key prefix: like a key, but empty means "every key"."""
+    if type(v) is not bytes:
+        raise InvalidArgument(f"prefix must be bytes, not {type(v).__name__}")
+    if len(v) > limits.key_bytes_max:
+        raise TooLarge(f"prefix of {len(v)} bytes is over key_bytes_max={limits.key_bytes_max}")
+    return v
+
+
+def value_arg(v: Any, what: str = "value") -> bytes:
+    if type(v) is not bytes:
+        raise InvalidArgument(f"{what} must be bytes, not {type(v).__name__}")
+    if len(v) > limits.value_bytes_max:
+        raise TooLarge(f"{what} of {len(v)} bytes is over value_bytes_max={limits.value_bytes_max}")
+    return v
+
+
+def ttl_arg(v: Any) -> int | None:
+    """None (no expiry) or whole milliseconds in [1, ttl_ms_max]; floats (NaN, inf) and bools are
+    refused by type, so no rounding rule can differ between replicas."""
+    if v is None:
+        return None
+    if type(v) is not int:
+        raise InvalidArgument(f"ttl_ms must be an integer number of milliseconds, not {type(v).__name__}")
+    if not 1 <= v <= ttl_ms_max:
+        raise InvalidArgument(f"ttl_ms must be between 1 and {ttl_ms_max}, not {v}")
+    return v
+
+
+def int_arg(v: Any, what: str, minimum: int = INT64_MIN, maximum: int = INT64_MAX) -> int:
+    if type(v) is not int:  # also refuses bool, a subclass of int
+        raise InvalidArgument(f"{what} must be an integer, not {type(v).__name__}")
+    if not minimum <= v <= maximum:
+        raise InvalidArgument(f"{what} must be between {minimum} and {maximum}, not {v}")
+    return v
+
+
+def bool_arg(v: Any, what: str) -> bool:
+    if v is None:
+        return False
+    if type(v) is not bool:
+        raise InvalidArgument(f"{what} must be a boolean, not {type(v).__name__}")
+    return v
+
+
+def split(message: Any, kind: str, required: int, options: tuple[str, ...]) -> tuple[list[Any], dict[str, Any]]:
+    """``[op, *required, {options}?]`` -> (the required arguments, the options given and not None)."""
+    args = message[1:]
+    opts: dict[str, Any] = {}
+    if len(args) == required + 1 and args[-1] is None:
+        args.pop()  # a None options map is no options
+    elif len(args) == required + 1 and type(args[-1]) is dict:
+        opts = args.pop()
+        unknown = sorted(str(k) for k in opts if k not in options)
+        if unknown:
+            allowed = ", ".join(options) or "none"
+            raise InvalidArgument(f"{kind} {message[0]!r}: unknown option(s) {', '.join(unknown)} (allowed: {allowed})")
+        opts = {k: v for k, v in opts.items() if v is not None}
+    if len(args) != required:
+        raise InvalidArgument(f"{kind} {message[0]!r} takes {required} argument(s) and an optional options map")
+    return args, opts
+
+
+def op_of(message: Any, kind: str) -> str:
+    if type(message) is not list or not message or type(message[0]) is not str:
+        raise InvalidArgument(f"a {kind} is a list [op, arguments..., {{options}}?]")
+    return message[0]
+
+
+def conditions(opts: dict[str, Any], allow_absent: bool) -> Conditions:
+    if not opts:
+        return NO_CONDITIONS
+    if_revision = opts.get("if_revision")
+    if_value = opts.get("if_value")
+    return Conditions(
+        if_absent=bool_arg(opts.get("if_absent"), "if_absent") if allow_absent else False,
+        if_revision=None if if_revision is None else int_arg(if_revision, "if_revision", 0),
+        if_value=None if if_value is None else value_arg(if_value, "if_value"),
+    )
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+def _set(c: list[Any]) -> SetCmd:
+    (key, value), opts = split(c, "command", 2, ("ttl_ms", "if_absent", "if_revision", "if_value"))
+    return SetCmd(key_arg(key), value_arg(value), ttl_arg(opts.get("ttl_ms")), conditions(opts, True))
+
+
+def _delete(c: list[Any]) -> DeleteCmd:
+    (key,), opts = split(c, "command", 1, ("if_revision", "if_value"))
+    return DeleteCmd(key_arg(key), conditions(opts, False))
+
+
+def _incr(c: list[Any]) -> IncrCmd:
+    (key, delta), _ = split(c, "command", 2, ())
+    amount = int_arg(delta, "delta")
+    return IncrCmd(key_arg(key), -amount if c[0] == "decr" else amount)
+
+
+def _mset(c: list[Any]) -> MsetCmd:
+    (pairs,), _ = split(c, "command", 1, ())
+    if type(pairs) is not list or not pairs:
+        raise InvalidArgument("mset takes a non-empty list of [key, value] or [key, value, ttl_ms]")
+    if len(pairs) > mset_keys_max:
+        raise TooLarge(f"mset of {len(pairs)} keys is over mset_keys_max={mset_keys_max}")
+    items: list[tuple[bytes, bytes, int | None]] = []
+    seen: set[bytes] = set()  # membership only; never iterated
+    for pair in pairs:
+        if type(pair) is not list or len(pair) not in (2, 3):
+            raise InvalidArgument("each mset item is [key, value] or [key, value, ttl_ms]")
+        key = key_arg(pair[0])
+        if key in seen:
+            raise InvalidArgument(f"mset names key {key!r:.80} twice")
+        seen.add(key)
+        items.append((key, value_arg(pair[1]), ttl_arg(pair[2] if len(pair) == 3 else None)))
+    return MsetCmd(tuple(items))
+
+
+def _touch(c: list[Any]) -> TouchCmd:
+    (key,), _ = split(c, "command", 1, ())
+    return TouchCmd(key_arg(key))
+
+
+def _expire(c: list[Any]) -> ExpireCmd:
+    (key, ttl), _ = split(c, "command", 2, ())
+    return ExpireCmd(key_arg(key), ttl_arg(ttl))
+
+
+Command = SetCmd | DeleteCmd | IncrCmd | MsetCmd | TouchCmd | ExpireCmd
+
+_COMMAND_PARSERS: dict[str, Callable[[list[Any]], Command]] = {
+    "set": _set,
+    "delete": _delete,
+    "incr": _incr,
+    "decr": _incr,
+    "mset": _mset,
+    "touch": _touch,
+    "expire": _expire,
+}
+
+
+def parse_command(message: Any) -> Command:
+    """A validated command, or ``InvalidArgument`` / ``TooLarge``."""
+    op = op_of(message, "command")
+    parser = _COMMAND_PARSERS.get(op)
+    if parser is None:
+        raise InvalidArgument(f"unknown kv command {op!r} (known: {', '.join(_COMMAND_PARSERS)})")
+    return parser(message)
+
+
+# --- queries -------------------------------------------------------------------------------------
+
+
+def _get(q: list[Any]) -> GetQuery:
+    (key,), _ = split(q, "query", 1, ())
+    return GetQuery(key_arg(key))
+
+
+def _mget(q: list[Any]) -> MgetQuery:
+    (keys,), _ = split(q, "query", 1, ())
+    if type(keys) is not list:
+        raise InvalidArgument("mget takes a list of keys")
+    if len(keys) > mget_keys_max:
+        raise TooLarge(f"mget of {len(keys)} keys is over mget_keys_max={mget_keys_max}")
+    return MgetQuery(tuple(key_arg(k) for k in keys))
+
+
+def _scan(q: list[Any]) -> ScanQuery:
+    (prefix,), opts = split(q, "query", 1, ("start_after", "limit"))
+    start_after = opts.get("start_after")
+    limit = opts.get("limit")
+    return ScanQuery(
+        prefix_arg(prefix),
+        None if start_after is None else key_arg(start_after, "start_after"),
+        None if limit is None else int_arg(limit, "limit", 1),
+    )
+
+
+def _watch(q: list[Any]) -> WatchQuery:
+    (match, from_revision), opts = split(q, "query", 2, ("prefix", "limit"))
+    is_prefix = bool_arg(opts.get("prefix"), "prefix")
+    limit = opts.get("limit")
+    return WatchQuery(
+        prefix_arg(match) if is_prefix else key_arg(match),
+        is_prefix,
+        int_arg(from_revision, "from_revision", 0),
+        None if limit is None else int_arg(limit, "limit", 1),
+    )
+
+
+def _stats(q: list[Any]) -> StatsQuery:
+    split(q, "query", 0, ())
+    return StatsQuery()
+
+
+Query = GetQuery | MgetQuery | ScanQuery | WatchQuery | StatsQuery
+
+_QUERY_PARSERS: dict[str, Callable[[list[Any]], Query]] = {"get": _get, "mget": _mget, "scan": _scan, "watch": _watch, "stats": _stats}
+
+
+def parse_query(message: Any) -> Query:
+    """A validated query, or ``InvalidArgument`` / ``TooLarge``."""
+    op = op_of(message, "query")
+    parser = _QUERY_PARSERS.get(op)
+    if parser is None:
+        raise InvalidArgument(f"unknown kv query {op!r} (known: {', '.join(_QUERY_PARSERS)})")
+    return parser(message)
