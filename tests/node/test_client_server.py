@@ -248,9 +248,12 @@ async def test_graceful_stop_answers_every_request_in_flight(single: InProcessCl
     await client.register()
     bodies = [client.command_body(["incr", b"c", 1]) for _ in range(50)]
     await client.stream.send_all(b"".join(_frame([i, "command", b]) for i, b in enumerate(bodies)))
-    await trio.sleep(0.001)  # some are read and in flight, maybe not all
+    # Stop once the node has taken some requests (its first answer proves it), maybe not all: a
+    # fixed sleep here made the test depend on the machine's speed.
+    with trio.fail_after(10):
+        first = await client.read_obj()
     single.nodes[1].request_stop()
-    answers = await read_until_closed(client, frames_max=51)
+    answers = [first] + await read_until_closed(client, frames_max=51)
     # Every request the node took is answered before it closes: done, or refused as shutting down.
     codes = ["ok" if ok else result["code"] for _, ok, result in answers]
     assert set(codes) <= {"ok", "unavailable"}, codes
