@@ -46,6 +46,9 @@ class SimNode:
     replies: list[Reply] = field(default_factory=list, init=False)
     #: Applied (index -> entry data) for the state-machine-safety checker, this lifetime.
     on_apply_entry: Callable[[int, int, int, bytes], None] | None = None
+    #: Readies taken so far: lets a loop tell "nothing to do" from "a Ready with no messages"
+    #: without asking has_ready() twice.
+    readies_taken: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         self.replica = self._boot()
@@ -67,6 +70,7 @@ class SimNode:
         """Take one Ready: write its batch (not yet synced) and return the messages to send now."""
         if not self.up or not self.replica.has_ready():
             return []
+        self.readies_taken += 1
         out = self.replica.ready()
         rd = out.raft
         batch = WriteBatch(rd.hard_state, rd.snapshot, rd.truncate_from, list(rd.entries), 0)

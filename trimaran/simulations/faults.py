@@ -58,10 +58,21 @@ class FaultInjector:
 
     # ------------------------------------------------------------------ network
 
+    def _target(self, node: int) -> int:
+        """The node a fault names; 0 names the leader of the moment (0 again if there is none)."""
+        return node or (self.sim.leader() or 0)
+
     def _part(self, fault: Fault, rng: random.Random) -> bool:
         shape, mask, dur_ms = fault.args
         ids = self.sim.node_ids
-        group = _nodes_in(mask, ids)
+        if shape == 4:
+            leader = self.sim.leader()
+            if leader is None:
+                return False
+            others = [n for n in ids if n != leader]
+            group = [leader, *rng.sample(others, min(mask, len(others)))]
+        else:
+            group = _nodes_in(mask, ids)
         rest = [n for n in ids if n not in group]
         if not group or not rest:
             return False
@@ -123,6 +134,7 @@ class FaultInjector:
 
     def _crash(self, fault: Fault, rng: random.Random) -> bool:
         node, down_ms, mode, torn = fault.args
+        node = self._target(node)
         slot = self.sim.slots.get(node)
         if slot is None or not slot.sim.up:
             return False
@@ -151,6 +163,7 @@ class FaultInjector:
         slot.life += 1
         slot.paused = False
         slot.inbox = []
+        slot.missed_ticks = 0
         slot.sync_at = 0
         sim.crash_count += 1
         if restart:
@@ -177,11 +190,14 @@ class FaultInjector:
         raft = slot.sim.replica.raft
         slot.synced_vote = (raft.term, raft.vote)
         sim.invariants.node_restarted(node)
+        if sim.rules is not None:
+            sim.rules.node_restarted(node)
         sim.restart_tick_chain(node)
         sim.pump(node)
 
     def _pause(self, fault: Fault, rng: random.Random) -> bool:
         node, dur_ms = fault.args
+        node = self._target(node)
         slot = self.sim.slots.get(node)
         if slot is None or not slot.sim.up or slot.paused:
             return False
@@ -219,6 +235,7 @@ class FaultInjector:
 
     def _clock(self, fault: Fault, rng: random.Random) -> bool:
         node, rate_pm, dur_ms = fault.args
+        node = self._target(node)
         slot = self.sim.slots.get(node)
         if slot is None:
             return False
@@ -237,8 +254,7 @@ class FaultInjector:
         if slot is None or not slot.sim.up or slot.paused:
             return False
         for _ in range(ticks):
-            slot.sim.tick()
-            self.sim.pump(node)
+            self.sim.tick_once(node)
         return True
 
     # ------------------------------------------------------------------ cluster operations

@@ -36,14 +36,15 @@ from trimaran.simulations.harness import sub_seed
 from trimaran.simulations.history import History
 from trimaran.simulations.network import SimNetwork
 from trimaran.simulations.plan import FaultPlan
+from trimaran.simulations.rules import ProtocolRules
 from trimaran.simulations.verdict import final_checks
 from trimaran.simulations.workload import Client, FinalReader, Request, WorkloadConfig
 from trimaran.storage.memory import MemoryStorage
 
 EV_TICK, EV_DELIVER, EV_SYNC, EV_REQUEST, EV_REPLY, EV_TIMER, EV_FAULT, EV_CALL = range(8)
 
-#: Event rate (per simulated second) that means a livelock, ten times the busiest workload's.
-STORM_EVENTS_PER_S = 25_000
+#: Event rate (per simulated second) that means a livelock: three times the busiest run seen.
+STORM_EVENTS_PER_S = 20_000
 STORM_EVENTS_MIN = 4_000
 
 #: Message classes numbered for the trace digest (a fixed order, never hash()).
@@ -84,6 +85,8 @@ class SimConfig:
     heartbeat_ticks: int = 2
     #: Clients stop issuing this long before the end, so their last operations can finish.
     drain_us: int = 6_000_000
+    #: Check the protocol rules directly (rules.py) besides their end-to-end consequences.
+    rules: bool = True
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.mutants) - set(MUTANTS) - set(REPLICA_MUTANTS))
@@ -130,6 +133,7 @@ class _Slot:
         "crash_at_sync",
         "disk_failed",
         "synced_vote",
+        "missed_ticks",
     )
 
     def __init__(self, sim: SimNode, interval_us: int) -> None:
@@ -147,6 +151,8 @@ class _Slot:
         self.disk_failed = False
         #: (term, vote) as last made durable: a sync that changes it carries a new term or vote.
         self.synced_vote = (0, 0)
+        #: Ticks that came due while paused: the runtime delivers them first on resume.
+        self.missed_ticks = 0
 
 
 class Simulation:
@@ -167,12 +173,19 @@ class Simulation:
         self.net = SimNetwork(random.Random(sub_seed(self.seed, "net")), plan.weather, self._deliver_at)
         self._disk_rng = random.Random(sub_seed(self.seed, "disk"))
         self.slots: dict[int, _Slot] = {n: self._make_slot(n) for n in self.node_ids}
+        self.storages = {n: slot.sim.storage for n, slot in self.slots.items()}
+        self.rules = ProtocolRules(self.invariants.leader_of_term) if config.rules else None
+        #: Read token -> highest commit index anywhere when the read reached a node.
+        self._read_floor: dict[Any, int] = {}
         self.clients: list[Client] = [
             Client(i, workload, random.Random(sub_seed(self.seed, "client", i)), self) for i in range(workload.clients)
         ]
         self.final_reader: FinalReader | None = None
         self.healed = False
         self.leader_ok_us = -1
+        #: The leader's commit index when the final reads were done: every member must reach it.
+        self.converge_target = -1
+        self.lagging: list[tuple[int, int]] = []
         self.failure: CheckFailure | None = None
         self.finished = False
         self.event_count = self.fault_count = self.fault_skipped = 0
@@ -296,7 +309,8 @@ class Simulation:
 
     def _check_storm(self) -> None:
         """A livelock (say, a leader and a follower bouncing rejections forever) shows up as an
-        event rate far above what any workload here produces (about 2 000 events per second)."""
+        event rate far above what any workload here produces (at most about 7 000 events per second
+        over 4 000 events, in 120 seeds). Slower livelocks fail the convergence check at the end."""
         events = self.event_count - self._storm_mark[1]
         elapsed_us = self.now_us - self._storm_mark[0]
         if events >= STORM_EVENTS_MIN and events * 1_000_000 > STORM_EVENTS_PER_S * max(elapsed_us, 1):
@@ -320,9 +334,16 @@ class Simulation:
             return  # the tick chain of an earlier lifetime
         self.schedule(self.now_us + max(1, int(slot.interval_us * slot.rate)), EV_TICK, node_id, life)
         if slot.paused:
+            slot.missed_ticks += 1
             return
-        slot.sim.tick()
+        self._tick(slot)
         self.pump(node_id)
+
+    def _tick(self, slot: _Slot) -> None:
+        """One tick, as the runtime's driver gives it: Raft's tick, then the wall clock."""
+        slot.sim.tick()
+        if slot.sim.up:
+            slot.sim.replica.advance_clock(self.now_us // 1000)
 
     def _on_deliver(self, msg: Any, _: Any) -> None:
         node_id = msg.recipient
@@ -381,6 +402,7 @@ class Simulation:
                 client_id, seq, ack_seq, command = payload
                 replica.submit(token, client_id, seq, ack_seq, "register", command, now_ms, 64)
             else:
+                self._read_floor[token] = max(s.sim.replica.raft.log.commit_index for s in self.slots.values())
                 replica.read(token, "register", payload, "linearizable")
         except TrimaranError as exc:
             self._route_reply(node_id, Reply(token, False, exc))
@@ -419,13 +441,18 @@ class Simulation:
         slot = self.slots[node_id]
         sim = slot.sim
         send, now = self.net.send, self.now_us
-        took = False
+        rules = self.rules
+        taken = sim.readies_taken
         for _ in range(8):
-            if not sim.up or not sim.replica.has_ready():
+            before = sim.readies_taken
+            msgs = sim.process()
+            if sim.readies_taken == before:
                 break
-            took = True
-            for msg in sim.process():
+            if rules is not None and msgs:
+                rules.check_sent(node_id, sim.storage, sim.replica.raft, msgs)
+            for msg in msgs:
                 send(msg, now)
+        took = sim.readies_taken != taken
         if sim.pending and not slot.sync_at:
             jitter = self.plan.weather.fsync_jitter_us if not self.healed else 0
             latency = self.plan.weather.fsync_us + (self.net.rng.randrange(jitter) if jitter else 0)
@@ -438,19 +465,31 @@ class Simulation:
         # only together with a Ready, so a tick or message that produced none needs no check.
         if took and sim.up:
             self.invariants.check(((node_id, sim.replica.raft),))
+            if rules is not None:
+                rules.check_node(node_id, sim.replica.raft, self.storages)
 
     def _route_reply(self, node_id: int, reply: Reply) -> None:
         token = reply.token
         if token[0] == "admin":
             self.admin_ok += int(reply.ok)
             return
+        floor = self._read_floor.pop(token, None)
+        if floor is not None and reply.ok and self.rules is not None:
+            self.rules.check_read(node_id, self.slots[node_id].sim.replica.applied_index, floor)
         if self.net.lost(node_id, 0):
             return
         self.schedule(self.now_us + self.net.latency_us(), EV_REPLY, reply)
 
     def resume_inbox(self, node_id: int) -> None:
-        """A paused node resumes: handle what reached it meanwhile, in arrival order."""
+        """A paused node resumes. Like the runtime's driver, it first takes the ticks that came
+        due meanwhile (so an old leader's Check-Quorum runs before it serves anything), then
+        what reached it, in arrival order."""
         slot = self.slots[node_id]
+        missed, slot.missed_ticks = slot.missed_ticks, 0
+        for _ in range(missed):
+            self._tick(slot)
+        if missed:
+            self.pump(node_id)
         inbox, slot.inbox = slot.inbox, []
         for kind, payload in inbox:
             if kind == EV_DELIVER:
@@ -459,6 +498,11 @@ class Simulation:
                 self._on_sync(node_id, payload)
             else:
                 self._on_request(node_id, payload)
+
+    def tick_once(self, node_id: int) -> None:
+        """An extra tick now (a clock that jumps forward)."""
+        self._tick(self.slots[node_id])
+        self.pump(node_id)
 
     def restart_tick_chain(self, node_id: int) -> None:
         slot = self.slots[node_id]
@@ -484,9 +528,35 @@ class Simulation:
 
     def _maybe_done(self) -> None:
         reader = self.final_reader
-        if reader is not None and reader.done:
+        if reader is not None and reader.done and self.converge_target < 0:
             self.faults.probe_leader()
+            leader = self.leader()
+            self.converge_target = self.slots[leader].sim.replica.raft.log.commit_index if leader else 0
+            self._converge()
+
+    def _converge(self) -> None:
+        """The last liveness condition: every member the leader knows catches up with it (a
+        follower a leader can never repair is a replication livelock). Ends the run when met."""
+        self.lagging = self.lagging_members()
+        if not self.lagging:
             self.finished = True
+        else:
+            self.call_at(self.now_us + self.config.tick_us, self._converge)
+
+    def lagging_members(self) -> list[tuple[int, int]]:
+        """(node, applied index) of the leader's members still behind the convergence target."""
+        leader = self.leader()
+        if leader is None:
+            return [(0, 0)]
+        members = self.slots[leader].sim.replica.raft.membership.members
+        out = []
+        for node_id in members:
+            slot = self.slots.get(node_id)
+            if slot is not None and not slot.disk_failed:
+                applied = slot.sim.replica.applied_index if slot.sim.up else -1
+                if applied < self.converge_target:
+                    out.append((node_id, applied))
+        return out
 
     def _finish(self) -> None:
         final_checks(self)

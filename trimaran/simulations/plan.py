@@ -21,13 +21,16 @@ from trimaran.simulations.harness import sub_seed
 #: Fault kinds and the names of their integer arguments, in encoding order.
 FAULT_ARGS: dict[str, tuple[str, ...]] = {
     # Partition: shape 0 = two halves, 1 = one node isolated, 2 = one-way (mask cannot send to the
-    # rest), 3 = bridge (mask is cut from the rest except through one node in it).
+    # rest), 3 = bridge (mask is cut from the rest except through one node in it), 4 = the current
+    # leader and ``mask`` other nodes cut from the rest (a minority with its old leader).
     "part": ("shape", "mask", "dur_ms"),
     # "Swizzle": clog about half the links one by one, then unclog them in a different order.
     # A clogged link holds its messages (delays them) until it unclogs.
     "clog": ("links", "step_ms", "salt"),
     # A flaky minority: every link of these nodes loses messages from now until the heal.
     "flaky": ("mask", "loss_pm"),
+    # In crash, pause and clock faults, node 0 means the leader of the moment (Jepsen's "kill the
+    # leader"): leader changes are where consensus bugs live.
     # Crash: mode 0 = now, 1 = at the next fsync, before it lands (unsynced writes lost), 2 = right
     # after the next fsync, before the messages waiting for it leave, 3 = before the next fsync
     # that carries a new term or vote. torn: the first unsynced write lands partially.
@@ -217,12 +220,13 @@ def _random_mask(rng: random.Random, nodes: int, size: int) -> int:
 
 def _draw_fault(rng: random.Random, kind: str, at_ms: int, nodes: int) -> Fault:
     minority = (nodes - 1) // 2
-    node = rng.randint(1, nodes)
+    node = rng.randint(1, nodes) if rng.random() < 0.6 else 0
     salt = rng.getrandbits(31)
     if kind == "part":
-        shape = rng.randrange(4)
+        shape = rng.randrange(5)
         size = 1 if shape == 1 else rng.randint(1, max(1, nodes // 2))
-        args: tuple[int, ...] = (shape, _random_mask(rng, nodes, size), rng.randint(500, 15_000))
+        mask = rng.randint(0, max(0, minority - 1)) if shape == 4 else _random_mask(rng, nodes, size)
+        args: tuple[int, ...] = (shape, mask, rng.randint(500, 15_000))
     elif kind == "clog":
         args = (rng.randint(2, nodes * (nodes - 1) // 2 + 1), rng.randint(50, 2_000), salt)
     elif kind == "flaky":
@@ -232,11 +236,11 @@ def _draw_fault(rng: random.Random, kind: str, at_ms: int, nodes: int) -> Fault:
     elif kind == "pause":
         args = (node, rng.randint(100, 8_000))
     elif kind == "disk":
-        args = (node, rng.randint(0, 3_000), salt)
+        args = (node or 1 + salt % nodes, rng.randint(0, 3_000), salt)
     elif kind == "clock":
         args = (node, rng.choice([rng.randint(200, 900), rng.randint(1_100, 4_000)]), rng.randint(1_000, 15_000))
     elif kind == "jump":
-        args = (node, rng.randint(1, 40))
+        args = (node or 1 + salt % nodes, rng.randint(1, 40))
     elif kind == "member":
         args = (rng.choice([0, 1, 2, 3, 3, 3]), rng.choice([1, 1, 2, 3]), salt)
     else:

@@ -70,8 +70,10 @@ class RunResult:
         return shlex.join(cmd)
 
 
-def sim_config(seed: int, nodes: int = 5, sim_seconds: float = 300.0, mutants: tuple[str, ...] = ()) -> SimConfig:
-    return SimConfig(seed=seed, nodes=nodes, sim_seconds=sim_seconds, mutants=frozenset(mutants))
+def sim_config(
+    seed: int, nodes: int = 5, sim_seconds: float = 300.0, mutants: tuple[str, ...] = (), rules: bool = True
+) -> SimConfig:
+    return SimConfig(seed=seed, nodes=nodes, sim_seconds=sim_seconds, mutants=frozenset(mutants), rules=rules)
 
 
 def plan_for(seed: int, nodes: int = 5, sim_seconds: float = 300.0) -> FaultPlan:
@@ -86,9 +88,11 @@ def run_seed(
     sim_seconds: float = 300.0,
     mutants: tuple[str, ...] = (),
     plan: FaultPlan | None = None,
+    rules: bool = True,
 ) -> RunResult:
-    """Run one seed (with its own plan, or ``plan``) and every checker on it."""
-    config = sim_config(seed, nodes, sim_seconds, mutants)
+    """Run one seed (with its own plan, or ``plan``) and every checker on it (``rules=False``
+    leaves out the direct protocol-rule checks, to measure what the end-to-end checkers catch)."""
+    config = sim_config(seed, nodes, sim_seconds, mutants, rules)
     custom = plan is not None
     if plan is None:
         plan = draw_plan(seed, nodes, config.heal_us // 1000)

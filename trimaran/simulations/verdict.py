@@ -37,6 +37,9 @@ def check_liveness(sim: Simulation) -> None:
         raise CheckFailure("liveness", f"clients {pending} still had operations pending at the end")
     if sim.final_reader is None or not sim.final_reader.done:
         raise CheckFailure("liveness", "the final reads were not answered before the end")
+    if sim.lagging:
+        behind = ", ".join(f"node {n} at {a}" for n, a in sim.lagging)
+        raise CheckFailure("liveness", f"members never caught up with the leader's commit {sim.converge_target}: {behind}")
     late = config.heal_us + config.liveness_us
     for client in sim.clients:
         for op_id, at_us in client.gave_up_at:
