@@ -46,7 +46,8 @@ def _durable(storage: MemoryStorage) -> Any:
 
 
 def durable_hard_state(storage: MemoryStorage) -> HardState:
-    return _durable(storage).view.hard_state  # type: ignore[no-any-return]
+    hard_state: HardState = _durable(storage).view.hard_state
+    return hard_state
 
 
 def durable_term_at(storage: MemoryStorage, index: int) -> int | None:
@@ -57,7 +58,8 @@ def durable_term_at(storage: MemoryStorage, index: int) -> int | None:
     if index <= 0 or (view.snapshot is not None and index <= view.snapshot.last_index):
         return IN_SNAPSHOT
     if view.first_index <= index <= view.last_index:
-        return disk.log[index - view.first_index].term  # type: ignore[no-any-return]
+        term: int = disk.log[index - view.first_index].term
+        return term
     return None
 
 
