@@ -5,6 +5,8 @@ Each command group lives in its own section below; keep sections independent.
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 
@@ -85,6 +87,30 @@ def _node_error(exc: BaseException) -> click.ClickException:
     return click.ClickException(f"{type(exc).__name__}: {exc}".splitlines()[0])
 
 
+_KV_MAXMEMORY_ENV = "TRIMARAN_KV_MAXMEMORY_BYTES"
+_KV_EVICTION_ENV = "TRIMARAN_KV_EVICTION"
+
+
+def _kv_node_options(fn: Any) -> Any:
+    """--kv-maxmemory-bytes and --kv-eviction, shared by `up` and `node run` (with env fallbacks,
+    which is also how `up` hands them to its `node run` children)."""
+    fn = click.option(
+        "--kv-eviction",
+        envvar=_KV_EVICTION_ENV,
+        type=click.Choice(["lru", "noeviction"]),
+        default="lru",
+        show_default=True,
+        help=f"What a KV write over the cap does: evict least recently used keys, or fail [env {_KV_EVICTION_ENV}].",
+    )(fn)
+    return click.option(
+        "--kv-maxmemory-bytes",
+        envvar=_KV_MAXMEMORY_ENV,
+        type=click.IntRange(min=1),
+        default=None,
+        help=f"Memory cap of the KV cache (default: none). Give every node the same [env {_KV_MAXMEMORY_ENV}].",
+    )(fn)
+
+
 @main.command("up")
 @click.option(
     "--data-dir", default="./trimaran-data", show_default=True, help="One directory per node is made in here."
@@ -99,12 +125,21 @@ def _node_error(exc: BaseException) -> click.ClickException:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address every node listens on.")
 @click.option("--cluster-id", default="trimaran", show_default=True, help="Name the nodes check in every handshake.")
 @click.option("--tick-ms", type=click.IntRange(1, 10_000), default=50, show_default=True, help="Raft tick.")
-def up_command(data_dir: str, base_port: int, host: str, cluster_id: str, tick_ms: int) -> None:
+@_kv_node_options
+def up_command(
+    data_dir: str, base_port: int, host: str, cluster_id: str, tick_ms: int, kv_maxmemory_bytes: int | None, kv_eviction: str
+) -> None:
     """Start a local 3-node cluster (Ctrl-C stops it; run again to come back from its data)."""
+    import os
     import sys
 
     from trimaran.node.local_cluster import run_local_cluster
 
+    # The children are `trimaran node run` processes, which read these (see _kv_node_options): one
+    # setting for all three, as the KV service needs.
+    if kv_maxmemory_bytes is not None:
+        os.environ[_KV_MAXMEMORY_ENV] = str(kv_maxmemory_bytes)
+    os.environ[_KV_EVICTION_ENV] = kv_eviction
     try:
         status = run_local_cluster(data_dir, base_port, cluster_id, tick_ms, echo=click.echo, host=host)
     except Exception as exc:  # one line, not a traceback: the user's next step is in the message
@@ -143,6 +178,7 @@ def node_group() -> None:
     show_default=True,
 )
 @click.option("--parent-pid", type=int, hidden=True, help="Stop when this process is gone (used by `trimaran up`).")
+@_kv_node_options
 def node_run_command(
     node_id: int,
     listen: str,
@@ -158,6 +194,8 @@ def node_run_command(
     request_timeout_ms: int,
     log_level: str,
     parent_pid: int | None,
+    kv_maxmemory_bytes: int | None,
+    kv_eviction: str,
 ) -> None:
     """Run one node until SIGINT/SIGTERM, then stop gracefully (exit status 0)."""
     from trimaran.node.config import Address, NodeConfig, build_peers
@@ -176,6 +214,8 @@ def node_run_command(
             lease_reads=lease_reads,
             snapshot_interval_entries=snapshot_interval_entries,
             request_timeout_ms=request_timeout_ms,
+            kv_maxmemory_bytes=kv_maxmemory_bytes,
+            kv_eviction=kv_eviction,
         ).validate()
         configure_logging(log_level, node_id)
         run_node_process(config, parent_pid)
@@ -185,7 +225,6 @@ def node_run_command(
 
 # === client commands (trimaran.client) ===========================================================
 # Imports of trimaran.client stay inside the commands: `trimaran --help` must not pay for trio.
-from typing import Any  # noqa: E402
 
 _DEFAULT_ENDPOINTS = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"  # where `trimaran up` listens
 _ENDPOINTS_HELP = "Comma-separated HOST:PORT client addresses [env TRIMARAN_ENDPOINTS; default: the `trimaran up` ports]."
@@ -247,71 +286,178 @@ def status_command(endpoints: str, cluster_id: str | None, token: str | None, ti
 
 @main.group("kv")
 def kv_group() -> None:
-    """Read and write keys (the register service, until the KV cache replaces it)."""
+    """The KV cache: get, set, delete, count, scan and watch keys.
+
+    Keys and values on the command line are text (sent as UTF-8). Every write returns once it is
+    committed on a majority and applied.
+    """
 
 
-@kv_group.command("get")
-@click.argument("key")
-@click.option(
+_CONSISTENCY_OPTION = click.option(
     "--consistency",
     type=click.Choice(["linearizable", "lease", "stale"]),
     default="linearizable",
     show_default=True,
     help="Read consistency.",
 )
+
+
+def _kv(endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, method: str, *args: Any, **options: Any) -> Any:
+    """One ``c.kv`` call with the shared client options; errors become one line and exit 1."""
+    from trimaran.client.commands import kv_call
+
+    return _client_call(
+        kv_call, endpoints, method, *args, options=options, cluster_id=cluster_id, token=token, timeout_ms=timeout_ms
+    )
+
+
+@kv_group.command("get")
+@click.argument("key")
+@_CONSISTENCY_OPTION
 @_client_options(default_timeout_ms=5_000)
 def kv_get_command(
     key: str, consistency: str, endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool
 ) -> None:
-    """Print the value of KEY (exit status 1 if it is absent)."""
+    """Print the value of KEY (exit status 1 if it is absent or expired).
+
+    --json adds its revision and remaining TTL in milliseconds (null: no expiry).
+    """
     import json
 
-    from trimaran.client.commands import register_call, value_to_json
+    from trimaran.client.commands import entry_to_json
 
-    value = _client_call(
-        register_call, endpoints, "get", key, consistency, cluster_id=cluster_id, token=token, timeout_ms=timeout_ms
-    )
+    entry = _kv(endpoints, cluster_id, token, timeout_ms, "get", key, consistency)
     if as_json:
-        click.echo(json.dumps({"key": key, **value_to_json(value)}))
-    elif value is not None:
-        click.echo(value)  # bytes go to stdout as they are
-    if value is None:
+        click.echo(json.dumps(entry_to_json(key, entry)))
+    elif entry is not None:
+        click.echo(entry.value)  # bytes go to stdout as they are
+    if entry is None:
         raise click.ClickException(f"key not found: {key}")
 
 
 @kv_group.command("set")
 @click.argument("key")
 @click.argument("value")
+@click.option("--ttl-ms", type=click.IntRange(min=1), help="Expire the key this many milliseconds after the write.")
+@click.option("--if-absent", is_flag=True, help="Only if KEY does not exist.")
+@click.option("--if-revision", type=click.IntRange(min=0), help="Only if KEY's revision is this (0: absent).")
 @_client_options(default_timeout_ms=5_000)
 def kv_set_command(
-    key: str, value: str, endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool
+    key: str,
+    value: str,
+    ttl_ms: int | None,
+    if_absent: bool,
+    if_revision: int | None,
+    endpoints: str,
+    cluster_id: str | None,
+    token: str | None,
+    timeout_ms: int,
+    as_json: bool,
 ) -> None:
-    """Set KEY to VALUE; returns once the write is committed on a majority."""
+    """Set KEY to VALUE. A condition that does not hold exits 1 (condition_failed), changing nothing."""
     import json
 
-    from trimaran.client.commands import register_call
-
-    _client_call(
-        register_call, endpoints, "set", key, value, cluster_id=cluster_id, token=token, timeout_ms=timeout_ms
+    revision = _kv(
+        endpoints, cluster_id, token, timeout_ms, "set", key, value, ttl_ms=ttl_ms, if_absent=if_absent, if_revision=if_revision
     )
-    click.echo(json.dumps({"key": key, "ok": True}) if as_json else "OK")
+    click.echo(json.dumps({"key": key, "ok": True, "revision": revision}) if as_json else "OK")
 
 
 @kv_group.command("del")
 @click.argument("key")
+@click.option("--if-revision", type=click.IntRange(min=0), help="Only if KEY's revision is this.")
 @_client_options(default_timeout_ms=5_000)
 def kv_del_command(
-    key: str, endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool
+    key: str, if_revision: int | None, endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool
 ) -> None:
     """Delete KEY; prints whether it existed."""
     import json
 
-    from trimaran.client.commands import register_call
-
-    existed = _client_call(
-        register_call, endpoints, "delete", key, cluster_id=cluster_id, token=token, timeout_ms=timeout_ms
-    )
+    existed = _kv(endpoints, cluster_id, token, timeout_ms, "delete", key, if_revision=if_revision)
     click.echo(json.dumps({"key": key, "deleted": existed}) if as_json else ("deleted" if existed else "not found"))
+
+
+@kv_group.command("incr")
+@click.argument("key")
+@click.option("--by", "delta", type=int, default=1, show_default=True, help="Amount added (negative: subtract).")
+@_client_options(default_timeout_ms=5_000)
+def kv_incr_command(
+    key: str, delta: int, endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool
+) -> None:
+    """Add to the integer stored under KEY (absent counts as 0); prints the new value."""
+    import json
+
+    value = _kv(endpoints, cluster_id, token, timeout_ms, "incr", key, delta)
+    click.echo(json.dumps({"key": key, "value": value}) if as_json else str(value))
+
+
+@kv_group.command("scan")
+@click.argument("prefix", default="")
+@click.option("--limit", type=click.IntRange(min=1), help="Print at most this many keys.")
+@_CONSISTENCY_OPTION
+@_client_options(default_timeout_ms=5_000)
+def kv_scan_command(
+    prefix: str,
+    limit: int | None,
+    consistency: str,
+    endpoints: str,
+    cluster_id: str | None,
+    token: str | None,
+    timeout_ms: int,
+    as_json: bool,
+) -> None:
+    """Print the live keys starting with PREFIX (all keys without one) in key order: KEY<TAB>VALUE
+    per line, or one JSON object per line with --json. --timeout-ms bounds each page."""
+    import json
+
+    from trimaran.client.commands import item_line, item_to_json, kv_scan
+
+    def show(item: Any) -> None:
+        click.echo(json.dumps(item_to_json(item)) if as_json else item_line(item))
+
+    _client_call(
+        kv_scan, endpoints, prefix, show, limit=limit, consistency=consistency,
+        cluster_id=cluster_id, token=token, timeout_ms=timeout_ms,
+    )  # fmt: skip
+
+
+@kv_group.command("watch")
+@click.argument("key")
+@click.option("--prefix", "is_prefix", is_flag=True, help="Watch every key starting with KEY.")
+@click.option("--from-revision", type=click.IntRange(min=0), help="Replay the changes after this revision first.")
+@click.option("--count", type=click.IntRange(min=0), help="Stop after this many events (default: until Ctrl-C).")
+@_client_options(default_timeout_ms=5_000)
+def kv_watch_command(
+    key: str,
+    is_prefix: bool,
+    from_revision: int | None,
+    count: int | None,
+    endpoints: str,
+    cluster_id: str | None,
+    token: str | None,
+    timeout_ms: int,
+    as_json: bool,
+) -> None:
+    """Print the changes to KEY as they happen, one per line: REVISION put KEY VALUE, or
+    REVISION delete KEY deleted|expired|evicted (one JSON object per line with --json).
+
+    Follows leader changes and reconnects without losing or repeating a change; exits 1
+    (compacted) if the history it needs is gone. --timeout-ms bounds each poll.
+    """
+    import json
+
+    from trimaran.client.commands import event_line, event_to_json, kv_watch
+
+    def show(event: Any) -> None:
+        click.echo(json.dumps(event_to_json(event)) if as_json else event_line(event))
+
+    try:
+        _client_call(
+            kv_watch, endpoints, key, show, prefix=is_prefix, from_revision=from_revision, count=count,
+            cluster_id=cluster_id, token=token, timeout_ms=timeout_ms,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None  # Ctrl-C is how a watch ends: no traceback
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """A small fake trimaran cluster speaking the client protocol over loopback TCP, for client tests.
 
-Its nodes share one register map and one session table (so "the cluster" is consistent whichever
-node applies), answer every request in its own task (so delays reorder answers), and let a test
+Its nodes share one set of services (the register map and the KV cache) and one session table (so
+"the cluster" is consistent whichever node applies); log time is ``now_ms``, moved by the test
+(:meth:`FakeCluster.advance_time`, which also applies a timestamp-only entry, as an idle leader does); answer every request in its own task (so delays reorder answers), and let a test
 script misbehaviour with hooks: delay an answer, drop the connection before or after applying,
 answer with any error, or refuse as a follower.
 """
@@ -16,11 +17,12 @@ from typing import Any
 
 import trio
 
-from trimaran.errors import NotLeader, SessionExpired, TrimaranError
+from trimaran.errors import InvalidArgument, NotLeader, SessionExpired, TrimaranError
 from trimaran.protocols.client_protocol import error_frame, parse_hello, parse_request, response, welcome
 from trimaran.protocols.codec import pack, unpack
 from trimaran.protocols.framing import FrameDecoder, encode_frame
-from trimaran.protocols.service import ApplyContext
+from trimaran.protocols.service import ApplyContext, Service
+from trimaran.services.kv import KvService
 from trimaran.services.register import RegisterService
 
 DROP = "drop"  # hook result: close the connection without applying or answering
@@ -44,7 +46,11 @@ Hook = Callable[["FakeNode", str, dict[str, Any]], Awaitable[Any]]
 class FakeCluster:
     cluster_id: str = "fake-cluster"
     leader_id: int = 1
-    service: RegisterService = field(default_factory=RegisterService)
+    services: dict[str, Service] = field(
+        default_factory=lambda: {"register": RegisterService(), "kv": KvService()}
+    )
+    #: Log time: the timestamp of the entries applied from now on, and of reads.
+    now_ms: int = 1_000_000
     sessions: dict[int, dict[int, tuple[bool, Any]]] = field(default_factory=dict)
     acks: dict[int, int] = field(default_factory=dict)
     next_client_id: int = 100
@@ -79,9 +85,12 @@ class FakeCluster:
             return saved[seq]
         if seq <= self.acks[client_id]:
             return False, SessionExpired(f"sequence {seq} was already acknowledged")
-        self.index += 1
+        service = self.services.get(body["service"])
+        if service is None:
+            return False, InvalidArgument(f"unknown service {body['service']!r}")
+        ctx = self._next_entry()
         try:
-            outcome: tuple[bool, Any] = (True, self.service.apply(body["command"], ApplyContext(self.index, 0)))
+            outcome: tuple[bool, Any] = (True, service.apply(body["command"], ctx))
         except TrimaranError as exc:
             outcome = (False, exc)
         saved[seq] = outcome
@@ -89,10 +98,26 @@ class FakeCluster:
         return outcome
 
     def read(self, body: dict[str, Any]) -> tuple[bool, Any]:
+        service = self.services.get(body["service"])
+        if service is None:
+            return False, InvalidArgument(f"unknown service {body['service']!r}")
         try:
-            return True, self.service.query(body["query"], ApplyContext(self.index, 0))
+            return True, service.query(body["query"], ApplyContext(self.index, self.now_ms))
         except TrimaranError as exc:
             return False, exc
+
+    def _next_entry(self) -> ApplyContext:
+        """A new log entry at ``now_ms``: every service sees the time first (as the Replica does)."""
+        self.index += 1
+        ctx = ApplyContext(self.index, self.now_ms)
+        for _, service in sorted(self.services.items()):
+            service.on_time(ctx)
+        return ctx
+
+    def advance_time(self, ms: int) -> None:
+        """Log time moves on by ``ms`` and a timestamp-only entry applies (expiring what is due)."""
+        self.now_ms += ms
+        self._next_entry()
 
     def addresses(self) -> list[str]:
         return [n.address for _, n in sorted(self.nodes.items())]
@@ -204,6 +229,8 @@ class FakeNode:
                 ],
                 **self.status_extra,
             }
+        if op == "read" and body.get("consistency") == "stale":
+            return cluster.read(body)  # any node answers a stale read from its own state
         if cluster.leader_id != self.node_id:
             details: dict[str, Any] = {}
             leader = cluster.nodes.get(cluster.leader_id)
@@ -230,8 +257,13 @@ async def _read_frame(stream: trio.SocketStream, decoder: FrameDecoder) -> Any:
     return unpack(frame)
 
 
-async def start_cluster(nursery: trio.Nursery, size: int = 3, leader_id: int = 1) -> FakeCluster:
+async def start_cluster(
+    nursery: trio.Nursery, size: int = 3, leader_id: int = 1, kv: KvService | None = None
+) -> FakeCluster:
+    """``size`` fake nodes; ``kv``: the KV service to serve (e.g. with a small watch window)."""
     cluster = FakeCluster(leader_id=leader_id)
+    if kv is not None:
+        cluster.services["kv"] = kv
     for node_id in range(1, size + 1):
         await nursery.start(FakeNode(cluster, node_id).serve)
     return cluster

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 
 import pytest
 import trio
 from click.testing import CliRunner
 
+import trimaran
 from tests.client.fake_server import FakeCluster, cluster_in_thread
 from trimaran.cli import main
 
@@ -29,7 +31,9 @@ def test_kv_set_get_del(cluster: FakeCluster) -> None:
     assert run("kv", "set", "greeting", "héllo", "--endpoints", endpoints) == (0, "OK\n", "")
     assert run("kv", "get", "greeting", "--endpoints", endpoints) == (0, "héllo\n", "")
     code, out, _ = run("kv", "get", "greeting", "--json", "--endpoints", endpoints)
-    assert code == 0 and json.loads(out) == {"key": "greeting", "found": True, "value": "héllo"}
+    assert code == 0 and json.loads(out) == {
+        "key": "greeting", "found": True, "value": "héllo", "revision": 1, "ttl_remaining_ms": None,
+    }  # fmt: skip
     assert run("kv", "del", "greeting", "--endpoints", endpoints) == (0, "deleted\n", "")
     assert run("kv", "del", "greeting", "--endpoints", endpoints, "--json") == (
         0,
@@ -38,6 +42,75 @@ def test_kv_set_get_del(cluster: FakeCluster) -> None:
     )
     code, out, err = run("kv", "get", "greeting", "--endpoints", endpoints)
     assert (code, out) == (1, "") and err == "Error: key not found: greeting\n"
+    # The commands address the kv service; the register service is left alone.
+    assert "greeting".encode() not in cluster.services["register"].data  # type: ignore[attr-defined]
+
+
+def test_kv_set_options_and_incr(cluster: FakeCluster) -> None:
+    endpoints = ["--endpoints", ",".join(cluster.addresses())]
+    code, out, _ = run("kv", "set", "lock", "me", "--if-absent", "--ttl-ms", "60000", "--json", *endpoints)
+    revision = json.loads(out)["revision"]
+    assert code == 0 and json.loads(out) == {"key": "lock", "ok": True, "revision": revision}
+    code, _, err = run("kv", "set", "lock", "you", "--if-absent", *endpoints)
+    assert code == 1 and err.startswith("Error: condition_failed: ") and err.count("\n") == 1
+    assert run("kv", "set", "lock", "you", "--if-revision", str(revision + 5), *endpoints)[0] == 1
+    assert run("kv", "set", "lock", "you", "--if-revision", str(revision), *endpoints)[0] == 0
+    code, out, _ = run("kv", "get", "lock", "--json", *endpoints)
+    assert json.loads(out)["value"] == "you" and json.loads(out)["ttl_remaining_ms"] is None
+    assert run("kv", "del", "lock", "--if-revision", "1", *endpoints)[0] == 1
+    assert run("kv", "incr", "hits", *endpoints) == (0, "1\n", "")
+    assert run("kv", "incr", "hits", "--by", "-5", *endpoints) == (0, "-4\n", "")
+    assert run("kv", "incr", "hits", "--by", "10", "--json", *endpoints) == (0, '{"key": "hits", "value": 6}\n', "")
+    code, _, err = run("kv", "incr", "lock", *endpoints)
+    assert code == 1 and err.startswith("Error: invalid_argument: ")
+
+
+def test_kv_scan(cluster: FakeCluster) -> None:
+    endpoints = ["--endpoints", ",".join(cluster.addresses())]
+    for i in range(5):
+        run("kv", "set", f"user:{i}", f"name {i}", *endpoints)
+    run("kv", "set", "zzz", "other", *endpoints)
+    code, out, _ = run("kv", "scan", "user:", *endpoints)
+    assert code == 0 and out.splitlines() == [f"user:{i}\tname {i}" for i in range(5)]
+    code, out, _ = run("kv", "scan", "user:", "--limit", "2", "--json", *endpoints)
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [line["key"] for line in lines] == ["user:0", "user:1"]
+    assert lines[0] == {"key": "user:0", "value": "name 0", "revision": lines[0]["revision"], "ttl_remaining_ms": None}
+    assert len(run("kv", "scan", *endpoints)[1].splitlines()) == 6  # no prefix: every key
+    assert run("kv", "scan", "nothing", *endpoints) == (0, "", "")
+
+
+def test_kv_watch_replays_and_follows(cluster: FakeCluster) -> None:
+    endpoints = ["--endpoints", ",".join(cluster.addresses())]
+    run("kv", "set", "job:1", "queued", *endpoints)
+    run("kv", "set", "job:1", "done", *endpoints)
+    run("kv", "del", "job:1", *endpoints)
+    code, out, _ = run("kv", "watch", "job:", "--prefix", "--from-revision", "0", "--count", "3", *endpoints)
+    assert code == 0 and out.splitlines() == ["1 put job:1 queued", "2 put job:1 done", "3 delete job:1 deleted"]
+    code, out, _ = run("kv", "watch", "job:1", "--from-revision", "2", "--count", "1", "--json", *endpoints)
+    assert json.loads(out) == {"revision": 3, "kind": "delete", "key": "job:1", "value": None, "reason": "deleted"}
+
+    # From now on: writes made while the watch runs show up, earlier ones do not. (Written until
+    # the watch is done: its "now" may be read before or after any one write.)
+    done = threading.Event()
+
+    def keep_writing() -> None:
+        with trimaran.connect_sync(cluster.addresses()) as c:
+            for i in range(500):
+                if done.wait(0.02):
+                    return
+                c.kv.set("job:2", f"new{i}")
+
+    writer = threading.Thread(target=keep_writing)
+    writer.start()
+    try:
+        code, out, _ = run("kv", "watch", "job:", "--prefix", "--count", "2", *endpoints)
+    finally:
+        done.set()
+        writer.join()
+    lines = [line.split() for line in out.splitlines()]
+    assert code == 0 and [line[1:3] for line in lines] == [["put", "job:2"]] * 2
+    assert int(lines[0][0]) > 3 and int(lines[1][0]) == int(lines[0][0]) + 1
 
 
 def test_endpoints_from_the_environment(cluster: FakeCluster) -> None:
@@ -81,6 +154,6 @@ def test_status_shows_a_silent_node_as_down(cluster: FakeCluster) -> None:
 
 
 def test_every_client_command_has_help() -> None:
-    for args in (["status"], ["kv"], ["kv", "get"], ["kv", "set"], ["kv", "del"]):
+    for args in (["status"], ["kv"], *(["kv", cmd] for cmd in ("get", "set", "del", "incr", "scan", "watch"))):
         code, out, _ = run(*args, "--help")
         assert code == 0 and "Usage:" in out

@@ -3,14 +3,32 @@
 ::
 
     async with trimaran.connect(["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"]) as c:
-        await c.set("greeting", "hello")
-        assert await c.get("greeting") == b"hello"
+        revision = await c.kv.set("greeting", "hello", ttl_ms=60_000)
+        entry = await c.kv.get("greeting")     # KvEntry(value=b"hello", revision=..., ttl_remaining_ms=...)
+
+``c.kv`` is the KV cache (see :mod:`.kv`); ``c.set``/``c.get``/... address the small ``register``
+test service.
 
 Every error is a :class:`trimaran.errors.TrimaranError`; see that module for the tree.
 """
 
 from .client import Client, connect
 from .connection import Address, parse_endpoints
+from .kv import KvClient, KvEntry, KvEvent, KvItem, ScanPage, SyncKvClient, WatchPage
 from .sync import SyncClient, connect_sync
 
-__all__ = ["Address", "Client", "SyncClient", "connect", "connect_sync", "parse_endpoints"]
+__all__ = [
+    "Address",
+    "Client",
+    "KvClient",
+    "KvEntry",
+    "KvEvent",
+    "KvItem",
+    "ScanPage",
+    "SyncClient",
+    "SyncKvClient",
+    "WatchPage",
+    "connect",
+    "connect_sync",
+    "parse_endpoints",
+]

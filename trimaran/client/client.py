@@ -44,6 +44,7 @@ from .connection import (
     open_connection,
     parse_endpoints,
 )
+from .kv import KvClient
 from .register import RegisterMethods
 from .session import Session
 
@@ -110,6 +111,8 @@ class Client(RegisterMethods):
         self._closed = False
         #: The most recent reason a request could not be served, for the timeout message.
         self._last_failure = ""
+        #: The KV cache service's methods: ``await c.kv.set("k", b"v", ttl_ms=5000)``.
+        self.kv = KvClient(self)
 
     # ------------------------------------------------------------------ lifetime
 
@@ -171,25 +174,33 @@ class Client(RegisterMethods):
 
     async def node_status(self, address: str | Address, *, timeout_ms: int | None = None) -> dict[str, Any]:
         """The ``status`` dict of one particular node, over a short-lived connection of its own."""
-        target = address if isinstance(address, Address) else Address.parse(address)
-        nursery = self._require_open()
-
-        async def ask() -> Any:
-            try:
-                conn = await self._open(nursery, target)
-            except (OSError, ConnectionLost) as exc:
-                raise Unavailable(f"cannot reach {target}: {describe_failure(exc)}") from None
-            try:
-                return await conn.request("status", {})
-            except ConnectionLost as exc:
-                raise Unavailable(f"{target}: {exc.reason}") from None
-            finally:
-                conn.close()
-
-        result = await self._with_deadline(timeout_ms, ask)
+        result = await self._with_deadline(timeout_ms, self._ask_node, address, "status", {})
         if isinstance(result, dict):
             self._learn_from_status(result)
         return result
+
+    async def node_read(
+        self, address: str | Address, service: str, query: Any, *, timeout_ms: int | None = None
+    ) -> Any:
+        """Answer ``query`` from one particular node's own applied state (a ``stale`` read there,
+        never redirected), e.g. to compare what each replica holds."""
+        body = {"service": service, "query": query, "consistency": "stale"}
+        return await self._with_deadline(timeout_ms, self._ask_node, address, "read", body)
+
+    async def _ask_node(self, address: str | Address, op: str, body: dict[str, Any]) -> Any:
+        """One request to one node over a connection of its own, closed afterwards."""
+        target = address if isinstance(address, Address) else Address.parse(address)
+        nursery = self._require_open()
+        try:
+            conn = await self._open(nursery, target)
+        except (OSError, ConnectionLost) as exc:
+            raise Unavailable(f"cannot reach {target}: {describe_failure(exc)}") from None
+        try:
+            return await conn.request(op, body)
+        except ConnectionLost as exc:
+            raise Unavailable(f"{target}: {exc.reason}") from None
+        finally:
+            conn.close()
 
     async def membership(self, kind: str, node_id: int, *, timeout_ms: int | None = None) -> Any:
         """Change membership (``add_learner``, ``promote`` or ``remove``); the new members.

@@ -7,11 +7,13 @@ reusable without click. Each function runs its own short trio run.
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from typing import Any
 
 import trio
 
 from .client import Client
+from .kv import KvEntry, KvEvent, KvItem
 from .status import ClusterStatus, fetch_cluster_status
 
 
@@ -27,28 +29,132 @@ def cluster_status(
     return trio.run(run)
 
 
-def register_call(
+def kv_call(
     endpoints: str,
     method: str,
     *args: Any,
+    options: dict[str, Any] | None = None,
     cluster_id: str | None = None,
     token: str | None = None,
     timeout_ms: int = 5_000,
 ) -> Any:
-    """Call one register method (``get``, ``set``, ``delete``, ...) of a fresh client and return its result."""
+    """Call one ``c.kv`` method (``get``, ``set``, ``delete``, ``incr`` ...) of a fresh client; its result."""
 
     async def run() -> Any:
         async with Client(endpoints, cluster_id=cluster_id, token=token, timeout_ms=timeout_ms) as c:
-            return await getattr(c, method)(*args)
+            return await getattr(c.kv, method)(*args, **(options or {}))
 
     return trio.run(run)
 
 
-def value_to_json(value: bytes | None) -> dict[str, Any]:
-    """A stored value for JSON output: UTF-8 text as ``value``, other bytes as ``value_base64``."""
-    if value is None:
-        return {"found": False, "value": None}
+def kv_scan(
+    endpoints: str,
+    prefix: str,
+    on_item: Callable[[KvItem], None],
+    *,
+    limit: int | None = None,
+    consistency: str = "linearizable",
+    cluster_id: str | None = None,
+    token: str | None = None,
+    timeout_ms: int = 5_000,
+) -> int:
+    """Hand every live key under ``prefix`` to ``on_item`` as the pages arrive; how many there were."""
+
+    async def run() -> int:
+        count = 0
+        async with Client(endpoints, cluster_id=cluster_id, token=token, timeout_ms=timeout_ms) as c:
+            async for item in c.kv.scan(prefix, limit=limit, consistency=consistency):
+                on_item(item)
+                count += 1
+        return count
+
+    return trio.run(run)
+
+
+def kv_watch(
+    endpoints: str,
+    key: str,
+    on_event: Callable[[KvEvent], None],
+    *,
+    prefix: bool = False,
+    from_revision: int | None = None,
+    count: int | None = None,
+    cluster_id: str | None = None,
+    token: str | None = None,
+    timeout_ms: int = 5_000,
+) -> None:
+    """Hand the changes to ``key`` (or under it, with ``prefix``) to ``on_event`` until ``count``
+    events were seen (None: until interrupted). ``timeout_ms`` bounds each poll, not the watch."""
+
+    async def run() -> None:
+        seen = 0
+        if count == 0:
+            return
+        async with Client(endpoints, cluster_id=cluster_id, token=token, timeout_ms=timeout_ms) as c:
+            async for event in c.kv.watch(key, from_revision, prefix=prefix):
+                on_event(event)
+                seen += 1
+                if count is not None and seen >= count:
+                    return
+
+    trio.run(run)
+
+
+def bytes_to_json(name: str, data: bytes | None) -> dict[str, Any]:
+    """``{name: text}`` for UTF-8 bytes, ``{name + "_base64": ...}`` for other bytes, ``{name: None}``."""
+    if data is None:
+        return {name: None}
     try:
-        return {"found": True, "value": value.decode("utf-8")}
+        return {name: data.decode("utf-8")}
     except UnicodeDecodeError:
-        return {"found": True, "value_base64": base64.b64encode(value).decode("ascii")}
+        return {f"{name}_base64": base64.b64encode(data).decode("ascii")}
+
+
+def entry_to_json(key: str, entry: KvEntry | None) -> dict[str, Any]:
+    """``kv get --json``: found, value (or value_base64), revision and remaining TTL."""
+    if entry is None:
+        return {"key": key, "found": False, "value": None}
+    return {
+        "key": key,
+        "found": True,
+        **bytes_to_json("value", entry.value),
+        "revision": entry.revision,
+        "ttl_remaining_ms": entry.ttl_remaining_ms,
+    }
+
+
+def item_to_json(item: KvItem) -> dict[str, Any]:
+    """One ``kv scan --json`` line."""
+    return {
+        **bytes_to_json("key", item.key),
+        **bytes_to_json("value", item.value),
+        "revision": item.revision,
+        "ttl_remaining_ms": item.ttl_remaining_ms,
+    }
+
+
+def event_to_json(event: KvEvent) -> dict[str, Any]:
+    """One ``kv watch --json`` line."""
+    return {
+        "revision": event.revision,
+        "kind": event.kind,
+        **bytes_to_json("key", event.key),
+        **bytes_to_json("value", event.value),
+        "reason": event.reason,
+    }
+
+
+def text(data: bytes) -> str:
+    """Bytes for a line of text output: UTF-8, other bytes as backslash escapes."""
+    return data.decode("utf-8", errors="backslashreplace")
+
+
+def item_line(item: KvItem) -> str:
+    """One ``kv scan`` line: key, a tab, value."""
+    return f"{text(item.key)}\t{text(item.value)}"
+
+
+def event_line(event: KvEvent) -> str:
+    """One ``kv watch`` line: ``REVISION put KEY VALUE`` or ``REVISION delete KEY REASON``."""
+    tail = text(event.value) if event.kind == "put" and event.value is not None else (event.reason or "")
+    return f"{event.revision} {event.kind} {text(event.key)} {tail}"

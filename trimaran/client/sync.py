@@ -17,6 +17,8 @@ import trio
 from trimaran.errors import InvalidArgument, TrimaranError
 
 from .client import TIMEOUT_MS_DEFAULT, Client, Endpoints
+from .connection import Address
+from .kv import SyncKvClient
 from .register import BytesLike
 
 #: How long closing waits for the trio thread (it only has to cancel its tasks).
@@ -36,6 +38,8 @@ class SyncClient:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._closed = False
+        #: The KV cache service's methods, blocking: ``c.kv.set("k", b"v", ttl_ms=5000)``.
+        self.kv = SyncKvClient(self._client.kv, self._call)
 
     # ------------------------------------------------------------------ lifetime
 
@@ -126,9 +130,13 @@ class SyncClient:
         """Blocking :meth:`Client.status`."""
         return self._call(self._client.status, timeout_ms=timeout_ms)
 
-    def node_status(self, address: str, *, timeout_ms: int | None = None) -> dict[str, Any]:
+    def node_status(self, address: str | Address, *, timeout_ms: int | None = None) -> dict[str, Any]:
         """Blocking :meth:`Client.node_status`."""
         return self._call(self._client.node_status, address, timeout_ms=timeout_ms)
+
+    def node_read(self, address: str | Address, service: str, query: Any, *, timeout_ms: int | None = None) -> Any:
+        """Blocking :meth:`Client.node_read`."""
+        return self._call(self._client.node_read, address, service, query, timeout_ms=timeout_ms)
 
     def set(self, key: BytesLike, value: BytesLike, *, timeout_ms: int | None = None) -> None:
         """Blocking :meth:`Client.set`."""

@@ -16,6 +16,7 @@ from trimaran.cluster.config import RaftConfig
 from trimaran.cluster.replica import ReplicaConfig
 from trimaran.errors import ConfigError
 from trimaran.protocols.messages import Membership
+from trimaran.services.kv import EVICTION_POLICIES as KV_EVICTION_POLICIES
 
 DEFAULT_CLUSTER_ID = "trimaran"
 CLUSTER_ID_CHARS_MAX = 64
@@ -118,6 +119,13 @@ class NodeConfig:
     #: transfer, then for the last writes.
     shutdown_grace_ms: int = 5_000
 
+    # --- kv service ---
+    #: The KV cache's memory cap (None: unbounded) and what a write over it does: "lru" evicts
+    #: the least recently used keys, "noeviction" refuses it (OutOfMemory). Part of the state
+    #: machine's definition, not of its snapshots: every node of a cluster needs the same values.
+    kv_maxmemory_bytes: int | None = None
+    kv_eviction: str = "lru"
+
     peer_ids: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -203,6 +211,11 @@ class NodeConfig:
             (self.snapshot_interval_entries > 0, "snapshot_interval_entries must be positive"),
             (self.snapshot_keep_entries >= 0, "snapshot_keep_entries must be >= 0"),
             (self.shutdown_grace_ms >= 0, "shutdown_grace_ms must be >= 0"),
+            (
+                self.kv_maxmemory_bytes is None or self.kv_maxmemory_bytes > 0,
+                "kv_maxmemory_bytes must be positive (or None: unbounded)",
+            ),
+            (self.kv_eviction in KV_EVICTION_POLICIES, f"kv_eviction must be one of {', '.join(KV_EVICTION_POLICIES)}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -24,6 +24,7 @@ from trimaran.node.driver import Driver
 from trimaran.node.transport import PeerTransport
 from trimaran.node.writer import StorageWriter, WriteResult
 from trimaran.protocols.service import Service
+from trimaran.services.kv import KvService
 from trimaran.services.register import RegisterService
 
 log = logging.getLogger("trimaran.node")
@@ -40,9 +41,12 @@ def configure_logging(level: str, node_id: int) -> None:
     )
 
 
-def default_services() -> list[Service]:
-    """The replicated services every node runs (the KV cache issue replaces the register map)."""
-    return [RegisterService()]
+def default_services(config: NodeConfig | None = None) -> list[Service]:
+    """The replicated services every node runs: the register map (the simulator's and the tests'
+    service) and the KV cache, built with ``config``'s kv settings (defaults without a config)."""
+    if config is None:
+        return [RegisterService(), KvService()]
+    return [RegisterService(), KvService(maxmemory_bytes=config.kv_maxmemory_bytes, eviction_policy=config.kv_eviction)]
 
 
 class Node:
@@ -50,7 +54,7 @@ class Node:
 
     def __init__(self, config: NodeConfig, services: list[Service] | None = None) -> None:
         self.config = config.validate()
-        self._services = services if services is not None else default_services()
+        self._services = services if services is not None else default_services(self.config)
         self._stop = trio.Event()
         self.client_address: Address | None = None
         self.peer_address: Address | None = None
