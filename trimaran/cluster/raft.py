@@ -282,10 +282,8 @@ class Raft:
 
     def on_persisted(self, index: int, term: int) -> None:
         """Storage made the log durable through (index, term)."""
-        if not self.log.mark_persisted(index, term):
-            return
-        if self.role == Role.LEADER and self._maybe_commit() and self.role == Role.LEADER:
-            self._broadcast_append()
+        if self.log.mark_persisted(index, term) and self.role == Role.LEADER:
+            self._commit_and_broadcast()
 
     # ================================================================================ output
 
@@ -314,8 +312,7 @@ class Raft:
             self._handed_hard_state = hs
         if rd.persist_index and "leader_counts_unpersisted" in self._mutants and self.role == Role.LEADER:
             self.log.persisted_index = rd.persist_index
-            if self._maybe_commit() and self.role == Role.LEADER:
-                self._broadcast_append()
+            self._commit_and_broadcast()
         rd.committed = self.log.take_committed()
         rd.messages, self._msgs = self._msgs, []
         rd.messages_after_persist, self._msgs_after = self._msgs_after, []
@@ -658,12 +655,9 @@ class Raft:
         self._send(InstallSnapshot(self.term, self.id, peer, snap.meta, lo, snap.data[lo:hi], done))
 
     def _on_append_response(self, msg: AppendEntriesResponse) -> None:
-        if self.role != Role.LEADER:
-            return
-        pr = self.progress.get(msg.sender)
+        pr = self._answering_peer(msg.sender)
         if pr is None:
             return
-        self._heard(pr)
         if not msg.success:
             self._on_append_reject(msg, pr)
             return
@@ -674,10 +668,8 @@ class Raft:
                 pr.become_probe()
                 pr.become_replicate()
             pr.free_inflight_through(msg.index)
-            if self._maybe_commit():
-                if self.role != Role.LEADER:
-                    return  # the commit removed this leader (thesis §4.2.2)
-                self._broadcast_append()
+            if not self._commit_and_broadcast():
+                return
             if msg.sender == self.transferee and pr.match == self.log.last_index():
                 self._send(TimeoutNow(self.term, self.id, msg.sender))
         elif pr.state == ProgressState.REPLICATE:
@@ -705,12 +697,9 @@ class Raft:
         self._send_append(msg.sender, allow_empty=True)
 
     def _on_heartbeat_response(self, msg: HeartbeatResponse) -> None:
-        if self.role != Role.LEADER:
-            return
-        pr = self.progress.get(msg.sender)
+        pr = self._answering_peer(msg.sender)
         if pr is None:
             return
-        self._heard(pr)
         pr.probe_sent = False
         if pr.state == ProgressState.SNAPSHOT:
             # Resend the current chunk if the transfer did not move since the last heartbeat answer
@@ -729,12 +718,9 @@ class Raft:
             self._ack_read_round(msg.sender, msg.read_seq)
 
     def _on_snapshot_response(self, msg: InstallSnapshotResponse) -> None:
-        if self.role != Role.LEADER:
-            return
-        pr = self.progress.get(msg.sender)
+        pr = self._answering_peer(msg.sender)
         if pr is None:
             return
-        self._heard(pr)
         if pr.state != ProgressState.SNAPSHOT or pr.snapshot is None or pr.snapshot.meta.last_index != msg.snapshot_index:
             if msg.done:
                 pr.update_match(msg.snapshot_index)
@@ -746,19 +732,32 @@ class Raft:
             pr.update_match(msg.snapshot_index)
             pr.become_probe()
             pr.become_replicate()
-            if self._maybe_commit():
-                if self.role != Role.LEADER:
-                    return
-                self._broadcast_append()
+            if not self._commit_and_broadcast():
+                return
             while self._send_append(msg.sender):
                 pass
             return
         pr.snapshot_offset = msg.next_offset
         self._send_snapshot_chunk(msg.sender, pr)
 
-    def _heard(self, pr: Progress) -> None:
-        pr.recent_active = True
-        pr.last_heard_tick = self.tick_count
+    def _answering_peer(self, peer: int) -> Progress | None:
+        """A leader's progress for a peer that just answered (marked as heard from); else None."""
+        if self.role != Role.LEADER:
+            return None
+        pr = self.progress.get(peer)
+        if pr is not None:
+            pr.recent_active = True
+            pr.last_heard_tick = self.tick_count
+        return pr
+
+    def _commit_and_broadcast(self) -> bool:
+        """Advance commit if a majority allows, telling followers; False if this node is no longer
+        leader afterwards (a committed change removed it, thesis §4.2.2)."""
+        if self._maybe_commit():
+            if self.role != Role.LEADER:
+                return False
+            self._broadcast_append()
+        return True
 
     def _maybe_commit(self) -> bool:
         """§5.3/§5.4.2: advance commit to what a majority holds, only through a current-term entry."""
