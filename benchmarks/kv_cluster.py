@@ -1,15 +1,27 @@
-"""Durable writes and linearizable reads through a real 3-node cluster, side by side with etcd.
+"""The KV cache through a real 3-node cluster, side by side with etcd and Redis, plus its memory
+per key and snapshot/restore time.
 
-Starts a 3-node trimaran cluster (subprocesses on loopback, temporary data directories), drives
-``set`` (durable: committed on a majority, fsynced, applied) and linearizable ``get`` with 1, 64 and
-256 concurrent closed-loop clients, pipelined over a few client connections, and prints ops/s with
-p50 and p99 latency. If ``../shared/peers/etcd.sh`` exists it then starts a 3-member etcd on
-loopback and runs its load generator with the same shape (op, clients, connections, total), and
-prints the trimaran/etcd ratio per row. The two systems never run at the same time; each repeat
-starts fresh clusters, and medians are printed.
+1. Throughput and latency. Starts a 3-node trimaran cluster (subprocesses on loopback, temporary
+   data directories) and drives the ``kv`` service's ``set`` (durable: committed on a majority,
+   fsynced, applied), linearizable ``get`` and ``incr`` with 1, 64 and 256 concurrent closed-loop
+   clients, pipelined over a few client connections; prints ops/s with p50 and p99 latency.
+2. etcd, same run. If ``../shared/peers/etcd.sh`` exists it starts a 3-member etcd on loopback and
+   runs its load generator with the same shape (``set`` = etcd put, ``get`` = linearizable get;
+   etcd has no increment, so ``incr`` has no etcd column).
+3. Redis, same run: what a user would pick instead of a KV cache. ``../shared/peers/redis.sh``
+   starts one Redis 7 with ``appendfsync always`` (every write fsynced before its reply: the
+   durability of a Raft write, without replication) and ``redis-benchmark -t set,get,incr`` runs
+   with the same client counts, without pipelining (the ratio column) and with a few pipeline
+   depths (for scale; trimaran's client pipelines across callers, not within one).
+4. Memory per key: tracemalloc of a ``KvService`` holding N keys of 100-byte values (1,000,000 in
+   the full run), next to the service's own accounting and Redis ``used_memory`` for the same keys.
+5. Snapshot/restore of N keys: ``KvService.snapshot`` + msgpack pack, then unpack + ``restore``
+   (what a node does to send a snapshot and what a follower does to install it).
+
+The systems never run at the same time; each repeat starts fresh clusters; medians are printed.
 
     python benchmarks/kv_cluster.py                      # full run, 1 repeat
-    python benchmarks/kv_cluster.py --quick              # a smaller total per row
+    python benchmarks/kv_cluster.py --quick              # smaller totals and 100,000 keys
     python benchmarks/kv_cluster.py --repeat 3           # medians of 3
     python benchmarks/kv_cluster.py --profile /tmp/prof  # cProfile every node and the client
 
@@ -21,6 +33,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import csv
+import gc
+import io
 import os
 import pstats
 import re
@@ -32,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,14 +59,25 @@ import trio  # noqa: E402
 
 import trimaran  # noqa: E402
 from trimaran.errors import TrimaranError  # noqa: E402
+from trimaran.protocols.codec import pack, unpack  # noqa: E402
+from trimaran.protocols.service import ApplyContext  # noqa: E402
+from trimaran.services.kv import ENTRY_OVERHEAD_BYTES, KvService  # noqa: E402
+from trimaran.services.kv_args import mset_keys_max  # noqa: E402
 
 ETCD_SH = ROOT.parent / "shared" / "peers" / "etcd.sh"
+REDIS_SH = ROOT.parent / "shared" / "peers" / "redis.sh"
+REDIS_PORT = 16379
+OPS = ("set", "get", "incr")
+#: The etcdload op of each trimaran op (None: etcd has no such operation).
+ETCD_OPS = {"set": "put", "get": "get", "incr": None}
+#: Values of the memory and snapshot measurements (the issue's "keys of 100 bytes").
+SCALE_VALUE_BYTES = 100
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
 class Row:
-    op: str  # "put" (durable set) or "get" (linearizable)
+    op: str  # "set" (durable), "get" (linearizable) or "incr" (durable), all on the kv service
     clients: int
     conns: int
     total: int
@@ -157,7 +184,7 @@ async def trimaran_load(cluster: TrimaranCluster, row: Row, value: bytes, profil
             for _ in range(row.conns)
         ]
         for c in conns:  # sessions registered, leader found, before the clock starts
-            await c.set("seed", value)
+            await c.kv.set("seed", value)
         issued, failed = 0, 0
         latencies_s: list[float] = []
         perf = time.perf_counter
@@ -170,10 +197,12 @@ async def trimaran_load(cluster: TrimaranCluster, row: Row, value: bytes, profil
                 issued += 1
                 started = perf()
                 try:
-                    if row.op == "put":
-                        await c.set(b"key%08d" % i, value)
+                    if row.op == "set":
+                        await c.kv.set(b"key%08d" % i, value)
+                    elif row.op == "get":
+                        await c.kv.get(b"seed")
                     else:
-                        await c.get(b"seed")
+                        await c.kv.incr(b"counter")
                 except TrimaranError:
                     failed += 1
                     continue
@@ -204,7 +233,7 @@ async def trimaran_load(cluster: TrimaranCluster, row: Row, value: bytes, profil
 
 async def wait_ready(endpoints: list[str], timeout_s: float = 60.0) -> None:
     async with trimaran.connect(endpoints, timeout_ms=int(timeout_s * 1000)) as c:
-        await c.set("ready", "1")
+        await c.kv.set("ready", "1")
 
 
 def run_trimaran(rows: list[Row], value: bytes, profile_dir: Path | None) -> dict[Row, Result]:
@@ -244,8 +273,11 @@ def run_etcd(rows: list[Row], value_bytes: int) -> dict[Row, Result]:
     try:
         etcd_sh("start", str(etcd_dir), timeout_s=120)
         for row in rows:
+            etcd_op = ETCD_OPS[row.op]
+            if etcd_op is None:
+                continue
             line = etcd_sh(
-                "load", "--op", row.op, "--clients", str(row.clients), "--conns", str(row.conns),
+                "load", "--op", etcd_op, "--clients", str(row.clients), "--conns", str(row.conns),
                 "--total", str(row.total), "--val-size", str(value_bytes),
             )
             m = _ETCD_LINE.search(line)
@@ -269,11 +301,162 @@ def etcd_available() -> bool:
     return True
 
 
+# --- Redis ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RedisRow:
+    clients: int
+    pipeline: int
+    total: int
+
+
+def redis_sh(*args: str, timeout_s: float = 600) -> str:
+    out = subprocess.run(["bash", str(REDIS_SH), *args], capture_output=True, text=True, timeout=timeout_s)
+    if out.returncode != 0:
+        raise RuntimeError(f"redis.sh {' '.join(args)} failed: {out.stderr.strip()[-500:]}")
+    return out.stdout
+
+
+def redis_available() -> bool:
+    if not REDIS_SH.exists():
+        return False
+    if shutil.which("redis-server") is None or shutil.which("redis-benchmark") is None:
+        print("installing redis (redis.sh install) ...", flush=True)
+        redis_sh("install", timeout_s=1800)
+    return shutil.which("redis-benchmark") is not None
+
+
+def parse_redis_csv(text: str) -> dict[str, Result]:
+    """redis-benchmark --csv: "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms",..."""
+    out: dict[str, Result] = {}
+    for rec in csv.DictReader(io.StringIO(text)):
+        out[rec["test"].lower()] = Result(float(rec["rps"]), float(rec["p50_latency_ms"]), float(rec["p99_latency_ms"]))
+    return out
+
+
+#: Redis results by (op, clients, pipeline depth).
+RedisKey = tuple[str, int, int]
+
+
+def run_redis(rows: list[RedisRow], value_bytes: int) -> dict[RedisKey, Result]:
+    """``redis-benchmark -t set,get,incr`` per row against one ``appendfsync always`` Redis.
+
+    Without ``-r`` every SET writes (and every GET reads) the same key, as trimaran's get does; its
+    sets write distinct keys, which costs Redis little more (one hash insert)."""
+    results: dict[RedisKey, Result] = {}
+    try:
+        redis_sh("start", "always", timeout_s=60)
+        for row in rows:
+            text = redis_sh(
+                "bench", "-t", "set,get,incr", "-c", str(row.clients), "-P", str(row.pipeline),
+                "-n", str(row.total), "-d", str(value_bytes), "--csv",
+            )  # fmt: skip
+            for op, result in parse_redis_csv(text).items():
+                results[(op, row.clients, row.pipeline)] = result
+                print(f"  redis    {op:<4} clients={row.clients:<3} P={row.pipeline:<3}: {format_result(result)}", flush=True)
+    finally:
+        redis_sh("stop", timeout_s=60)
+    return results
+
+
+def redis_memory_per_key(key_count: int) -> float:
+    """Redis ``used_memory`` growth per key for ``key_count`` keys of 100-byte values (piped in)."""
+    try:
+        redis_sh("start", "always", timeout_s=60)
+        before = redis_used_memory()
+        value = b"v" * SCALE_VALUE_BYTES
+        proc = subprocess.Popen(
+            ["redis-cli", "-p", str(REDIS_PORT), "--pipe"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
+        )
+        assert proc.stdin is not None
+        for start in range(0, key_count, 10_000):
+            chunk = []
+            for i in range(start, min(key_count, start + 10_000)):
+                key = b"key:%010d" % i
+                chunk.append(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(key), key, len(value), value))
+            proc.stdin.write(b"".join(chunk))
+        proc.stdin.close()
+        proc.wait(timeout=600)
+        return (redis_used_memory() - before) / key_count
+    finally:
+        redis_sh("stop", timeout_s=60)
+
+
+def redis_used_memory() -> int:
+    out = subprocess.run(["redis-cli", "-p", str(REDIS_PORT), "info", "memory"], capture_output=True, text=True, timeout=60)
+    m = re.search(r"^used_memory:(\d+)", out.stdout, re.M)
+    if m is None:
+        raise RuntimeError(f"no used_memory in redis INFO: {out.stdout[:200]!r}")
+    return int(m[1])
+
+
+# --- memory per key and snapshot/restore (in this process, no IO) -----------------------------------
+
+
+def fill_kv(svc: KvService, key_count: int) -> None:
+    """``key_count`` keys of 100-byte values through ``apply``, in msets (as a client would load)."""
+    for n, start in enumerate(range(0, key_count, mset_keys_max), start=1):
+        pairs = [
+            [b"key:%010d" % i, (b"%010d" % i) * (SCALE_VALUE_BYTES // 10)]
+            for i in range(start, min(key_count, start + mset_keys_max))
+        ]
+        svc.apply(["mset", pairs], ApplyContext(n, n))
+
+
+def kv_memory_per_key(key_count: int) -> tuple[float, float]:
+    """(tracemalloc bytes per key, the service's own used_bytes per key) for ``key_count`` keys."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        # A one-event watch window: the measurement is of the keys, not of recent history.
+        svc = KvService(watch_history_max=1)
+        fill_kv(svc, key_count)
+        gc.collect()
+        traced = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    accounted = svc.query(["stats"], ApplyContext(1, 1))["used_bytes"]
+    return traced / key_count, accounted / key_count
+
+
+@dataclass
+class SnapshotTimes:
+    snapshot_s: float
+    pack_s: float
+    unpack_s: float
+    restore_s: float
+    size_bytes: int
+
+
+def kv_snapshot_times(key_count: int) -> SnapshotTimes:
+    """Time each step of snapshot -> bytes -> restore for ``key_count`` keys; checks the round trip."""
+    svc = KvService(watch_history_max=1)
+    fill_kv(svc, key_count)
+    gc.collect()
+    perf = time.perf_counter
+    t0 = perf()
+    snap = svc.snapshot()
+    t1 = perf()
+    data = pack(snap)
+    t2 = perf()
+    decoded = unpack(data, size_bytes_max=len(data))
+    t3 = perf()
+    other = KvService(watch_history_max=1)
+    other.restore(decoded)
+    t4 = perf()
+    del snap, decoded
+    if pack(other.snapshot()) != data:
+        raise AssertionError("snapshot -> restore -> snapshot is not byte-identical")
+    return SnapshotTimes(t1 - t0, t2 - t1, t3 - t2, t4 - t3, len(data))
+
+
 # --- report ----------------------------------------------------------------------------------------
 
 
 def describe(row: Row) -> str:
-    return f"{row.op:<3} clients={row.clients:<3} conns={row.conns:<2} total={row.total}"
+    return f"{row.op:<4} clients={row.clients:<3} conns={row.conns:<2} total={row.total}"
 
 
 def format_result(r: Result) -> str:
@@ -295,37 +478,84 @@ def median_result(results: list[Result]) -> Result:
     )
 
 
-def print_table(rows: list[Row], ours: dict[Row, Result], theirs: dict[Row, Result] | None, repeat: int) -> None:
-    print(f"\nmedians of {repeat} run(s); put = durable set (majority fsync + apply), get = linearizable\n")
-    head = f"{'op':<4}{'clients':>8}{'conns':>6} | {'trimaran ops/s':>14}{'p50 ms':>8}{'p99 ms':>8}"
-    if theirs is not None:
-        head += f" | {'etcd ops/s':>10}{'p50 ms':>8}{'p99 ms':>8} | {'ratio':>6}"
+def medians(runs: list[dict[Any, Result]]) -> dict[Any, Result]:
+    """Per key, the median over the runs that measured it."""
+    keys = {k for run in runs for k in run}
+    return {k: median_result([run[k] for run in runs if k in run]) for k in keys}
+
+
+def _cell(r: Result | None, width: int = 10) -> str:
+    if r is None:
+        return f"{'-':>{width}}{'-':>8}{'-':>8}"
+    return f"{r.ops_per_s:>{width}.0f}{r.p50_ms:>8.2f}{r.p99_ms:>8.2f}"
+
+
+def _ratio(ours: Result, theirs: Result | None) -> str:
+    return f"{ours.ops_per_s / theirs.ops_per_s:>6.2f}" if theirs is not None and theirs.ops_per_s else f"{'-':>6}"
+
+
+def print_table(
+    rows: list[Row],
+    ours: dict[Row, Result],
+    etcd: dict[Row, Result] | None,
+    redis: dict[RedisKey, Result] | None,
+    pipelines: list[int],
+    repeat: int,
+) -> None:
+    print(f"\nmedians of {repeat} run(s); kv service: set and incr durable (majority fsync + apply), get linearizable")
+    print("ratio = trimaran ops/s / theirs; Redis: 1 node, appendfsync always, no pipelining (P=1)\n")
+    head = f"{'op':<5}{'clients':>7} | {'trimaran/s':>10}{'p50 ms':>8}{'p99 ms':>8}"
+    head += f" | {'etcd/s':>10}{'p50 ms':>8}{'p99 ms':>8} | {'ratio':>6}"
+    head += f" | {'redis/s':>10}{'p50 ms':>8}{'p99 ms':>8} | {'ratio':>6}"
     print(head)
     print("-" * len(head))
     for row in rows:
         r = ours[row]
-        line = f"{row.op:<4}{row.clients:>8}{row.conns:>6} | {r.ops_per_s:>14.0f}{r.p50_ms:>8.2f}{r.p99_ms:>8.2f}"
-        if theirs is not None:
-            e = theirs[row]
-            line += f" | {e.ops_per_s:>10.0f}{e.p50_ms:>8.2f}{e.p99_ms:>8.2f} | {r.ops_per_s / e.ops_per_s:>6.2f}"
-        print(line)
+        e = etcd.get(row) if etcd else None
+        rd = redis.get((row.op, row.clients, 1)) if redis else None
+        print(f"{row.op:<5}{row.clients:>7} | {_cell(r)} | {_cell(e)} | {_ratio(r, e)} | {_cell(rd)} | {_ratio(r, rd)}")
+    if redis and len(pipelines) > 1:
+        print("\nRedis with pipelining (ops/s; -P requests in flight per connection):")
+        print(f"{'op':<5}{'clients':>7} | " + "".join(f"{'P=' + str(p):>10}" for p in pipelines))
+        for row in rows:
+            cells = [redis.get((row.op, row.clients, p)) for p in pipelines]
+            print(f"{row.op:<5}{row.clients:>7} | " + "".join(f"{c.ops_per_s:>10.0f}" if c else f"{'-':>10}" for c in cells))
     print("\nCPU ms per 1000 ops (trimaran): client process, then each node")
     for row in rows:
         r = ours[row]
         nodes = "  ".join(f"n{n}={v:.0f}" for n, v in sorted((r.node_cpu_ms_per_kop or {}).items()))
         print(f"  {row.op:<4}{row.clients:>4} clients: client={r.client_cpu_ms_per_kop:.0f}  {nodes}")
-    check_targets(rows, ours, theirs)
+    check_targets(rows, ours, etcd)
 
 
-def check_targets(rows: list[Row], ours: dict[Row, Result], theirs: dict[Row, Result] | None) -> None:
+def check_targets(rows: list[Row], ours: dict[Row, Result], etcd: dict[Row, Result] | None) -> None:
     print("\ntargets (issue 4): durable writes >= 0.5x etcd at 64 and 256 clients; 1-client write p50 <= 1 ms")
     for row in rows:
-        if row.op == "put" and row.clients == 1:
+        if row.op == "set" and row.clients == 1:
             p50 = ours[row].p50_ms
-            print(f"  put 1 client p50 {p50:.2f} ms: {'met' if p50 <= 1.0 else 'MISSED'}")
-        if row.op == "put" and row.clients in (64, 256) and theirs is not None:
-            ratio = ours[row].ops_per_s / theirs[row].ops_per_s
-            print(f"  put {row.clients} clients ratio {ratio:.2f}: {'met' if ratio >= 0.5 else 'MISSED'}")
+            print(f"  set 1 client p50 {p50:.2f} ms: {'met' if p50 <= 1.0 else 'MISSED'}")
+        if row.op == "set" and row.clients in (64, 256) and etcd and row in etcd:
+            ratio = ours[row].ops_per_s / etcd[row].ops_per_s
+            print(f"  set {row.clients} clients ratio {ratio:.2f}: {'met' if ratio >= 0.5 else 'MISSED'}")
+
+
+def print_scale(key_count: int, memory: list[tuple[float, float]], redis_bytes: list[float], snaps: list[SnapshotTimes]) -> None:
+    med = statistics.median
+    payload = 14 + SCALE_VALUE_BYTES  # b"key:%010d" + value
+    print(f"\n{key_count:,} keys of {SCALE_VALUE_BYTES}-byte values (key 14 bytes), medians of {len(snaps)}:")
+    if memory:
+        traced = med(m[0] for m in memory)
+        print(f"  KvService memory, tracemalloc: {traced:.0f} bytes/key (payload {payload}, overhead {traced - payload:.0f})")
+        print(f"  KvService used_bytes accounting: {med(m[1] for m in memory):.0f} bytes/key "
+              f"(ENTRY_OVERHEAD_BYTES={ENTRY_OVERHEAD_BYTES})")  # fmt: skip
+    if redis_bytes:
+        print(f"  Redis used_memory growth: {med(redis_bytes):.0f} bytes/key")
+    if snaps:
+        snap, pk = med(t.snapshot_s for t in snaps), med(t.pack_s for t in snaps)
+        up, rs = med(t.unpack_s for t in snaps), med(t.restore_s for t in snaps)
+        size_mb = med(t.size_bytes for t in snaps) / 1e6
+        print(f"  snapshot {snap:.2f} s + pack {pk:.2f} s = {snap + pk:.2f} s to bytes ({size_mb:.0f} MB); "
+              f"unpack {up:.2f} s + restore {rs:.2f} s = {up + rs:.2f} s back")  # fmt: skip
 
 
 def print_profile(profile_dir: Path, top: int) -> None:
@@ -342,59 +572,111 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=(__doc__ or "").split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--quick", action="store_true", help="smaller totals (a run of about a minute)")
+    p.add_argument("--quick", action="store_true", help="smaller totals and 100,000 keys (a few minutes)")
     p.add_argument("--repeat", type=int, default=1, help="runs per system; medians are printed")
     p.add_argument("--clients", default="1,64,256", help="comma-separated client counts")
-    p.add_argument("--ops", default="put,get", help="put (durable set) and/or get (linearizable)")
+    p.add_argument("--ops", default=",".join(OPS), help="set, get and/or incr (kv service)")
     p.add_argument("--conns", type=int, default=8, help="client connections for many clients (1 client uses 1)")
     p.add_argument("--total", type=int, default=0, help="requests per row (default: by --quick and client count)")
     p.add_argument("--value-bytes", type=int, default=256, help="value size (etcdload's default is 256)")
+    p.add_argument("--pipelines", default="1,16,64", help="redis-benchmark -P depths (1 is the ratio column)")
+    p.add_argument("--keys", type=int, default=0, help="keys of the memory and snapshot runs (default 1,000,000; --quick 100,000)")
     p.add_argument("--no-etcd", action="store_true", help="skip the etcd comparison")
+    p.add_argument("--no-redis", action="store_true", help="skip the Redis comparison")
+    p.add_argument("--no-cluster", action="store_true", help="skip the cluster runs (only memory and snapshot)")
+    p.add_argument("--no-scale", action="store_true", help="skip the memory and snapshot measurements")
     p.add_argument("--profile", type=Path, default=None, help="cProfile every node and the client into DIR")
     p.add_argument("--profile-top", type=int, default=25, help="functions printed per profile")
     args = p.parse_args(argv)
-    if args.repeat < 1 or args.conns < 1 or args.value_bytes < 0 or args.total < 0:
-        p.error("--repeat and --conns must be >= 1; --total and --value-bytes >= 0")
+    if args.repeat < 1 or args.conns < 1 or args.value_bytes < 0 or args.total < 0 or args.keys < 0:
+        p.error("--repeat and --conns must be >= 1; --total, --keys and --value-bytes >= 0")
+    args.keys = args.keys or (100_000 if args.quick else 1_000_000)
     return args
 
 
 def build_rows(args: argparse.Namespace) -> list[Row]:
     rows = []
     for op in [o.strip() for o in args.ops.split(",") if o.strip()]:
-        if op not in ("put", "get"):
-            raise SystemExit(f"unknown op {op!r}")
+        if op not in OPS:
+            raise SystemExit(f"unknown op {op!r} (known: {', '.join(OPS)})")
         for clients in [int(c) for c in args.clients.split(",")]:
-            total = args.total or (clients == 1 and (500 if args.quick else 3000)) or (4000 if args.quick else 30000)
-            rows.append(Row(op, clients, 1 if clients == 1 else min(args.conns, clients), total))
+            rows.append(Row(op, clients, 1 if clients == 1 else min(args.conns, clients), row_total(args, clients)))
     return rows
+
+
+def row_total(args: argparse.Namespace, clients: int) -> int:
+    if args.total:
+        return int(args.total)
+    if clients == 1:
+        return 500 if args.quick else 3000
+    return 4000 if args.quick else 30000
+
+
+def build_redis_rows(args: argparse.Namespace) -> list[RedisRow]:
+    pipelines = [int(p) for p in args.pipelines.split(",")]
+    clients = [int(c) for c in args.clients.split(",")]
+    # Redis serves far more per second: a bigger total keeps each row long enough to measure.
+    return [RedisRow(c, p, row_total(args, c) * (4 if p > 1 else 1)) for c in clients for p in pipelines]
 
 
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    rows = build_rows(args)
+def run_systems(args: argparse.Namespace, rows: list[Row]) -> None:
+    """Parts 1-3: trimaran, etcd and Redis, one after another, ``--repeat`` times; then the table."""
     value = b"v" * args.value_bytes
     with_etcd = not args.no_etcd and etcd_available()
-    if args.profile is not None:
-        args.profile.mkdir(parents=True, exist_ok=True)
-    # SIGTERM becomes KeyboardInterrupt, so the finally blocks stop every process by PID.
-    signal.signal(signal.SIGTERM, _interrupt)
+    with_redis = not args.no_redis and redis_available()
+    redis_rows = build_redis_rows(args)
     ours: list[dict[Row, Result]] = []
-    theirs: list[dict[Row, Result]] = []
+    etcd: list[dict[Row, Result]] = []
+    redis: list[dict[RedisKey, Result]] = []
     for r in range(args.repeat):
         print(f"run {r + 1}/{args.repeat}", flush=True)
         ours.append(run_trimaran(rows, value, args.profile if r == 0 else None))
         if with_etcd:
-            theirs.append(run_etcd(rows, args.value_bytes))
+            etcd.append(run_etcd(rows, args.value_bytes))
+        if with_redis:
+            redis.append(run_redis(redis_rows, args.value_bytes))
     print_table(
         rows,
-        {row: median_result([o[row] for o in ours]) for row in rows},
-        {row: median_result([t[row] for t in theirs]) for row in rows} if with_etcd else None,
+        medians(ours),
+        medians(etcd) if etcd else None,
+        medians(redis) if redis else None,
+        [int(p) for p in args.pipelines.split(",")],
         args.repeat,
     )
+
+
+def run_scale(args: argparse.Namespace) -> None:
+    """Parts 4-5: memory per key and snapshot/restore time, ``--repeat`` times, then their medians."""
+    memory: list[tuple[float, float]] = []
+    redis_bytes: list[float] = []
+    snaps: list[SnapshotTimes] = []
+    with_redis = not args.no_redis and redis_available()
+    for r in range(args.repeat):
+        print(f"scale run {r + 1}/{args.repeat}: {args.keys:,} keys", flush=True)
+        memory.append(kv_memory_per_key(args.keys))
+        gc.collect()
+        snaps.append(kv_snapshot_times(args.keys))
+        gc.collect()
+        if with_redis:
+            redis_bytes.append(redis_memory_per_key(args.keys))
+    print_scale(args.keys, memory, redis_bytes, snaps)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    rows = build_rows(args)
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    # SIGTERM becomes KeyboardInterrupt, so the finally blocks stop every process by PID.
+    signal.signal(signal.SIGTERM, _interrupt)
+    if not args.no_cluster:
+        run_systems(args, rows)
+    if not args.no_scale:
+        run_scale(args)
     if args.profile is not None:
         print_profile(args.profile, args.profile_top)
 

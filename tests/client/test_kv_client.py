@@ -105,6 +105,7 @@ async def test_typed_service_errors_and_fail_fast_arguments(nursery: trio.Nurser
             lambda: c.kv.set("k", "v", if_revision=-1),
             lambda: c.kv.incr("k", 1 << 64),
             lambda: c.kv.mset({}),
+            lambda: c.kv.cas("k", True, "v"),
             lambda: c.kv.get(""),
         ):
             with pytest.raises(errors.InvalidArgument):

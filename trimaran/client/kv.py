@@ -158,7 +158,8 @@ def _page_size(n: Any, what: str) -> int:
 
 
 def _options(**options: Any) -> dict[str, Any] | None:
-    """The trailing options map: only the options given (a None option means "not given")."""
+    """The trailing options map with only the options given (None and False are the defaults, so
+    they are left out: the command stays as small as the service's format allows)."""
     given = {k: v for k, v in options.items() if v is not None and v is not False}
     return given or None
 
@@ -302,9 +303,11 @@ class KvClient:
         """
         if expected is None:
             return await self.set(key, new, ttl_ms=ttl_ms, if_absent=True, timeout_ms=timeout_ms)
-        if isinstance(expected, int) and not isinstance(expected, bool):
+        if isinstance(expected, bool):  # an int subclass, but surely not meant as a revision
+            raise InvalidArgument("cas: expected is a value (str/bytes), a revision (int) or None, not a bool")
+        if isinstance(expected, int):
             return await self.set(key, new, ttl_ms=ttl_ms, if_revision=expected, timeout_ms=timeout_ms)
-        return await self.set(key, new, ttl_ms=ttl_ms, if_value=expected, timeout_ms=timeout_ms)  # type: ignore[arg-type]
+        return await self.set(key, new, ttl_ms=ttl_ms, if_value=expected, timeout_ms=timeout_ms)
 
     async def delete(
         self,
