@@ -30,6 +30,12 @@ def main() -> None:
 @click.option("--list-mutants", is_flag=True, help="List the planted bugs and exit.")
 @click.option("--plan", "plan_text", metavar="PLAN|FILE", help="Replay this fault plan (as printed by a shrink).")
 @click.option("--shrink/--no-shrink", default=True, show_default=True, help="Shrink the plan of a failing --seed.")
+@click.option(
+    "--rules/--no-rules",
+    default=True,
+    show_default=True,
+    help="Check protocol rules directly (off: only end-to-end checkers: invariants, linearizability...).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Also print the fault plan (to stderr).")
 def simulate_command(
     seed: int | None,
@@ -41,6 +47,7 @@ def simulate_command(
     list_mutants: bool,
     plan_text: str | None,
     shrink: bool,
+    rules: bool,
     verbose: bool,
 ) -> None:
     """Run the deterministic fault-injection simulator on one seed or a range of seeds."""
@@ -58,14 +65,16 @@ def simulate_command(
         raise click.UsageError("give exactly one of --seed S or --seeds A..B")
     try:
         if seed is not None:
-            status = cli_support.simulate_one(seed, nodes, sim_seconds, mutants, plan_text, shrink, verbose, click.echo)
+            status = cli_support.simulate_one(
+                seed, nodes, sim_seconds, mutants, plan_text, shrink, verbose, click.echo, rules
+            )
         else:
             assert seed_range is not None
             if plan_text:
                 raise click.UsageError("--plan replays one seed: use it with --seed")
             progressbar = functools.partial(click.progressbar, file=sys.stderr)
             status = cli_support.simulate_many(
-                seed_range, nodes, sim_seconds, mutants, jobs, click.echo, progressbar, time.perf_counter
+                seed_range, nodes, sim_seconds, mutants, jobs, click.echo, progressbar, time.perf_counter, rules
             )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

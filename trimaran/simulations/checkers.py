@@ -9,7 +9,7 @@ another.
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import Any
+from typing import Any, Callable
 
 from trimaran.cluster.sessions import Outcome
 from trimaran.services.register import INT64_MAX, INT64_MIN
@@ -76,14 +76,19 @@ class ExactlyOnce:
     The observer sees only real applications, not answers replayed from the session table.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], int] = lambda: 0) -> None:
         self.position: dict[tuple[int, int], tuple[int, int]] = {}
+        #: (client_id, seq) -> (time of the first application anywhere, its outcome).
+        self.first_applied: dict[tuple[int, int], tuple[int, Outcome]] = {}
+        self._clock = clock
 
     def observer(self, node_id: int) -> Any:
         """An :data:`~trimaran.cluster.replica.ApplyObserver` for one node."""
 
         def observe(index: int, pos: int, client_id: int, seq: int, service: str, command: Any, outcome: Outcome) -> None:
             where = self.position.setdefault((client_id, seq), (index, pos))
+            if where == (index, pos) and (client_id, seq) not in self.first_applied:
+                self.first_applied[(client_id, seq)] = (self._clock(), outcome)
             if where != (index, pos):
                 raise CheckFailure(
                     "exactly_once",

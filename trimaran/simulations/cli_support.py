@@ -48,13 +48,14 @@ def simulate_one(
     shrink: bool,
     verbose: bool,
     echo: Echo,
+    rules: bool = True,
 ) -> int:
     _check_mutants(mutants)
     plan = load_plan(plan_text) if plan_text else None
     if verbose:
         for line in (plan or plan_for(seed, nodes, sim_seconds)).describe():
             echo(line, err=True)
-    result = run_seed(seed, nodes, sim_seconds, mutants, plan)
+    result = run_seed(seed, nodes, sim_seconds, mutants, plan, rules)
     echo(result.summary())
     if result.passed:
         return 0
@@ -67,7 +68,9 @@ def simulate_one(
 
 def _report_shrink(result: RunResult, echo: Echo) -> None:
     echo(f"shrinking the fault plan ({len(result.plan.faults)} faults)...", err=True)
-    shrunk = shrink_plan(result.seed, result.nodes, result.sim_seconds, result.mutants, result.plan)
+    shrunk = shrink_plan(
+        result.seed, result.nodes, result.sim_seconds, result.mutants, result.plan, rules=result.rules
+    )
     final = shrunk.shrunk
     echo(f"shrunk in {shrunk.runs} runs to {len(final.plan.faults)} faults; still fails: {final.category}", err=True)
     for line in final.plan.describe():
@@ -84,12 +87,13 @@ def simulate_many(
     echo: Echo,
     progressbar: Any,
     wall_clock: Callable[[], float],
+    rules: bool = True,
 ) -> int:
     """``progressbar`` is click's (pointed at stderr); ``wall_clock`` times the sweep for its
     table only: no run ever sees it (the simulator package itself never reads a clock)."""
     _check_mutants(mutants)
     seeds = parse_seed_range(seed_range)
-    spec = SweepSpec(nodes, sim_seconds, tuple(mutants))
+    spec = SweepSpec(nodes, sim_seconds, tuple(mutants), rules)
     start = wall_clock()
     with progressbar(length=len(seeds), label=f"simulating {len(seeds)} seeds") as bar:
         results = sweep(seeds, spec, jobs, on_result=lambda _: bar.update(1))

@@ -169,7 +169,7 @@ class Simulation:
         self.node_ids = tuple(range(1, config.nodes + 1))
         self.history = History()
         self.invariants = SimInvariants()
-        self.exactly_once = ExactlyOnce()
+        self.exactly_once = ExactlyOnce(lambda: self.now_us)
         self.net = SimNetwork(random.Random(sub_seed(self.seed, "net")), plan.weather, self._deliver_at)
         self._disk_rng = random.Random(sub_seed(self.seed, "disk"))
         self.slots: dict[int, _Slot] = {n: self._make_slot(n) for n in self.node_ids}
@@ -300,8 +300,7 @@ class Simulation:
             at_us, _, kind, a, b = pop(heap)
             self.now_us = at_us
             self.event_count += 1
-            trace.append(at_us)
-            trace.append(kind)
+            trace.append(at_us << 3 | kind)
             handlers[kind](a, b)
             if len(trace) > 16_384:
                 self._flush_trace()
@@ -350,7 +349,8 @@ class Simulation:
         slot = self.slots.get(node_id)
         if slot is None or not slot.sim.up:
             return
-        self._trace.extend((node_id, msg.sender, _MESSAGE_IDS[type(msg)], msg.term))
+        # Node ids fit 4 bits (at most 15 members) and message kinds 4 bits.
+        self._trace.append((msg.term << 4 | _MESSAGE_IDS[type(msg)]) << 8 | msg.sender << 4 | node_id)
         if slot.paused:
             slot.inbox.append((EV_DELIVER, msg))
             return
@@ -440,6 +440,8 @@ class Simulation:
         then check Raft's invariants on it (every property is checked per node, incrementally)."""
         slot = self.slots[node_id]
         sim = slot.sim
+        if not sim.up or not sim.replica.has_ready():
+            return  # the common case of a tick: nothing to write, send, answer or check
         send, now = self.net.send, self.now_us
         rules = self.rules
         taken = sim.readies_taken

@@ -29,8 +29,23 @@ class MatrixCase:
     sim_seconds: float
     #: The checker that fails it.
     category: str
+    #: False: found with the direct rule checks off (the end-to-end checkers alone catch it).
+    rules: bool = True
 
 
 #: Filled in from sweeps (``trimaran simulate --seeds 1..500 --mutant NAME``): the first seed
 #: that catches each mutant, on the cheapest configuration that does.
 MATRIX: tuple[MatrixCase, ...] = ()
+
+
+def first_catch(
+    mutant: str, seeds: range, nodes: int = 5, sim_seconds: float = 40.0, rules: bool = True
+) -> MatrixCase | None:
+    """The first seed in ``seeds`` whose run fails with ``mutant`` planted (how MATRIX is made)."""
+    from trimaran.simulations.run import run_seed  # run imports the loop; keep this module light
+
+    for seed in seeds:
+        result = run_seed(seed, nodes, sim_seconds, (mutant,), rules=rules)
+        if not result.passed:
+            return MatrixCase(mutant, seed, nodes, sim_seconds, result.category, rules)
+    return None

@@ -37,6 +37,8 @@ class RunResult:
     plan: FaultPlan = field(repr=False, compare=False, default_factory=FaultPlan)
     #: True when the plan was given (a replay or a shrink), not drawn from the seed.
     custom_plan: bool = False
+    #: False when the direct protocol-rule checks were off.
+    rules: bool = True
 
     def summary(self) -> str:
         """The one summary line: ``seed=S result=pass|fail ... digest=<hex>``."""
@@ -65,6 +67,8 @@ class RunResult:
         cmd += ["--sim-seconds", f"{self.sim_seconds:g}"]
         for mutant in self.mutants:
             cmd += ["--mutant", mutant]
+        if not self.rules:
+            cmd.append("--no-rules")
         if self.custom_plan:
             cmd += ["--plan", self.plan.encode()]
         return shlex.join(cmd)
@@ -120,4 +124,5 @@ def run_seed(
         messages=sim.net.sent_count,
         plan=plan,
         custom_plan=custom,
+        rules=rules,
     )

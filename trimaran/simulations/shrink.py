@@ -35,10 +35,11 @@ def shrink(
     plan: FaultPlan | None = None,
     runs_max: int = 300,
     on_step: Callable[[RunResult], None] | None = None,
+    rules: bool = True,
 ) -> ShrinkResult:
     """Shrink the plan of a failing run; raises ValueError if the run passes."""
     current_plan = plan if plan is not None else plan_for(seed, nodes, sim_seconds)
-    original = run_seed(seed, nodes, sim_seconds, mutants, current_plan)
+    original = run_seed(seed, nodes, sim_seconds, mutants, current_plan, rules)
     if original.passed:
         raise ValueError(f"seed {seed} passes: nothing to shrink")
     best, runs, improved = original, 0, True
@@ -46,7 +47,7 @@ def shrink(
         improved = False
         for candidate in smaller_plans(best.plan):
             runs += 1
-            result = run_seed(seed, nodes, sim_seconds, mutants, candidate)
+            result = run_seed(seed, nodes, sim_seconds, mutants, candidate, rules)
             if not result.passed and result.category == original.category:
                 best, improved = result, True
                 if on_step is not None:

@@ -29,10 +29,11 @@ class SweepSpec:
     nodes: int = 5
     sim_seconds: float = 300.0
     mutants: tuple[str, ...] = ()
+    rules: bool = True
 
 
 def _run(seed: int, spec: SweepSpec) -> RunResult:
-    return run_seed(seed, spec.nodes, spec.sim_seconds, spec.mutants)
+    return run_seed(seed, spec.nodes, spec.sim_seconds, spec.mutants, rules=spec.rules)
 
 
 def sweep(

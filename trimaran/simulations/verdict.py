@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from trimaran.simulations.checkers import CheckFailure, RegisterServiceModel
+from trimaran.simulations.checkers import INVALID, CheckFailure, RegisterServiceModel
+from trimaran.simulations.history import Operation, OpStatus
 from trimaran.simulations.linearizability import Outcome, check
 
 if TYPE_CHECKING:
@@ -80,9 +81,38 @@ def check_replicas_agree(sim: Simulation) -> None:
             )
 
 
+def resolved_operations(sim: Simulation) -> list[Operation]:
+    """The history with each indeterminate write resolved by what the cluster did with it.
+
+    A client that gave up cannot know whether its write took effect; the simulator can. A write
+    first applied (anywhere) at time t took effect within [invoke, t], with the outcome applied; a
+    write never applied by the end of a run that converged never took effect. Resolving only
+    narrows the linearizations the checker may choose, so it can hide no violation of the client's
+    view; it keeps the search small when long outages leave many writes unresolved (each open
+    write may otherwise be placed anywhere after its invocation).
+    """
+    commands: dict[int, tuple[int, int]] = {}
+    for client in sim.clients:
+        commands.update(client.commands)
+    out = []
+    for op in sim.history:
+        command = commands.get(op.op_id)
+        if op.status is not OpStatus.INDETERMINATE or command is None:
+            out.append(op)
+            continue
+        applied = sim.exactly_once.first_applied.get(command)
+        if applied is None:
+            out.append(Operation(op.op_id, op.client_id, op.key, op.kind, op.args, op.invoke_time, op.complete_time, OpStatus.FAILED))
+            continue
+        at_us, (status, value) = applied
+        result = value if status == "ok" else INVALID
+        out.append(Operation(op.op_id, op.client_id, op.key, op.kind, op.args, op.invoke_time, max(at_us, op.invoke_time), OpStatus.OK, result))
+    return out
+
+
 def check_linearizable(sim: Simulation) -> None:
     sim.history.finalize()
-    result = check(sim.history, RegisterServiceModel(), STATES_PER_KEY_MAX)
+    result = check(resolved_operations(sim), RegisterServiceModel(), STATES_PER_KEY_MAX)
     sim.linearizability_states = result.states_explored
     if result.outcome is Outcome.OK:
         return

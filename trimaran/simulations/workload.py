@@ -105,6 +105,8 @@ class Client:
         self.gave_up_at: list[tuple[int, int]] = []
         #: (client_id, seq) of writes acknowledged OK, for the durability check.
         self.acked_writes: list[tuple[int, int]] = []
+        #: History op_id -> (client_id, seq) of every write, to look up its fate in the cluster.
+        self.commands: dict[int, tuple[int, int]] = {}
 
     # ------------------------------------------------------------------ scheduling
 
@@ -158,6 +160,8 @@ class Client:
             self.seq += 1
             seq = self.seq
         op_id = self.ctx.history.invoke(self.client_id, key, kind, args, now)
+        if seq:
+            self.commands[op_id] = (self.client_id, seq)
         return PendingOp(op_id, kind, key, args, seq, now + self.config.op_deadline_us)
 
     def _write_args(self, kind: str, key: bytes) -> tuple[Any, ...]:
