@@ -1,7 +1,7 @@
 """The client port: the server side of :mod:`trimaran.protocols.client_protocol`.
 
-Per connection, three tasks: a reader (frames in, requests to the driver), a writer (answers out,
-every queued answer joined into one send), and a reaper (answers ``timeout`` for requests older
+Per connection, three tasks: a reader (frames in, requests to the driver), a writer (answers the
+socket could not take at once), and a reaper (answers ``timeout`` for requests older
 than ``request_timeout_ms``; all requests share that timeout, so arrival order is deadline order
 and a deque suffices).
 
@@ -16,6 +16,10 @@ Errors: a request with bad fields is answered with a typed error under its reque
 connection stays open; anything that is not a request at all (malformed msgpack, a frame over the
 limit, a truncated frame) gets one error frame ``{"type": "error", "error": ...}`` and a close.
 
+Answers are written without a task switch: the driver queues a round's answers on each connection
+and calls :meth:`ClientConnection.flush_replies` once at the end of the round, which writes them
+with one non-blocking ``write``; only what a full socket buffer refuses waits for the writer task.
+
 A request's answer is sent once: a late answer to a request already answered ``timeout`` is
 dropped (each request gets a per-connection internal number, so a reused request id is never
 confused with an old one).
@@ -24,6 +28,7 @@ confused with an old one).
 from __future__ import annotations
 
 import logging
+import os
 from collections import deque
 from typing import Any, Callable
 
@@ -74,6 +79,14 @@ class ClientConnection:
         #: against its cap too: memory per connection stays bounded.
         self._out: deque[tuple[bytes, bool]] = deque()
         self._out_lot = trio.lowlevel.ParkingLot()
+        #: The unwritten rest of a chunk the socket took only part of, and the slots it holds.
+        self._head: bytes | memoryview = b""
+        self._head_slots = 0
+        #: The socket's descriptor while answers may be written to it directly (-1: not, or no more).
+        self._fd = -1
+        #: The socket refused more (EAGAIN): the writer task waits until it is writable.
+        self._blocked = False
+        self._cancel: trio.CancelScope | None = None
         self._reaper_lot = trio.lowlevel.ParkingLot()
         self.closed = False
 
@@ -94,21 +107,79 @@ class ClientConnection:
         self._queue(frame, holds_slot=True)
 
     def _queue(self, frame: bytes, holds_slot: bool = False) -> None:
+        """Queue a frame; it leaves at the next :meth:`flush_replies` (the driver calls it at the end
+        of its round, so answers given together leave in one write)."""
         self._out.append((frame, holds_slot))
+
+    def _answer(self, seq: int, ok: bool, value: Any) -> None:
+        """An answer given here rather than by the driver: queued and flushed at once."""
+        self.on_reply(seq, ok, value)
+        self.flush_replies()
+
+    def flush_replies(self) -> None:
+        """Write queued answers to the socket now, in one write, without waiting; whatever the
+        socket does not take is left to the writer task, which waits until it is writable."""
+        if not self._head and not self._out:
+            return
+        if self._fd < 0 or self._blocked:
+            self._out_lot.unpark_all()
+            return
+        try:
+            if self._write_now():
+                return
+        except OSError:
+            self._broken()
+            return
         self._out_lot.unpark_all()
+
+    def _write_now(self) -> bool:
+        """Write what is queued, up to the socket's room; True when all of it went. Raises OSError
+        on a broken connection. A slot is released once its answer is written completely."""
+        while True:
+            data = self._head
+            if not data:
+                if not self._out:
+                    return True
+                items = list(self._out)
+                self._out.clear()
+                data = b"".join(frame for frame, _ in items) if len(items) > 1 else items[0][0]
+                self._head_slots = sum(1 for _, holds_slot in items if holds_slot)
+            try:
+                written = os.write(self._fd, data)
+            except BlockingIOError:
+                written = 0
+            if written < len(data):
+                self._head = memoryview(data)[written:]
+                self._blocked = True
+                return False
+            self._head = b""
+            for _ in range(self._head_slots):
+                self._slots.release()
+            self._head_slots = 0
+
+    def _broken(self) -> None:
+        self.closed = True
+        self._fd = -1
+        if self._cancel is not None:
+            self._cancel.cancel()
 
     # ------------------------------------------------------------------ tasks
 
     async def run(self) -> None:
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_loop, nursery.cancel_scope)
+                self._cancel = nursery.cancel_scope
+                self._fd = self._stream.socket.fileno()
+                nursery.start_soon(self._write_loop)
                 nursery.start_soon(self._reap_loop)
                 await self._read_loop()
                 await self._drain()
                 nursery.cancel_scope.cancel()
+            # Never write to the descriptor once the stream closes: its number may be reused.
+            self._fd = -1
             await linger_close(self._stream)  # the client may have sent more after a bad frame
         finally:
+            self._fd = -1
             self.closed = True
 
     async def _read_loop(self) -> None:
@@ -133,6 +204,7 @@ class ClientConnection:
             server.protocol_errors += 1
             log.info("node %d: closing a client connection: %s", server.config.node_id, exc)
             self._queue(_encode(error_frame(exc)))
+            self.flush_replies()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
 
@@ -149,6 +221,7 @@ class ClientConnection:
         answer = welcome(server.config.node_id, leader, server.config.cluster_id)
         answer["leader_address"] = server.driver.client_address_of(leader) if leader else None
         self._queue(_encode(answer))
+        self.flush_replies()
 
     async def _on_frame(self, frame: bytes) -> None:
         obj = unpack(frame, size_bytes_max=self._server.config.client_frame_bytes_max)
@@ -158,14 +231,14 @@ class ClientConnection:
             # parse_request raised this only after checking obj is [int request_id, op, body]. The
             # answer takes a slot like any other, so bad requests cannot pile up answers either.
             seq = await self._take_slot(obj[0])
-            self.on_reply(seq, False, exc)
+            self._answer(seq, False, exc)
             return
         seq = await self._take_slot(request.request_id)
         server = self._server
         if server.shutting_down:
-            self.on_reply(seq, False, Unavailable("the node is shutting down; retry on another node"))
+            self._answer(seq, False, Unavailable("the node is shutting down; retry on another node"))
         elif request.op == "status":
-            self.on_reply(seq, True, server.status())
+            self._answer(seq, True, server.status())
         else:
             await server.driver.submit_client(request.op, request.body, (self, seq), len(frame))
 
@@ -184,21 +257,19 @@ class ClientConnection:
         self._reaper_lot.unpark_all()
         return seq
 
-    async def _write_loop(self, cancel: trio.CancelScope) -> None:
+    async def _write_loop(self) -> None:
+        """Writes what :meth:`flush_replies` could not: waits for answers, then for room."""
         try:
             while True:
-                while not self._out:
+                if not self._head and not self._out:
                     await self._out_lot.park()
-                items = list(self._out)
-                self._out.clear()
-                frames = [frame for frame, _ in items]
-                await self._stream.send_all(b"".join(frames) if len(frames) > 1 else frames[0])
-                for _, holds_slot in items:
-                    if holds_slot:
-                        self._slots.release()
+                    continue
+                if self._blocked:
+                    await trio.lowlevel.wait_writable(self._stream.socket)
+                    self._blocked = False
+                self._write_now()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            self.closed = True
-            cancel.cancel()
+            self._broken()
 
     async def _reap_loop(self) -> None:
         while True:
@@ -208,14 +279,14 @@ class ClientConnection:
             if seq in self._inflight:
                 await trio.sleep_until(deadline)
                 if seq in self._inflight:
-                    self.on_reply(seq, False, RequestTimeout(f"no answer within {self._timeout_s:g} s; outcome unknown"))
+                    self._answer(seq, False, RequestTimeout(f"no answer within {self._timeout_s:g} s; outcome unknown"))
             self._deadlines.popleft()
 
     async def _drain(self) -> None:
         """The reader is done (EOF or a protocol error): let in-flight answers and the last frames
         out (bounded by the request timeout), so a half-closing client still gets its answers."""
         with trio.move_on_after(self._timeout_s + FLUSH_TIMEOUT_S):
-            while self._inflight or self._out:
+            while self._inflight or self._out or self._head:
                 await trio.sleep(0.01)
 
 

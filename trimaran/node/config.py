@@ -113,6 +113,20 @@ class NodeConfig:
     write_group_batches_max: int = 1024
     #: How often the writer retries a group refused with ``StorageFullError``.
     storage_full_retry_ms: int = 1_000
+    #: A follower writes and fsyncs a batch of at most this many entry bytes on the driver's own
+    #: thread rather than handing it to the writer thread, when that thread has nothing outstanding
+    #: (so order holds): no thread wake-up either way, and its loop has little to do during the
+    #: fsync, since its acknowledgement needs that fsync anyway. Large batches (heavy load) still go
+    #: to the thread, so that decoding the next appends overlaps the fsync (0: never inline).
+    write_inline_bytes_max: int = 64 * limits.KIB
+    #: The same bound for a leader (0: never, the default). A leader writing inline cannot count
+    #: its followers' acknowledgements until its own fsync returns, so its fsync is always on the
+    #: commit path; on its writer thread, any two of the three fsyncs commit, which measured better
+    #: when the machine is busy (and about 0.2 ms worse per write when it is idle).
+    write_inline_leader_bytes_max: int = 0
+    #: A leader's empty appends that only announce a new commit index wait this long for the next
+    #: append to the same follower, which carries the commit index anyway (0: send at once).
+    commit_notice_delay_ms: int = 5
     storage_map_bytes_initial: int = limits.storage_map_bytes_initial
     storage_map_bytes_max: int = limits.storage_map_bytes_max
     #: Graceful shutdown: wait at most this long for in-flight requests, then for a leadership
@@ -204,6 +218,9 @@ class NodeConfig:
             (self.writes_outstanding_max > 0, "writes_outstanding_max must be positive"),
             (self.write_group_batches_max > 0, "write_group_batches_max must be positive"),
             (self.storage_full_retry_ms > 0, "storage_full_retry_ms must be positive"),
+            (self.write_inline_bytes_max >= 0, "write_inline_bytes_max must be >= 0"),
+            (self.write_inline_leader_bytes_max >= 0, "write_inline_leader_bytes_max must be >= 0"),
+            (self.commit_notice_delay_ms >= 0, "commit_notice_delay_ms must be >= 0"),
             (
                 0 < self.storage_map_bytes_initial <= self.storage_map_bytes_max,
                 "need 0 < storage_map_bytes_initial <= storage_map_bytes_max",

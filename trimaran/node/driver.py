@@ -14,8 +14,22 @@ It does exactly what the pure reference driver does (:class:`trimaran.simulation
 
 One round of the loop: take writer results, deliver the ticks that are due, take a bounded batch of
 inputs (peer messages, client requests), then call ``ready()`` while the Replica has work, and send
-what the round produced in one go (so the transport can encode a message for several peers once).
+what the round produced in one go (so the transport can encode a message for several peers once,
+and write each peer's frames with one call), and flush each client connection's answers once.
 Client commands taken in one round end up in one log entry (the Replica's group proposal).
+
+The round's batches are written after its messages are sent (a leader's appends need not wait for
+its own fsync, thesis §10.2.1), in submission order, in one of two ways:
+
+- handed to the writer thread;
+- or, on a follower (``write_inline_bytes_max``; a leader only if ``write_inline_leader_bytes_max``)
+  and only when the thread has nothing outstanding, written inline on this thread. The batch is
+  then durable before the round ends: its held messages are released and ``on_persisted`` called
+  in the same round, so an append is acknowledged without a thread hand-off either way.
+
+A leader holds back empty appends that only announce a new commit index for up to
+``commit_notice_delay_ms``, and drops them when the next append to that follower carries the same
+commit index (see :meth:`Driver._hold`): with one client that halves the followers' traffic.
 
 Time: ticks come from the monotonic clock (``trio.current_time``); the leader timestamp given to
 ``register``, ``submit`` and ``advance_clock`` (TTLs, session expiry) is wall-clock ``time.time()``
@@ -40,10 +54,11 @@ from trimaran.cluster.replica import Replica, ReplicaReady
 from trimaran.errors import InvalidArgument, NotLeader, StorageFullError, TrimaranError
 from trimaran.node.config import NodeConfig
 from trimaran.node.writer import StorageWriter, WriteResult
-from trimaran.protocols.messages import ConfChange, ConfChangeKind, Membership, Message, Snapshot
+from trimaran.protocols.messages import AppendEntries, ConfChange, ConfChangeKind, Membership, Message, Snapshot
 from trimaran.storage import WriteBatch
 
 log = logging.getLogger("trimaran.node.driver")
+
 
 #: ``ready()`` calls per round; one normally takes everything, the bound keeps a round finite.
 READY_CALLS_PER_ROUND_MAX = 16
@@ -59,7 +74,11 @@ MEMBERSHIP_KINDS = {
 
 
 class ReplyTarget(Protocol):
-    """Whoever asked (a client connection): told the answer to its request ``seq``."""
+    """Whoever asked (a client connection): told the answer to its request ``seq``.
+
+    A target may also have ``flush_replies()``: the driver calls it once at the end of every round
+    in which it answered that target, so answers given together leave together (one write).
+    """
 
     def on_reply(self, seq: int, ok: bool, value: Any) -> None: ...
 
@@ -104,6 +123,19 @@ class Driver:
         self._results: deque[WriteResult] = deque()
         self._pending: deque[_PendingWrite] = deque()
         self._outgoing: list[Message] = []
+        #: Batches of this round, numbered but not yet handed to the writer (sent first, then written).
+        self._unwritten: list[tuple[int, WriteBatch]] = []
+        #: Whoever got answers this round, flushed once at its end (one write per connection).
+        self._answered: dict[int, ReplyTarget] = {}
+        #: Empty appends (commit notices) held back per follower, and until when (see _hold).
+        self._held: dict[int, AppendEntries] = {}
+        self._held_until = float("inf")
+        # Never longer than half a heartbeat interval, which carries the commit index too.
+        self._hold_s = min(config.commit_notice_delay_ms / 1000, config.heartbeat_interval_ticks * config.tick_s / 2)
+        #: The writer's optional same-thread write (StorageWriter.write_inline); None: always hand over.
+        self._write_inline: Callable[[list[WriteBatch]], bool] | None = getattr(writer, "write_inline", None)
+        #: Numbered batches (``_write_seq_submitted`` counts numbers given, so "outstanding" includes
+        #: this round's) and the highest one known durable.
         self._write_seq_submitted = 0
         self._write_seq_durable = 0
         self._next_tick_at = 0.0
@@ -112,6 +144,8 @@ class Driver:
         self.rounds = 0
         self.readies = 0
         self.ticks = 0
+        self.inline_writes = 0
+        self.held_notices_dropped = 0
 
     # ------------------------------------------------------------------ inputs (any task)
 
@@ -147,7 +181,7 @@ class Driver:
             if self._has_work():
                 await trio.lowlevel.checkpoint()  # let connections and peers run between rounds
             else:
-                with trio.move_on_at(self._next_tick_at):
+                with trio.move_on_at(min(self._next_tick_at, self._held_until)):
                     await self._wake.park()
             self._round()
 
@@ -158,7 +192,7 @@ class Driver:
         return bool(
             self._results
             or (self._inbox and not self._backlogged())
-            or trio.current_time() >= self._next_tick_at
+            or trio.current_time() >= min(self._next_tick_at, self._held_until)
             or self.replica.has_ready()
         )
 
@@ -168,13 +202,90 @@ class Driver:
         self._take_ticks()
         if not self._backlogged():
             self._take_inputs()
-        for _ in range(READY_CALLS_PER_ROUND_MAX):
-            if not self.replica.has_ready():
+        if self._held and trio.current_time() >= self._held_until:
+            self._release_held()
+        ready_calls = 0
+        while True:
+            while ready_calls < READY_CALLS_PER_ROUND_MAX and self.replica.has_ready():
+                self._process_ready()
+                ready_calls += 1
+            # Messages and answers leave before the write: a leader's appends need not wait for its
+            # own fsync (thesis §10.2.1), an inline write would hold them back, and the writer
+            # thread, woken earlier, would take the GIL between two sends.
+            self._flush()
+            batches, self._unwritten = self._unwritten, []
+            if not batches:
                 break
-            self._process_ready()
+            if not self._may_write_inline(batches):
+                self._submit(batches)
+                break
+            if not self._write_now(batches):
+                break
+            # Written inline: the after-persist messages are released and on_persisted called, which
+            # may give the Replica more to do (a leader's commit, its answers) in this same round.
+
+    def _flush(self) -> None:
+        """Send this round's messages (one call: each peer gets one write) and flush its answers."""
         if self._outgoing:
             outgoing, self._outgoing = self._outgoing, []
-            self._send(outgoing)
+            if self._hold_s > 0:
+                outgoing = self._hold(outgoing)
+            if outgoing:
+                self._send(outgoing)
+        if self._answered:
+            answered, self._answered = self._answered, {}
+            for target in answered.values():
+                flush = getattr(target, "flush_replies", None)
+                if flush is not None:
+                    flush()
+
+    # ------------------------------------------------------------------ commit notices
+
+    def _hold(self, messages: list[Message]) -> list[Message]:
+        """Hold back empty appends (a leader's commit notices) for up to ``commit_notice_delay_ms``.
+
+        When the commit index advances the core sends every follower an empty AppendEntries, only
+        to tell it the new commit index; with one client that doubles the follower traffic (each
+        notice is also acknowledged). The next append to that follower carries the same commit index
+        with the next entries, so a notice is held, and dropped when a later append to the same
+        follower supersedes it (same term, from no earlier a position, a commit index no lower).
+        Any other message to that follower first releases the notice, in order; so does the delay
+        running out. Holding a message is a network delay to Raft, which tolerates any; nothing
+        here waits on persistence, so "persist before you speak" is untouched.
+        """
+        held = self._held
+        out: list[Message] = []
+        for msg in messages:
+            recipient = msg.recipient
+            if type(msg) is AppendEntries and not msg.entries:
+                old = held.get(recipient)
+                if old is not None and not _supersedes(msg, old):
+                    out.append(old)
+                elif old is not None:
+                    self.held_notices_dropped += 1
+                held[recipient] = msg
+                if self._held_until == float("inf"):
+                    self._held_until = trio.current_time() + self._hold_s
+                continue
+            if held:
+                old = held.pop(recipient, None)
+                if old is not None:
+                    if _supersedes(msg, old):
+                        self.held_notices_dropped += 1
+                    else:
+                        out.append(old)
+                if not held:
+                    self._held_until = float("inf")
+            out.append(msg)
+        return out
+
+    def _release_held(self) -> None:
+        held = list(self._held.values())
+        self._held.clear()
+        self._held_until = float("inf")
+        self._send(held)
+
+    # ------------------------------------------------------------------ durability
 
     def _take_results(self) -> None:
         while self._results:
@@ -190,6 +301,10 @@ class Driver:
                     self._hand_off_leadership()
             else:
                 raise result.error  # fail-stop: durability can no longer be promised
+        self._release_durable()
+
+    def _release_durable(self) -> None:
+        """Ready protocol step 4-5 for every pending Ready whose batch (and every earlier one) is durable."""
         while self._pending and self._pending[0].write_seq <= self._write_seq_durable:
             p = self._pending.popleft()
             self._outgoing.extend(p.after)
@@ -242,15 +357,46 @@ class Driver:
         # With nothing of its own to write, a Ready still waits for every write ahead of it.
         write_seq = self._write_seq_submitted
         if not batch.is_empty():
-            write_seq = self._submit(batch)
+            self._write_seq_submitted += 1
+            write_seq = self._write_seq_submitted
+            self._unwritten.append((write_seq, batch))
         self._pending.append(
             _PendingWrite(write_seq, list(rd.messages_after_persist), rd.persist_index, rd.persist_term, out.local_snapshot)
         )
 
-    def _submit(self, batch: WriteBatch) -> int:
-        self._write_seq_submitted += 1
-        self._writer.submit(self._write_seq_submitted, batch)
-        return self._write_seq_submitted
+    def _submit(self, batches: list[tuple[int, WriteBatch]]) -> None:
+        for seq, batch in batches:
+            self._writer.submit(seq, batch)
+
+    def _write_now(self, batches: list[tuple[int, WriteBatch]]) -> bool:
+        """Write on this thread; True once durable (Readies released). If the writer declines,
+        the batches go to its thread as usual and False is returned."""
+        assert self._write_inline is not None
+        if not self._write_inline([batch for _, batch in batches]):
+            self._submit(batches)
+            return False
+        self.inline_writes += 1
+        self._write_seq_durable = batches[-1][0]
+        self.storage_full = False
+        self._release_durable()
+        return True
+
+    def _may_write_inline(self, batches: list[tuple[int, WriteBatch]]) -> bool:
+        """Write on this thread (no wake-up of the writer thread, none back) when the writer thread
+        has nothing outstanding (so order holds), nothing is a snapshot, and the entries fit this
+        role's bound: a follower only waits for its fsync anyway, while a leader's loop would stop
+        replicating and answering during it, so it keeps the thread for anything but small writes."""
+        if self._write_inline is None or self._write_seq_durable != batches[0][0] - 1:
+            return False
+        cfg = self.config
+        bytes_max = cfg.write_inline_leader_bytes_max if self.replica.raft.role == Role.LEADER else cfg.write_inline_bytes_max
+        size_bytes = 0
+        for _, batch in batches:
+            if batch.snapshot is not None:
+                return False
+            for entry in batch.entries:
+                size_bytes += len(entry.data)
+        return size_bytes <= bytes_max if bytes_max else False
 
     # ------------------------------------------------------------------ client requests
 
@@ -292,7 +438,9 @@ class Driver:
             value = self.not_leader()  # the freshest hint, with the leader's client address
         elif ok and isinstance(value, Membership):
             value = {"voters": list(value.voters), "learners": list(value.learners)}
-        token[0].on_reply(token[1], ok, value)
+        target = token[0]
+        target.on_reply(token[1], ok, value)
+        self._answered[id(target)] = target
 
     # ------------------------------------------------------------------ leadership and shutdown
 
@@ -382,3 +530,14 @@ class Driver:
             },
         }
 
+
+def _supersedes(msg: Message, held: AppendEntries) -> bool:
+    """``msg`` tells the follower everything the held empty append would have: an append of the
+    same term from no earlier a position with a commit index no lower (the follower takes
+    ``min(commit_index, last new index)``, which cannot be lower either)."""
+    return (
+        type(msg) is AppendEntries
+        and msg.term == held.term
+        and msg.prev_index >= held.prev_index
+        and msg.commit_index >= held.commit_index
+    )

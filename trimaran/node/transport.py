@@ -23,6 +23,10 @@ Wire: length-prefixed frames (:mod:`trimaran.protocols.framing`), each holding o
 - Each peer has a bounded send queue (frames and bytes). A frame that does not fit is DROPPED and
   counted: Raft retransmits what is lost, and a slow or dead peer must never block the driver or
   the other peers. Frames queued for a connection that breaks are dropped too (they would be stale).
+- Sending does not wait for a task: :meth:`PeerTransport.send` queues a round's frames, then writes
+  each peer's queue to its socket with one non-blocking ``write`` (:meth:`PeerQueue.flush`). Only
+  what a full socket buffer refuses is left to the connection's task, which waits until the socket
+  is writable. One ``write`` per peer per driver round, and no task switch on the way out.
 - Reconnects back off exponentially with full jitter, so restarted clusters do not reconnect in
   lockstep.
 """
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import random
 from collections import deque
 from typing import Any, Awaitable, Callable, Sequence
@@ -105,7 +110,15 @@ def decode_from_peer(frame: bytes, sender: int, recipient: int) -> Message:
 
 
 class PeerQueue:
-    """A bounded FIFO of encoded frames for one peer that drops (never waits) when full."""
+    """A bounded FIFO of encoded frames for one peer that drops (never waits) when full.
+
+    While a connection is attached (:meth:`attach`), :meth:`flush` writes the queued frames to its
+    socket at once, from whoever calls it (the driver's round, through :meth:`PeerTransport.send`):
+    all frames queued for the peer in one ``write``, and no task switch to a sender task. Only what
+    the socket does not take (its buffer is full) is left for the connection's task, which waits
+    until the socket is writable and flushes again. Bytes leave in queue order: a partly written
+    chunk (``_head``) always goes before any later frame.
+    """
 
     def __init__(self, frames_max: int, bytes_max: int) -> None:
         self._frames: deque[bytes] = deque()
@@ -113,7 +126,16 @@ class PeerQueue:
         self._frames_max = frames_max
         self._bytes_max = bytes_max
         self._lot = trio.lowlevel.ParkingLot()
+        #: The unwritten rest of a chunk the socket took only part of (goes out first).
+        self._head: bytes | memoryview = b""
+        #: The attached connection's socket file descriptor (-1: none).
+        self._fd = -1
+        #: The socket refused more (EAGAIN): leave the next write to the task that waits for it.
+        self.blocked = False
         self.dropped_frames = 0
+        #: Frames handed to the socket, and write calls that did it.
+        self.sent_frames = 0
+        self.writes = 0
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -124,13 +146,17 @@ class PeerQueue:
             return False
         self._frames.append(frame)
         self._bytes += len(frame)
-        self._lot.unpark_all()
+        if self._fd < 0:
+            self._lot.unpark_all()
         return True
 
     async def take(self, bytes_max: int = SEND_CHUNK_BYTES_MAX) -> list[bytes]:
         """Wait for at least one frame; return queued frames up to ``bytes_max`` (at least one)."""
         while not self._frames:
             await self._lot.park()
+        return self._take_now(bytes_max)
+
+    def _take_now(self, bytes_max: int) -> list[bytes]:
         out = [self._frames.popleft()]
         size = len(out[0])
         while self._frames and size + len(self._frames[0]) <= bytes_max:
@@ -140,10 +166,64 @@ class PeerQueue:
         self._bytes -= size
         return out
 
+    @property
+    def pending(self) -> bool:
+        """Bytes wait to be written (queued frames or the rest of a chunk)."""
+        return bool(self._head) or bool(self._frames)
+
+    def attach(self, fd: int) -> None:
+        """Write to this (non-blocking, connected, handshaken) socket from now on."""
+        self._fd = fd
+        self.blocked = False
+
+    def detach(self) -> None:
+        """The connection is going away: write nothing more to its descriptor (it may be reused)."""
+        self._fd = -1
+        self.blocked = False
+
+    @property
+    def attached(self) -> bool:
+        return self._fd >= 0
+
+    def flush(self) -> bool:
+        """Write what is queued to the attached socket without waiting; True when all of it went.
+
+        Raises ``OSError`` when the connection is broken (the caller drops the connection).
+        """
+        fd = self._fd
+        if fd < 0:
+            return False
+        while True:
+            data = self._head
+            if not data:
+                if not self._frames:
+                    return True
+                frames = self._take_now(SEND_CHUNK_BYTES_MAX)
+                data = b"".join(frames) if len(frames) > 1 else frames[0]
+                self.sent_frames += len(frames)
+            try:
+                written = os.write(fd, data)
+            except BlockingIOError:
+                written = 0
+            self.writes += 1
+            if written < len(data):
+                self._head = memoryview(data)[written:]
+                self.blocked = True
+                return False
+            self._head = b""
+
+    async def wait_pending(self) -> None:
+        """Park until frames are pushed (or :meth:`wake` is called)."""
+        await self._lot.park()
+
+    def wake(self) -> None:
+        self._lot.unpark_all()
+
     def clear(self) -> None:
         self.dropped_frames += len(self._frames)
         self._frames.clear()
         self._bytes = 0
+        self._head = b""
 
 
 class PeerTransport:
@@ -156,10 +236,10 @@ class PeerTransport:
         self._queues = {
             p.node_id: PeerQueue(config.peer_queue_frames_max, config.peer_queue_bytes_max) for p in config.peers
         }
+        self._pump_scopes: dict[int, trio.CancelScope] = {}
         self._inbound = 0
         self.address: Address | None = None
         #: Counters (reported by the status op).
-        self.frames_sent = 0
         self.frames_received = 0
         self.connections_refused = 0
         self.unknown_recipient_messages = 0
@@ -168,13 +248,26 @@ class PeerTransport:
     def dropped_frames(self) -> dict[int, int]:
         return {n: q.dropped_frames for n, q in self._queues.items()}
 
+    @property
+    def frames_sent(self) -> int:
+        return sum(q.sent_frames for q in self._queues.values())
+
+    @property
+    def socket_writes(self) -> int:
+        """Write calls on peer connections (frames are joined per peer and round)."""
+        return sum(q.writes for q in self._queues.values())
+
     # ------------------------------------------------------------------ sending
 
     def send(self, msgs: Sequence[Message]) -> None:
-        """Queue messages for their recipients. Never blocks; full queues drop."""
+        """Queue messages for their recipients and write each peer's frames to its connection in one
+        go. Never blocks; full queues drop."""
         cache: dict[tuple[Any, ...], bytes] = {}
+        queues = self._queues
+        touched: list[int] = []
         for msg in msgs:
-            q = self._queues.get(msg.recipient)
+            recipient = msg.recipient
+            q = queues.get(recipient)
             if q is None:
                 self.unknown_recipient_messages += 1
                 continue
@@ -184,7 +277,26 @@ class PeerTransport:
                 frame = encode_for_peer(msg)
                 if key is not None:
                     cache[key] = frame
-            q.push(frame)
+            if q.push(frame) and recipient not in touched:
+                touched.append(recipient)
+        for peer_id in touched:
+            self._flush(peer_id, queues[peer_id])
+
+    def _flush(self, peer_id: int, q: PeerQueue) -> None:
+        """Write ``q`` now if its connection is up and writable; else leave it to the connection's task."""
+        if not q.attached or q.blocked:
+            return
+        try:
+            if q.flush():
+                return
+        except OSError as exc:
+            log.debug("node %d: connection to peer %d broke: %s", self._node_id, peer_id, exc)
+            q.detach()
+            scope = self._pump_scopes.get(peer_id)
+            if scope is not None:
+                scope.cancel()
+            return
+        q.wake()  # the socket is full: the connection's task waits until it is writable
 
     # ------------------------------------------------------------------ serving
 
@@ -222,18 +334,29 @@ class PeerTransport:
             backoff_ms = min(backoff_ms * 2, cfg.peer_reconnect_ms_max)
 
     async def _pump(self, peer_id: int, stream: trio.SocketStream, q: PeerQueue) -> None:
-        """Handshake, then send queued frames until the connection breaks."""
+        """Handshake, then send queued frames until the connection breaks.
+
+        After the handshake the queue writes to the socket itself (:meth:`PeerQueue.flush`, called
+        from :meth:`send`); this task only writes what was queued before, and what the socket
+        refused, once it is writable.
+        """
 
         async def send_loop(cancel: trio.CancelScope) -> None:
             try:
                 hello = peer_hello(self._config.cluster_id, self._node_id, peer_id)
                 await stream.send_all(encode_frame(pack(hello)))
+                q.attach(stream.socket.fileno())
                 while True:
-                    frames = await q.take()
-                    await stream.send_all(b"".join(frames) if len(frames) > 1 else frames[0])
-                    self.frames_sent += len(frames)
+                    if not q.pending:
+                        await q.wait_pending()
+                        continue
+                    if q.blocked:
+                        await trio.lowlevel.wait_writable(stream.socket)
+                        q.blocked = False
+                    q.flush()
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 log.debug("node %d: connection to peer %d broke: %s", self._node_id, peer_id, exc)
+            q.detach()
             cancel.cancel()
 
         async def watch_close(cancel: trio.CancelScope) -> None:
@@ -249,9 +372,13 @@ class PeerTransport:
 
         try:
             async with trio.open_nursery() as nursery:
+                self._pump_scopes[peer_id] = nursery.cancel_scope
                 nursery.start_soon(send_loop, nursery.cancel_scope)
                 nursery.start_soon(watch_close, nursery.cancel_scope)
         finally:
+            # Never write to this descriptor again: once closed, its number may name another socket.
+            q.detach()
+            self._pump_scopes.pop(peer_id, None)
             await trio.aclose_forcefully(stream)
 
     # ------------------------------------------------------------------ receiving

@@ -14,6 +14,12 @@ submitted and reported back in that order, which is what :mod:`trimaran.cluster.
 Results go back to the trio thread with ``TrioToken.run_sync_soon`` (thread-safe, non-blocking),
 so the writer never waits for the event loop before starting the next group.
 
+Inline writes: :meth:`StorageWriter.write_inline` lets the driver write a small group on its own
+thread when this thread has nothing outstanding, which saves a wake-up each way (the queue, then
+``run_sync_soon``): on this path a follower's append goes from the socket to the fsync and back to
+the socket without a thread switch. LMDB requires a write transaction to begin and end on one
+thread, and one write transaction at a time; a lock around every ``storage.write`` gives both.
+
 ``StorageFullError`` is not fatal: the refused group is kept and retried, ahead of anything newer,
 every ``retry_ms``; the driver is told so it can refuse new client writes meanwhile. Any other
 storage error is fatal for the node (it cannot promise durability any more): it is reported and
@@ -75,9 +81,24 @@ class StorageWriter:
         self._boot: BootState | None = None
         self._boot_error: BaseException | None = None
         self._closed = trio.Event()
-        #: Counters for status/metrics: groups written and batches in them.
-        self.groups_written = 0
-        self.batches_written = 0
+        #: Held by whoever writes to the store (this thread or an inline write): one at a time.
+        self._store_lock = threading.Lock()
+        #: The open store (None before it is open and once it is closed).
+        self._storage: LmdbStorage | None = None
+        self._stopping = False
+        #: Counters for status/metrics: groups written and batches in them (by the thread, inline).
+        self._thread_groups = 0
+        self._thread_batches = 0
+        self.inline_groups = 0
+        self._inline_batches = 0
+
+    @property
+    def groups_written(self) -> int:
+        return self._thread_groups + self.inline_groups
+
+    @property
+    def batches_written(self) -> int:
+        return self._thread_batches + self._inline_batches
 
     async def start(self) -> BootState:
         """Start the thread; it opens the store and reads it back. Raises what opening raised."""
@@ -96,10 +117,37 @@ class StorageWriter:
         """Queue a batch; ``seq`` must increase by one per call. Never blocks."""
         self._queue.put((seq, batch))
 
+    def write_inline(self, batches: list[WriteBatch]) -> bool:
+        """Write ``batches`` as one group (one transaction, one fsync) on the calling thread; True
+        once they are durable.
+
+        The caller must have nothing outstanding with the thread (every submitted batch reported
+        durable), or order would break. False means nothing was written: the store is not open, the
+        thread is writing, or the write failed; the caller then submits the batches as usual, and
+        the thread retries and reports (a full store is retried, anything else is fatal there).
+        """
+        if self._storage is None or self._stopping or not self._store_lock.acquire(blocking=False):
+            return False
+        try:
+            storage = self._storage
+            if storage is None:
+                return False
+            try:
+                storage.write(batches)
+            except Exception as exc:  # noqa: BLE001 - the thread retries and reports it
+                log.info("inline write failed (%r); handing it to the writer thread", exc)
+                return False
+        finally:
+            self._store_lock.release()
+        self.inline_groups += 1
+        self._inline_batches += len(batches)
+        return True
+
     async def stop(self) -> None:
         """Write what is queued, close the store, end the thread. Safe to call more than once."""
         if self._thread is None:
             return
+        self._stopping = True
         self._queue.put(_STOP)
         await self._closed.wait()
 
@@ -127,11 +175,14 @@ class StorageWriter:
             self._call_soon(self._set_boot, None, exc)
             self._call_soon(self._closed.set)
             return
+        self._storage = storage
         self._call_soon(self._set_boot, boot, None)
         try:
             self._loop(storage)
         finally:
-            storage.close()
+            with self._store_lock:
+                self._storage = None
+                storage.close()
             self._call_soon(self._closed.set)
 
     def _take(self, held: bool) -> tuple[list[tuple[int, WriteBatch]], bool]:
@@ -159,7 +210,8 @@ class StorageWriter:
             group = held + new
             if group:
                 try:
-                    storage.write([batch for _, batch in group])
+                    with self._store_lock:
+                        storage.write([batch for _, batch in group])
                 except StorageFullError as exc:
                     held = group
                     log.error("storage full: %s; retrying every %.1f s", exc, self._retry_s)
@@ -170,8 +222,8 @@ class StorageWriter:
                     return
                 else:
                     held = []
-                    self.groups_written += 1
-                    self.batches_written += len(group)
+                    self._thread_groups += 1
+                    self._thread_batches += len(group)
                     self._call_soon(self._on_result, WriteResult(group[-1][0]))
             if stopping and (held or self._queue.empty()):
                 # A held (refused) group is given up on stop: it was never acknowledged to anyone.
