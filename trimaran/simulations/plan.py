@@ -294,7 +294,7 @@ def smaller_plans(plan: FaultPlan) -> Iterator[FaultPlan]:
     one that still fails, then asks again)."""
     faults = plan.faults
     # Drop chunks of faults: halves, quarters, ... single faults (ddmin-style).
-    size = len(faults) // 2
+    size = max(1, len(faults) // 2) if faults else 0
     while size >= 1:
         for start in range(0, len(faults), size):
             yield replace(plan, faults=faults[:start] + faults[start + size :])
