@@ -253,8 +253,10 @@ class ClientConnection:
         self._next_seq += 1
         seq = self._next_seq
         self._inflight[seq] = request_id
-        self._deadlines.append((trio.current_time() + self._timeout_s, seq))
-        self._reaper_lot.unpark_all()
+        deadlines = self._deadlines
+        deadlines.append((trio.current_time() + self._timeout_s, seq))
+        if len(deadlines) == 1:
+            self._reaper_lot.unpark_all()  # it parks only while there is no deadline at all
         return seq
 
     async def _write_loop(self) -> None:

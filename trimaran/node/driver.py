@@ -120,6 +120,11 @@ class Driver:
         self._inbox: deque[tuple[Any, ...]] = deque()
         self._inbox_space = trio.lowlevel.ParkingLot()
         self._wake = trio.lowlevel.ParkingLot()
+        #: The loop is parked on ``_wake`` (waking it is only needed then: it checks for work
+        #: before it parks, and nothing runs between that check and the park).
+        self._parked = False
+        #: Producers waiting for inbox space.
+        self._inbox_waiters = 0
         self._results: deque[WriteResult] = deque()
         self._pending: deque[_PendingWrite] = deque()
         self._outgoing: list[Message] = []
@@ -152,7 +157,8 @@ class Driver:
     def on_write_result(self, result: WriteResult) -> None:
         """Called on the trio thread (via run_sync_soon) by the writer."""
         self._results.append(result)
-        self._wake.unpark_all()
+        if self._parked:
+            self._wake.unpark_all()
 
     async def deliver_peer(self, msg: Message) -> None:
         """A message from a peer; waits while the inbox is full (backpressure on that connection)."""
@@ -164,9 +170,14 @@ class Driver:
 
     async def _put(self, item: tuple[Any, ...]) -> None:
         while len(self._inbox) >= self.config.driver_inbox_items_max:
-            await self._inbox_space.park()
+            self._inbox_waiters += 1
+            try:
+                await self._inbox_space.park()
+            finally:
+                self._inbox_waiters -= 1
         self._inbox.append(item)
-        self._wake.unpark_all()
+        if self._parked:
+            self._wake.unpark_all()
 
     def wake(self) -> None:
         self._wake.unpark_all()
@@ -181,8 +192,12 @@ class Driver:
             if self._has_work():
                 await trio.lowlevel.checkpoint()  # let connections and peers run between rounds
             else:
-                with trio.move_on_at(min(self._next_tick_at, self._held_until)):
-                    await self._wake.park()
+                self._parked = True
+                try:
+                    with trio.move_on_at(min(self._next_tick_at, self._held_until)):
+                        await self._wake.park()
+                finally:
+                    self._parked = False
             self._round()
 
     def _backlogged(self) -> bool:
@@ -337,7 +352,8 @@ class Driver:
                 self.replica.step(item[1])
             else:
                 self._on_client(item[1], item[2], item[3], item[4])
-        self._inbox_space.unpark_all()
+        if self._inbox_waiters:
+            self._inbox_space.unpark_all()
 
     def _process_ready(self) -> None:
         out: ReplicaReady = self.replica.ready()
