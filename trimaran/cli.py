@@ -24,7 +24,7 @@ def main() -> None:
 @click.option("--seed", type=int, help="Run one seed: one summary line; exit 1 if it fails.")
 @click.option("--seeds", "seed_range", metavar="A..B", help="Run seeds A to B (both included) and print a table.")
 @click.option("--nodes", type=click.IntRange(1, 15), default=5, show_default=True)
-@click.option("--sim-seconds", type=click.FloatRange(min=1.0), default=300.0, show_default=True)
+@click.option("--sim-seconds", type=click.FloatRange(min=20.0), default=300.0, show_default=True)
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes for --seeds.")
 @click.option("--mutant", "mutants", multiple=True, metavar="NAME", help="Plant a bug (see --list-mutants); repeatable.")
 @click.option("--list-mutants", is_flag=True, help="List the planted bugs and exit.")

@@ -43,6 +43,9 @@ from trimaran.storage.memory import MemoryStorage
 
 EV_TICK, EV_DELIVER, EV_SYNC, EV_REQUEST, EV_REPLY, EV_TIMER, EV_FAULT, EV_CALL = range(8)
 
+#: Shortest run that leaves room for faults, a heal, an election and the final reads.
+SIM_SECONDS_MIN = 20.0
+
 #: Event rate (per simulated second) that means a livelock: three times the busiest run seen.
 STORM_EVENTS_PER_S = 20_000
 STORM_EVENTS_MIN = 4_000
@@ -94,6 +97,9 @@ class SimConfig:
             raise ValueError(f"unknown mutants: {', '.join(unknown)}")
         if not 1 <= self.nodes <= 15:
             raise ValueError("nodes must be between 1 and 15")
+        if self.sim_seconds < SIM_SECONDS_MIN:
+            # Faults, a heal, an election and the final reads need this much simulated time.
+            raise ValueError(f"sim_seconds must be at least {SIM_SECONDS_MIN}")
 
     @property
     def end_us(self) -> int:
@@ -331,6 +337,7 @@ class Simulation:
         slot = self.slots[node_id]
         if life != slot.life:
             return  # the tick chain of an earlier lifetime
+        self._trace.append(node_id)
         self.schedule(self.now_us + max(1, int(slot.interval_us * slot.rate)), EV_TICK, node_id, life)
         if slot.paused:
             slot.missed_ticks += 1
@@ -361,6 +368,7 @@ class Simulation:
         slot = self.slots[node_id]
         if life != slot.life:
             return
+        self._trace.append(node_id)
         if slot.paused:
             slot.inbox.append((EV_SYNC, life))
             return

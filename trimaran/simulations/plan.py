@@ -118,6 +118,8 @@ class Weather:
 
 @dataclass(frozen=True, slots=True)
 class FaultPlan:
+    """The weather of a run and its faults in time order (what a seed draws, a shrink reduces)."""
+
     weather: Weather = field(default_factory=Weather)
     faults: tuple[Fault, ...] = ()
 

@@ -16,6 +16,8 @@ from trimaran.simulations.workload import draw_workload
 
 @dataclass(frozen=True, slots=True)
 class RunResult:
+    """What one run did and whether every checker passed; equal runs give equal results."""
+
     seed: int
     nodes: int
     sim_seconds: float

@@ -17,6 +17,8 @@ from trimaran.simulations.run import RunResult, plan_for, run_seed
 
 @dataclass(frozen=True, slots=True)
 class ShrinkResult:
+    """The failing run, the smallest failing run found from it, and how many runs that took."""
+
     original: RunResult
     #: The smallest failing run found (the original if nothing smaller fails).
     shrunk: RunResult

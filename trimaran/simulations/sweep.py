@@ -26,6 +26,8 @@ def parse_seed_range(text: str) -> range:
 
 @dataclass(frozen=True, slots=True)
 class SweepSpec:
+    """What every run of a sweep shares (the seeds vary)."""
+
     nodes: int = 5
     sim_seconds: float = 300.0
     mutants: tuple[str, ...] = ()

@@ -23,6 +23,8 @@ STATES_PER_KEY_MAX = 2_000_000
 
 def final_checks(sim: Simulation) -> None:
     """Raise :class:`CheckFailure` for the first end-of-run property that does not hold."""
+    # Raft's invariants ran after every Ready; once more over every live node, together.
+    sim.invariants.check((n, slot.sim.replica.raft) for n, slot in sim.slots.items() if slot.sim.up)
     check_liveness(sim)
     check_durability(sim)
     check_replicas_agree(sim)
