@@ -74,16 +74,35 @@ class SimNetwork:
 
     def send(self, msg: Any, now_us: int) -> None:
         """Send one Raft message: it is delivered zero, one or two times, later."""
+        # The hot path of the simulator (one call per message): the common case, no link fault
+        # and no flaky node, is inlined; it draws from the rng exactly as lost() and latency_us().
         self.sent_count += 1
+        if self.link_faults or self.flaky_loss:
+            self._send_faulty(msg, now_us)
+            return
+        rng = self.rng
+        if self.loss and rng.random() < self.loss:
+            self.dropped_count += 1
+            return
+        latency = self.delay_us
+        if self.jitter_us:
+            latency += int(rng.random() * self.jitter_us)
+        if self.tail and rng.random() < self.tail:
+            latency += int(rng.random() * self.tail_us)
+        self._deliver_at(now_us + latency, msg)
+        if self.dup and rng.random() < self.dup:
+            self.duplicated_count += 1
+            self._deliver_at(now_us + self.latency_us(), msg)
+
+    def _send_faulty(self, msg: Any, now_us: int) -> None:
         sender, recipient = msg.sender, msg.recipient
-        if self.link_faults:
-            key = sender << 8 | recipient
-            if key in self._blocked:
-                self.dropped_count += 1
-                return
-            if key in self._clogged:
-                self._held[key].append(msg)
-                return
+        key = sender << 8 | recipient
+        if key in self._blocked:
+            self.dropped_count += 1
+            return
+        if key in self._clogged:
+            self._held[key].append(msg)
+            return
         if self.lost(sender, recipient):
             self.dropped_count += 1
             return
