@@ -45,3 +45,11 @@ def test_ci_sweep_300_seeds_5_nodes_60_seconds() -> None:
     jobs = min(2, os.cpu_count() or 1)
     results = sweep(CI_SEEDS, SweepSpec(nodes=5, sim_seconds=CI_SIM_SECONDS), jobs=jobs)
     assert _failures(results) == []
+
+
+@pytest.mark.slow
+def test_ci_long_runs_30_seeds_300_seconds() -> None:
+    """Long histories: sessions, snapshots and faults pile up over 300 simulated seconds."""
+    jobs = min(2, os.cpu_count() or 1)
+    results = sweep(range(1001, 1031), SweepSpec(nodes=5, sim_seconds=300.0), jobs=jobs)
+    assert _failures(results) == []
