@@ -9,9 +9,13 @@ Persist-before-speak holds by construction: SimNode releases a Ready's ``message
 only when its batch syncs, and a crash between write and sync loses both.
 
 Timeline of a run: faults from the plan until ``heal_us``; then every fault heals (except failed
-disks, which are permanent) and a functional leader must appear within 10
-election timeouts; clients stop issuing at ``stop_us``, a final reader reads every key, and the
-run ends when it is done (or at ``end_us``, which is a liveness failure).
+disks, which are permanent) and a functional leader must appear within 10 election timeouts;
+clients stop issuing at ``stop_us``, a final reader reads every key, every member must catch up
+with the leader, and the run ends then (reaching ``end_us`` first is a liveness failure).
+
+Checks run as the run goes: Raft's invariants and the protocol rules (:mod:`.rules`) after every
+Ready, exactly-once on every application, an event-rate alarm for livelocks; the rest at the end
+(:mod:`.verdict`). The first failure stops the run and is kept in :attr:`Simulation.failure`.
 """
 
 from __future__ import annotations
