@@ -8,7 +8,7 @@ limits the node enforces, so an oversized key fails fast with ``TooLarge`` and n
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trimaran import limits
 from trimaran.errors import InvalidArgument, ProtocolError, TooLarge
@@ -46,13 +46,13 @@ def check_value(value: BytesLike) -> bytes:
 class RegisterMethods:
     """``set``/``get``/``cas``/``delete``/``incr`` on the register service."""
 
-    async def command(self, service: str, command: Any, *, timeout_ms: int | None = None) -> Any:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by the client class this mixes into
 
-    async def read(
-        self, service: str, query: Any, consistency: str = "linearizable", *, timeout_ms: int | None = None
-    ) -> Any:
-        raise NotImplementedError
+        async def command(self, service: str, command: Any, *, timeout_ms: int | None = None) -> Any: ...
+
+        async def read(
+            self, service: str, query: Any, consistency: str = "linearizable", *, timeout_ms: int | None = None
+        ) -> Any: ...
 
     async def set(self, key: BytesLike, value: BytesLike, *, timeout_ms: int | None = None) -> None:
         """Store ``value`` under ``key``; returns once the write is committed on a majority and applied."""
