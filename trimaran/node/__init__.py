@@ -4,8 +4,10 @@ Modules, one job each:
 
 - :mod:`~trimaran.node.config` — ``NodeConfig`` (identity, addresses, peers, bounds) and ``validate()``;
 - :mod:`~trimaran.node.driver` — the task that owns the Replica and runs the Ready protocol;
-- :mod:`~trimaran.node.writer` — the one OS thread that owns LMDB and does group commit;
-- :mod:`~trimaran.node.transport` — peer TCP: handshake, limits, drop-when-full queues, reconnects;
+- :mod:`~trimaran.node.writer` — the LMDB writer thread (group commit), and the small inline writes a
+  follower makes on the driver's thread when that thread is idle;
+- :mod:`~trimaran.node.transport` — peer TCP: handshake, limits, drop-when-full queues written
+  straight from the driver's round, reconnects;
 - :mod:`~trimaran.node.client_server` — the client port (:mod:`trimaran.protocols.client_protocol`);
 - :mod:`~trimaran.node.node` — wires them together; graceful shutdown; the process entry point;
 - :mod:`~trimaran.node.local_cluster` — ``trimaran up``: supervised local node processes;
