@@ -128,7 +128,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.store: NodeStorage = self.open_store()
 
     def open_store(self) -> NodeStorage:
-        raise NotImplementedError
+        """Open this implementation's store (each subclass says how)."""
 
     def check(self, model: Model) -> None:
         store = self.store
@@ -190,7 +190,7 @@ class StoreMachine(RuleBasedStateMachine):
             assert b"".join(self.store.snapshot_chunks(64)) == boot.snapshot.data
 
     def restart(self) -> None:
-        raise NotImplementedError
+        """Restart as this implementation does: LMDB closes and reopens, the twin crashes after a sync."""
 
 
 class LmdbMachine(StoreMachine):
