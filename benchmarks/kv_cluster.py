@@ -41,7 +41,6 @@ import pstats
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -63,6 +62,7 @@ from trimaran.protocols.codec import pack, unpack  # noqa: E402
 from trimaran.protocols.service import ApplyContext  # noqa: E402
 from trimaran.services.kv import ENTRY_OVERHEAD_BYTES, KvService  # noqa: E402
 from trimaran.services.kv_args import mset_keys_max  # noqa: E402
+from tests.client.real_cluster import free_ports  # noqa: E402  (one port picker for tests and benchmarks)
 
 ETCD_SH = ROOT.parent / "shared" / "peers" / "etcd.sh"
 REDIS_SH = ROOT.parent / "shared" / "peers" / "redis.sh"
@@ -95,17 +95,6 @@ class Result:
 
 
 # --- the trimaran cluster ------------------------------------------------------------------------
-
-
-def free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def stop_pid(proc: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:

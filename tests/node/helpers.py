@@ -7,7 +7,6 @@ msgpack, so these tests check the server against the protocol text, not against 
 from __future__ import annotations
 
 import contextlib
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
@@ -21,14 +20,14 @@ from trimaran.protocols.client_protocol import hello
 from trimaran.protocols.codec import pack, unpack
 from trimaran.protocols.framing import FrameDecoder, encode_frame
 
+from tests.client.real_cluster import free_ports
+
 HOST = "127.0.0.1"
 
 
 def free_port() -> int:
     """A loopback port nobody listens on right now (bind port 0, read it, release it)."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
 
 
 def cluster_configs(root: Path, size: int = 3, **overrides: Any) -> list[NodeConfig]:

@@ -145,10 +145,8 @@ def _int64(value: Any, what: str) -> int:
 
 
 def _prefix(prefix: BytesLike) -> bytes:
-    data = to_bytes(prefix, "prefix")
-    if len(data) > limits.key_bytes_max:
-        raise TooLarge(f"prefix of {len(data)} bytes is over key_bytes_max={limits.key_bytes_max}")
-    return data
+    """A key prefix: checked as a key, except that the empty prefix (every key) is allowed."""
+    return b"" if to_bytes(prefix, "prefix") == b"" else check_key(prefix)
 
 
 def _page_size(n: Any, what: str) -> int:
