@@ -1,46 +1,12 @@
-"""The simulator's own checkers: the register model agrees with the service, exactly-once and the
-durable-term rule fire when they should."""
+"""The simulator's own checkers: exactly-once, outcome agreement and the durable-term rule fire
+when they should (the KV model has its own tests in test_kv_model.py)."""
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
-from trimaran.protocols.service import ApplyContext
-from trimaran.errors import InvalidArgument
-from trimaran.services.register import RegisterService
-from trimaran.simulations.checkers import INVALID, CheckFailure, ExactlyOnce, RegisterServiceModel, SimInvariants
+from trimaran.simulations.checkers import CheckFailure, ExactlyOnce, SimInvariants
 from trimaran.simulations.invariants import InvariantViolation
-
-
-def test_model_matches_the_register_service() -> None:
-    """Random commands on one key: the model's output and state track the service's exactly."""
-    rng = random.Random(7)
-    model = RegisterServiceModel()
-    for _ in range(200):
-        service, state = RegisterService(), model.init()
-        for step in range(30):
-            kind = rng.choice(["get", "set", "cas", "delete", "incr"])
-            value = rng.choice([b"1", b"41", b"x", b"-3", b"9223372036854775806", None])
-            args: tuple[object, ...] = {
-                "get": (),
-                "set": (value or b"0",),
-                "cas": (value, rng.choice([b"5", b"y"])),
-                "delete": (),
-                "incr": (rng.randint(-3, 3),),
-            }[kind]
-            state, expected = model.step(state, kind, args)
-            ctx = ApplyContext(step + 1, 0)
-            if kind == "get":
-                got = service.query(["get", b"k"], ctx)
-            else:
-                try:
-                    got = service.apply([kind, b"k", *args], ctx)
-                except InvalidArgument:
-                    got = INVALID
-            assert got == expected, (kind, args)
-            assert service.data.get(b"k") == state
 
 
 def test_exactly_once_flags_a_second_position() -> None:
@@ -51,6 +17,14 @@ def test_exactly_once_flags_a_second_position() -> None:
     a(10, 0, 7, 1, "register", ["set", b"k", b"1"], ("ok", None))  # re-applied after a restart: fine
     with pytest.raises(CheckFailure, match="already applied at entry 10"):
         b(12, 1, 7, 1, "register", ["set", b"k", b"1"], ("ok", None))
+
+
+def test_exactly_once_flags_replicas_that_disagree_on_an_outcome() -> None:
+    checker = ExactlyOnce()
+    a, b = checker.observer(1), checker.observer(2)
+    a(10, 0, 7, 1, "kv", ["incr", b"k", 1], ("ok", [1, 10]))
+    with pytest.raises(CheckFailure, match="replicas_diverge"):
+        b(10, 0, 7, 1, "kv", ["incr", b"k", 1], ("ok", [5, 10]))
 
 
 def test_durable_term_never_goes_back() -> None:

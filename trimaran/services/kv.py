@@ -124,8 +124,15 @@ query_result_bytes_max_ceiling = limits.frame_bytes_max // 2
 #: smallest per-key record CPython offers (no per-key dict); writes replace it whole.
 Entry = tuple[bytes, int, int]
 
+#: Planted bugs for the simulator's mutation tests (``trimaran simulate --mutant NAME``): each breaks
+#: "services agree because the log decides" in a way a real cache might. Never on in a node.
+KV_MUTANTS = {
+    "ttl_local_clock": "kv expiry is decided by each replica's own clock instead of the log's timestamps",
+    "eviction_per_replica": "kv reads count as uses in the LRU order of the replica that serves them",
+}
+
 #: Canonical decimal int64 text: no "+", no leading zeros, no "-0", at most 19 digits.
-_INT64_TEXT = re.compile(rb"0|-?[1-9][0-9]{0,18}")
+INT64_TEXT = re.compile(rb"0|-?[1-9][0-9]{0,18}")
 
 assert watch_history_bytes_max_ceiling >= event_bytes(b"k" * limits.key_bytes_max, b"v" * limits.value_bytes_max)
 
@@ -136,7 +143,7 @@ def entry_bytes(key: bytes, value: bytes) -> int:
 
 
 def _parse_int64(key: bytes, value: bytes) -> int:
-    if not _INT64_TEXT.fullmatch(value):
+    if not INT64_TEXT.fullmatch(value):
         raise InvalidArgument(f"the value of {key!r:.80} is not a decimal int64", key=key)
     number = int(value)
     if not args.INT64_MIN <= number <= args.INT64_MAX:
@@ -158,7 +165,14 @@ class KvService:
         scan_limit_max: int = 1_000,
         watch_limit_max: int = 1_000,
         query_result_bytes_max: int = 8 * limits.MIB,
+        mutants: frozenset[str] = frozenset(),
+        local_clock_ms: Callable[[], int] | None = None,
     ) -> None:
+        """``mutants`` (names from :data:`KV_MUTANTS`) and ``local_clock_ms`` (the replica's own
+        clock, which only the ``ttl_local_clock`` mutant reads) exist for the simulator alone."""
+        unknown = sorted(mutants - KV_MUTANTS.keys())
+        if unknown or (("ttl_local_clock" in mutants) != (local_clock_ms is not None)):
+            raise ConfigError(f"kv mutants {unknown or sorted(mutants)}: unknown, or ttl_local_clock without its clock")
         _check_config(
             maxmemory_bytes, eviction_policy, watch_history_max, watch_history_bytes_max,
             scan_limit_max, watch_limit_max, query_result_bytes_max,
@@ -181,6 +195,8 @@ class KvService:
         self._expired_total = 0
         self._evicted_total = 0
         self._watch = WatchWindow(watch_history_max, watch_history_bytes_max)
+        self._local_clock_ms = local_clock_ms
+        self._reads_touch = "eviction_per_replica" in mutants
         self._commands: dict[type, Callable[[Any, ApplyContext], Any]] = {
             args.SetCmd: self._set,
             args.DeleteCmd: self._delete,
@@ -204,12 +220,16 @@ class KvService:
         ``ConditionFailed`` or ``OutOfMemory`` having changed nothing."""
         assert ctx.index >= 1 and ctx.index >= self._revision, "log indexes only grow"
         cmd = args.parse_command(command)
+        if self._local_clock_ms is not None:
+            ctx = ApplyContext(ctx.index, self._local_clock_ms())  # the ttl_local_clock mutant
         # The Replica calls on_time first; purging here too keeps apply correct on its own.
         self._expire_due(ctx)
         return self._commands[type(cmd)](cmd, ctx)
 
     def on_time(self, ctx: ApplyContext) -> None:
         """Purge every key whose ``expires_at_ms`` is at or before this entry's timestamp."""
+        if self._local_clock_ms is not None:
+            ctx = ApplyContext(ctx.index, self._local_clock_ms())  # the ttl_local_clock mutant
         self._expire_due(ctx)
 
     def next_deadline_ms(self) -> int | None:
@@ -218,6 +238,10 @@ class KvService:
     def query(self, query: Any, ctx: ApplyContext) -> Any:
         """Answer a read-only query at log time ``ctx.timestamp_ms``; never changes state."""
         q = args.parse_query(query)
+        if self._local_clock_ms is not None:
+            ctx = ApplyContext(ctx.index, self._local_clock_ms())  # the ttl_local_clock mutant
+        if self._reads_touch and type(q) is args.GetQuery and q.key in self._data:
+            self._data.move_to_end(q.key)  # the eviction_per_replica mutant
         return self._queries[type(q)](q, ctx.timestamp_ms)
 
     # ------------------------------------------------------------------ state changes

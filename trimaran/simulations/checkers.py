@@ -1,5 +1,6 @@
-"""The simulator's checkers beyond Raft's invariants: a sequential model of the register service
-for the linearizability checker, exactly-once, and the durable-term rule across crashes.
+"""The simulator's checkers beyond Raft's invariants: exactly-once (with the same outcome on every
+replica), and the durable-term rule across crashes. The KV model for the linearizability checker
+lives in :mod:`trimaran.simulations.kv_model`.
 
 Every checker raises :class:`CheckFailure` (an ``AssertionError``: a failure is a bug in
 trimaran, or in the simulator) with a ``category`` the shrinker uses to tell one failure from
@@ -8,18 +9,16 @@ another.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
 from typing import Any, Callable
 
 from trimaran.cluster.sessions import Outcome
-from trimaran.services.register import INT64_MAX, INT64_MIN
 from trimaran.simulations.invariants import InvariantViolation, RaftInvariants
-from trimaran.simulations.linearizability import ErrorOutput
 
 
 class CheckFailure(AssertionError):
     """A checker found a bug. ``category`` names the checker: invariant, linearizability,
-    durability, exactly_once, liveness, storm (a livelock), crash (an exception escaped the core)."""
+    durability, exactly_once, replicas_diverge, liveness, storm (a livelock), crash (an exception
+    escaped the core), workload (an answer no client should get)."""
 
     def __init__(self, category: str, message: str) -> None:
         super().__init__(f"{category}: {message}")
@@ -27,49 +26,9 @@ class CheckFailure(AssertionError):
         self.message = message
 
 
-#: The output the register service's deterministic refusals (incr on a non-integer, overflow)
-#: become in the history: the refusal is a linearized read of the state, so it is an OK operation.
-INVALID = ErrorOutput("invalid_argument")
-
-
-class RegisterServiceModel:
-    """The sequential specification of one key of :class:`~trimaran.services.register.RegisterService`.
-
-    The state is the stored bytes, or ``None`` when absent. It differs from the checker's
-    ``RegisterModel`` where the service does: values are bytes, and ``incr`` parses and stores
-    decimal ASCII (so ``set(b"41")`` then ``incr(1)`` gives 42, and ``incr`` on ``b"x"`` is refused).
-    """
-
-    def init(self) -> Hashable:
-        return None
-
-    def step(self, state: Any, kind: str, args: tuple[Any, ...]) -> tuple[Hashable, Any]:
-        if kind == "get":
-            return state, state
-        if kind == "set":
-            return args[0], None
-        if kind == "cas":
-            expected, new = args
-            return (new, True) if state == expected else (state, False)
-        if kind == "delete":
-            return None, state is not None
-        if kind == "incr":
-            try:
-                value = int(state if state is not None else b"0") + args[0]
-            except ValueError:
-                return state, INVALID
-            if not INT64_MIN <= value <= INT64_MAX:
-                return state, INVALID
-            return str(value).encode(), value
-        raise ValueError(f"no register operation {kind!r}")
-
-    def never_changes_state(self, kind: str, args: tuple[Any, ...], output: Any) -> bool:
-        """Reads and refused conditional writes leave every state as it was (ReadOnlyHint)."""
-        return kind == "get" or (kind in ("cas", "delete") and output is False) or output == INVALID
-
-
 class ExactlyOnce:
-    """Every client command is applied at one log position, on every replica, in every lifetime.
+    """Every client command is applied at one log position, on every replica, in every lifetime,
+    and with the same outcome everywhere.
 
     A replica re-applies its log after a restart, but at the same (index, position); a command
     applied twice (a retry that slipped past the session table) shows up at a second position.
@@ -87,8 +46,17 @@ class ExactlyOnce:
 
         def observe(index: int, pos: int, client_id: int, seq: int, service: str, command: Any, outcome: Outcome) -> None:
             where = self.position.setdefault((client_id, seq), (index, pos))
-            if where == (index, pos) and (client_id, seq) not in self.first_applied:
+            first = self.first_applied.get((client_id, seq))
+            if where == (index, pos) and first is None:
                 self.first_applied[(client_id, seq)] = (self._clock(), outcome)
+            elif where == (index, pos) and first is not None and first[1] != outcome:
+                # The same command at the same log position must have the same outcome on every
+                # replica: the services' state machines diverged.
+                raise CheckFailure(
+                    "replicas_diverge",
+                    f"node {node_id} applied client {client_id} seq {seq} ({command!r}) at entry {index} with"
+                    f" outcome {outcome!r}; it was {first[1]!r} where it was applied first",
+                )
             if where != (index, pos):
                 raise CheckFailure(
                     "exactly_once",
@@ -119,4 +87,4 @@ class SimInvariants(RaftInvariants):
             self._durable_term[node_id] = durable_term
 
 
-__all__ = ["CheckFailure", "ExactlyOnce", "INVALID", "InvariantViolation", "RegisterServiceModel", "SimInvariants"]
+__all__ = ["CheckFailure", "ExactlyOnce", "InvariantViolation", "SimInvariants"]

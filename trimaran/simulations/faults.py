@@ -239,14 +239,14 @@ class FaultInjector:
         slot = self.sim.slots.get(node)
         if slot is None:
             return False
-        slot.rate = rate_pm / 1000
+        slot.set_rate(rate_pm / 1000, self.sim.now_us)
         end = self._until(dur_ms)
         if end is not None:
             self.sim.call_at(end, self._clock_normal, node)
         return True
 
     def _clock_normal(self, node: int) -> None:
-        self.sim.slots[node].rate = 1.0
+        self.sim.slots[node].set_rate(1.0, self.sim.now_us)
 
     def _jump(self, fault: Fault, rng: random.Random) -> bool:
         node, ticks = fault.args
@@ -337,7 +337,7 @@ class FaultInjector:
         sim.net.heal(sim.now_us)
         sim.net.flaky_loss.clear()
         for node, slot in sim.slots.items():
-            slot.rate = 1.0
+            slot.set_rate(1.0, sim.now_us)
             slot.crash_at_sync = None
             if slot.paused:
                 self.resume(node, slot.life)

@@ -4,7 +4,9 @@ clocks, simulated clients, and the checkers, all driven from one seed.
 Events live in a heap keyed by (time in µs, sequence number): ties break in the order events were
 scheduled, so a run is a pure function of (seed, plan, config). Each node is a :class:`SimNode`,
 the same pure driver the harness uses, fed exactly what the trio runtime feeds a Replica: ticks
-of its own clock, messages, client requests, and "this batch is durable" after a simulated fsync.
+of its own clock, messages, client requests stamped with its own wall clock (offset, drifting and
+jumping: :meth:`_Slot.local_us`), and "this batch is durable" after a simulated fsync. The service
+is the KV cache, wrapped to report each entry's log time and evictions to a :class:`LogClock`.
 Persist-before-speak holds by construction: SimNode releases a Ready's ``messages_after_persist``
 only when its batch syncs, and a crash between write and sync loses both.
 
@@ -32,12 +34,13 @@ from trimaran.cluster.raft import MUTANTS, Role
 from trimaran.cluster.replica import REPLICA_MUTANTS, ReplicaConfig, Reply
 from trimaran.errors import TrimaranError
 from trimaran.protocols import messages as m
-from trimaran.services.register import RegisterService
+from trimaran.services.kv import KV_MUTANTS
 from trimaran.simulations.checkers import CheckFailure, ExactlyOnce, InvariantViolation, SimInvariants
 from trimaran.simulations.driver import SimNode
 from trimaran.simulations.faults import FaultInjector
 from trimaran.simulations.harness import sub_seed
 from trimaran.simulations.history import History
+from trimaran.simulations.kv_model import LogClock, RecordingKv
 from trimaran.simulations.network import SimNetwork
 from trimaran.simulations.plan import FaultPlan
 from trimaran.simulations.rules import ProtocolRules
@@ -46,6 +49,9 @@ from trimaran.simulations.workload import Client, FinalReader, Request, Workload
 from trimaran.storage.memory import MemoryStorage
 
 EV_TICK, EV_DELIVER, EV_SYNC, EV_REQUEST, EV_REPLY, EV_TIMER, EV_FAULT, EV_CALL = range(8)
+
+#: What the nodes' wall clocks read at the start of a run (give or take their offsets).
+CLOCK_EPOCH_US = 1_000_000_000
 
 #: Shortest run that leaves room for faults, a heal, an election and the final reads.
 SIM_SECONDS_MIN = 20.0
@@ -82,7 +88,7 @@ class SimConfig:
     seed: int
     nodes: int = 5
     sim_seconds: float = 300.0
-    #: Planted bugs (names from MUTANTS and REPLICA_MUTANTS).
+    #: Planted bugs (names from MUTANTS, REPLICA_MUTANTS and KV_MUTANTS).
     mutants: frozenset[str] = frozenset()
     #: Nominal tick interval; heartbeats every 2 ticks and elections after 10-20 ticks, as etcd's
     #: defaults (100 ms heartbeat, 1 s election timeout).
@@ -96,7 +102,7 @@ class SimConfig:
     rules: bool = True
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.mutants) - set(MUTANTS) - set(REPLICA_MUTANTS))
+        unknown = sorted(set(self.mutants) - set(MUTANTS) - set(REPLICA_MUTANTS) - set(KV_MUTANTS))
         if unknown:
             raise ValueError(f"unknown mutants: {', '.join(unknown)}")
         if not 1 <= self.nodes <= 15:
@@ -144,9 +150,12 @@ class _Slot:
         "disk_failed",
         "synced_vote",
         "missed_ticks",
+        "tick_us",
+        "clock_local_us",
+        "clock_real_us",
     )
 
-    def __init__(self, sim: SimNode, interval_us: int) -> None:
+    def __init__(self, sim: SimNode, interval_us: int, tick_us: int, clock_local_us: int) -> None:
         self.sim = sim
         #: Incremented at every crash and restart: events of an older lifetime are ignored.
         self.life = 0
@@ -163,6 +172,28 @@ class _Slot:
         self.synced_vote = (0, 0)
         #: Ticks that came due while paused: the runtime delivers them first on resume.
         self.missed_ticks = 0
+        #: The node's wall clock runs at the pace of its ticks (a nominal ``tick_us`` per tick):
+        #: it read ``clock_local_us`` at simulated time ``clock_real_us``.
+        self.tick_us = tick_us
+        self.clock_local_us = clock_local_us
+        self.clock_real_us = 0
+
+    def local_us(self, now_us: int) -> int:
+        """What the node's own clock reads at simulated time ``now_us`` (its drift and steps
+        included): the ``now_ms`` its runtime would stamp proposals with."""
+        elapsed_us = (now_us - self.clock_real_us) * self.tick_us / (self.interval_us * self.rate)
+        return self.clock_local_us + int(elapsed_us)
+
+    def set_rate(self, rate: float, now_us: int) -> None:
+        """Ticks (and the clock) now come ``rate`` times slower than nominal drift makes them."""
+        self.clock_local_us = self.local_us(now_us)
+        self.clock_real_us = now_us
+        self.rate = rate
+
+    def step_clock(self, step_us: int, now_us: int) -> None:
+        """The clock leaps forward."""
+        self.clock_local_us = self.local_us(now_us) + step_us
+        self.clock_real_us = now_us
 
 
 class Simulation:
@@ -181,6 +212,8 @@ class Simulation:
         self.invariants = SimInvariants()
         self.exactly_once = ExactlyOnce(lambda: self.now_us)
         self.net = SimNetwork(random.Random(sub_seed(self.seed, "net")), plan.weather, self._deliver_at)
+        #: Log time and evictions per entry, as every replica's KV service applied them.
+        self.log_clock = LogClock()
         self._disk_rng = random.Random(sub_seed(self.seed, "disk"))
         self.slots: dict[int, _Slot] = {n: self._make_slot(n) for n in self.node_ids}
         self.storages = {n: slot.sim.storage for n, slot in self.slots.items()}
@@ -227,10 +260,14 @@ class Simulation:
             snapshot_keep_entries=weather.snap_keep,
             mutants=replica_mutants,
         )
+        kv_mutants = frozenset(n for n in cfg.mutants if n in KV_MUTANTS)
+        kv_settings = self.workload.kv_settings()
+        if "ttl_local_clock" in kv_mutants:
+            kv_settings["local_clock_ms"] = lambda: self.slots[node_id].local_us(self.now_us) // 1000
         sim = SimNode(
             node_id,
             raft_config,
-            lambda: [RegisterService()],
+            lambda: [RecordingKv(node_id, self.log_clock, mutants=kv_mutants, **kv_settings)],
             random.Random(sub_seed(self.seed, "node", node_id)),
             MemoryStorage(),
             replica_config,
@@ -238,7 +275,9 @@ class Simulation:
         )
         sim.on_apply_entry = self.invariants.on_apply
         drift = weather.drift_pm[node_id - 1] if node_id <= len(weather.drift_pm) else 0
-        return _Slot(sim, cfg.tick_us * (1000 + drift) // 1000)
+        # Wall clocks start up to a second apart (NTP on a bad day); log time must not care.
+        offset_us = random.Random(sub_seed(self.seed, "clock", node_id)).randrange(-1_000_000, 1_000_000)
+        return _Slot(sim, cfg.tick_us * (1000 + drift) // 1000, cfg.tick_us, CLOCK_EPOCH_US + offset_us)
 
     # ================================================================== scheduling
 
@@ -353,7 +392,7 @@ class Simulation:
         """One tick, as the runtime's driver gives it: Raft's tick, then the wall clock."""
         slot.sim.tick()
         if slot.sim.up:
-            slot.sim.replica.advance_clock(self.now_us // 1000)
+            slot.sim.replica.advance_clock(slot.local_us(self.now_us) // 1000)
 
     def _on_deliver(self, msg: Any, _: Any) -> None:
         node_id = msg.recipient
@@ -406,16 +445,16 @@ class Simulation:
         kind, token, payload = request
         self._trace.extend((node_id, token[0], token[1]))
         replica = slot.sim.replica
-        now_ms = self.now_us // 1000
+        now_ms = slot.local_us(self.now_us) // 1000
         try:
             if kind == "register":
                 replica.register(token, now_ms)
             elif kind == "submit":
                 client_id, seq, ack_seq, command = payload
-                replica.submit(token, client_id, seq, ack_seq, "register", command, now_ms, 64)
+                replica.submit(token, client_id, seq, ack_seq, "kv", command, now_ms, 64)
             else:
                 self._read_floor[token] = max(s.sim.replica.raft.log.commit_index for s in self.slots.values())
-                replica.read(token, "register", payload, "linearizable")
+                replica.read(token, "kv", payload, "linearizable")
         except TrimaranError as exc:
             self._route_reply(node_id, Reply(token, False, exc))
         self.pump(node_id)
@@ -515,7 +554,9 @@ class Simulation:
 
     def tick_once(self, node_id: int) -> None:
         """An extra tick now (a clock that jumps forward)."""
-        self._tick(self.slots[node_id])
+        slot = self.slots[node_id]
+        slot.step_clock(slot.tick_us, self.now_us)
+        self._tick(slot)
         self.pump(node_id)
 
     def restart_tick_chain(self, node_id: int) -> None:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from trimaran.simulations.checkers import INVALID, CheckFailure, RegisterServiceModel
+from trimaran.simulations.checkers import CheckFailure
 from trimaran.simulations.history import Operation, OpStatus
+from trimaran.simulations.kv_model import KvKeyModel, error_output, normalize
 from trimaran.simulations.linearizability import Outcome, check
 
 if TYPE_CHECKING:
@@ -69,17 +70,19 @@ def check_durability(sim: Simulation) -> None:
 
 
 def check_replicas_agree(sim: Simulation) -> None:
-    """Replicas that applied the same prefix hold the same register data."""
+    """Replicas that applied the same prefix hold the same KV state (values, revisions, expiry,
+    LRU order, watch window: the whole snapshot)."""
     by_index: dict[int, tuple[int, object]] = {}
     for node_id, slot in sim.slots.items():
         if not slot.sim.up:
             continue
         replica = slot.sim.replica
-        data = replica.services["register"].snapshot()
+        data = replica.services["kv"].snapshot()
         seen = by_index.setdefault(replica.applied_index, (node_id, data))
         if seen[1] != data:
             raise CheckFailure(
-                "invariant", f"nodes {seen[0]} and {node_id} applied through {replica.applied_index} but hold different data"
+                "replicas_diverge",
+                f"nodes {seen[0]} and {node_id} applied through {replica.applied_index} but hold different KV state",
             )
 
 
@@ -107,14 +110,18 @@ def resolved_operations(sim: Simulation) -> list[Operation]:
             out.append(Operation(op.op_id, op.client_id, op.key, op.kind, op.args, op.invoke_time, op.complete_time, OpStatus.FAILED))
             continue
         at_us, (status, value) = applied
-        result = value if status == "ok" else INVALID
+        result = normalize(value) if status == "ok" else error_output(value["code"], value["details"])
+        if status != "ok" and result is None:
+            # Applied, but refused before the service looked (a full session table): no effect.
+            out.append(Operation(op.op_id, op.client_id, op.key, op.kind, op.args, op.invoke_time, op.complete_time, OpStatus.FAILED))
+            continue
         out.append(Operation(op.op_id, op.client_id, op.key, op.kind, op.args, op.invoke_time, max(at_us, op.invoke_time), OpStatus.OK, result))
     return out
 
 
 def check_linearizable(sim: Simulation) -> None:
     sim.history.finalize()
-    result = check(resolved_operations(sim), RegisterServiceModel(), STATES_PER_KEY_MAX)
+    result = check(resolved_operations(sim), KvKeyModel(sim.log_clock), STATES_PER_KEY_MAX)
     sim.linearizability_states = result.states_explored
     if result.outcome is Outcome.OK:
         return

@@ -1,11 +1,16 @@
-"""Simulated clients of the register service, recording a history for the linearizability checker.
+"""Simulated clients of the KV cache, recording a history for the linearizability checker.
 
-Each client opens a session, then issues one operation at a time: get (a linearizable ReadIndex
-read), set, cas, incr or delete on a few shared keys. An attempt that times out or fails with a
-retryable error is sent again, to the hinted leader or another node, with the SAME (client_id,
-seq): the cluster's session table makes the retry exactly-once. An operation whose deadline
-passes is given up: indeterminate if any attempt may have been proposed, failed if every attempt
-was definitely refused (it then never took effect).
+Each client opens a session, then issues one operation at a time on a few shared keys: ``get`` (a
+linearizable ReadIndex read), ``set`` (plain, with a TTL, ``if_absent``, or compare-and-swap on the
+revision or the value it last saw), ``delete`` (plain or conditional), ``incr`` and ``mset``. An
+attempt that times out or fails with a retryable error is sent again, to the hinted leader or
+another node, with the SAME (client_id, seq): the cluster's session table makes the retry
+exactly-once. An operation whose deadline passes is given up: indeterminate if any attempt may
+have been proposed, failed if every attempt was definitely refused (it then never took effect).
+
+The history records what :class:`~trimaran.simulations.kv_model.KvKeyModel` checks: an ``mset``
+as one ``set`` per key (its per-key projections), deterministic refusals (a failed condition, an
+``incr`` of text) as outputs, since a refusal is a read of the state.
 
 Clients talk to the simulation through a small :class:`ClientContext`, so the loop stays the only
 owner of time and events.
@@ -18,13 +23,20 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from trimaran.cluster.replica import Reply
-from trimaran.errors import InvalidArgument, NotLeader, SessionExpired, Unavailable
-from trimaran.simulations.checkers import INVALID, CheckFailure
+from trimaran.errors import NotLeader, RequestTimeout, SessionExpired, TrimaranError, Unavailable
+from trimaran.simulations.checkers import CheckFailure
 from trimaran.simulations.harness import sub_seed
 from trimaran.simulations.history import History, OpStatus
+from trimaran.simulations.kv_model import NO_COND, Cond, error_output, normalize
 
 #: A request a client sends to a node: (kind, token, payload); kind is register, submit or read.
 Request = tuple[str, tuple[int, int], Any]
+
+#: TTLs the clients draw, in log milliseconds: short ones expire between a client's operations.
+TTL_MS_CHOICES = (50, 200, 700, 2_000, 6_000)
+#: What the KV service charges per key of this workload (short keys and values): a bound on
+#: ``maxmemory_bytes`` that leaves room for a few keys, so eviction happens often.
+_KEY_COST_BYTES = 256 + 2 + 20
 
 
 class ClientContext(Protocol):
@@ -49,16 +61,32 @@ class WorkloadConfig:
     read_share_pm: int = 300
     attempt_timeout_us: int = 1_500_000
     op_deadline_us: int = 12_000_000
+    #: Share of writes that carry a TTL, per mille.
+    ttl_share_pm: int = 300
+    #: The KV service's ``maxmemory_bytes`` (policy ``lru``); None: unbounded.
+    maxmemory_bytes: int | None = None
+
+    def kv_settings(self) -> dict[str, Any]:
+        """The KV service's settings for this workload (the same on every replica)."""
+        # A short watch window keeps snapshots to a few KB: the simulator sends them in 512-byte
+        # chunks, and a 10,000-event window would make every install thousands of messages.
+        return {"maxmemory_bytes": self.maxmemory_bytes, "eviction_policy": "lru", "watch_history_max": 64}
 
 
 def draw_workload(seed: int) -> WorkloadConfig:
     rng = random.Random(sub_seed(seed, "workload"))
+    keys = tuple(b"k%d" % i for i in range(rng.randint(1, 4)))
+    # Half the seeds with three keys or more run out of memory now and then: eviction under
+    # faults. The bound still holds any two keys, so an mset is never refused for its own size.
+    evicting = len(keys) > 2 and rng.random() < 0.5
     return WorkloadConfig(
         clients=rng.randint(2, 5),
-        keys=tuple(b"k%d" % i for i in range(rng.randint(1, 4))),
+        keys=keys,
         think_us_max=rng.choice([50_000, 200_000, 800_000]),
         read_share_pm=rng.randint(150, 500),
         attempt_timeout_us=rng.choice([800_000, 1_500_000, 3_000_000]),
+        ttl_share_pm=rng.choice([0, 150, 400]),
+        maxmemory_bytes=(len(keys) - 1) * _KEY_COST_BYTES + 40 if evicting else None,
     )
 
 
@@ -72,10 +100,17 @@ class PendingOp:
     args: tuple[Any, ...]
     seq: int
     deadline_us: int
+    #: The command sent (a write) or query (a read).
+    request: Any = None
+    #: History ops of the other keys of an ``mset`` (one per key; ``op_id`` is the first key's).
+    more_op_ids: tuple[int, ...] = ()
     attempts: list[int] = field(default_factory=list)
     #: Attempts sent and not definitely refused (no "not leader" / "unavailable" answer yet):
     #: any of them may still take effect, so giving up makes the operation indeterminate.
     unknown_attempts: set[int] = field(default_factory=set)
+
+    def describe_request(self) -> str:
+        return f"{self.kind} {self.request!r:.200}"
 
 
 class Client:
@@ -97,8 +132,8 @@ class Client:
         self.attempt_count = 0
         self.stop_at_us = 1 << 62
         self.stopped = False
-        #: Last value seen per key: what a cas expects.
-        self.seen: dict[bytes, bytes | None] = {}
+        #: Last (value, revision) seen per key, or None for absent: what a conditional write expects.
+        self.seen: dict[bytes, tuple[bytes, int] | None] = {}
         self.values_made = 0
         self.retries = self.given_up = 0
         #: (op_id, give-up time) of indeterminate ops, for the liveness check.
@@ -149,35 +184,66 @@ class Client:
     def _draw_op(self, now: int) -> PendingOp:
         rng, cfg = self.rng, self.config
         key = rng.choice(cfg.keys)
-        roll = rng.randrange(1000)
-        if roll < cfg.read_share_pm:
-            kind, args = "get", ()
-        else:
-            kind = rng.choice(["set", "set", "cas", "cas", "incr", "incr", "delete"])
-            args = self._write_args(kind, key)
-        seq = 0
-        if kind != "get":
-            self.seq += 1
-            seq = self.seq
-        op_id = self.ctx.history.invoke(self.client_id, key, kind, args, now)
-        if seq:
-            self.commands[op_id] = (self.client_id, seq)
-        return PendingOp(op_id, kind, key, args, seq, now + self.config.op_deadline_us)
-
-    def _write_args(self, kind: str, key: bytes) -> tuple[Any, ...]:
-        rng = self.rng
+        if rng.randrange(1000) < cfg.read_share_pm:
+            op_id = self.ctx.history.invoke(self.client_id, key, "get", (), now)
+            return PendingOp(op_id, "get", key, (), 0, now + cfg.op_deadline_us, ["get", key])
+        kind = rng.choice(["set", "set", "cas", "cas", "incr", "incr", "delete", "mset"])
+        self.seq += 1
+        if kind == "mset" and len(cfg.keys) > 1:
+            return self._draw_mset(now)
         if kind == "incr":
-            return (rng.randint(1, 9),)
+            delta = rng.choice([1, 2, 5, -3, 9, 1 << 62])  # the last one overflows after a few
+            return self._record(now, key, "incr", (delta,), ["incr", key, delta])
         if kind == "delete":
-            return ()
-        self.values_made += 1
+            cond = self._condition(key) if rng.random() < 0.4 else NO_COND
+            if cond[0]:
+                cond = (False, 0, None)  # delete has no if_absent; revision 0 means the same
+            return self._record(now, key, "delete", (cond,), ["delete", key, _options(None, cond)])
+        value = self._new_value()
+        ttl_ms = rng.choice(TTL_MS_CHOICES) if rng.randrange(1000) < cfg.ttl_share_pm else None
+        cond = self._condition(key) if kind == "cas" else NO_COND
+        return self._record(now, key, "set", (value, ttl_ms, cond), ["set", key, value, _options(ttl_ms, cond)])
+
+    def _draw_mset(self, now: int) -> PendingOp:
+        rng = self.rng
+        keys = rng.sample(self.config.keys, 2)
+        items = []
+        for key in keys:
+            ttl_ms = rng.choice(TTL_MS_CHOICES) if rng.randrange(1000) < self.config.ttl_share_pm else None
+            items.append((key, self._new_value(), ttl_ms))
+        command = ["mset", [[k, v] if t is None else [k, v, t] for k, v, t in items]]
+        op_ids = [self.ctx.history.invoke(self.client_id, k, "mset", (v, t, NO_COND), now) for k, v, t in items]
+        for op_id in op_ids:
+            self.commands[op_id] = (self.client_id, self.seq)
+        key, value, ttl_ms = items[0]
+        return PendingOp(
+            op_ids[0], "mset", key, (value, ttl_ms, NO_COND), self.seq, now + self.config.op_deadline_us, command,
+            tuple(op_ids[1:]),
+        )  # fmt: skip
+
+    def _record(self, now: int, key: bytes, kind: str, args: tuple[Any, ...], command: list[Any]) -> PendingOp:
+        op_id = self.ctx.history.invoke(self.client_id, key, kind, args, now)
+        self.commands[op_id] = (self.client_id, self.seq)
+        return PendingOp(op_id, kind, key, args, self.seq, now + self.config.op_deadline_us, command)
+
+    def _new_value(self) -> bytes:
         # Unique values keep the linearizability search small; a few are not numbers, so incr
         # also meets the service's refusal.
+        self.values_made += 1
         unique = self.index * 1_000_000 + self.values_made
-        new = (b"x%d" if rng.random() < 0.1 else b"%d") % unique
-        if kind == "set":
-            return (new,)
-        return (self.seen.get(key) if rng.random() < 0.8 else None, new)
+        return (b"x%d" if self.rng.random() < 0.1 else b"%d") % unique
+
+    def _condition(self, key: bytes) -> Cond:
+        """A condition on what this client last saw of ``key``: mostly right, sometimes stale."""
+        rng, seen = self.rng, self.seen.get(key)
+        roll = rng.randrange(3)
+        if seen is None:
+            return (True, None, None) if roll else (False, 0, None)
+        if roll == 0:
+            return (False, None, seen[0])
+        if roll == 1 and rng.random() < 0.2:
+            return (True, None, None)
+        return (False, seen[1], None)
 
     def _attempt(self) -> None:
         op = self.op
@@ -190,10 +256,9 @@ class Client:
         if op.kind == "register":
             request: Request = ("register", token, None)
         elif op.kind == "get":
-            request = ("read", token, ["get", op.key])
+            request = ("read", token, op.request)
         else:
-            command = [op.kind, op.key, *op.args]
-            request = ("submit", token, (self.client_id, op.seq, self.ack_seq, command))
+            request = ("submit", token, (self.client_id, op.seq, self.ack_seq, op.request))
         self.ctx.client_send(self.target, request)
         self._set_timer(self.ctx.now_us + self.config.attempt_timeout_us)
 
@@ -208,14 +273,18 @@ class Client:
             self._complete(op, reply.value)
             return
         exc = reply.value
-        if isinstance(exc, InvalidArgument) and op.kind not in ("register", "get"):
-            # The service's deterministic refusal (incr on a non-number): a read of the state.
-            self._complete(op, INVALID)
+        refusal = error_output(exc.code, exc.details) if isinstance(exc, TrimaranError) else None
+        if refusal is not None and op.kind not in ("register", "get"):
+            # The service's deterministic refusal (a failed condition, incr on text): a read of
+            # the state, so the operation took effect as that read.
+            self._complete(op, refusal)
             return
         if isinstance(exc, SessionExpired):
             raise CheckFailure(
                 "durability", f"client {self.client_id} seq {op.seq}: session lost after it was acknowledged ({exc.message})"
             )
+        if not isinstance(exc, (NotLeader, Unavailable, RequestTimeout)):
+            raise CheckFailure("workload", f"client {self.client_id}: unexpected answer {exc!r} to {op.describe_request()}")
         # Retryable (not leader, unavailable, outcome unknown after a snapshot): try again soon.
         if isinstance(exc, (NotLeader, Unavailable)):
             # Refused before proposal, or its entry was overwritten: this attempt never applies.
@@ -231,23 +300,38 @@ class Client:
         if op.kind == "register":
             self.client_id = value
         else:
-            self.ctx.history.complete(op.op_id, OpStatus.OK, value, now)
+            value = normalize(value)
+            for op_id in (op.op_id, *op.more_op_ids):
+                self.ctx.history.complete(op_id, OpStatus.OK, value, now)
             if op.kind == "get":
-                self.seen[op.key] = value
+                self.seen[op.key] = None if value is None else (value[0], value[1])
             else:
                 self.ack_seq = op.seq
                 self.acked_writes.append((self.client_id, op.seq))
-                if op.kind in ("set", "cas") and value is not False:
-                    self.seen[op.key] = op.args[-1]
+                self._learn(op, value)
         self.op = None
         self._set_timer(now + self.rng.randint(0, self.config.think_us_max))
+
+    def _learn(self, op: PendingOp, value: Any) -> None:
+        """What a write's answer says about its key (for the next conditional write)."""
+        if op.kind == "set" and type(value) is int:
+            self.seen[op.key] = (op.args[0], value)
+        elif op.kind == "incr" and isinstance(value, tuple) and len(value) == 2:
+            self.seen[op.key] = (b"%d" % value[0], value[1])
+        elif op.kind == "delete" and type(value) is bool:
+            self.seen[op.key] = None
+        elif op.kind == "mset":
+            self.seen.pop(op.key, None)
+        elif isinstance(value, tuple) and len(value) == 2 and type(value[1]) is int and value[1] == 0:
+            self.seen[op.key] = None  # a refused condition said the key is absent
 
     def _give_up(self, op: PendingOp) -> None:
         now = self.ctx.now_us
         self.given_up += 1
         if op.kind != "register":
             status = OpStatus.INDETERMINATE if op.unknown_attempts or op.kind == "get" else OpStatus.FAILED
-            self.ctx.history.complete(op.op_id, status, None, now)
+            for op_id in (op.op_id, *op.more_op_ids):
+                self.ctx.history.complete(op_id, status, None, now)
             self.gave_up_at.append((op.op_id, now))
         self.op = None
         self._set_timer(now + self.rng.randint(0, self.config.think_us_max))
@@ -280,5 +364,12 @@ class FinalReader(Client):
         now = self.ctx.now_us
         op_id = self.ctx.history.invoke(self.client_id, key, "get", (), now)
         # No deadline: the final reads must be answered before the run ends (liveness).
-        self.op = PendingOp(op_id, "get", key, (), 0, 1 << 62)
+        self.op = PendingOp(op_id, "get", key, (), 0, 1 << 62, ["get", key])
         self._attempt()
+
+
+def _options(ttl_ms: int | None, cond: Cond) -> dict[str, Any]:
+    """A KV command's options map from a TTL and a condition (None entries mean "not given")."""
+    if_absent, if_revision, if_value = cond
+    given = {"ttl_ms": ttl_ms, "if_absent": if_absent or None, "if_revision": if_revision, "if_value": if_value}
+    return {name: value for name, value in given.items() if value is not None}
