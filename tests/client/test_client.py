@@ -3,6 +3,7 @@ keep exactly-once, typed errors and deadlines."""
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pytest
@@ -374,6 +375,7 @@ async def test_a_node_that_stops_reading_closes_the_connection(nursery: trio.Nur
         assert conn is not None
         stream: Any = conn._stream
         stream.send_all = lambda data: trio.sleep_forever()  # a node whose socket never drains
+        conn._sock = None  # no direct writes either: every frame goes through that send
         for _ in range(3):  # one frame stuck in the send, two filling the queue
             with pytest.raises(errors.RequestTimeout):
                 await c.get("k")
@@ -381,6 +383,25 @@ async def test_a_node_that_stops_reading_closes_the_connection(nursery: trio.Nur
         assert await c.get("k") == b"v"  # finds the queue full, drops the connection, reconnects
         assert not conn.usable and "not reading" in (conn._closed_reason or "")
     assert cluster.nodes[1].connections_accepted == 2
+
+
+async def test_a_frame_the_socket_takes_only_in_part_is_finished_in_order(nursery: trio.Nursery) -> None:
+    """A lone request is written straight to the socket; what a full socket buffer refuses is
+    finished by the writer task, before any frame queued after it."""
+    cluster = await start_cluster(nursery, size=1)
+    async with trimaran.connect(cluster.addresses()) as c:
+        await c.set("k", "v")
+        conn = c._conn
+        assert conn is not None
+        conn._stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # type: ignore[attr-defined]
+        big = bytes(range(256)) * 4096  # 1 MiB: far more than the socket buffer takes at once
+        async with trio.open_nursery() as callers:
+            callers.start_soon(c.set, "big", big)
+            await trio.testing.wait_all_tasks_blocked()
+            assert conn._writing  # the writer task is finishing the rest ...
+            callers.start_soon(c.set, "small", "s")  # ... and this frame queues behind it
+        assert await c.get("big") == big and await c.get("small") == b"s"
+        assert conn.usable
 
 
 async def test_cancelled_caller_does_not_disturb_others(nursery: trio.Nursery) -> None:
