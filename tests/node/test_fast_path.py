@@ -12,7 +12,9 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
+import trio.testing
 
 from tests.node.helpers import cluster_configs
 from trimaran import limits
@@ -220,6 +222,98 @@ async def test_hold_keeps_order_with_other_messages_and_drops_only_superseded_no
     # The next append to that follower carries the same commit index: the notice is dropped.
     nxt = AppendEntries(1, 1, 2, 5, 1, [Entry(6, 1, 0, b"")], 5)
     assert driver._hold([nxt]) == [nxt] and driver._held == {} and driver.held_notices_dropped == 2
+
+
+# ---------------------------------------------------------------------------- rounds run where the input arrives
+
+
+async def start_parked(nursery: trio.Nursery, driver: Driver) -> None:
+    """Run the driver's loop and wait until it has parked (nothing to do)."""
+    await nursery.start(driver.run)
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(driver._wake) == 1
+
+
+async def test_an_input_to_a_parked_loop_is_served_in_the_delivering_task(tmp_path: Path) -> None:
+    writer = InlineWriter()
+    driver, sent = make_driver(tmp_path, writer)
+    async with trio.open_nursery() as nursery:
+        await start_parked(nursery, driver)
+        rounds = driver.rounds
+        await driver.deliver_peer(append_from_leader(1))
+        # No pass of the scheduler in between: the round ran inside deliver_peer, wrote inline and
+        # acknowledged only after the write (persist before you speak), and the loop stays parked.
+        assert driver.rounds == rounds + 1 and len(writer.inline) == 1 and acks(sent) == [1]
+        assert len(driver._wake) == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_messages_read_together_are_taken_by_one_round(tmp_path: Path) -> None:
+    writer = InlineWriter()
+    driver, sent = make_driver(tmp_path, writer)
+    async with trio.open_nursery() as nursery:
+        await start_parked(nursery, driver)
+        await driver.deliver_peer(append_from_leader(1), more=True)
+        await driver.deliver_peer(append_from_leader(2), more=True)
+        assert writer.inline == [] and acks(sent) == []  # the last one starts the round
+        await driver.deliver_peer(append_from_leader(3))
+        assert len(writer.inline) == 1 and max(acks(sent)) == 3  # one write for all three
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_round_that_fails_in_the_delivering_task_fails_the_loop(tmp_path: Path) -> None:
+    driver, _ = make_driver(tmp_path, InlineWriter())
+
+    def broken_step(msg: Message) -> None:
+        raise RuntimeError("a bug in a round")
+
+    with pytest.raises(BaseExceptionGroup) as caught:
+        async with trio.open_nursery() as nursery:
+            await start_parked(nursery, driver)
+            driver.replica.step = broken_step  # type: ignore[method-assign]
+            await driver.deliver_peer(append_from_leader(1))  # the reader carries on ...
+    assert caught.group_contains(RuntimeError, match="a bug")  # ... the loop raises it
+
+
+async def test_a_client_request_runs_at_once_only_when_nothing_else_is_in_flight(tmp_path: Path) -> None:
+    driver, sent = await make_leader(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await start_parked(nursery, driver)
+        sent.clear()
+        await driver.submit_client("register", {}, (Sink(), 1), 16)
+        first = [m for m in sent if isinstance(m, AppendEntries) and m.entries]
+        assert sorted(m.recipient for m in first) == [2, 3]  # proposed and replicated already
+        sent.clear()
+        # The first is not committed yet: this one waits for the loop, which would take every
+        # request read meanwhile into the same proposal.
+        await driver.submit_client("register", {}, (Sink(), 2), 16)
+        assert sent == []
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(m.recipient for m in sent if isinstance(m, AppendEntries) and m.entries) == [2, 3]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_leader_writes_inline_only_when_every_earlier_entry_is_committed(tmp_path: Path) -> None:
+    driver, _ = await make_leader(tmp_path)
+    writer = driver._writer
+    assert isinstance(writer, InlineWriter)
+    inline, submitted = len(writer.inline), len(writer.submitted)
+    await driver.submit_client("register", {}, (Sink(), 1), 16)
+    driver._round()
+    assert len(writer.inline) == inline + 1  # idle: its answer waits for this fsync anyway
+    await driver.submit_client("register", {}, (Sink(), 2), 16)
+    driver._round()
+    assert len(writer.inline) == inline + 1 and len(writer.submitted) == submitted + 1  # one in flight
+
+
+async def test_a_leader_never_writes_inline_when_told_not_to(tmp_path: Path) -> None:
+    driver, _ = await make_leader(tmp_path, write_inline_leader_idle=False)
+    writer = driver._writer
+    assert isinstance(writer, InlineWriter)
+    inline = len(writer.inline)
+    await driver.submit_client("register", {}, (Sink(), 1), 16)
+    driver._round()
+    assert len(writer.inline) == inline
 
 
 # ---------------------------------------------------------------------------- client answers

@@ -45,7 +45,7 @@ def test_an_append_for_two_followers_is_encoded_once() -> None:
         peer_queue_frames_max = 10
         peer_queue_bytes_max = limits.frame_bytes_max
 
-    async def deliver(msg: Message) -> None:
+    async def deliver(msg: Message, more: bool) -> None:
         pass
 
     transport = PeerTransport(Config(), deliver)  # type: ignore[arg-type]

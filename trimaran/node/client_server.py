@@ -16,6 +16,8 @@ Errors: a request with bad fields is answered with a typed error under its reque
 connection stays open; anything that is not a request at all (malformed msgpack, a frame over the
 limit, a truncated frame) gets one error frame ``{"type": "error", "error": ...}`` and a close.
 
+Requests are read without one: every request one read brought goes to the driver before its round
+starts, and an idle driver runs that round in the reader's task (see :mod:`~trimaran.node.driver`).
 Answers are written without a task switch: the driver queues a round's answers on each connection
 and calls :meth:`ClientConnection.flush_replies` once at the end of the round, which writes them
 with one non-blocking ``write``; only what a full socket buffer refuses waits for the writer task.
@@ -198,7 +200,23 @@ class ClientConnection:
                 frame = await read_frame(self._stream, decoder)
                 if frame is None:
                     return
-                await self._on_frame(frame)
+                # Every request that arrived with it goes to the driver before its round starts
+                # (one round, one group proposal, one write of the answers for all of them).
+                frames, error = [frame], None
+                try:
+                    while (frame := decoder.next_frame()) is not None:
+                        frames.append(frame)
+                except TrimaranError as exc:  # the requests before it are still served
+                    error = exc
+                submitted = 0
+                try:
+                    for frame in frames:
+                        submitted += await self._on_frame(frame)
+                finally:
+                    if submitted:
+                        server.driver.start_round(client=True)
+                if error is not None:
+                    raise error
         except TrimaranError as exc:
             # Not the protocol at all: one error frame, then close.
             server.protocol_errors += 1
@@ -223,7 +241,8 @@ class ClientConnection:
         self._queue(_encode(answer))
         self.flush_replies()
 
-    async def _on_frame(self, frame: bytes) -> None:
+    async def _on_frame(self, frame: bytes) -> bool:
+        """Serve one request frame; True if it went to the driver, whose round the caller starts."""
         obj = unpack(frame, size_bytes_max=self._server.config.client_frame_bytes_max)
         try:
             request = parse_request(obj)
@@ -232,7 +251,7 @@ class ClientConnection:
             # answer takes a slot like any other, so bad requests cannot pile up answers either.
             seq = await self._take_slot(obj[0])
             self._answer(seq, False, exc)
-            return
+            return False
         seq = await self._take_slot(request.request_id)
         server = self._server
         if server.shutting_down:
@@ -240,7 +259,9 @@ class ClientConnection:
         elif request.op == "status":
             self._answer(seq, True, server.status())
         else:
-            await server.driver.submit_client(request.op, request.body, (self, seq), len(frame))
+            await server.driver.submit_client(request.op, request.body, (self, seq), len(frame), more=True)
+            return True
+        return False
 
     async def _take_slot(self, request_id: int) -> int:
         """Count a request in flight (waiting at the cap) and return its internal number."""
@@ -249,6 +270,7 @@ class ClientConnection:
         try:
             self._slots.acquire_nowait()
         except trio.WouldBlock:
+            self._server.driver.wake()  # requests already delivered must not wait for this one
             await self._slots.acquire()  # at the cap, stop reading: backpressure through TCP
         self._next_seq += 1
         seq = self._next_seq

@@ -18,14 +18,24 @@ what the round produced in one go (so the transport can encode a message for sev
 and write each peer's frames with one call), and flush each client connection's answers once.
 Client commands taken in one round end up in one log entry (the Replica's group proposal).
 
+Who runs a round: the loop, or, when the loop is parked with nothing to do, the task that delivered
+the input (a peer connection's reader, a client connection's reader), at once and without awaiting
+(:meth:`Driver._run_round_here`). That saves a pass of trio's scheduler per hop on the latency
+path: a follower's append, the leader's acknowledgements, a lone client request. A reader hands
+over everything it read at once before the round starts (``more=True``), so a round still takes
+them all; client requests start a round here only when nothing else is in flight (otherwise the
+loop gathers the requests of every connection into one proposal, as before).
+
 The round's batches are written after its messages are sent (a leader's appends need not wait for
 its own fsync, thesis §10.2.1), in submission order, in one of two ways:
 
 - handed to the writer thread;
-- or, on a follower (``write_inline_bytes_max``; a leader only if ``write_inline_leader_bytes_max``)
-  and only when the thread has nothing outstanding, written inline on this thread. The batch is
-  then durable before the round ends: its held messages are released and ``on_persisted`` called
-  in the same round, so an append is acknowledged without a thread hand-off either way.
+- or, on a follower (``write_inline_bytes_max``; a leader if ``write_inline_leader_bytes_max``, or
+  with ``write_inline_leader_idle`` when every earlier entry is committed) and only when the thread
+  has nothing outstanding, written inline on this thread. The batch is then durable before the
+  round ends: its held messages are released and ``on_persisted`` called in the same round, so an
+  append is acknowledged, and a lone client's entry counted by its leader, without a thread
+  hand-off either way.
 
 A leader holds back empty appends that only announce a new commit index for up to
 ``commit_notice_delay_ms``, and drops them when the next append to that follower carries the same
@@ -123,6 +133,10 @@ class Driver:
         #: The loop is parked on ``_wake`` (waking it is only needed then: it checks for work
         #: before it parks, and nothing runs between that check and the park).
         self._parked = False
+        #: The cancel scope whose deadline ends the loop's park (the next tick or held notice).
+        self._park_scope: trio.CancelScope | None = None
+        #: What a round run by another task raised (see _run_round_here): the loop raises it.
+        self._failure: BaseException | None = None
         #: Producers waiting for inbox space.
         self._inbox_waiters = 0
         self._results: deque[WriteResult] = deque()
@@ -160,24 +174,75 @@ class Driver:
         if self._parked:
             self._wake.unpark_all()
 
-    async def deliver_peer(self, msg: Message) -> None:
-        """A message from a peer; waits while the inbox is full (backpressure on that connection)."""
-        await self._put(("peer", msg))
+    async def deliver_peer(self, msg: Message, *, more: bool = False) -> None:
+        """A message from a peer; waits while the inbox is full (backpressure on that connection).
 
-    async def submit_client(self, op: str, body: dict[str, Any], token: Token, size_bytes: int) -> None:
-        """A client request (already shape-checked by ``parse_request``); answered via the token."""
-        await self._put(("client", op, body, token, size_bytes))
+        ``more``: the caller has more messages already read and delivers them next; the last one
+        (``more=False``) starts the round (see :meth:`_put`), so a round takes them all."""
+        await self._put(("peer", msg), more)
 
-    async def _put(self, item: tuple[Any, ...]) -> None:
+    async def submit_client(self, op: str, body: dict[str, Any], token: Token, size_bytes: int, *, more: bool = False) -> None:
+        """A client request (already shape-checked by ``parse_request``); answered via the token.
+        ``more`` as for :meth:`deliver_peer`."""
+        await self._put(("client", op, body, token, size_bytes), more, client=True)
+
+    async def _put(self, item: tuple[Any, ...], more: bool = False, client: bool = False) -> None:
         while len(self._inbox) >= self.config.driver_inbox_items_max:
+            if self._parked:
+                self._wake.unpark_all()  # what earlier calls with ``more`` left must not wait
             self._inbox_waiters += 1
             try:
                 await self._inbox_space.park()
             finally:
                 self._inbox_waiters -= 1
         self._inbox.append(item)
-        if self._parked:
+        if not more:
+            self.start_round(client=client)
+
+    def start_round(self, *, client: bool = False) -> None:
+        """Inputs were delivered (the last with ``more=False``, or all with ``more=True`` and then
+        this call): start a round for them, here if the loop is idle, else by waking the loop.
+        ``client``: they include client requests (see :meth:`_quiescent`)."""
+        if not self._parked:
+            return
+        if self._may_run_round_here() and (not client or self._quiescent()):
+            self._run_round_here()
+        else:
             self._wake.unpark_all()
+
+    def _may_run_round_here(self) -> bool:
+        """The loop is parked and not yet woken, and has nothing of its own to do first (writer
+        results, which would raise a storage failure in the wrong task)."""
+        return len(self._wake) > 0 and not self._results and self._failure is None
+
+    def _quiescent(self) -> bool:
+        """Nothing is in flight: every entry committed, every write durable. A client request that
+        finds the node so may start a round at once; with concurrent clients there is always
+        something in flight, and their requests wait for the loop, which takes the requests of
+        every connection read meanwhile into one group proposal."""
+        log_ = self.replica.raft.log
+        return not self._pending and self._write_seq_durable == self._write_seq_submitted and log_.commit_index == log_.last_index()
+
+    def _run_round_here(self) -> None:
+        """Run a round in the calling task (a connection's reader) while the loop stays parked.
+
+        This saves a pass of trio's scheduler per input on the latency path (a follower's append,
+        a leader's acknowledgement, a lone client request): the round starts as soon as the input
+        is read, and its messages, its inline write and its answers leave from here. The Replica is
+        still touched by one task at a time: a round never awaits, and the loop is parked. What the
+        round raises is the loop's to raise (it fails the node as before), not the reader's.
+        """
+        try:
+            self._round()
+        except BaseException as exc:  # noqa: BLE001 - handed to the loop, which raises it
+            self._failure = exc
+            self._wake.unpark_all()
+            return
+        if self._has_work():
+            self._wake.unpark_all()
+        elif self._park_scope is not None:
+            # The round may have held a commit notice: the loop must wake for its deadline.
+            self._park_scope.deadline = min(self._next_tick_at, self._held_until)
 
     def wake(self) -> None:
         self._wake.unpark_all()
@@ -194,10 +259,13 @@ class Driver:
             else:
                 self._parked = True
                 try:
-                    with trio.move_on_at(min(self._next_tick_at, self._held_until)):
+                    with trio.move_on_at(min(self._next_tick_at, self._held_until)) as self._park_scope:
                         await self._wake.park()
                 finally:
                     self._parked = False
+                    self._park_scope = None
+            if self._failure is not None:
+                raise self._failure
             self._round()
 
     def _backlogged(self) -> bool:
@@ -405,7 +473,9 @@ class Driver:
         if self._write_inline is None or self._write_seq_durable != batches[0][0] - 1:
             return False
         cfg = self.config
-        bytes_max = cfg.write_inline_leader_bytes_max if self.replica.raft.role == Role.LEADER else cfg.write_inline_bytes_max
+        bytes_max = cfg.write_inline_bytes_max
+        if self.replica.raft.role == Role.LEADER:
+            bytes_max = cfg.write_inline_leader_bytes_max or (bytes_max if self._leader_idle(batches) else 0)
         size_bytes = 0
         for _, batch in batches:
             if batch.snapshot is not None:
@@ -413,6 +483,15 @@ class Driver:
             for entry in batch.entries:
                 size_bytes += len(entry.data)
         return size_bytes <= bytes_max if bytes_max else False
+
+    def _leader_idle(self, batches: list[tuple[int, WriteBatch]]) -> bool:
+        """Every entry before these batches is committed (``write_inline_leader_idle``): the leader
+        then has nothing to do until its own fsync returns, since it applies and answers only what
+        it has persisted itself; writing inline saves the hand-off to the writer thread and back."""
+        if not self.config.write_inline_leader_idle:
+            return False
+        first_index = next((b.entries[0].index for _, b in batches if b.entries), 0)
+        return not first_index or self.replica.raft.log.commit_index >= first_index - 1
 
     # ------------------------------------------------------------------ client requests
 

@@ -156,9 +156,9 @@ class Node:
             await self._shutdown(driver, client_server)
             nursery.cancel_scope.cancel()
 
-    async def _deliver_peer(self, msg: Any) -> None:
+    async def _deliver_peer(self, msg: Any, more: bool) -> None:
         assert self.driver is not None
-        await self.driver.deliver_peer(msg)
+        await self.driver.deliver_peer(msg, more=more)
 
     async def _shutdown(self, driver: Driver, client_server: ClientServer) -> None:
         grace_s = self.config.shutdown_grace_ms / 1000

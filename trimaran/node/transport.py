@@ -27,6 +27,9 @@ Wire: length-prefixed frames (:mod:`trimaran.protocols.framing`), each holding o
   each peer's queue to its socket with one non-blocking ``write`` (:meth:`PeerQueue.flush`). Only
   what a full socket buffer refuses is left to the connection's task, which waits until the socket
   is writable. One ``write`` per peer per driver round, and no task switch on the way out.
+- Receiving: a connection's reader decodes every frame one read brought and hands them all to the
+  driver before its round starts (``deliver(msg, more)``); an idle driver runs that round in the
+  reader's task at once (see :mod:`~trimaran.node.driver`), so no task switch on the way in either.
 - Reconnects back off exponentially with full jitter, so restarted clusters do not reconnect in
   lockstep.
 """
@@ -229,7 +232,8 @@ class PeerQueue:
 class PeerTransport:
     """Sends Raft messages to peers and hands received ones to ``deliver``; see the module docstring."""
 
-    def __init__(self, config: NodeConfig, deliver: Callable[[Message], Awaitable[None]]) -> None:
+    def __init__(self, config: NodeConfig, deliver: Callable[[Message, bool], Awaitable[None]]) -> None:
+        """``deliver(msg, more)``: ``more`` says that more messages read at once follow at once."""
         self._config = config
         self._node_id = config.node_id
         self._deliver = deliver
@@ -430,9 +434,20 @@ class PeerTransport:
             frame = await read_frame(stream, decoder)
             if frame is None:
                 return
-            msg = decode_from_peer(frame, sender, self._node_id)
-            self.frames_received += 1
-            await self._deliver(msg)
+            # Every frame that arrived with it is delivered before the driver's round starts (the
+            # last one starts it): one round, one write and one acknowledgement for all of them.
+            msgs, error = [decode_from_peer(frame, sender, self._node_id)], None
+            try:
+                while (frame := decoder.next_frame()) is not None:
+                    msgs.append(decode_from_peer(frame, sender, self._node_id))
+            except TrimaranError as exc:  # what came before it is still delivered
+                error = exc
+            self.frames_received += len(msgs)
+            last = len(msgs) - 1
+            for i, msg in enumerate(msgs):
+                await self._deliver(msg, i < last)
+            if error is not None:
+                raise error
 
     async def _refuse(self, stream: trio.SocketStream, exc: TrimaranError) -> None:
         await linger_close(stream, error_frame(exc))
