@@ -22,6 +22,7 @@ Ready, exactly-once on every application, an event-rate alarm for livelocks; the
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import heapq
 import random
@@ -577,7 +578,10 @@ class Simulation:
     def _maybe_final_reads(self) -> None:
         if self.final_reader is not None or not all(c.stopped for c in self.clients):
             return
-        reader = FinalReader(len(self.clients), self.workload, random.Random(sub_seed(self.seed, "final")), self)
+        # No think time: the final reads must fit in the drain window even after a timeout on a
+        # node that is down for good (a failed disk).
+        workload = dataclasses.replace(self.workload, think_us_max=0)
+        reader = FinalReader(len(self.clients), workload, random.Random(sub_seed(self.seed, "final")), self)
         self.final_reader = reader
         reader.start(self.now_us)
 
