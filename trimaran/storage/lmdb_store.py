@@ -12,9 +12,12 @@ key followed by the payload, so a record found under the wrong key (a flipped ke
 check just like a damaged payload. Every read verifies it; a failure raises ``StorageCorruptError``
 and never returns wrong data.
 
-Threading: LMDB ties a write transaction to the OS thread that began it, so everything that writes
-(the constructor, :meth:`LmdbStorage.write`, :meth:`~LmdbStorage.begin_snapshot` and the writer it
-returns, :meth:`~LmdbStorage.close`) must run on one writer thread. Reads may run on any thread:
+Threading: LMDB ties a write transaction to the OS thread that began it, and allows one write
+transaction at a time. So every write (the constructor, :meth:`LmdbStorage.write`,
+:meth:`~LmdbStorage.begin_snapshot` and the writer it returns, :meth:`~LmdbStorage.close`) must
+begin and commit on one thread, and writes must not overlap; they need not all come from the same
+thread (the node's writer thread does most, its event loop writes inline when that thread is
+idle, and the two never overlap). Reads may run on any thread:
 each takes its own short read transaction. Growing the map waits for in-flight reads to finish
 because LMDB invalidates every open transaction when the map is resized.
 """
@@ -293,7 +296,7 @@ class LmdbStorage(NodeStorage):
         self._map_bytes = map_bytes
 
     def write(self, batches: Sequence[WriteBatch]) -> None:
-        """Apply the batches in one transaction with one fsync (group commit); writer thread only."""
+        """Apply the batches in one transaction with one fsync (group commit); one write at a time."""
         # Checked before the transaction so a damaged snapshot costs no disk work.
         for batch in batches:
             if batch.snapshot is not None:
@@ -390,7 +393,7 @@ class LmdbStorage(NodeStorage):
             chunk_no += 1
 
     def begin_snapshot(self, meta: SnapshotMeta) -> SnapshotWriter:
-        """A writer that stores chunks under ``meta.last_index`` (writer thread only)."""
+        """A writer that stores chunks under ``meta.last_index`` (one write at a time)."""
         assert meta.last_index > self._view.snapshot_index, "a snapshot must be newer than the latest"
         # Pieces left by a writer that crashed or was abandoned at this index would otherwise be
         # read back as the tail of this snapshot.
