@@ -293,29 +293,6 @@ async def test_a_client_request_runs_at_once_only_when_nothing_else_is_in_flight
         nursery.cancel_scope.cancel()
 
 
-async def test_a_leader_writes_inline_only_when_every_earlier_entry_is_committed(tmp_path: Path) -> None:
-    driver, _ = await make_leader(tmp_path)
-    writer = driver._writer
-    assert isinstance(writer, InlineWriter)
-    inline, submitted = len(writer.inline), len(writer.submitted)
-    await driver.submit_client("register", {}, (Sink(), 1), 16)
-    driver._round()
-    assert len(writer.inline) == inline + 1  # idle: its answer waits for this fsync anyway
-    await driver.submit_client("register", {}, (Sink(), 2), 16)
-    driver._round()
-    assert len(writer.inline) == inline + 1 and len(writer.submitted) == submitted + 1  # one in flight
-
-
-async def test_a_leader_never_writes_inline_when_told_not_to(tmp_path: Path) -> None:
-    driver, _ = await make_leader(tmp_path, write_inline_leader_idle=False)
-    writer = driver._writer
-    assert isinstance(writer, InlineWriter)
-    inline = len(writer.inline)
-    await driver.submit_client("register", {}, (Sink(), 1), 16)
-    driver._round()
-    assert len(writer.inline) == inline
-
-
 # ---------------------------------------------------------------------------- client answers
 
 

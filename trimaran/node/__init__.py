@@ -6,7 +6,7 @@ Modules, one job each:
 - :mod:`~trimaran.node.driver` — the loop that owns the Replica and runs the Ready protocol (an idle
   loop lets the reader that delivered an input run its round, saving a scheduler pass);
 - :mod:`~trimaran.node.writer` — the LMDB writer thread (group commit), and the small inline writes a
-  follower (or an idle leader) makes on the driver's thread when that thread is idle;
+  follower makes on the driver's thread when that thread is idle;
 - :mod:`~trimaran.node.transport` — peer TCP: handshake, limits, drop-when-full queues written
   straight from the driver's round, reconnects;
 - :mod:`~trimaran.node.client_server` — the client port (:mod:`trimaran.protocols.client_protocol`);

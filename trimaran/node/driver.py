@@ -30,12 +30,10 @@ The round's batches are written after its messages are sent (a leader's appends 
 its own fsync, thesis §10.2.1), in submission order, in one of two ways:
 
 - handed to the writer thread;
-- or, on a follower (``write_inline_bytes_max``; a leader if ``write_inline_leader_bytes_max``, or
-  with ``write_inline_leader_idle`` when every earlier entry is committed) and only when the thread
-  has nothing outstanding, written inline on this thread. The batch is then durable before the
-  round ends: its held messages are released and ``on_persisted`` called in the same round, so an
-  append is acknowledged, and a lone client's entry counted by its leader, without a thread
-  hand-off either way.
+- or, on a follower (``write_inline_bytes_max``; a leader only if ``write_inline_leader_bytes_max``)
+  and only when the thread has nothing outstanding, written inline on this thread. The batch is
+  then durable before the round ends: its held messages are released and ``on_persisted`` called
+  in the same round, so an append is acknowledged without a thread hand-off either way.
 
 A leader holds back empty appends that only announce a new commit index for up to
 ``commit_notice_delay_ms``, and drops them when the next append to that follower carries the same
@@ -241,8 +239,11 @@ class Driver:
         if self._has_work():
             self._wake.unpark_all()
         elif self._park_scope is not None:
-            # The round may have held a commit notice: the loop must wake for its deadline.
-            self._park_scope.deadline = min(self._next_tick_at, self._held_until)
+            # The round may have held a commit notice: the loop must wake for its deadline. Only
+            # ever earlier (moving a deadline costs trio some work; waking early costs one round).
+            deadline = min(self._next_tick_at, self._held_until)
+            if deadline < self._park_scope.deadline:
+                self._park_scope.deadline = deadline
 
     def wake(self) -> None:
         self._wake.unpark_all()
@@ -473,9 +474,7 @@ class Driver:
         if self._write_inline is None or self._write_seq_durable != batches[0][0] - 1:
             return False
         cfg = self.config
-        bytes_max = cfg.write_inline_bytes_max
-        if self.replica.raft.role == Role.LEADER:
-            bytes_max = cfg.write_inline_leader_bytes_max or (bytes_max if self._leader_idle(batches) else 0)
+        bytes_max = cfg.write_inline_leader_bytes_max if self.replica.raft.role == Role.LEADER else cfg.write_inline_bytes_max
         size_bytes = 0
         for _, batch in batches:
             if batch.snapshot is not None:
@@ -483,15 +482,6 @@ class Driver:
             for entry in batch.entries:
                 size_bytes += len(entry.data)
         return size_bytes <= bytes_max if bytes_max else False
-
-    def _leader_idle(self, batches: list[tuple[int, WriteBatch]]) -> bool:
-        """Every entry before these batches is committed (``write_inline_leader_idle``): the leader
-        then has nothing to do until its own fsync returns, since it applies and answers only what
-        it has persisted itself; writing inline saves the hand-off to the writer thread and back."""
-        if not self.config.write_inline_leader_idle:
-            return False
-        first_index = next((b.entries[0].index for _, b in batches if b.entries), 0)
-        return not first_index or self.replica.raft.log.commit_index >= first_index - 1
 
     # ------------------------------------------------------------------ client requests
 
