@@ -277,6 +277,8 @@ async def test_a_round_that_fails_in_the_delivering_task_fails_the_loop(tmp_path
 
 async def test_a_client_request_runs_at_once_only_when_nothing_else_is_in_flight(tmp_path: Path) -> None:
     driver, sent = await make_leader(tmp_path)
+    driver.on_write_result(WriteResult(driver._write_seq_submitted))  # the leader's own writes too
+    driver._round()
     async with trio.open_nursery() as nursery:
         await start_parked(nursery, driver)
         sent.clear()
