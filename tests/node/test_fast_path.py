@@ -295,6 +295,40 @@ async def test_a_client_request_runs_at_once_only_when_nothing_else_is_in_flight
         nursery.cancel_scope.cancel()
 
 
+async def test_a_leader_writes_inline_once_its_clients_come_one_at_a_time(tmp_path: Path) -> None:
+    driver, _ = await make_leader(tmp_path, write_inline_leader_serial_requests=2)
+    writer = driver._writer
+    assert isinstance(writer, InlineWriter)
+
+    async def settle() -> None:
+        """The leader's writes durable and its last entry acknowledged: nothing in flight."""
+        if driver._write_seq_durable < driver._write_seq_submitted:
+            driver.on_write_result(WriteResult(driver._write_seq_submitted))
+            await trio.testing.wait_all_tasks_blocked()
+        last = driver.replica.raft.log.last_index()
+        await driver.deliver_peer(AppendEntriesResponse(1, 2, 1, True, last))
+        await driver.deliver_peer(AppendEntriesResponse(1, 3, 1, True, last))
+        assert driver._quiescent()
+
+    async with trio.open_nursery() as nursery:
+        await start_parked(nursery, driver)
+        await settle()
+        inline = len(writer.inline)
+        await driver.submit_client("register", {}, (Sink(), 1), 16)
+        assert len(writer.inline) == inline  # one request to an idle node is not yet a pattern
+        await settle()
+        await driver.submit_client("register", {}, (Sink(), 2), 16)
+        assert len(writer.inline) == inline + 1  # the second in a row: written here, no hand-off
+        # A request that finds another in flight means concurrent clients: back to the thread.
+        await driver.submit_client("register", {}, (Sink(), 3), 16)
+        await trio.testing.wait_all_tasks_blocked()
+        await settle()
+        submitted = len(writer.submitted)
+        await driver.submit_client("register", {}, (Sink(), 4), 16)
+        assert len(writer.inline) == inline + 1 and len(writer.submitted) == submitted + 1
+        nursery.cancel_scope.cancel()
+
+
 # ---------------------------------------------------------------------------- client answers
 
 

@@ -30,10 +30,12 @@ The round's batches are written after its messages are sent (a leader's appends 
 its own fsync, thesis §10.2.1), in submission order, in one of two ways:
 
 - handed to the writer thread;
-- or, on a follower (``write_inline_bytes_max``; a leader only if ``write_inline_leader_bytes_max``)
-  and only when the thread has nothing outstanding, written inline on this thread. The batch is
-  then durable before the round ends: its held messages are released and ``on_persisted`` called
-  in the same round, so an append is acknowledged without a thread hand-off either way.
+- or, on a follower (``write_inline_bytes_max``; a leader if ``write_inline_leader_bytes_max``, or
+  while its clients come one at a time, ``write_inline_leader_serial_requests``) and only when the
+  thread has nothing outstanding, written inline on this thread. The batch is then durable before
+  the round ends: its held messages are released and ``on_persisted`` called in the same round, so
+  an append is acknowledged, and a lone client's entry counted by its leader, without a thread
+  hand-off either way.
 
 A leader holds back empty appends that only announce a new commit index for up to
 ``commit_notice_delay_ms``, and drops them when the next append to that follower carries the same
@@ -70,6 +72,8 @@ log = logging.getLogger("trimaran.node.driver")
 
 #: ``ready()`` calls per round; one normally takes everything, the bound keeps a round finite.
 READY_CALLS_PER_ROUND_MAX = 16
+#: Where the count of serial client requests stops (it only needs to reach the configured bound).
+SERIAL_REQUESTS_COUNTED_MAX = 1 << 20
 #: Ticks delivered at once after a pause: enough for every timeout to fire (Check-Quorum needs
 #: two election timeouts), and a bound on the loop.
 TICKS_CATCH_UP_MAX_FACTOR = 4
@@ -135,6 +139,9 @@ class Driver:
         self._park_scope: trio.CancelScope | None = None
         #: What a round run by another task raised (see _run_round_here): the loop raises it.
         self._failure: BaseException | None = None
+        #: Client requests in a row that found the node quiescent: one client at a time (see
+        #: ``write_inline_leader_serial_requests``).
+        self._serial_requests = 0
         #: Producers waiting for inbox space.
         self._inbox_waiters = 0
         self._results: deque[WriteResult] = deque()
@@ -201,9 +208,12 @@ class Driver:
         """Inputs were delivered (the last with ``more=False``, or all with ``more=True`` and then
         this call): start a round for them, here if the loop is idle, else by waking the loop.
         ``client``: they include client requests (see :meth:`_quiescent`)."""
+        quiet = self._parked and (not client or self._quiescent())
+        if client:
+            self._serial_requests = min(self._serial_requests + 1, SERIAL_REQUESTS_COUNTED_MAX) if quiet else 0
         if not self._parked:
             return
-        if self._may_run_round_here() and (not client or self._quiescent()):
+        if quiet and self._may_run_round_here():
             self._run_round_here()
         else:
             self._wake.unpark_all()
@@ -474,7 +484,10 @@ class Driver:
         if self._write_inline is None or self._write_seq_durable != batches[0][0] - 1:
             return False
         cfg = self.config
-        bytes_max = cfg.write_inline_leader_bytes_max if self.replica.raft.role == Role.LEADER else cfg.write_inline_bytes_max
+        bytes_max = cfg.write_inline_bytes_max
+        if self.replica.raft.role == Role.LEADER:
+            serial = 0 < cfg.write_inline_leader_serial_requests <= self._serial_requests
+            bytes_max = cfg.write_inline_leader_bytes_max or (bytes_max if serial else 0)
         size_bytes = 0
         for _, batch in batches:
             if batch.snapshot is not None:
