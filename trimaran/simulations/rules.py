@@ -40,27 +40,15 @@ from trimaran.storage.memory import MemoryStorage
 IN_SNAPSHOT = -1
 
 
-def _durable(storage: MemoryStorage) -> Any:
-    # The twin keeps what survives a crash in ``_durable``; the simulator only ever reads it.
-    return storage._durable  # noqa: SLF001
-
-
 def durable_hard_state(storage: MemoryStorage) -> HardState:
-    hard_state: HardState = _durable(storage).view.hard_state
-    return hard_state
+    return storage.durable_hard_state()
 
 
 def durable_term_at(storage: MemoryStorage, index: int) -> int | None:
     """The term of the durable entry at ``index``; IN_SNAPSHOT if a durable snapshot covers it;
     None if the disk does not hold it."""
-    disk = _durable(storage)
-    view = disk.view
-    if index <= 0 or (view.snapshot is not None and index <= view.snapshot.last_index):
-        return IN_SNAPSHOT
-    if view.first_index <= index <= view.last_index:
-        term: int = disk.log[index - view.first_index].term
-        return term
-    return None
+    term = storage.durable_term_at(index)
+    return IN_SNAPSHOT if term == 0 else term
 
 
 def _fail(rule: str, message: str) -> None:

@@ -149,6 +149,24 @@ class MemoryStorage(NodeStorage):
             )
         self._visible = staged
 
+    # ------------------------------------------------------------------ what a crash would keep
+    # Read-only views for checkers (the simulator's protocol rules): the state that survives a
+    # crash now, whatever is visible to the node.
+
+    def durable_hard_state(self) -> HardState:
+        """The hard state as it is on disk (synced)."""
+        return self._durable.view.hard_state
+
+    def durable_term_at(self, index: int) -> int | None:
+        """The term of the synced entry at ``index``; 0 if a synced snapshot covers it (or
+        ``index`` <= 0); None if the synced log does not hold it."""
+        view = self._durable.view
+        if index <= 0 or (view.snapshot is not None and index <= view.snapshot.last_index):
+            return 0
+        if view.first_index <= index <= view.last_index:
+            return self._durable.log[index - view.first_index].term
+        return None
+
     def sync(self) -> None:
         """Make everything written so far durable."""
         for batch in self._unsynced:
