@@ -90,8 +90,12 @@ async def closed_with(stream: trio.SocketStream) -> Any:
     return frames[0] if frames else None
 
 
+#: What in-process clusters build their state machine with (NodeConfig's defaults).
+DEFAULT_STATE_MACHINE = {"kv": {"maxmemory_bytes": None, "eviction_policy": "lru"}}
+
+
 def hello_frame(**changes: Any) -> bytes:
-    obj = peer_hello("trimaran", 2, 1)
+    obj = peer_hello("trimaran", 2, 1, DEFAULT_STATE_MACHINE)
     obj.update(changes)
     return encode_frame(pack(obj))
 
@@ -102,6 +106,9 @@ def hello_frame(**changes: Any) -> bytes:
         (hello_frame(cluster_id="other"), "cluster id"),
         (hello_frame(recipient=3), "not node 3"),
         (hello_frame(node_id=9), "not a known peer"),
+        # A node started with other kv settings would evict other keys: refused by name.
+        (hello_frame(state_machine={"kv": {"maxmemory_bytes": 1 << 20, "eviction_policy": "lru"}}), "same kv settings"),
+        (hello_frame(state_machine=None), "same kv settings"),
         (encode_frame(pack({"type": "hello"})), "peer_hello"),
         ((1 << 30).to_bytes(4, "big"), "frame"),  # oversized, refused from the header alone
         (hello_frame() + (1 << 30).to_bytes(4, "big"), "frame"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
+from typing import Any
 
 from trimaran import limits
 from trimaran.cluster.config import RaftConfig
@@ -154,6 +155,12 @@ class NodeConfig:
 
     def replace(self, **changes: object) -> NodeConfig:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def state_machine_settings(self) -> dict[str, Any]:
+        """The settings that define the replicated state machine. Replicas built with different
+        ones would apply the same log differently (a different key evicted), so peers compare
+        them in their handshake and refuse to talk when they differ."""
+        return {"kv": {"maxmemory_bytes": self.kv_maxmemory_bytes, "eviction_policy": self.kv_eviction}}
 
     @property
     def tick_s(self) -> float:

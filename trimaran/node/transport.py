@@ -7,10 +7,13 @@ Wire: length-prefixed frames (:mod:`trimaran.protocols.framing`), each holding o
   and a slow reader never makes a writer wait for anything but its own socket.
 - The dialer's first frame is a handshake::
 
-      {"type": "peer_hello", "version": 1, "cluster_id": str, "node_id": sender, "recipient": int}
+      {"type": "peer_hello", "version": 2, "cluster_id": str, "node_id": sender, "recipient": int,
+       "state_machine": {"kv": {"maxmemory_bytes": int | None, "eviction_policy": str}}}
 
-  The acceptor checks the cluster id, that it is the recipient, and that the sender is a known
-  peer; otherwise it sends ``{"type": "error", "error": <error>}`` and closes. After the handshake
+  The acceptor checks the cluster id, that it is the recipient, that the sender is a known peer,
+  and that both build the state machine with the same settings (a node started with another
+  ``--kv-maxmemory-bytes`` would evict other keys than its peers and silently diverge);
+  otherwise it sends ``{"type": "error", "error": <error>}`` and closes. After the handshake
   the acceptor sends nothing; the dialer reads only to notice the close (and log the error).
 - Every later frame is :func:`~trimaran.protocols.codec.message_to_wire` of one message with the
   ``recipient`` field set to 0: the connection already names the recipient, and leaving it out
@@ -55,7 +58,7 @@ from trimaran.protocols.messages import MESSAGE_TYPES, AppendEntries, Message
 
 log = logging.getLogger("trimaran.node.transport")
 
-PEER_PROTOCOL_VERSION = 1
+PEER_PROTOCOL_VERSION = 2
 #: Bytes of queued frames joined into one send (fewer syscalls, bounded copies).
 SEND_CHUNK_BYTES_MAX = 4 * limits.MIB
 #: Largest handshake frame (either port's hello is a few dozen bytes).
@@ -69,13 +72,14 @@ for _cls in MESSAGE_TYPES:
     assert [f.name for f in dataclasses.fields(_cls)][:3] == ["term", "sender", "recipient"], _cls
 
 
-def peer_hello(cluster_id: str, node_id: int, recipient: int) -> dict[str, Any]:
+def peer_hello(cluster_id: str, node_id: int, recipient: int, state_machine: dict[str, Any]) -> dict[str, Any]:
     return {
         "type": "peer_hello",
         "version": PEER_PROTOCOL_VERSION,
         "cluster_id": cluster_id,
         "node_id": node_id,
         "recipient": recipient,
+        "state_machine": state_machine,
     }
 
 
@@ -347,7 +351,9 @@ class PeerTransport:
 
         async def send_loop(cancel: trio.CancelScope) -> None:
             try:
-                hello = peer_hello(self._config.cluster_id, self._node_id, peer_id)
+                hello = peer_hello(
+                    self._config.cluster_id, self._node_id, peer_id, self._config.state_machine_settings()
+                )
                 await stream.send_all(encode_frame(pack(hello)))
                 q.attach(stream.socket.fileno())
                 while True:
@@ -399,6 +405,13 @@ class PeerTransport:
         sender = obj.get("node_id")
         if type(sender) is not int or sender not in self._queues:
             raise ProtocolError(f"node {sender!r} is not a known peer")
+        ours = self._config.state_machine_settings()
+        if obj.get("state_machine") != ours:
+            raise ProtocolError(
+                f"node {sender} builds the state machine with {obj.get('state_machine')!r:.300}, node "
+                f"{self._node_id} with {ours!r}: every node of a cluster needs the same kv settings "
+                "(--kv-maxmemory-bytes, --kv-eviction)"
+            )
         return sender
 
     async def _handle_inbound(self, stream: trio.SocketStream) -> None:
