@@ -151,8 +151,8 @@ def _banner(nodes: list[LocalNode], data_dir: str, cluster_id: str, leader: obje
         "From Python:",
         "  import trimaran",
         f"  with trimaran.connect_sync([{addresses}]) as c:",
-        '      c.set("greeting", "hello")',
-        '      print(c.get("greeting"))',
+        '      c.kv.set("greeting", "hello", ttl_ms=60_000)',
+        '      print(c.kv.get("greeting").value)',
         "",
         f"Ctrl-C stops the cluster; `trimaran up` again comes back from {data_dir}.",
     ]
