@@ -21,6 +21,7 @@ from trimaran.simulations.checkers import CheckFailure
 from trimaran.simulations.history import History, OpStatus
 from trimaran.simulations.kv_model import NO_COND, KvKeyModel, LogClock, RecordingKv, error_output, normalize
 from trimaran.simulations.linearizability import Outcome, check
+from trimaran.simulations.workload import command_options
 
 KEYS = (b"a", b"b", b"c")
 KEY_COST_BYTES = 256 + 1 + 20
@@ -65,11 +66,6 @@ class SequentialRun:
         self._record(key, "get", (), normalize(value))
 
 
-def _options(ttl_ms: int | None, cond: tuple[bool, int | None, bytes | None]) -> dict[str, Any]:
-    given_ = {"ttl_ms": ttl_ms, "if_absent": cond[0] or None, "if_revision": cond[1], "if_value": cond[2]}
-    return {k: v for k, v in given_.items() if v is not None}
-
-
 def _run(seed: int, steps: int, evicting: bool) -> SequentialRun:
     rng = random.Random(seed)
     run = SequentialRun(2 * KEY_COST_BYTES + 40 if evicting else None)
@@ -88,13 +84,13 @@ def _run(seed: int, steps: int, evicting: bool) -> SequentialRun:
             cond = rng.choice(
                 [NO_COND, (True, None, None), (False, 0, None), (False, seen[1] if seen else 3, None), (False, None, b"1")]
             )
-            run.write(["set", key, value, _options(ttl_ms, cond)], [(key, "set", (value, ttl_ms, cond))])
+            run.write(["set", key, value, command_options(ttl_ms, cond)], [(key, "set", (value, ttl_ms, cond))])
         elif roll == 6:
             delta = rng.choice([1, -2, 7, 1 << 62])
             run.write(["incr", key, delta], [(key, "incr", (delta,))])
         elif roll == 7:
             cond = rng.choice([NO_COND, (False, 0, None), (False, 4, None)])
-            run.write(["delete", key, _options(None, cond)], [(key, "delete", (cond,))])
+            run.write(["delete", key, command_options(None, cond)], [(key, "delete", (cond,))])
         else:
             k1, k2 = rng.sample(KEYS, 2)
             v1, v2 = b"%d" % next(values), b"%d" % next(values)

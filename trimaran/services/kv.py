@@ -220,17 +220,14 @@ class KvService:
         ``ConditionFailed`` or ``OutOfMemory`` having changed nothing."""
         assert ctx.index >= 1 and ctx.index >= self._revision, "log indexes only grow"
         cmd = args.parse_command(command)
-        if self._local_clock_ms is not None:
-            ctx = ApplyContext(ctx.index, self._local_clock_ms())  # the ttl_local_clock mutant
+        ctx = self._mutated_clock(ctx)
         # The Replica calls on_time first; purging here too keeps apply correct on its own.
         self._expire_due(ctx)
         return self._commands[type(cmd)](cmd, ctx)
 
     def on_time(self, ctx: ApplyContext) -> None:
         """Purge every key whose ``expires_at_ms`` is at or before this entry's timestamp."""
-        if self._local_clock_ms is not None:
-            ctx = ApplyContext(ctx.index, self._local_clock_ms())  # the ttl_local_clock mutant
-        self._expire_due(ctx)
+        self._expire_due(self._mutated_clock(ctx))
 
     def next_deadline_ms(self) -> int | None:
         return self._next_expiry_ms
@@ -238,11 +235,16 @@ class KvService:
     def query(self, query: Any, ctx: ApplyContext) -> Any:
         """Answer a read-only query at log time ``ctx.timestamp_ms``; never changes state."""
         q = args.parse_query(query)
-        if self._local_clock_ms is not None:
-            ctx = ApplyContext(ctx.index, self._local_clock_ms())  # the ttl_local_clock mutant
+        ctx = self._mutated_clock(ctx)
         if self._reads_touch and type(q) is args.GetQuery and q.key in self._data:
             self._data.move_to_end(q.key)  # the eviction_per_replica mutant
         return self._queries[type(q)](q, ctx.timestamp_ms)
+
+    def _mutated_clock(self, ctx: ApplyContext) -> ApplyContext:
+        """``ctx`` itself, except under the ``ttl_local_clock`` mutant: then the replica's own clock."""
+        if self._local_clock_ms is None:
+            return ctx
+        return ApplyContext(ctx.index, self._local_clock_ms())
 
     # ------------------------------------------------------------------ state changes
 

@@ -43,7 +43,7 @@ class MatrixCase:
 MATRIX: tuple[MatrixCase, ...] = (
     MatrixCase("vote_not_persisted", 1, 5, 40.0, "rule"),
     MatrixCase("no_up_to_date_check", 5, 5, 40.0, "invariant", rules=False),
-    MatrixCase("commit_old_term", 35, 5, 40.0, "rule"),
+    MatrixCase("commit_old_term", 51, 5, 40.0, "rule"),
     MatrixCase("ack_before_fsync", 1, 5, 40.0, "rule"),
     MatrixCase("ack_before_fsync", 8, 5, 40.0, "invariant", rules=False),
     MatrixCase("leader_counts_unpersisted", 1, 5, 40.0, "rule"),

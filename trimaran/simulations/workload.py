@@ -198,11 +198,11 @@ class Client:
             cond = self._condition(key) if rng.random() < 0.4 else NO_COND
             if cond[0]:
                 cond = (False, 0, None)  # delete has no if_absent; revision 0 means the same
-            return self._record(now, key, "delete", (cond,), ["delete", key, _options(None, cond)])
+            return self._record(now, key, "delete", (cond,), ["delete", key, command_options(None, cond)])
         value = self._new_value()
         ttl_ms = rng.choice(TTL_MS_CHOICES) if rng.randrange(1000) < cfg.ttl_share_pm else None
         cond = self._condition(key) if kind == "cas" else NO_COND
-        return self._record(now, key, "set", (value, ttl_ms, cond), ["set", key, value, _options(ttl_ms, cond)])
+        return self._record(now, key, "set", (value, ttl_ms, cond), ["set", key, value, command_options(ttl_ms, cond)])
 
     def _draw_mset(self, now: int) -> PendingOp:
         rng = self.rng
@@ -320,8 +320,9 @@ class Client:
             self.seen[op.key] = (b"%d" % value[0], value[1])
         elif op.kind == "delete" and type(value) is bool:
             self.seen[op.key] = None
-        elif op.kind == "mset":
-            self.seen.pop(op.key, None)
+        elif op.kind == "mset" and type(value) is int:
+            for item in op.request[1]:
+                self.seen[item[0]] = (item[1], value)
         elif isinstance(value, tuple) and len(value) == 2 and type(value[1]) is int and value[1] == 0:
             self.seen[op.key] = None  # a refused condition said the key is absent
 
@@ -368,8 +369,8 @@ class FinalReader(Client):
         self._attempt()
 
 
-def _options(ttl_ms: int | None, cond: Cond) -> dict[str, Any]:
-    """A KV command's options map from a TTL and a condition (None entries mean "not given")."""
+def command_options(ttl_ms: int | None, cond: Cond) -> dict[str, Any]:
+    """A KV ``set``/``delete`` command's options map from a TTL and a condition (None entries mean "not given")."""
     if_absent, if_revision, if_value = cond
     given = {"ttl_ms": ttl_ms, "if_absent": if_absent or None, "if_revision": if_revision, "if_value": if_value}
     return {name: value for name, value in given.items() if value is not None}
