@@ -10,12 +10,14 @@ from trimaran.cluster.config import RaftConfig
 from trimaran.cluster.raft import Raft, Role
 from trimaran.cluster.replica import ReplicaConfig
 from trimaran.errors import ConfigError, InvalidArgument, MembershipChangeRejected, NotLeader, Unavailable
+from trimaran.protocols.codec import encode_conf_change
 from trimaran.protocols.messages import (
     AppendEntries,
     AppendEntriesResponse,
     ConfChange,
     ConfChangeKind,
     Entry,
+    EntryKind,
     HardState,
     Heartbeat,
     InstallSnapshot,
@@ -515,6 +517,56 @@ def test_removed_leader_steps_down_once_the_change_commits() -> None:
     assert h.leader() in (2, 3)
     assert h.raft(h.leader()).membership == Membership((2, 3))
 
+
+def test_node_removed_by_an_uncommitted_change_still_campaigns() -> None:
+    """Thesis §4.2.2: "a server that is not part of its own latest configuration should still start
+    new elections, as it might still be needed until the Cnew entry is committed"; it does not count
+    its own vote. Here leader 1 appends its own removal, is cut off before anyone else gets the entry
+    and steps down (check-quorum, thesis §6.2), and node 4 is down. Nodes 2 and 3 need 3 votes of
+    {1, 2, 3, 4}; node 1 refuses them (its log is longer, §5.4.1) and only node 1 can carry the
+    change. Without the rule the cluster stays leaderless forever (simulator seed 100436)."""
+    h = Harness(4, seed=1)
+    h.elect(1)
+    h.crash(4)
+    h.nodes[1].replica.change_membership("rm", ConfChange(ConfChangeKind.REMOVE, 1))
+    h.process()
+    h.sync(1)
+    h.network.clear()  # the change never leaves node 1
+    for _ in range(30):
+        h.tick(1)
+        h.network.clear()
+        if h.raft(1).role != Role.LEADER:
+            break
+    assert h.raft(1).role == Role.FOLLOWER and h.raft(1).membership == Membership((2, 3, 4))
+    assert h.raft(2).membership == Membership((1, 2, 3, 4))
+    for _ in range(200):
+        for node in (1, 2, 3):
+            h.tick(node)
+        h.settle()
+        leader = h.leader()
+        if leader in (2, 3) and h.raft(leader).committed_in_term():
+            break
+    leader = h.leader()
+    assert leader in (2, 3), f"no leader among 2 and 3: {[h.raft(n).role.name for n in (1, 2, 3)]}"
+    assert h.raft(leader).membership == Membership((2, 3, 4))
+    assert h.raft(leader).membership_at(h.raft(leader).log.commit_index) == Membership((2, 3, 4))
+    assert h.raft(1).role == Role.FOLLOWER
+
+
+def test_a_removed_node_campaigns_only_until_it_knows_the_removal_committed() -> None:
+    """Thesis §4.2.2: the exception above ends once the node knows Cnew is committed; from then on
+    it never campaigns (a removed server must not disturb the cluster, thesis §4.2.3)."""
+    removal = encode_conf_change(ConfChange(ConfChangeKind.REMOVE, 3), Membership((1, 2)))
+    entries = [Entry(1, 1, EntryKind.NORMAL, b""), Entry(2, 1, EntryKind.CONF_CHANGE, removal)]
+    for commit_index, campaigns in ((1, True), (2, False)):
+        r = Raft(fast_raft_config(3, (1, 2, 3)), random.Random(3), HardState(1, 0, commit_index), None, entries)
+        assert r.membership == Membership((1, 2))
+        asked: set[int] = set()
+        for _ in range(50):
+            r.tick()
+            asked |= {m.recipient for m in r.ready().messages if isinstance(m, RequestVote)}
+        assert (r.role == Role.PRE_CANDIDATE, asked) == ((True, {1, 2}) if campaigns else (False, set()))
+        assert r.term == 1  # pre-votes only: the removed node never raises its term
 
 def test_proposals_on_a_follower_raise_not_leader_with_a_hint() -> None:
     h = Harness(3, seed=1)

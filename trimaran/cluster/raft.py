@@ -158,7 +158,21 @@ class Raft:
         return self.term != handed.term or self.vote != handed.vote
 
     def promotable(self) -> bool:
+        """A voter of the latest membership: may lead, and counts its own vote."""
         return self.id in self.membership.voters
+
+    def may_campaign(self) -> bool:
+        """Thesis §4.2.2: a voter, or a node removed by a change not yet known to be committed.
+
+        "A server that is not part of its own latest configuration should still start new elections,
+        as it might still be needed until the Cnew entry is committed": when a leader appends its own
+        removal and loses its majority before the entry spreads, its log is the longest, so it
+        refuses the others' votes (§5.4.1) and only it can carry the change. Its own vote does not
+        count (the tally uses the latest voters). Once it knows the removal committed, it stops.
+        """
+        if self.promotable():
+            return True
+        return self.id in self.membership_at(self.log.commit_index).voters
 
     def has_ready(self) -> bool:
         return bool(
@@ -195,7 +209,7 @@ class Raft:
         if self._forwarded_reads:
             self._expire_forwarded_reads()
         self.election_elapsed += 1
-        if self.promotable() and self.election_elapsed >= self.randomized_election_timeout:
+        if self.may_campaign() and self.election_elapsed >= self.randomized_election_timeout:
             self.election_elapsed = 0
             self._campaign(transfer=False)
 
