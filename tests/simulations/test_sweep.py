@@ -1,20 +1,66 @@
-"""Sweeps of seeds with every checker on: a small one always, the CI-sized one marked slow (it
-still runs in ``make test``: nothing deselects the marker)."""
+"""Sweeps of seeds with every checker on: a small one always, the CI-sized ones marked slow (they
+still run in ``make test``: nothing deselects the marker).
+
+CI runs two kinds of band. A fixed band re-proves the same seeds every run (regressions), and a
+moving band explores seeds no run has tried: its seeds come from the commit hash
+(:func:`~trimaran.simulations.sweep.moving_band`), so a red run replays exactly. Set
+``TRIMARAN_SIM_BAND`` to a commit hash (or any label) to replay another run's band; a failure
+prints each failing seed's one-line replay command.
+"""
 
 from __future__ import annotations
 
 import os
+import subprocess
+from pathlib import Path
 
 import pytest
 
-from trimaran.simulations.sweep import SweepSpec, parse_seed_range, sweep
+from trimaran.simulations.run import RunResult
+from trimaran.simulations.sweep import SweepSpec, moving_band, parse_seed_range, sweep
 
-#: The CI sweep: ARCHITECTURE.md's budget is 30 minutes on 2 cores for all of `make test`.
-CI_SEEDS = range(1, 301)
+#: Fixed bands (regressions). ARCHITECTURE.md's budget is 10 minutes on 2 cores for `make test`.
+FIXED_SEEDS = range(1, 151)
+FIXED_LONG_SEEDS = range(1001, 1016)
 CI_SIM_SECONDS = 60.0
+LONG_SIM_SECONDS = 300.0
+#: Moving bands, per node count: (nodes, seeds) at CI_SIM_SECONDS, then at LONG_SIM_SECONDS.
+MOVING = ((5, 90), (3, 40), (7, 20))
+MOVING_LONG = ((5, 10), (7, 5))
+#: Found by a hand-run sweep (issue 15): a removed leader must still campaign (thesis §4.2.2).
+REGRESSION_SEEDS = (100436,)
 
 
-def _failures(results: list) -> list[str]:
+def _jobs() -> int:
+    return min(2, os.cpu_count() or 1)
+
+
+def band_label() -> str:
+    """``TRIMARAN_SIM_BAND``, else the checked-out commit, else a constant (not a git checkout)."""
+    label = os.environ.get("TRIMARAN_SIM_BAND", "").strip()
+    if label:
+        return label
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "no-commit"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "no-commit"
+
+
+def _check_moving(bands: tuple[tuple[int, int], ...], sim_seconds: float, purpose: str) -> None:
+    label = band_label()
+    failures: list[str] = []
+    described: list[str] = []
+    for nodes, size in bands:
+        seeds = moving_band(label, f"{purpose}:{nodes}", size)
+        described.append(f"{nodes} nodes: seeds {seeds.start}..{seeds.stop - 1}")
+        failures += _failures(sweep(seeds, SweepSpec(nodes=nodes, sim_seconds=sim_seconds), jobs=_jobs()))
+    assert failures == [], f"moving band of {label} ({'; '.join(described)}, {sim_seconds:g} s):\n" + "\n".join(failures)
+
+
+def _failures(results: list[RunResult]) -> list[str]:
     return [f"seed {r.seed}: {r.category}: {r.message.splitlines()[0]}\n  {r.replay_command()}" for r in results if not r.passed]
 
 
@@ -40,16 +86,36 @@ def test_parallel_sweep_gives_the_same_results() -> None:
     assert sweep(range(1, 5), spec, jobs=2) == sweep(range(1, 5), spec, jobs=1)
 
 
-@pytest.mark.slow
-def test_ci_sweep_300_seeds_5_nodes_60_seconds() -> None:
-    jobs = min(2, os.cpu_count() or 1)
-    results = sweep(CI_SEEDS, SweepSpec(nodes=5, sim_seconds=CI_SIM_SECONDS), jobs=jobs)
-    assert _failures(results) == []
+def test_moving_band_is_stable_per_label_and_moves_with_it() -> None:
+    a = moving_band("4f2c0de", "ci:5", 90)
+    assert a == moving_band("4f2c0de", "ci:5", 90) and len(a) == 90
+    assert a.start >= 1_000_000_000 and a.stop < 2**31
+    others = [moving_band(label, "ci:5", 90) for label in ("4f2c0df", "main", "x")] + [moving_band("4f2c0de", "ci:3", 90)]
+    assert all(set(a).isdisjoint(b) for b in others)
 
 
 @pytest.mark.slow
-def test_ci_long_runs_30_seeds_300_seconds() -> None:
+def test_ci_fixed_band_5_nodes_60_seconds() -> None:
+    assert _failures(sweep(FIXED_SEEDS, SweepSpec(nodes=5, sim_seconds=CI_SIM_SECONDS), jobs=_jobs())) == []
+
+
+@pytest.mark.slow
+def test_ci_regression_seeds() -> None:
+    assert _failures(sweep(REGRESSION_SEEDS, SweepSpec(nodes=5, sim_seconds=CI_SIM_SECONDS))) == []
+
+
+@pytest.mark.slow
+def test_ci_moving_band_60_seconds() -> None:
+    """New seeds every commit, over 3, 5 and 7 nodes."""
+    _check_moving(MOVING, CI_SIM_SECONDS, "ci")
+
+
+@pytest.mark.slow
+def test_ci_fixed_long_runs_300_seconds() -> None:
     """Long histories: sessions, snapshots and faults pile up over 300 simulated seconds."""
-    jobs = min(2, os.cpu_count() or 1)
-    results = sweep(range(1001, 1031), SweepSpec(nodes=5, sim_seconds=300.0), jobs=jobs)
-    assert _failures(results) == []
+    assert _failures(sweep(FIXED_LONG_SEEDS, SweepSpec(nodes=5, sim_seconds=LONG_SIM_SECONDS), jobs=_jobs())) == []
+
+
+@pytest.mark.slow
+def test_ci_moving_long_runs_300_seconds() -> None:
+    _check_moving(MOVING_LONG, LONG_SIM_SECONDS, "ci-long")

@@ -73,6 +73,7 @@ MUTANTS = {
     "read_without_read_index": "a leader serves reads without confirming leadership (thesis §6.4)",
     "conf_change_before_term_commit": "membership changes start before a current-term commit",
     "vote_twice_in_term": "a node grants its vote to a second candidate in the same term",
+    "removed_never_campaigns": "a node removed by a change not yet committed never campaigns (thesis §4.2.2)",
 }
 
 
@@ -172,6 +173,8 @@ class Raft:
         """
         if self.promotable():
             return True
+        if "removed_never_campaigns" in self._mutants:
+            return False
         return self.id in self.membership_at(self.log.commit_index).voters
 
     def has_ready(self) -> bool:

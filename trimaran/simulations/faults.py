@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Iterable
 
 from trimaran.cluster.raft import Role
 from trimaran.errors import StorageCorruptError, TrimaranError
-from trimaran.protocols.messages import ConfChange, ConfChangeKind
+from trimaran.protocols.messages import ConfChange, ConfChangeKind, Membership
 from trimaran.simulations.checkers import CheckFailure
 from trimaran.simulations.harness import sub_seed
 from trimaran.simulations.plan import Fault
@@ -365,8 +365,31 @@ class FaultInjector:
     def _leader_deadline(self) -> None:
         self.probe_leader()
         if self.sim.leader_ok_us < 0:
-            states = ", ".join(
-                f"{n}:{'up' if s.sim.up else 'down'}/{s.sim.replica.raft.role.name}/t{s.sim.replica.raft.term}"
-                for n, s in self.sim.slots.items()
-            )
-            raise CheckFailure("liveness", f"no leader within 10 election timeouts of the heal ({states})")
+            raise CheckFailure("liveness", self.stuck_report())
+
+    def stuck_report(self) -> str:
+        """Why no leader: each node's state and the memberships it holds (latest and, when it
+        differs, committed), each with how many of its voters are up, so the report says at once
+        whether an electable majority exists (a stuck core) or not (a fault the guard let through)."""
+        sim = self.sim
+        up = {n for n, s in sim.slots.items() if s.sim.up}
+        states = ", ".join(
+            f"{n}:{'up' if n in up else 'down'}/{s.sim.replica.raft.role.name}/t{s.sim.replica.raft.term}"
+            for n, s in sim.slots.items()
+        )
+        lines = [f"no leader within 10 election timeouts of the heal ({states})"]
+        for n, slot in sim.slots.items():
+            raft = slot.sim.replica.raft
+            latest, committed = raft.membership, raft.membership_at(raft.log.commit_index)
+            held = [("latest", latest)] if latest == committed else [("latest", latest), ("committed", committed)]
+            parts = [f"{label} {self._describe_membership(m, up)}" for label, m in held]
+            lines.append(f"  node {n} (commit {raft.log.commit_index}, last {raft.log.last_index()}): " + "; ".join(parts))
+        return "\n".join(lines)
+
+    @staticmethod
+    def _describe_membership(membership: Membership, up: set[int]) -> str:
+        voters = list(membership.voters)
+        up_count = sum(1 for v in voters if v in up)
+        verdict = "a majority is up" if up_count >= _majority(len(voters)) else "NO majority up"
+        learners = ",".join(map(str, membership.learners)) or "-"
+        return f"voters {','.join(map(str, voters)) or '-'} learners {learners}: {up_count} of {len(voters)} voters up, {verdict}"

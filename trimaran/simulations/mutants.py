@@ -33,6 +33,9 @@ class MatrixCase:
     category: str
     #: False: found with the direct rule checks off (the end-to-end checkers alone catch it).
     rules: bool = True
+    #: A fault plan to replay instead of the seed's own (``""``: the seed's): for a bug that needs
+    #: a rare sequence of faults, the shrunk plan of the sweep seed that found it.
+    plan: str = ""
 
 
 #: The first seed catching each mutant in seeds 1..500 (5 nodes, 40 simulated seconds), from
@@ -61,6 +64,21 @@ MATRIX: tuple[MatrixCase, ...] = (
     MatrixCase("dedup_not_in_snapshot", 36, 5, 40.0, "exactly_once", rules=False),
     MatrixCase("ttl_local_clock", 2, 5, 40.0, "replicas_diverge", rules=False),
     MatrixCase("eviction_per_replica", 1, 5, 40.0, "replicas_diverge", rules=False),
+    # Found by a sweep of seeds 100001..100600 (issue 15): a leader appends its own removal inside a
+    # partition and steps down before the entry spreads; with one disk failed, only it can carry
+    # the change. The shrunk plan of that seed, six faults.
+    MatrixCase(
+        "removed_never_campaigns",
+        100436,
+        5,
+        60.0,
+        "liveness",
+        rules=False,
+        plan="loss_pm=0,dup_pm=0,delay_us=1287,jitter_us=0,tail_pm=0,tail_us=0,fsync_us=12433,fsync_jitter_us=0,"
+        "drift_pm=0/0/0/0/0,snap_every=24,snap_keep=16,append_bytes=16384,inflight=32;1799:part:2:20:1270,"
+        "3307:crash:0:0:0:0,11020:disk:2:31:436023196,13353:member:3:2:834627752,25312:part:0:32:1216,"
+        "25731:member:0:1:723693672",
+    ),
 )
 
 #: Mutants the end-to-end checkers alone did not catch in seeds 1..500 (5 nodes, 60 simulated

@@ -6,6 +6,7 @@ sequential one; only the order in which they finish differs (results are reporte
 
 from __future__ import annotations
 
+import hashlib
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -22,6 +23,22 @@ def parse_seed_range(text: str) -> range:
     if last < first:
         raise ValueError(f"empty seed range {text!r}")
     return range(first, last + 1)
+
+
+#: Moving bands start at or above this seed, clear of the fixed bands (1..10_000) and of the
+#: hand-run sweep bands (100_001.. and up); the span keeps every seed inside 2**31.
+MOVING_SEED_MIN = 1_000_000_000
+MOVING_SEED_SPAN = 1_000_000_000
+
+
+def moving_band(label: str, purpose: str, size: int) -> range:
+    """``size`` consecutive seeds picked by ``label`` (CI passes the commit hash) and ``purpose``.
+
+    Every commit explores new seeds, yet a red run replays exactly: the same label gives the same
+    band on any machine (sha256, never ``hash()``)."""
+    digest = hashlib.sha256(f"{label}:{purpose}".encode()).digest()
+    start = MOVING_SEED_MIN + int.from_bytes(digest[:8], "big") % MOVING_SEED_SPAN
+    return range(start, start + size)
 
 
 @dataclass(frozen=True, slots=True)
