@@ -43,6 +43,15 @@ inflight_messages_max = 1024
 snapshot_chunk_bytes_max = 4 * MIB
 #: Cluster size ceiling (voters + learners).
 members_max = 15
+#: Every term, index, node id, sequence number and offset in a Raft message or record. Far below
+#: the codec's int64 so that no value a peer may send can push a counter into overflow: one
+#: election adds one to a term, one entry one to an index (2**53 entries at a million a second
+#: last 285 years). A message over it is refused as malformed.
+raft_counter_max = 2**53
+#: How far one message may raise a node's term. With Pre-Vote (thesis §9.6) terms move by about
+#: one per leader change, so a real gap is tiny; a forged message must not jump a node near
+#: raft_counter_max, where it could never campaign again (that takes 2**21 forged messages).
+raft_term_jump_max = 2**32
 
 # --- Sessions (exactly-once, thesis §6.3) ----------------------------------------------------------
 sessions_max = 100_000
@@ -63,3 +72,4 @@ assert append_bytes_max + 64 * KIB < frame_bytes_max, "an append plus headers mu
 assert snapshot_chunk_bytes_max + 64 * KIB < frame_bytes_max
 assert log_read_bytes_max >= append_bytes_max
 assert storage_map_bytes_initial <= storage_map_bytes_max
+assert raft_term_jump_max * 1024 < raft_counter_max < 2**63, "counters far below the codec's int64"

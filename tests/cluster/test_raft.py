@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from trimaran import limits
 from trimaran.cluster.config import RaftConfig
 from trimaran.cluster.raft import Raft, Role
 from trimaran.cluster.replica import ReplicaConfig
@@ -574,3 +575,18 @@ def test_proposals_on_a_follower_raise_not_leader_with_a_hint() -> None:
     with pytest.raises(NotLeader) as info:
         h.nodes[1].replica.register("x", 1)
     assert info.value.leader_hint == 2
+
+
+def test_a_forged_term_jump_is_dropped_and_no_term_passes_the_counter_bound() -> None:
+    """§5.1 says adopt any higher term; a forged one (issue 16 item 4) must not be able to push a node
+    where its next term overflows: a jump over limits.raft_term_jump_max is dropped, and a node at
+    limits.raft_counter_max never campaigns past it."""
+    h = Harness(3, seed=1)
+    h.elect(1)
+    term = h.raft(2).term
+    h.nodes[2].deliver(AppendEntries(term + limits.raft_term_jump_max + 1, 3, 2, 0, 0, [], 0))
+    assert h.raft(2).term == term and h.raft(2).leader_id == 1
+    r = Raft(fast_raft_config(1, (1,)), random.Random(1), HardState(limits.raft_counter_max, 0, 0), None, [])
+    for _ in range(30):
+        r.tick()
+    assert r.term == limits.raft_counter_max and r.role != Role.LEADER

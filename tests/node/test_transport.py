@@ -164,3 +164,34 @@ async def test_a_silent_peer_connection_is_closed_after_the_handshake_deadline(t
         stream = await peer_connect(cluster, 1)
         error = await closed_with(stream)
         assert error is not None and "peer_hello" in error["error"]["message"]
+
+
+async def test_a_forged_huge_term_is_refused_and_the_cluster_keeps_its_leader(tmp_path: Path) -> None:
+    """Issue 16 item 4: one AppendEntries with term 2**63-1 used to leave every node a pre-candidate
+    forever (its next term was past the codec's int64). Terms over limits.raft_counter_max are
+    malformed; a term past limits.raft_term_jump_max above the node's own is dropped by Raft."""
+    async with in_process_cluster(tmp_path, **FAST) as cluster:
+        leader = await cluster.leader()
+        follower = next(n for n in (1, 2, 3) if n != leader)
+        sender = next(n for n in (1, 2, 3) if n != follower)
+        term = cluster.status(follower)["term"]
+        forged = AppendEntries(2**63 - 1, sender, follower, 0, 0, [], 0)
+        stream = await peer_connect(cluster, follower)
+        hello = peer_hello("trimaran", sender, follower, DEFAULT_STATE_MACHINE)
+        await stream.send_all(encode_frame(pack(hello)) + encode_for_peer(forged))
+        error = await closed_with(stream)
+        assert error is not None and "int in 0..2**53" in error["error"]["message"], error
+        # Within the codec's bound but a jump no real cluster makes: decoded, then dropped by Raft.
+        jump = AppendEntries(term + limits.raft_term_jump_max + 1, sender, follower, 0, 0, [], 0)
+        stream = await peer_connect(cluster, follower)
+        await stream.send_all(encode_frame(pack(hello)) + encode_for_peer(jump))
+        await trio.sleep(0.3)  # let it arrive and be stepped (there is no answer to wait for)
+        await stream.aclose()
+        await cluster.leader()
+        terms = [cluster.status(n)["term"] for n in (1, 2, 3)]
+        assert max(terms) < term + 100, terms  # a few re-elections on a loaded machine, no jump
+        client = await RawClient.connect(cluster.client_address(await cluster.leader()))
+        await client.register()
+        await client.set(b"after", b"forgery")
+        assert (await client.get(b"after")) is not None
+        await client.aclose()

@@ -387,6 +387,8 @@ class Raft:
             self._start_election(transfer)
 
     def _start_election(self, transfer: bool) -> None:
+        if self.term >= limits.raft_counter_max:
+            return  # unreachable but by forged terms: a term past the bound would be refused
         self._reset(self.term + 1)
         self.role = Role.CANDIDATE
         self.vote = self.id
@@ -431,6 +433,8 @@ class Raft:
 
     def _check_term(self, msg: Message) -> bool:
         """§5.1 term rules, with Pre-Vote and lease exceptions. False: drop the message."""
+        if msg.term > self.term + limits.raft_term_jump_max:
+            return False  # forged or corrupt: no real gap is this large (see limits.raft_term_jump_max)
         if msg.term > self.term:
             if isinstance(msg, RequestVote):
                 if not msg.transfer and self.in_lease():

@@ -65,8 +65,9 @@ def unpack(data: bytes, *, size_bytes_max: int = limits.frame_bytes_max) -> Any:
 
 
 def _int(v: Any) -> int:
-    if type(v) is not int or v < 0 or v >= 1 << 63:
-        raise ProtocolError(f"expected a non-negative int64, got {type(v).__name__}")
+    # Bounded far below int64 (limits.raft_counter_max), so no counter a peer sets can overflow.
+    if type(v) is not int or v < 0 or v > limits.raft_counter_max:
+        raise ProtocolError(f"expected an int in 0..2**53, got {type(v).__name__}")
     return v
 
 
