@@ -11,10 +11,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent / "trimaran"
 
 # Third-party and project modules each layer may import (stdlib is allowed unless forbidden below).
-THIRD_PARTY = {"trio", "trio_websocket", "msgpack", "lmdb", "cryptography", "sortedcontainers", "click", "hypothesis"}
+THIRD_PARTY = {
+    "trio", "trio_websocket", "msgpack", "lmdb", "cryptography", "pyseto", "sortedcontainers", "click", "hypothesis"
+}
 SHARED = {"trimaran", "trimaran.errors", "trimaran.limits"}
 ALLOWED: dict[str, set[str]] = {
-    "protocols": {"msgpack", "cryptography", "trimaran.protocols"},
+    "protocols": {"msgpack", "cryptography", "pyseto", "trimaran.protocols"},
     "cluster": {"sortedcontainers", "trimaran.protocols", "trimaran.cluster"},
     "services": {"sortedcontainers", "trimaran.protocols", "trimaran.services"},
     "storage": {"lmdb", "trimaran.protocols", "trimaran.storage"},

@@ -10,8 +10,9 @@ so a caller catches the same types whether it runs in-process or over the networ
     │   └── TooLarge                 "too_large": over a size limit (key, value, frame, batch)
     ├── ProtocolError                "protocol_error": a malformed frame or message on the wire
     │   └── FrameTooLarge            "frame_too_large": a frame over frame_bytes_max
-    ├── AuthError                    "unauthenticated": a missing, bad or expired token
-    │   └── Forbidden                "forbidden": a valid token without the needed permission
+    ├── AuthError                    the request was refused for who is asking; nothing applied
+    │   ├── Unauthenticated          "unauthenticated": no, bad, expired or revoked token
+    │   └── PermissionDenied         "permission_denied": a valid token without the scope needed
     ├── StorageError                 the local disk could not do what was asked
     │   ├── StorageCorruptError      a record failed its CRC or could not be decoded
     │   └── StorageFullError         "storage_full": the store is at its size cap; writes refused
@@ -70,11 +71,15 @@ class FrameTooLarge(ProtocolError):
 
 
 class AuthError(TrimaranError):
+    code = "auth_error"
+
+
+class Unauthenticated(AuthError):
     code = "unauthenticated"
 
 
-class Forbidden(AuthError):
-    code = "forbidden"
+class PermissionDenied(AuthError):
+    code = "permission_denied"
 
 
 class StorageError(TrimaranError):

@@ -24,6 +24,19 @@ msgpack_map_len_max = 100_000
 #: A client connection must send its first frame (the handshake) within this time.
 handshake_timeout_ms = 5_000
 
+# --- Auth (trimaran.protocols.tokens, trimaran.protocols.scopes) ----------------------------------
+#: A whole PASETO token as sent in the client hello.
+token_bytes_max = 8 * KIB
+#: The longest lifetime (exp - iat) a node accepts; a token lives at most this long.
+token_ttl_ms_max = 366 * 24 * 3600 * 1000
+#: Clock skew tolerated when checking exp and nbf (a node may configure less).
+token_leeway_ms_default = 30_000
+#: A key id in a token footer.
+kid_chars_max = 64
+#: One scope string, and the scopes one token may carry.
+scope_bytes_max = 512
+scopes_max = 64
+
 # --- Client commands ------------------------------------------------------------------------------
 key_bytes_max = 4 * KIB
 value_bytes_max = 1 * MIB
@@ -66,6 +79,7 @@ log_read_bytes_max = 16 * MIB
 
 assert frame_header_bytes == 4
 assert command_bytes_max < frame_bytes_max
+assert scope_bytes_max < token_bytes_max and kid_chars_max < token_bytes_max
 assert proposal_batch_bytes_max >= command_bytes_max, "one maximal command must fit a batch"
 assert append_bytes_max >= proposal_batch_bytes_max, "one maximal entry must fit an append"
 assert append_bytes_max + 64 * KIB < frame_bytes_max, "an append plus headers must fit a frame"
