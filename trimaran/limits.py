@@ -36,6 +36,10 @@ kid_chars_max = 64
 #: One scope string, and the scopes one token may carry.
 scope_bytes_max = 512
 scopes_max = 64
+#: Public keys the auth service holds (bootstrap keys from the configuration not counted).
+trusted_keys_max = 64
+#: Revoked token ids held at once (each dropped when its token would have expired anyway).
+revocations_max = 100_000
 
 # --- Client commands ------------------------------------------------------------------------------
 key_bytes_max = 4 * KIB

@@ -1,0 +1,99 @@
+"""The auth service: trusted keys and revocations, decided by the log (see its command table)."""
+
+from __future__ import annotations
+
+import pytest
+
+from trimaran import limits
+from trimaran.errors import InvalidArgument, TooLarge, Unavailable
+from trimaran.protocols.service import ApplyContext
+from trimaran.protocols.tokens import TrustedKey
+from trimaran.services.auth import AuthService, retired_key_keep_ms
+
+KEY_A, KEY_B, KEY_BOOT = b"a" * 32, b"b" * 32, b"c" * 32
+
+
+def at(ms: int, index: int = 1) -> ApplyContext:
+    return ApplyContext(index, ms)
+
+
+def test_trust_then_retire_refuses_the_key_from_that_log_time() -> None:
+    svc = AuthService()
+    assert svc.apply(["trust", "k1", KEY_A, 0], at(1000)) is True
+    assert svc.apply(["trust", "k1", KEY_A, 0], at(1001)) is False  # idempotent
+    with pytest.raises(InvalidArgument, match="another key"):
+        svc.apply(["trust", "k1", KEY_B, 0], at(1002))
+    assert svc.trusted_keys()["k1"] == TrustedKey("k1", KEY_A, 0)
+    generation = svc.generation
+    assert svc.apply(["retire", "k1"], at(5000)) is True
+    assert svc.trusted_keys()["k1"].not_after_ms == 5000 and svc.generation == generation + 1
+    assert svc.apply(["retire", "k1"], at(6000)) is False
+    with pytest.raises(InvalidArgument, match="retired"):
+        svc.apply(["trust", "k1", KEY_A, 0], at(7000))
+    svc.on_time(at(5000 + retired_key_keep_ms))
+    assert "k1" not in svc.trusted_keys() and svc.next_deadline_ms() is None
+
+
+def test_bootstrap_keys_are_trusted_retirable_and_never_in_snapshots() -> None:
+    boot = (TrustedKey("boot", KEY_BOOT),)
+    svc = AuthService(bootstrap=boot)
+    assert svc.query(["keys"], at(0)) == [["boot", KEY_BOOT, 0, "config"]]
+    assert svc.apply(["retire", "boot"], at(100)) is True
+    snap = svc.snapshot()
+    assert repr(KEY_BOOT) not in repr(snap)
+    other = AuthService(bootstrap=boot)
+    other.restore(snap)
+    assert other.trusted_keys()["boot"].not_after_ms == 100
+
+
+def test_revocations_are_dropped_once_the_token_expires_in_log_time() -> None:
+    svc = AuthService(leeway_ms=1000)
+    assert svc.apply(["revoke", "t-1", 10_000], at(100)) is True
+    assert svc.apply(["revoke", "t-1", 10_000], at(200)) is False
+    assert svc.is_revoked("t-1") and svc.query(["revoked", "t-1"], at(200)) is True
+    assert svc.next_deadline_ms() == 11_000
+    svc.on_time(at(10_999))
+    assert svc.is_revoked("t-1")
+    svc.on_time(at(11_000))
+    assert not svc.is_revoked("t-1")
+    # No exp given: kept as long as any token can live.
+    svc.apply(["revoke", "t-2", 0], at(500))
+    assert svc.next_deadline_ms() == 500 + limits.token_ttl_ms_max + 1000
+
+
+def test_bounds_refuse_without_changing_anything(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "trusted_keys_max", 1)
+    monkeypatch.setattr(limits, "revocations_max", 1)
+    svc = AuthService()
+    svc.apply(["trust", "k1", KEY_A, 0], at(1))
+    with pytest.raises(TooLarge, match="trusted_keys_max"):
+        svc.apply(["trust", "k2", KEY_B, 0], at(2))
+    svc.apply(["revoke", "t-1", 0], at(3))
+    with pytest.raises(Unavailable, match="revocations_max"):
+        svc.apply(["revoke", "t-2", 0], at(4))
+    assert sorted(svc.trusted_keys()) == ["k1"] and svc.query(["stats"], at(5))["revocations"] == 1
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["trust", "k", b"short", 0], ["trust", "", KEY_A, 0], ["trust", "k", KEY_A, -1], ["revoke", 7, 0], ["nope"], "trust", []],
+)
+def test_malformed_commands_are_invalid_arguments(command: object) -> None:
+    svc = AuthService()
+    with pytest.raises(InvalidArgument):
+        svc.apply(command, at(1))
+    assert svc.snapshot() == AuthService().snapshot()
+
+
+def test_snapshot_round_trip_is_identical() -> None:
+    svc = AuthService()
+    svc.apply(["trust", "k1", KEY_A, 0], at(1))
+    svc.apply(["trust", "k2", KEY_B, 9_000], at(2))
+    svc.apply(["retire", "k1"], at(3))
+    for i in range(5):
+        svc.apply(["revoke", f"t-{i}", 100_000 - i], at(4 + i))
+    restored = AuthService()
+    restored.restore(svc.snapshot())
+    assert restored.snapshot() == svc.snapshot()
+    assert restored.trusted_keys() == svc.trusted_keys() and restored.generation == svc.generation
+    assert restored.next_deadline_ms() == svc.next_deadline_ms()

@@ -1,0 +1,230 @@
+"""The auth service: which public keys the cluster trusts, and which tokens it has revoked.
+
+Replicated so that every node agrees at the same log position: a token refused on one node after a
+revocation was applied there is refused on every node once it applies the same entry. Only public
+keys and token ids go through the log — never a secret. A new cluster's first keys come from each
+node's configuration (``bootstrap`` keys, never written to the log or a snapshot); keys added later
+with ``trust`` are replicated, and either kind can be retired through the log.
+
+Commands (through the log, exactly-once; a refused command changes nothing):
+
+============  ===============================================  =====================================
+op            arguments                                        result
+============  ===============================================  =====================================
+``trust``     kid (str), public_key (32 bytes, Ed25519),       True if new, False if the same key
+              not_after_ms (int; 0 = no end)                   was already trusted (not_after kept)
+``retire``    kid                                              True if the key was trusted until now
+``revoke``    jti (str), exp_ms (the token's exp; 0 = the      True if newly revoked
+              longest a token lives, token_ttl_ms_max)
+============  ===============================================  =====================================
+
+Queries (against the applied state at the last applied entry's log time):
+
+=============  ========================  ================================================================
+op             arguments                 result
+=============  ========================  ================================================================
+``keys``       (none)                    [[kid, public_key, not_after_ms, source], ...] by kid, where
+                                         source is "config" or "log"; retired keys show their end
+``revoked``    jti                       True if the token id is revoked
+``stats``      (none)                    {"keys", "revocations", "generation"}
+=============  ========================  ================================================================
+
+Semantics:
+
+- **Retirement.** ``retire`` sets the key's ``not_after_ms`` to the entry's log time: tokens it
+  signed are refused from then on. A retired key is kept (so ``keys`` shows it) for
+  ``retired_key_keep_ms`` of log time, then dropped; a dropped kid is simply unknown, which refuses
+  the same tokens. A ``trust`` of a retired kid is refused (choose a new kid for a new key).
+- **Revocation** is bounded: an entry is dropped once the revoked token's own ``exp`` (plus the
+  leeway a node allows) has passed in log time, since the token is refused for expiry from then on.
+  At most ``limits.revocations_max`` are held; a revoke beyond that raises ``Unavailable``.
+- **Generation.** Every applied ``retire`` or ``revoke`` adds one to ``generation``; a node compares
+  it after each apply round and re-checks its live sessions when it moved, closing those that rest
+  on a revoked token or a retired key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sortedcontainers import SortedList  # type: ignore[import-untyped]
+
+from trimaran import limits
+from trimaran.errors import InvalidArgument, TooLarge, Unavailable
+from trimaran.protocols.service import ApplyContext
+from trimaran.protocols.tokens import ED25519_PUBLIC_KEY_BYTES, TrustedKey
+
+#: How long (log time) a retired key is still listed by ``keys`` before it is dropped.
+retired_key_keep_ms = 7 * 24 * 3600 * 1000
+_JTI_CHARS_MAX = 256
+
+
+@dataclass(slots=True)
+class _Key:
+    public_key: bytes
+    not_after_ms: int
+    #: "config" (bootstrap, from this node's configuration) or "log" (a replicated trust).
+    source: str
+
+
+class AuthService:
+    name = "auth"
+
+    def __init__(self, bootstrap: tuple[TrustedKey, ...] = (), leeway_ms: int = limits.token_leeway_ms_default) -> None:
+        #: From the node's configuration: the same on every node of a cluster, like the kv settings.
+        self._bootstrap = {k.kid: k for k in bootstrap}
+        self._leeway_ms = leeway_ms
+        self._keys: dict[str, _Key] = {}
+        #: Retirements of bootstrap keys (which are not in _keys): kid -> not_after_ms.
+        self._retired_bootstrap: dict[str, int] = {}
+        self._revoked: dict[str, int] = {}  # jti -> drop_at_ms
+        self._revoked_order: SortedList = SortedList()  # (drop_at_ms, jti)
+        self.generation = 0
+        self._reset_view()
+
+    # ------------------------------------------------------------------------------ the edge's view
+
+    def trusted_keys(self) -> dict[str, TrustedKey]:
+        """Every key a token may name (retired ones with their end), for token verification."""
+        return self._view
+
+    def is_revoked(self, jti: str) -> bool:
+        return jti in self._revoked
+
+    def _reset_view(self) -> None:
+        view = {}
+        for kid, key in self._bootstrap.items():
+            view[kid] = TrustedKey(kid, key.public_key, self._retired_bootstrap.get(kid, key.not_after_ms))
+        for kid, k in self._keys.items():
+            view[kid] = TrustedKey(kid, k.public_key, k.not_after_ms)
+        self._view = view
+
+    # ------------------------------------------------------------------------------ commands
+
+    def apply(self, command: Any, ctx: ApplyContext) -> Any:
+        if type(command) is not list or not command or type(command[0]) is not str:
+            raise InvalidArgument("command must be [op, ...]")
+        op, args = command[0], command[1:]
+        if op == "trust" and len(args) == 3:
+            return self._trust(_kid(args[0]), _public_key(args[1]), _ms(args[2], "not_after_ms"), ctx)
+        if op == "retire" and len(args) == 1:
+            return self._retire(_kid(args[0]), ctx)
+        if op == "revoke" and len(args) == 2:
+            return self._revoke(_jti(args[0]), _ms(args[1], "exp_ms"), ctx)
+        raise InvalidArgument(f"unknown auth command {op[:32]!r} with {len(args)} arguments")
+
+    def _trust(self, kid: str, public_key: bytes, not_after_ms: int, ctx: ApplyContext) -> bool:
+        current = self._view.get(kid)
+        if current is not None:
+            if current.not_after_ms and current.not_after_ms <= ctx.timestamp_ms:
+                raise InvalidArgument(f"key id {kid!r} was retired; trust the new key under a new kid")
+            if current.public_key != public_key:
+                raise InvalidArgument(f"key id {kid!r} already names another key")
+            return False
+        if len(self._keys) >= limits.trusted_keys_max:
+            raise TooLarge(f"already {limits.trusted_keys_max} trusted keys (trusted_keys_max): retire some first")
+        self._keys[kid] = _Key(public_key, not_after_ms, "log")
+        self._reset_view()
+        return True
+
+    def _retire(self, kid: str, ctx: ApplyContext) -> bool:
+        current = self._view.get(kid)
+        if current is None or (current.not_after_ms and current.not_after_ms <= ctx.timestamp_ms):
+            return False
+        if kid in self._keys:
+            self._keys[kid].not_after_ms = ctx.timestamp_ms
+        else:
+            self._retired_bootstrap[kid] = ctx.timestamp_ms
+        self.generation += 1
+        self._reset_view()
+        return True
+
+    def _revoke(self, jti: str, exp_ms: int, ctx: ApplyContext) -> bool:
+        if jti in self._revoked:
+            return False
+        if len(self._revoked) >= limits.revocations_max:
+            raise Unavailable(f"already {limits.revocations_max} revocations held (revocations_max)")
+        if not exp_ms:
+            exp_ms = ctx.timestamp_ms + limits.token_ttl_ms_max
+        drop_at_ms = exp_ms + self._leeway_ms
+        self._revoked[jti] = drop_at_ms
+        self._revoked_order.add((drop_at_ms, jti))
+        self.generation += 1
+        return True
+
+    # ------------------------------------------------------------------------------ time
+
+    def on_time(self, ctx: ApplyContext) -> None:
+        now = ctx.timestamp_ms
+        while self._revoked_order and self._revoked_order[0][0] <= now:
+            _, jti = self._revoked_order.pop(0)
+            del self._revoked[jti]
+        stale = [kid for kid, k in self._keys.items() if k.not_after_ms and k.not_after_ms + retired_key_keep_ms <= now]
+        for kid in stale:
+            del self._keys[kid]
+        if stale:
+            self._reset_view()
+
+    def next_deadline_ms(self) -> int | None:
+        deadlines = [self._revoked_order[0][0]] if self._revoked_order else []
+        deadlines += [k.not_after_ms + retired_key_keep_ms for k in self._keys.values() if k.not_after_ms]
+        return min(deadlines) if deadlines else None
+
+    # ------------------------------------------------------------------------------ queries
+
+    def query(self, query: Any, ctx: ApplyContext) -> Any:
+        if type(query) is not list or not query or type(query[0]) is not str:
+            raise InvalidArgument("query must be [op, ...]")
+        op = query[0]
+        if op == "keys" and len(query) == 1:
+            sources = {kid: "config" for kid in self._bootstrap} | {kid: "log" for kid in self._keys}
+            return [[kid, k.public_key, k.not_after_ms, sources[kid]] for kid, k in sorted(self._view.items())]
+        if op == "revoked" and len(query) == 2:
+            return _jti(query[1]) in self._revoked
+        if op == "stats" and len(query) == 1:
+            return {"keys": len(self._view), "revocations": len(self._revoked), "generation": self.generation}
+        raise InvalidArgument(f"unknown auth query {op[:32]!r}")
+
+    # ------------------------------------------------------------------------------ snapshots
+
+    def snapshot(self) -> dict[str, Any]:
+        """Replicated state only: bootstrap keys come from each node's configuration."""
+        return {
+            "keys": [[kid, k.public_key, k.not_after_ms] for kid, k in sorted(self._keys.items())],
+            "retired_bootstrap": [[kid, at] for kid, at in sorted(self._retired_bootstrap.items())],
+            "revoked": [[jti, at] for at, jti in self._revoked_order],
+            "generation": self.generation,
+        }
+
+    def restore(self, data: Any) -> None:
+        self._keys = {str(kid): _Key(bytes(pk), int(na), "log") for kid, pk, na in data["keys"]}
+        self._retired_bootstrap = {str(kid): int(at) for kid, at in data["retired_bootstrap"]}
+        self._revoked = {str(jti): int(at) for jti, at in data["revoked"]}
+        self._revoked_order = SortedList((at, jti) for jti, at in self._revoked.items())
+        self.generation = int(data["generation"])
+        self._reset_view()
+
+
+def _kid(v: Any) -> str:
+    if type(v) is not str or not 0 < len(v) <= limits.kid_chars_max:
+        raise InvalidArgument(f"kid must be a string of 1..{limits.kid_chars_max} characters")
+    return v
+
+
+def _jti(v: Any) -> str:
+    if type(v) is not str or not 0 < len(v) <= _JTI_CHARS_MAX:
+        raise InvalidArgument(f"jti must be a string of 1..{_JTI_CHARS_MAX} characters")
+    return v
+
+
+def _public_key(v: Any) -> bytes:
+    if type(v) is not bytes or len(v) != ED25519_PUBLIC_KEY_BYTES:
+        raise InvalidArgument(f"public_key must be {ED25519_PUBLIC_KEY_BYTES} raw bytes (Ed25519)")
+    return v
+
+
+def _ms(v: Any, name: str) -> int:
+    if type(v) is not int or not 0 <= v <= limits.raft_counter_max:
+        raise InvalidArgument(f"{name} must be an int in 0..2**53")
+    return v
