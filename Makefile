@@ -7,7 +7,7 @@ STAMP_RUN := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 PYTEST_ARGS ?=
 
-.PHONY: run test sim bench lint typecheck clean
+.PHONY: run test test-quick sim bench typecheck clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ run: $(STAMP_RUN)
 
 test: $(STAMP_TEST)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The unit and property tests only (no real nodes, no long sweeps): the edit-test loop, < 1 minute.
+test-quick: $(STAMP_TEST)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # A long simulation sweep, beyond what CI runs.
 sim: $(STAMP_TEST)

@@ -250,7 +250,8 @@ async def test_node_timeout_reply_is_retried_with_the_same_seq(nursery: trio.Nur
         (errors.TooLarge("big"), errors.TooLarge),
         (errors.ConditionFailed("no"), errors.ConditionFailed),
         (errors.OutOfMemory("full"), errors.OutOfMemory),
-        (errors.Forbidden("nope"), errors.Forbidden),
+        (errors.PermissionDenied("nope"), errors.PermissionDenied),
+        (errors.Unauthenticated("who"), errors.Unauthenticated),
         (errors.TrimaranError("internal"), errors.TrimaranError),
     ],
 )

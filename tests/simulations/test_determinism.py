@@ -4,6 +4,8 @@ history's outcomes."""
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import subprocess
@@ -35,6 +37,7 @@ def _digests_in_subprocess(hash_seed: str) -> dict[str, str]:
     return dict(json.loads(out.stdout))
 
 
+@pytest.mark.slow
 def test_same_seed_same_digest_across_processes_and_hash_seeds() -> None:
     here = {str(s): run_seed(s, 5, SIM_SECONDS).digest for s in SEEDS}
     for hash_seed in ("0", "1", "4242"):

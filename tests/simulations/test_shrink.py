@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 from trimaran.simulations.mutants import MATRIX
 from trimaran.simulations.plan import decode_plan
 from trimaran.simulations.run import plan_for, run_seed
 from trimaran.simulations.shrink import shrink
 
 
+@pytest.mark.slow
 def test_shrunk_plan_still_fails_and_replays_from_its_text() -> None:
     case = next(c for c in MATRIX if c.mutant == "dedup_not_in_snapshot" and not c.rules)
     original = plan_for(case.seed, case.nodes, case.sim_seconds)
@@ -22,7 +25,5 @@ def test_shrunk_plan_still_fails_and_replays_from_its_text() -> None:
 
 
 def test_a_passing_seed_does_not_shrink() -> None:
-    import pytest
-
     with pytest.raises(ValueError, match="passes"):
         shrink(4, 5, 30.0)

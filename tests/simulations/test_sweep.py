@@ -70,6 +70,7 @@ def test_parse_seed_range() -> None:
         parse_seed_range("5")
 
 
+@pytest.mark.slow
 def test_small_sweep_passes() -> None:
     results = sweep(range(100, 112), SweepSpec(nodes=5, sim_seconds=40.0))
     assert _failures(results) == []
@@ -77,10 +78,12 @@ def test_small_sweep_passes() -> None:
     assert sum(r.faults for r in results) > 20
 
 
+@pytest.mark.slow
 def test_three_node_sweep_passes() -> None:
     assert _failures(sweep(range(200, 208), SweepSpec(nodes=3, sim_seconds=40.0))) == []
 
 
+@pytest.mark.slow
 def test_parallel_sweep_gives_the_same_results() -> None:
     spec = SweepSpec(nodes=5, sim_seconds=30.0)
     assert sweep(range(1, 5), spec, jobs=2) == sweep(range(1, 5), spec, jobs=1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import trio
 
 from trimaran.simulations import trio_tier
@@ -58,6 +60,7 @@ import sys  # noqa: E402
 from trimaran.simulations.trio_tier_cluster import run_tier2  # noqa: E402
 
 
+@pytest.mark.slow
 def test_tier2_sweep_passes_with_crashes_partitions_and_loss() -> None:
     results = [run_tier2(seed, crashes=4) for seed in range(1, 11)]
     assert all(r.ok for r in results), [r.line() for r in results if not r.ok]

@@ -1,0 +1,21 @@
+"""Suite-wide markers: ``make test-quick`` runs ``-m "not slow"``, the unit and property tests.
+
+Tests that start real nodes, sockets or processes (``tests/node``, ``tests/client``) and the type
+check are slow by where they live; elsewhere a test is marked ``@pytest.mark.slow`` by hand.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+_SLOW_PLACES = ("node", "client", "test_typecheck.py")
+_TESTS = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(item.fspath).relative_to(_TESTS).parts
+        if parts and parts[0] in _SLOW_PLACES:
+            item.add_marker(pytest.mark.slow)
