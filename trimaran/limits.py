@@ -68,9 +68,9 @@ assert storage_map_bytes_initial <= storage_map_bytes_max
 #: A write that fails with EIO while the file system has less than this free is a full disk (LMDB
 #: reports a write that fits only in part as EIO), not a failing one: refused, kept and retried.
 storage_disk_full_free_bytes_max = 1 * MIB
-#: ``trimaran node``: refuse client writes (``storage_full``) once the data directory's file system
-#: has less free than this, or than ``storage_reserve_disk_percent`` of its size, whichever is less,
-#: so that Raft's own writes (terms, votes, a new leader's entry, catching up) still find room.
+#: A leader refuses client writes (``storage_full``) once its store has less room than this, or than
+#: ``storage_reserve_disk_percent`` of its size (the file system's or the map cap's), whichever is
+#: less, so that Raft's own writes (terms, votes, a new leader's entry, catching up) find room.
 storage_reserve_bytes_max = 64 * MIB
 storage_reserve_disk_percent = 5
 
