@@ -24,7 +24,7 @@ from trimaran.cluster.replica import Replica
 from trimaran.errors import NotLeader, RequestTimeout, StorageFullError, Unavailable
 from trimaran.node.config import NodeConfig
 from trimaran.node.driver import Driver
-from trimaran.node.writer import WriteResult
+from trimaran.node.writer import StorageWriter, WriteResult
 from trimaran.protocols.messages import (
     AppendEntries,
     AppendEntriesResponse,
@@ -36,7 +36,7 @@ from trimaran.protocols.messages import (
     TimeoutNow,
 )
 from trimaran.services.register import RegisterService
-from trimaran.storage import WriteBatch
+from trimaran.storage import LmdbStorage, WriteBatch
 
 FULL = StorageFullError("the file system is full", reason="disk_full")
 
@@ -341,3 +341,37 @@ async def test_a_leader_whose_disk_fills_hands_off_and_catches_up_when_space_ret
             )
             await writer.drop()
             nursery.cancel_scope.cancel()
+
+
+async def test_the_writer_retries_a_refused_group_on_its_own_pace_and_lands_it_whole(tmp_path: Path) -> None:
+    """The writer thread on a file system that fills: the refused group is retried every
+    retry_ms (new batches do not make it retry sooner), nothing of it lands while the disk is
+    full, and once the filler is gone it lands whole, with what queued behind it, in order."""
+    with small_filesystem(tmp_path / "fs", 2 * 1024 * 1024) as fs:
+        if not fs.mounted:
+            pytest.skip("needs permission to mount a tmpfs")
+        results: list[WriteResult] = []
+        retry_ms = 200
+        store_path = str(fs.path / "node")
+        writer = StorageWriter(store_path, results.append, map_bytes_initial=1 << 20, map_bytes_max=1 << 30, retry_ms=retry_ms)
+        await writer.start()
+        try:
+            filler = fs.fill(leave_bytes=0)
+            started = trio.current_time()
+            for seq in range(1, 11):  # one batch every 50 ms, for half a second
+                writer.submit(seq, WriteBatch(hard_state=None, entries=[Entry(seq, 1, 0, b"v" * 100_000)]))
+                await trio.sleep(0.05)
+            elapsed_s = trio.current_time() - started
+            assert results and all(isinstance(r.error, StorageFullError) for r in results), results
+            assert len(results) <= elapsed_s * 1000 / retry_ms + 2, (len(results), elapsed_s)
+            filler.unlink()
+            with trio.fail_after(10):
+                while results[-1].error is not None or results[-1].seq < 10:
+                    await trio.sleep(0.02)
+        finally:
+            await writer.stop()
+        store = LmdbStorage(store_path)
+        try:
+            assert [e.index for e in store.load().entries] == list(range(1, 11))
+        finally:
+            store.close()

@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -200,13 +201,22 @@ class StorageWriter:
                 storage.close()
             self._call_soon(self._closed.set)
 
-    def _take(self, held: bool) -> tuple[list[tuple[int, WriteBatch]], bool]:
-        """Wait for work (at most retry_s when a refused group is held), then drain the queue."""
+    def _take(self, retry_at: float | None) -> tuple[list[tuple[int, WriteBatch]], bool]:
+        """Wait for work, then drain the queue (up to group_batches_max). While a refused group is
+        held (``retry_at``: when to retry it, on the monotonic clock), keep gathering until then
+        and no longer: new batches do not make a full disk retry sooner."""
         items: list[object] = []
-        try:
-            items.append(self._queue.get(timeout=self._retry_s) if held else self._queue.get())
-        except queue.Empty:
-            return [], False
+        if retry_at is None:
+            items.append(self._queue.get())
+        else:
+            while len(items) < self._group_batches_max and _STOP not in items:
+                remaining_s = retry_at - time.monotonic()
+                if remaining_s <= 0:
+                    break
+                try:
+                    items.append(self._queue.get(timeout=remaining_s))
+                except queue.Empty:
+                    break
         while len(items) < self._group_batches_max:
             try:
                 items.append(self._queue.get_nowait())
@@ -218,9 +228,10 @@ class StorageWriter:
 
     def _loop(self, storage: LmdbStorage) -> None:
         held: list[tuple[int, WriteBatch]] = []
+        retry_at: float | None = None
         stopping = False
         while True:
-            new, stopping_now = self._take(bool(held))
+            new, stopping_now = self._take(retry_at if held else None)
             stopping = stopping or stopping_now
             group = held + new
             if group:
@@ -231,6 +242,7 @@ class StorageWriter:
                     if not held:  # once per episode, not once per retry
                         log.error("storage full: %s; retrying every %.1f s", exc, self._retry_s)
                     held = group
+                    retry_at = time.monotonic() + self._retry_s
                     self._call_soon(self._on_result, WriteResult(group[-1][0], exc))
                 except BaseException as exc:
                     log.critical("storage write failed: %r; the node stops", exc)
