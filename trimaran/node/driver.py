@@ -600,11 +600,10 @@ class Driver:
             else:
                 self._accepted_bytes = accepted_bytes
         if self.storage_low:
-            free_bytes = self.disk_space[0] if self.disk_space is not None else None
             raise StorageFullError(
-                "this node's file system is below its free-space reserve; writes are refused until space is freed",
+                "this node's store is below its free-space reserve; writes are refused until space is freed",
                 reason="reserve",
-                free_bytes=free_bytes,
+                free_bytes=self.disk_space[0] if self.disk_space is not None else None,
             )
 
     def not_leader(self) -> NotLeader:
