@@ -181,6 +181,13 @@ def node_group() -> None:
 @click.option("--snapshot-interval-entries", type=click.IntRange(min=1), default=10_000, show_default=True)
 @click.option("--request-timeout-ms", type=click.IntRange(min=1), default=10_000, show_default=True)
 @click.option(
+    "--storage-reserve-bytes",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Refuse client writes (storage_full) while the data directory's file system has less free than "
+    "this; 0: only when a write fails [default: 5% of the file system, at most 64 MiB].",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -201,6 +208,7 @@ def node_run_command(
     lease_reads: bool,
     snapshot_interval_entries: int,
     request_timeout_ms: int,
+    storage_reserve_bytes: int | None,
     log_level: str,
     parent_pid: int | None,
     kv_maxmemory_bytes: int | None,
@@ -223,6 +231,7 @@ def node_run_command(
             lease_reads=lease_reads,
             snapshot_interval_entries=snapshot_interval_entries,
             request_timeout_ms=request_timeout_ms,
+            storage_reserve_bytes=storage_reserve_bytes,
             kv_maxmemory_bytes=kv_maxmemory_bytes,
             kv_eviction=kv_eviction,
         ).validate()

@@ -80,6 +80,14 @@ storage_map_bytes_initial = 64 * MIB
 storage_map_bytes_max = 64 * GIB
 #: A log read returns at most this many bytes unless the first entry alone is larger.
 log_read_bytes_max = 16 * MIB
+#: A write that fails with EIO while the file system has less than this free is a full disk (LMDB
+#: reports a write that fits only in part as EIO), not a failing one: refused, kept and retried.
+storage_disk_full_free_bytes_max = 1 * MIB
+#: A leader refuses client writes (``storage_full``) once its store has less room than this, or than
+#: ``storage_reserve_disk_percent`` of its size (the file system's or the map cap's), whichever is
+#: less, so that Raft's own writes (terms, votes, a new leader's entry, catching up) find room.
+storage_reserve_bytes_max = 64 * MIB
+storage_reserve_disk_percent = 5
 
 assert frame_header_bytes == 4
 assert command_bytes_max < frame_bytes_max
@@ -91,3 +99,4 @@ assert snapshot_chunk_bytes_max + 64 * KIB < frame_bytes_max
 assert log_read_bytes_max >= append_bytes_max
 assert storage_map_bytes_initial <= storage_map_bytes_max
 assert raft_term_jump_max * 1024 < raft_counter_max < 2**63, "counters far below the codec's int64"
+assert 0 <= storage_reserve_disk_percent < 100

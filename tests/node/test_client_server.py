@@ -220,7 +220,11 @@ async def test_requests_past_the_timeout_are_answered_timeout(tmp_path: Path) ->
 
 async def test_storage_full_refuses_writes_and_keeps_serving(tmp_path: Path) -> None:
     small = dict(
-        FAST, storage_map_bytes_initial=256 * limits.KIB, storage_map_bytes_max=256 * limits.KIB, request_timeout_ms=500
+        FAST,
+        storage_map_bytes_initial=256 * limits.KIB,
+        storage_map_bytes_max=256 * limits.KIB,
+        request_timeout_ms=500,
+        storage_reserve_bytes=0,  # the map itself fills (the reserve's early refusal: test_storage_full)
     )
     async with in_process_cluster(tmp_path, size=1, **small) as cluster:
         await cluster.leader()

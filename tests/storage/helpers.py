@@ -40,12 +40,25 @@ class Harness:
     def __init__(self, kind: str, path: Path) -> None:
         self.kind = kind
         self.path = path
+        #: The store's size cap (LMDB: its map, the twin: its contents); None: the defaults.
+        self.cap_bytes: int | None = None
         self.store: NodeStorage = self._open()
 
     def _open(self) -> NodeStorage:
         if self.kind == "lmdb":
+            if self.cap_bytes is not None:
+                return LmdbStorage(str(self.path), map_bytes_initial=self.cap_bytes, map_bytes_max=self.cap_bytes)
             return LmdbStorage(str(self.path), map_bytes_initial=MAP_BYTES_INITIAL)
-        return MemoryStorage()
+        return MemoryStorage(self.cap_bytes)
+
+    def cap(self, size_bytes: int) -> None:
+        """Start over with an empty store capped at ``size_bytes``."""
+        self.store.close()
+        self.cap_bytes = size_bytes
+        if self.kind == "lmdb":
+            for name in ("data.mdb", "lock.mdb"):
+                (self.path / name).unlink(missing_ok=True)
+        self.store = self._open()
 
     def reopen(self) -> None:
         if isinstance(self.store, MemoryStorage):

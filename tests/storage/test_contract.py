@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.storage.helpers import Harness, entries, entry, meta_for, snapshot
-from trimaran.errors import StorageCorruptError, StorageError
+from trimaran.errors import StorageCorruptError, StorageError, StorageFullError
 from trimaran.protocols.messages import HardState, Snapshot
 from trimaran.storage import WriteBatch
 
@@ -235,3 +235,46 @@ def test_older_snapshot_is_a_programmer_error(harness: Harness) -> None:
         store.begin_snapshot(meta_for(6, 1, b""))
     with pytest.raises(AssertionError):
         store.write([WriteBatch(snapshot=snapshot(4, 1))])
+
+
+# A store with room for a few dozen 16 KiB entries: the LMDB map's cap, the twin's size cap.
+_CAPPED_BYTES = 1024 * 1024
+_ENTRY_BYTES = 16 * 1024
+_FILL_WRITES_MAX = 200
+
+
+def test_a_refused_write_changes_nothing_and_succeeds_once_space_returns(harness: Harness) -> None:
+    """A full store (issue 16 item 7) refuses a write as a whole: nothing of it is applied, reads
+    and the boot state are what the last accepted write left, and the very same write (the writer
+    thread retries it) succeeds once space is freed, here by compacting the log below a snapshot."""
+    harness.cap(_CAPPED_BYTES)
+    store = harness.store
+    store.write([WriteBatch(hard_state=HardState(1, 1))])
+    index = 1
+    refused: WriteBatch | None = None
+    for _ in range(_FILL_WRITES_MAX):
+        batch = WriteBatch(entries=entries(index, index + 2, term=1, size_bytes=_ENTRY_BYTES), hard_state=HardState(1, 1, index))
+        try:
+            store.write([batch])
+        except StorageFullError:
+            refused = batch
+            break
+        index += 2
+    assert refused is not None, "the capped store never filled"
+    accepted = entries(1, index, term=1, size_bytes=_ENTRY_BYTES)
+    assert (store.first_index(), store.last_index()) == (1, index - 1)
+    assert store.hard_state() == HardState(1, 1, index - 2)
+    assert store.entries(1, index, 1 << 30) == accepted
+    with pytest.raises(StorageFullError):
+        store.write([refused])  # still full: refused again, still nothing applied
+    assert store.load().entries == accepted
+    # Free space: a snapshot through most of the log, and the log compacted below it.
+    through = index - 3
+    store.write([WriteBatch(snapshot=snapshot(through, 1), compact_through=through)])
+    store.write([refused])
+    harness.reopen()
+    store = harness.store
+    boot = store.load()
+    assert boot.snapshot is not None and boot.snapshot.meta.last_index == through
+    assert boot.entries == accepted[through:] + refused.entries
+    assert boot.hard_state == refused.hard_state

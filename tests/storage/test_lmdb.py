@@ -9,7 +9,9 @@ from typing import Callable
 import lmdb
 import pytest
 
+from tests.small_fs import small_filesystem
 from tests.storage.helpers import MAP_BYTES_INITIAL, entries, entry, snapshot
+from trimaran import limits
 from trimaran.errors import StorageCorruptError, StorageFullError
 from trimaran.protocols.messages import HardState
 from trimaran.storage import LmdbStorage, WriteBatch
@@ -180,3 +182,74 @@ def test_reads_on_other_threads_survive_map_growth(path: Path) -> None:
     assert store._env.info()["map_size"] > 4 * MAP_BYTES_INITIAL
     assert failures == []
     store.close()
+
+
+# ---------------------------------------------------------------------------- a full file system
+
+_FS_BYTES = 2 * 1024 * 1024
+_FS_ENTRY_BYTES = 64 * 1024
+_FS_WRITES_MAX = 200
+
+
+def test_a_full_file_system_refuses_with_nothing_applied_then_recovers(tmp_path: Path) -> None:
+    """Issue 16 item 7: on a full tmpfs, mdb_txn_commit fails with EIO (a write that fits in part)
+    or ENOSPC; both must be a StorageFullError with the store intact, not a fatal lmdb.Error.
+    Without permission to mount, the same walk goes through a map capped at the same size."""
+    with small_filesystem(tmp_path / "fs", _FS_BYTES) as fs:
+        store_path = fs.path / "node"
+        cap = fs.map_bytes_max or limits.storage_map_bytes_max
+
+        def open_store() -> LmdbStorage:
+            return LmdbStorage(str(store_path), map_bytes_initial=min(MAP_BYTES_INITIAL, cap), map_bytes_max=cap)
+
+        store = open_store()
+        try:
+            refused = None
+            for index in range(1, _FS_WRITES_MAX):
+                batch = WriteBatch(entries=[entry(index, 1, bytes([index % 251]) * _FS_ENTRY_BYTES)], hard_state=HardState(1, 1, index))
+                try:
+                    store.write([batch])
+                except StorageFullError as exc:
+                    refused = (batch, exc)
+                    break
+            assert refused is not None, "the small file system never filled"
+            batch, exc = refused
+            assert exc.details["reason"] == ("disk_full" if fs.mounted else "map_full"), exc
+            last = batch.entries[0].index - 1
+            accepted = [entry(i, 1, bytes([i % 251]) * _FS_ENTRY_BYTES) for i in range(1, last + 1)]
+            assert store.last_index() == last and store.hard_state() == HardState(1, 1, last)
+            assert store.entries(1, last + 1, 1 << 30) == accepted
+            assert store.space()[0] < _FS_ENTRY_BYTES * 2  # the driver's reserve check sees it
+            with pytest.raises(StorageFullError):
+                store.write([batch])  # still full: refused again, the store still intact
+            if fs.mounted:
+                fs.grow(2 * _FS_BYTES)  # space returns without a restart
+            else:
+                store.close()  # a capped map grows only when reopened with a larger cap
+                cap *= 2
+                store = open_store()
+            store.write([batch])
+            store.close()
+            store = open_store()
+            boot = store.load()
+            assert boot.entries == accepted + batch.entries and boot.hard_state == batch.hard_state
+        finally:
+            store.close()
+
+
+def test_an_io_error_with_room_on_the_disk_stays_fatal(path: Path) -> None:
+    """EIO on a disk with free space is a failing device: not retried as "full"; nor is an LMDB
+    panic, which no retry can clear."""
+    store = LmdbStorage(str(path), map_bytes_initial=MAP_BYTES_INITIAL)
+    try:
+        for error in (lmdb.Error("mdb_txn_commit: Input/output error"), lmdb.PanicError("panic")):
+
+            def fail(txn: object, view: object, error: Exception = error) -> None:
+                raise error
+
+            with pytest.raises(type(error)):
+                store._transact(fail)
+        store.write([WriteBatch(entries=[entry(1, 1)])])  # nothing of the failed ones applied
+        assert store.load().entries == [entry(1, 1)]
+    finally:
+        store.close()

@@ -137,6 +137,12 @@ class NodeConfig:
     commit_notice_delay_ms: int = 5
     storage_map_bytes_initial: int = limits.storage_map_bytes_initial
     storage_map_bytes_max: int = limits.storage_map_bytes_max
+    #: Client writes are refused (``storage_full``) while the store has less room than this: the
+    #: data directory's file system, or the map's cap (0: refuse only once a write fails). None:
+    #: ``limits.storage_reserve_disk_percent`` of the smaller of the two, at most
+    #: ``limits.storage_reserve_bytes_max``. The reserve keeps room for what was already accepted
+    #: and for Raft's own writes (terms, votes, a new leader's first entry, catching up).
+    storage_reserve_bytes: int | None = None
     #: Graceful shutdown: wait at most this long for in-flight requests, then for a leadership
     #: transfer, then for the last writes.
     shutdown_grace_ms: int = 5_000
@@ -161,6 +167,12 @@ class NodeConfig:
         ones would apply the same log differently (a different key evicted), so peers compare
         them in their handshake and refuse to talk when they differ."""
         return {"kv": {"maxmemory_bytes": self.kv_maxmemory_bytes, "eviction_policy": self.kv_eviction}}
+
+    def storage_reserve_bytes_for(self, store_bytes: int) -> int:
+        """The room to keep free in a store of ``store_bytes`` (its file system or its map cap)."""
+        if self.storage_reserve_bytes is not None:
+            return self.storage_reserve_bytes
+        return min(limits.storage_reserve_bytes_max, store_bytes * limits.storage_reserve_disk_percent // 100)
 
     @property
     def tick_s(self) -> float:
@@ -239,6 +251,10 @@ class NodeConfig:
             (
                 0 < self.storage_map_bytes_initial <= self.storage_map_bytes_max,
                 "need 0 < storage_map_bytes_initial <= storage_map_bytes_max",
+            ),
+            (
+                self.storage_reserve_bytes is None or self.storage_reserve_bytes >= 0,
+                "storage_reserve_bytes must be >= 0 (or None: automatic)",
             ),
             (self.snapshot_interval_entries > 0, "snapshot_interval_entries must be positive"),
             (self.snapshot_keep_entries >= 0, "snapshot_keep_entries must be >= 0"),

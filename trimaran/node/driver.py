@@ -41,6 +41,19 @@ A leader holds back empty appends that only announce a new commit index for up t
 ``commit_notice_delay_ms``, and drops them when the next append to that follower carries the same
 commit index (see :meth:`Driver._hold`): with one client that halves the followers' traffic.
 
+A full store (the LMDB map at its cap, or the file system full): the writer keeps the refused
+group and retries it, and the driver (:meth:`Driver._take_results`) sets ``storage_full``. Raft
+needs nothing else: every message that depends on the refused batch (a vote, an append
+acknowledgement) waits behind it in ``_pending`` as it would behind a slow fsync, a leader counts
+itself only for what it persisted, and heartbeats are answered at once, so the node keeps its
+place in the cluster and linearizable reads keep working. Meanwhile the node refuses client
+writes and membership changes with ``storage_full``, a leader proposes nothing of its own (no
+clock entries), and it hands leadership to a voter that proved it can still write (it persisted
+entries this node could not). A write that succeeds clears the state. Before the file system
+fills, a leader already refuses client writes once less than a reserve is free
+(``storage_reserve_bytes``): what it accepted still fits, on it and on followers of the same size,
+and Raft's own small writes (terms, votes, a new leader's entry) keep finding room.
+
 Time: ticks come from the monotonic clock (``trio.current_time``); the leader timestamp given to
 ``register``, ``submit`` and ``advance_clock`` (TTLs, session expiry) is wall-clock ``time.time()``
 (injectable, for the simulator's trio tier).
@@ -77,6 +90,10 @@ SERIAL_REQUESTS_COUNTED_MAX = 1 << 20
 #: Ticks delivered at once after a pause: enough for every timeout to fire (Check-Quorum needs
 #: two election timeouts), and a bound on the loop.
 TICKS_CATCH_UP_MAX_FACTOR = 4
+
+#: A client command accepted takes up to this many times its size in the store (LMDB pages, the
+#: entry's framing), for the reserve check between two measurements.
+ACCEPTED_BYTES_OVERHEAD_FACTOR = 2
 
 MEMBERSHIP_KINDS = {
     "add_learner": ConfChangeKind.ADD_LEARNER,
@@ -163,7 +180,15 @@ class Driver:
         self._write_seq_submitted = 0
         self._write_seq_durable = 0
         self._next_tick_at = 0.0
+        #: A write was refused for want of space and is being retried (see the module docstring).
         self.storage_full = False
+        #: The data directory's file system has less free than the reserve: client writes refused.
+        self.storage_low = False
+        #: (free, size) of the data directory's file system at the last tick; None: not known.
+        self.disk_space: tuple[int, int] | None = None
+        self._disk_space: Callable[[], tuple[int, int] | None] | None = getattr(writer, "disk_space", None)
+        #: Client command bytes accepted since the last disk space check (they may not be on disk yet).
+        self._accepted_bytes = 0
         #: Counters (reported by the status op).
         self.rounds = 0
         self.readies = 0
@@ -391,8 +416,9 @@ class Driver:
                 self.storage_full = False
             elif isinstance(result.error, StorageFullError):
                 if not self.storage_full:
+                    log.warning("node %d: storage full; refusing writes until space returns", self.config.node_id)
                     self.storage_full = True
-                    self._hand_off_leadership()
+                    self._hand_off_when_full()
             else:
                 raise result.error  # fail-stop: durability can no longer be promised
         self._release_durable()
@@ -418,10 +444,38 @@ class Driver:
         for _ in range(due):
             self.replica.tick()
         self.ticks += due
+        self._check_disk_space()
+        if self.storage_full:
+            # A leader that cannot persist proposes nothing of its own; a peer may take over.
+            self._hand_off_when_full()
+            return
         # Log time for services (TTLs, delays): an idle leader whose services have a deadline that
         # passed on its wall clock appends a timestamp-only entry. Checked once per tick is enough:
         # the Replica spaces such entries by clock_entry_interval_ms anyway.
         self.replica.advance_clock(self._wall_clock_ms())
+
+    def _check_disk_space(self) -> None:
+        """Once per tick: is the store's room (the file system's, or the map's) below the reserve?"""
+        if self._disk_space is None:
+            return
+        try:
+            space = self._disk_space()
+        except OSError as exc:
+            log.debug("node %d: statvfs failed: %r", self.config.node_id, exc)
+            return
+        if space is None:
+            return
+        free_bytes, size_bytes = self.disk_space = space
+        self._accepted_bytes = 0
+        low = free_bytes < self.config.storage_reserve_bytes_for(size_bytes)
+        if low != self.storage_low:
+            log.warning(
+                "node %d: %d bytes free on the data directory's file system: client writes %s",
+                self.config.node_id,
+                free_bytes,
+                "refused" if low else "accepted again",
+            )
+            self.storage_low = low
 
     def _take_inputs(self) -> None:
         inbox = self._inbox
@@ -472,6 +526,8 @@ class Driver:
             return False
         self.inline_writes += 1
         self._write_seq_durable = batches[-1][0]
+        if self.storage_full:
+            log.warning("node %d: storage accepts writes again", self.config.node_id)
         self.storage_full = False
         self._release_durable()
         return True
@@ -502,7 +558,7 @@ class Driver:
         replica = self.replica
         try:
             if op == "command":
-                self._refuse_if_full()
+                self._refuse_if_full(size_bytes)
                 now_ms = self._wall_clock_ms()
                 replica.submit(
                     token, body["client_id"], body["seq"], body["ack_seq"], body["service"], body["command"], now_ms, size_bytes
@@ -513,6 +569,7 @@ class Driver:
             elif op == "read":
                 replica.read(token, body["service"], body["query"], body.get("consistency", "linearizable"))
             elif op == "membership":
+                self._refuse_if_full()
                 replica.change_membership(token, ConfChange(MEMBERSHIP_KINDS[body["kind"]], body["node_id"]))
             elif op == "transfer":
                 replica.transfer_leadership(body["node_id"])
@@ -522,9 +579,32 @@ class Driver:
         except TrimaranError as exc:
             self._reply(token, False, exc)
 
-    def _refuse_if_full(self) -> None:
+    def _refuse_if_full(self, size_bytes: int = 0) -> None:
+        """Refuse a write on a leader whose store is full or below its reserve. A follower's own
+        disk does not decide where writes go: it answers not_leader, so the client finds the
+        leader (after a hand-off, one that can write)."""
+        if self.replica.raft.role != Role.LEADER:
+            return
         if self.storage_full:
-            raise StorageFullError("this node's storage is full; writes are refused until space is freed")
+            raise StorageFullError(
+                "this node's storage is full; writes are refused until space is freed", reason="full"
+            )
+        if not self.storage_low and self.disk_space is not None:
+            # Between two checks (a tick) a busy leader may accept many writes: count them against
+            # the room measured, twice over for the store's overhead (pages, the entry's framing).
+            free_bytes, store_bytes = self.disk_space
+            reserve_bytes = self.config.storage_reserve_bytes_for(store_bytes)
+            accepted_bytes = self._accepted_bytes + size_bytes
+            if reserve_bytes and free_bytes - ACCEPTED_BYTES_OVERHEAD_FACTOR * accepted_bytes < reserve_bytes:
+                self.storage_low = True  # until the next check measures again
+            else:
+                self._accepted_bytes = accepted_bytes
+        if self.storage_low:
+            raise StorageFullError(
+                "this node's store is below its free-space reserve; writes are refused until space is freed",
+                reason="reserve",
+                free_bytes=self.disk_space[0] if self.disk_space is not None else None,
+            )
 
     def not_leader(self) -> NotLeader:
         """A not_leader error with the leader's id and, when known, its client address."""
@@ -542,15 +622,30 @@ class Driver:
 
     # ------------------------------------------------------------------ leadership and shutdown
 
-    def _hand_off_leadership(self) -> bool:
+    def _hand_off_when_full(self) -> None:
+        """A leader whose store refuses writes hands off to a voter that has persisted entries this
+        node could not (its match is past our persisted index): that one can still write, so it can
+        persist its new term and vote and lead. With no such voter (every disk is full, or nothing
+        was proposed since) it keeps leading: it still serves reads, and a transfer to a node that
+        cannot persist its term would only leave the cluster without a leader."""
+        raft = self.replica.raft
+        if raft.role != Role.LEADER or raft.transferee:
+            return
+        persisted = raft.log.persisted_index
+        able = [(pr.match, n) for n, pr in sorted(raft.progress.items()) if n in raft.membership.voters and pr.match > persisted]
+        if able:
+            self._hand_off_leadership(max(able)[1])
+
+    def _hand_off_leadership(self, target: int | None = None) -> bool:
         """If leader, start a transfer to the most caught-up voter (thesis §3.10); True if started."""
         raft = self.replica.raft
         if raft.role != Role.LEADER:
             return False
-        candidates = [(pr.match, n) for n, pr in sorted(raft.progress.items()) if n in raft.membership.voters]
-        if not candidates:
-            return False
-        target = max(candidates)[1]
+        if target is None:
+            candidates = [(pr.match, n) for n, pr in sorted(raft.progress.items()) if n in raft.membership.voters]
+            if not candidates:
+                return False
+            target = max(candidates)[1]
         try:
             self.replica.transfer_leadership(target)
         except TrimaranError as exc:
@@ -620,6 +715,8 @@ class Driver:
             ],
             "progress": progress,
             "storage_full": self.storage_full,
+            "storage_low": self.storage_low,
+            "disk_free_bytes": self.disk_space[0] if self.disk_space is not None else None,
             "writes": {
                 "submitted": self._write_seq_submitted,
                 "durable": self._write_seq_durable,

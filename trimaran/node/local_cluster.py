@@ -6,9 +6,15 @@ and tests of the real thing (kill -9, SIGSTOP) apply to what ``up`` runs.
 
 The supervisor starts the children in their own sessions, so a Ctrl-C in the terminal reaches only
 the supervisor, which then stops every child by PID (SIGTERM, graceful; SIGKILL after a bound).
-Each child is given ``--parent-pid`` and stops by itself if the supervisor disappears. A child that
-dies is restarted (its data brings it back); one that keeps dying right after start stops the
-whole cluster with its last log line. Running ``up`` again comes back from the same data.
+Each child is given ``--parent-pid`` and stops by itself if the supervisor disappears.
+
+A child that exits is reported at once with its own last log line (its error), and restarted
+(its data brings it back): at once after a crash, after a growing pause when it exits right after
+starting (it cannot start: a port taken, a bad data directory). Each node has a budget of
+``RESTARTS_PER_NODE_MAX`` restarts, given back once it has run ``HEALTHY_RESET_S`` without exiting,
+so a node that crashes once a day is never given up on. A node whose budget runs out is left
+stopped and the others keep serving, as long as a majority of the nodes can still run; otherwise
+the cluster is stopped. Running ``up`` again comes back from the same data.
 """
 
 from __future__ import annotations
@@ -31,6 +37,11 @@ from trimaran.node.probe import fetch_status
 #: A child that exits sooner than this after starting counts as failing to start.
 EARLY_EXIT_S = 3.0
 RESTARTS_PER_NODE_MAX = 5
+#: A child that ran this long without exiting gets its whole restart budget back.
+HEALTHY_RESET_S = 60.0
+#: Pause before restarting a child that failed to start: doubles per restart, up to the max.
+RESTART_BACKOFF_S_MIN = 0.5
+RESTART_BACKOFF_S_MAX = 8.0
 #: Bounds of the supervisor's waits.
 LEADER_WAIT_S = 20.0
 STOP_WAIT_S = 15.0
@@ -97,13 +108,62 @@ def _last_line(path: Path) -> str:
     return lines[-1] if lines else ""
 
 
+@dataclass(slots=True)
+class RestartDecision:
+    #: Restart the child (False: its budget is spent; leave it stopped).
+    restart: bool
+    #: After this pause (0: at once).
+    delay_s: float
+    #: It exited within EARLY_EXIT_S of starting: it cannot start.
+    early: bool
+    #: Restarts used of the budget, counting this one.
+    restarts: int
+
+
+class RestartBudget:
+    """When to restart one child, from its start and exit times alone (the caller's clock, so
+    tests can run hours in a line): at most ``restarts_max`` restarts, all given back once the child
+    has run ``healthy_reset_s``; a child that failed to start waits a doubling pause first."""
+
+    def __init__(
+        self,
+        restarts_max: int = RESTARTS_PER_NODE_MAX,
+        healthy_reset_s: float = HEALTHY_RESET_S,
+        early_exit_s: float = EARLY_EXIT_S,
+    ) -> None:
+        assert restarts_max >= 0 and healthy_reset_s > early_exit_s > 0
+        self.restarts_max = restarts_max
+        self.healthy_reset_s = healthy_reset_s
+        self.early_exit_s = early_exit_s
+        self.restarts = 0
+
+    def on_exit(self, started_at: float, exited_at: float) -> RestartDecision:
+        ran_s = exited_at - started_at
+        if ran_s >= self.healthy_reset_s:
+            self.restarts = 0  # it was healthy: this exit starts a new count
+        early = ran_s < self.early_exit_s
+        if self.restarts >= self.restarts_max:
+            return RestartDecision(False, 0.0, early, self.restarts)
+        self.restarts += 1
+        delay_s = min(RESTART_BACKOFF_S_MIN * 2 ** (self.restarts - 1), RESTART_BACKOFF_S_MAX) if early else 0.0
+        return RestartDecision(True, delay_s, early, self.restarts)
+
+
 class _Child:
     def __init__(self, node: LocalNode, argv: list[str]) -> None:
         self.node = node
         self.argv = argv
         self.process: trio.Process | None = None
         self.started_at = 0.0
-        self.restarts = 0
+        self.budget = RestartBudget()
+        #: When a pending restart is due (None: none pending).
+        self.restart_at: float | None = None
+        #: Its budget is spent: left stopped.
+        self.given_up = False
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
 
     async def start(self) -> None:
         self.node.data_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -122,12 +182,69 @@ class _Child:
                 pass
 
 
+class Supervisor:
+    """Watches the children: reports an exit at once with the node's own error, restarts within
+    its budget, and says when too few nodes are left to form a majority. One :meth:`step` is one
+    look at every child; ``clock`` is injectable so tests control time."""
+
+    def __init__(
+        self, children: list[_Child], echo: Callable[[str], None], clock: Callable[[], float] = trio.current_time
+    ) -> None:
+        self.children = children
+        self.echo = echo
+        self.clock = clock
+
+    def quorum_possible(self) -> bool:
+        """A majority of the nodes is running or will be restarted."""
+        alive = sum(1 for child in self.children if not child.given_up)
+        return alive > len(self.children) // 2
+
+    async def step(self) -> bool:
+        """Handle exits and due restarts; False once a majority can no longer run."""
+        now = self.clock()
+        for child in self.children:
+            if child.given_up:
+                continue
+            if child.restart_at is not None:
+                if now >= child.restart_at:
+                    child.restart_at = None
+                    await child.start()
+                continue
+            proc = child.process
+            assert proc is not None
+            if proc.returncode is None:
+                continue
+            self._on_exit(child, proc.returncode, now)
+        return self.quorum_possible()
+
+    def _on_exit(self, child: _Child, returncode: int, now: float) -> None:
+        node = child.node
+        ran_s = now - child.started_at
+        decision = child.budget.on_exit(child.started_at, now)
+        what = "could not start" if decision.early else "exited"
+        self.echo(
+            f"trimaran: node {node.node_id} {what} (status {returncode} after {ran_s:.1f} s): "
+            f"{_last_line(node.log_path) or '(no output)'}"
+        )
+        if not decision.restart:
+            child.given_up = True
+            self.echo(
+                f"trimaran: node {node.node_id} cannot be kept running ({decision.restarts} restarts); "
+                f"leaving it stopped (see {node.log_path})"
+            )
+            return
+        pause = f" in {decision.delay_s:g} s" if decision.delay_s else ""
+        self.echo(f"trimaran: restarting node {node.node_id}{pause} ({decision.restarts}/{child.budget.restarts_max})")
+        child.restart_at = now + decision.delay_s
+
+
 async def _wait_for_leader(children: list[_Child], cluster_id: str) -> dict[str, object] | None:
+    """The status of a leader among the running children, or None after LEADER_WAIT_S."""
     with trio.move_on_after(LEADER_WAIT_S):
         while True:
             for child in children:
-                if child.process is not None and child.process.returncode is not None:
-                    return None
+                if not child.running:
+                    continue  # the supervisor reports it; the others may still elect
                 status = await fetch_status(child.node.client, cluster_id, timeout_s=0.5)
                 if status and status.get("role") == "leader":
                     return status
@@ -159,24 +276,13 @@ def _banner(nodes: list[LocalNode], data_dir: str, cluster_id: str, leader: obje
     return "\n".join(lines)
 
 
-async def _supervise(children: list[_Child], echo: Callable[[str], None]) -> int:
-    """Restart children that die; return an exit status once one cannot be kept running."""
-    while True:
-        for child in children:
-            proc = child.process
-            assert proc is not None
-            if proc.returncode is None:
-                continue
-            node = child.node
-            early = trio.current_time() - child.started_at < EARLY_EXIT_S
-            echo(f"trimaran: node {node.node_id} exited with status {proc.returncode}: {_last_line(node.log_path)}")
-            if early or child.restarts >= RESTARTS_PER_NODE_MAX:
-                echo(f"trimaran: node {node.node_id} cannot be kept running; stopping the cluster (see {node.log_path})")
-                return 1
-            child.restarts += 1
-            echo(f"trimaran: restarting node {node.node_id} ({child.restarts}/{RESTARTS_PER_NODE_MAX})")
-            await child.start()
+async def _supervise(supervisor: Supervisor, echo: Callable[[str], None]) -> int:
+    """Run the supervisor until a majority of the nodes can no longer run; then 1."""
+    while await supervisor.step():
         await trio.sleep(POLL_INTERVAL_S)
+    down = ", ".join(str(c.node.node_id) for c in supervisor.children if c.given_up)
+    echo(f"trimaran: nodes {down} cannot run: no majority is left; stopping the cluster")
+    return 1
 
 
 async def _stop_all(children: list[_Child], echo: Callable[[str], None]) -> None:
@@ -213,16 +319,28 @@ async def run_local_cluster_async(
                 nursery.start_soon(stop_on_signal)
                 for child in children:
                     await child.start()
+                supervisor = Supervisor(children, echo)
+
+                async def supervise() -> None:
+                    # From the first moment: a node that cannot start is reported at once, and the
+                    # others go on electing a leader without it.
+                    nonlocal status
+                    status = await _supervise(supervisor, echo)
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(supervise)
                 leader = await _wait_for_leader(children, cluster_id)
                 if leader is None:
                     echo(f"trimaran: no leader within {LEADER_WAIT_S:g} s; see the logs in {data_dir}")
                     for n in nodes:
                         echo(f"  node {n.node_id}: {_last_line(n.log_path)}")
                     status = 1
+                    nursery.cancel_scope.cancel()
                 else:
                     echo(_banner(nodes, data_dir, cluster_id, leader.get("node_id"), base_port == 7000 and host == "127.0.0.1"))
-                    status = await _supervise(children, echo)
-                nursery.cancel_scope.cancel()
+                    down = [c.node.node_id for c in children if not c.running]
+                    if down:
+                        echo(f"trimaran: serving without node(s) {', '.join(map(str, down))}; see the messages above")
         finally:
             with trio.CancelScope(shield=True):
                 await _stop_all(children, echo)

@@ -20,8 +20,12 @@ thread when this thread has nothing outstanding, which saves a wake-up each way 
 the socket without a thread switch. LMDB requires a write transaction to begin and end on one
 thread, and one write transaction at a time; a lock around every ``storage.write`` gives both.
 
-``StorageFullError`` is not fatal: the refused group is kept and retried, ahead of anything newer,
-every ``retry_ms``; the driver is told so it can refuse new client writes meanwhile. Any other
+``StorageFullError`` is not fatal, whether the map is at its cap or the file system is full: the
+refused group is kept and retried, ahead of anything newer, every ``retry_ms``; the driver is told
+so it can refuse new client writes meanwhile, and is told again when a retry succeeds. The refused
+group was aborted as a whole (one LMDB transaction), so the store never holds part of it, and the
+driver's in-memory log simply stays ahead of the store, as it is while any write is in flight:
+nothing it holds is reported durable, so nothing is acknowledged, until the retry lands. Any other
 storage error is fatal for the node (it cannot promise durability any more): it is reported and
 the thread stops.
 """
@@ -31,6 +35,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -135,13 +140,24 @@ class StorageWriter:
             try:
                 storage.write(batches)
             except Exception as exc:  # noqa: BLE001 - the thread retries and reports it
-                log.info("inline write failed (%r); handing it to the writer thread", exc)
+                log.debug("inline write failed (%r); handing it to the writer thread", exc)
                 return False
         finally:
             self._store_lock.release()
         self.inline_groups += 1
         self._inline_batches += len(batches)
         return True
+
+    def disk_space(self) -> tuple[int, int] | None:
+        """(free, size) in bytes of the store's room (``LmdbStorage.space``); None when it is not
+        open. Any thread (a short read transaction and two stat calls)."""
+        storage = self._storage
+        if storage is None:
+            return None
+        try:
+            return storage.space()
+        except Exception:  # noqa: BLE001 - closed meanwhile (lmdb.Error) or statvfs failed
+            return None
 
     async def stop(self) -> None:
         """Write what is queued, close the store, end the thread. Safe to call more than once."""
@@ -185,13 +201,22 @@ class StorageWriter:
                 storage.close()
             self._call_soon(self._closed.set)
 
-    def _take(self, held: bool) -> tuple[list[tuple[int, WriteBatch]], bool]:
-        """Wait for work (at most retry_s when a refused group is held), then drain the queue."""
+    def _take(self, retry_at: float | None) -> tuple[list[tuple[int, WriteBatch]], bool]:
+        """Wait for work, then drain the queue (up to group_batches_max). While a refused group is
+        held (``retry_at``: when to retry it, on the monotonic clock), keep gathering until then
+        and no longer: new batches do not make a full disk retry sooner."""
         items: list[object] = []
-        try:
-            items.append(self._queue.get(timeout=self._retry_s) if held else self._queue.get())
-        except queue.Empty:
-            return [], False
+        if retry_at is None:
+            items.append(self._queue.get())
+        else:
+            while len(items) < self._group_batches_max and _STOP not in items:
+                remaining_s = retry_at - time.monotonic()
+                if remaining_s <= 0:
+                    break
+                try:
+                    items.append(self._queue.get(timeout=remaining_s))
+                except queue.Empty:
+                    break
         while len(items) < self._group_batches_max:
             try:
                 items.append(self._queue.get_nowait())
@@ -203,9 +228,10 @@ class StorageWriter:
 
     def _loop(self, storage: LmdbStorage) -> None:
         held: list[tuple[int, WriteBatch]] = []
+        retry_at: float | None = None
         stopping = False
         while True:
-            new, stopping_now = self._take(bool(held))
+            new, stopping_now = self._take(retry_at if held else None)
             stopping = stopping or stopping_now
             group = held + new
             if group:
@@ -213,14 +239,18 @@ class StorageWriter:
                     with self._store_lock:
                         storage.write([batch for _, batch in group])
                 except StorageFullError as exc:
+                    if not held:  # once per episode, not once per retry
+                        log.error("storage full: %s; retrying every %.1f s", exc, self._retry_s)
                     held = group
-                    log.error("storage full: %s; retrying every %.1f s", exc, self._retry_s)
+                    retry_at = time.monotonic() + self._retry_s
                     self._call_soon(self._on_result, WriteResult(group[-1][0], exc))
                 except BaseException as exc:
                     log.critical("storage write failed: %r; the node stops", exc)
                     self._call_soon(self._on_result, WriteResult(group[-1][0], exc))
                     return
                 else:
+                    if held:
+                        log.warning("storage accepts writes again")
                     held = []
                     self._thread_groups += 1
                     self._thread_batches += len(group)

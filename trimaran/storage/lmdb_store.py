@@ -24,6 +24,7 @@ because LMDB invalidates every open transaction when the map is resized.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import zlib
@@ -182,6 +183,7 @@ class LmdbStorage(NodeStorage):
     ) -> None:
         assert 0 < map_bytes_initial <= map_bytes_max, "map_bytes_initial must be in (0, map_bytes_max]"
         os.makedirs(path, exist_ok=True)
+        self._path = path
         # sync + metasync: a commit returns only once it is on disk. lock: readers on other threads.
         self._env = lmdb.open(
             path, map_size=map_bytes_initial, max_dbs=_DBS_MAX, sync=True, metasync=True, lock=True
@@ -266,8 +268,12 @@ class LmdbStorage(NodeStorage):
         """Run ``body`` in one write transaction on a copy of the view; publish the view on commit.
 
         On a full map the transaction is aborted (nothing applied), the map grows and ``body`` runs
-        again from scratch; at ``map_bytes_max`` this raises ``StorageFullError`` instead.
+        again from scratch; at ``map_bytes_max`` this raises ``StorageFullError`` instead. A full
+        file system raises ``StorageFullError`` too (see :meth:`_check_disk_full`): LMDB aborts the
+        transaction whose pages it could not write, so nothing of it is applied, the last commit
+        stays intact, and the same write succeeds once space returns.
         """
+        bumped = False
         while True:
             view = self._view.copy()
             txn = self._env.begin(write=True)
@@ -276,8 +282,23 @@ class LmdbStorage(NodeStorage):
                 txn.commit()
             except lmdb.MapFullError:
                 txn.abort()
-                self._grow_map()
+                try:
+                    self._grow_map()
+                except StorageFullError:
+                    if bumped or not self._bump():
+                        raise
+                    bumped = True
                 continue
+            except (lmdb.Error, OSError) as exc:
+                txn.abort()
+                try:
+                    self._check_disk_full(exc)
+                except StorageFullError:
+                    if bumped or not self._bump():
+                        raise
+                    bumped = True
+                    continue
+                raise
             except BaseException:
                 txn.abort()
                 raise
@@ -288,12 +309,86 @@ class LmdbStorage(NodeStorage):
     def _grow_map(self) -> None:
         if self._map_bytes >= self._map_bytes_max:
             raise StorageFullError(
-                f"the store is at its cap of {self._map_bytes_max} bytes", map_bytes_max=self._map_bytes_max
+                f"the store is at its cap of {self._map_bytes_max} bytes",
+                reason="map_full",
+                map_bytes_max=self._map_bytes_max,
             )
         map_bytes = min(self._map_bytes * 2, self._map_bytes_max)
         with self._guard.resizing():
             self._env.set_mapsize(map_bytes)
         self._map_bytes = map_bytes
+
+    def _bump(self) -> bool:
+        """Commit a transaction that changes nothing a reader sees (it rewrites the hard state); True
+        if it committed.
+
+        LMDB reuses the pages a commit freed only from the commit after next (the one in between
+        may still need the old tree), and a refused transaction commits nothing. So after a
+        compaction the next write might be refused although the space is there; once full, this
+        commit makes the freed pages usable and the write is tried once more. It needs a page or
+        two, which the refused transaction has just given back.
+        """
+        txn = self._env.begin(write=True)
+        try:
+            _LmdbSink(self, txn).put_hard_state(self._view.hard_state)
+            txn.commit()
+        except (lmdb.Error, OSError):
+            txn.abort()
+            return False
+        return True
+
+    def _check_disk_full(self, exc: BaseException) -> None:
+        """Raise ``StorageFullError`` if ``exc`` (from a write transaction) means the file system is
+        full; return (the caller re-raises ``exc``, a fatal storage error) otherwise.
+
+        LMDB reports ENOSPC as ``DiskError``; a write that fits only in part (the last free blocks)
+        comes back as a bare ``lmdb.Error`` for EIO ("Input/output error"). An EIO on a disk with
+        room left is a failing device, not a full one, so it is told apart by the free space now.
+        LMDB's own fatal states (``PanicError``, corruption) are subclasses and never count: retrying
+        them would spin on a store that cannot recover without a restart.
+        """
+        if isinstance(exc, OSError):
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        elif isinstance(exc, lmdb.DiskError):
+            full = True
+        else:
+            full = type(exc) is lmdb.Error and self.free_bytes() < limits.storage_disk_full_free_bytes_max
+        if full:
+            raise StorageFullError(
+                f"the file system holding {self._path} is full ({exc}); writes are refused until space is freed",
+                reason="disk_full",
+                free_bytes=self.free_bytes(),
+            ) from exc
+
+    def free_bytes(self) -> int:
+        """Bytes the file system holding the store still gives an unprivileged writer (statvfs)."""
+        stat = os.statvfs(self._path)
+        return stat.f_bavail * stat.f_frsize
+
+    def space(self) -> tuple[int, int]:
+        """(free, size) in bytes: room left for records before a write is refused, and the size of
+        whichever bound is tighter, the map cap or the file system. Any thread.
+
+        Free is the lesser of the map's room (``map_bytes_max`` less the pages in use) and the
+        file system's (its free bytes plus the pages of the data file LMDB can reuse). Approximate
+        (page granularity, the transaction's own copy-on-write pages), but never counts freed
+        pages as used, so a compacted log gives its room back.
+        """
+        with self._read_txn() as txn:
+            pages = 2  # the two meta pages
+            for db in (None, self._log_db, self._meta_db, self._snap_db):
+                stat = txn.stat(db) if db is not None else txn.stat()
+                pages += stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
+        page_bytes = self._env.stat()["psize"]
+        used_bytes = pages * page_bytes
+        fs = os.statvfs(self._path)
+        try:
+            file_bytes = os.stat(os.path.join(self._path, "data.mdb")).st_size
+        except OSError:
+            file_bytes = used_bytes
+        disk_free = fs.f_bavail * fs.f_frsize + max(0, file_bytes - used_bytes)
+        map_free = max(0, self._map_bytes_max - used_bytes)
+        return min(disk_free, map_free), min(fs.f_blocks * fs.f_frsize, self._map_bytes_max)
 
     def write(self, batches: Sequence[WriteBatch]) -> None:
         """Apply the batches in one transaction with one fsync (group commit); one write at a time."""
