@@ -7,18 +7,23 @@ msgpack, so these tests check the server against the protocol text, not against 
 from __future__ import annotations
 
 import contextlib
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 import trio
 
+from trimaran.cluster.replica import Replica
 from trimaran.errors import TrimaranError, error_from_wire
 from trimaran.node.config import Address, NodeConfig, PeerSpec
+from trimaran.node.driver import Driver
 from trimaran.node.node import Node
 from trimaran.protocols.client_protocol import hello
 from trimaran.protocols.codec import pack, unpack
 from trimaran.protocols.framing import FrameDecoder, encode_frame
+from trimaran.protocols.messages import Message
+from trimaran.services.register import RegisterService
 
 from tests.client.real_cluster import free_ports
 
@@ -186,3 +191,14 @@ async def in_process_cluster(
 def error_code(exc: BaseException) -> str:
     assert isinstance(exc, TrimaranError), exc
     return exc.code
+
+
+def make_driver(tmp_path: Path, writer: Any, **overrides: Any) -> tuple[Driver, list[Message]]:
+    """Node 1 of (1, 2, 3) as a bare Driver over ``writer``: the messages it sends land in the list,
+    and it never ticks unless a test asks."""
+    config = cluster_configs(tmp_path, **overrides)[0]
+    replica = Replica(config.raft_config(), random.Random(1), [RegisterService()], config=config.replica_config())
+    sent: list[Message] = []
+    driver = Driver(config, replica, writer, sent.extend, lambda n: None)
+    driver._next_tick_at = trio.current_time() + 3600
+    return driver, sent

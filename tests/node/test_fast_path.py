@@ -7,7 +7,6 @@ durability the test controls, and every message the driver sends recorded in ord
 
 from __future__ import annotations
 
-import random
 import socket
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,9 @@ import pytest
 import trio
 import trio.testing
 
-from tests.node.helpers import cluster_configs
+from tests.node.helpers import make_driver
 from trimaran import limits
 from trimaran.cluster.raft import Role
-from trimaran.cluster.replica import Replica
 from trimaran.node.driver import Driver
 from trimaran.node.transport import PeerQueue
 from trimaran.node.writer import StorageWriter, WriteResult
@@ -34,7 +32,6 @@ from trimaran.protocols.messages import (
     RequestVoteResponse,
     TimeoutNow,
 )
-from trimaran.services.register import RegisterService
 from trimaran.storage import LmdbStorage, WriteBatch
 
 
@@ -56,15 +53,6 @@ class InlineWriter:
             return False
         self.inline.append(batches)
         return True
-
-
-def make_driver(tmp_path: Path, writer: Any, **overrides: Any) -> tuple[Driver, list[Message]]:
-    config = cluster_configs(tmp_path, **overrides)[0]  # node 1 of (1, 2, 3)
-    replica = Replica(config.raft_config(), random.Random(1), [RegisterService()], config=config.replica_config())
-    sent: list[Message] = []
-    driver = Driver(config, replica, writer, sent.extend, lambda n: None)
-    driver._next_tick_at = trio.current_time() + 3600  # no ticks unless a test asks
-    return driver, sent
 
 
 def append_from_leader(index: int, commit_index: int = 0) -> AppendEntries:

@@ -10,7 +10,6 @@ rather than proposing entries it cannot persist, and hands off to a voter that s
 from __future__ import annotations
 
 import contextlib
-import random
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -18,9 +17,9 @@ import pytest
 import trio
 
 from tests.node.helpers import InProcessCluster, RawClient, cluster_configs
+from tests.node.helpers import make_driver as make_test_driver
 from tests.small_fs import SmallFs, small_filesystem
 from trimaran.cluster.raft import Role
-from trimaran.cluster.replica import Replica
 from trimaran.errors import NotLeader, RequestTimeout, StorageFullError, Unavailable
 from trimaran.node.config import NodeConfig
 from trimaran.node.driver import Driver
@@ -35,7 +34,6 @@ from trimaran.protocols.messages import (
     RequestVoteResponse,
     TimeoutNow,
 )
-from trimaran.services.register import RegisterService
 from trimaran.storage import LmdbStorage, WriteBatch
 
 FULL = StorageFullError("the file system is full", reason="disk_full")
@@ -69,12 +67,8 @@ class Answers:
 
 
 def make_driver(tmp_path: Path, **overrides: Any) -> tuple[Driver, Writer, list[Message]]:
-    config = cluster_configs(tmp_path, **overrides)[0]  # node 1 of (1, 2, 3)
-    replica = Replica(config.raft_config(), random.Random(1), [RegisterService()], config=config.replica_config())
     writer = Writer()
-    sent: list[Message] = []
-    driver = Driver(config, replica, writer, sent.extend, lambda n: None)  # type: ignore[arg-type]
-    driver._next_tick_at = trio.current_time() + 3600  # no ticks unless a test asks
+    driver, sent = make_test_driver(tmp_path, writer, **overrides)
     return driver, writer, sent
 
 

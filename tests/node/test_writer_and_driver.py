@@ -7,19 +7,16 @@ message by message.
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import trio
 
-from tests.node.helpers import cluster_configs
+from tests.node.helpers import make_driver as make_test_driver
 from trimaran import limits
-from trimaran.cluster.replica import Replica
 from trimaran.errors import StorageFullError
 from trimaran.node.driver import TICKS_CATCH_UP_MAX_FACTOR, Driver
 from trimaran.node.writer import StorageWriter, WriteResult
 from trimaran.protocols.messages import Entry, HardState, Message, RequestVote, RequestVoteResponse
-from trimaran.services.register import RegisterService
 from trimaran.storage import LmdbStorage, WriteBatch
 
 
@@ -82,12 +79,8 @@ class FakeWriter:
 
 
 def make_driver(tmp_path: Path) -> tuple[Driver, FakeWriter, list[Message]]:
-    config = cluster_configs(tmp_path)[0]
-    replica = Replica(config.raft_config(), random.Random(1), [RegisterService()], config=config.replica_config())
     writer = FakeWriter()
-    sent: list[Message] = []
-    driver = Driver(config, replica, writer, sent.extend, lambda n: None)  # type: ignore[arg-type]
-    driver._next_tick_at = trio.current_time() + 3600  # no ticks unless a test asks
+    driver, sent = make_test_driver(tmp_path, writer)
     return driver, writer, sent
 
 
