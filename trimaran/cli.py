@@ -120,6 +120,24 @@ def _kv_node_options(fn: Any) -> Any:
     )(fn)
 
 
+#: Connection bounds of `node run`: (flag, default, help). The defaults are NodeConfig's (a test
+#: checks they agree); the option's name is the NodeConfig field's.
+_CONNECTION_BOUNDS: tuple[tuple[str, int, str], ...] = (
+    ("--client-idle-timeout-ms", 60_000, "Close a client connection idle this long (>= --request-timeout-ms)."),
+    ("--client-handshakes-max", 256, "Client connections waiting for their hello; one more closes the oldest."),
+    ("--client-answer-bytes-max", 32 * 1024 * 1024, "Bytes of answers queued, not yet written, per client connection."),
+    ("--client-answer-bytes-node-max", 256 * 1024 * 1024, "The same, summed over the node's client connections."),
+    ("--peer-handshakes-max", 30, "Peer connections waiting for their handshake; one more closes the oldest."),
+)
+
+
+def _connection_bound_options(fn: Any) -> Any:
+    """The connection bounds of `node run` (see _CONNECTION_BOUNDS), passed on as NodeConfig fields."""
+    for flag, default, help_text in reversed(_CONNECTION_BOUNDS):
+        fn = click.option(flag, type=click.IntRange(min=1), default=default, show_default=True, help=help_text)(fn)
+    return fn
+
+
 @main.command("up")
 @click.option(
     "--data-dir", default="./trimaran-data", show_default=True, help="One directory per node is made in here."
@@ -180,6 +198,7 @@ def node_group() -> None:
 @click.option("--lease-reads", is_flag=True, help="Allow lease reads (assumes bounded clock drift).")
 @click.option("--snapshot-interval-entries", type=click.IntRange(min=1), default=10_000, show_default=True)
 @click.option("--request-timeout-ms", type=click.IntRange(min=1), default=10_000, show_default=True)
+@_connection_bound_options
 @click.option(
     "--storage-reserve-bytes",
     type=click.IntRange(min=0),
@@ -213,6 +232,7 @@ def node_run_command(
     parent_pid: int | None,
     kv_maxmemory_bytes: int | None,
     kv_eviction: str,
+    **connection_bounds: int,
 ) -> None:
     """Run one node until SIGINT/SIGTERM, then stop gracefully (exit status 0)."""
     from trimaran.node.config import Address, NodeConfig, build_peers
@@ -234,6 +254,7 @@ def node_run_command(
             storage_reserve_bytes=storage_reserve_bytes,
             kv_maxmemory_bytes=kv_maxmemory_bytes,
             kv_eviction=kv_eviction,
+            **connection_bounds,
         ).validate()
         configure_logging(log_level, node_id)
         run_node_process(config, parent_pid)

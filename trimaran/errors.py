@@ -21,7 +21,9 @@ so a caller catches the same types whether it runs in-process or over the networ
     │   ├── Unavailable              "unavailable": no quorum, shutting down, or overloaded
     │   ├── RequestTimeout           "timeout": deadline passed; the outcome is unknown
     │   ├── SessionExpired           "session_expired": exactly-once can no longer be promised
-    │   └── MembershipChangeRejected "membership_rejected": one change at a time, learners first
+    │   ├── MembershipChangeRejected "membership_rejected": one change at a time, learners first
+    │   └── IdleTimeout              "idle_timeout": the node closed an idle connection; nothing
+    │                                sent on it after its last answer was processed (reconnect)
     └── ServiceError                 a replicated service refused the operation (deterministic)
         ├── OutOfMemory              "out_of_memory": maxmemory reached under noeviction
         ├── RevisionCompacted        "compacted": a watch asked for history no longer kept
@@ -120,6 +122,10 @@ class SessionExpired(ClusterError):
 
 class MembershipChangeRejected(ClusterError):
     code = "membership_rejected"
+
+
+class IdleTimeout(ClusterError):
+    code = "idle_timeout"
 
 
 class ServiceError(TrimaranError):

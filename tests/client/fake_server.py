@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from trimaran.errors import InvalidArgument, NotLeader, SessionExpired, TrimaranError
+from trimaran.errors import IdleTimeout, InvalidArgument, NotLeader, SessionExpired, TrimaranError
 from trimaran.protocols.client_protocol import error_frame, parse_hello, parse_request, response, welcome
 from trimaran.protocols.codec import pack, unpack
 from trimaran.protocols.framing import FrameDecoder, encode_frame
@@ -28,6 +28,7 @@ from trimaran.services.register import RegisterService
 DROP = "drop"  # hook result: close the connection without applying or answering
 DROP_AFTER_APPLY = "drop_after_apply"  # hook result: apply, then close without answering
 HANG = "hang"  # hook result: never answer
+IDLE_CLOSE = "idle_close"  # hook result: as a node closing an idle connection (frame, close, unread)
 
 
 @dataclass
@@ -193,6 +194,11 @@ class FakeNode:
                 if action is not None:
                     break
             if action == DROP:
+                conn_scope.cancel()
+                return
+            if action == IDLE_CLOSE:  # the node decided "idle" before it read this request
+                async with send_lock:
+                    await stream.send_all(encode_frame(pack(error_frame(IdleTimeout("no request for 60000 ms")))))
                 conn_scope.cancel()
                 return
             if action == HANG:

@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 import trimaran
-from tests.client.fake_server import DROP, DROP_AFTER_APPLY, HANG, FakeNode, start_cluster
+from tests.client.fake_server import DROP, DROP_AFTER_APPLY, HANG, IDLE_CLOSE, FakeNode, start_cluster
 from trimaran import errors
 from trimaran.client import Client
 
@@ -443,3 +443,50 @@ async def test_session_window_holds_back_commands_behind_a_slow_one(nursery: tri
             release.set()
     acks = [call.body["ack_seq"] for call in cluster.calls if call.op == "command"]
     assert max(acks) >= 8
+
+
+async def test_an_idle_close_resends_waiting_requests_at_once_even_those_sent_only_once(nursery: trio.Nursery) -> None:
+    """A node that closes a connection as idle read nothing after its ``idle_timeout`` frame: the
+    client reconnects to the same node and resends, even a ``transfer`` (never resent once it may
+    have arrived), and it does not back off or forget the leader."""
+    cluster = await start_cluster(nursery)
+    closed: list[str] = []
+
+    async def idle_close_first(node: FakeNode, op: str, body: dict[str, Any]) -> Any:
+        if op in ("transfer", "command") and op not in closed:
+            closed.append(op)
+            return IDLE_CLOSE
+        return None
+
+    async with trimaran.connect(cluster.addresses()) as c:
+        await c.set("a", "1")
+        cluster.nodes[1].hooks.append(idle_close_first)
+        await c.transfer(2)
+        assert await c.incr("n") == 1
+        assert c.leader_id == 1
+    assert closed == ["transfer", "command"]
+    assert [call.node_id for call in cluster.calls if call.op in ("transfer", "command")] == [1, 1, 1, 1, 1]
+    assert [a[2][0] for a in cluster.applied] == ["set", "incr"]  # each once
+    assert cluster.nodes[1].connections_accepted == 3
+    assert cluster.nodes[2].connections_accepted == cluster.nodes[3].connections_accepted == 0
+
+
+async def test_a_silent_node_costs_one_attempt_not_the_whole_call(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    """The leader stops answering (as under SIGSTOP: its kernel still takes the bytes): after
+    ``attempt_timeout_ms`` of silence the client tries another node, which leads by then."""
+    cluster = await start_cluster(nursery)
+    async with trimaran.connect(cluster.addresses(), timeout_ms=5_000, attempt_timeout_ms=1_000) as c:
+        await c.set("a", "1")
+
+        async def stopped(node: FakeNode, op: str, body: dict[str, Any]) -> Any:
+            cluster.leader_id = 2  # the others elect a new leader meanwhile
+            return HANG
+
+        cluster.nodes[1].hooks.append(stopped)
+        started = trio.current_time()
+        assert await c.incr("n") == 1
+        assert trio.current_time() - started < 2.0
+        assert c.leader_id == 2
+    incr = [(call.node_id, call.body["seq"]) for call in cluster.calls if call.op == "command"][1:]
+    assert incr[0] == (1, 2) and incr[-1] == (2, 2)  # the same seq: exactly once
+    assert [a[2][0] for a in cluster.applied] == ["set", "incr"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from pathlib import Path
 
@@ -40,6 +41,10 @@ def base_args(tmp_path: Path, listen: str | None = None) -> list[str]:
         (["--peer", "x=127.0.0.1:9"], "not ID=HOST:PORT"),
         (["--peer-client", "5=127.0.0.1:9"], "no --peer"),
         (["--cluster-id", ""], "cluster id"),
+        # The connection bounds reach NodeConfig.validate(), relations included.
+        (["--client-idle-timeout-ms", "5000"], "client_idle_timeout_ms must be at least request_timeout_ms"),
+        (["--client-answer-bytes-max", "1024"], "client_answer_bytes_max must hold one largest answer"),
+        (["--client-answer-bytes-node-max", str(17 << 20)], "client_answer_bytes_node_max must be at least"),
     ],
 )
 def test_bad_configuration_is_one_line_and_exit_1(tmp_path: Path, extra: list[str], message: str) -> None:
@@ -57,3 +62,12 @@ def test_a_taken_client_port_is_one_line_and_exit_1(tmp_path: Path) -> None:
         code, output = run(base_args(tmp_path, listen=f"{HOST}:{port}"))
     lines = output.strip().splitlines()
     assert code == 1 and len(lines) == 1 and "in use" in lines[0] and f"for clients on {HOST}:{port}" in lines[0], output
+
+
+def test_the_connection_bound_flags_default_to_nodeconfigs_defaults() -> None:
+    from trimaran.cli import _CONNECTION_BOUNDS
+    from trimaran.node.config import NodeConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(NodeConfig)}
+    for flag, default, _ in _CONNECTION_BOUNDS:
+        assert defaults[flag.lstrip("-").replace("-", "_")] == default, flag

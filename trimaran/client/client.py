@@ -4,6 +4,14 @@ One :class:`Client` keeps one connection, to the leader, shared by every task th
 requests are pipelined on it (see :mod:`.connection`). Every call runs under a
 deadline (a trio cancel scope); when it passes the call raises ``RequestTimeout``.
 
+Each attempt also has a deadline of its own, below the call's: an attempt on which the node sends
+nothing at all for ``attempt_timeout_ms`` (a stopped or hung node: its kernel still takes the bytes)
+closes that connection and tries another node, which the client then avoids for as long
+(a "suspect"). A node that is merely busy keeps sending other answers, so its slow requests are not
+cut short. Commands and reads are retried so; ``membership`` and ``transfer``, which are not
+covered by the session, wait for the call's deadline instead. A connection the node closed as idle
+is reopened at once, its waiting requests sent again (the node processed none of them).
+
 Retries never break exactly-once. A command keeps its session sequence number across every retry,
 so the cluster answers a retry that already applied with the saved answer. If the cluster has
 forgotten the session (``session_expired``), the client registers a new one; a command that was
@@ -38,6 +46,7 @@ from .connection import (
     Address,
     Connection,
     ConnectionLost,
+    NodeSilent,
     address_from_wire,
     backoff_delays_s,
     describe_failure,
@@ -53,6 +62,10 @@ TIMEOUT_MS_DEFAULT = 5_000
 #: Connect plus handshake with one node. Short, so a stopped node (whose kernel still accepts the
 #: connection) costs one attempt of the call's deadline, not all of it.
 CONNECT_TIMEOUT_MS_DEFAULT = 1_000
+#: How long an attempt waits while the node sends nothing at all on its connection, before the
+#: client closes it and tries another node (see the module docstring). Below the call's deadline,
+#: so a stopped leader costs one attempt of it; above a node's usual pauses (an fsync, a GC).
+ATTEMPT_TIMEOUT_MS_DEFAULT = 1_000
 BACKOFF_MS_MIN_DEFAULT = 10
 BACKOFF_MS_MAX_DEFAULT = 1_000
 #: Answers that mean "this attempt was not applied; try again (elsewhere, or a bit later)".
@@ -81,11 +94,12 @@ class Client(RegisterMethods):
         token: str | None = None,
         timeout_ms: int = TIMEOUT_MS_DEFAULT,
         connect_timeout_ms: int = CONNECT_TIMEOUT_MS_DEFAULT,
+        attempt_timeout_ms: int = ATTEMPT_TIMEOUT_MS_DEFAULT,
         inflight_requests_max: int = INFLIGHT_REQUESTS_MAX_DEFAULT,
         backoff_ms_min: int = BACKOFF_MS_MIN_DEFAULT,
         backoff_ms_max: int = BACKOFF_MS_MAX_DEFAULT,
     ) -> None:
-        if timeout_ms <= 0 or connect_timeout_ms <= 0:
+        if timeout_ms <= 0 or connect_timeout_ms <= 0 or attempt_timeout_ms <= 0:
             raise InvalidArgument("timeouts must be positive")
         if not 0 < inflight_requests_max <= limits.session_responses_max:
             raise InvalidArgument(f"inflight_requests_max must be in 1..{limits.session_responses_max}")
@@ -95,6 +109,10 @@ class Client(RegisterMethods):
         self.cluster_id = cluster_id
         self.timeout_ms = timeout_ms
         self.connect_timeout_ms = connect_timeout_ms
+        self.attempt_timeout_ms = attempt_timeout_ms
+        self._attempt_timeout_s = attempt_timeout_ms / 1000
+        #: Nodes that went silent (or did not answer a hello), and until when (trio time) to avoid them.
+        self._suspect_until: dict[Address, float] = {}
         self.inflight_requests_max = inflight_requests_max
         self._token = token
         self._backoff_ms = (backoff_ms_min, backoff_ms_max)
@@ -238,12 +256,12 @@ class Client(RegisterMethods):
         while True:
             conn = await self._leader_connection()
             try:
-                return await conn.request(op, body)
+                return await conn.request(op, body, self._attempt_timeout_s)
             except _RETRYABLE as exc:
                 await self._after_refusal(conn, exc, delays)
             except ConnectionLost as exc:
                 self._on_lost(conn, exc)
-                await trio.sleep(next(delays))
+                await self._pause_after_lost(exc, delays)
 
     async def _once(self, op: str, body: dict[str, Any]) -> Any:
         """Send a request that must not be repeated once it may have arrived."""
@@ -258,7 +276,7 @@ class Client(RegisterMethods):
                 self._on_lost(conn, exc)
                 if exc.maybe_sent:
                     raise RequestTimeout(f"connection lost; the outcome of {op} is unknown: {exc.reason}") from None
-                await trio.sleep(next(delays))
+                await self._pause_after_lost(exc, delays)
 
     async def _command(self, service: str, command: Any) -> Any:
         while True:
@@ -287,7 +305,7 @@ class Client(RegisterMethods):
             }
             conn = await self._leader_connection()
             try:
-                result = await conn.request("command", body)
+                result = await conn.request("command", body, self._attempt_timeout_s)
                 self.leader_id = conn.node_id  # only the leader applies commands
                 return result
             except SessionExpired:
@@ -304,7 +322,7 @@ class Client(RegisterMethods):
             except ConnectionLost as exc:
                 maybe_applied |= exc.maybe_sent
                 self._on_lost(conn, exc)
-                await trio.sleep(next(delays))
+                await self._pause_after_lost(exc, delays)
 
     # ------------------------------------------------------------------ sessions
 
@@ -335,7 +353,8 @@ class Client(RegisterMethods):
         """Learn from a node's refusal, then pause unless a known leader elsewhere can be tried at once."""
         self._last_failure = f"{conn.address}: {exc.code}: {exc.message}"
         hint = exc.leader_hint if isinstance(exc, NotLeader) else None
-        if hint is None or hint == conn.node_id:
+        if hint is None or hint == conn.node_id or self._suspect(self.node_addresses.get(hint)):
+            # (A leader that just went silent is named until an election replaces it: wait here.)
             # Overloaded, no leader known (an election), or a leadership change in progress:
             # keep the connection, wait a little, ask again.
             if isinstance(exc, NotLeader):
@@ -364,12 +383,31 @@ class Client(RegisterMethods):
             self._learn_from_status(status)
 
     def _on_lost(self, conn: Connection, exc: ConnectionLost) -> None:
+        if exc.idle:  # no sign of trouble: reconnect to the same node
+            if self._conn is conn:
+                self._conn = None
+            return
         self._last_failure = exc.reason
         if self._conn is conn:
             self._conn = None
             if self.leader_id == conn.node_id:
                 self.leader_id = None  # it may be dead; do not insist on it
+        if isinstance(exc, NodeSilent):
+            self._suspect_until[conn.address] = trio.current_time() + self._attempt_timeout_s
         conn.close(exc.reason)
+
+    async def _pause_after_lost(self, exc: ConnectionLost, delays: Iterator[float]) -> None:
+        if not exc.idle:
+            await trio.sleep(next(delays))
+
+    def _suspect(self, address: Address | None) -> bool:
+        until = self._suspect_until.get(address) if address is not None else None
+        if until is None:
+            return False
+        if trio.current_time() < until:
+            return True
+        del self._suspect_until[address]  # type: ignore[arg-type]
+        return False
 
     async def _leader_connection(self) -> Connection:
         conn = self._conn
@@ -388,12 +426,15 @@ class Client(RegisterMethods):
         while True:
             tried: set[Address] = set()
             fallback: Connection | None = None
-            while (address := self._next_candidate(tried)) is not None:
+            # Suspects (silent or unreachable a moment ago) only when no other node answers.
+            while (address := self._next_candidate(tried, suspects=fallback is None)) is not None:
                 tried.add(address)
                 try:
                     conn = await self._open(nursery, address)
                 except (OSError, ConnectionLost, RequestTimeout, Unavailable) as exc:
                     self._last_failure = f"connect to {address}: {describe_failure(exc)}"
+                    if isinstance(exc, RequestTimeout):  # connected, but no answer to the hello
+                        self._suspect_until[address] = trio.current_time() + self._attempt_timeout_s
                     continue
                 welcome = conn.welcome
                 if welcome.leader_id == welcome.node_id:
@@ -408,15 +449,16 @@ class Client(RegisterMethods):
                 return fallback
             await trio.sleep(next(delays))
 
-    def _next_candidate(self, tried: set[Address]) -> Address | None:
-        """The leader's address if known, else a node we know least about."""
+    def _next_candidate(self, tried: set[Address], suspects: bool = True) -> Address | None:
+        """The leader's address if known, else a node we know least about; suspects last, and
+        only if ``suspects``."""
         leader = self.node_addresses.get(self.leader_id or 0)
-        if leader is not None and leader not in tried:
+        if leader is not None and leader not in tried and not self._suspect(leader):
             return leader
         known_followers = {a for node_id, a in self.node_addresses.items() if node_id != self.leader_id}
-        candidates = [a for a in self._all_addresses() if a not in tried]
+        candidates = [a for a in self._all_addresses() if a not in tried and (suspects or not self._suspect(a))]
         # When the leader's address is unknown, an address we have not met yet is the likeliest one.
-        candidates.sort(key=lambda a: a in known_followers)
+        candidates.sort(key=lambda a: (self._suspect(a), a in known_followers))
         return candidates[0] if candidates else None
 
     def _all_addresses(self) -> list[Address]:
@@ -491,8 +533,8 @@ def connect(
 
     ``cluster_id``: refuse nodes of any other cluster (default: pin the first one met).
     ``token``: the auth token slot (sent in the handshake). ``timeout_ms``: default deadline per call.
-    Other options: ``connect_timeout_ms``, ``inflight_requests_max``, ``backoff_ms_min``,
-    ``backoff_ms_max``.
+    Other options: ``connect_timeout_ms``, ``attempt_timeout_ms``, ``inflight_requests_max``,
+    ``backoff_ms_min``, ``backoff_ms_max``.
     """
     return Client(endpoints, cluster_id=cluster_id, token=token, timeout_ms=timeout_ms, **options)
 

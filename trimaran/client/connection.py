@@ -13,7 +13,11 @@ trio's scheduler per request. What the socket does not take is left, in order, t
 Concurrent callers still go through the outbox, so their frames leave together in one write.
 
 This module knows nothing about leaders, sessions or retries: a lost connection is reported as
-:class:`ConnectionLost` and the :class:`~.client.Client` decides what to do.
+:class:`ConnectionLost` and the :class:`~.client.Client` decides what to do. Two ways to lose one
+say more: a node that closes an idle connection first sends an ``idle_timeout`` error frame, and
+reads nothing after it, so the requests still waiting were certainly not processed
+(``ConnectionLost.idle``); and a request given a ``silence_timeout_s`` closes the connection when
+the node sends nothing at all for that long while it waits (a stopped or hung node).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import trio
 from trimaran import limits
 from trimaran.errors import (
     AuthError,
+    IdleTimeout,
     InvalidArgument,
     ProtocolError,
     RequestTimeout,
@@ -119,12 +124,19 @@ class ConnectionLost(Exception):
     """The connection closed before the answer arrived (internal; the Client retries or converts it).
 
     ``maybe_sent`` says whether the request may have reached the node (so it may have been applied).
+    ``idle``: the node closed the connection as idle (so nothing was sent, and it is no sign of
+    trouble: reconnect at once).
     """
 
-    def __init__(self, reason: str, maybe_sent: bool = True) -> None:
+    def __init__(self, reason: str, maybe_sent: bool = True, idle: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.maybe_sent = maybe_sent
+        self.maybe_sent = maybe_sent and not idle
+        self.idle = idle
+
+
+class NodeSilent(ConnectionLost):
+    """The node sent nothing at all for a request's ``silence_timeout_s``: it looks stopped or hung."""
 
 
 #: What ends a connection without being a bug: the network, the peer, or a malformed frame.
@@ -195,6 +207,10 @@ class Connection:
         self._cancel_scope = trio.CancelScope()
         self._closed_reason: str | None = None
         self._retired = False
+        #: The node closed the connection as idle (see the module docstring).
+        self._idle_closed = False
+        #: When bytes last arrived from the node (trio time).
+        self._last_receive_s = trio.current_time()
         self.closed_event = trio.Event()
 
     @property
@@ -210,11 +226,13 @@ class Connection:
     def pending_count(self) -> int:
         return len(self._pending)
 
-    async def request(self, op: str, body: dict[str, Any]) -> Any:
+    async def request(self, op: str, body: dict[str, Any], silence_timeout_s: float | None = None) -> Any:
         """Send one request and wait for its answer.
 
         Returns the result, raises the node's error as a typed ``TrimaranError``, or raises
-        :class:`ConnectionLost` if the connection closes first.
+        :class:`ConnectionLost` if the connection closes first, or if ``silence_timeout_s`` is given
+        and the node sends nothing at all on this connection for that long while the request waits
+        (then the connection is closed: the node looks stopped).
         """
         # Not `async with self._inflight`: trio's acquire always yields, even when a slot is free,
         # which would cost every request a pass of the scheduler before it is sent.
@@ -245,7 +263,10 @@ class Connection:
                     # full window of requests. Treat the connection as dead rather than queue more.
                     self.close(f"{self.address} is not reading its requests")
                     raise ConnectionLost(self._closed_reason or "send queue full", maybe_sent=False)
-                await slot.event.wait()
+                if silence_timeout_s is None:
+                    await slot.event.wait()
+                else:
+                    await self._wait_unless_silent(slot, silence_timeout_s)
             finally:
                 del self._pending[request_id]
                 if self._retired and not self._pending:
@@ -255,6 +276,18 @@ class Connection:
         if slot.ok:
             return slot.value
         raise slot.value
+
+    async def _wait_unless_silent(self, slot: _Slot, silence_timeout_s: float) -> None:
+        """Wait for ``slot``'s answer while the node keeps sending something on this connection."""
+        since_s = trio.current_time()
+        while True:
+            with trio.move_on_at(max(since_s, self._last_receive_s) + silence_timeout_s):
+                await slot.event.wait()
+                return
+            if trio.current_time() >= max(since_s, self._last_receive_s) + silence_timeout_s:
+                reason = f"{self.address} sent nothing for {silence_timeout_s * 1000:.0f} ms"
+                self.close(reason)
+                raise NodeSilent(reason, maybe_sent=True)
 
     def _take_request_id(self) -> int:
         self._next_request_id = self._next_request_id + 1 if self._next_request_id < REQUEST_ID_MAX else 1
@@ -292,7 +325,7 @@ class Connection:
         finally:
             self._closed_reason = self._closed_reason or f"connection to {self.address} closed"
             for slot in self._pending.values():
-                slot.ok, slot.value = False, ConnectionLost(self._closed_reason)
+                slot.ok, slot.value = False, ConnectionLost(self._closed_reason, idle=self._idle_closed)
                 slot.event.set()
             self.closed_event.set()
             with trio.CancelScope(shield=True):
@@ -345,6 +378,7 @@ class Connection:
                 return
             if sock is None:
                 decoder.feed(await self._stream.receive_some(RECEIVE_BYTES))
+                self._last_receive_s = trio.current_time()
                 continue
             # Wait until readable, then read what is there: one pass of the scheduler per receive
             # (trio's receive_some reads first and yields again after, even when data was waiting).
@@ -353,11 +387,16 @@ class Connection:
                 decoder.feed(os.read(sock.fileno(), RECEIVE_BYTES))
             except BlockingIOError:
                 continue  # a spurious wake-up: wait again
+            self._last_receive_s = trio.current_time()
 
     def _dispatch(self, obj: Any) -> None:
         if isinstance(obj, dict) and obj.get("type") == "error":
             # A connection-level error (e.g. the node is shutting down): the node closes next.
             err = error_from_wire(obj.get("error"))
+            if isinstance(err, IdleTimeout):
+                # Nothing sent after it was processed: waiting requests may go again, anywhere.
+                self._idle_closed = True
+                self._closed_reason = self._closed_reason or f"{self.address} closed the idle connection"
             raise ProtocolError(f"node closed the connection: {err.code}: {err.message}")
         if type(obj) is not list or len(obj) != 3 or type(obj[0]) is not int or type(obj[1]) is not bool:
             raise ProtocolError("a response is [request_id, ok, result]")

@@ -3,14 +3,33 @@
 Per connection, three tasks: a reader (frames in, requests to the driver), a writer (answers the
 socket could not take at once), and a reaper (answers ``timeout`` for requests older
 than ``request_timeout_ms``; all requests share that timeout, so arrival order is deadline order
-and a deque suffices).
+and a deque suffices; and closes the connection once it is idle).
 
-Bounds: at most ``client_connections_max`` connections (the next one gets an ``unavailable`` error
-frame and is closed); the hello must arrive within ``handshake_timeout_ms``; at most
-``client_inflight_requests_max`` requests in flight per connection, counting answers not yet
-written to the socket — the reader simply stops reading at the cap, so TCP pushes back on a client
-that pipelines too far or does not read its answers; frames over
-``client_frame_bytes_max`` close the connection after an error frame.
+Bounds:
+
+- Connections. At most ``client_connections_max`` connections past their hello (the next hello
+  gets an ``unavailable`` error frame and a close). Connections still waiting for their hello are
+  counted apart, at most ``client_handshakes_max`` of them: one more closes the oldest (the slowest
+  to say hello), so sockets that never say hello cannot keep clients out. The hello must arrive
+  within ``handshake_timeout_ms``.
+- Idle. A connection with nothing in flight, nothing left to write and no request for
+  ``client_idle_timeout_ms`` gets an ``idle_timeout`` error frame and is closed. The node reads
+  nothing after deciding so: a request the client sent meanwhile was not processed, and the client
+  library reconnects and sends it again. A connection whose unwritten answers did not move for
+  that long (a client that stopped reading) is closed too.
+- Requests. At most ``client_inflight_requests_max`` requests in flight per connection, counting
+  answers not yet written to the socket — the reader simply stops reading at the cap, so TCP pushes
+  back on a client that pipelines too far or does not read its answers. Frames over
+  ``client_frame_bytes_max`` close the connection after an error frame.
+- Answer bytes. A few requests can ask for large answers (a scan page is up to about 8 MiB), so
+  the bytes of answers queued and not yet written are capped too: ``client_answer_bytes_max`` per
+  connection and ``client_answer_bytes_node_max`` for the node. The reader stops reading requests
+  while its connection is at the cap; an answer that would still go over (its request was read
+  before) is replaced by a typed error under its request id: ``unavailable`` for a ``read`` or
+  ``status`` (retry later), ``timeout`` for anything that may have changed state (the outcome is
+  unknown: retry with the same ``seq``). Answers of at most ``ANSWER_BYTES_ALWAYS_QUEUED`` are never
+  replaced (the error would be as large), so a connection's queue stays under its cap plus that
+  much per request in flight.
 
 Errors: a request with bad fields is answered with a typed error under its request id and the
 connection stays open; anything that is not a request at all (malformed msgpack, a frame over the
@@ -38,6 +57,7 @@ import trio
 
 from trimaran import limits
 from trimaran.errors import (
+    IdleTimeout,
     InvalidArgument,
     ProtocolError,
     RequestTimeout,
@@ -57,6 +77,13 @@ log = logging.getLogger("trimaran.node.client_server")
 HELLO_FRAME_BYTES_MAX = 16 * limits.KIB
 #: How long a closing connection may take to flush its last answers / error frame.
 FLUSH_TIMEOUT_S = 1.0
+#: Bytes of queued answers joined into one write (a copy of all of them would double their memory).
+WRITE_CHUNK_BYTES_MAX = 4 * limits.MIB
+#: Answers up to this size are queued even over the answer-bytes caps: their refusal (a typed
+#: error frame) would take about as much.
+ANSWER_BYTES_ALWAYS_QUEUED = 1 * limits.KIB
+#: Operations that change no state: an answer of theirs refused over the caps is ``unavailable``.
+_READ_ONLY_OPS = frozenset({"read", "status"})
 
 
 def _encode(obj: Any) -> bytes:
@@ -72,8 +99,9 @@ class ClientConnection:
         cfg = server.config
         self._timeout_s = cfg.request_timeout_ms / 1000
         self._slots = trio.Semaphore(cfg.client_inflight_requests_max)
-        #: internal seq -> the client's request id, for requests not yet answered.
-        self._inflight: dict[int, int] = {}
+        #: internal seq -> (the client's request id, whether the request changes no state), for
+        #: requests not yet answered.
+        self._inflight: dict[int, tuple[int, bool]] = {}
         self._deadlines: deque[tuple[float, int]] = deque()
         self._next_seq = 0
         #: Encoded frames to send, and whether each holds an in-flight slot. A slot is released only
@@ -91,6 +119,20 @@ class ClientConnection:
         self._cancel: trio.CancelScope | None = None
         self._reaper_lot = trio.lowlevel.ParkingLot()
         self.closed = False
+        #: Bytes of queued frames not yet written (the unwritten part of ``_head`` included), and
+        #: bytes written so far (the reaper tells a stuck reader from a slow one by it).
+        self._out_bytes = 0
+        self._written_bytes = 0
+        self._answer_bytes_max = cfg.client_answer_bytes_max
+        #: The reader, waiting for the queued answers to shrink below ``_answer_bytes_max``.
+        self._room_lot = trio.lowlevel.ParkingLot()
+        #: Past the hello and counted against ``client_connections_max``.
+        self.admitted = False
+        #: When the last request frame arrived (trio time); the idle timeout counts from it.
+        self.last_frame_s = trio.current_time()
+        #: Cancelled to stop reading (idle, or closed by the server); then ``closing_error`` is sent.
+        self._read_scope = trio.CancelScope()
+        self.closing_error: TrimaranError | None = None
 
     @property
     def inflight(self) -> int:
@@ -99,19 +141,61 @@ class ClientConnection:
     # ------------------------------------------------------------------ answers
 
     def on_reply(self, seq: int, ok: bool, value: Any) -> None:
-        request_id = self._inflight.pop(seq, None)
-        if request_id is None or self.closed:
+        entry = self._inflight.pop(seq, None)
+        if entry is None or self.closed:
             return  # answered already (timeout) or the client is gone
+        request_id, read_only = entry
         try:
             frame = _encode(response(request_id, ok, value))
         except (TypeError, ValueError, OverflowError) as exc:  # a result msgpack cannot carry
             frame = _encode(response(request_id, False, TrimaranError(f"result not encodable: {exc}")))
+        if len(frame) > ANSWER_BYTES_ALWAYS_QUEUED:
+            refusal = self._over_answer_caps(len(frame))
+            if refusal:
+                frame = self._refused(request_id, read_only, len(frame), refusal)
         self._queue(frame, holds_slot=True)
+
+    def _over_answer_caps(self, size_bytes: int) -> str:
+        """Why an answer of ``size_bytes`` may not be queued now ("": it may)."""
+        server = self._server
+        if self._out_bytes + size_bytes > self._answer_bytes_max:
+            return f"on this connection over client_answer_bytes_max={self._answer_bytes_max}"
+        node_max = server.config.client_answer_bytes_node_max
+        if server.answer_bytes_queued + size_bytes > node_max:
+            return f"on this node over client_answer_bytes_node_max={node_max}"
+        return ""
+
+    def _refused(self, request_id: int, read_only: bool, size_bytes: int, where: str) -> bytes:
+        """The typed error that replaces an answer over the caps (see the module docstring)."""
+        self._server.answers_refused += 1
+        text = f"an answer of {size_bytes} bytes would take the answers not yet written {where}"
+        exc: TrimaranError
+        if read_only:
+            exc = Unavailable(f"{text}: read the answers, or ask for less at once, and retry", answer_bytes=size_bytes)
+        else:
+            exc = RequestTimeout(f"{text}; the outcome is unknown: retry with the same seq", answer_bytes=size_bytes)
+        return _encode(response(request_id, False, exc))
 
     def _queue(self, frame: bytes, holds_slot: bool = False) -> None:
         """Queue a frame; it leaves at the next :meth:`flush_replies` (the driver calls it at the end
         of its round, so answers given together leave in one write)."""
         self._out.append((frame, holds_slot))
+        self._out_bytes += len(frame)
+        self._server.answer_bytes_queued += len(frame)
+
+    def _sent(self, size_bytes: int) -> None:
+        self._out_bytes -= size_bytes
+        self._server.answer_bytes_queued -= size_bytes
+        self._written_bytes += size_bytes
+        if len(self._room_lot) and self._out_bytes < self._answer_bytes_max:
+            self._room_lot.unpark_all()
+
+    def _release_answers(self) -> None:
+        """The connection is gone: what it had queued no longer counts against the node."""
+        self._server.answer_bytes_queued -= self._out_bytes
+        self._out_bytes = 0
+        self._out.clear()
+        self._head = b""
 
     def _answer(self, seq: int, ok: bool, value: Any) -> None:
         """An answer given here rather than by the driver: queued and flushed at once."""
@@ -140,16 +224,25 @@ class ClientConnection:
         while True:
             data = self._head
             if not data:
-                if not self._out:
+                out = self._out
+                if not out:
                     return True
-                items = list(self._out)
-                self._out.clear()
-                data = b"".join(frame for frame, _ in items) if len(items) > 1 else items[0][0]
-                self._head_slots = sum(1 for _, holds_slot in items if holds_slot)
+                data, holds_slot = out.popleft()
+                self._head_slots = 1 if holds_slot else 0
+                if out and len(data) < WRITE_CHUNK_BYTES_MAX:
+                    chunk, size_bytes = [data], len(data)
+                    while out and size_bytes + len(out[0][0]) <= WRITE_CHUNK_BYTES_MAX:
+                        frame, holds_slot = out.popleft()
+                        chunk.append(frame)
+                        size_bytes += len(frame)
+                        self._head_slots += holds_slot
+                    data = b"".join(chunk)
             try:
                 written = os.write(self._fd, data)
             except BlockingIOError:
                 written = 0
+            if written:
+                self._sent(written)
             if written < len(data):
                 self._head = memoryview(data)[written:]
                 self._blocked = True
@@ -174,7 +267,12 @@ class ClientConnection:
                 self._fd = self._stream.socket.fileno()
                 nursery.start_soon(self._write_loop)
                 nursery.start_soon(self._reap_loop)
-                await self._read_loop()
+                with self._read_scope:
+                    await self._read_loop()
+                if self._read_scope.cancelled_caught and self.closing_error is not None:
+                    # Closed by the node (idle, or evicted before its hello): say why, after the answers.
+                    self._queue(_encode(error_frame(self.closing_error)))
+                    self.flush_replies()
                 await self._drain()
                 nursery.cancel_scope.cancel()
             # Never write to the descriptor once the stream closes: its number may be reused.
@@ -183,6 +281,20 @@ class ClientConnection:
         finally:
             self._fd = -1
             self.closed = True
+            self._release_answers()
+
+    def close_reading(self, exc: TrimaranError) -> None:
+        """Stop reading requests, then send ``exc`` after the answers still due, and close."""
+        if self.closing_error is None:
+            self.closing_error = exc
+            self._read_scope.cancel()
+
+    @property
+    def idle(self) -> bool:
+        """Past the hello, nothing in flight, nothing to write, still reading."""
+        return (
+            self.admitted and not self._inflight and not self._out and not self._head and self.closing_error is None
+        )
 
     async def _read_loop(self) -> None:
         server = self._server
@@ -194,12 +306,14 @@ class ClientConnection:
                 raise ProtocolError(f"no hello within {server.config.handshake_timeout_ms} ms")
             if first is None:
                 return
+            server.admit(self)
             self._handshake(first)
             decoder.frame_bytes_max = server.config.client_frame_bytes_max
             while True:
                 frame = await read_frame(self._stream, decoder)
                 if frame is None:
                     return
+                self.last_frame_s = trio.current_time()
                 # Every request that arrived with it goes to the driver before its round starts
                 # (one round, one group proposal, one write of the answers for all of them).
                 frames, error = [frame], None
@@ -218,8 +332,9 @@ class ClientConnection:
                 if error is not None:
                     raise error
         except TrimaranError as exc:
-            # Not the protocol at all: one error frame, then close.
-            server.protocol_errors += 1
+            # Not the protocol at all (or no room for one more connection): one error frame, then close.
+            if not isinstance(exc, Unavailable):
+                server.protocol_errors += 1
             log.info("node %d: closing a client connection: %s", server.config.node_id, exc)
             self._queue(_encode(error_frame(exc)))
             self.flush_replies()
@@ -249,10 +364,10 @@ class ClientConnection:
         except InvalidArgument as exc:
             # parse_request raised this only after checking obj is [int request_id, op, body]. The
             # answer takes a slot like any other, so bad requests cannot pile up answers either.
-            seq = await self._take_slot(obj[0])
+            seq = await self._take_slot(obj[0], True)
             self._answer(seq, False, exc)
             return False
-        seq = await self._take_slot(request.request_id)
+        seq = await self._take_slot(request.request_id, request.op in _READ_ONLY_OPS)
         server = self._server
         if server.shutting_down:
             self._answer(seq, False, Unavailable("the node is shutting down; retry on another node"))
@@ -263,8 +378,13 @@ class ClientConnection:
             return True
         return False
 
-    async def _take_slot(self, request_id: int) -> int:
+    async def _take_slot(self, request_id: int, read_only: bool) -> int:
         """Count a request in flight (waiting at the cap) and return its internal number."""
+        if self._out_bytes >= self._answer_bytes_max:
+            # Answers wait to be written: read no more requests until they shrink (TCP pushes back).
+            self._server.driver.wake()
+            while self._out_bytes >= self._answer_bytes_max:
+                await self._room_lot.park()
         # Not `await acquire()` every time: it always yields, which would let the driver run a round
         # per request and defeat the group proposal (all requests read in one go, one log entry).
         try:
@@ -274,7 +394,7 @@ class ClientConnection:
             await self._slots.acquire()  # at the cap, stop reading: backpressure through TCP
         self._next_seq += 1
         seq = self._next_seq
-        self._inflight[seq] = request_id
+        self._inflight[seq] = (request_id, read_only)
         deadlines = self._deadlines
         deadlines.append((trio.current_time() + self._timeout_s, seq))
         if len(deadlines) == 1:
@@ -298,13 +418,40 @@ class ClientConnection:
     async def _reap_loop(self) -> None:
         while True:
             while not self._deadlines:
-                await self._reaper_lot.park()
+                await self._watch_idle()
             deadline, seq = self._deadlines[0]
             if seq in self._inflight:
                 await trio.sleep_until(deadline)
                 if seq in self._inflight:
                     self._answer(seq, False, RequestTimeout(f"no answer within {self._timeout_s:g} s; outcome unknown"))
             self._deadlines.popleft()
+
+    async def _watch_idle(self) -> None:
+        """Nothing in flight: return at the next request, or close the connection once it has been
+        idle (or its client has not read a byte of its answers) for ``client_idle_timeout_ms``."""
+        idle_s = self._server.config.client_idle_timeout_ms / 1000
+        written_bytes = self._written_bytes
+        check_at = self.last_frame_s + idle_s
+        while True:
+            with trio.move_on_at(check_at):
+                await self._reaper_lot.park()  # a request arrived (_take_slot)
+                return
+            now = trio.current_time()
+            if self.closing_error is not None:
+                await trio.sleep_forever()  # the connection is closing; run() cancels this task
+            if self._deadlines:
+                return
+            if not self.admitted or now < self.last_frame_s + idle_s or self._written_bytes != written_bytes:
+                written_bytes = self._written_bytes  # still in its hello, or busy: look again later
+                check_at = max(now, self.last_frame_s) + idle_s
+                continue
+            if self.idle:
+                self._server.idle_closed += 1
+                self.close_reading(IdleTimeout(f"no request for {idle_s * 1000:.0f} ms: closing; reconnect to go on"))
+            else:  # answers wait, and not one byte of them was read
+                self._server.idle_closed += 1
+                self.close_reading(Unavailable(f"answers not read for {idle_s * 1000:.0f} ms: closing"))
+            await trio.sleep_forever()  # the connection is closing; run() cancels this task
 
     async def _drain(self) -> None:
         """The reader is done (EOF or a protocol error): let in-flight answers and the last frames
@@ -324,11 +471,20 @@ class ClientServer:
         self.address: Address | None = None
         self.shutting_down = False
         self._connections: set[ClientConnection] = set()
+        #: Connections waiting for their hello, oldest first (a dict keeps insertion order).
+        self._handshaking: dict[ClientConnection, None] = {}
+        #: Connections past their hello, counted against ``client_connections_max``.
+        self._admitted: set[ClientConnection] = set()
         self._accept_scope = trio.CancelScope()
         self._connections_scope = trio.CancelScope()
+        #: Bytes of answers queued on every connection and not yet written.
+        self.answer_bytes_queued = 0
         #: Counters (reported by the status op).
         self.connections_refused = 0
         self.protocol_errors = 0
+        self.handshakes_evicted = 0
+        self.idle_closed = 0
+        self.answers_refused = 0
 
     @property
     def connection_count(self) -> int:
@@ -352,17 +508,41 @@ class ClientServer:
             await trio.serve_listeners(self._handle, listeners, handler_nursery=connections)
 
     async def _handle(self, stream: trio.SocketStream) -> None:
-        if self.shutting_down or len(self._connections) >= self.config.client_connections_max:
+        if self.shutting_down:
             self.connections_refused += 1
-            reason = "shutting down" if self.shutting_down else f"at its cap of {self.config.client_connections_max} connections"
-            await linger_close(stream, _encode(error_frame(Unavailable(f"this node is {reason}"))))
+            await linger_close(stream, _encode(error_frame(Unavailable("this node is shutting down"))))
             return
         conn = ClientConnection(self, stream)
         self._connections.add(conn)
+        self._handshaking[conn] = None
+        if len(self._handshaking) > self.config.client_handshakes_max:
+            oldest = next(iter(self._handshaking))
+            del self._handshaking[oldest]
+            self.handshakes_evicted += 1
+            oldest.close_reading(
+                Unavailable(f"more than {self.config.client_handshakes_max} connections wait for their hello: closing the oldest")
+            )
         try:
             await conn.run()
         finally:
             self._connections.discard(conn)
+            self._handshaking.pop(conn, None)
+            self._admitted.discard(conn)
+
+    def admit(self, conn: ClientConnection) -> None:
+        """``conn`` said hello: count it against ``client_connections_max``, or raise ``Unavailable``."""
+        self._handshaking.pop(conn, None)
+        if conn.closing_error is not None:  # evicted while its hello was on its way
+            raise conn.closing_error
+        if len(self._admitted) >= self.config.client_connections_max:
+            self.connections_refused += 1
+            raise Unavailable(f"this node is at its cap of {self.config.client_connections_max} connections")
+        self._admitted.add(conn)
+        conn.admitted = True
+
+    @property
+    def handshakes_pending(self) -> int:
+        return len(self._handshaking)
 
     # ------------------------------------------------------------------ shutdown
 

@@ -93,9 +93,25 @@ class NodeConfig:
     #: rather than a closed connection; frames beyond this close the connection.
     client_frame_bytes_max: int = 2 * limits.command_bytes_max
     handshake_timeout_ms: int = limits.handshake_timeout_ms
+    #: Connections accepted that have not sent their hello yet; they do not count against
+    #: ``client_connections_max``. One more closes the oldest of them (the slowest to say hello).
+    client_handshakes_max: int = 256
+    #: A connection with nothing in flight, nothing left to write and no request for this long is
+    #: closed with an ``idle_timeout`` error frame (the client library reconnects on its next call).
+    client_idle_timeout_ms: int = 60_000
+    #: Bytes of answers queued on one connection and not yet written to its socket. An answer that
+    #: would go over is replaced by a typed error, and the reader stops reading requests meanwhile.
+    client_answer_bytes_max: int = 32 * limits.MIB
+    #: The same, summed over every client connection of the node.
+    client_answer_bytes_node_max: int = 256 * limits.MIB
 
     # --- peer transport ---
+    #: Inbound peer connections that completed the handshake (a peer's new connection replaces
+    #: its old one, so each peer holds at most one).
     peer_connections_max: int = 4 * limits.members_max
+    #: Inbound peer connections still waiting for their handshake, counted apart from the above so
+    #: they cannot take a real peer's slot; one more closes the oldest of them.
+    peer_handshakes_max: int = 2 * limits.members_max
     #: Per-peer send queue; a frame that does not fit is dropped (Raft retransmits).
     peer_queue_frames_max: int = 4096
     peer_queue_bytes_max: int = 64 * limits.MIB
@@ -225,7 +241,24 @@ class NodeConfig:
                 "client_frame_bytes_max must hold one maximal command and fit frame_bytes_max",
             ),
             (self.handshake_timeout_ms > 0, "handshake_timeout_ms must be positive"),
-            (self.peer_connections_max > 0, "peer_connections_max must be positive"),
+            (self.client_handshakes_max > 0, "client_handshakes_max must be positive"),
+            (
+                self.client_idle_timeout_ms >= self.request_timeout_ms,
+                "client_idle_timeout_ms must be at least request_timeout_ms",
+            ),
+            (
+                self.client_answer_bytes_max >= limits.frame_bytes_max,
+                f"client_answer_bytes_max must hold one largest answer (frame_bytes_max={limits.frame_bytes_max})",
+            ),
+            (
+                self.client_answer_bytes_node_max >= self.client_answer_bytes_max,
+                "client_answer_bytes_node_max must be at least client_answer_bytes_max",
+            ),
+            (
+                self.peer_connections_max >= max(1, len(self.peers)),
+                "peer_connections_max must leave every peer a slot",
+            ),
+            (self.peer_handshakes_max > 0, "peer_handshakes_max must be positive"),
             (self.peer_queue_frames_max > 0, "peer_queue_frames_max must be positive"),
             (
                 self.peer_queue_bytes_max >= limits.frame_bytes_max,

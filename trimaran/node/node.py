@@ -95,6 +95,13 @@ class Node:
             "client_connections": self.client_server.connection_count,
             "client_connections_refused": self.client_server.connections_refused,
             "client_protocol_errors": self.client_server.protocol_errors,
+            "client_handshakes_pending": self.client_server.handshakes_pending,
+            "client_handshakes_evicted": self.client_server.handshakes_evicted,
+            "client_idle_closed": self.client_server.idle_closed,
+            "client_answer_bytes_queued": self.client_server.answer_bytes_queued,
+            "client_answers_refused": self.client_server.answers_refused,
+            "peer_handshakes_evicted": self.transport.handshakes_evicted,
+            "peer_connections_replaced": self.transport.connections_replaced,
         }
         return out
 

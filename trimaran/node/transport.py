@@ -19,6 +19,12 @@ Wire: length-prefixed frames (:mod:`trimaran.protocols.framing`), each holding o
   ``recipient`` field set to 0: the connection already names the recipient, and leaving it out
   lets an AppendEntries carrying the same entries to several followers be encoded once.
   The receiver checks ``sender`` against the handshake and fills ``recipient`` back in.
+- Inbound slots. Connections still waiting for their handshake are counted apart from the
+  handshaken ones: at most ``peer_handshakes_max`` of them, and one more closes the oldest (the
+  slowest to finish), so sockets that never send a ``peer_hello`` cannot keep a real peer out. A
+  peer dials one connection at a time, so its new handshaken connection replaces its old one (the
+  old one is dead on its side: a restart, or a break this node has not noticed yet); at most
+  ``peer_connections_max`` handshaken connections are kept.
 - Limits are checked before allocating: the frame length against ``frame_bytes_max`` as soon as
   the header arrives, then msgpack's length ceilings, ``strict_map_key`` and no ext types
   (:func:`~trimaran.protocols.codec.unpack`), then every field's type. Any violation closes the
@@ -85,6 +91,16 @@ def peer_hello(cluster_id: str, node_id: int, recipient: int, state_machine: dic
 
 def error_frame(exc: TrimaranError) -> bytes:
     return encode_frame(pack({"type": "error", "error": exc.to_wire()}))
+
+
+class _Inbound:
+    """One accepted peer connection: its cancel scope, and the peer it belongs to (0: no handshake yet)."""
+
+    __slots__ = ("scope", "sender")
+
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()
+        self.sender = 0
 
 
 def _dedupe_key(msg: Message) -> tuple[Any, ...] | None:
@@ -245,12 +261,17 @@ class PeerTransport:
             p.node_id: PeerQueue(config.peer_queue_frames_max, config.peer_queue_bytes_max) for p in config.peers
         }
         self._pump_scopes: dict[int, trio.CancelScope] = {}
-        self._inbound = 0
+        #: Inbound connections waiting for their handshake, oldest first (a dict keeps insertion order).
+        self._handshaking: dict[_Inbound, None] = {}
+        #: Handshaken inbound connections, by peer.
+        self._inbound: dict[int, _Inbound] = {}
         self.address: Address | None = None
         #: Counters (reported by the status op).
         self.frames_received = 0
         self.connections_refused = 0
         self.unknown_recipient_messages = 0
+        self.handshakes_evicted = 0
+        self.connections_replaced = 0
 
     @property
     def dropped_frames(self) -> dict[int, int]:
@@ -415,13 +436,22 @@ class PeerTransport:
         return sender
 
     async def _handle_inbound(self, stream: trio.SocketStream) -> None:
-        if self._inbound >= self._config.peer_connections_max:
-            self.connections_refused += 1
-            await self._refuse(stream, ProtocolError("too many peer connections"))
-            return
-        self._inbound += 1
+        conn = _Inbound()
+        self._handshaking[conn] = None
+        handshakes_max = self._config.peer_handshakes_max
+        if len(self._handshaking) > handshakes_max:
+            oldest = next(iter(self._handshaking))
+            del self._handshaking[oldest]
+            self.handshakes_evicted += 1
+            oldest.scope.cancel()
         try:
-            await self._receive(stream)
+            with conn.scope:
+                await self._receive(stream, conn)
+            if conn.scope.cancelled_caught and not conn.sender:
+                self.connections_refused += 1
+                await self._refuse(
+                    stream, ProtocolError(f"more than {handshakes_max} peer connections wait for their handshake: closing the oldest")
+                )
         except TrimaranError as exc:
             # Malformed, oversized or truncated input: say why (best effort) and close.
             self.connections_refused += 1
@@ -430,9 +460,24 @@ class PeerTransport:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         finally:
-            self._inbound -= 1
+            self._handshaking.pop(conn, None)
+            if self._inbound.get(conn.sender) is conn:
+                del self._inbound[conn.sender]
 
-    async def _receive(self, stream: trio.SocketStream) -> None:
+    def _handshaken(self, conn: _Inbound, sender: int) -> None:
+        """``conn`` is ``sender``'s now: it replaces that peer's older connection, if any."""
+        self._handshaking.pop(conn, None)
+        old = self._inbound.pop(sender, None)
+        if old is not None:
+            self.connections_replaced += 1
+            log.info("node %d: peer %d connected again; closing its older connection", self._node_id, sender)
+            old.scope.cancel()
+        if len(self._inbound) >= self._config.peer_connections_max:
+            raise ProtocolError("too many peer connections")
+        conn.sender = sender
+        self._inbound[sender] = conn
+
+    async def _receive(self, stream: trio.SocketStream, conn: _Inbound) -> None:
         # The handshake is tiny: until it is in, a frame header over 4 KiB is refused at once.
         decoder = FrameDecoder(HELLO_FRAME_BYTES_MAX)
         with trio.move_on_after(self._config.handshake_timeout_ms / 1000) as deadline:
@@ -442,6 +487,7 @@ class PeerTransport:
         if first is None:
             return
         sender = self._check_hello(unpack(first, size_bytes_max=HELLO_FRAME_BYTES_MAX))
+        self._handshaken(conn, sender)
         decoder.frame_bytes_max = limits.frame_bytes_max
         while True:
             frame = await read_frame(stream, decoder)

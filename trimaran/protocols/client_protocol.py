@@ -40,6 +40,11 @@ What the node runtime (:mod:`trimaran.node.client_server`) adds, all optional fo
   ``[request_id, op, body]``, over the node's frame limit, cut short) gets one
   ``{"type": "error", "error": <error>}`` frame and the node closes the connection. A connection
   over the node's cap, or opened while it shuts down, gets the same with code ``unavailable``.
+- A connection idle for the node's ``client_idle_timeout_ms`` gets one error frame with code
+  ``idle_timeout`` and is closed; the node reads nothing after deciding so, so a request sent
+  meanwhile was not processed and may be sent again on a new connection. An answer over the node's
+  answer-bytes caps (answers queued but not yet read) comes back as ``unavailable`` (``read``,
+  ``status``) or ``timeout`` (outcome unknown) under its request id.
 - A request with bad fields is answered under its request id (``invalid_argument``, ``too_large``)
   and the connection stays open.
 - ``read``: ``consistency`` may be left out; it defaults to ``"linearizable"``.
