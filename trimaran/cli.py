@@ -5,7 +5,7 @@ Each command group lives in its own section below; keep sections independent.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, BinaryIO
 
 import click
 
@@ -376,14 +376,20 @@ def kv_get_command(
 
 @kv_group.command("set")
 @click.argument("key")
-@click.argument("value")
+@click.argument("value", required=False)
+@click.option(
+    "--value-file",
+    type=click.File("rb"),
+    help="Read the value from this file ('-': standard input), as bytes; instead of VALUE.",
+)
 @click.option("--ttl-ms", type=click.IntRange(min=1), help="Expire the key this many milliseconds after the write.")
 @click.option("--if-absent", is_flag=True, help="Only if KEY does not exist.")
 @click.option("--if-revision", type=click.IntRange(min=0), help="Only if KEY's revision is this (0: absent).")
 @_client_options(default_timeout_ms=5_000)
 def kv_set_command(
     key: str,
-    value: str,
+    value: str | None,
+    value_file: BinaryIO | None,
     ttl_ms: int | None,
     if_absent: bool,
     if_revision: int | None,
@@ -393,11 +399,29 @@ def kv_set_command(
     timeout_ms: int,
     as_json: bool,
 ) -> None:
-    """Set KEY to VALUE. A condition that does not hold exits 1 (condition_failed), changing nothing."""
+    """Set KEY to VALUE, or to the bytes of --value-file (VALUE '-' reads standard input), for values
+    up to the 1 MiB limit that a shell argument cannot carry. A condition that does not hold exits 1
+    (condition_failed), changing nothing."""
+    import contextlib
     import json
 
+    from trimaran import limits
+
+    if value_file is not None and value is not None:
+        raise click.UsageError("give VALUE or --value-file, not both")
+    if value_file is None and value is None:
+        raise click.UsageError("missing VALUE (or --value-file FILE, or '-' for standard input)")
+    data: str | bytes
+    if value_file is not None or value == "-":
+        with click.open_file("-", "rb") if value_file is None else contextlib.nullcontext(value_file) as stream:
+            data = stream.read(limits.value_bytes_max + 1)
+        if len(data) > limits.value_bytes_max:
+            raise click.UsageError(f"the value is over value_bytes_max ({limits.value_bytes_max} bytes)")
+    else:
+        assert value is not None
+        data = value
     revision = _kv(
-        endpoints, cluster_id, token, timeout_ms, "set", key, value, ttl_ms=ttl_ms, if_absent=if_absent, if_revision=if_revision
+        endpoints, cluster_id, token, timeout_ms, "set", key, data, ttl_ms=ttl_ms, if_absent=if_absent, if_revision=if_revision
     )
     click.echo(json.dumps({"key": key, "ok": True, "revision": revision}) if as_json else "OK")
 

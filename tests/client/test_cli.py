@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import trio
@@ -13,6 +14,7 @@ from click.testing import CliRunner
 import trimaran
 from tests.client.fake_server import FakeCluster, cluster_in_thread
 from trimaran.cli import main
+from trimaran.protocols.service import ApplyContext
 
 
 @pytest.fixture
@@ -44,6 +46,23 @@ def test_kv_set_get_del(cluster: FakeCluster) -> None:
     assert (code, out) == (1, "") and err == "Error: key not found: greeting\n"
     # The commands address the kv service; the register service is left alone.
     assert "greeting".encode() not in cluster.services["register"].data  # type: ignore[attr-defined]
+
+
+def test_kv_set_reads_a_value_from_stdin_or_a_file(cluster: FakeCluster, tmp_path: Path) -> None:
+    """Issue 14: values up to the 1 MiB limit cannot pass through a shell argument."""
+    endpoints = ["--endpoints", ",".join(cluster.addresses())]
+    big = bytes(range(256)) * 4096  # 1 MiB, not UTF-8
+    result = CliRunner().invoke(main, ["kv", "set", "blob", "-", *endpoints], input=big, catch_exceptions=False)
+    assert (result.exit_code, result.stdout) == (0, "OK\n")
+    assert cluster.services["kv"].query(["get", b"blob"], ApplyContext(0, 0))[0] == big  # type: ignore[attr-defined]
+    path = tmp_path / "value.bin"
+    path.write_bytes(b"\x00from a file")
+    assert run("kv", "set", "file", "--value-file", str(path), *endpoints)[0] == 0
+    assert cluster.services["kv"].query(["get", b"file"], ApplyContext(0, 0))[0] == b"\x00from a file"  # type: ignore[attr-defined]
+    too_big = CliRunner().invoke(main, ["kv", "set", "blob", "-", *endpoints], input=big + b"!")
+    assert too_big.exit_code == 2 and "value_bytes_max" in too_big.stderr
+    assert run("kv", "set", "k", *endpoints)[0] == 2  # neither VALUE nor --value-file
+    assert run("kv", "set", "k", "v", "--value-file", str(path), *endpoints)[0] == 2
 
 
 def test_kv_set_options_and_incr(cluster: FakeCluster) -> None:
