@@ -181,6 +181,15 @@ def node_group() -> None:
 @click.option("--snapshot-interval-entries", type=click.IntRange(min=1), default=10_000, show_default=True)
 @click.option("--request-timeout-ms", type=click.IntRange(min=1), default=10_000, show_default=True)
 @click.option(
+    "--clock-offset-max-ms",
+    "clock_offset_ms_max",
+    type=click.IntRange(min=0),
+    default=500,
+    show_default=True,
+    help="Refuse leadership while this node's clock is further than this from a majority of the voters "
+    "(a leader's clock stamps TTLs); 0: off.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -201,6 +210,7 @@ def node_run_command(
     lease_reads: bool,
     snapshot_interval_entries: int,
     request_timeout_ms: int,
+    clock_offset_ms_max: int,
     log_level: str,
     parent_pid: int | None,
     kv_maxmemory_bytes: int | None,
@@ -223,6 +233,7 @@ def node_run_command(
             lease_reads=lease_reads,
             snapshot_interval_entries=snapshot_interval_entries,
             request_timeout_ms=request_timeout_ms,
+            clock_offset_ms_max=clock_offset_ms_max,
             kv_maxmemory_bytes=kv_maxmemory_bytes,
             kv_eviction=kv_eviction,
         ).validate()

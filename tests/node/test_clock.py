@@ -211,3 +211,31 @@ async def test_the_transport_hands_clock_frames_to_the_monitor_and_messages_to_t
     assert transport._decode(encode_for_peer(hb)[limits.frame_header_bytes :], 2) == hb
     assert not is_clock_frame([1, 2]) and not is_clock_frame({"clock_probe": 1}) and is_clock_frame(["x"])
     assert transport.send_frame(9, frame) is False  # not a peer
+
+
+def test_the_bound_is_configurable_from_the_command_line(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    import trimaran.node.node as node_module
+    from trimaran.cli import main
+    from trimaran.node.config import NodeConfig
+
+    seen: list[NodeConfig] = []
+    monkeypatch.setattr(node_module, "run_node_process", lambda config, parent_pid=None: seen.append(config))
+    monkeypatch.setattr(node_module, "configure_logging", lambda level, node_id: None)
+    args = ["node", "run", "--id", "1", "--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0"]
+    args += ["--data-dir", str(tmp_path)]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    assert CliRunner().invoke(main, [*args, "--clock-offset-max-ms", "0"]).exit_code == 0
+    assert [c.clock_offset_ms_max for c in seen] == [500, 0]  # default on, like CockroachDB's 500 ms
+    assert CliRunner().invoke(main, [*args, "--clock-offset-max-ms", "-1"]).exit_code == 2
+
+
+def test_config_checks_the_clock_settings(tmp_path: Any) -> None:
+    from trimaran.errors import ConfigError
+    from trimaran.node.config import Address, NodeConfig
+
+    config = NodeConfig(1, Address("127.0.0.1", 0), Address("127.0.0.1", 0), (), str(tmp_path))
+    for bad in ({"clock_offset_ms_max": -1}, {"clock_probe_interval_ms": 0}, {"clock_probe_interval_ms": 10**9}):
+        with pytest.raises(ConfigError, match="clock"):
+            config.replace(**bad).validate()
