@@ -3,8 +3,9 @@
 Inputs are method calls — :meth:`Raft.tick`, :meth:`Raft.step` (a received message),
 :meth:`Raft.propose`, :meth:`Raft.propose_conf_change`, :meth:`Raft.read_index`,
 :meth:`Raft.transfer_leadership`, :meth:`Raft.compact` (a snapshot is ready),
-:meth:`Raft.on_persisted` and :meth:`Raft.set_clock_suspect` (the runtime's clock check). Outputs accumulate until the driver takes them with :meth:`Raft.ready`
-(see :mod:`trimaran.cluster.ready` for the order the driver must respect).
+:meth:`Raft.on_persisted` and :meth:`Raft.set_clock_suspect` (the runtime's clock check).
+Outputs accumulate until the driver takes them with :meth:`Raft.ready` (see
+:mod:`trimaran.cluster.ready` for the order the driver must respect).
 
 Section references are to Ongaro & Ousterhout, "In Search of an Understandable Consensus Algorithm"
 (§N) and Ongaro's thesis "Consensus: Bridging Theory and Practice" (thesis §N).

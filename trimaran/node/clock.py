@@ -237,7 +237,7 @@ class ClockMonitor:
             for p, e in ((p, self.estimate(p)) for p in self._samples)
         )
         if not suspect:
-            log.info("node %d: clock agrees with a majority again; may lead (%s)", self.node_id, offsets)
+            log.info("node %d: clock agrees with a majority of the voters; may lead (%s)", self.node_id, offsets)
         elif any(e is not None and not agrees(e, self.offset_ms_max) for e in map(self.estimate, self._samples)):
             log.warning(
                 "node %d: wall clock is off by more than clock_offset_ms_max=%d ms from a majority of the "
@@ -247,7 +247,11 @@ class ClockMonitor:
                 offsets,
             )
         else:
-            log.info("node %d: clock not yet compared with a majority of the voters; not leading until it is", self.node_id)
+            log.info(
+                "node %d: clock not yet compared with a majority of the voters (%s); not leading until it is",
+                self.node_id,
+                offsets or "no peers",
+            )
 
     def _warn_if_far(self, peer: int, s: ClockSample) -> None:
         if self.offset_ms_max <= 0 or agrees(s, self.offset_ms_max):
@@ -315,4 +319,5 @@ class ClockMonitor:
             "peers": peers,
             "probes_sent": self.probes_sent,
             "replies_received": self.replies_received,
+            "samples_dropped": self.samples_dropped,
         }
