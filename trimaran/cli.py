@@ -207,6 +207,15 @@ def node_group() -> None:
     "this; 0: only when a write fails [default: 5% of the file system, at most 64 MiB].",
 )
 @click.option(
+    "--clock-offset-max-ms",
+    "clock_offset_ms_max",
+    type=click.IntRange(min=0),
+    default=500,
+    show_default=True,
+    help="Refuse leadership while this node's clock is further than this from a majority of the voters "
+    "(a leader's clock stamps TTLs); 0: off.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -228,6 +237,7 @@ def node_run_command(
     snapshot_interval_entries: int,
     request_timeout_ms: int,
     storage_reserve_bytes: int | None,
+    clock_offset_ms_max: int,
     log_level: str,
     parent_pid: int | None,
     kv_maxmemory_bytes: int | None,
@@ -252,6 +262,7 @@ def node_run_command(
             snapshot_interval_entries=snapshot_interval_entries,
             request_timeout_ms=request_timeout_ms,
             storage_reserve_bytes=storage_reserve_bytes,
+            clock_offset_ms_max=clock_offset_ms_max,
             kv_maxmemory_bytes=kv_maxmemory_bytes,
             kv_eviction=kv_eviction,
             **connection_bounds,

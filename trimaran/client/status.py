@@ -120,7 +120,25 @@ class ClusterStatus:
         for n in self.nodes:
             if not n.up and n.error:
                 lines.append(f"node {_dash(n.node_id)} at {_dash(n.address)}: {n.error}")
+        lines.extend(line for line in map(_clock_line, self.nodes) if line)
         return "\n".join(lines)
+
+
+def _clock_line(node: NodeStatus) -> str | None:
+    """A line for a node that refuses leadership because its clock is off (status ``clock``)."""
+    clock = node.raw.get("clock") if node.up else None
+    if not isinstance(clock, dict) or clock.get("suspect") is not True:
+        return None
+    peers = clock.get("peers")
+    offsets = ", ".join(
+        f"{_dash(p.get('node_id'))}: " + ("unknown" if p.get("offset_ms") is None else f"{p['offset_ms']:+} ms")
+        for p in (peers if isinstance(peers, list) else [])
+        if isinstance(p, dict)
+    )
+    return (
+        f"node {_dash(node.node_id)}: clock not within {_dash(clock.get('offset_ms_max'))} ms of a majority of the "
+        f"voters; it will not lead (peer clocks minus its own: {offsets or '-'})"
+    )
 
 
 def _dash(value: Any) -> str:

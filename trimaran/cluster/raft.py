@@ -2,9 +2,10 @@
 
 Inputs are method calls — :meth:`Raft.tick`, :meth:`Raft.step` (a received message),
 :meth:`Raft.propose`, :meth:`Raft.propose_conf_change`, :meth:`Raft.read_index`,
-:meth:`Raft.transfer_leadership`, :meth:`Raft.compact` (a snapshot is ready) and
-:meth:`Raft.on_persisted`. Outputs accumulate until the driver takes them with :meth:`Raft.ready`
-(see :mod:`trimaran.cluster.ready` for the order the driver must respect).
+:meth:`Raft.transfer_leadership`, :meth:`Raft.compact` (a snapshot is ready),
+:meth:`Raft.on_persisted` and :meth:`Raft.set_clock_suspect` (the runtime's clock check).
+Outputs accumulate until the driver takes them with :meth:`Raft.ready` (see
+:mod:`trimaran.cluster.ready` for the order the driver must respect).
 
 Section references are to Ongaro & Ousterhout, "In Search of an Understandable Consensus Algorithm"
 (§N) and Ongaro's thesis "Consensus: Bridging Theory and Practice" (thesis §N).
@@ -127,6 +128,8 @@ class Raft:
         self.randomized_election_timeout = self._random_timeout()
         self.transferee = NO_NODE
         self.transfer_elapsed = 0
+        #: This node's wall clock is off from a majority's (an input: :meth:`set_clock_suspect`).
+        self.clock_suspect = False
         # ReadIndex bookkeeping.
         self._read_seq = 0
         self._read_rounds: list[_ReadRound] = []
@@ -213,6 +216,12 @@ class Raft:
             self._expire_forwarded_reads()
         self.election_elapsed += 1
         if self.may_campaign() and self.election_elapsed >= self.randomized_election_timeout:
+            if self.clock_suspect:
+                # No campaign (see set_clock_suspect). The count stays past the timeout, not reset:
+                # a follower whose count restarted would think itself in a lease (in_lease) and
+                # ignore the vote requests of the nodes that may lead.
+                self.election_elapsed = self.randomized_election_timeout
+                return
             self.election_elapsed = 0
             self._campaign(transfer=False)
 
@@ -256,6 +265,37 @@ class Raft:
             self._send(TimeoutNow(self.term, self.id, target))
         else:
             self._send_append(target)
+
+    def set_clock_suspect(self, suspect: bool) -> None:
+        """Whether this node's wall clock is beyond the runtime's bound from a majority of the voters.
+
+        A leader stamps the entries it proposes with its wall clock, and log time (TTLs, session
+        expiry) follows those stamps; so, like CockroachDB's maximum clock offset, a node whose
+        clock disagrees with a majority must not lead. While suspect, a node does not campaign
+        (no pre-vote, no election, a TimeoutNow is ignored) and stops a campaign under way; a
+        suspect leader hands leadership to its most up-to-date voter (thesis §3.10) and steps down
+        if that has not happened within an election timeout. It still votes and replicates.
+
+        An input like a message (the runtime measures the clocks, :mod:`trimaran.node.clock`): the
+        core reads no clock and stays deterministic.
+        """
+        if suspect == self.clock_suspect:
+            return
+        self.clock_suspect = suspect
+        if not suspect or self.role == Role.FOLLOWER:
+            return
+        if self.role != Role.LEADER:
+            self._become_follower(self.term, NO_NODE)
+            return
+        voters = [(pr.match, n) for n, pr in sorted(self.progress.items()) if n in self.membership.voters]
+        if not voters:
+            self._become_follower(self.term, NO_NODE)
+            return
+        # The transfer gets one election timeout, then _tick_leader steps down (as etcd resets the
+        # count when a transfer starts).
+        self.election_elapsed = 0
+        if self.transferee == NO_NODE:
+            self.transfer_leadership(max(voters)[1])
 
     def read_index(self, context: int, lease: bool = False) -> None:
         """Ask for a linearizable read point (thesis §6.4); answered by a ReadState with ``context``.
@@ -489,7 +529,7 @@ class Raft:
         self._tally()
 
     def _on_timeout_now(self, msg: TimeoutNow) -> None:
-        if self.promotable() and self.role != Role.LEADER:
+        if self.promotable() and self.role != Role.LEADER and not self.clock_suspect:
             self._campaign(transfer=True)
 
     # ================================================================================ internals: follower
@@ -609,6 +649,10 @@ class Raft:
                     # Thesis §6.2: a leader that cannot reach a majority steps down.
                     self._become_follower(self.term, NO_NODE)
                     return
+            if self.clock_suspect:
+                # The hand-off set_clock_suspect started did not finish within an election timeout.
+                self._become_follower(self.term, NO_NODE)
+                return
             if self.transferee != NO_NODE:
                 self.transferee = NO_NODE  # thesis §3.10: abort a transfer that did not finish in time
         if self.heartbeat_elapsed >= self.config.heartbeat_interval_ticks:

@@ -20,6 +20,8 @@ from trimaran.protocols.messages import Membership
 from trimaran.services.kv import EVICTION_POLICIES as KV_EVICTION_POLICIES
 
 DEFAULT_CLUSTER_ID = "trimaran"
+#: Probing less often than this would leave a clock that jumps undetected for minutes.
+CLOCK_PROBE_INTERVAL_MS_MAX = 60_000
 CLUSTER_ID_CHARS_MAX = 64
 
 
@@ -118,6 +120,14 @@ class NodeConfig:
     peer_connect_timeout_ms: int = 1_000
     peer_reconnect_ms_min: int = 50
     peer_reconnect_ms_max: int = 2_000
+
+    # --- clock check (trimaran.node.clock) ---
+    #: A node whose wall clock is beyond this from a majority of the voters refuses leadership: a
+    #: leader stamps the log with its clock, and TTLs and session expiry follow the stamps (like
+    #: CockroachDB's maximum clock offset, whose default this is). 0: off (offsets still shown).
+    clock_offset_ms_max: int = 500
+    #: How often each peer's clock is probed (one round trip on the peer connections).
+    clock_probe_interval_ms: int = 500
 
     # --- driver and storage ---
     #: Inputs (peer messages, client requests) the driver takes before one ``ready()``.
@@ -269,6 +279,11 @@ class NodeConfig:
                 "need 0 < peer_reconnect_ms_min <= peer_reconnect_ms_max",
             ),
             (self.peer_connect_timeout_ms > 0, "peer_connect_timeout_ms must be positive"),
+            (self.clock_offset_ms_max >= 0, "clock_offset_ms_max must be >= 0 (0: no clock check)"),
+            (
+                0 < self.clock_probe_interval_ms <= CLOCK_PROBE_INTERVAL_MS_MAX,
+                f"clock_probe_interval_ms must be in 1..{CLOCK_PROBE_INTERVAL_MS_MAX}",
+            ),
             (self.driver_inputs_per_round_max > 0, "driver_inputs_per_round_max must be positive"),
             (
                 self.driver_inbox_items_max >= self.driver_inputs_per_round_max,

@@ -283,6 +283,13 @@ class Driver:
     def wake(self) -> None:
         self._wake.unpark_all()
 
+    def set_clock_suspect(self, suspect: bool) -> None:
+        """The clock check's verdict (:mod:`trimaran.node.clock`), handed to Raft as an input
+        (:meth:`~trimaran.cluster.raft.Raft.set_clock_suspect`); a leader's hand-off goes out in
+        the next round. Called between rounds (a round never awaits)."""
+        self.replica.raft.set_clock_suspect(suspect)
+        self.wake()
+
     # ------------------------------------------------------------------ the loop
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -13,12 +13,13 @@ import logging
 import os
 import random
 import signal
-from typing import Any
+from typing import Any, Callable
 
 import trio
 
 from trimaran.cluster.replica import Replica
 from trimaran.node.client_server import ClientServer
+from trimaran.node.clock import ClockMonitor, wall_clock_ms as system_wall_clock_ms
 from trimaran.node.config import Address, NodeConfig
 from trimaran.node.driver import Driver
 from trimaran.node.transport import PeerTransport
@@ -52,9 +53,15 @@ def default_services(config: NodeConfig | None = None) -> list[Service]:
 class Node:
     """A running node; see the module docstring."""
 
-    def __init__(self, config: NodeConfig, services: list[Service] | None = None) -> None:
+    def __init__(
+        self, config: NodeConfig, services: list[Service] | None = None, *, wall_clock_ms: Callable[[], int] = system_wall_clock_ms
+    ) -> None:
+        """``wall_clock_ms``: the clock this node stamps the log with and compares with its peers'
+        (injected by tests to skew one node's clock)."""
         self.config = config.validate()
         self._services = services if services is not None else default_services(self.config)
+        self._wall_clock_ms = wall_clock_ms
+        self.clock: ClockMonitor | None = None
         self._stop = trio.Event()
         self.client_address: Address | None = None
         self.peer_address: Address | None = None
@@ -103,6 +110,8 @@ class Node:
             "peer_handshakes_evicted": self.transport.handshakes_evicted,
             "peer_connections_replaced": self.transport.connections_replaced,
         }
+        if self.clock is not None:
+            out["clock"] = self.clock.status()
         return out
 
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
@@ -150,12 +159,24 @@ class Node:
     async def _serve(self, replica: Replica, writer: StorageWriter, task_status: trio.TaskStatus[Node]) -> None:
         cfg = self.config
         transport = PeerTransport(cfg, self._deliver_peer)
-        driver = Driver(cfg, replica, writer, transport.send, self._client_address_of)
+        driver = Driver(cfg, replica, writer, transport.send, self._client_address_of, wall_clock_ms=self._wall_clock_ms)
+        clock = ClockMonitor(
+            cfg.node_id,
+            cfg.peer_ids,
+            cfg.clock_offset_ms_max,
+            cfg.clock_probe_interval_ms,
+            transport.send_frame,
+            lambda: replica.raft.membership.voters,
+            driver.set_clock_suspect,
+            self._wall_clock_ms,
+        )
+        transport.clock = clock
         client_server = ClientServer(cfg, driver, self.status)
-        self.driver, self.transport, self.client_server = driver, transport, client_server
+        self.driver, self.transport, self.client_server, self.clock = driver, transport, client_server, clock
         async with trio.open_nursery() as nursery:
             await nursery.start(driver.run)
             self.peer_address = await nursery.start(transport.serve)
+            nursery.start_soon(clock.run)
             self.client_address = await nursery.start(client_server.serve)
             log.info("node %d: clients on %s, peers on %s", cfg.node_id, self.client_address, self.peer_address)
             task_status.started(self)

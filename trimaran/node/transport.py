@@ -8,7 +8,8 @@ Wire: length-prefixed frames (:mod:`trimaran.protocols.framing`), each holding o
 - The dialer's first frame is a handshake::
 
       {"type": "peer_hello", "version": 2, "cluster_id": str, "node_id": sender, "recipient": int,
-       "state_machine": {"kv": {"maxmemory_bytes": int | None, "eviction_policy": str}}}
+       "state_machine": {"kv": {"maxmemory_bytes": int | None, "eviction_policy": str}},
+       "clock_probes": 1}
 
   The acceptor checks the cluster id, that it is the recipient, that the sender is a known peer,
   and that both build the state machine with the same settings (a node started with another
@@ -25,6 +26,10 @@ Wire: length-prefixed frames (:mod:`trimaran.protocols.framing`), each holding o
   peer dials one connection at a time, so its new handshaken connection replaces its old one (the
   old one is dead on its side: a restart, or a break this node has not noticed yet); at most
   ``peer_connections_max`` handshaken connections are kept.
+- Clock probes and their replies (:mod:`~trimaran.node.clock`) share the connections: a frame
+  whose first item is a string is one, handed to :attr:`PeerTransport.clock`. Only peers whose
+  hello carried ``"clock_probes": 1`` are sent any (an older node ignores the key), so the
+  protocol version stays 2 and nodes of both versions keep talking.
 - Limits are checked before allocating: the frame length against ``frame_bytes_max`` as soon as
   the header arrives, then msgpack's length ceilings, ``strict_map_key`` and no ext types
   (:func:`~trimaran.protocols.codec.unpack`), then every field's type. Any violation closes the
@@ -56,6 +61,7 @@ import trio
 
 from trimaran import limits
 from trimaran.errors import ProtocolError, TrimaranError
+from trimaran.node.clock import HELLO_FEATURE, ClockMonitor, is_clock_frame
 from trimaran.node.config import Address, NodeConfig
 from trimaran.node.streams import linger_close, open_listeners, read_frame
 from trimaran.protocols.codec import message_from_wire, message_to_wire, pack, unpack
@@ -86,6 +92,7 @@ def peer_hello(cluster_id: str, node_id: int, recipient: int, state_machine: dic
         "node_id": node_id,
         "recipient": recipient,
         "state_machine": state_machine,
+        HELLO_FEATURE: 1,
     }
 
 
@@ -123,7 +130,12 @@ def encode_for_peer(msg: Message) -> bytes:
 def decode_from_peer(frame: bytes, sender: int, recipient: int) -> Message:
     """Decode one peer frame under the codec's limits; ``ProtocolError`` if it is not a message
     from ``sender`` (the handshake's node id)."""
-    msg = message_from_wire(unpack(frame))
+    return message_from_peer(unpack(frame), sender, recipient)
+
+
+def message_from_peer(obj: Any, sender: int, recipient: int) -> Message:
+    """:func:`decode_from_peer` of a frame already unpacked."""
+    msg = message_from_wire(obj)
     if msg.sender != sender:
         raise ProtocolError(f"message claims sender {msg.sender} on a connection from node {sender}")
     if msg.recipient not in (0, recipient):
@@ -272,6 +284,8 @@ class PeerTransport:
         self.unknown_recipient_messages = 0
         self.handshakes_evicted = 0
         self.connections_replaced = 0
+        #: Answers clock probes and takes their replies; None: clock frames are ignored.
+        self.clock: ClockMonitor | None = None
 
     @property
     def dropped_frames(self) -> dict[int, int]:
@@ -310,6 +324,15 @@ class PeerTransport:
                 touched.append(recipient)
         for peer_id in touched:
             self._flush(peer_id, queues[peer_id])
+
+    def send_frame(self, peer_id: int, frame: bytes) -> bool:
+        """Queue one encoded frame (a clock probe or reply) and write it at once, only while the
+        connection to ``peer_id`` is up (a stale probe would be a wrong sample); True if queued."""
+        q = self._queues.get(peer_id)
+        if q is None or not q.attached or not q.push(frame):
+            return False
+        self._flush(peer_id, q)
+        return True
 
     def _flush(self, peer_id: int, q: PeerQueue) -> None:
         """Write ``q`` now if its connection is up and writable; else leave it to the connection's task."""
@@ -486,8 +509,11 @@ class PeerTransport:
             raise ProtocolError(f"no peer_hello within {self._config.handshake_timeout_ms} ms")
         if first is None:
             return
-        sender = self._check_hello(unpack(first, size_bytes_max=HELLO_FRAME_BYTES_MAX))
+        hello = unpack(first, size_bytes_max=HELLO_FRAME_BYTES_MAX)
+        sender = self._check_hello(hello)
         self._handshaken(conn, sender)
+        if self.clock is not None:
+            self.clock.on_peer_hello(sender, hello)
         decoder.frame_bytes_max = limits.frame_bytes_max
         while True:
             frame = await read_frame(stream, decoder)
@@ -495,10 +521,14 @@ class PeerTransport:
                 return
             # Every frame that arrived with it is delivered before the driver's round starts (the
             # last one starts it): one round, one write and one acknowledgement for all of them.
-            msgs, error = [decode_from_peer(frame, sender, self._node_id)], None
+            msgs: list[Message] = []
+            error: TrimaranError | None = None
             try:
-                while (frame := decoder.next_frame()) is not None:
-                    msgs.append(decode_from_peer(frame, sender, self._node_id))
+                while frame is not None:
+                    msg = self._decode(frame, sender)
+                    if msg is not None:
+                        msgs.append(msg)
+                    frame = decoder.next_frame()
             except TrimaranError as exc:  # what came before it is still delivered
                 error = exc
             self.frames_received += len(msgs)
@@ -507,6 +537,15 @@ class PeerTransport:
                 await self._deliver(msg, i < last)
             if error is not None:
                 raise error
+
+    def _decode(self, frame: bytes, sender: int) -> Message | None:
+        """The Raft message in ``frame``, or None for a clock frame (handed to the clock monitor)."""
+        obj = unpack(frame)
+        if is_clock_frame(obj):
+            if self.clock is not None:
+                self.clock.on_frame(sender, obj)
+            return None
+        return message_from_peer(obj, sender, self._node_id)
 
     async def _refuse(self, stream: trio.SocketStream, exc: TrimaranError) -> None:
         await linger_close(stream, error_frame(exc))

@@ -67,6 +67,11 @@ What the node runtime (:mod:`trimaran.node.client_server`) adds, all optional fo
                      "state": "probe"|"replicate"|"snapshot", "recent_active": bool}]
                    (leader only; [] elsewhere),
        "storage_full": bool,
+       "clock": {"offset_ms_max" (0: check off), "suspect": bool (refuses leadership),
+                 "peers": [{"node_id", "offset_ms" (its clock minus this node's), "rtt_ms",
+                            "age_ms" (of the sample), "agrees": bool}]
+                          (the fields are None while not measured; "agrees" too with the check off),
+                 "probes_sent", "replies_received", "samples_dropped" (round trip too long)},
        "writes": {"submitted", "durable", "groups", "batches"} (counts of LMDB write batches and
                  of group-commit transactions),
        "metrics": {str: int} (counters; names may grow)}
