@@ -4,11 +4,12 @@ One :class:`Client` keeps one connection, to the leader, shared by every task th
 requests are pipelined on it (see :mod:`.connection`). Every call runs under a
 deadline (a trio cancel scope); when it passes the call raises ``RequestTimeout``.
 
-Each attempt also has a deadline of its own, below the call's: an attempt on which the node sends
-nothing at all for ``attempt_timeout_ms`` (a stopped or hung node: its kernel still takes the bytes)
-closes that connection and tries another node, which the client then avoids for as long
-(a "suspect"). A node that is merely busy keeps sending other answers, so its slow requests are not
-cut short. Commands and reads are retried so; ``membership`` and ``transfer``, which are not
+Each attempt also has a deadline of its own, below the call's: when the node sends nothing at all
+on the connection for ``attempt_timeout_ms`` once the request has left, the connection asks it for
+its ``status``; if that goes unanswered for another ``attempt_timeout_ms`` too (a stopped or hung
+node: its kernel still takes the bytes), the client closes the connection and tries another node,
+which it then avoids for as long (a "suspect"). A node that is merely busy or slow to commit
+answers the probe, so its slow requests are not cut short. Commands and reads are retried so; ``membership`` and ``transfer``, which are not
 covered by the session, wait for the call's deadline instead. A connection the node closed as idle
 is reopened at once, its waiting requests sent again (the node processed none of them).
 

@@ -53,6 +53,8 @@ RECEIVE_BYTES = 256 * limits.KIB
 INFLIGHT_REQUESTS_MAX_DEFAULT = 512
 #: A request id wraps far below int64 (the protocol's ceiling).
 REQUEST_ID_MAX = (1 << 62) - 1
+#: The request id of liveness probes (see Connection._wait_unless_silent); callers' ids start at 1.
+PROBE_REQUEST_ID = 0
 #: Bytes joined from the outbox into one write.
 SEND_CHUNK_BYTES_MAX = 4 * limits.MIB
 
@@ -211,6 +213,8 @@ class Connection:
         self._idle_closed = False
         #: When bytes last arrived from the node (trio time).
         self._last_receive_s = trio.current_time()
+        #: Reads that brought bytes (liveness: see _wait_unless_silent).
+        self._receives = 0
         self.closed_event = trio.Event()
 
     @property
@@ -278,16 +282,46 @@ class Connection:
         raise slot.value
 
     async def _wait_unless_silent(self, slot: _Slot, silence_timeout_s: float) -> None:
-        """Wait for ``slot``'s answer while the node keeps sending something on this connection."""
+        """Wait for ``slot``'s answer while the node keeps sending something on this connection.
+
+        Silence is counted only once everything queued has left (a large request still uploading
+        is not the node's silence). At the first silent period the connection asks the node for
+        its ``status`` (a liveness probe whose answer is dropped): a leader that is merely slow to
+        commit answers it at once and the wait goes on; a stopped node answers nothing, and after
+        a second silent period the connection is closed (``NodeSilent``).
+        """
         since_s = trio.current_time()
+        receives_at_probe = -1  # no probe yet
         while True:
             with trio.move_on_at(max(since_s, self._last_receive_s) + silence_timeout_s):
                 await slot.event.wait()
                 return
-            if trio.current_time() >= max(since_s, self._last_receive_s) + silence_timeout_s:
-                reason = f"{self.address} sent nothing for {silence_timeout_s * 1000:.0f} ms"
-                self.close(reason)
-                raise NodeSilent(reason, maybe_sent=True)
+            now_s = trio.current_time()
+            if self._writing or self._head or self._outbox:
+                since_s = now_s  # still sending: not a silence of the node's
+                continue
+            if now_s < max(since_s, self._last_receive_s) + silence_timeout_s:
+                continue  # something arrived meanwhile
+            if receives_at_probe < 0 or self._receives > receives_at_probe:
+                receives_at_probe = self._receives  # (a count, not a time: clocks may not move)
+                since_s = now_s
+                self._send_probe()
+                continue
+            reason = f"{self.address} sent nothing for {2 * silence_timeout_s * 1000:.0f} ms, nor answered a status probe"
+            self.close(reason)
+            raise NodeSilent(reason, maybe_sent=True)
+
+    def _send_probe(self) -> None:
+        """Queue a ``status`` request under request id 0, which no caller uses: its answer only
+        shows the node is alive (:meth:`_dispatch` drops it)."""
+        if self._closed_reason is not None:
+            return
+        frame = encode_frame(pack([PROBE_REQUEST_ID, "status", {}]))
+        if not self._writing and not self._head and not self._outbox and self._sock is not None:
+            self._write_direct(frame)
+        else:
+            self._outbox.append(frame)
+            self._outbox_lot.unpark_all()
 
     def _take_request_id(self) -> int:
         self._next_request_id = self._next_request_id + 1 if self._next_request_id < REQUEST_ID_MAX else 1
@@ -379,6 +413,7 @@ class Connection:
             if sock is None:
                 decoder.feed(await self._stream.receive_some(RECEIVE_BYTES))
                 self._last_receive_s = trio.current_time()
+                self._receives += 1
                 continue
             # Wait until readable, then read what is there: one pass of the scheduler per receive
             # (trio's receive_some reads first and yields again after, even when data was waiting).
@@ -388,6 +423,7 @@ class Connection:
             except BlockingIOError:
                 continue  # a spurious wake-up: wait again
             self._last_receive_s = trio.current_time()
+            self._receives += 1
 
     def _dispatch(self, obj: Any) -> None:
         if isinstance(obj, dict) and obj.get("type") == "error":
