@@ -95,6 +95,7 @@ def _hostile_cases(signer: tuple[bytes, bytes, str]) -> list[tuple[str, str, str
         ("swapped kid", make(other), "signature"),
         ("unknown kid", _retag_footer(good, b'{"kid":"nobody"}'), "unknown key id"),
         ("footer not json", _retag_footer(good, b"not json"), "footer is not JSON"),
+        ("footer nested deep", _retag_footer(good, b"[" * 5000), "footer is not JSON"),
         ("no footer", b".".join(parts[:3]).decode(), "no footer"),
         ("v4.local header", "v4.local." + good[len("v4.public."):], "only v4.public"),
         ("v3.public header", "v3.public." + good[len("v4.public."):], "only v4.public"),
@@ -139,6 +140,12 @@ def _signed_claims(signer: tuple[bytes, bytes, str], claims: dict) -> str:
         ({"sub": "a", "jti": "j", "aud": CLUSTER, "scopes": "kv:*", "exp": "2027-02-01T00:00:00Z"}, "scopes"),
         ({"sub": "a", "jti": "j", "aud": CLUSTER, "scopes": ["kv:fly:*"], "exp": "2027-02-01T00:00:00Z"}, "unknown action"),
         ({"sub": "a", "jti": "j", "aud": CLUSTER, "scopes": [], "exp": "2099-01-01T00:00:00Z"}, "token_ttl_ms_max"),
+        # Review finding: a late iat must not stretch the lifetime past token_ttl_ms_max.
+        (
+            {"sub": "a", "jti": "j", "aud": CLUSTER, "scopes": [], "exp": "2099-01-01T00:00:00Z", "iat": "2098-12-31T23:59:59Z"},
+            "issued in the future",
+        ),
+        ({"sub": "a", "jti": "j", "aud": CLUSTER, "scopes": [], "exp": "0000-01-01T00:00:00Z"}, "RFC 3339"),
     ],
 )
 def test_bad_claims_are_refused(signer: tuple[bytes, bytes, str], claims: dict, reason: str) -> None:

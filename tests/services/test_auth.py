@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from trimaran import limits
-from trimaran.errors import InvalidArgument, TooLarge, Unavailable
+from trimaran.errors import InvalidArgument, TooLarge
 from trimaran.protocols.service import ApplyContext
 from trimaran.protocols.tokens import TrustedKey
 from trimaran.services.auth import AuthService, retired_key_keep_ms
@@ -58,7 +58,9 @@ def test_revocations_are_dropped_once_the_token_expires_in_log_time() -> None:
     assert not svc.is_revoked("t-1")
     # No exp given: kept as long as any token can live.
     svc.apply(["revoke", "t-2", 0], at(500))
-    assert svc.next_deadline_ms() == 500 + limits.token_ttl_ms_max + 1000
+    assert svc.next_deadline_ms() == 500 + 1000 + limits.token_ttl_ms_max + 1000
+    # A token already expired needs no revocation held.
+    assert svc.apply(["revoke", "t-3", 100], at(2000)) is False and not svc.is_revoked("t-3")
 
 
 def test_bounds_refuse_without_changing_anything(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -69,7 +71,7 @@ def test_bounds_refuse_without_changing_anything(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(TooLarge, match="trusted_keys_max"):
         svc.apply(["trust", "k2", KEY_B, 0], at(2))
     svc.apply(["revoke", "t-1", 0], at(3))
-    with pytest.raises(Unavailable, match="revocations_max"):
+    with pytest.raises(TooLarge, match="revocations_max"):
         svc.apply(["revoke", "t-2", 0], at(4))
     assert sorted(svc.trusted_keys()) == ["k1"] and svc.query(["stats"], at(5))["revocations"] == 1
 

@@ -183,7 +183,7 @@ def footer_kid(token: str | bytes) -> str:
         raise Unauthenticated("token has no footer naming its key (kid)")
     try:
         footer = json.loads(base64.urlsafe_b64decode(parts[3] + b"=" * (-len(parts[3]) % 4)))
-    except (ValueError, binascii.Error):
+    except (ValueError, binascii.Error, RecursionError):  # RecursionError: '[[[[...' nested deep
         raise Unauthenticated("token footer is not JSON") from None
     kid = footer.get("kid") if isinstance(footer, dict) else None
     if not isinstance(kid, str) or not 0 < len(kid) <= limits.kid_chars_max:
@@ -210,7 +210,7 @@ def verify(
     payload, _ = verify_signature(token, trusted.public_key)
     try:
         claims = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise Unauthenticated("token payload is not JSON") from None
     if not isinstance(claims, dict):
         raise Unauthenticated("token payload is not a JSON object")
@@ -226,7 +226,11 @@ def verify(
         raise Unauthenticated("token expired")
     if nbf_ms and now_ms + leeway_ms < nbf_ms:
         raise Unauthenticated("token not yet valid (nbf)")
-    if exp_ms - max(iat_ms, min(now_ms, exp_ms)) > ttl_ms_max:
+    if iat_ms and iat_ms > now_ms + leeway_ms:
+        raise Unauthenticated("token issued in the future (iat)")
+    # The lifetime counts from the earlier of iat and now: a token cannot stretch it with a late
+    # iat, so no valid token outlives token_ttl_ms_max from the moment a node first accepts it.
+    if exp_ms - min(iat_ms or now_ms, now_ms) > ttl_ms_max:
         raise Unauthenticated("token lifetime over token_ttl_ms_max")
     texts = claims.get("scopes")
     try:
@@ -279,7 +283,7 @@ def parse_rfc3339_ms(text: str) -> int | None:
     if m is None:
         return None
     year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
-    if not (1 <= month <= 12 and 1 <= day <= calendar.monthrange(year, month)[1] and hour < 24 and minute < 60 and second < 61):
+    if not (1 <= year and 1 <= month <= 12 and 1 <= day <= calendar.monthrange(year, month)[1] and hour < 24 and minute < 60 and second < 61):
         return None
     frac_ms = int((m.group(7) or "0").ljust(3, "0")[:3])
     offset_s = 0

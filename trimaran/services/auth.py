@@ -37,7 +37,8 @@ Semantics:
   the same tokens. A ``trust`` of a retired kid is refused (choose a new kid for a new key).
 - **Revocation** is bounded: an entry is dropped once the revoked token's own ``exp`` (plus the
   leeway a node allows) has passed in log time, since the token is refused for expiry from then on.
-  At most ``limits.revocations_max`` are held; a revoke beyond that raises ``Unavailable``.
+  At most ``limits.revocations_max`` are held; a revoke beyond that raises ``TooLarge``. A
+  revoke whose ``exp_ms`` has passed holds nothing (the token is refused as expired) and returns False.
 - **Generation.** Every applied ``retire`` or ``revoke`` adds one to ``generation``; a node compares
   it after each apply round and re-checks its live sessions when it moved, closing those that rest
   on a revoked token or a retired key.
@@ -51,7 +52,7 @@ from typing import Any
 from sortedcontainers import SortedList  # type: ignore[import-untyped]
 
 from trimaran import limits
-from trimaran.errors import InvalidArgument, TooLarge, Unavailable
+from trimaran.errors import InvalidArgument, TooLarge
 from trimaran.protocols.service import ApplyContext
 from trimaran.protocols.tokens import ED25519_PUBLIC_KEY_BYTES, TrustedKey
 
@@ -143,10 +144,15 @@ class AuthService:
     def _revoke(self, jti: str, exp_ms: int, ctx: ApplyContext) -> bool:
         if jti in self._revoked:
             return False
+        if exp_ms and exp_ms + self._leeway_ms <= ctx.timestamp_ms:
+            return False  # already expired: refused anyway, nothing to hold
         if len(self._revoked) >= limits.revocations_max:
-            raise Unavailable(f"already {limits.revocations_max} revocations held (revocations_max)")
+            # Not Unavailable: that is retryable, and a retry gets the same saved answer.
+            raise TooLarge(f"already {limits.revocations_max} revocations held (revocations_max)")
         if not exp_ms:
-            exp_ms = ctx.timestamp_ms + limits.token_ttl_ms_max
+            # A token accepted before now was issued by now + leeway (verify refuses a later iat)
+            # and lives at most token_ttl_ms_max from then.
+            exp_ms = ctx.timestamp_ms + self._leeway_ms + limits.token_ttl_ms_max
         drop_at_ms = exp_ms + self._leeway_ms
         self._revoked[jti] = drop_at_ms
         self._revoked_order.add((drop_at_ms, jti))
