@@ -67,7 +67,10 @@ members_max = 15
 raft_counter_max = 2**53
 #: How far one message may raise a node's term. With Pre-Vote (thesis §9.6) terms move by about
 #: one per leader change, so a real gap is tiny; a forged message must not jump a node near
-#: raft_counter_max, where it could never campaign again (that takes 2**21 forged messages).
+#: raft_counter_max, where it could never campaign again (that takes 2**21 forged messages). So no
+#: single forged message can stop a cluster: a jump within this bound is followed by every node.
+#: A forger who may send many can still stop one (two jumps in a row leave a node too far ahead of
+#: its peers to talk to them): against that only peer authentication helps (mutual TLS).
 raft_term_jump_max = 2**32
 
 # --- Sessions (exactly-once, thesis §6.3) ----------------------------------------------------------
