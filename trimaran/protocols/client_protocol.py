@@ -74,6 +74,7 @@ from typing import Any
 
 from trimaran import limits
 from trimaran.errors import InvalidArgument, ProtocolError, TrimaranError
+from trimaran.protocols.codec import brief, depth_exceeds
 
 PROTOCOL_VERSION = 1
 OPS = ("register", "command", "read", "status", "membership", "transfer")
@@ -112,7 +113,7 @@ def parse_hello(obj: Any) -> Hello:
         raise ProtocolError("the first frame must be a hello")
     version = obj.get("version")
     if version != PROTOCOL_VERSION:
-        raise ProtocolError(f"unsupported protocol version {version!r}; this node speaks {PROTOCOL_VERSION}")
+        raise ProtocolError(f"unsupported protocol version {brief(version)}; this node speaks {PROTOCOL_VERSION}")
     cluster_id, token = obj.get("cluster_id"), obj.get("token")
     if cluster_id is not None and not isinstance(cluster_id, str):
         raise ProtocolError("cluster_id must be a string")
@@ -135,6 +136,12 @@ def _str_field(body: dict[str, Any], name: str, choices: tuple[str, ...] | None 
     return v
 
 
+def _shallow(value: Any, name: str) -> None:
+    # What reaches the log must re-encode, and an entry wraps a command in three more levels.
+    if depth_exceeds(value, limits.command_depth_max):
+        raise InvalidArgument(f"{name} nests lists and maps deeper than {limits.command_depth_max} levels")
+
+
 def parse_request(obj: Any) -> Request:
     """Check a request's shape; ``ProtocolError`` if it is not a request at all (close the
     connection), ``InvalidArgument`` if it is one with bad fields (answer it with the error)."""
@@ -142,7 +149,7 @@ def parse_request(obj: Any) -> Request:
         raise ProtocolError("a request is [request_id, op, body]")
     request_id, op, body = obj
     if op not in OPS:
-        raise InvalidArgument(f"unknown operation {op!r}", request_id=request_id)
+        raise InvalidArgument(f"unknown operation {brief(op)}", request_id=request_id)
     if not isinstance(body, dict):
         raise InvalidArgument("body must be a map", request_id=request_id)
     if op == "command":
@@ -153,12 +160,14 @@ def parse_request(obj: Any) -> Request:
         _str_field(body, "service")
         if "command" not in body:
             raise InvalidArgument("command missing")
+        _shallow(body["command"], "command")
     elif op == "read":
         body.setdefault("consistency", "linearizable")
         _str_field(body, "service")
         _str_field(body, "consistency", CONSISTENCIES)
         if "query" not in body:
             raise InvalidArgument("query missing")
+        _shallow(body["query"], "query")
     elif op == "membership":
         _str_field(body, "kind", MEMBERSHIP_KINDS)
         _int_field(body, "node_id", 1)
