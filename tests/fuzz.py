@@ -10,7 +10,7 @@ import os
 
 from hypothesis import HealthCheck, settings
 
-FUZZ_EXAMPLES = int(os.environ.get("TRIMARAN_FUZZ_EXAMPLES", "200"))
+FUZZ_EXAMPLES = int(os.environ.get("TRIMARAN_FUZZ_EXAMPLES", "150"))
 
 fuzz_settings = settings(
     max_examples=FUZZ_EXAMPLES,
