@@ -41,7 +41,9 @@ What the node runtime (:mod:`trimaran.node.client_server`) adds, all optional fo
   ``{"type": "error", "error": <error>}`` frame and the node closes the connection. A connection
   over the node's cap, or opened while it shuts down, gets the same with code ``unavailable``.
 - A request with bad fields is answered under its request id (``invalid_argument``, ``too_large``)
-  and the connection stays open.
+  and the connection stays open; so is a ``command`` or ``query`` that nests lists and maps
+  deeper than ``limits.command_depth_max`` (64). A frame nested deeper than
+  ``limits.msgpack_depth_max`` (72) is not a request at all.
 - ``read``: ``consistency`` may be left out; it defaults to ``"linearizable"``.
 - Error codes a request may meet: ``not_leader`` (``details.leader_hint``: node id or None,
   ``details.leader_address``: its client ``"host:port"`` or None), ``timeout`` (not answered
