@@ -276,3 +276,55 @@ def test_a_poison_entry_is_decided_the_same_on_another_machine(data: bytes) -> N
     here = apply_everywhere(data)
     with another_machine():
         assert apply_everywhere(data) == here
+
+
+class Keeper:
+    """Test service keeping command data inside its own structure, ten levels down."""
+
+    name = "keeper"
+    LEVELS = 10
+
+    def __init__(self) -> None:
+        self.kept: list[Any] = []
+
+    def apply(self, command: Any, ctx: Any) -> Any:
+        self.kept.append(command)
+        return None
+
+    def on_time(self, ctx: Any) -> None:
+        pass
+
+    def next_deadline_ms(self) -> int | None:
+        return None
+
+    def query(self, query: Any, ctx: Any) -> Any:
+        return None
+
+    def snapshot(self) -> Any:
+        out: Any = self.kept
+        for _ in range(self.LEVELS):
+            out = [out]
+        return out
+
+    def restore(self, data: Any) -> None:
+        for _ in range(self.LEVELS):
+            data = data[0]
+        self.kept = data
+
+
+def test_a_snapshot_holding_the_deepest_commands_restores() -> None:
+    """Services may keep command data several levels down: a frame's depth limit must not refuse
+    their snapshot (a node could not boot from it)."""
+    h = Harness(1, seed=5, make_services=lambda: [Keeper()])
+    h.elect(1)
+    replica = h.nodes[1].replica
+    replica.register("reg", 1)
+    run(h)
+    client_id = next(r.value for r in h.replies(1) if r.token == "reg")
+    replica.submit("deep", client_id, 1, 0, "keeper", nested_list(limits.command_depth_max), 2)
+    run(h)
+    snapshot = replica.take_snapshot()
+    assert not codec.depth_within(snapshot.data, limits.msgpack_depth_max)
+    restored = Harness(1, seed=5, make_services=lambda: [Keeper()]).nodes[1].replica
+    restored._restore(snapshot)
+    assert state(restored) == snapshot.data

@@ -464,7 +464,9 @@ class Replica:
         return Snapshot(self.raft.snapshot_meta(self.raft.log.applied_index, data), data)
 
     def _restore(self, snapshot: Snapshot) -> None:
-        state = unpack(snapshot.data, size_bytes_max=len(snapshot.data))
+        # Whatever take_snapshot could pack restores: its depth is bounded by the packer's, not by
+        # what a frame may hold (services keep data from commands a few levels down).
+        state = unpack(snapshot.data, size_bytes_max=len(snapshot.data), depth_max=limits.msgpack_pack_depth_max)
         self.last_timestamp_ms = state["timestamp_ms"]
         self.sessions.restore(state["sessions"])
         for name, svc in self.services.items():
