@@ -13,10 +13,10 @@ Wire: length-prefixed frames (:mod:`trimaran.protocols.framing`), each holding o
   The acceptor checks the cluster id, that it is the recipient, that the sender is a known peer,
   and that both build the state machine with the same settings (a node started with another
   ``--kv-maxmemory-bytes`` would evict other keys than its peers and silently diverge);
-  otherwise it sends ``{"type": "error", "error": <error>}`` and closes. Before the handshake
-  succeeds the caller is unknown, so that error says only "peer handshake refused" (the reason,
-  which may name this node's cluster id and settings, goes to the acceptor's log). After the handshake
-  the acceptor sends nothing; the dialer reads only to notice the close (and log the error).
+  otherwise it sends ``{"type": "error", "error": <error>}`` and closes. The caller is not known
+  yet, so that error says only "peer handshake refused"; the reason, which may name this node's
+  cluster id and settings, goes to the acceptor's log. After the handshake the acceptor sends
+  nothing; the dialer reads only to notice the close (and log the error).
 - Every later frame is :func:`~trimaran.protocols.codec.message_to_wire` of one message with the
   ``recipient`` field set to 0: the connection already names the recipient, and leaving it out
   lets an AppendEntries carrying the same entries to several followers be encoded once.
@@ -379,7 +379,8 @@ class PeerTransport:
             try:
                 frame = await read_frame(stream, decoder)
                 if frame is not None:
-                    log.warning("node %d: peer %d refused the connection: %s", self._node_id, peer_id, brief(unpack(frame)))
+                    refusal = brief(unpack(frame))
+                    log.warning("node %d: peer %d refused the connection (its log says why): %s", self._node_id, peer_id, refusal)
             except (TrimaranError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
             cancel.cancel()
