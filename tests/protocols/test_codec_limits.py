@@ -154,6 +154,25 @@ def test_fuzz_any_bytes_get_a_value_or_a_typed_error(data: bytes) -> None:
     pack(value)  # what was accepted re-encodes
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"\xdd\xff\xff\xff\xff",  # an array claiming 4 G items
+        b"\xdf\xff\xff\xff\xff",  # a map claiming 4 G pairs
+        b"\x92\xc7\x03\x05abc",  # an ext 8 item, then the rest
+        b"\x92\xd8\x01" + bytes(16),  # a fixext 16 item
+        b"\x92\xc4\x02xy",  # a bin 8 item
+    ],
+)
+def test_the_scan_and_the_c_check_agree_after_any_item(head: bytes) -> None:
+    for depth in (limits.msgpack_depth_max - 2, limits.msgpack_depth_max, limits.msgpack_depth_max + 5):
+        data = head + nested_bytes(depth)
+        expected = depth + 1 <= limits.msgpack_depth_max
+        assert depth_within_scan(data, limits.msgpack_depth_max) is expected
+        if codec._C_DEPTH_MAX is not None:
+            assert codec._depth_within_c(data, limits.msgpack_depth_max) is expected
+
+
 def test_the_c_unpacker_ceiling_is_measured_not_assumed() -> None:
     if codec._C_DEPTH_MAX is None:
         pytest.skip("msgpack runs without its C extension here: the scan decides")

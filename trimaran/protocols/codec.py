@@ -87,7 +87,7 @@ _COUNT_HEADS_BYTES_MAX = 1024
 
 # Per first byte: the kind of item it starts, and the bytes that follow it (for a string, binary or
 # container of 16 or 32 bits: the bytes of its length).
-_SCALAR, _FIXSTR, _SIZED, _FIXARRAY, _FIXMAP, _ARRAY, _MAP, _EXT, _BAD = range(9)
+_SCALAR, _FIXSTR, _SIZED, _SIZED_EXT, _FIXARRAY, _FIXMAP, _ARRAY, _MAP, _BAD = range(9)
 _KIND = [_BAD] * 256
 _EXTRA = [0] * 256
 for _b in range(256):
@@ -106,11 +106,10 @@ for _b, _kind, _extra in (
     (0xC4, _SIZED, 1), (0xC5, _SIZED, 2), (0xC6, _SIZED, 4),  # bin 8/16/32
     (0xD9, _SIZED, 1), (0xDA, _SIZED, 2), (0xDB, _SIZED, 4),  # str 8/16/32
     (0xDC, _ARRAY, 2), (0xDD, _ARRAY, 4), (0xDE, _MAP, 2), (0xDF, _MAP, 4),
-    (0xD4, _EXT, 2), (0xD5, _EXT, 3), (0xD6, _EXT, 5), (0xD7, _EXT, 9), (0xD8, _EXT, 17),  # fixext
-    (0xC7, _SIZED, 1), (0xC8, _SIZED, 2), (0xC9, _SIZED, 4),  # ext 8/16/32: length, then type + data
+    (0xD4, _SCALAR, 2), (0xD5, _SCALAR, 3), (0xD6, _SCALAR, 5), (0xD7, _SCALAR, 9), (0xD8, _SCALAR, 17),  # fixext
+    (0xC7, _SIZED_EXT, 1), (0xC8, _SIZED_EXT, 2), (0xC9, _SIZED_EXT, 4),  # ext 8/16/32: length, type, data
 ):  # fmt: skip
     _KIND[_b], _EXTRA[_b] = _kind, _extra
-_EXT_TYPE_BYTES = 1
 
 
 def depth_within_scan(data: bytes, depth_max: int) -> bool:
@@ -136,12 +135,9 @@ def depth_within_scan(data: bytes, depth_max: int) -> bool:
             pos += extra_of[b]
         elif kind == _FIXSTR:
             pos += b & 0x1F
-        elif kind == _SIZED:
+        elif kind == _SIZED or kind == _SIZED_EXT:
             n = extra_of[b]
-            size = int.from_bytes(data[pos : pos + n], "big")
-            pos += n + size + (_EXT_TYPE_BYTES if b in (0xC7, 0xC8, 0xC9) else 0)
-        elif kind == _EXT:
-            pos += extra_of[b]
+            pos += n + int.from_bytes(data[pos : pos + n], "big") + (kind == _SIZED_EXT)  # ext: a type byte
         elif kind == _BAD:
             return True
         else:
@@ -188,6 +184,7 @@ def _c_unpacker_depth_max() -> int | None:
 
 
 _C_DEPTH_MAX = _c_unpacker_depth_max()
+_U32_MAX = (1 << 32) - 1
 _PADDING: dict[int, bytes] = {}
 
 
@@ -199,7 +196,15 @@ def _depth_within_c(data: bytes, depth_max: int) -> bool:
     padding = _PADDING.get(depth_max)
     if padding is None:
         padding = _PADDING.setdefault(depth_max, b"\x91" * (_C_DEPTH_MAX - depth_max))
-    unpacker = msgpack.Unpacker(max_buffer_size=len(padding) + len(data))
+    # Lengths are unpack's to bound: skipping, only nesting may fail (as in the scan).
+    unpacker = msgpack.Unpacker(
+        max_buffer_size=len(padding) + len(data),
+        max_str_len=_U32_MAX,
+        max_bin_len=_U32_MAX,
+        max_array_len=_U32_MAX,
+        max_map_len=_U32_MAX,
+        max_ext_len=_U32_MAX,
+    )
     unpacker.feed(padding)
     unpacker.feed(data)
     try:
