@@ -173,6 +173,18 @@ def test_the_scan_and_the_c_check_agree_after_any_item(head: bytes) -> None:
             assert codec._depth_within_c(data, limits.msgpack_depth_max) is expected
 
 
+@pytest.mark.parametrize("depth", [limits.msgpack_depth_max - 1, limits.msgpack_depth_max])
+@pytest.mark.parametrize("items", [3, 5_000], ids=["few large items", "many small items"])
+def test_a_large_frame_is_measured_the_same_way_whatever_its_shape(items: int, depth: int) -> None:
+    """Large frames take a short scan first (it steps over binaries), then the C check."""
+    size = 200 * limits.KIB // items
+    value = [[b"x" * size for _ in range(items)], nested_list(depth - 1)]
+    data = pack(value)
+    assert len(data) >= codec._SCAN_FIRST_BYTES_MIN and depth_of(value) == depth
+    assert depth_within(data, limits.msgpack_depth_max - 1) is (depth <= limits.msgpack_depth_max - 1)
+    assert depth_within(data, limits.msgpack_depth_max) is True
+
+
 def test_the_c_unpacker_ceiling_is_measured_not_assumed() -> None:
     if codec._C_DEPTH_MAX is None:
         pytest.skip("msgpack runs without its C extension here: the scan decides")

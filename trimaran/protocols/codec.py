@@ -84,6 +84,11 @@ _CONTAINER_HEADS = frozenset(range(0x80, 0xA0)) | {0xDC, 0xDD, 0xDE, 0xDF}
 _NOT_CONTAINER_HEADS = bytes(b for b in range(256) if b not in _CONTAINER_HEADS)
 #: Up to this size, counting the bytes that could open a container is cheaper than a scan.
 _COUNT_HEADS_BYTES_MAX = 1024
+#: From this size, a short scan is tried first: a frame this big is mostly strings and binaries
+#: (log entries), which the scan steps over, while the C check copies every byte.
+_SCAN_FIRST_BYTES_MIN = 64 * limits.KIB
+#: Items the short scan reads before it leaves the rest to the C check.
+_SCAN_FIRST_ITEMS_MAX = 256
 
 # Per first byte: the kind of item it starts, and the bytes that follow it (for a string, binary or
 # container of 16 or 32 bits: the bytes of its length).
@@ -115,6 +120,13 @@ for _b, _kind, _extra in (
 def depth_within_scan(data: bytes, depth_max: int) -> bool:
     """False if ``data`` opens more than ``depth_max`` nested lists or maps before it ends or turns
     out malformed (a malformed value is :func:`unpack`'s to refuse). One pass, no recursion."""
+    answer = _scan(data, depth_max, -1)
+    assert answer is not None
+    return answer
+
+
+def _scan(data: bytes, depth_max: int, items_max: int) -> bool | None:
+    """:func:`depth_within_scan`, or None once ``items_max`` items are read (-1: no bound)."""
     kind_of, extra_of = _KIND, _EXTRA
     end = len(data)
     pos = 0
@@ -128,6 +140,9 @@ def depth_within_scan(data: bytes, depth_max: int) -> bool:
             if not left:
                 return True  # one whole value read (trailing bytes are unpack's to refuse)
         left[-1] -= 1
+        if items_max == 0:
+            return None
+        items_max -= 1
         b = data[pos]
         pos += 1
         kind = kind_of[b]
@@ -224,6 +239,10 @@ def depth_within(data: bytes, depth_max: int) -> bool:
         return True  # every level takes a byte
     if size <= _COUNT_HEADS_BYTES_MAX and len(data.translate(None, _NOT_CONTAINER_HEADS)) <= depth_max:
         return True  # every level starts with one of these bytes
+    if size >= _SCAN_FIRST_BYTES_MIN:
+        answer = _scan(data, depth_max, _SCAN_FIRST_ITEMS_MAX)
+        if answer is not None:
+            return answer
     if _C_DEPTH_MAX is not None and depth_max < _C_DEPTH_MAX:
         return _depth_within_c(data, depth_max)
     return depth_within_scan(data, depth_max)
