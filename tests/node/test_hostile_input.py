@@ -21,6 +21,7 @@ from tests.node.helpers import InProcessCluster, RawClient, in_process_cluster
 from tests.node.test_transport import DEFAULT_STATE_MACHINE, closed_with, peer_connect
 from tests.protocols.test_fuzz_decoders import fields, mutated
 from trimaran import limits
+from trimaran.cluster import replica as replica_module
 from trimaran.errors import InvalidArgument, TrimaranError
 from trimaran.node.transport import HANDSHAKE_REFUSED, HELLO_FRAME_BYTES_MAX, PeerQueue, PeerTransport, peer_hello
 from trimaran.protocols.codec import pack, unpack
@@ -193,14 +194,38 @@ async def test_item_5_a_committed_poison_entry_stops_no_node_even_at_restart(tmp
         await wait_applied_everywhere(cluster, index)
         for n in cluster.nodes:
             assert cluster.status(n)["metrics"]["log_entries_malformed"] == 1
-        # Every node restarts over it (the entry is in every log, no snapshot covers it).
+        # A client's command whose entry the leader writes as garbage (exactly the fault, with a
+        # client waiting on it): the client gets the typed failure every replica applied.
+        client = await RawClient.connect(cluster.client_address(leader))
+        await client.register()
+        real_pack = replica_module.pack
+        poisoned = []
+
+        def pack_once_badly(obj: Any) -> bytes:
+            if not poisoned and isinstance(obj, list) and len(obj) == 2 and isinstance(obj[1], list) and obj[1]:
+                poisoned.append(obj)
+                return b"\xc1"
+            return real_pack(obj)
+
+        replica_module.pack = pack_once_badly  # type: ignore[assignment]
+        try:
+            with pytest.raises(InvalidArgument, match="not a batch of commands"):
+                await client.set(b"lost", b"?")
+        finally:
+            replica_module.pack = real_pack  # type: ignore[assignment]
+        await client.aclose()
+        index = cluster.status(leader)["applied_index"]
+        await wait_applied_everywhere(cluster, index)
+        for n in cluster.nodes:
+            assert cluster.status(n)["metrics"]["log_entries_malformed"] == 2
+        # Every node restarts over them (they are in every log, no snapshot covers them).
         for n in sorted(cluster.nodes):
             cluster.crash(n)
         for n in (1, 2, 3):
             await start_when_closed(cluster, n)
         await wait_applied_everywhere(cluster, index)
         for n in cluster.nodes:
-            assert cluster.status(n)["metrics"]["log_entries_malformed"] == 1  # applied again, as nothing
+            assert cluster.status(n)["metrics"]["log_entries_malformed"] == 2  # applied again, as nothing
         await still_serving(cluster, expected)
 
 
