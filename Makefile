@@ -7,7 +7,7 @@ STAMP_RUN := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 PYTEST_ARGS ?=
 
-.PHONY: run test test-quick sim bench typecheck clean
+.PHONY: run test test-quick fuzz sim bench typecheck clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ test: $(STAMP_TEST)
 # The unit and property tests only (no real nodes, no long sweeps): the edit-test loop, < 1 minute.
 test-quick: $(STAMP_TEST)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# A longer run of the fuzz tests (every decoder of outside bytes: client and peer frames, log
+# entries at apply) than the 150 examples each gets in `make test`.
+FUZZ_EXAMPLES ?= 5000
+fuzz: $(STAMP_TEST)
+	TRIMARAN_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests -k fuzz $(PYTEST_ARGS)
 
 # A long simulation sweep, beyond what CI runs.
 sim: $(STAMP_TEST)

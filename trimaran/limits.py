@@ -23,6 +23,17 @@ msgpack_array_len_max = 1_000_000
 msgpack_map_len_max = 100_000
 #: A client connection must send its first frame (the handshake) within this time.
 handshake_timeout_ms = 5_000
+#: Deepest nesting of lists and maps in one client command or query (checked at the edge).
+command_depth_max = 64
+#: Deepest nesting of lists and maps accepted in any msgpack value from outside (a client or peer
+#: frame, a log entry at apply), checked on the bytes before any object is built: a deep value
+#: would otherwise reach ``repr`` or the encoder, which recurse (Python stops near 1,000 levels,
+#: msgpack's packer at 511).
+msgpack_depth_max = command_depth_max + 8
+#: msgpack's packer refuses values nested deeper than this (its default recursion limit).
+msgpack_pack_depth_max = 511
+#: Characters of an untrusted value shown in an error message or a log line.
+untrusted_text_chars_max = 120
 
 # --- Auth (trimaran.protocols.tokens, trimaran.protocols.scopes) ----------------------------------
 #: A whole PASETO token as sent in the client hello.
@@ -93,6 +104,8 @@ storage_reserve_bytes_max = 64 * MIB
 storage_reserve_disk_percent = 5
 
 assert frame_header_bytes == 4
+assert command_depth_max + 3 <= msgpack_depth_max, "a log entry wraps a command in three levels"
+assert msgpack_depth_max * 2 < msgpack_pack_depth_max, "what was decoded, and results built on it, re-encode"
 assert command_bytes_max < frame_bytes_max
 assert scope_bytes_max < token_bytes_max and kid_chars_max < token_bytes_max
 assert proposal_batch_bytes_max >= command_bytes_max, "one maximal command must fit a batch"

@@ -9,6 +9,11 @@ Client commands submitted between two ``ready()`` calls go into ONE log entry (g
 whose payload is ``[timestamp_ms, [[client_id, seq, ack_seq, service, command], ...]]``. A command
 with client_id 0 registers a new session; its id is derived from the entry's position in the log,
 so every replica assigns the same one.
+
+Any committed entry applies on every replica, whatever its bytes: data that is not such a batch
+(undecodable, nested too deep, the wrong shape) applies as nothing, and a batch item that is not a
+well-formed command as a ``invalid_argument`` result, with fixed texts, so replicas stay identical
+and no byte sequence in the log can stop a node (it would stop it again at every restart).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from trimaran.errors import (
     Unavailable,
     error_from_wire,
 )
-from trimaran.protocols.codec import pack, unpack
+from trimaran.protocols.codec import brief, depth_exceeds, depth_within, pack, unpack
 from trimaran.protocols.messages import ConfChange, Entry, EntryKind, HardState, Message, Snapshot
 from trimaran.protocols.service import ApplyContext, Service
 
@@ -42,6 +47,13 @@ SESSION_ID_STRIDE = 1 << 16
 assert limits.proposal_batch_commands_max < SESSION_ID_STRIDE
 
 CONSISTENCIES = ("linearizable", "lease", "stale")
+
+#: The answer, on every replica, to the proposer of an entry that is not a command batch.
+BAD_ENTRY_TEXT = "the log entry is not a batch of commands; nothing in it was applied"
+#: The outcome, on every replica, of a batch item that is not [client_id, seq, ack_seq, service, command].
+BAD_COMMAND_TEXT = "the log holds a malformed command here; it was not applied"
+#: The outcome of a command on which a service raised something other than a TrimaranError.
+SERVICE_FAILED_TEXT = "the service failed on this command; it may be partly applied"
 
 REPLICA_MUTANTS = {
     "dedup_not_in_snapshot": "saved session answers are left out of snapshots",
@@ -93,6 +105,23 @@ def _err(exc: TrimaranError) -> Outcome:
     return ("err", exc.to_wire())
 
 
+def _decode_batch(data: bytes) -> tuple[int, list[Any]] | None:
+    """An entry's ``(timestamp_ms, items)``, or None if it is not a command batch. Decided by fixed
+    limits alone (never by this machine's recursion limit), so every replica decides the same."""
+    try:
+        payload = unpack(data)
+    except TrimaranError:
+        return None
+    if type(payload) is not list or len(payload) != 2:
+        return None
+    timestamp_ms, batch = payload
+    if type(timestamp_ms) is not int or not 0 <= timestamp_ms < 1 << 63:
+        return None
+    if type(batch) is not list or len(batch) > limits.proposal_batch_commands_max:
+        return None  # more would collide with the session ids of the next entry
+    return timestamp_ms, batch
+
+
 class Replica:
     def __init__(
         self,
@@ -128,6 +157,9 @@ class Replica:
         self._reads_waiting_apply: deque[tuple[int, int]] = deque()
         self._last_snapshot_index = snapshot.meta.last_index if snapshot else 0
         self._snapshot_in_progress = False
+        #: Committed entries that were not a command batch, and batch items not a command (counters).
+        self.bad_entries = 0
+        self.bad_commands = 0
         if snapshot is not None:
             self._restore(snapshot)
 
@@ -182,11 +214,14 @@ class Replica:
     def submit(
         self, token: Any, client_id: int, seq: int, ack_seq: int, service: str, command: Any, now_ms: int, size_bytes: int = 0
     ) -> None:
-        """Queue one client command for the next proposal. Raises NotLeader, InvalidArgument, TooLarge."""
+        """Queue one client command for the next proposal. Raises NotLeader, InvalidArgument, TooLarge.
+
+        A command nested deeper than ``limits.command_depth_max`` (the client edge refuses those)
+        or that msgpack cannot encode is answered ``invalid_argument`` when the batch is proposed."""
         if client_id <= 0 or seq <= 0 or ack_seq < 0 or ack_seq >= seq:
             raise InvalidArgument("client_id and seq must be positive, with ack_seq < seq")
         if service not in self.services:
-            raise InvalidArgument(f"unknown service {service!r}")
+            raise InvalidArgument(f"unknown service {brief(service)}")
         if size_bytes > limits.command_bytes_max:
             raise TooLarge(f"command of {size_bytes} bytes is over command_bytes_max={limits.command_bytes_max}")
         self._enqueue(token, [client_id, seq, ack_seq, service, command], now_ms, size_bytes)
@@ -207,7 +242,7 @@ class Replica:
     def read(self, token: Any, service: str, query: Any, consistency: str = "linearizable") -> None:
         """Queue a read; answered in a later ready() (or the next one, for stale reads)."""
         if service not in self.services:
-            raise InvalidArgument(f"unknown service {service!r}")
+            raise InvalidArgument(f"unknown service {brief(service)}")
         if consistency not in CONSISTENCIES:
             raise InvalidArgument(f"consistency must be one of {', '.join(CONSISTENCIES)}")
         if consistency == "stale":
@@ -262,11 +297,42 @@ class Replica:
         batch, tokens = self._batch, self._batch_tokens
         self._batch, self._batch_tokens, self._batch_bytes = [], [], 0
         try:
-            index, term = self.raft.propose([pack([self._stamp_ms, batch])])
+            data = pack([self._stamp_ms, batch])
+            fits = depth_within(data, limits.msgpack_depth_max)
+        except (ValueError, TypeError, OverflowError):
+            fits = False
+        if not fits:
+            # A command msgpack cannot carry, or too deep for every replica to decode (the client
+            # edge checks this; an in-process caller may not have): it alone is refused, and the
+            # commands queued with it still go. Never an exception: it would stop the leader.
+            batch, tokens = self._refuse_unfit(batch, tokens)
+            if not batch:
+                return
+            data = pack([self._stamp_ms, batch])
+            assert depth_within(data, limits.msgpack_depth_max)  # by command_depth_max's relation
+        try:
+            index, term = self.raft.propose([data])
         except TrimaranError as exc:
             self._replies.extend(Reply(t, False, exc) for t in tokens)
             return
         self._proposals[index] = (term, tokens)
+
+    def _refuse_unfit(self, batch: list[list[Any]], tokens: list[Any]) -> tuple[list[list[Any]], list[Any]]:
+        """The items that fit a log entry (and their tokens); the others are answered here."""
+        kept: tuple[list[list[Any]], list[Any]] = ([], [])
+        for item, token in zip(batch, tokens):
+            if depth_exceeds(item[4], limits.command_depth_max):
+                exc = InvalidArgument(f"command nests lists and maps deeper than {limits.command_depth_max} levels")
+                self._replies.append(Reply(token, False, exc))
+                continue
+            try:
+                pack(item)
+            except (ValueError, TypeError, OverflowError) as error:
+                self._replies.append(Reply(token, False, InvalidArgument(f"the command cannot be encoded: {brief(str(error))}")))
+                continue
+            kept[0].append(item)
+            kept[1].append(token)
+        return kept
 
     def _apply_entry(self, entry: Entry) -> None:
         proposal = self._proposals.pop(entry.index, None)
@@ -284,7 +350,13 @@ class Replica:
             return
         if not entry.data:
             return  # a leader's no-op
-        timestamp_ms, batch = unpack(entry.data)
+        decoded = _decode_batch(entry.data)
+        if decoded is None:
+            self.bad_entries += 1
+            bad = InvalidArgument(BAD_ENTRY_TEXT, index=entry.index)
+            self._replies.extend(Reply(t, False, bad) for t in tokens or ())
+            return
+        timestamp_ms, batch = decoded
         self.last_timestamp_ms = max(self.last_timestamp_ms, timestamp_ms)
         ctx = ApplyContext(entry.index, self.last_timestamp_ms)
         self.sessions.expire(self.last_timestamp_ms)
@@ -292,16 +364,32 @@ class Replica:
             svc.on_time(ctx)
         for pos, item in enumerate(batch):
             outcome = self._apply_command(entry.index, pos, item, ctx)
-            if tokens is not None:
+            if tokens is not None and pos < len(tokens):
                 ok = outcome[0] == "ok"
                 self._replies.append(Reply(tokens[pos], ok, outcome[1] if ok else error_from_wire(outcome[1])))
 
-    def _apply_command(self, index: int, pos: int, item: list[Any], ctx: ApplyContext) -> Outcome:
-        client_id, seq, ack_seq, service, command = item
+    def _bad_command(self, index: int, pos: int) -> Outcome:
+        self.bad_commands += 1
+        return _err(InvalidArgument(BAD_COMMAND_TEXT, index=index, position=pos))
+
+    def _apply_command(self, index: int, pos: int, item: Any, ctx: ApplyContext) -> Outcome:
+        # This runs once per command on every replica, so its checks are the cheap ones: a failed
+        # unpacking costs nothing until it happens, and ``__class__`` a third of ``type()``. A str,
+        # bytes or map of five items unpacks too, but then fails the checks below.
+        try:
+            client_id, seq, ack_seq, service, command = item
+        except (TypeError, ValueError):
+            return self._bad_command(index, pos)
+        if not (client_id.__class__ is int and seq.__class__ is int and ack_seq.__class__ is int and service.__class__ is str):
+            return self._bad_command(index, pos)
         if client_id == 0:
             new_id = index * SESSION_ID_STRIDE + pos
             self.sessions.register(new_id, ctx.timestamp_ms)
             return ("ok", new_id)
+        svc = self.services.get(service)
+        if svc is None:
+            self.bad_commands += 1
+            return _err(InvalidArgument(f"unknown service {brief(service)}"))
         session, saved = self.sessions.lookup(client_id, seq, ack_seq, ctx.timestamp_ms)
         if session is None:
             return _err(SessionExpired(f"session {client_id} is unknown or expired; open a new one"))
@@ -312,9 +400,13 @@ class Replica:
         if len(session.responses) >= limits.session_responses_max:
             return _err(Unavailable("too many unacknowledged requests on this session"))
         try:
-            outcome: Outcome = ("ok", self.services[service].apply(command, ctx))
+            outcome: Outcome = ("ok", svc.apply(command, ctx))
         except TrimaranError as exc:
             outcome = _err(exc)
+        except (AssertionError, MemoryError, RecursionError):
+            raise  # a bug or this machine, not the command: another replica might not fail
+        except Exception:  # noqa: BLE001 - deterministic for the same command on every replica
+            outcome = _err(TrimaranError(SERVICE_FAILED_TEXT))
         session.responses[seq] = outcome
         if self.observer is not None:
             self.observer(index, pos, client_id, seq, service, command, outcome)
@@ -372,7 +464,9 @@ class Replica:
         return Snapshot(self.raft.snapshot_meta(self.raft.log.applied_index, data), data)
 
     def _restore(self, snapshot: Snapshot) -> None:
-        state = unpack(snapshot.data, size_bytes_max=len(snapshot.data))
+        # Whatever take_snapshot could pack restores: its depth is bounded by the packer's, not by
+        # what a frame may hold (services keep data from commands a few levels down).
+        state = unpack(snapshot.data, size_bytes_max=len(snapshot.data), depth_max=limits.msgpack_pack_depth_max)
         self.last_timestamp_ms = state["timestamp_ms"]
         self.sessions.restore(state["sessions"])
         for name, svc in self.services.items():

@@ -68,7 +68,7 @@ from trimaran.node.config import Address, NodeConfig
 from trimaran.node.driver import Driver
 from trimaran.node.streams import linger_close, open_listeners, read_frame
 from trimaran.protocols.client_protocol import error_frame, parse_hello, parse_request, response, welcome
-from trimaran.protocols.codec import pack, unpack
+from trimaran.protocols.codec import brief, pack, unpack
 from trimaran.protocols.framing import FrameDecoder, encode_frame
 
 log = logging.getLogger("trimaran.node.client_server")
@@ -346,7 +346,7 @@ class ClientConnection:
         hello = parse_hello(unpack(frame, size_bytes_max=HELLO_FRAME_BYTES_MAX))
         if hello.cluster_id is not None and hello.cluster_id != server.config.cluster_id:
             raise InvalidArgument(
-                f"this node belongs to cluster {server.config.cluster_id!r}, not {hello.cluster_id!r}",
+                f"this node belongs to cluster {server.config.cluster_id!r}, not {brief(hello.cluster_id)}",
                 cluster_id=server.config.cluster_id,
             )
         # hello.token: the slot signed-token auth will check (a later issue); accepted unchecked.

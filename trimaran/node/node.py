@@ -94,6 +94,8 @@ class Node:
             "ticks": self.driver.ticks,
             "driver_inline_writes": self.driver.inline_writes,
             "commit_notices_dropped": self.driver.held_notices_dropped,
+            "log_entries_malformed": self.driver.replica.bad_entries,
+            "log_commands_malformed": self.driver.replica.bad_commands,
             "peer_frames_sent": self.transport.frames_sent,
             "peer_socket_writes": self.transport.socket_writes,
             "peer_frames_received": self.transport.frames_received,

@@ -14,8 +14,10 @@ Wire: length-prefixed frames (:mod:`trimaran.protocols.framing`), each holding o
   The acceptor checks the cluster id, that it is the recipient, that the sender is a known peer,
   and that both build the state machine with the same settings (a node started with another
   ``--kv-maxmemory-bytes`` would evict other keys than its peers and silently diverge);
-  otherwise it sends ``{"type": "error", "error": <error>}`` and closes. After the handshake
-  the acceptor sends nothing; the dialer reads only to notice the close (and log the error).
+  otherwise it sends ``{"type": "error", "error": <error>}`` and closes. The caller is not known
+  yet, so that error says only "peer handshake refused"; the reason, which may name this node's
+  cluster id and settings, goes to the acceptor's log. After the handshake the acceptor sends
+  nothing; the dialer reads only to notice the close (and log the error).
 - Every later frame is :func:`~trimaran.protocols.codec.message_to_wire` of one message with the
   ``recipient`` field set to 0: the connection already names the recipient, and leaving it out
   lets an AppendEntries carrying the same entries to several followers be encoded once.
@@ -64,7 +66,7 @@ from trimaran.errors import ProtocolError, TrimaranError
 from trimaran.node.clock import HELLO_FEATURE, ClockMonitor, is_clock_frame
 from trimaran.node.config import Address, NodeConfig
 from trimaran.node.streams import linger_close, open_listeners, read_frame
-from trimaran.protocols.codec import message_from_wire, message_to_wire, pack, unpack
+from trimaran.protocols.codec import brief, message_from_wire, message_to_wire, pack, unpack
 from trimaran.protocols.framing import FrameDecoder, encode_frame
 from trimaran.protocols.messages import MESSAGE_TYPES, AppendEntries, Message
 
@@ -75,6 +77,8 @@ PEER_PROTOCOL_VERSION = 2
 SEND_CHUNK_BYTES_MAX = 4 * limits.MIB
 #: Largest handshake frame (either port's hello is a few dozen bytes).
 HELLO_FRAME_BYTES_MAX = 4 * limits.KIB
+#: All an unauthenticated caller of the peer port learns when its handshake fails.
+HANDSHAKE_REFUSED = "peer handshake refused"
 #: A connection that lived at least this long resets the reconnect backoff.
 STABLE_CONNECTION_S = 1.0
 #: Position of ``recipient`` in message_to_wire output: [tag, term, sender, recipient, ...].
@@ -419,7 +423,8 @@ class PeerTransport:
             try:
                 frame = await read_frame(stream, decoder)
                 if frame is not None:
-                    log.warning("node %d: peer %d refused the connection: %.300r", self._node_id, peer_id, unpack(frame))
+                    refusal = brief(unpack(frame))
+                    log.warning("node %d: peer %d refused the connection (its log says why): %s", self._node_id, peer_id, refusal)
             except (TrimaranError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
             cancel.cancel()
@@ -441,18 +446,18 @@ class PeerTransport:
         if not isinstance(obj, dict) or obj.get("type") != "peer_hello":
             raise ProtocolError("the first frame on a peer connection must be a peer_hello")
         if obj.get("version") != PEER_PROTOCOL_VERSION:
-            raise ProtocolError(f"unsupported peer protocol version {obj.get('version')!r}")
+            raise ProtocolError(f"unsupported peer protocol version {brief(obj.get('version'))}")
         if obj.get("cluster_id") != self._config.cluster_id:
-            raise ProtocolError(f"cluster id {obj.get('cluster_id')!r} is not {self._config.cluster_id!r}")
+            raise ProtocolError(f"cluster id {brief(obj.get('cluster_id'))} is not {self._config.cluster_id!r}")
         if obj.get("recipient") != self._node_id:
-            raise ProtocolError(f"this is node {self._node_id}, not node {obj.get('recipient')!r}")
+            raise ProtocolError(f"this is node {self._node_id}, not node {brief(obj.get('recipient'))}")
         sender = obj.get("node_id")
         if type(sender) is not int or sender not in self._queues:
-            raise ProtocolError(f"node {sender!r} is not a known peer")
+            raise ProtocolError(f"node {brief(sender)} is not a known peer")
         ours = self._config.state_machine_settings()
         if obj.get("state_machine") != ours:
             raise ProtocolError(
-                f"node {sender} builds the state machine with {obj.get('state_machine')!r:.300}, node "
+                f"node {sender} builds the state machine with {brief(obj.get('state_machine'), 300)}, node "
                 f"{self._node_id} with {ours!r}: every node of a cluster needs the same kv settings "
                 "(--kv-maxmemory-bytes, --kv-eviction)"
             )
@@ -503,14 +508,19 @@ class PeerTransport:
     async def _receive(self, stream: trio.SocketStream, conn: _Inbound) -> None:
         # The handshake is tiny: until it is in, a frame header over 4 KiB is refused at once.
         decoder = FrameDecoder(HELLO_FRAME_BYTES_MAX)
-        with trio.move_on_after(self._config.handshake_timeout_ms / 1000) as deadline:
-            first = await read_frame(stream, decoder)
-        if deadline.cancelled_caught:
-            raise ProtocolError(f"no peer_hello within {self._config.handshake_timeout_ms} ms")
-        if first is None:
-            return
-        hello = unpack(first, size_bytes_max=HELLO_FRAME_BYTES_MAX)
-        sender = self._check_hello(hello)
+        try:
+            with trio.move_on_after(self._config.handshake_timeout_ms / 1000) as deadline:
+                first = await read_frame(stream, decoder)
+            if deadline.cancelled_caught:
+                raise ProtocolError(f"no peer_hello within {self._config.handshake_timeout_ms} ms")
+            if first is None:
+                return
+            hello = unpack(first, size_bytes_max=HELLO_FRAME_BYTES_MAX)
+            sender = self._check_hello(hello)
+        except TrimaranError as exc:
+            # The caller is not known yet: the why (our cluster id, our settings) stays in our log.
+            log.warning("node %d: refusing a peer handshake: %s", self._node_id, exc)
+            raise ProtocolError(HANDSHAKE_REFUSED) from None
         self._handshaken(conn, sender)
         if self.clock is not None:
             self.clock.on_peer_hello(sender, hello)

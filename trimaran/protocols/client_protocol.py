@@ -46,7 +46,9 @@ What the node runtime (:mod:`trimaran.node.client_server`) adds, all optional fo
   answer-bytes caps (answers queued but not yet read) comes back as ``unavailable`` (``read``,
   ``status``) or ``timeout`` (outcome unknown) under its request id.
 - A request with bad fields is answered under its request id (``invalid_argument``, ``too_large``)
-  and the connection stays open.
+  and the connection stays open; so is a ``command`` or ``query`` that nests lists and maps
+  deeper than ``limits.command_depth_max`` (64). A frame nested deeper than
+  ``limits.msgpack_depth_max`` (72) is not a request at all.
 - ``read``: ``consistency`` may be left out; it defaults to ``"linearizable"``.
 - Error codes a request may meet: ``not_leader`` (``details.leader_hint``: node id or None,
   ``details.leader_address``: its client ``"host:port"`` or None), ``timeout`` (not answered
@@ -84,6 +86,7 @@ from typing import Any
 
 from trimaran import limits
 from trimaran.errors import InvalidArgument, ProtocolError, TrimaranError
+from trimaran.protocols.codec import brief, depth_exceeds
 
 PROTOCOL_VERSION = 1
 OPS = ("register", "command", "read", "status", "membership", "transfer")
@@ -122,7 +125,7 @@ def parse_hello(obj: Any) -> Hello:
         raise ProtocolError("the first frame must be a hello")
     version = obj.get("version")
     if version != PROTOCOL_VERSION:
-        raise ProtocolError(f"unsupported protocol version {version!r}; this node speaks {PROTOCOL_VERSION}")
+        raise ProtocolError(f"unsupported protocol version {brief(version)}; this node speaks {PROTOCOL_VERSION}")
     cluster_id, token = obj.get("cluster_id"), obj.get("token")
     if cluster_id is not None and not isinstance(cluster_id, str):
         raise ProtocolError("cluster_id must be a string")
@@ -145,6 +148,12 @@ def _str_field(body: dict[str, Any], name: str, choices: tuple[str, ...] | None 
     return v
 
 
+def _shallow(value: Any, name: str) -> None:
+    # What reaches the log must re-encode, and an entry wraps a command in three more levels.
+    if depth_exceeds(value, limits.command_depth_max):
+        raise InvalidArgument(f"{name} nests lists and maps deeper than {limits.command_depth_max} levels")
+
+
 def parse_request(obj: Any) -> Request:
     """Check a request's shape; ``ProtocolError`` if it is not a request at all (close the
     connection), ``InvalidArgument`` if it is one with bad fields (answer it with the error)."""
@@ -152,7 +161,7 @@ def parse_request(obj: Any) -> Request:
         raise ProtocolError("a request is [request_id, op, body]")
     request_id, op, body = obj
     if op not in OPS:
-        raise InvalidArgument(f"unknown operation {op!r}", request_id=request_id)
+        raise InvalidArgument(f"unknown operation {brief(op)}", request_id=request_id)
     if not isinstance(body, dict):
         raise InvalidArgument("body must be a map", request_id=request_id)
     if op == "command":
@@ -163,12 +172,14 @@ def parse_request(obj: Any) -> Request:
         _str_field(body, "service")
         if "command" not in body:
             raise InvalidArgument("command missing")
+        _shallow(body["command"], "command")
     elif op == "read":
         body.setdefault("consistency", "linearizable")
         _str_field(body, "service")
         _str_field(body, "consistency", CONSISTENCIES)
         if "query" not in body:
             raise InvalidArgument("query missing")
+        _shallow(body["query"], "query")
     elif op == "membership":
         _str_field(body, "kind", MEMBERSHIP_KINDS)
         _int_field(body, "node_id", 1)

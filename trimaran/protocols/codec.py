@@ -1,13 +1,17 @@
 """msgpack encoding of the wire vocabulary, with hard limits on everything untrusted.
 
 Every decode of bytes that came from outside the process goes through :func:`unpack`, which sets
-msgpack's length ceilings, refuses ext types and non-string map keys, and turns any failure into a
-typed :class:`~trimaran.errors.ProtocolError`. Message decoding then checks each field's type, so the
-consensus core never sees a malformed value.
+msgpack's length ceilings, refuses values nested deeper than ``limits.msgpack_depth_max`` (checked
+on the bytes, before any object is built), refuses ext types and non-string map keys, and turns any
+failure into a typed :class:`~trimaran.errors.ProtocolError`. Message decoding then checks each
+field's type, so the consensus core never sees a malformed value. An untrusted value shown in an
+error message or a log line goes through :func:`brief`, whose output and work are bounded.
 """
 
 from __future__ import annotations
 
+import reprlib
+from itertools import compress
 from typing import Any, Callable
 
 import msgpack
@@ -38,10 +42,17 @@ def pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
-def unpack(data: bytes, *, size_bytes_max: int = limits.frame_bytes_max) -> Any:
-    """Decode untrusted msgpack bytes under hard limits; raise ``ProtocolError`` on anything odd."""
+def unpack(
+    data: bytes, *, size_bytes_max: int = limits.frame_bytes_max, depth_max: int = limits.msgpack_depth_max
+) -> Any:
+    """Decode untrusted msgpack bytes under hard limits; raise ``ProtocolError`` on anything odd.
+
+    ``depth_max``: lists and maps nested deeper are refused before anything is built (see
+    :func:`depth_within`)."""
     if len(data) > size_bytes_max:
         raise FrameTooLarge(f"{len(data)} bytes is over the limit of {size_bytes_max}")
+    if not depth_within(data, depth_max):
+        raise ProtocolError(f"msgpack value nested deeper than {depth_max} levels")
     try:
         return msgpack.unpackb(
             data,
@@ -59,6 +70,234 @@ def unpack(data: bytes, *, size_bytes_max: int = limits.frame_bytes_max) -> Any:
         raise
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise ProtocolError(f"malformed msgpack: {exc}") from None
+
+
+# --- nesting depth ------------------------------------------------------------------------------
+#
+# The depth of a value is the number of lists and maps on its longest path from the top (a scalar:
+# 0, ``[]``: 1, ``[[1], 2]``: 2); an empty list or map counts like any other. msgpack's C unpacker
+# has no depth option, and its fallback recurses, so :func:`depth_within` answers from the bytes,
+# the same way on every machine and under any recursion limit.
+
+#: Bytes that open a list or a map: fixmap, fixarray, array 16/32, map 16/32.
+_CONTAINER_HEADS = frozenset(range(0x80, 0xA0)) | {0xDC, 0xDD, 0xDE, 0xDF}
+_NOT_CONTAINER_HEADS = bytes(b for b in range(256) if b not in _CONTAINER_HEADS)
+#: Up to this size, counting the bytes that could open a container is cheaper than a scan.
+_COUNT_HEADS_BYTES_MAX = 1024
+#: From this size, a short scan is tried first: a frame this big is mostly strings and binaries
+#: (log entries), which the scan steps over, while the C check copies every byte.
+_SCAN_FIRST_BYTES_MIN = 64 * limits.KIB
+#: Items the short scan reads before it leaves the rest to the C check.
+_SCAN_FIRST_ITEMS_MAX = 256
+
+# Per first byte: the kind of item it starts, and the bytes that follow it (for a string, binary or
+# container of 16 or 32 bits: the bytes of its length).
+_SCALAR, _FIXSTR, _SIZED, _SIZED_EXT, _FIXARRAY, _FIXMAP, _ARRAY, _MAP, _BAD = range(9)
+_KIND = [_BAD] * 256
+_EXTRA = [0] * 256
+for _b in range(256):
+    if _b <= 0x7F or _b >= 0xE0 or _b in (0xC0, 0xC2, 0xC3):
+        _KIND[_b] = _SCALAR
+    elif _b <= 0x8F:
+        _KIND[_b] = _FIXMAP
+    elif _b <= 0x9F:
+        _KIND[_b] = _FIXARRAY
+    elif _b <= 0xBF:
+        _KIND[_b] = _FIXSTR
+for _b, _kind, _extra in (
+    (0xCC, _SCALAR, 1), (0xCD, _SCALAR, 2), (0xCE, _SCALAR, 4), (0xCF, _SCALAR, 8),
+    (0xD0, _SCALAR, 1), (0xD1, _SCALAR, 2), (0xD2, _SCALAR, 4), (0xD3, _SCALAR, 8),
+    (0xCA, _SCALAR, 4), (0xCB, _SCALAR, 8),
+    (0xC4, _SIZED, 1), (0xC5, _SIZED, 2), (0xC6, _SIZED, 4),  # bin 8/16/32
+    (0xD9, _SIZED, 1), (0xDA, _SIZED, 2), (0xDB, _SIZED, 4),  # str 8/16/32
+    (0xDC, _ARRAY, 2), (0xDD, _ARRAY, 4), (0xDE, _MAP, 2), (0xDF, _MAP, 4),
+    (0xD4, _SCALAR, 2), (0xD5, _SCALAR, 3), (0xD6, _SCALAR, 5), (0xD7, _SCALAR, 9), (0xD8, _SCALAR, 17),  # fixext
+    (0xC7, _SIZED_EXT, 1), (0xC8, _SIZED_EXT, 2), (0xC9, _SIZED_EXT, 4),  # ext 8/16/32: length, type, data
+):  # fmt: skip
+    _KIND[_b], _EXTRA[_b] = _kind, _extra
+
+
+def depth_within_scan(data: bytes, depth_max: int) -> bool:
+    """False if ``data`` opens more than ``depth_max`` nested lists or maps before it ends or turns
+    out malformed (a malformed value is :func:`unpack`'s to refuse). One pass, no recursion."""
+    answer = _scan(data, depth_max, -1)
+    assert answer is not None
+    return answer
+
+
+def _scan(data: bytes, depth_max: int, items_max: int) -> bool | None:
+    """:func:`depth_within_scan`, or None once ``items_max`` items are read (-1: no bound)."""
+    kind_of, extra_of = _KIND, _EXTRA
+    end = len(data)
+    pos = 0
+    depth = 0
+    # Items still to read in each open container (a map's count is doubled: keys and values).
+    left = [1]
+    while pos < end:
+        while left[-1] == 0:
+            left.pop()
+            depth -= 1
+            if not left:
+                return True  # one whole value read (trailing bytes are unpack's to refuse)
+        left[-1] -= 1
+        if items_max == 0:
+            return None
+        items_max -= 1
+        b = data[pos]
+        pos += 1
+        kind = kind_of[b]
+        if kind == _SCALAR:
+            pos += extra_of[b]
+        elif kind == _FIXSTR:
+            pos += b & 0x1F
+        elif kind == _SIZED or kind == _SIZED_EXT:
+            n = extra_of[b]
+            pos += n + int.from_bytes(data[pos : pos + n], "big") + (kind == _SIZED_EXT)  # ext: a type byte
+        elif kind == _BAD:
+            return True
+        else:
+            if kind == _FIXARRAY or kind == _FIXMAP:
+                count = b & 0x0F
+            else:
+                n = extra_of[b]
+                if pos + n > end:
+                    return True
+                count = int.from_bytes(data[pos : pos + n], "big")
+                pos += n
+            depth += 1
+            if depth > depth_max:
+                return False
+            left.append(count * 2 if kind == _FIXMAP or kind == _MAP else count)
+    return True
+
+
+def _c_unpacker_depth_max() -> int | None:
+    """How many nested lists msgpack's C unpacker accepts before it raises ``StackError`` (the size
+    of its fixed parse stack), or None without the C extension or without such a ceiling."""
+    if getattr(msgpack.Unpacker, "__module__", "") != "msgpack._cmsgpack":
+        return None
+
+    def accepts(depth: int) -> bool:
+        unpacker = msgpack.Unpacker()
+        unpacker.feed(b"\x91" * depth + b"\xc0")
+        try:
+            unpacker.skip()
+        except msgpack.StackError:
+            return False
+        return True
+
+    low, high = 1, 1 << 14  # low is accepted; high is refused
+    if not accepts(low) or accepts(high):
+        return None
+    while high - low > 1:
+        mid = (low + high) // 2
+        if accepts(mid):
+            low = mid
+        else:
+            high = mid
+    return low
+
+
+_C_DEPTH_MAX = _c_unpacker_depth_max()
+_U32_MAX = (1 << 32) - 1
+_PADDING: dict[int, bytes] = {}
+
+
+def _depth_within_c(data: bytes, depth_max: int) -> bool:
+    """:func:`depth_within_scan` at C speed: msgpack's C unpacker refuses to nest deeper than
+    ``_C_DEPTH_MAX``, so skipping ``data`` wrapped in ``_C_DEPTH_MAX - depth_max`` one-item lists
+    fails exactly when ``data`` itself nests deeper than ``depth_max``. It builds no object."""
+    assert _C_DEPTH_MAX is not None and 0 <= depth_max < _C_DEPTH_MAX
+    padding = _PADDING.get(depth_max)
+    if padding is None:
+        padding = _PADDING.setdefault(depth_max, b"\x91" * (_C_DEPTH_MAX - depth_max))
+    # Lengths are unpack's to bound: skipping, only nesting may fail (as in the scan).
+    unpacker = msgpack.Unpacker(
+        max_buffer_size=len(padding) + len(data),
+        max_str_len=_U32_MAX,
+        max_bin_len=_U32_MAX,
+        max_array_len=_U32_MAX,
+        max_map_len=_U32_MAX,
+        max_ext_len=_U32_MAX,
+    )
+    unpacker.feed(padding)
+    unpacker.feed(data)
+    try:
+        unpacker.skip()
+    except msgpack.StackError:
+        return False
+    except Exception:  # noqa: BLE001 - malformed or cut short: unpack's to refuse
+        return True
+    return True
+
+
+def depth_within(data: bytes, depth_max: int) -> bool:
+    """Whether the msgpack value in ``data`` nests at most ``depth_max`` lists and maps (a
+    malformed value answers True: :func:`unpack` refuses it for that). Same answer everywhere."""
+    size = len(data)
+    if size <= depth_max:
+        return True  # every level takes a byte
+    if size <= _COUNT_HEADS_BYTES_MAX and len(data.translate(None, _NOT_CONTAINER_HEADS)) <= depth_max:
+        return True  # every level starts with one of these bytes
+    if size >= _SCAN_FIRST_BYTES_MIN:
+        answer = _scan(data, depth_max, _SCAN_FIRST_ITEMS_MAX)
+        if answer is not None:
+            return answer
+    if _C_DEPTH_MAX is not None and depth_max < _C_DEPTH_MAX:
+        return _depth_within_c(data, depth_max)
+    return depth_within_scan(data, depth_max)
+
+
+_IS_CONTAINER = frozenset((list, dict)).__contains__
+
+
+def depth_exceeds(value: Any, depth_max: int) -> bool:
+    """Whether a decoded value nests more than ``depth_max`` lists and maps (breadth first, no
+    recursion; a flat list costs one pass in C)."""
+    if not _IS_CONTAINER(type(value)):
+        return False
+    items = value.values() if type(value) is dict else value
+    if not any(map(_IS_CONTAINER, map(type, items))):
+        return depth_max < 1  # the common flat command, without building a level
+    level = [value]
+    depth = 0
+    while level:
+        depth += 1
+        if depth > depth_max:
+            return True
+        below: list[Any] = []
+        for container in level:
+            items = container.values() if type(container) is dict else container
+            below.extend(compress(items, map(_IS_CONTAINER, map(type, items))))
+        level = below
+    return False
+
+
+# --- text about untrusted values -----------------------------------------------------------------
+
+
+class _BriefRepr(reprlib.Repr):
+    def repr_bytes(self, x: bytes, level: int) -> str:
+        s = repr(x[: self.maxstring])
+        return s if len(x) <= self.maxstring else s[:-1] + "..." + s[-1]
+
+    def repr_bytearray(self, x: bytearray, level: int) -> str:
+        return self.repr_bytes(bytes(x[: self.maxstring + 1]), level)
+
+
+_BRIEF = _BriefRepr()
+_BRIEF.maxlevel = 3
+_BRIEF.maxstring = 40
+_BRIEF.maxother = 40
+_BRIEF.maxlong = 40
+_BRIEF.maxlist = _BRIEF.maxtuple = _BRIEF.maxdict = _BRIEF.maxset = _BRIEF.maxfrozenset = 4
+
+
+def brief(value: Any, chars_max: int = limits.untrusted_text_chars_max) -> str:
+    """``repr`` for an untrusted value in a message or a log line: at most ``chars_max``
+    characters, and bounded work (no recursion past three levels, long strings cut first)."""
+    text = _BRIEF.repr(value)
+    return text if len(text) <= chars_max else text[: chars_max - 3] + "..."
 
 
 # --- typed field checks -------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any, Callable, NamedTuple
 
 from trimaran import limits
 from trimaran.errors import InvalidArgument, TooLarge
+from trimaran.protocols.codec import brief
 
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
@@ -181,10 +182,10 @@ def split(message: Any, kind: str, required: int, options: tuple[str, ...]) -> t
         unknown = sorted(str(k) for k in opts if k not in options)
         if unknown:
             allowed = ", ".join(options) or "none"
-            raise InvalidArgument(f"{kind} {message[0]!r}: unknown option(s) {', '.join(unknown)} (allowed: {allowed})")
+            raise InvalidArgument(f"{kind} {brief(message[0])}: unknown option(s) {', '.join(unknown)} (allowed: {allowed})")
         opts = {k: v for k, v in opts.items() if v is not None}
     if len(args) != required:
-        raise InvalidArgument(f"{kind} {message[0]!r} takes {required} argument(s) and an optional options map")
+        raise InvalidArgument(f"{kind} {brief(message[0])} takes {required} argument(s) and an optional options map")
     return args, opts
 
 
@@ -272,7 +273,7 @@ def parse_command(message: Any) -> Command:
     op = op_of(message, "command")
     parser = _COMMAND_PARSERS.get(op)
     if parser is None:
-        raise InvalidArgument(f"unknown kv command {op!r} (known: {', '.join(_COMMAND_PARSERS)})")
+        raise InvalidArgument(f"unknown kv command {brief(op)} (known: {', '.join(_COMMAND_PARSERS)})")
     return parser(message)
 
 
@@ -331,5 +332,5 @@ def parse_query(message: Any) -> Query:
     op = op_of(message, "query")
     parser = _QUERY_PARSERS.get(op)
     if parser is None:
-        raise InvalidArgument(f"unknown kv query {op!r} (known: {', '.join(_QUERY_PARSERS)})")
+        raise InvalidArgument(f"unknown kv query {brief(op)} (known: {', '.join(_QUERY_PARSERS)})")
     return parser(message)

@@ -12,6 +12,7 @@ from typing import Any
 
 from trimaran import limits
 from trimaran.errors import InvalidArgument, TooLarge
+from trimaran.protocols.codec import brief
 from trimaran.protocols.service import ApplyContext
 
 INT64_MAX = (1 << 63) - 1
@@ -71,7 +72,7 @@ class RegisterService:
                 raise InvalidArgument("increment overflows int64")
             self.data[key] = str(result).encode()
             return result
-        raise InvalidArgument(f"unknown register command {op!r} with {len(args)} arguments")
+        raise InvalidArgument(f"unknown register command {brief(op)} with {len(args)} arguments")
 
     def on_time(self, ctx: ApplyContext) -> None:
         """The register has no timers."""
