@@ -21,6 +21,7 @@ from trimaran import limits
 from trimaran.errors import ProtocolError, TrimaranError
 from trimaran.protocols import codec
 from trimaran.protocols.codec import brief, depth_exceeds, depth_within, depth_within_scan, pack, unpack
+from trimaran.protocols.messages import AppendEntries, ConfChange, ConfChangeKind, Entry, EntryKind, Membership
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -250,3 +251,24 @@ def test_brief_reads_like_repr_for_small_values() -> None:
     assert brief(b"ab") == "b'ab'"
     assert brief([1, "a"]) == "[1, 'a']"
     assert brief(None) == "None"
+
+
+@pytest.mark.parametrize(
+    ("entries", "reason"),
+    [
+        ([Entry(6, 2, EntryKind.CONF_CHANGE, b"\xc1")], "malformed"),  # a membership change that is not one
+        ([Entry(6, 2, EntryKind.CONF_CHANGE, pack([2, 3, [[], []]]))], "at least one voter"),
+        ([Entry(6, 2, EntryKind.CONF_CHANGE, pack([0, 3, [[3, 1], []]]))], "malformed membership"),
+        ([Entry(6, 4, EntryKind.NORMAL, b"")], "terms must rise"),  # an entry newer than the message
+        ([Entry(6, 2, EntryKind.NORMAL, b""), Entry(7, 1, EntryKind.NORMAL, b"")], "terms must rise"),
+    ],
+)
+def test_an_append_no_leader_could_send_is_refused_at_decode(entries: list[Entry], reason: str) -> None:
+    """Issue 16 item 5 via the peer port: a membership entry that does not decode would have failed
+    in Raft at append and at every boot after; entry terms that fall break Log Matching."""
+    msg = AppendEntries(3, 2, 1, 5, 1, entries, 0)
+    with pytest.raises(ProtocolError, match=reason):
+        codec.decode_message(codec.encode_message(msg))
+    good = AppendEntries(3, 2, 1, 5, 1, [Entry(6, 2, EntryKind.CONF_CHANGE, codec.encode_conf_change(
+        ConfChange(ConfChangeKind.ADD_LEARNER, 4), Membership((1, 2, 3), (4,))))], 0)
+    assert codec.decode_message(codec.encode_message(good)) == good

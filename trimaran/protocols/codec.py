@@ -23,6 +23,7 @@ from trimaran.protocols.messages import (
     AppendEntries,
     ConfChange,
     Entry,
+    EntryKind,
     HardState,
     InstallSnapshot,
     Membership,
@@ -386,7 +387,10 @@ def decode_conf_change(data: bytes) -> tuple[ConfChange, Membership]:
     kind = _int(kind)
     if kind > 2 or _int(node_id) == 0:
         raise ProtocolError("malformed membership change")
-    return ConfChange(kind, node_id), membership_from_wire(membership)
+    result = membership_from_wire(membership)
+    if not result.voters:
+        raise ProtocolError("a membership change must leave at least one voter")
+    return ConfChange(kind, node_id), result
 
 
 # --- messages -----------------------------------------------------------------------------------
@@ -440,11 +444,17 @@ def message_from_wire(v: Any) -> Message:
     kwargs = {name: _FIELD_DECODERS[kind](value) for (name, kind), value in zip(schema, items[1:])}
     msg: Message = MESSAGE_TYPES[tag](**kwargs)
     if isinstance(msg, AppendEntries):
-        expected = msg.prev_index + 1
+        # What every real leader's append satisfies; a peer that breaks it is refused here rather
+        # than let into the log (where a bad membership entry would fail at every boot).
+        expected, term = msg.prev_index + 1, msg.prev_term
         for e in msg.entries:
             if e.index != expected:
                 raise ProtocolError("AppendEntries entries are not consecutive")
-            expected += 1
+            if not term <= e.term <= msg.term:
+                raise ProtocolError("AppendEntries entry terms must rise from prev_term to the message's term")
+            if e.kind == EntryKind.CONF_CHANGE:
+                decode_conf_change(e.data)
+            expected, term = expected + 1, e.term
     if isinstance(msg, InstallSnapshot) and len(msg.data) > limits.snapshot_chunk_bytes_max:
         raise ProtocolError("snapshot chunk over snapshot_chunk_bytes_max")
     return msg
