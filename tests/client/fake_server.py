@@ -22,6 +22,7 @@ from trimaran.protocols.client_protocol import error_frame, parse_hello, parse_r
 from trimaran.protocols.codec import pack, unpack
 from trimaran.protocols.framing import FrameDecoder, encode_frame
 from trimaran.protocols.service import ApplyContext, Service
+from trimaran.services.auth import AuthService
 from trimaran.services.kv import KvService
 from trimaran.services.register import RegisterService
 
@@ -48,7 +49,7 @@ class FakeCluster:
     cluster_id: str = "fake-cluster"
     leader_id: int = 1
     services: dict[str, Service] = field(
-        default_factory=lambda: {"register": RegisterService(), "kv": KvService()}
+        default_factory=lambda: {"register": RegisterService(), "kv": KvService(), "auth": AuthService()}
     )
     #: Log time: the timestamp of the entries applied from now on, and of reads.
     now_ms: int = 1_000_000

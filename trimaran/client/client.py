@@ -42,6 +42,7 @@ from trimaran.errors import (
 )
 from trimaran.protocols.client_protocol import CONSISTENCIES
 
+from .auth import AuthClient
 from .connection import (
     INFLIGHT_REQUESTS_MAX_DEFAULT,
     Address,
@@ -132,6 +133,8 @@ class Client(RegisterMethods):
         self._last_failure = ""
         #: The KV cache service's methods: ``await c.kv.set("k", b"v", ttl_ms=5000)``.
         self.kv = KvClient(self)
+        #: The auth service's methods (trusted keys, revocations): ``await c.auth.revoke(jti)``.
+        self.auth = AuthClient(self)
 
     # ------------------------------------------------------------------ lifetime
 

@@ -39,10 +39,24 @@ def kv_call(
     timeout_ms: int = 5_000,
 ) -> Any:
     """Call one ``c.kv`` method (``get``, ``set``, ``delete``, ``incr`` ...) of a fresh client; its result."""
+    return service_call(endpoints, "kv", method, *args, options=options, cluster_id=cluster_id, token=token, timeout_ms=timeout_ms)
+
+
+def service_call(
+    endpoints: str,
+    service: str,
+    method: str,
+    *args: Any,
+    options: dict[str, Any] | None = None,
+    cluster_id: str | None = None,
+    token: str | None = None,
+    timeout_ms: int = 5_000,
+) -> Any:
+    """Call one method of a client's service attribute (``c.kv``, ``c.auth``) on a fresh client."""
 
     async def run() -> Any:
         async with Client(endpoints, cluster_id=cluster_id, token=token, timeout_ms=timeout_ms) as c:
-            return await getattr(c.kv, method)(*args, **(options or {}))
+            return await getattr(getattr(c, service), method)(*args, **(options or {}))
 
     return trio.run(run)
 

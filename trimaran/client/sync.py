@@ -18,6 +18,7 @@ from trimaran.errors import InvalidArgument, TrimaranError
 
 from .client import TIMEOUT_MS_DEFAULT, Client, Endpoints
 from .connection import Address
+from .auth import SyncAuthClient
 from .kv import SyncKvClient
 from .register import BytesLike
 
@@ -40,6 +41,8 @@ class SyncClient:
         self._closed = False
         #: The KV cache service's methods, blocking: ``c.kv.set("k", b"v", ttl_ms=5000)``.
         self.kv = SyncKvClient(self._client.kv, self._call)
+        #: The auth service's methods, blocking: ``c.auth.revoke(jti)``.
+        self.auth = SyncAuthClient(self._client.auth, self._call)
 
     # ------------------------------------------------------------------ lifetime
 

@@ -191,6 +191,22 @@ def footer_kid(token: str | bytes) -> str:
     return kid
 
 
+def unverified_claims(token: str | bytes) -> dict[str, Any]:
+    """A token's claims read WITHOUT checking its signature (a v4.public payload is signed, not
+    encrypted): for showing a user what their token says (``trimaran auth whoami``), never for
+    deciding anything."""
+    raw = _header_checked(token)
+    body = raw[len(HEADER) :].split(b".")[0]
+    try:
+        signed = base64.urlsafe_b64decode(body + b"=" * (-len(body) % 4))
+        claims = json.loads(signed[:-64])  # the Ed25519 signature is the last 64 bytes
+    except (ValueError, binascii.Error, RecursionError):
+        raise Unauthenticated("token payload is not JSON") from None
+    if not isinstance(claims, dict):
+        raise Unauthenticated("token payload is not a JSON object")
+    return claims
+
+
 def verify(
     token: str | bytes,
     keys: Mapping[str, TrustedKey],
