@@ -352,13 +352,19 @@ _CONSISTENCY_OPTION = click.option(
 )
 
 
-def _kv(endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, method: str, *args: Any, **options: Any) -> Any:
-    """One ``c.kv`` call with the shared client options; errors become one line and exit 1."""
-    from trimaran.client.commands import kv_call
+def _service(
+    service: str, endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, method: str, *args: Any, **options: Any
+) -> Any:
+    """One ``c.<service>`` call with the shared client options; errors become one line and exit 1."""
+    from trimaran.client.commands import service_call
 
     return _client_call(
-        kv_call, endpoints, method, *args, options=options, cluster_id=cluster_id, token=token, timeout_ms=timeout_ms
+        service_call, endpoints, service, method, *args, options=options, cluster_id=cluster_id, token=token, timeout_ms=timeout_ms
     )
+
+
+def _kv(endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, method: str, *args: Any, **options: Any) -> Any:
+    return _service("kv", endpoints, cluster_id, token, timeout_ms, method, *args, **options)
 
 
 @kv_group.command("get")
@@ -649,11 +655,7 @@ def auth_whoami_command(token: str, as_json: bool) -> None:
 
 
 def _auth(endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, method: str, *args: Any, **options: Any) -> Any:
-    from trimaran.client.commands import service_call
-
-    return _client_call(
-        service_call, endpoints, "auth", method, *args, options=options, cluster_id=cluster_id, token=token, timeout_ms=timeout_ms
-    )
+    return _service("auth", endpoints, cluster_id, token, timeout_ms, method, *args, **options)
 
 
 @auth_group.command("trust")

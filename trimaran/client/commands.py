@@ -29,19 +29,6 @@ def cluster_status(
     return trio.run(run)
 
 
-def kv_call(
-    endpoints: str,
-    method: str,
-    *args: Any,
-    options: dict[str, Any] | None = None,
-    cluster_id: str | None = None,
-    token: str | None = None,
-    timeout_ms: int = 5_000,
-) -> Any:
-    """Call one ``c.kv`` method (``get``, ``set``, ``delete``, ``incr`` ...) of a fresh client; its result."""
-    return service_call(endpoints, "kv", method, *args, options=options, cluster_id=cluster_id, token=token, timeout_ms=timeout_ms)
-
-
 def service_call(
     endpoints: str,
     service: str,
