@@ -87,6 +87,30 @@ POISON = {
 # ---------------------------------------------------------------------------- item 5
 
 
+class InertService:
+    """A test service that does nothing (a base for the few methods a test cares about)."""
+
+    name = "inert"
+
+    def apply(self, command: Any, ctx: Any) -> Any:
+        return None
+
+    def on_time(self, ctx: Any) -> None:
+        pass
+
+    def next_deadline_ms(self) -> int | None:
+        return None
+
+    def query(self, query: Any, ctx: Any) -> Any:
+        return None
+
+    def snapshot(self) -> Any:
+        return None
+
+    def restore(self, data: Any) -> None:
+        pass
+
+
 @pytest.mark.parametrize("data", list(POISON.values()), ids=list(POISON))
 def test_a_poison_entry_applies_as_nothing_on_every_replica_and_after_a_restart(data: bytes) -> None:
     h, client_id = started(nodes=3)
@@ -142,26 +166,11 @@ def test_items_that_are_not_commands_get_a_typed_result_and_the_others_apply() -
 
 
 def test_a_service_that_raises_something_untyped_gives_a_typed_result() -> None:
-    class Brittle:
+    class Brittle(InertService):
         name = "brittle"
 
         def apply(self, command: Any, ctx: Any) -> Any:
             return command["key"]  # a list command: TypeError
-
-        def on_time(self, ctx: Any) -> None:
-            pass
-
-        def next_deadline_ms(self) -> int | None:
-            return None
-
-        def query(self, query: Any, ctx: Any) -> Any:
-            return None
-
-        def snapshot(self) -> Any:
-            return None
-
-        def restore(self, data: Any) -> None:
-            pass
 
     h = Harness(1, seed=3, make_services=lambda: [Brittle()])
     h.elect(1)
@@ -278,7 +287,7 @@ def test_a_poison_entry_is_decided_the_same_on_another_machine(data: bytes) -> N
         assert apply_everywhere(data) == here
 
 
-class Keeper:
+class Keeper(InertService):
     """Test service keeping command data inside its own structure, ten levels down."""
 
     name = "keeper"
@@ -289,15 +298,6 @@ class Keeper:
 
     def apply(self, command: Any, ctx: Any) -> Any:
         self.kept.append(command)
-        return None
-
-    def on_time(self, ctx: Any) -> None:
-        pass
-
-    def next_deadline_ms(self) -> int | None:
-        return None
-
-    def query(self, query: Any, ctx: Any) -> Any:
         return None
 
     def snapshot(self) -> Any:
