@@ -378,3 +378,41 @@ async def test_nodes_with_different_bootstrap_keys_refuse_each_other(tmp_path: P
         await cluster.wait_for(refused_both_ways, TIMEOUT_S, "each node refusing the other's handshake")
         assert all(n.status()["role"] != "leader" for n in cluster.nodes.values())  # no quorum of two
         nursery.cancel_scope.cancel()
+
+
+# ------------------------------------------------------------------------------- configuration
+
+
+def test_auth_keys_load_from_pem_or_raw_files_with_an_optional_kid(tmp_path: Path, user_key: Signer) -> None:
+    from trimaran.errors import ConfigError
+    from trimaran.node.config import load_auth_key
+
+    pem, raw = tmp_path / "key.pem", tmp_path / "key.raw"
+    pem.write_bytes(tokens.public_key_pem(user_key.public))
+    raw.write_bytes(user_key.public)
+    default_kid = tokens.key_id(user_key.public)
+    assert load_auth_key(str(pem)) == TrustedKey(default_kid, user_key.public)
+    assert load_auth_key(str(raw)) == TrustedKey(default_kid, user_key.public)
+    assert load_auth_key(f"k2={pem}") == TrustedKey("k2", user_key.public)
+    (tmp_path / "junk").write_bytes(b"not a key")
+    for spec in (str(tmp_path / "missing"), str(tmp_path / "junk"), f"{'k' * 65}={pem}"):
+        with pytest.raises(ConfigError):
+            load_auth_key(spec)
+
+
+def test_the_handshake_settings_name_the_bootstrap_keys_only_when_auth_is_on(tmp_path: Path, user_key: Signer, admin_key: Signer) -> None:
+    from tests.node.helpers import cluster_configs
+
+    off = cluster_configs(tmp_path, 1)[0]
+    assert off.state_machine_settings() == {"kv": {"maxmemory_bytes": None, "eviction_policy": "lru"}}
+    one = off.replace(auth_keys=(user_key.trusted, admin_key.trusted)).validate()
+    same = off.replace(auth_keys=(admin_key.trusted, user_key.trusted)).validate()  # order does not matter
+    assert one.auth_enabled and one.state_machine_settings() == same.state_machine_settings()
+    assert one.state_machine_settings()["auth"]["leeway_ms"] == 30_000
+    assert off.replace(auth_leeway_ms=1_000).state_machine_settings()["auth"]["leeway_ms"] == 1_000
+    from trimaran.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="given twice"):
+        off.replace(auth_keys=(user_key.trusted, user_key.trusted)).validate()
+    with pytest.raises(ConfigError, match="auth_leeway_ms"):
+        off.replace(auth_leeway_ms=-1).validate()

@@ -31,6 +31,19 @@ Bounds:
   replaced (the error would be as large), so a connection's queue stays under its cap plus that
   much per request in flight.
 
+Auth (on iff the node has a bootstrap key, ``--auth-public-key``; see :mod:`~trimaran.node.authoriser`,
+the one authoriser every edge uses). The hello's token is verified once, against the local replica's
+auth service (trusted keys, revocations) at the node's clock: a refusal is an ``unauthenticated``
+error frame and a close (a token that is not text or is over ``token_bytes_max`` included, where
+auth off would say ``protocol_error``). Then every request's scope is checked before it reaches the
+driver: a refusal is ``permission_denied`` (naming the scope needed) or, once the token expired,
+``unauthenticated`` under the request id; nothing reaches the log and the connection stays open.
+After each driver round, if the auth service applied a revocation or a key retirement
+(its ``generation`` moved), every live connection's token is checked again and those that no
+longer hold are closed like idle ones: answers already due, then an ``unauthenticated`` error
+frame (requests read meanwhile get the same error). With auth off none of this runs and the
+hello's token is ignored.
+
 Errors: a request with bad fields is answered with a typed error under its request id and the
 connection stays open; anything that is not a request at all (malformed msgpack, a frame over the
 limit, a truncated frame) gets one error frame ``{"type": "error", "error": ...}`` and a close.
