@@ -222,6 +222,22 @@ def node_group() -> None:
     show_default=True,
 )
 @click.option("--parent-pid", type=int, hidden=True, help="Stop when this process is gone (used by `trimaran up`).")
+@click.option(
+    "--auth-public-key",
+    "auth_public_keys",
+    multiple=True,
+    metavar="[KID=]FILE",
+    help="Require signed tokens (PASETO v4.public) from clients, trusting this Ed25519 public key (PEM "
+    "or 32 raw bytes; kid: its key id unless given). Repeat for several. Give every node the same. "
+    "Default: none (auth off: any client may do anything).",
+)
+@click.option(
+    "--auth-leeway-ms",
+    type=click.IntRange(0, 30_000),
+    default=30_000,
+    show_default=True,
+    help="Clock skew tolerated when checking a token's expiry and not-before. Give every node the same.",
+)
 @_kv_node_options
 def node_run_command(
     node_id: int,
@@ -242,10 +258,12 @@ def node_run_command(
     parent_pid: int | None,
     kv_maxmemory_bytes: int | None,
     kv_eviction: str,
-    **connection_bounds: int,
+    auth_public_keys: tuple[str, ...],
+    auth_leeway_ms: int,
+    **connection_bounds: Any,
 ) -> None:
     """Run one node until SIGINT/SIGTERM, then stop gracefully (exit status 0)."""
-    from trimaran.node.config import Address, NodeConfig, build_peers
+    from trimaran.node.config import Address, NodeConfig, build_peers, load_auth_key
     from trimaran.node.node import configure_logging, run_node_process
 
     try:
@@ -265,6 +283,8 @@ def node_run_command(
             clock_offset_ms_max=clock_offset_ms_max,
             kv_maxmemory_bytes=kv_maxmemory_bytes,
             kv_eviction=kv_eviction,
+            auth_keys=tuple(load_auth_key(spec) for spec in auth_public_keys),
+            auth_leeway_ms=auth_leeway_ms,
             **connection_bounds,
         ).validate()
         configure_logging(log_level, node_id)

@@ -23,6 +23,7 @@ twice.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from types import TracebackType
@@ -38,6 +39,7 @@ from trimaran.errors import (
     RequestTimeout,
     SessionExpired,
     TrimaranError,
+    Unauthenticated,
     Unavailable,
 )
 from trimaran.protocols.client_protocol import CONSISTENCIES
@@ -70,6 +72,8 @@ CONNECT_TIMEOUT_MS_DEFAULT = 1_000
 ATTEMPT_TIMEOUT_MS_DEFAULT = 1_000
 BACKOFF_MS_MIN_DEFAULT = 10
 BACKOFF_MS_MAX_DEFAULT = 1_000
+#: Where a Client finds its token when none is given (the CLI's ``--token`` reads it too).
+TOKEN_ENV = "TRIMARAN_TOKEN"
 #: Answers that mean "this attempt was not applied; try again (elsewhere, or a bit later)".
 _RETRYABLE = (NotLeader, Unavailable, RequestTimeout)
 
@@ -94,6 +98,7 @@ class Client(RegisterMethods):
         *,
         cluster_id: str | None = None,
         token: str | None = None,
+        token_provider: Callable[[], str] | None = None,
         timeout_ms: int = TIMEOUT_MS_DEFAULT,
         connect_timeout_ms: int = CONNECT_TIMEOUT_MS_DEFAULT,
         attempt_timeout_ms: int = ATTEMPT_TIMEOUT_MS_DEFAULT,
@@ -116,7 +121,9 @@ class Client(RegisterMethods):
         #: Nodes that went silent (or did not answer a hello), and until when (trio time) to avoid them.
         self._suspect_until: dict[Address, float] = {}
         self.inflight_requests_max = inflight_requests_max
-        self._token = token
+        #: Sent in every hello; from ``TRIMARAN_TOKEN`` when not given, else from the provider.
+        self._token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
+        self._token_provider = token_provider
         self._backoff_ms = (backoff_ms_min, backoff_ms_max)
         self._rng = random.Random()  # jitter only; nothing here needs to replay
         #: node id -> client address, learned from welcomes, not_leader details and status.
@@ -257,12 +264,15 @@ class Client(RegisterMethods):
     async def _idempotent(self, op: str, body: dict[str, Any]) -> Any:
         """Send a request that is safe to repeat until it gets a definite answer."""
         delays = self._backoff()
+        refreshed = False
         while True:
             conn = await self._leader_connection()
             try:
                 return await conn.request(op, body, self._attempt_timeout_s)
             except _RETRYABLE as exc:
                 await self._after_refusal(conn, exc, delays)
+            except Unauthenticated as exc:
+                refreshed = self._refresh_after(conn, exc, refreshed)
             except ConnectionLost as exc:
                 self._on_lost(conn, exc)
                 await self._pause_after_lost(exc, delays)
@@ -270,12 +280,15 @@ class Client(RegisterMethods):
     async def _once(self, op: str, body: dict[str, Any]) -> Any:
         """Send a request that must not be repeated once it may have arrived."""
         delays = self._backoff()
+        refreshed = False
         while True:
             conn = await self._leader_connection()
             try:
                 return await conn.request(op, body)
             except NotLeader as exc:  # refused, so certainly not applied: safe to go elsewhere
                 await self._after_refusal(conn, exc, delays)
+            except Unauthenticated as exc:  # refused at the edge: not applied either
+                refreshed = self._refresh_after(conn, exc, refreshed)
             except ConnectionLost as exc:
                 self._on_lost(conn, exc)
                 if exc.maybe_sent:
@@ -299,6 +312,7 @@ class Client(RegisterMethods):
         """Send command ``seq`` until it gets a definite answer, always under the same number."""
         maybe_applied = False  # did an attempt end without a definite answer?
         delays = self._backoff()
+        refreshed = False
         while True:
             body = {
                 "client_id": session.client_id,
@@ -323,10 +337,35 @@ class Client(RegisterMethods):
             except _RETRYABLE as exc:
                 maybe_applied |= isinstance(exc, RequestTimeout)  # the node's deadline: unknown
                 await self._after_refusal(conn, exc, delays)
+            except Unauthenticated as exc:
+                # Refused at the edge, before the log: the retry under the same seq is safe anyway.
+                refreshed = self._refresh_after(conn, exc, refreshed)
             except ConnectionLost as exc:
                 maybe_applied |= exc.maybe_sent
                 self._on_lost(conn, exc)
                 await self._pause_after_lost(exc, delays)
+
+    # ------------------------------------------------------------------ tokens
+
+    def _refresh_after(self, conn: Connection, exc: Unauthenticated, refreshed: bool) -> bool:
+        """The node refused ``conn``'s token. If it expired and a ``token_provider`` was given (and
+        this call has not refreshed yet), take a fresh token and drop the connection, so the caller
+        retries once on a new one; otherwise raise ``exc``. Returns True (refreshed)."""
+        if refreshed or self._token_provider is None or exc.details.get("reason") != "expired":
+            raise exc
+        if conn.token == self._token:  # not refreshed yet by another task sharing the connection
+            self._take_fresh_token()
+        if self._conn is conn:
+            self._conn = None
+        conn.retire()
+        return True
+
+    def _take_fresh_token(self) -> None:
+        assert self._token_provider is not None
+        token = self._token_provider()
+        if not isinstance(token, str) or not token:
+            raise InvalidArgument("token_provider must return a token (a non-empty string)")
+        self._token = token
 
     # ------------------------------------------------------------------ sessions
 
@@ -471,14 +510,16 @@ class Client(RegisterMethods):
         return out
 
     async def _open(self, nursery: trio.Nursery, address: Address) -> Connection:
-        conn = await open_connection(
-            nursery,
-            address,
-            cluster_id=self.cluster_id,
-            token=self._token,
-            handshake_timeout_ms=self.connect_timeout_ms,
-            inflight_requests_max=self.inflight_requests_max,
-        )
+        if self._token is None and self._token_provider is not None:
+            self._take_fresh_token()
+        try:
+            conn = await self._open_with_token(nursery, address)
+        except Unauthenticated as exc:
+            # A token that expired before this hello: with a provider, one fresh token and one retry.
+            if self._token_provider is None or exc.details.get("reason") != "expired":
+                raise
+            self._take_fresh_token()
+            conn = await self._open_with_token(nursery, address)
         welcome = conn.welcome
         self.node_addresses[welcome.node_id] = address
         if welcome.leader_id:
@@ -489,6 +530,19 @@ class Client(RegisterMethods):
         leader_address = address_from_wire(welcome.extra.get("leader_address"))
         if leader_address is not None and welcome.leader_id:
             self.node_addresses[welcome.leader_id] = leader_address
+        return conn
+
+    async def _open_with_token(self, nursery: trio.Nursery, address: Address) -> Connection:
+        token = self._token
+        conn = await open_connection(
+            nursery,
+            address,
+            cluster_id=self.cluster_id,
+            token=token,
+            handshake_timeout_ms=self.connect_timeout_ms,
+            inflight_requests_max=self.inflight_requests_max,
+        )
+        conn.token = token
         return conn
 
     def _learn_from_status(self, status: dict[str, Any]) -> None:
@@ -524,6 +578,7 @@ def connect(
     *,
     cluster_id: str | None = None,
     token: str | None = None,
+    token_provider: Callable[[], str] | None = None,
     timeout_ms: int = TIMEOUT_MS_DEFAULT,
     **options: Any,
 ) -> Client:
@@ -536,9 +591,15 @@ def connect(
             print(await c.get("greeting"))
 
     ``cluster_id``: refuse nodes of any other cluster (default: pin the first one met).
-    ``token``: the auth token slot (sent in the handshake). ``timeout_ms``: default deadline per call.
+    ``token``: the signed token sent in every handshake (default: ``$TRIMARAN_TOKEN``, if set); a
+    node with auth on requires one (see the README's "Auth"). ``token_provider``: a plain callable
+    returning a fresh token, called when a node refuses the token as expired (then the client
+    reconnects and retries once; any other ``Unauthenticated``/``PermissionDenied`` is raised), and
+    at the first connection if no token is given. ``timeout_ms``: default deadline per call.
     Other options: ``connect_timeout_ms``, ``attempt_timeout_ms``, ``inflight_requests_max``,
     ``backoff_ms_min``, ``backoff_ms_max``.
     """
-    return Client(endpoints, cluster_id=cluster_id, token=token, timeout_ms=timeout_ms, **options)
+    return Client(
+        endpoints, cluster_id=cluster_id, token=token, token_provider=token_provider, timeout_ms=timeout_ms, **options
+    )
 

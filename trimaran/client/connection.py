@@ -190,6 +190,8 @@ class Connection:
         assert 0 < inflight_requests_max <= limits.session_responses_max
         self.address = address
         self.welcome = welcome
+        #: The token sent in this connection's hello (set by the Client; tells a stale one).
+        self.token: str | None = None
         self._stream = stream
         self._decoder = decoder
         self._pending: dict[int, _Slot] = {}

@@ -31,6 +31,19 @@ Bounds:
   replaced (the error would be as large), so a connection's queue stays under its cap plus that
   much per request in flight.
 
+Auth (on iff the node has a bootstrap key, ``--auth-public-key``; see :mod:`~trimaran.node.authoriser`,
+the one authoriser every edge uses). The hello's token is verified once, against the local replica's
+auth service (trusted keys, revocations) at the node's clock: a refusal is an ``unauthenticated``
+error frame and a close (a token that is not text or is over ``token_bytes_max`` included, where
+auth off would say ``protocol_error``). Then every request's scope is checked before it reaches the
+driver: a refusal is ``permission_denied`` (naming the scope needed) or, once the token expired,
+``unauthenticated`` under the request id; nothing reaches the log and the connection stays open.
+After each driver round, if the auth service applied a revocation or a key retirement
+(its ``generation`` moved), every live connection's token is checked again and those that no
+longer hold are closed like idle ones: answers already due, then an ``unauthenticated`` error
+frame (requests read meanwhile get the same error). With auth off none of this runs and the
+hello's token is ignored.
+
 Errors: a request with bad fields is answered with a typed error under its request id and the
 connection stays open; anything that is not a request at all (malformed msgpack, a frame over the
 limit, a truncated frame) gets one error frame ``{"type": "error", "error": ...}`` and a close.
@@ -57,6 +70,7 @@ import trio
 
 from trimaran import limits
 from trimaran.errors import (
+    AuthError,
     IdleTimeout,
     InvalidArgument,
     ProtocolError,
@@ -64,6 +78,8 @@ from trimaran.errors import (
     TrimaranError,
     Unavailable,
 )
+from trimaran.node.authoriser import Authoriser, Grant
+from trimaran.node.clock import wall_clock_ms as system_wall_clock_ms
 from trimaran.node.config import Address, NodeConfig
 from trimaran.node.driver import Driver
 from trimaran.node.streams import linger_close, open_listeners, read_frame
@@ -133,6 +149,8 @@ class ClientConnection:
         #: Cancelled to stop reading (idle, or closed by the server); then ``closing_error`` is sent.
         self._read_scope = trio.CancelScope()
         self.closing_error: TrimaranError | None = None
+        #: What this connection's token allows (auth on, past the hello); None with auth off.
+        self.grant: Grant | None = None
 
     @property
     def inflight(self) -> int:
@@ -333,7 +351,7 @@ class ClientConnection:
                     raise error
         except TrimaranError as exc:
             # Not the protocol at all (or no room for one more connection): one error frame, then close.
-            if not isinstance(exc, Unavailable):
+            if not isinstance(exc, (Unavailable, AuthError)):
                 server.protocol_errors += 1
             log.info("node %d: closing a client connection: %s", server.config.node_id, exc)
             self._queue(_encode(error_frame(exc)))
@@ -343,13 +361,25 @@ class ClientConnection:
 
     def _handshake(self, frame: bytes) -> None:
         server = self._server
-        hello = parse_hello(unpack(frame, size_bytes_max=HELLO_FRAME_BYTES_MAX))
+        obj = unpack(frame, size_bytes_max=HELLO_FRAME_BYTES_MAX)
+        authoriser = server.authoriser
+        if authoriser.enabled and isinstance(obj, dict) and obj.get("type") == "hello":
+            token = obj.get("token")
+            if token is not None and (not isinstance(token, str) or len(token) > limits.token_bytes_max):
+                # Not text (msgpack bin) or over token_bytes_max: with auth on, a refused token
+                # (unauthenticated) rather than a malformed hello (parse_hello's protocol_error).
+                authoriser.authenticate(token)
+                raise AssertionError("authenticate accepted a token parse_hello refuses")
+        hello = parse_hello(obj)
         if hello.cluster_id is not None and hello.cluster_id != server.config.cluster_id:
             raise InvalidArgument(
                 f"this node belongs to cluster {server.config.cluster_id!r}, not {brief(hello.cluster_id)}",
                 cluster_id=server.config.cluster_id,
             )
-        # hello.token: the slot signed-token auth will check (a later issue); accepted unchecked.
+        if authoriser.enabled:
+            # Verified once per connection; every request is then checked against the grant.
+            self.grant = authoriser.authenticate(hello.token)
+        # With auth off, hello.token is ignored (accepted unchecked, as before auth existed).
         leader = server.driver.replica.leader_id
         answer = welcome(server.config.node_id, leader, server.config.cluster_id)
         answer["leader_address"] = server.driver.client_address_of(leader) if leader else None
@@ -369,6 +399,13 @@ class ClientConnection:
             return False
         seq = await self._take_slot(request.request_id, request.op in _READ_ONLY_OPS)
         server = self._server
+        if self.grant is not None:
+            # Authorise at the edge: a refusal is answered here and nothing reaches the driver.
+            try:
+                server.authoriser.check(self.grant, request.op, request.body)
+            except (AuthError, InvalidArgument) as exc:
+                self._answer(seq, False, exc)
+                return False
         if server.shutting_down:
             self._answer(seq, False, Unavailable("the node is shutting down; retry on another node"))
         elif request.op == "status":
@@ -464,10 +501,20 @@ class ClientConnection:
 class ClientServer:
     """Accepts client connections on ``config.listen``; see the module docstring."""
 
-    def __init__(self, config: NodeConfig, driver: Driver, status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        driver: Driver,
+        status: Callable[[], dict[str, Any]],
+        wall_clock_ms: Callable[[], int] = system_wall_clock_ms,
+    ) -> None:
+        """``wall_clock_ms``: the clock tokens are checked against (the node's; tests inject one)."""
         self.config = config
         self.driver = driver
         self.status = status
+        self.authoriser = Authoriser(config, driver.replica, wall_clock_ms)
+        if self.authoriser.enabled:
+            driver.after_round = self._after_round
         self.address: Address | None = None
         self.shutting_down = False
         self._connections: set[ClientConnection] = set()
@@ -543,6 +590,18 @@ class ClientServer:
     @property
     def handshakes_pending(self) -> int:
         return len(self._handshaking)
+
+    def _after_round(self) -> None:
+        """The driver finished a round: if it applied a revocation or a key retirement, close every
+        connection whose token no longer holds (typed ``unauthenticated`` error frame, after the
+        answers already due; requests read meanwhile are refused with the same error)."""
+        if not self.authoriser.generation_moved():
+            return
+        for conn in list(self._admitted):
+            if conn.grant is not None and conn.grant.refused is None:
+                refusal = self.authoriser.recheck(conn.grant)
+                if refusal is not None:
+                    conn.close_reading(refusal)
 
     # ------------------------------------------------------------------ shutdown
 

@@ -8,15 +8,19 @@ socket or a file, so a bad configuration fails at once with one clear ``ConfigEr
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import ipaddress
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from trimaran import limits
 from trimaran.cluster.config import RaftConfig
 from trimaran.cluster.replica import ReplicaConfig
-from trimaran.errors import ConfigError
+from trimaran.errors import ConfigError, InvalidArgument
+from trimaran.protocols import tokens
 from trimaran.protocols.messages import Membership
+from trimaran.protocols.tokens import TrustedKey
 from trimaran.services.kv import EVICTION_POLICIES as KV_EVICTION_POLICIES
 
 DEFAULT_CLUSTER_ID = "trimaran"
@@ -180,6 +184,14 @@ class NodeConfig:
     kv_maxmemory_bytes: int | None = None
     kv_eviction: str = "lru"
 
+    # --- auth (trimaran.node.authoriser) ---
+    #: Bootstrap public keys (``--auth-public-key``): tokens signed by them are trusted from the
+    #: start, and auth is on iff there is at least one. Part of the state machine's definition
+    #: (the auth service holds them), so every node of a cluster needs the same ones.
+    auth_keys: tuple[TrustedKey, ...] = ()
+    #: Clock skew tolerated when checking a token's exp and nbf (at most the library default).
+    auth_leeway_ms: int = limits.token_leeway_ms_default
+
     peer_ids: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -192,7 +204,27 @@ class NodeConfig:
         """The settings that define the replicated state machine. Replicas built with different
         ones would apply the same log differently (a different key evicted), so peers compare
         them in their handshake and refuse to talk when they differ."""
-        return {"kv": {"maxmemory_bytes": self.kv_maxmemory_bytes, "eviction_policy": self.kv_eviction}}
+        settings: dict[str, Any] = {
+            "kv": {"maxmemory_bytes": self.kv_maxmemory_bytes, "eviction_policy": self.kv_eviction}
+        }
+        # Left out with auth off and the default leeway, so such a node's handshake is what it was
+        # before auth existed (and it still meets older nodes).
+        if self.auth_keys or self.auth_leeway_ms != limits.token_leeway_ms_default:
+            settings["auth"] = {"bootstrap_keys_sha256": self.auth_keys_digest(), "leeway_ms": self.auth_leeway_ms}
+        return settings
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Tokens are required on the client port (at least one bootstrap key is configured)."""
+        return bool(self.auth_keys)
+
+    def auth_keys_digest(self) -> str:
+        """A SHA-256 (hex) of the bootstrap keys (kid, public key, not-after), in kid order: what
+        peers compare, so two nodes that trust different keys refuse each other."""
+        h = hashlib.sha256()
+        for key in sorted(self.auth_keys, key=lambda k: k.kid):
+            h.update(f"{len(key.kid)}:{key.kid}:{key.not_after_ms}:".encode() + key.public_key)
+        return h.hexdigest()
 
     def storage_reserve_bytes_for(self, store_bytes: int) -> int:
         """The room to keep free in a store of ``store_bytes`` (its file system or its map cap)."""
@@ -312,6 +344,20 @@ class NodeConfig:
                 "kv_maxmemory_bytes must be positive (or None: unbounded)",
             ),
             (self.kv_eviction in KV_EVICTION_POLICIES, f"kv_eviction must be one of {', '.join(KV_EVICTION_POLICIES)}"),
+            (
+                0 <= self.auth_leeway_ms <= limits.token_leeway_ms_default,
+                f"auth_leeway_ms must be in 0..{limits.token_leeway_ms_default}",
+            ),
+            (len(self.auth_keys) <= limits.trusted_keys_max, f"at most {limits.trusted_keys_max} auth keys"),
+            (len({k.kid for k in self.auth_keys}) == len(self.auth_keys), "an auth key id is given twice"),
+            (
+                all(0 < len(k.kid) <= limits.kid_chars_max for k in self.auth_keys),
+                f"an auth key id must be 1..{limits.kid_chars_max} characters",
+            ),
+            (
+                all(len(k.public_key) == tokens.ED25519_PUBLIC_KEY_BYTES for k in self.auth_keys),
+                "an auth key must be a 32-byte Ed25519 public key",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -343,3 +389,26 @@ def build_peers(peer_texts: list[str], peer_client_texts: list[str]) -> tuple[Pe
             raise ConfigError(f"--peer-client names node {node_id}, which has no --peer")
         clients[node_id] = address
     return tuple(PeerSpec(n, a, clients.get(n)) for n, a in sorted(peers.items()))
+
+
+def load_auth_key(spec: str) -> TrustedKey:
+    """Read one ``--auth-public-key``: ``FILE`` or ``KID=FILE``, the file PEM (SubjectPublicKeyInfo)
+    or the 32 raw bytes of an Ed25519 public key; the kid defaults to ``tokens.key_id(key)``."""
+    kid, path = "", spec
+    if not os.path.exists(spec):
+        head, sep, tail = spec.partition("=")
+        if sep and head:
+            kid, path = head, tail
+    try:
+        with open(path, "rb") as f:
+            text = f.read(64 * 1024)
+    except OSError as exc:
+        raise ConfigError(f"auth public key {path!r}: {exc.strerror or exc}") from None
+    try:
+        public_key = tokens.public_key_from_text(text.strip() if len(text) != tokens.ED25519_PUBLIC_KEY_BYTES else text)
+    except InvalidArgument as exc:
+        raise ConfigError(f"auth public key {path!r}: {exc.message}") from None
+    kid = kid or tokens.key_id(public_key)
+    if len(kid) > limits.kid_chars_max:
+        raise ConfigError(f"auth key id {kid[:32]!r}... is over {limits.kid_chars_max} characters")
+    return TrustedKey(kid, public_key)

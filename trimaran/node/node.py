@@ -25,6 +25,7 @@ from trimaran.node.driver import Driver
 from trimaran.node.transport import PeerTransport
 from trimaran.node.writer import StorageWriter, WriteResult
 from trimaran.protocols.service import Service
+from trimaran.services.auth import AuthService
 from trimaran.services.kv import KvService
 from trimaran.services.register import RegisterService
 
@@ -44,10 +45,17 @@ def configure_logging(level: str, node_id: int) -> None:
 
 def default_services(config: NodeConfig | None = None) -> list[Service]:
     """The replicated services every node runs: the register map (the simulator's and the tests'
-    service) and the KV cache, built with ``config``'s kv settings (defaults without a config)."""
+    service), the KV cache, built with ``config``'s kv settings, and the auth service (trusted keys
+    and revocations), built with its bootstrap keys and leeway (defaults without a config). The
+    auth service is there with auth off too, so the replicated state has the same shape on every
+    node."""
     if config is None:
-        return [RegisterService(), KvService()]
-    return [RegisterService(), KvService(maxmemory_bytes=config.kv_maxmemory_bytes, eviction_policy=config.kv_eviction)]
+        return [RegisterService(), KvService(), AuthService()]
+    return [
+        RegisterService(),
+        KvService(maxmemory_bytes=config.kv_maxmemory_bytes, eviction_policy=config.kv_eviction),
+        AuthService(bootstrap=config.auth_keys, leeway_ms=config.auth_leeway_ms),
+    ]
 
 
 class Node:
@@ -109,6 +117,9 @@ class Node:
             "client_idle_closed": self.client_server.idle_closed,
             "client_answer_bytes_queued": self.client_server.answer_bytes_queued,
             "client_answers_refused": self.client_server.answers_refused,
+            "client_auth_unauthenticated": self.client_server.authoriser.unauthenticated,
+            "client_auth_permission_denied": self.client_server.authoriser.permission_denied,
+            "client_auth_connections_closed": self.client_server.authoriser.connections_closed,
             "peer_handshakes_evicted": self.transport.handshakes_evicted,
             "peer_connections_replaced": self.transport.connections_replaced,
         }
@@ -173,7 +184,7 @@ class Node:
             self._wall_clock_ms,
         )
         transport.clock = clock
-        client_server = ClientServer(cfg, driver, self.status)
+        client_server = ClientServer(cfg, driver, self.status, self._wall_clock_ms)
         self.driver, self.transport, self.client_server, self.clock = driver, transport, client_server, clock
         async with trio.open_nursery() as nursery:
             await nursery.start(driver.run)

@@ -8,12 +8,15 @@ Wire: length-prefixed frames (:mod:`trimaran.protocols.framing`), each holding o
 - The dialer's first frame is a handshake::
 
       {"type": "peer_hello", "version": 2, "cluster_id": str, "node_id": sender, "recipient": int,
-       "state_machine": {"kv": {"maxmemory_bytes": int | None, "eviction_policy": str}},
+       "state_machine": {"kv": {"maxmemory_bytes": int | None, "eviction_policy": str},
+                         "auth": {"bootstrap_keys_sha256": str, "leeway_ms": int}},
        "clock_probes": 1}
 
   The acceptor checks the cluster id, that it is the recipient, that the sender is a known peer,
   and that both build the state machine with the same settings (a node started with another
-  ``--kv-maxmemory-bytes`` would evict other keys than its peers and silently diverge);
+  ``--kv-maxmemory-bytes`` would evict other keys than its peers and silently diverge; one with
+  other ``--auth-public-key`` bootstrap keys would accept other tokens; ``auth`` is left out with
+  auth off and the default leeway, as before auth existed);
   otherwise it sends ``{"type": "error", "error": <error>}`` and closes. The caller is not known
   yet, so that error says only "peer handshake refused"; the reason, which may name this node's
   cluster id and settings, goes to the acceptor's log. After the handshake the acceptor sends
@@ -459,7 +462,7 @@ class PeerTransport:
             raise ProtocolError(
                 f"node {sender} builds the state machine with {brief(obj.get('state_machine'), 300)}, node "
                 f"{self._node_id} with {ours!r}: every node of a cluster needs the same kv settings "
-                "(--kv-maxmemory-bytes, --kv-eviction)"
+                "(--kv-maxmemory-bytes, --kv-eviction) and auth settings (--auth-public-key, --auth-leeway-ms)"
             )
         return sender
 

@@ -50,11 +50,20 @@ What the node runtime (:mod:`trimaran.node.client_server`) adds, all optional fo
   deeper than ``limits.command_depth_max`` (64). A frame nested deeper than
   ``limits.msgpack_depth_max`` (72) is not a request at all.
 - ``read``: ``consistency`` may be left out; it defaults to ``"linearizable"``.
+- Auth on: every request needs a scope of the token (the table is in
+  :mod:`trimaran.node.authoriser` and :mod:`trimaran.protocols.scopes`; ``register`` needs only a
+  valid token). A request the token does not cover is answered ``permission_denied`` under its
+  request id, ``details.scope`` naming the scope needed; once the token expired, requests are
+  answered ``unauthenticated`` (``details.reason``: ``"expired"``); either way nothing was done
+  and the connection stays open. When a revocation or a key retirement that covers the token is
+  applied on the node, it sends an ``unauthenticated`` error frame (``details.reason``:
+  ``"revoked"`` or ``"key_retired"``) after the answers already due, and closes.
 - Error codes a request may meet: ``not_leader`` (``details.leader_hint``: node id or None,
   ``details.leader_address``: its client ``"host:port"`` or None), ``timeout`` (not answered
   within the node's request timeout; the outcome is unknown, retry with the same ``seq``),
   ``unavailable`` (shutting down, leadership changed, overloaded), ``storage_full`` (this node
-  refuses writes until space is freed; reads still work), ``invalid_argument``, ``too_large``,
+  refuses writes until space is freed; reads still work), ``unauthenticated``,
+  ``permission_denied``, ``invalid_argument``, ``too_large``,
   ``session_expired``, ``membership_rejected``, and the services' own codes.
 - ``membership`` result: ``{"voters": [int], "learners": [int]}`` once the change is applied.
 - ``status`` result (a node describes itself; ints are log indexes unless said otherwise)::

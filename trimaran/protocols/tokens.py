@@ -239,7 +239,7 @@ def verify(
     iat_ms = _claim_time(claims, "iat") if "iat" in claims else 0
     nbf_ms = _claim_time(claims, "nbf") if "nbf" in claims else 0
     if now_ms > exp_ms + leeway_ms:
-        raise Unauthenticated("token expired")
+        raise Unauthenticated("token expired", reason="expired")  # the client may refresh it
     if nbf_ms and now_ms + leeway_ms < nbf_ms:
         raise Unauthenticated("token not yet valid (nbf)")
     if iat_ms and iat_ms > now_ms + leeway_ms:

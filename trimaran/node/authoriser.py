@@ -1,0 +1,208 @@
+"""The one authoriser every edge uses: who a connection is (its token, verified once), and what
+each of its requests may do (its scopes, checked per request with no crypto).
+
+Auth is on iff the node has at least one bootstrap key (``NodeConfig.auth_keys``); with it off the
+edges never call this module and behave as they did before auth existed.
+
+- :meth:`Authoriser.authenticate` verifies a connection's token (PASETO v4.public, see
+  :mod:`trimaran.protocols.tokens`) against the local replica's auth service: the keys it trusts
+  (bootstrap keys from the configuration, keys trusted through the log, retired ones refused) and
+  the token ids it revoked, at the node's clock: its wall clock, or the last applied entry's log
+  time if that is later (a key retired by an entry stamped with the leader's clock is refused from
+  that entry on, even where this node's clock lags a little). Refusals are ``Unauthenticated``.
+- :meth:`Authoriser.check` maps one client request to what it touches (:func:`requirements`) and
+  checks the connection's scopes against it: ``PermissionDenied`` naming the scope needed
+  (:func:`trimaran.protocols.scopes.needed`), or ``Unauthenticated`` once the token expired (two
+  integer comparisons; the client may refresh the token and reconnect).
+- After each driver round, :meth:`Authoriser.generation_moved` tells whether a revocation or a key
+  retirement was applied (the auth service's ``generation``); the edge then calls
+  :meth:`Authoriser.recheck` for each live connection and closes those whose token no longer holds.
+
+What a request touches (deny by default; the table of scopes is in :mod:`trimaran.protocols.scopes`):
+
+==============================  =================================================================
+request                         needs
+==============================  =================================================================
+``register``                    any valid token (a session is not data)
+``status``                      ``cluster:read``
+``membership``, ``transfer``    ``admin:*``
+``command`` to ``kv``           ``kv:write`` on every key it writes (``mset``: each key)
+``read`` of ``kv``              ``kv:read`` on every key it reads (``mget``: each key); ``scan``
+                                and a prefix ``watch``: a prefix grant covering the whole prefix;
+                                ``stats``: ``kv:read`` on the empty prefix (``kv:read:*``)
+``command``/``read`` of any     ``admin:*`` (the ``register`` test service, the ``auth`` service,
+other service                   and names no service has)
+==============================  =================================================================
+
+A kv command or query that does not parse cannot be authorised: it is answered with the service's
+own ``invalid_argument``/``too_large`` at the edge, and never reaches the log.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from trimaran.cluster.replica import Replica
+from trimaran.errors import ConfigError, PermissionDenied, Unauthenticated
+from trimaran.node.config import NodeConfig
+from trimaran.protocols import scopes, tokens
+from trimaran.protocols.tokens import Claims
+from trimaran.services import kv_args
+from trimaran.services.auth import AuthService
+
+log = logging.getLogger("trimaran.node.authoriser")
+
+#: One thing a request touches: (service, action, name, name_is_prefix).
+Requirement = tuple[str, str, bytes, bool]
+ADMIN: tuple[Requirement, ...] = (("admin", "*", b"", False),)
+NOTHING: tuple[Requirement, ...] = ()
+CLUSTER_READ: tuple[Requirement, ...] = (("cluster", "read", b"", False),)
+
+
+@dataclass(slots=True)
+class Grant:
+    """What a connection's verified token allows, and until when (node clock, ms)."""
+
+    claims: Claims
+    #: Refused once the node's clock is past this (the token's exp plus the leeway).
+    expires_after_ms: int
+    #: Refused from this time on (the signing key's not-after; 0: none).
+    key_not_after_ms: int
+    #: Set when a revocation or a retirement took the token away: every later request gets it.
+    refused: Unauthenticated | None = None
+
+
+def _kv_requirements(op: str, body: dict[str, Any]) -> tuple[Requirement, ...]:
+    if op == "command":
+        cmd = kv_args.parse_command(body["command"])
+        if isinstance(cmd, kv_args.MsetCmd):
+            return tuple(("kv", "write", key, False) for key, _, _ in cmd.items)
+        return (("kv", "write", cmd.key, False),)
+    query = kv_args.parse_query(body["query"])
+    if isinstance(query, kv_args.GetQuery):
+        return (("kv", "read", query.key, False),)
+    if isinstance(query, kv_args.MgetQuery):
+        return tuple(("kv", "read", key, False) for key in query.keys)
+    if isinstance(query, kv_args.ScanQuery):
+        return (("kv", "read", query.prefix, True),)
+    if isinstance(query, kv_args.WatchQuery):
+        return (("kv", "read", query.match, query.is_prefix),)
+    assert isinstance(query, kv_args.StatsQuery), query
+    return (("kv", "read", b"", True),)
+
+
+def requirements(op: str, body: dict[str, Any]) -> tuple[Requirement, ...]:
+    """What a request (shape-checked by ``parse_request``) touches; InvalidArgument / TooLarge if a
+    kv command or query does not parse."""
+    if op in ("command", "read"):
+        return _kv_requirements(op, body) if body["service"] == "kv" else ADMIN
+    if op == "register":
+        return NOTHING
+    if op == "status":
+        return CLUSTER_READ
+    return ADMIN  # membership, transfer, and any op added later until it says otherwise
+
+
+def needed(requirement: Requirement) -> str:
+    service, action, name, _ = requirement
+    return "admin:*" if service == "admin" else scopes.needed(service, action, name)
+
+
+class Authoriser:
+    """See the module docstring. ``enabled`` is False with no bootstrap key: nothing is checked."""
+
+    def __init__(self, config: NodeConfig, replica: Replica, wall_clock_ms: Callable[[], int]) -> None:
+        self.enabled = config.auth_enabled
+        self._node_id = config.node_id
+        self._cluster_id = config.cluster_id
+        self._leeway_ms = config.auth_leeway_ms
+        self._replica = replica
+        self._wall_clock_ms = wall_clock_ms
+        auth = replica.services.get("auth")
+        if self.enabled and not isinstance(auth, AuthService):
+            raise ConfigError("auth keys are configured but this node runs no auth service")
+        self._auth = auth if isinstance(auth, AuthService) else AuthService()
+        self._generation = self._auth.generation
+        #: Counters (reported by the status op).
+        self.unauthenticated = 0
+        self.permission_denied = 0
+        self.connections_closed = 0
+
+    def now_ms(self) -> int:
+        return max(self._wall_clock_ms(), self._replica.last_timestamp_ms)
+
+    # ------------------------------------------------------------------ once per connection
+
+    def authenticate(self, token: object) -> Grant:
+        """Verify a hello's token; the connection's Grant, or Unauthenticated (logged, with the
+        ``sub`` when the token got as far as naming a verified one; never the token)."""
+        sub = None
+        try:
+            if token is None:
+                raise Unauthenticated("this node requires a token in the hello", reason="missing")
+            if not isinstance(token, str):
+                raise Unauthenticated("the token must be a string of ASCII text")
+            now_ms = self.now_ms()
+            keys = self._auth.trusted_keys()
+            claims = tokens.verify(token, keys, audience=self._cluster_id, now_ms=now_ms, leeway_ms=self._leeway_ms)
+            sub = claims.sub
+            if self._auth.is_revoked(claims.jti):
+                raise Unauthenticated("token revoked", reason="revoked")
+            return Grant(claims, claims.exp_ms + self._leeway_ms, keys[claims.kid].not_after_ms)
+        except Unauthenticated as exc:
+            self.unauthenticated += 1
+            log.info("node %d: refused a client's token (sub=%r): %s", self._node_id, sub, exc.message)
+            raise
+
+    # ------------------------------------------------------------------ every request
+
+    def check(self, grant: Grant, op: str, body: dict[str, Any]) -> None:
+        """Raise Unauthenticated (expired, revoked) or PermissionDenied unless ``grant`` covers the
+        request; InvalidArgument / TooLarge if a kv command or query does not parse."""
+        if grant.refused is not None:
+            raise grant.refused
+        now_ms = self.now_ms()
+        if now_ms > grant.expires_after_ms or (grant.key_not_after_ms and now_ms >= grant.key_not_after_ms):
+            self.unauthenticated += 1
+            retired = grant.key_not_after_ms and now_ms >= grant.key_not_after_ms
+            log.info("node %d: sub=%r: token %s", self._node_id, grant.claims.sub, "key retired" if retired else "expired")
+            if retired:
+                raise Unauthenticated("the token's key is retired", reason="key_retired")
+            raise Unauthenticated("token expired", reason="expired")
+        granted = grant.claims.scopes
+        for requirement in requirements(op, body):
+            if not scopes.allowed(granted, *requirement):
+                self.permission_denied += 1
+                scope = needed(requirement)
+                log.info("node %d: sub=%r may not %s: needs %s", self._node_id, grant.claims.sub, op, scope)
+                raise PermissionDenied(f"this token does not grant {scope!r}", scope=scope)
+
+    # ------------------------------------------------------------------ after each apply round
+
+    def generation_moved(self) -> bool:
+        """Was a revocation or a key retirement applied since the last call? (One int compare.)"""
+        generation = self._auth.generation
+        if generation == self._generation:
+            return False
+        self._generation = generation
+        return True
+
+    def recheck(self, grant: Grant) -> Unauthenticated | None:
+        """The refusal of a live connection's token after a revocation or a retirement, or None if
+        it still holds (then its key's not-after is refreshed)."""
+        claims = grant.claims
+        exc = None
+        key = self._auth.trusted_keys().get(claims.kid)
+        if self._auth.is_revoked(claims.jti):
+            exc = Unauthenticated("token revoked", reason="revoked")
+        elif key is None or (key.not_after_ms and key.not_after_ms <= self.now_ms()):
+            exc = Unauthenticated("the token's key is retired", reason="key_retired")
+        else:
+            grant.key_not_after_ms = key.not_after_ms
+            return None
+        grant.refused = exc
+        self.connections_closed += 1
+        log.info("node %d: closing a connection of sub=%r: %s", self._node_id, claims.sub, exc.message)
+        return exc
