@@ -140,6 +140,10 @@ class Replica:
         for svc in services:
             assert svc.name not in self.services and svc.name, "service names unique and non-empty"
             self.services[svc.name] = svc
+        #: Each service's state before anything applied: what a snapshot taken before the service
+        #: existed (an older version's) stands for, so a node upgraded with a new service still
+        #: boots from, and installs, such snapshots.
+        self._initial_states: dict[str, Any] = {name: svc.snapshot() for name, svc in self.services.items()}
         self.sessions = SessionTable(config.session_timeout_ms, config.sessions_max)
         self.observer = observer
         self.last_timestamp_ms = 0
@@ -469,8 +473,9 @@ class Replica:
         state = unpack(snapshot.data, size_bytes_max=len(snapshot.data), depth_max=limits.msgpack_pack_depth_max)
         self.last_timestamp_ms = state["timestamp_ms"]
         self.sessions.restore(state["sessions"])
+        held = state["services"]
         for name, svc in self.services.items():
-            svc.restore(state["services"][name])
+            svc.restore(held[name] if name in held else self._initial_states[name])
         index = snapshot.meta.last_index
         self._last_snapshot_index = max(self._last_snapshot_index, index)
         # Proposals inside the snapshot: their outcome is not known here; the client's retry with
