@@ -416,3 +416,17 @@ def test_the_handshake_settings_name_the_bootstrap_keys_only_when_auth_is_on(tmp
         off.replace(auth_keys=(user_key.trusted, user_key.trusted)).validate()
     with pytest.raises(ConfigError, match="auth_leeway_ms"):
         off.replace(auth_leeway_ms=-1).validate()
+
+
+def test_refusal_lines_are_bounded_and_say_how_many_were_left_out(caplog: pytest.LogCaptureFixture) -> None:
+    """A hostile client must not be able to flood the log with refusals (review finding)."""
+    from trimaran.node import authoriser
+
+    refusals = authoriser._RefusalLog()
+    with caplog.at_level("INFO", logger="trimaran.node.authoriser"):
+        for i in range(authoriser.REFUSAL_LOG_LINES_MAX + 30):
+            refusals.info("refused %d", i)
+        assert len(caplog.records) == authoriser.REFUSAL_LOG_LINES_MAX
+        refusals._window_start_s -= authoriser.REFUSAL_LOG_WINDOW_S  # the next window
+        refusals.info("refused %d", 99)
+    assert caplog.records[-1].getMessage() == "refused 99 (and 30 refusals not logged)"

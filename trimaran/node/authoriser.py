@@ -41,6 +41,7 @@ own ``invalid_argument``/``too_large`` at the edge, and never reaches the log.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -53,6 +54,31 @@ from trimaran.services import kv_args
 from trimaran.services.auth import AuthService
 
 log = logging.getLogger("trimaran.node.authoriser")
+
+#: Refusal log lines per window; past that they are counted, and the next line says how many were
+#: left out (a hostile client must not be able to flood the log, nor hide among the lines).
+REFUSAL_LOG_LINES_MAX = 20
+REFUSAL_LOG_WINDOW_S = 10.0
+
+
+class _RefusalLog:
+    def __init__(self) -> None:
+        self._window_start_s = 0.0
+        self._lines = 0
+        self._left_out = 0
+
+    def info(self, fmt: str, *args: Any) -> None:
+        now_s = time.monotonic()
+        if now_s - self._window_start_s >= REFUSAL_LOG_WINDOW_S:
+            self._window_start_s, self._lines = now_s, 0
+        if self._lines >= REFUSAL_LOG_LINES_MAX:
+            self._left_out += 1
+            return
+        self._lines += 1
+        if self._left_out:
+            fmt, args = fmt + " (and %d refusals not logged)", (*args, self._left_out)
+            self._left_out = 0
+        log.info(fmt, *args)
 
 #: One thing a request touches: (service, action, name, name_is_prefix).
 Requirement = tuple[str, str, bytes, bool]
@@ -125,6 +151,7 @@ class Authoriser:
             raise ConfigError("auth keys are configured but this node runs no auth service")
         self._auth = auth if isinstance(auth, AuthService) else AuthService()
         self._generation = self._auth.generation
+        self._refusals = _RefusalLog()
         #: Counters (reported by the status op).
         self.unauthenticated = 0
         self.permission_denied = 0
@@ -153,7 +180,7 @@ class Authoriser:
             return Grant(claims, claims.exp_ms + self._leeway_ms, keys[claims.kid].not_after_ms)
         except Unauthenticated as exc:
             self.unauthenticated += 1
-            log.info("node %d: refused a client's token (sub=%r): %s", self._node_id, sub, exc.message)
+            self._refusals.info("node %d: refused a client's token (sub=%r): %s", self._node_id, sub, exc.message)
             raise
 
     # ------------------------------------------------------------------ every request
@@ -167,7 +194,9 @@ class Authoriser:
         if now_ms > grant.expires_after_ms or (grant.key_not_after_ms and now_ms >= grant.key_not_after_ms):
             self.unauthenticated += 1
             retired = grant.key_not_after_ms and now_ms >= grant.key_not_after_ms
-            log.info("node %d: sub=%r: token %s", self._node_id, grant.claims.sub, "key retired" if retired else "expired")
+            self._refusals.info(
+                "node %d: sub=%r: token %s", self._node_id, grant.claims.sub, "key retired" if retired else "expired"
+            )
             if retired:
                 raise Unauthenticated("the token's key is retired", reason="key_retired")
             raise Unauthenticated("token expired", reason="expired")
@@ -176,7 +205,7 @@ class Authoriser:
             if not scopes.allowed(granted, *requirement):
                 self.permission_denied += 1
                 scope = needed(requirement)
-                log.info("node %d: sub=%r may not %s: needs %s", self._node_id, grant.claims.sub, op, scope)
+                self._refusals.info("node %d: sub=%r may not %s: needs %s", self._node_id, grant.claims.sub, op, scope)
                 raise PermissionDenied(f"this token does not grant {scope!r}", scope=scope)
 
     # ------------------------------------------------------------------ after each apply round
