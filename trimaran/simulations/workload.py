@@ -356,6 +356,21 @@ class FinalReader(Client):
         self.client_id = -1  # reads need no session
         self.script = list(config.keys)
         self.done = False
+        #: Nodes that timed out or could not name a leader: tried again only when no other is left.
+        self.avoided: set[int] = set()
+
+    def _other_node(self) -> int:
+        """As a real client does with a node that went silent (trimaran.client's suspects): after
+        a timeout or an answer naming no leader, prefer the nodes not yet found wanting. Without
+        it, the final reads could keep picking a node whose disk failed (3 s per try) or a removed
+        node that never learns of its removal (no leader to name), and miss the drain window
+        (simulator seed 301902, 7 nodes)."""
+        self.avoided.add(self.target)
+        others = [n for n in self.ctx.node_ids if n not in self.avoided]
+        if not others:
+            self.avoided = {self.target}
+            others = [n for n in self.ctx.node_ids if n != self.target] or [self.target]
+        return self.rng.choice(others)
 
     def _begin_next(self) -> None:
         if not self.script:
