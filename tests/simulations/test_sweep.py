@@ -27,10 +27,10 @@ LONG_SIM_SECONDS = 300.0
 #: Moving bands, per node count: (nodes, seeds) at CI_SIM_SECONDS, then at LONG_SIM_SECONDS.
 MOVING = ((5, 90), (3, 40), (7, 20))
 MOVING_LONG = ((5, 10), (7, 5))
-#: (seed, nodes) found by hand-run sweeps (issue 15), at CI_SIM_SECONDS: 100436, a removed leader
-#: must still campaign (thesis §4.2.2); 301902, the final reads must not keep trying a node whose
-#: disk failed or a removed node that names no leader.
-REGRESSION_SEEDS = ((100436, 5), (301902, 7))
+#: (seed, nodes, simulated seconds) found by hand-run sweeps (issue 15): 100436, a removed leader
+#: must still campaign (thesis §4.2.2); 301902 and 400012, the final reads must not spend the
+#: drain window on nodes whose disk failed or on a removed node that names no leader.
+REGRESSION_SEEDS = ((100436, 5, CI_SIM_SECONDS), (301902, 7, CI_SIM_SECONDS), (400012, 5, LONG_SIM_SECONDS))
 
 
 def _jobs() -> int:
@@ -107,8 +107,8 @@ def test_ci_fixed_band_5_nodes_60_seconds() -> None:
 @pytest.mark.slow
 def test_ci_regression_seeds() -> None:
     failures: list[str] = []
-    for seed, nodes in REGRESSION_SEEDS:
-        failures += _failures(sweep([seed], SweepSpec(nodes=nodes, sim_seconds=CI_SIM_SECONDS)))
+    for seed, nodes, sim_seconds in REGRESSION_SEEDS:
+        failures += _failures(sweep([seed], SweepSpec(nodes=nodes, sim_seconds=sim_seconds)))
     assert failures == []
 
 
