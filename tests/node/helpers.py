@@ -14,10 +14,12 @@ from typing import Any, AsyncIterator, Callable
 
 import trio
 
+from trimaran import limits
 from trimaran.cluster.replica import Replica
 from trimaran.errors import TrimaranError, error_from_wire
 from trimaran.node.config import Address, NodeConfig, PeerSpec
 from trimaran.node.driver import Driver
+from trimaran.node.transport import PeerTransport
 from trimaran.node.node import Node
 from trimaran.protocols.client_protocol import hello
 from trimaran.protocols.codec import pack, unpack
@@ -202,3 +204,30 @@ def make_driver(tmp_path: Path, writer: Any, **overrides: Any) -> tuple[Driver, 
     driver = Driver(config, replica, writer, sent.extend, lambda n: None)
     driver._next_tick_at = trio.current_time() + 3600
     return driver, sent
+
+
+#: What in-process clusters build their state machine with (NodeConfig's defaults, auth off).
+DEFAULT_STATE_MACHINE: dict[str, Any] = {"kv": {"maxmemory_bytes": None, "eviction_policy": "lru"}}
+
+
+class _BareTransportConfig:
+    """Just what a PeerTransport reads of a NodeConfig, for tests that drive one without sockets."""
+
+    node_id = 1
+    cluster_id = "trimaran"
+    peers: tuple[Any, ...] = ()
+    peer_queue_frames_max = 10
+    peer_queue_bytes_max = limits.frame_bytes_max
+
+    def state_machine_settings(self) -> dict[str, Any]:
+        return DEFAULT_STATE_MACHINE
+
+
+async def _ignore_message(msg: Message, more: bool) -> None:
+    pass
+
+
+def bare_transport() -> PeerTransport:
+    """A PeerTransport for node 1 of cluster "trimaran" with no peers, no sockets, and a driver
+    that ignores what it is handed (tests set its queues and monitor as they need)."""
+    return PeerTransport(_BareTransportConfig(), _ignore_message)  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ import pytest
 
 from trimaran import limits
 from trimaran.errors import ProtocolError
+from tests.node.helpers import bare_transport
 from trimaran.node.clock import (
     CLOCK_PROBE_RETRY_MS,
     CLOCK_PROBE_RTT_MS_MAX,
@@ -23,9 +24,9 @@ from trimaran.node.clock import (
     reply_frame,
     sample,
 )
-from trimaran.node.transport import PeerTransport, encode_for_peer, peer_hello
+from trimaran.node.transport import encode_for_peer, peer_hello
 from trimaran.protocols.codec import unpack
-from trimaran.protocols.messages import Heartbeat, Message
+from trimaran.protocols.messages import Heartbeat
 
 
 def body(frame: bytes) -> Any:
@@ -185,17 +186,7 @@ def test_with_the_check_off_offsets_are_measured_but_never_suspect() -> None:
 
 
 async def test_the_transport_hands_clock_frames_to_the_monitor_and_messages_to_the_driver() -> None:
-    class Config:
-        node_id = 1
-        cluster_id = "c"
-        peers: tuple[Any, ...] = ()
-        peer_queue_frames_max = 10
-        peer_queue_bytes_max = limits.frame_bytes_max
-
-    async def deliver(msg: Message, more: bool) -> None:
-        pass
-
-    transport = PeerTransport(Config(), deliver)  # type: ignore[arg-type]
+    transport = bare_transport()
     frame = probe_frame(5, 6)[limits.frame_header_bytes :]
     assert transport._decode(frame, 2) is None  # no monitor: ignored, the connection stays
     seen: list[tuple[int, Any]] = []

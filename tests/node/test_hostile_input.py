@@ -18,13 +18,13 @@ from hypothesis import strategies as st
 
 import trimaran
 from tests.fuzz import fuzz_settings
-from tests.node.helpers import InProcessCluster, RawClient, in_process_cluster
-from tests.node.test_transport import DEFAULT_STATE_MACHINE, closed_with, peer_connect
+from tests.node.helpers import DEFAULT_STATE_MACHINE, InProcessCluster, RawClient, bare_transport, in_process_cluster
+from tests.node.test_transport import closed_with, peer_connect
 from tests.protocols.test_fuzz_decoders import fields, mutated
 from trimaran import limits
 from trimaran.cluster import replica as replica_module
 from trimaran.errors import InvalidArgument, TrimaranError
-from trimaran.node.transport import HANDSHAKE_REFUSED, HELLO_FRAME_BYTES_MAX, PeerQueue, PeerTransport, peer_hello
+from trimaran.node.transport import HANDSHAKE_REFUSED, HELLO_FRAME_BYTES_MAX, PeerQueue, peer_hello
 from trimaran.protocols.codec import pack, unpack
 from trimaran.protocols.framing import encode_frame
 
@@ -248,22 +248,7 @@ async def test_item_6_a_refused_handshake_leaks_no_configuration(tmp_path: Path,
 # ---------------------------------------------------------------------------- fuzz
 
 
-class _Config:
-    node_id = 1
-    cluster_id = "trimaran"
-    peers: tuple[Any, ...] = ()
-    peer_queue_frames_max = 10
-    peer_queue_bytes_max = limits.MIB
-
-    def state_machine_settings(self) -> dict[str, Any]:
-        return DEFAULT_STATE_MACHINE
-
-
-async def _deliver(msg: Any, more: bool) -> None:
-    pass
-
-
-_TRANSPORT = PeerTransport(_Config(), _deliver)  # type: ignore[arg-type]
+_TRANSPORT = bare_transport()
 _TRANSPORT._queues = {2: PeerQueue(10, limits.MIB)}
 _GOOD_HELLO = pack(peer_hello("trimaran", 2, 1, DEFAULT_STATE_MACHINE))
 

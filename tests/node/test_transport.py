@@ -9,20 +9,19 @@ from typing import Any
 import pytest
 import trio
 
-from tests.node.helpers import InProcessCluster, RawClient, in_process_cluster
+from tests.node.helpers import DEFAULT_STATE_MACHINE, InProcessCluster, RawClient, bare_transport, in_process_cluster
 from trimaran import limits
 from trimaran.errors import ProtocolError
 from trimaran.node.transport import (
     HANDSHAKE_REFUSED,
     PeerQueue,
-    PeerTransport,
     decode_from_peer,
     encode_for_peer,
     peer_hello,
 )
 from trimaran.protocols.codec import pack, unpack
 from trimaran.protocols.framing import FrameDecoder, encode_frame
-from trimaran.protocols.messages import AppendEntries, Entry, Heartbeat, Message
+from trimaran.protocols.messages import AppendEntries, Entry, Heartbeat
 
 FAST = {"tick_ms": 10}
 
@@ -45,17 +44,7 @@ def test_a_message_claiming_another_sender_is_refused() -> None:
 
 
 def test_an_append_for_two_followers_is_encoded_once() -> None:
-    class Config:
-        node_id = 1
-        cluster_id = "c"
-        peers: tuple[Any, ...] = ()
-        peer_queue_frames_max = 10
-        peer_queue_bytes_max = limits.frame_bytes_max
-
-    async def deliver(msg: Message, more: bool) -> None:
-        pass
-
-    transport = PeerTransport(Config(), deliver)  # type: ignore[arg-type]
+    transport = bare_transport()
     transport._queues = {2: PeerQueue(10, 1 << 30), 3: PeerQueue(10, 1 << 30)}
     entries = [Entry(5, 2, 0, b"x" * 1000), Entry(6, 2, 0, b"y" * 1000)]
     transport.send([AppendEntries(2, 1, 2, 4, 2, entries, 3), AppendEntries(2, 1, 3, 4, 2, list(entries), 3)])
@@ -97,8 +86,6 @@ async def closed_with(stream: trio.SocketStream) -> Any:
     return frames[0] if frames else None
 
 
-#: What in-process clusters build their state machine with (NodeConfig's defaults).
-DEFAULT_STATE_MACHINE = {"kv": {"maxmemory_bytes": None, "eviction_policy": "lru"}}
 
 
 def hello_frame(**changes: Any) -> bytes:
