@@ -170,3 +170,18 @@ async def test_up_reports_a_node_that_cannot_start_and_serves_with_the_others(tm
         assert await up.interrupt() == 0, up.output()
     finally:
         up.kill()
+
+
+def test_the_banner_names_a_cli_the_users_shell_can_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Issue 14: `make run` does not activate the venv, so `trimaran` is not on PATH."""
+    import os
+    import sys
+
+    from trimaran.node import local_cluster
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no trimaran on PATH
+    script = os.path.join(os.path.dirname(sys.executable), "trimaran")
+    assert local_cluster.cli_command() == os.path.relpath(script)
+    (tmp_path / "trimaran").write_text("#!/bin/sh\n")
+    (tmp_path / "trimaran").chmod(0o755)
+    assert local_cluster.cli_command() == "trimaran"

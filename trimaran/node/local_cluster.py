@@ -20,6 +20,7 @@ the cluster is stopped. Running ``up`` again comes back from the same data.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -252,6 +253,15 @@ async def _wait_for_leader(children: list[_Child], cluster_id: str) -> dict[str,
     return None
 
 
+def cli_command() -> str:
+    """How to run the CLI from the user's shell: ``trimaran`` when it is on PATH, else the script
+    beside this Python (``.venv/bin/trimaran`` after ``make run``, which does not activate the venv)."""
+    if shutil.which("trimaran"):
+        return "trimaran"
+    script = os.path.join(os.path.dirname(sys.executable), "trimaran")
+    return os.path.relpath(script) if os.path.exists(script) else "python -m trimaran"
+
+
 def _banner(nodes: list[LocalNode], data_dir: str, cluster_id: str, leader: object, default_ports: bool) -> str:
     endpoints = ",".join(str(n.client) for n in nodes)
     lines = [f"trimaran: cluster {cluster_id!r} is up — {len(nodes)} nodes, leader: node {leader}, data in {data_dir}"]
@@ -261,11 +271,13 @@ def _banner(nodes: list[LocalNode], data_dir: str, cluster_id: str, leader: obje
     if not default_ports:
         lines.append(f"  export TRIMARAN_ENDPOINTS={endpoints}")
     addresses = ", ".join(f'"{n.client}"' for n in nodes)
+    cli = cli_command()
+    python = "python" if shutil.which("trimaran") else os.path.relpath(sys.executable)
     lines += [
-        "  trimaran status",
-        "  trimaran kv set greeting hello && trimaran kv get greeting",
+        f"  {cli} status",
+        f"  {cli} kv set greeting hello && {cli} kv get greeting",
         "",
-        "From Python:",
+        f"From Python ({python}):",
         "  import trimaran",
         f"  with trimaran.connect_sync([{addresses}]) as c:",
         '      c.kv.set("greeting", "hello", ttl_ms=60_000)',
