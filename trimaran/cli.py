@@ -394,9 +394,11 @@ def _kv(endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: i
 def kv_get_command(
     key: str, consistency: str, endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool
 ) -> None:
-    """Print the value of KEY (exit status 1 if it is absent or expired).
+    """Print the value of KEY; exit status 1 if it is absent or expired.
 
-    --json adds its revision and remaining TTL in milliseconds (null: no expiry).
+    --json prints one JSON object: found, value, its revision and remaining TTL in milliseconds
+    (null: no expiry); for an absent key {"found": false, ...}, still with exit status 1, and
+    nothing on stderr.
     """
     import json
 
@@ -405,6 +407,8 @@ def kv_get_command(
     entry = _kv(endpoints, cluster_id, token, timeout_ms, "get", key, consistency)
     if as_json:
         click.echo(json.dumps(entry_to_json(key, entry)))
+        if entry is None:
+            raise SystemExit(1)
     elif entry is not None:
         click.echo(entry.value)  # bytes go to stdout as they are
     if entry is None:

@@ -44,6 +44,9 @@ def test_kv_set_get_del(cluster: FakeCluster) -> None:
     )
     code, out, err = run("kv", "get", "greeting", "--endpoints", endpoints)
     assert (code, out) == (1, "") and err == "Error: key not found: greeting\n"
+    # Issue 14: with --json, one JSON value on stdout and the documented status, nothing on stderr.
+    code, out, err = run("kv", "get", "greeting", "--json", "--endpoints", endpoints)
+    assert (code, json.loads(out), err) == (1, {"key": "greeting", "found": False, "value": None}, "")
     # The commands address the kv service; the register service is left alone.
     assert "greeting".encode() not in cluster.services["register"].data  # type: ignore[attr-defined]
 
