@@ -23,8 +23,16 @@ def main() -> None:
 @main.command("simulate")
 @click.option("--seed", type=int, help="Run one seed: one summary line; exit 1 if it fails.")
 @click.option("--seeds", "seed_range", metavar="A..B", help="Run seeds A to B (both included) and print a table.")
-@click.option("--nodes", type=click.IntRange(1, 15), default=5, show_default=True)
-@click.option("--sim-seconds", type=click.FloatRange(min=20.0), default=300.0, show_default=True)
+@click.option("--nodes", type=click.IntRange(1, 15), default=5, show_default=True, help="Nodes in the simulated cluster.")
+@click.option(
+    "--sim-seconds",
+    type=click.FloatRange(min=20.0),
+    default=300.0,
+    show_default=True,
+    help="Simulated time the run may take: faults strike in its first part, then everything heals, "
+    "the clients stop, the final reads run, and the run ends early once every member caught up "
+    "(so a summary's sim_s is at most this).",
+)
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes for --seeds.")
 @click.option("--mutant", "mutants", multiple=True, metavar="NAME", help="Plant a bug (see --list-mutants); repeatable.")
 @click.option("--list-mutants", is_flag=True, help="List the planted bugs and exit.")
@@ -196,8 +204,21 @@ def node_group() -> None:
 @click.option("--tick-ms", type=click.IntRange(1, 10_000), default=50, show_default=True, help="Raft tick.")
 @click.option("--join", is_flag=True, help="Start with no membership and wait for a leader to add this node.")
 @click.option("--lease-reads", is_flag=True, help="Allow lease reads (assumes bounded clock drift).")
-@click.option("--snapshot-interval-entries", type=click.IntRange(min=1), default=10_000, show_default=True)
-@click.option("--request-timeout-ms", type=click.IntRange(min=1), default=10_000, show_default=True)
+@click.option(
+    "--snapshot-interval-entries",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="Take a snapshot of the state machine (and compact the log) every this many applied entries.",
+)
+@click.option(
+    "--request-timeout-ms",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="A client request not answered within this is answered 'timeout' (outcome unknown; the "
+    "client retries it exactly-once).",
+)
 @_connection_bound_options
 @click.option(
     "--storage-reserve-bytes",
@@ -220,6 +241,7 @@ def node_group() -> None:
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
     show_default=True,
+    help="Least severe log lines written (to stderr; `trimaran up` sends them to each node's log file).",
 )
 @click.option("--parent-pid", type=int, hidden=True, help="Stop when this process is gone (used by `trimaran up`).")
 @click.option(

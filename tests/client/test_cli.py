@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 import trio
 from click.testing import CliRunner
@@ -179,3 +180,20 @@ def test_every_client_command_has_help() -> None:
     for args in (["status"], ["kv"], *(["kv", cmd] for cmd in ("get", "set", "del", "incr", "scan", "watch"))):
         code, out, _ = run(*args, "--help")
         assert code == 0 and "Usage:" in out
+
+
+def test_every_command_and_option_has_help() -> None:
+    """Issue 14: no option without a help text."""
+    missing: list[str] = []
+
+    def walk(command: click.Command, path: str) -> None:
+        if not command.help:
+            missing.append(path)
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                walk(sub, f"{path} {name}")
+            return
+        missing.extend(f"{path} {p.opts[0]}" for p in command.params if isinstance(p, click.Option) and not p.help)
+
+    walk(main, "trimaran")
+    assert missing == []
