@@ -378,10 +378,10 @@ def status_command(endpoints: str, cluster_id: str | None, token: str | None, ti
 
 @main.group("kv")
 def kv_group() -> None:
-    """The KV cache: get, set, delete, count, scan and watch keys.
+    """The KV cache: get, set, del, incr, scan and watch.
 
-    Keys and values on the command line are text (sent as UTF-8). Every write returns once it is
-    committed on a majority and applied.
+    Keys and values on the command line are text (sent as UTF-8); `set` also takes bytes from a
+    file or standard input. Every write returns once it is committed on a majority and applied.
     """
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -197,3 +198,12 @@ def test_every_command_and_option_has_help() -> None:
 
     walk(main, "trimaran")
     assert missing == []
+
+
+def test_the_kv_groups_help_names_its_commands() -> None:
+    """Issue 14: the group's summary line lists exactly the commands it has."""
+    group = main.commands["kv"]
+    assert isinstance(group, click.Group) and group.help is not None
+    summary = group.help.splitlines()[0]
+    named = set(re.findall(r"\b(\w+)\b", summary.split(":", 1)[1])) - {"and"}
+    assert named == set(group.commands)
