@@ -207,3 +207,21 @@ def test_the_kv_groups_help_names_its_commands() -> None:
     summary = group.help.splitlines()[0]
     named = set(re.findall(r"\b(\w+)\b", summary.split(":", 1)[1])) - {"and"}
     assert named == set(group.commands)
+
+
+def test_unreachable_endpoints_fail_fast_naming_each_one() -> None:
+    """Issue 14: refused endpoints cost one connect attempt each, not the whole timeout."""
+    import socket
+    import time
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:  # a port nothing listens on: connecting is refused at once
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    endpoints = ",".join(f"127.0.0.1:{p}" for p in ports)
+    started = time.monotonic()
+    code, _, err = run("kv", "get", "k", "--endpoints", endpoints, "--timeout-ms", "20000")
+    assert time.monotonic() - started < 5.0
+    assert code == 1 and "no node answered" in err
+    assert all(f"127.0.0.1:{p}" in err for p in ports)

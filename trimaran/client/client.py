@@ -102,6 +102,7 @@ class Client(RegisterMethods):
         timeout_ms: int = TIMEOUT_MS_DEFAULT,
         connect_timeout_ms: int = CONNECT_TIMEOUT_MS_DEFAULT,
         attempt_timeout_ms: int = ATTEMPT_TIMEOUT_MS_DEFAULT,
+        connect_rounds_max: int = 0,
         inflight_requests_max: int = INFLIGHT_REQUESTS_MAX_DEFAULT,
         backoff_ms_min: int = BACKOFF_MS_MIN_DEFAULT,
         backoff_ms_max: int = BACKOFF_MS_MAX_DEFAULT,
@@ -117,6 +118,9 @@ class Client(RegisterMethods):
         self.timeout_ms = timeout_ms
         self.connect_timeout_ms = connect_timeout_ms
         self.attempt_timeout_ms = attempt_timeout_ms
+        #: Rounds over every endpoint in which none could be connected to, before a call fails with
+        #: Unavailable naming each endpoint and why; 0: keep trying until the call's deadline.
+        self.connect_rounds_max = connect_rounds_max
         self._attempt_timeout_s = attempt_timeout_ms / 1000
         #: Nodes that went silent (or did not answer a hello), and until when (trio time) to avoid them.
         self._suspect_until: dict[Address, float] = {}
@@ -466,9 +470,11 @@ class Client(RegisterMethods):
         """Connect to the leader, or failing that to some node (which will name the leader)."""
         nursery = self._require_open()
         delays = self._backoff()
+        rounds = 0
         while True:
             tried: set[Address] = set()
             fallback: Connection | None = None
+            failures: list[str] = []
             # Suspects (silent or unreachable a moment ago) only when no other node answers.
             while (address := self._next_candidate(tried, suspects=fallback is None)) is not None:
                 tried.add(address)
@@ -476,6 +482,7 @@ class Client(RegisterMethods):
                     conn = await self._open(nursery, address)
                 except (OSError, ConnectionLost, RequestTimeout, Unavailable) as exc:
                     self._last_failure = f"connect to {address}: {describe_failure(exc)}"
+                    failures.append(f"{address}: {describe_failure(exc)}")
                     if isinstance(exc, RequestTimeout):  # connected, but no answer to the hello
                         self._suspect_until[address] = trio.current_time() + self._attempt_timeout_s
                     continue
@@ -490,6 +497,9 @@ class Client(RegisterMethods):
                     conn.close()
             if fallback is not None:
                 return fallback
+            rounds += 1
+            if self.connect_rounds_max and rounds >= self.connect_rounds_max:
+                raise Unavailable("no node answered: " + "; ".join(failures), endpoints=[str(a) for a in tried])
             await trio.sleep(next(delays))
 
     def _next_candidate(self, tried: set[Address], suspects: bool = True) -> Address | None:
@@ -596,7 +606,9 @@ def connect(
     returning a fresh token, called when a node refuses the token as expired (then the client
     reconnects and retries once; any other ``Unauthenticated``/``PermissionDenied`` is raised), and
     at the first connection if no token is given. ``timeout_ms``: default deadline per call.
-    Other options: ``connect_timeout_ms``, ``attempt_timeout_ms``, ``inflight_requests_max``,
+    Other options: ``connect_timeout_ms``, ``attempt_timeout_ms``, ``connect_rounds_max`` (fail
+    after that many rounds in which no endpoint could be reached; 0: until the deadline),
+    ``inflight_requests_max``,
     ``backoff_ms_min``, ``backoff_ms_max``.
     """
     return Client(

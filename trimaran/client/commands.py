@@ -42,7 +42,7 @@ def service_call(
     """Call one method of a client's service attribute (``c.kv``, ``c.auth``) on a fresh client."""
 
     async def run() -> Any:
-        async with Client(endpoints, cluster_id=cluster_id, token=token, timeout_ms=timeout_ms) as c:
+        async with Client(endpoints, cluster_id=cluster_id, token=token, timeout_ms=timeout_ms, connect_rounds_max=1) as c:
             return await getattr(getattr(c, service), method)(*args, **(options or {}))
 
     return trio.run(run)
@@ -63,7 +63,7 @@ def kv_scan(
 
     async def run() -> int:
         count = 0
-        async with Client(endpoints, cluster_id=cluster_id, token=token, timeout_ms=timeout_ms) as c:
+        async with Client(endpoints, cluster_id=cluster_id, token=token, timeout_ms=timeout_ms, connect_rounds_max=1) as c:
             async for item in c.kv.scan(prefix, limit=limit, consistency=consistency):
                 on_item(item)
                 count += 1
