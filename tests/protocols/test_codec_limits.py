@@ -272,3 +272,18 @@ def test_an_append_no_leader_could_send_is_refused_at_decode(entries: list[Entry
     good = AppendEntries(3, 2, 1, 5, 1, [Entry(6, 2, EntryKind.CONF_CHANGE, codec.encode_conf_change(
         ConfChange(ConfChangeKind.ADD_LEARNER, 4), Membership((1, 2, 3), (4,))))], 0)
     assert codec.decode_message(codec.encode_message(good)) == good
+
+
+@pytest.mark.parametrize(
+    ("data", "shown"),
+    [
+        (b"session:3", "'session:3'"),
+        ("héllo".encode(), "'héllo'"),
+        (b"\xff\x00", "'\\xff\\x00'"),
+        (b"line\nbreak", "'line\\nbreak'"),
+        (b"k" * 200, "'" + "k" * 75 + "...'"),
+    ],
+)
+def test_show_bytes_reads_as_text_without_pythons_b_prefix(data: bytes, shown: str) -> None:
+    """Issue 14: keys in messages read as text when they are text, escaped only when not."""
+    assert codec.show_bytes(data) == shown

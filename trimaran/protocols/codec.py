@@ -301,6 +301,19 @@ def brief(value: Any, chars_max: int = limits.untrusted_text_chars_max) -> str:
     return text if len(text) <= chars_max else text[: chars_max - 3] + "..."
 
 
+def show_bytes(data: bytes, chars_max: int = 80) -> str:
+    """A key or value as a user should read it in a message: quoted text when it is printable
+    UTF-8 (``'session:3'``), else escaped bytes without Python's ``b`` prefix (``'\\xff\\x00'``);
+    at most ``chars_max`` characters."""
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        shown = repr(data)[1:]
+    else:
+        shown = repr(text) if text.isprintable() else repr(data)[1:]
+    return shown if len(shown) <= chars_max else shown[: chars_max - 4] + "...'"
+
+
 # --- typed field checks -------------------------------------------------------------------------
 
 

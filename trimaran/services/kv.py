@@ -106,6 +106,7 @@ from sortedcontainers import SortedList  # type: ignore[import-untyped]
 
 from trimaran import limits
 from trimaran.errors import ConditionFailed, ConfigError, InvalidArgument, OutOfMemory, TooLarge
+from trimaran.protocols.codec import show_bytes
 from trimaran.protocols.service import ApplyContext
 from trimaran.services import kv_args as args
 from trimaran.services.kv_watch import WatchWindow, chunked, event_bytes
@@ -144,10 +145,10 @@ def entry_bytes(key: bytes, value: bytes) -> int:
 
 def _parse_int64(key: bytes, value: bytes) -> int:
     if not INT64_TEXT.fullmatch(value):
-        raise InvalidArgument(f"the value of {key!r:.80} is not a decimal int64", key=key)
+        raise InvalidArgument(f"the value of {show_bytes(key)} is not a decimal int64", key=key)
     number = int(value)
     if not args.INT64_MIN <= number <= args.INT64_MAX:
-        raise InvalidArgument(f"the value of {key!r:.80} is outside int64", key=key)
+        raise InvalidArgument(f"the value of {show_bytes(key)} is outside int64", key=key)
     return number
 
 
@@ -331,7 +332,7 @@ class KvService:
         )
         if not holds:
             raise ConditionFailed(
-                f"condition failed on {key!r:.80} (revision {revision}, 0 = absent)", key=key, revision=revision
+                f"condition failed on {show_bytes(key)} (revision {revision}, 0 = absent)", key=key, revision=revision
             )
 
     # ------------------------------------------------------------------ commands
@@ -359,7 +360,7 @@ class KvService:
         cur = self._data.get(c.key)
         result = (0 if cur is None else _parse_int64(c.key, cur[0])) + c.delta
         if not args.INT64_MIN <= result <= args.INT64_MAX:
-            raise InvalidArgument(f"adding {c.delta} to {c.key!r:.80} overflows int64", key=c.key)
+            raise InvalidArgument(f"adding {c.delta} to {show_bytes(c.key)} overflows int64", key=c.key)
         value = b"%d" % result
         size = entry_bytes(c.key, value)
         self._reserve(size - (entry_bytes(c.key, cur[0]) if cur is not None else 0), size)

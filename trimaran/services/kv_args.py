@@ -18,7 +18,7 @@ from typing import Any, Callable, NamedTuple
 
 from trimaran import limits
 from trimaran.errors import InvalidArgument, TooLarge
-from trimaran.protocols.codec import brief
+from trimaran.protocols.codec import brief, show_bytes
 
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
@@ -239,7 +239,7 @@ def _mset(c: list[Any]) -> MsetCmd:
             raise InvalidArgument("each mset item is [key, value] or [key, value, ttl_ms]")
         key = key_arg(pair[0])
         if key in seen:
-            raise InvalidArgument(f"mset names key {key!r:.80} twice")
+            raise InvalidArgument(f"mset names key {show_bytes(key)} twice")
         seen.add(key)
         items.append((key, value_arg(pair[1]), ttl_arg(pair[2] if len(pair) == 3 else None)))
     return MsetCmd(tuple(items))
