@@ -53,7 +53,7 @@ RECEIVE_BYTES = 256 * limits.KIB
 INFLIGHT_REQUESTS_MAX_DEFAULT = 512
 #: A request id wraps far below int64 (the protocol's ceiling).
 REQUEST_ID_MAX = (1 << 62) - 1
-#: The request id of liveness probes (see Connection._wait_unless_silent); callers' ids start at 1.
+#: The request id of liveness probes (see Connection._watch_silence); callers' ids start at 1.
 PROBE_REQUEST_ID = 0
 #: Bytes joined from the outbox into one write.
 SEND_CHUNK_BYTES_MAX = 4 * limits.MIB
@@ -215,8 +215,15 @@ class Connection:
         self._idle_closed = False
         #: When bytes last arrived from the node (trio time).
         self._last_receive_s = trio.current_time()
-        #: Reads that brought bytes (liveness: see _wait_unless_silent).
+        #: Reads that brought bytes (liveness: see _watch_silence).
         self._receives = 0
+        #: Requests waiting that asked to be cut off when the node goes silent, and the shortest
+        #: silence any of them accepts (one watchdog task per connection, not a timer per request).
+        self._watched = 0
+        self._silence_timeout_s: float | None = None
+        self._watch_lot = trio.lowlevel.ParkingLot()
+        #: The connection was closed because the node went silent (waiters get NodeSilent).
+        self._silent = False
         self.closed_event = trio.Event()
 
     @property
@@ -272,7 +279,15 @@ class Connection:
                 if silence_timeout_s is None:
                     await slot.event.wait()
                 else:
-                    await self._wait_unless_silent(slot, silence_timeout_s)
+                    if self._watched == 0:
+                        self._watch_lot.unpark_all()
+                    self._watched += 1
+                    if self._silence_timeout_s is None or silence_timeout_s < self._silence_timeout_s:
+                        self._silence_timeout_s = silence_timeout_s
+                    try:
+                        await slot.event.wait()
+                    finally:
+                        self._watched -= 1
             finally:
                 del self._pending[request_id]
                 if self._retired and not self._pending:
@@ -283,35 +298,44 @@ class Connection:
             return slot.value
         raise slot.value
 
-    async def _wait_unless_silent(self, slot: _Slot, silence_timeout_s: float) -> None:
-        """Wait for ``slot``'s answer while the node keeps sending something on this connection.
+    async def _watch_silence(self) -> None:
+        """The connection's watchdog, while requests that asked for it wait (see :meth:`request`).
 
         Silence is counted only once everything queued has left (a large request still uploading
-        is not the node's silence). At the first silent period the connection asks the node for
-        its ``status`` (a liveness probe whose answer is dropped): a leader that is merely slow to
-        commit answers it at once and the wait goes on; a stopped node answers nothing, and after
-        a second silent period the connection is closed (``NodeSilent``).
+        is not the node's silence). At the first silent period it asks the node for its ``status``
+        (a liveness probe whose answer is dropped): a leader that is merely slow to commit answers
+        it at once and the wait goes on; a stopped node answers nothing, and after a second silent
+        period the connection is closed and the waiting requests get ``NodeSilent``. One task per
+        connection rather than a timer per request: a cancel scope with a deadline costs each
+        request a deadline registration, a quarter of the client's CPU per request.
         """
-        since_s = trio.current_time()
-        receives_at_probe = -1  # no probe yet
         while True:
-            with trio.move_on_at(max(since_s, self._last_receive_s) + silence_timeout_s):
-                await slot.event.wait()
+            if not self._watched:
+                self._silence_timeout_s = None
+                await self._watch_lot.park()
+                continue
+            timeout_s = self._silence_timeout_s
+            assert timeout_s is not None
+            since_s = trio.current_time()
+            receives_at_probe = -1  # no probe yet
+            while self._watched:
+                await trio.sleep_until(max(since_s, self._last_receive_s) + timeout_s)
+                now_s = trio.current_time()
+                if not self._watched:
+                    break
+                if self._writing or self._head or self._outbox:
+                    since_s = now_s  # still sending: not a silence of the node's
+                    continue
+                if now_s < max(since_s, self._last_receive_s) + timeout_s:
+                    continue  # something arrived meanwhile
+                if receives_at_probe < 0 or self._receives > receives_at_probe:
+                    receives_at_probe = self._receives  # (a count, not a time: clocks may not move)
+                    since_s = now_s
+                    self._send_probe()
+                    continue
+                self._silent = True
+                self.close(f"{self.address} sent nothing for {2 * timeout_s * 1000:.0f} ms, nor answered a status probe")
                 return
-            now_s = trio.current_time()
-            if self._writing or self._head or self._outbox:
-                since_s = now_s  # still sending: not a silence of the node's
-                continue
-            if now_s < max(since_s, self._last_receive_s) + silence_timeout_s:
-                continue  # something arrived meanwhile
-            if receives_at_probe < 0 or self._receives > receives_at_probe:
-                receives_at_probe = self._receives  # (a count, not a time: clocks may not move)
-                since_s = now_s
-                self._send_probe()
-                continue
-            reason = f"{self.address} sent nothing for {2 * silence_timeout_s * 1000:.0f} ms, nor answered a status probe"
-            self.close(reason)
-            raise NodeSilent(reason, maybe_sent=True)
 
     def _send_probe(self) -> None:
         """Queue a ``status`` request under request id 0, which no caller uses: its answer only
@@ -347,6 +371,7 @@ class Connection:
             with self._cancel_scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._writer)
+                    nursery.start_soon(self._watch_silence)
                     await self._reader()
                     nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:  # the nursery wraps whatever the reader or writer raised
@@ -360,8 +385,9 @@ class Connection:
                 raise rest
         finally:
             self._closed_reason = self._closed_reason or f"connection to {self.address} closed"
+            lost = NodeSilent if self._silent else ConnectionLost
             for slot in self._pending.values():
-                slot.ok, slot.value = False, ConnectionLost(self._closed_reason, idle=self._idle_closed)
+                slot.ok, slot.value = False, lost(self._closed_reason, idle=self._idle_closed)
                 slot.event.set()
             self.closed_event.set()
             with trio.CancelScope(shield=True):
