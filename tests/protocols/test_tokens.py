@@ -192,3 +192,10 @@ def test_rfc3339_round_trips(ms: int) -> None:
 @pytest.mark.parametrize("text", ["2022-02-30T00:00:00Z", "2022-01-01T24:00:00Z", "2022-01-01 00:00", "2022-01-01T00:00:00+25:00", ""])
 def test_rfc3339_refuses_impossible_times(text: str) -> None:
     assert tokens.parse_rfc3339_ms(text) is None
+
+
+def test_key_ids_never_look_like_an_option() -> None:
+    """A kid is typed on command lines (`trimaran auth retire KID`): it must not begin with '-'."""
+    for i in range(300):
+        kid = tokens.key_id(bytes([i % 256, i // 256]) * 16)
+        assert kid.isalnum() and kid == kid.lower() and len(kid) == 20

@@ -111,8 +111,10 @@ def public_key_pem(public_key: bytes) -> bytes:
 
 
 def key_id(public_key: bytes) -> str:
-    """A short stable id for a public key (the default ``kid``): 16 base64url characters of SHA-256."""
-    return base64.urlsafe_b64encode(hashlib.sha256(public_key).digest()[:12]).decode()
+    """A short stable id for a public key (the default ``kid``): 20 lowercase base32 characters of
+    its SHA-256. Not base64url, whose ``-`` could begin an id that a shell command then takes for
+    an option (``trimaran auth retire -x...``)."""
+    return base64.b32encode(hashlib.sha256(public_key).digest()[:12]).decode().rstrip("=").lower()
 
 
 # ------------------------------------------------------------------------------------------- sign
