@@ -7,6 +7,7 @@ msgpack, so these tests check the server against the protocol text, not against 
 from __future__ import annotations
 
 import contextlib
+import errno
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,16 +179,39 @@ class InProcessCluster:
         return address
 
 
+#: Tries at starting an in-process cluster when a port picked for it was taken meanwhile.
+START_ATTEMPTS = 3
+
+
+def _address_in_use(exc: BaseException) -> bool:
+    """Is ``exc`` (or every exception in its group) a listen that found its port taken?"""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_address_in_use(e) for e in exc.exceptions)
+    return isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE
+
+
 @contextlib.asynccontextmanager
 async def in_process_cluster(
     root: Path, size: int = 3, make_services: Callable[[], list[Any]] | None = None, **overrides: Any
 ) -> AsyncIterator[InProcessCluster]:
-    async with trio.open_nursery() as nursery:
-        cluster = InProcessCluster(cluster_configs(root, size, **overrides), nursery, make_services)
-        for i in range(1, size + 1):
-            await cluster.start(i)
-        yield cluster
-        nursery.cancel_scope.cancel()
+    """Start ``size`` nodes in this trio process. Their ports are picked before the nodes listen
+    (every node must know its peers' addresses), so another socket may take one in between (an
+    outgoing connection's ephemeral port, in CI once): then the cluster is started again on new
+    ports, up to START_ATTEMPTS times."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        async with trio.open_nursery() as nursery:
+            cluster = InProcessCluster(cluster_configs(root, size, **overrides), nursery, make_services)
+            try:
+                for i in range(1, size + 1):
+                    await cluster.start(i)
+            except BaseException as exc:
+                if attempt == START_ATTEMPTS or not _address_in_use(exc):
+                    raise
+                nursery.cancel_scope.cancel()
+                continue
+            yield cluster
+            nursery.cancel_scope.cancel()
+            return
 
 
 def error_code(exc: BaseException) -> str:

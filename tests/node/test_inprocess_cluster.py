@@ -226,3 +226,26 @@ async def test_transfer_and_membership_ops(tmp_path: Path) -> None:
         status = await client.call("status", {})
         assert {m["node_id"]: m["role"] for m in status["members"]}[removed] == "learner"
         await client.aclose()
+
+
+async def test_a_port_taken_before_the_nodes_listen_gets_the_cluster_new_ports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ports are picked before the nodes listen; one taken in between (CI met it once) must
+    not fail a test: the cluster starts again on new ports."""
+    import socket
+
+    from tests.node import helpers
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    picks = iter([taken.getsockname()[1]])
+    real_free_port = helpers.free_port
+    monkeypatch.setattr(helpers, "free_port", lambda: next(picks, None) or real_free_port())
+    try:
+        async with helpers.in_process_cluster(tmp_path, tick_ms=10) as cluster:
+            assert cluster.configs[0].listen.port != taken.getsockname()[1]
+            await cluster.leader()
+    finally:
+        taken.close()
