@@ -33,6 +33,17 @@ class SmallFs:
         """The LMDB map cap to use: None on a real small file system (it fills first)."""
         return None if self.mounted else self.size_bytes
 
+    def require_mounted(self) -> None:
+        """Skip a test that needs a real file system to fill when this process may not mount one
+        (not root). Under CI (``CI`` set: .ci/run runs as root) that is a failure, never a skip."""
+        if self.mounted:
+            return
+        import pytest
+
+        if os.environ.get("CI"):
+            pytest.fail("CI runs as root and must be able to mount a tmpfs for the disk-full tests")
+        pytest.skip("needs permission to mount a tmpfs (run as root)")
+
     def free_bytes(self) -> int:
         stat = os.statvfs(self.path)
         return stat.f_bavail * stat.f_frsize

@@ -302,8 +302,7 @@ async def test_a_leader_whose_disk_fills_hands_off_and_catches_up_when_space_ret
     writes, hands leadership to a follower that persisted what it could not, and catches up by
     itself once the filler is deleted. Needs a real file system to fill: skipped without root."""
     with small_data_dirs(tmp_path) as filesystems:
-        if not filesystems[0].mounted:
-            pytest.skip("needs permission to mount a tmpfs")
+        filesystems[0].require_mounted()
         async with trio.open_nursery() as nursery:
             # No reserve: the leader meets the full disk itself, as with a disk filled by others.
             cluster = InProcessCluster(configs_on(tmp_path, filesystems, storage_reserve_bytes=0), nursery)
@@ -342,8 +341,7 @@ async def test_the_writer_retries_a_refused_group_on_its_own_pace_and_lands_it_w
     retry_ms (new batches do not make it retry sooner), nothing of it lands while the disk is
     full, and once the filler is gone it lands whole, with what queued behind it, in order."""
     with small_filesystem(tmp_path / "fs", 2 * 1024 * 1024) as fs:
-        if not fs.mounted:
-            pytest.skip("needs permission to mount a tmpfs")
+        fs.require_mounted()
         results: list[WriteResult] = []
         retry_ms = 200
         store_path = str(fs.path / "node")
