@@ -242,6 +242,7 @@ class _BareTransportConfig:
     peers: tuple[Any, ...] = ()
     peer_queue_frames_max = 10
     peer_queue_bytes_max = limits.frame_bytes_max
+    peer_handshakes_max = 30
 
     def state_machine_settings(self) -> dict[str, Any]:
         return DEFAULT_STATE_MACHINE

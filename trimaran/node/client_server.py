@@ -82,7 +82,7 @@ from trimaran.node.authoriser import Authoriser, Grant
 from trimaran.node.clock import wall_clock_ms as system_wall_clock_ms
 from trimaran.node.config import Address, NodeConfig
 from trimaran.node.driver import Driver
-from trimaran.node.streams import linger_close, open_listeners, read_frame
+from trimaran.node.streams import PendingHandshakes, linger_close, open_listeners, read_frame
 from trimaran.protocols.client_protocol import error_frame, parse_hello, parse_request, response, welcome
 from trimaran.protocols.codec import brief, pack, unpack
 from trimaran.protocols.framing import FrameDecoder, encode_frame
@@ -367,9 +367,9 @@ class ClientConnection:
             token = obj.get("token")
             if token is not None and (not isinstance(token, str) or len(token) > limits.token_bytes_max):
                 # Not text (msgpack bin) or over token_bytes_max: with auth on, a refused token
-                # (unauthenticated) rather than a malformed hello (parse_hello's protocol_error).
+                # (authenticate raises unauthenticated) rather than a malformed hello
+                # (parse_hello's protocol_error, which would still refuse it below).
                 authoriser.authenticate(token)
-                raise AssertionError("authenticate accepted a token parse_hello refuses")
         hello = parse_hello(obj)
         if hello.cluster_id is not None and hello.cluster_id != server.config.cluster_id:
             raise InvalidArgument(
@@ -518,8 +518,8 @@ class ClientServer:
         self.address: Address | None = None
         self.shutting_down = False
         self._connections: set[ClientConnection] = set()
-        #: Connections waiting for their hello, oldest first (a dict keeps insertion order).
-        self._handshaking: dict[ClientConnection, None] = {}
+        #: Connections waiting for their hello.
+        self._handshaking: PendingHandshakes[ClientConnection] = PendingHandshakes(config.client_handshakes_max)
         #: Connections past their hello, counted against ``client_connections_max``.
         self._admitted: set[ClientConnection] = set()
         self._accept_scope = trio.CancelScope()
@@ -529,7 +529,6 @@ class ClientServer:
         #: Counters (reported by the status op).
         self.connections_refused = 0
         self.protocol_errors = 0
-        self.handshakes_evicted = 0
         self.idle_closed = 0
         self.answers_refused = 0
 
@@ -561,11 +560,8 @@ class ClientServer:
             return
         conn = ClientConnection(self, stream)
         self._connections.add(conn)
-        self._handshaking[conn] = None
-        if len(self._handshaking) > self.config.client_handshakes_max:
-            oldest = next(iter(self._handshaking))
-            del self._handshaking[oldest]
-            self.handshakes_evicted += 1
+        oldest = self._handshaking.add(conn)
+        if oldest is not None:
             oldest.close_reading(
                 Unavailable(f"more than {self.config.client_handshakes_max} connections wait for their hello: closing the oldest")
             )
@@ -573,12 +569,12 @@ class ClientServer:
             await conn.run()
         finally:
             self._connections.discard(conn)
-            self._handshaking.pop(conn, None)
+            self._handshaking.discard(conn)
             self._admitted.discard(conn)
 
     def admit(self, conn: ClientConnection) -> None:
         """``conn`` said hello: count it against ``client_connections_max``, or raise ``Unavailable``."""
-        self._handshaking.pop(conn, None)
+        self._handshaking.discard(conn)
         if conn.closing_error is not None:  # evicted while its hello was on its way
             raise conn.closing_error
         if len(self._admitted) >= self.config.client_connections_max:
@@ -590,6 +586,10 @@ class ClientServer:
     @property
     def handshakes_pending(self) -> int:
         return len(self._handshaking)
+
+    @property
+    def handshakes_evicted(self) -> int:
+        return self._handshaking.evicted
 
     def _after_round(self) -> None:
         """The driver finished a round: if it applied a revocation or a key retirement, close every

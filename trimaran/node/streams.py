@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Generic, Hashable, TypeVar
 
 import trio
 
@@ -17,6 +18,41 @@ LINGER_S = 0.5
 LINGER_BYTES_MAX = 16 * limits.MIB
 
 _CLOSED = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+C = TypeVar("C", bound=Hashable)
+
+
+class PendingHandshakes(Generic[C]):
+    """Connections that have not finished their handshake, oldest first, at most ``limit`` of them.
+
+    The policy both ports share: unauthenticated sockets are counted apart from the real ones, and
+    one too many makes the oldest (the slowest to finish) go, so sockets that never finish cannot
+    keep a client or a peer out. The caller closes the connection :meth:`add` returns, its own way.
+    """
+
+    def __init__(self, limit: int) -> None:
+        assert limit > 0
+        self.limit = limit
+        self._pending: dict[C, None] = {}  # a dict keeps insertion order
+        #: Connections closed for being the oldest over the limit (reported by the status op).
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add(self, conn: C) -> C | None:
+        """Count ``conn`` in; the oldest to close when that makes one too many, else None."""
+        self._pending[conn] = None
+        if len(self._pending) <= self.limit:
+            return None
+        oldest = next(iter(self._pending))
+        del self._pending[oldest]
+        self.evicted += 1
+        return oldest
+
+    def discard(self, conn: C) -> None:
+        """``conn`` finished its handshake or closed."""
+        self._pending.pop(conn, None)
 
 
 async def open_listeners(address: Address, what: str) -> list[trio.SocketListener]:

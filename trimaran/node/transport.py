@@ -68,7 +68,7 @@ from trimaran import limits
 from trimaran.errors import ProtocolError, TrimaranError
 from trimaran.node.clock import HELLO_FEATURE, ClockMonitor, is_clock_frame
 from trimaran.node.config import Address, NodeConfig
-from trimaran.node.streams import linger_close, open_listeners, read_frame
+from trimaran.node.streams import PendingHandshakes, linger_close, open_listeners, read_frame
 from trimaran.protocols.codec import brief, message_from_wire, message_to_wire, pack, unpack
 from trimaran.protocols.framing import FrameDecoder, encode_frame
 from trimaran.protocols.messages import MESSAGE_TYPES, AppendEntries, Message
@@ -280,8 +280,8 @@ class PeerTransport:
             p.node_id: PeerQueue(config.peer_queue_frames_max, config.peer_queue_bytes_max) for p in config.peers
         }
         self._pump_scopes: dict[int, trio.CancelScope] = {}
-        #: Inbound connections waiting for their handshake, oldest first (a dict keeps insertion order).
-        self._handshaking: dict[_Inbound, None] = {}
+        #: Inbound connections waiting for their handshake.
+        self._handshaking: PendingHandshakes[_Inbound] = PendingHandshakes(config.peer_handshakes_max)
         #: Handshaken inbound connections, by peer.
         self._inbound: dict[int, _Inbound] = {}
         self.address: Address | None = None
@@ -289,10 +289,13 @@ class PeerTransport:
         self.frames_received = 0
         self.connections_refused = 0
         self.unknown_recipient_messages = 0
-        self.handshakes_evicted = 0
         self.connections_replaced = 0
         #: Answers clock probes and takes their replies; None: clock frames are ignored.
         self.clock: ClockMonitor | None = None
+
+    @property
+    def handshakes_evicted(self) -> int:
+        return self._handshaking.evicted
 
     @property
     def dropped_frames(self) -> dict[int, int]:
@@ -468,12 +471,8 @@ class PeerTransport:
 
     async def _handle_inbound(self, stream: trio.SocketStream) -> None:
         conn = _Inbound()
-        self._handshaking[conn] = None
-        handshakes_max = self._config.peer_handshakes_max
-        if len(self._handshaking) > handshakes_max:
-            oldest = next(iter(self._handshaking))
-            del self._handshaking[oldest]
-            self.handshakes_evicted += 1
+        oldest = self._handshaking.add(conn)
+        if oldest is not None:
             oldest.scope.cancel()
         try:
             with conn.scope:
@@ -481,7 +480,7 @@ class PeerTransport:
             if conn.scope.cancelled_caught and not conn.sender:
                 self.connections_refused += 1
                 await self._refuse(
-                    stream, ProtocolError(f"more than {handshakes_max} peer connections wait for their handshake: closing the oldest")
+                    stream, ProtocolError(f"more than {self._handshaking.limit} peer connections wait for their handshake: closing the oldest")
                 )
         except TrimaranError as exc:
             # Malformed, oversized or truncated input: say why (best effort) and close.
@@ -491,13 +490,13 @@ class PeerTransport:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         finally:
-            self._handshaking.pop(conn, None)
+            self._handshaking.discard(conn)
             if self._inbound.get(conn.sender) is conn:
                 del self._inbound[conn.sender]
 
     def _handshaken(self, conn: _Inbound, sender: int) -> None:
         """``conn`` is ``sender``'s now: it replaces that peer's older connection, if any."""
-        self._handshaking.pop(conn, None)
+        self._handshaking.discard(conn)
         old = self._inbound.pop(sender, None)
         if old is not None:
             self.connections_replaced += 1
