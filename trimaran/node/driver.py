@@ -65,7 +65,6 @@ lease expire first.
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
@@ -75,6 +74,7 @@ import trio
 from trimaran.cluster.raft import Role
 from trimaran.cluster.replica import Replica, ReplicaReady
 from trimaran.errors import InvalidArgument, NotLeader, StorageFullError, TrimaranError
+from trimaran.node.clock import wall_clock_ms as system_wall_clock_ms
 from trimaran.node.config import NodeConfig
 from trimaran.node.writer import StorageWriter, WriteResult
 from trimaran.protocols.messages import AppendEntries, ConfChange, ConfChangeKind, Membership, Message, Snapshot
@@ -136,7 +136,7 @@ class Driver:
         writer: StorageWriter,
         send: Callable[[Sequence[Message]], None],
         client_address_of: Callable[[int], str | None],
-        wall_clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        wall_clock_ms: Callable[[], int] = system_wall_clock_ms,
     ) -> None:
         """``wall_clock_ms`` gives the leader timestamps put in the log; injected so the simulator's
         trio tier can run this driver on simulated time."""
