@@ -20,7 +20,8 @@ ALLOWED: dict[str, set[str]] = {
     "cluster": {"sortedcontainers", "trimaran.protocols", "trimaran.cluster"},
     "services": {"sortedcontainers", "trimaran.protocols", "trimaran.services"},
     "storage": {"lmdb", "trimaran.protocols", "trimaran.storage"},
-    "node": {"trio", "trio_websocket", "trimaran.cluster", "trimaran.services", "trimaran.storage", "trimaran.protocols", "trimaran.node"},
+    # cryptography: the TLS certificates of `trimaran certs` (x509), an edge library like trio's ssl.
+    "node": {"trio", "trio_websocket", "cryptography", "trimaran.cluster", "trimaran.services", "trimaran.storage", "trimaran.protocols", "trimaran.node"},
     "client": {"trio", "trio_websocket", "trimaran.protocols", "trimaran.client"},
     "simulations": {"trimaran.cluster", "trimaran.services", "trimaran.storage", "trimaran.protocols", "trimaran.simulations", "sortedcontainers"},
 }

@@ -260,6 +260,19 @@ def node_group() -> None:
     show_default=True,
     help="Clock skew tolerated when checking a token's expiry and not-before. Give every node the same.",
 )
+@click.option(
+    "--tls-dir",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Serve TLS on both ports with the certificates of `trimaran certs init` in this directory "
+    "(the peer port then requires the cluster CA's certificate of the dialing node). Default: plain TCP.",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Listen on a non-loopback address even without TLS and auth (anyone who reaches the port can "
+    "read and write everything).",
+)
 @_kv_node_options
 def node_run_command(
     node_id: int,
@@ -282,6 +295,8 @@ def node_run_command(
     kv_eviction: str,
     auth_public_keys: tuple[str, ...],
     auth_leeway_ms: int,
+    tls_dir: str | None,
+    insecure: bool,
     **connection_bounds: Any,
 ) -> None:
     """Run one node until SIGINT/SIGTERM, then stop gracefully (exit status 0)."""
@@ -307,6 +322,8 @@ def node_run_command(
             kv_eviction=kv_eviction,
             auth_keys=tuple(load_auth_key(spec) for spec in auth_public_keys),
             auth_leeway_ms=auth_leeway_ms,
+            tls_dir=tls_dir,
+            insecure=insecure,
             **connection_bounds,
         ).validate()
         configure_logging(log_level, node_id)
@@ -315,11 +332,84 @@ def node_run_command(
         raise _node_error(exc) from None
 
 
+# === certs (trimaran.node.tls) ==================================================================
+
+
+@main.group("certs")
+def certs_group() -> None:
+    """Make a cluster CA and node certificates for TLS (`node run --tls-dir`, clients' --ca-file)."""
+
+
+def _hosts_option(fn: Any) -> Any:
+    return click.option(
+        "--host",
+        "hosts",
+        multiple=True,
+        metavar="NAME|IP",
+        help="A name or IP address clients dial the nodes by; repeat. Default: localhost, 127.0.0.1, ::1.",
+    )(fn)
+
+
+def _print_written(paths: list[Any], as_json: bool) -> None:
+    import json
+
+    if as_json:
+        click.echo(json.dumps({"written": [str(p) for p in paths]}))
+    else:
+        for path in paths:
+            click.echo(f"wrote {path}")
+
+
+@certs_group.command("init")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--nodes", type=click.IntRange(1, 1000), default=3, show_default=True, help="Certificates for node 1..N.")
+@_hosts_option
+@click.option("--cluster-id", default="trimaran", show_default=True, help="Named in the CA's subject.")
+@click.option("--valid-days", type=click.IntRange(1, 3650), default=825, show_default=True, help="Node certificates' validity.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def certs_init_command(directory: str, nodes: int, hosts: tuple[str, ...], cluster_id: str, valid_days: int, as_json: bool) -> None:
+    """Make a cluster CA (ca.pem, ca-key.pem) and node-<id>.pem / node-<id>-key.pem for each node in
+    DIRECTORY. Private keys are mode 0600; nothing is overwritten. Give each node the directory (or
+    its own certificate, its key and ca.pem) and clients ca.pem."""
+    from trimaran.node.tls import DEFAULT_HOSTS, init_certs
+
+    try:
+        written = init_certs(directory, range(1, nodes + 1), hosts=hosts or DEFAULT_HOSTS, cluster_id=cluster_id, valid_days=valid_days)
+    except Exception as exc:
+        raise _node_error(exc) from None
+    _print_written(written, as_json)
+
+
+@certs_group.command("issue")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--node", "node_id", type=click.IntRange(min=1), required=True, help="The new node's id.")
+@_hosts_option
+@click.option("--valid-days", type=click.IntRange(1, 3650), default=825, show_default=True, help="The certificate's validity.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def certs_issue_command(directory: str, node_id: int, hosts: tuple[str, ...], valid_days: int, as_json: bool) -> None:
+    """Sign a certificate for one more node with the CA in DIRECTORY (needs ca-key.pem)."""
+    from trimaran.node.tls import DEFAULT_HOSTS, issue_cert
+
+    try:
+        written = issue_cert(directory, node_id, hosts=hosts or DEFAULT_HOSTS, valid_days=valid_days)
+    except Exception as exc:
+        raise _node_error(exc) from None
+    _print_written(written, as_json)
+
+
 # === client commands (trimaran.client) ===========================================================
 # Imports of trimaran.client stay inside the commands: `trimaran --help` must not pay for trio.
 
 _DEFAULT_ENDPOINTS = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"  # where `trimaran up` listens
 _ENDPOINTS_HELP = "Comma-separated HOST:PORT client addresses [env TRIMARAN_ENDPOINTS; default: the `trimaran up` ports]."
+
+
+def _use_ca_file(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """--ca-file is the flag form of TRIMARAN_CA_FILE, which every client of this process reads."""
+    import os
+
+    if value:
+        os.environ["TRIMARAN_CA_FILE"] = value
 
 
 def _client_options(default_timeout_ms: int) -> Any:
@@ -332,6 +422,15 @@ def _client_options(default_timeout_ms: int) -> Any:
                 "--cluster-id", envvar="TRIMARAN_CLUSTER_ID", help="Refuse nodes of any other cluster [env TRIMARAN_CLUSTER_ID]."
             ),
             click.option("--token", envvar="TRIMARAN_TOKEN", help="Auth token for the handshake [env TRIMARAN_TOKEN]."),
+            click.option(
+                "--ca-file",
+                envvar="TRIMARAN_CA_FILE",
+                type=click.Path(exists=True, dir_okay=False),
+                expose_value=False,
+                callback=_use_ca_file,
+                help="Connect with TLS, verifying the nodes against this CA certificate (the ca.pem of "
+                "`trimaran certs init`) [env TRIMARAN_CA_FILE; default: plain TCP].",
+            ),
             click.option(
                 "--timeout-ms",
                 type=click.IntRange(min=1),

@@ -12,7 +12,9 @@ so a caller catches the same types whether it runs in-process or over the networ
     │   └── FrameTooLarge            "frame_too_large": a frame over frame_bytes_max
     ├── AuthError                    the request was refused for who is asking; nothing applied
     │   ├── Unauthenticated          "unauthenticated": no, bad, expired or revoked token
-    │   └── PermissionDenied         "permission_denied": a valid token without the scope needed
+    │   ├── PermissionDenied         "permission_denied": a valid token without the scope needed
+    │   └── TlsError                 "tls_error": the TLS handshake failed (not a TLS node, or a
+    │                                certificate the given CA did not sign); raised by the client
     ├── StorageError                 the local disk could not do what was asked
     │   ├── StorageCorruptError      a record failed its CRC or could not be decoded
     │   └── StorageFullError         "storage_full": the store is at its size cap; writes refused
@@ -82,6 +84,10 @@ class Unauthenticated(AuthError):
 
 class PermissionDenied(AuthError):
     code = "permission_denied"
+
+
+class TlsError(AuthError):
+    code = "tls_error"
 
 
 class StorageError(TrimaranError):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import random
+import ssl
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
@@ -55,6 +56,7 @@ from .connection import (
     backoff_delays_s,
     describe_failure,
     open_connection,
+    tls_context,
     parse_endpoints,
 )
 from .kv import KvClient
@@ -74,6 +76,8 @@ BACKOFF_MS_MIN_DEFAULT = 10
 BACKOFF_MS_MAX_DEFAULT = 1_000
 #: Where a Client finds its token when none is given (the CLI's ``--token`` reads it too).
 TOKEN_ENV = "TRIMARAN_TOKEN"
+#: The cluster CA certificate to verify TLS nodes with, when ``ca_file`` is not given.
+CA_FILE_ENV = "TRIMARAN_CA_FILE"
 #: Answers that mean "this attempt was not applied; try again (elsewhere, or a bit later)".
 _RETRYABLE = (NotLeader, Unavailable, RequestTimeout)
 
@@ -99,6 +103,8 @@ class Client(RegisterMethods):
         cluster_id: str | None = None,
         token: str | None = None,
         token_provider: Callable[[], str] | None = None,
+        ca_file: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
         timeout_ms: int = TIMEOUT_MS_DEFAULT,
         connect_timeout_ms: int = CONNECT_TIMEOUT_MS_DEFAULT,
         attempt_timeout_ms: int = ATTEMPT_TIMEOUT_MS_DEFAULT,
@@ -128,6 +134,9 @@ class Client(RegisterMethods):
         #: Sent in every hello; from ``TRIMARAN_TOKEN`` when not given, else from the provider.
         self._token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
         self._token_provider = token_provider
+        #: TLS to every node (None: plain TCP): ``ssl_context``, else one trusting ``ca_file`` (or
+        #: ``TRIMARAN_CA_FILE``).
+        self._ssl_context = ssl_context if ssl_context is not None else tls_context(ca_file or os.environ.get(CA_FILE_ENV))
         self._backoff_ms = (backoff_ms_min, backoff_ms_max)
         self._rng = random.Random()  # jitter only; nothing here needs to replay
         #: node id -> client address, learned from welcomes, not_leader details and status.
@@ -549,6 +558,7 @@ class Client(RegisterMethods):
             address,
             cluster_id=self.cluster_id,
             token=token,
+            ssl_context=self._ssl_context,
             handshake_timeout_ms=self.connect_timeout_ms,
             inflight_requests_max=self.inflight_requests_max,
         )
@@ -589,6 +599,7 @@ def connect(
     cluster_id: str | None = None,
     token: str | None = None,
     token_provider: Callable[[], str] | None = None,
+    ca_file: str | None = None,
     timeout_ms: int = TIMEOUT_MS_DEFAULT,
     **options: Any,
 ) -> Client:
@@ -605,13 +616,21 @@ def connect(
     node with auth on requires one (see the README's "Auth"). ``token_provider``: a plain callable
     returning a fresh token, called when a node refuses the token as expired (then the client
     reconnects and retries once; any other ``Unauthenticated``/``PermissionDenied`` is raised), and
-    at the first connection if no token is given. ``timeout_ms``: default deadline per call.
-    Other options: ``connect_timeout_ms``, ``attempt_timeout_ms``, ``connect_rounds_max`` (fail
+    at the first connection if no token is given. ``ca_file``: connect with TLS, verifying the
+    nodes against this CA certificate (``trimaran certs init`` writes it as ``ca.pem``; default:
+    ``$TRIMARAN_CA_FILE``, if set; else plain TCP). ``timeout_ms``: default deadline per call.
+    Other options: ``ssl_context`` (TLS with a context of your own), ``connect_timeout_ms``, ``attempt_timeout_ms``, ``connect_rounds_max`` (fail
     after that many rounds in which no endpoint could be reached; 0: until the deadline),
     ``inflight_requests_max``,
     ``backoff_ms_min``, ``backoff_ms_max``.
     """
     return Client(
-        endpoints, cluster_id=cluster_id, token=token, token_provider=token_provider, timeout_ms=timeout_ms, **options
+        endpoints,
+        cluster_id=cluster_id,
+        token=token,
+        token_provider=token_provider,
+        ca_file=ca_file,
+        timeout_ms=timeout_ms,
+        **options,
     )
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import ssl
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from trimaran.errors import (
     InvalidArgument,
     ProtocolError,
     RequestTimeout,
+    TlsError,
     TooLarge,
     TrimaranError,
     error_from_wire,
@@ -479,16 +481,20 @@ async def open_connection(
     *,
     cluster_id: str | None,
     token: str | None,
+    ssl_context: ssl.SSLContext | None = None,
     handshake_timeout_ms: int = limits.handshake_timeout_ms,
     inflight_requests_max: int = INFLIGHT_REQUESTS_MAX_DEFAULT,
     frame_bytes_max: int = limits.frame_bytes_max,
 ) -> Connection:
     """Connect to ``address``, do the hello/welcome handshake, and start the connection's tasks in
     ``nursery``. Raises ``OSError`` if the node cannot be reached, ``RequestTimeout`` if it does not
-    answer the hello in time, or the node's typed refusal (e.g. ``AuthError``)."""
+    answer the hello in time, ``TlsError`` if ``ssl_context`` is given and the TLS handshake fails,
+    or the node's typed refusal (e.g. ``AuthError``)."""
     with trio.move_on_after(handshake_timeout_ms / 1000) as scope:
-        stream = await trio.open_tcp_stream(address.host, address.port)
+        stream: trio.abc.Stream = await trio.open_tcp_stream(address.host, address.port)
         try:
+            if ssl_context is not None:
+                stream = await _tls_handshake(stream, ssl_context, address)
             decoder = FrameDecoder(frame_bytes_max)
             await stream.send_all(encode_frame(pack(hello(cluster_id, token))))
             while (frame := decoder.next_frame()) is None:
@@ -505,6 +511,34 @@ async def open_connection(
     conn = Connection(stream, address, decoder, welcome, inflight_requests_max)
     nursery.start_soon(conn.run)
     return conn
+
+
+async def _tls_handshake(tcp: trio.abc.Stream, ctx: ssl.SSLContext, address: Address) -> trio.abc.Stream:
+    stream = trio.SSLStream(tcp, ctx, server_hostname=address.host)
+    try:
+        await stream.do_handshake()
+    except trio.BrokenResourceError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            why = f"certificate verify failed ({cause.verify_message})"
+        else:
+            why = getattr(cause, "reason", None) or str(cause or exc)
+        raise TlsError(
+            f"TLS handshake with {address} failed: {why} (is it a TLS node, and is --ca-file its cluster's CA?)"
+        ) from None
+    return stream
+
+
+def tls_context(ca_file: str | None) -> ssl.SSLContext | None:
+    """A client TLS context trusting the cluster CA certificate in ``ca_file`` (None: no TLS)."""
+    if not ca_file:
+        return None
+    try:
+        ctx = ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise InvalidArgument(f"cannot load the CA certificate {ca_file!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
 
 
 def describe_failure(exc: BaseException) -> str:

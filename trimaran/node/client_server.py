@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 from collections import deque
 from typing import Any, Callable
 
@@ -109,9 +110,12 @@ def _encode(obj: Any) -> bytes:
 class ClientConnection:
     """One client connection; the driver answers through :meth:`on_reply`."""
 
-    def __init__(self, server: ClientServer, stream: trio.SocketStream) -> None:
+    def __init__(self, server: ClientServer, stream: trio.abc.Stream) -> None:
         self._server = server
         self._stream = stream
+        #: Plain TCP: answers are written to the socket directly (see flush_replies). Over TLS every
+        #: byte goes through the SSL object, so only the writer task writes.
+        self._through_tls = not isinstance(stream, trio.SocketStream)
         cfg = server.config
         self._timeout_s = cfg.request_timeout_ms / 1000
         self._slots = trio.Semaphore(cfg.client_inflight_requests_max)
@@ -236,25 +240,37 @@ class ClientConnection:
             return
         self._out_lot.unpark_all()
 
+    def _next_chunk(self) -> bytes:
+        """Take queued frames (up to ``WRITE_CHUNK_BYTES_MAX`` together) for one write; the slots
+        they hold go to ``_head_slots``, released once the chunk is written completely."""
+        out = self._out
+        data, holds_slot = out.popleft()
+        self._head_slots = 1 if holds_slot else 0
+        if out and len(data) < WRITE_CHUNK_BYTES_MAX:
+            chunk, size_bytes = [data], len(data)
+            while out and size_bytes + len(out[0][0]) <= WRITE_CHUNK_BYTES_MAX:
+                frame, holds_slot = out.popleft()
+                chunk.append(frame)
+                size_bytes += len(frame)
+                self._head_slots += holds_slot
+            data = b"".join(chunk)
+        return data
+
+    def _chunk_written(self) -> None:
+        self._head = b""
+        for _ in range(self._head_slots):
+            self._slots.release()
+        self._head_slots = 0
+
     def _write_now(self) -> bool:
         """Write what is queued, up to the socket's room; True when all of it went. Raises OSError
         on a broken connection. A slot is released once its answer is written completely."""
         while True:
             data = self._head
             if not data:
-                out = self._out
-                if not out:
+                if not self._out:
                     return True
-                data, holds_slot = out.popleft()
-                self._head_slots = 1 if holds_slot else 0
-                if out and len(data) < WRITE_CHUNK_BYTES_MAX:
-                    chunk, size_bytes = [data], len(data)
-                    while out and size_bytes + len(out[0][0]) <= WRITE_CHUNK_BYTES_MAX:
-                        frame, holds_slot = out.popleft()
-                        chunk.append(frame)
-                        size_bytes += len(frame)
-                        self._head_slots += holds_slot
-                    data = b"".join(chunk)
+                data = self._next_chunk()
             try:
                 written = os.write(self._fd, data)
             except BlockingIOError:
@@ -265,10 +281,7 @@ class ClientConnection:
                 self._head = memoryview(data)[written:]
                 self._blocked = True
                 return False
-            self._head = b""
-            for _ in range(self._head_slots):
-                self._slots.release()
-            self._head_slots = 0
+            self._chunk_written()
 
     def _broken(self) -> None:
         self.closed = True
@@ -282,7 +295,8 @@ class ClientConnection:
         try:
             async with trio.open_nursery() as nursery:
                 self._cancel = nursery.cancel_scope
-                self._fd = self._stream.socket.fileno()
+                if isinstance(self._stream, trio.SocketStream):
+                    self._fd = self._stream.socket.fileno()
                 nursery.start_soon(self._write_loop)
                 nursery.start_soon(self._reap_loop)
                 with self._read_scope:
@@ -445,7 +459,14 @@ class ClientConnection:
                 if not self._head and not self._out:
                     await self._out_lot.park()
                     continue
+                if self._through_tls:  # a chunk at a time through the SSL object
+                    self._head = data = self._next_chunk()  # counted as unwritten until it is
+                    await self._stream.send_all(data)
+                    self._sent(len(data))
+                    self._chunk_written()
+                    continue
                 if self._blocked:
+                    assert isinstance(self._stream, trio.SocketStream)
                     await trio.lowlevel.wait_writable(self._stream.socket)
                     self._blocked = False
                 self._write_now()
@@ -507,9 +528,12 @@ class ClientServer:
         driver: Driver,
         status: Callable[[], dict[str, Any]],
         wall_clock_ms: Callable[[], int] = system_wall_clock_ms,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
-        """``wall_clock_ms``: the clock tokens are checked against (the node's; tests inject one)."""
+        """``wall_clock_ms``: the clock tokens are checked against (the node's; tests inject one).
+        ``tls``: serve TLS with this context (the node's certificate); None: plain TCP."""
         self.config = config
+        self._tls = tls
         self.driver = driver
         self.status = status
         self.authoriser = Authoriser(config, driver.replica, wall_clock_ms)
@@ -553,7 +577,9 @@ class ClientServer:
         with self._accept_scope:
             await trio.serve_listeners(self._handle, listeners, handler_nursery=connections)
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _handle(self, tcp: trio.SocketStream) -> None:
+        # Over TLS the handshake runs inside the first read, under the hello's timeout.
+        stream: trio.abc.Stream = tcp if self._tls is None else trio.SSLStream(tcp, self._tls, server_side=True)
         if self.shutting_down:
             self.connections_refused += 1
             await linger_close(stream, _encode(error_frame(Unavailable("this node is shutting down"))))

@@ -50,6 +50,16 @@ class Address:
             raise ConfigError(f"{what} {text!r}: port must be in 0..65535")
         return cls(host, port)
 
+    def is_loopback(self) -> bool:
+        """Only this machine can reach it: ``localhost`` or a loopback IP (127.0.0.0/8, ::1). Any
+        other name counts as reachable from elsewhere (it may resolve anywhere)."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
     def __str__(self) -> str:
         try:
             if ipaddress.ip_address(self.host).version == 6:
@@ -192,6 +202,13 @@ class NodeConfig:
     #: Clock skew tolerated when checking a token's exp and nbf (at most the library default).
     auth_leeway_ms: int = limits.token_leeway_ms_default
 
+    # --- transport security (trimaran.node.tls) ---
+    #: A directory made by ``trimaran certs init``: serve TLS on both ports, and require the
+    #: cluster CA's certificate of the node a peer claims to be (mutual TLS). None: plain TCP.
+    tls_dir: str | None = None
+    #: Listen on a non-loopback address without TLS or without auth (see :meth:`exposure_problem`).
+    insecure: bool = False
+
     peer_ids: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -259,8 +276,26 @@ class NodeConfig:
             snapshot_keep_entries=self.snapshot_keep_entries,
         )
 
+    def exposure_problem(self) -> str:
+        """Why this node must not start as configured ("": it may): secure by default, a node that
+        listens beyond loopback needs TLS (peers prove they are nodes of the cluster, clients'
+        tokens cannot be read off the wire) and auth (who may do what), unless ``insecure``."""
+        exposed = [str(a) for a in (self.listen, self.peer_listen) if not a.is_loopback()]
+        missing = [what for what, on in (("TLS (--tls-dir)", self.tls_dir), ("auth (--auth-public-key)", self.auth_enabled)) if not on]
+        if not exposed or not missing or self.insecure:
+            return ""
+        return (
+            f"refusing to listen on {' and '.join(exposed)} without {' and '.join(missing)}: anyone who can "
+            "reach the port could read and write everything"
+            + ("" if self.tls_dir else " and join the consensus")
+            + "; turn them on, listen on 127.0.0.1, or pass --insecure to accept the risk"
+        )
+
     def validate(self) -> NodeConfig:
         """Raise ``ConfigError`` naming the first thing that does not fit; return self when all do."""
+        problem = self.exposure_problem()
+        if problem:
+            raise ConfigError(problem)
         ids = [p.node_id for p in self.peers]
         checks = [
             (self.node_id > 0, "node id must be a positive integer"),

@@ -22,6 +22,7 @@ from trimaran.node.client_server import ClientServer
 from trimaran.node.clock import ClockMonitor, wall_clock_ms as system_wall_clock_ms
 from trimaran.node.config import Address, NodeConfig
 from trimaran.node.driver import Driver
+from trimaran.node.tls import node_tls
 from trimaran.node.transport import PeerTransport
 from trimaran.node.writer import StorageWriter, WriteResult
 from trimaran.protocols.service import Service
@@ -69,6 +70,8 @@ class Node:
         self.config = config.validate()
         self._services = services if services is not None else default_services(self.config)
         self._wall_clock_ms = wall_clock_ms
+        #: Loaded here so a missing or unreadable certificate stops the node before it binds a port.
+        self._tls = node_tls(self.config.tls_dir, self.config.node_id) if self.config.tls_dir else None
         self.clock: ClockMonitor | None = None
         self._stop = trio.Event()
         self.client_address: Address | None = None
@@ -171,7 +174,7 @@ class Node:
 
     async def _serve(self, replica: Replica, writer: StorageWriter, task_status: trio.TaskStatus[Node]) -> None:
         cfg = self.config
-        transport = PeerTransport(cfg, self._deliver_peer)
+        transport = PeerTransport(cfg, self._deliver_peer, self._tls)
         driver = Driver(cfg, replica, writer, transport.send, self._client_address_of, wall_clock_ms=self._wall_clock_ms)
         clock = ClockMonitor(
             cfg.node_id,
@@ -184,7 +187,9 @@ class Node:
             self._wall_clock_ms,
         )
         transport.clock = clock
-        client_server = ClientServer(cfg, driver, self.status, self._wall_clock_ms)
+        client_server = ClientServer(
+            cfg, driver, self.status, self._wall_clock_ms, self._tls.client_server if self._tls else None
+        )
         self.driver, self.transport, self.client_server, self.clock = driver, transport, client_server, clock
         async with trio.open_nursery() as nursery:
             await nursery.start(driver.run)

@@ -100,21 +100,25 @@ async def receive_some(stream: trio.SocketStream) -> bytes:
             continue  # a spurious wake-up: wait again
 
 
-async def linger_close(stream: trio.SocketStream, last: bytes = b"") -> None:
+async def linger_close(stream: trio.abc.Stream, last: bytes = b"") -> None:
     """Send ``last`` (an error frame), then close so that the peer really reads it.
 
     Closing a TCP socket with unread input makes the kernel send RST, and an RST can make the other
     side drop data it has not read yet — our error frame. So: send, shut our side (FIN), discard
-    what the peer still sends for a bounded time, then close.
+    what the peer still sends for a bounded time, then close. Over TLS, ``last`` goes through the
+    SSL object and the rest happens on the TCP stream under it (TLS has no half-close; the peer
+    reads the frame, then sees the connection end).
     """
     with trio.move_on_after(LINGER_S):
         try:
             if last:
                 await stream.send_all(last)
-            await stream.send_eof()
+            tcp = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+            assert isinstance(tcp, trio.abc.HalfCloseableStream), type(tcp)
+            await tcp.send_eof()
             discarded = 0
             while discarded < LINGER_BYTES_MAX:
-                data = await stream.receive_some(RECEIVE_BYTES)
+                data = await tcp.receive_some(RECEIVE_BYTES)
                 if not data:
                     break
                 discarded += len(data)

@@ -49,6 +49,12 @@ Wire: length-prefixed frames (:mod:`trimaran.protocols.framing`), each holding o
 - Receiving: a connection's reader decodes every frame one read brought and hands them all to the
   driver before its round starts (``deliver(msg, more)``); an idle driver runs that round in the
   reader's task at once (see :mod:`~trimaran.node.driver`), so no task switch on the way in either.
+- TLS (``--tls-dir``, :mod:`trimaran.node.tls`): both directions are mutual TLS with the cluster
+  CA. The dialer checks that the certificate at a peer's address is that peer's; the acceptor, that
+  the dialer's certificate is the one of the node its ``peer_hello`` names. A process without a
+  certificate of the CA fails the TLS handshake and never gets a frame read. Over TLS the bytes go
+  through the SSL object, so the connection's task does every write (``send_all``); the direct
+  writes below are for plain TCP.
 - Reconnects back off exponentially with full jitter, so restarted clusters do not reconnect in
   lockstep.
 """
@@ -69,6 +75,7 @@ from trimaran.errors import ProtocolError, TrimaranError
 from trimaran.node.clock import HELLO_FEATURE, ClockMonitor, is_clock_frame
 from trimaran.node.config import Address, NodeConfig
 from trimaran.node.streams import PendingHandshakes, linger_close, open_listeners, read_frame
+from trimaran.node.tls import NodeTls, peer_node_id
 from trimaran.protocols.codec import brief, message_from_wire, message_to_wire, pack, unpack
 from trimaran.protocols.framing import FrameDecoder, encode_frame
 from trimaran.protocols.messages import MESSAGE_TYPES, AppendEntries, Message
@@ -170,8 +177,11 @@ class PeerQueue:
         self._lot = trio.lowlevel.ParkingLot()
         #: The unwritten rest of a chunk the socket took only part of (goes out first).
         self._head: bytes | memoryview = b""
-        #: The attached connection's socket file descriptor (-1: none).
+        #: The attached connection's socket file descriptor (-1: none, or a TLS connection, which
+        #: only its task writes to: see :meth:`attach_stream`).
         self._fd = -1
+        #: A TLS connection is attached.
+        self._stream_attached = False
         #: The socket refused more (EAGAIN): leave the next write to the task that waits for it.
         self.blocked = False
         self.dropped_frames = 0
@@ -218,14 +228,21 @@ class PeerQueue:
         self._fd = fd
         self.blocked = False
 
+    def attach_stream(self) -> None:
+        """A TLS connection is up. Its bytes go through the SSL object, so only the connection's task
+        writes (:meth:`take`, then ``send_all``); :meth:`flush` leaves everything to it."""
+        self._stream_attached = True
+        self.blocked = False
+
     def detach(self) -> None:
         """The connection is going away: write nothing more to its descriptor (it may be reused)."""
         self._fd = -1
+        self._stream_attached = False
         self.blocked = False
 
     @property
     def attached(self) -> bool:
-        return self._fd >= 0
+        return self._fd >= 0 or self._stream_attached
 
     def flush(self) -> bool:
         """Write what is queued to the attached socket without waiting; True when all of it went.
@@ -271,9 +288,13 @@ class PeerQueue:
 class PeerTransport:
     """Sends Raft messages to peers and hands received ones to ``deliver``; see the module docstring."""
 
-    def __init__(self, config: NodeConfig, deliver: Callable[[Message, bool], Awaitable[None]]) -> None:
-        """``deliver(msg, more)``: ``more`` says that more messages read at once follow at once."""
+    def __init__(
+        self, config: NodeConfig, deliver: Callable[[Message, bool], Awaitable[None]], tls: NodeTls | None = None
+    ) -> None:
+        """``deliver(msg, more)``: ``more`` says that more messages read at once follow at once.
+        ``tls``: serve and dial with mutual TLS (see :mod:`trimaran.node.tls`); None: plain TCP."""
         self._config = config
+        self._tls = tls
         self._node_id = config.node_id
         self._deliver = deliver
         self._queues = {
@@ -290,6 +311,8 @@ class PeerTransport:
         self.connections_refused = 0
         self.unknown_recipient_messages = 0
         self.connections_replaced = 0
+        #: TLS handshakes that failed (no certificate of the cluster CA, or of another node).
+        self.tls_refused = 0
         #: Answers clock probes and takes their replies; None: clock frames are ignored.
         self.clock: ClockMonitor | None = None
 
@@ -379,12 +402,17 @@ class PeerTransport:
         backoff_ms = cfg.peer_reconnect_ms_min
         q = self._queues[peer_id]
         while True:
-            stream: trio.SocketStream | None = None
+            stream: trio.abc.Stream | None = None
             try:
                 with trio.fail_after(cfg.peer_connect_timeout_ms / 1000):
                     stream = await trio.open_tcp_stream(address.host, address.port)
-            except (OSError, trio.TooSlowError) as exc:
+                    if self._tls is not None:
+                        stream = await self._tls_dial(stream, peer_id)
+            except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
                 log.debug("node %d: cannot reach peer %d at %s: %s", self._node_id, peer_id, address, exc)
+                if stream is not None:
+                    await trio.aclose_forcefully(stream)
+                    stream = None
             if stream is not None:
                 started = trio.current_time()
                 await self._pump(peer_id, stream, q)
@@ -395,7 +423,25 @@ class PeerTransport:
             await trio.sleep(random.uniform(0, backoff_ms) / 1000)
             backoff_ms = min(backoff_ms * 2, cfg.peer_reconnect_ms_max)
 
-    async def _pump(self, peer_id: int, stream: trio.SocketStream, q: PeerQueue) -> None:
+    async def _tls_dial(self, tcp: trio.SocketStream, peer_id: int) -> trio.SSLStream[trio.SocketStream]:
+        """The TLS handshake with ``peer_id``: its certificate must be the cluster CA's for that node."""
+        assert self._tls is not None
+        stream = trio.SSLStream(tcp, self._tls.peer_client, server_side=False)
+        try:
+            await stream.do_handshake()
+        except trio.BrokenResourceError as exc:
+            self.tls_refused += 1
+            log.warning("node %d: TLS handshake with peer %d failed: %s", self._node_id, peer_id, exc.__cause__ or exc)
+            raise
+        claimed = peer_node_id(stream.getpeercert())
+        if claimed != peer_id:
+            self.tls_refused += 1
+            log.warning("node %d: the node at peer %d's address holds node %s's certificate", self._node_id, peer_id, claimed)
+            await trio.aclose_forcefully(stream)
+            raise trio.BrokenResourceError(f"peer {peer_id} presented the certificate of node {claimed}")
+        return stream
+
+    async def _pump(self, peer_id: int, stream: trio.abc.Stream, q: PeerQueue) -> None:
         """Handshake, then send queued frames until the connection breaks.
 
         After the handshake the queue writes to the socket itself (:meth:`PeerQueue.flush`, called
@@ -409,6 +455,13 @@ class PeerTransport:
                     self._config.cluster_id, self._node_id, peer_id, self._config.state_machine_settings()
                 )
                 await stream.send_all(encode_frame(pack(hello)))
+                if not isinstance(stream, trio.SocketStream):
+                    q.attach_stream()
+                    while True:  # TLS: every byte goes through the SSL object, from this task
+                        frames = await q.take()
+                        await stream.send_all(b"".join(frames) if len(frames) > 1 else frames[0])
+                        q.sent_frames += len(frames)
+                        q.writes += 1
                 q.attach(stream.socket.fileno())
                 while True:
                     if not q.pending:
@@ -469,7 +522,12 @@ class PeerTransport:
             )
         return sender
 
-    async def _handle_inbound(self, stream: trio.SocketStream) -> None:
+    async def _handle_inbound(self, tcp: trio.SocketStream) -> None:
+        stream: trio.abc.Stream = tcp
+        if self._tls is not None:
+            # The handshake runs inside the first read, under the handshake timeout: a dialer
+            # without a certificate of the cluster CA fails it before any frame is read.
+            stream = trio.SSLStream(tcp, self._tls.peer_server, server_side=True)
         conn = _Inbound()
         oldest = self._handshaking.add(conn)
         if oldest is not None:
@@ -487,8 +545,10 @@ class PeerTransport:
             self.connections_refused += 1
             log.warning("node %d: closing a peer connection: %s", self._node_id, exc)
             await self._refuse(stream, exc)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            if isinstance(stream, trio.SSLStream) and not conn.sender:
+                self.tls_refused += 1
+                log.warning("node %d: refused a peer connection's TLS handshake: %s", self._node_id, exc.__cause__ or exc)
         finally:
             self._handshaking.discard(conn)
             if self._inbound.get(conn.sender) is conn:
@@ -507,7 +567,7 @@ class PeerTransport:
         conn.sender = sender
         self._inbound[sender] = conn
 
-    async def _receive(self, stream: trio.SocketStream, conn: _Inbound) -> None:
+    async def _receive(self, stream: trio.abc.Stream, conn: _Inbound) -> None:
         # The handshake is tiny: until it is in, a frame header over 4 KiB is refused at once.
         decoder = FrameDecoder(HELLO_FRAME_BYTES_MAX)
         try:
@@ -519,6 +579,10 @@ class PeerTransport:
                 return
             hello = unpack(first, size_bytes_max=HELLO_FRAME_BYTES_MAX)
             sender = self._check_hello(hello)
+            if isinstance(stream, trio.SSLStream):
+                holder = peer_node_id(stream.getpeercert())
+                if holder != sender:
+                    raise ProtocolError(f"node {sender}'s hello came with the certificate of node {holder}")
         except TrimaranError as exc:
             # The caller is not known yet: the why (our cluster id, our settings) stays in our log.
             log.warning("node %d: refusing a peer handshake: %s", self._node_id, exc)
@@ -559,5 +623,5 @@ class PeerTransport:
             return None
         return message_from_peer(obj, sender, self._node_id)
 
-    async def _refuse(self, stream: trio.SocketStream, exc: TrimaranError) -> None:
+    async def _refuse(self, stream: trio.abc.Stream, exc: TrimaranError) -> None:
         await linger_close(stream, error_frame(exc))
