@@ -160,11 +160,34 @@ def _connection_bound_options(fn: Any) -> Any:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address every node listens on.")
 @click.option("--cluster-id", default="trimaran", show_default=True, help="Name the nodes check in every handshake.")
 @click.option("--tick-ms", type=click.IntRange(1, 10_000), default=50, show_default=True, help="Raft tick.")
+@click.option(
+    "--auth/--no-auth",
+    default=True,
+    show_default=True,
+    help="Require signed tokens: a signing key is kept in DATA_DIR/auth and an admin token written there at each start.",
+)
+@click.option("--tls", is_flag=True, help="Serve TLS on every port, with a CA and certificates made once in DATA_DIR/tls.")
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Let nodes listen beyond loopback (--host) without TLS and auth (anyone who reaches them may do anything).",
+)
 @_kv_node_options
 def up_command(
-    data_dir: str, base_port: int, host: str, cluster_id: str, tick_ms: int, kv_maxmemory_bytes: int | None, kv_eviction: str
+    data_dir: str,
+    base_port: int,
+    host: str,
+    cluster_id: str,
+    tick_ms: int,
+    auth: bool,
+    tls: bool,
+    insecure: bool,
+    kv_maxmemory_bytes: int | None,
+    kv_eviction: str,
 ) -> None:
-    """Start a local 3-node cluster (Ctrl-C stops it; run again to come back from its data)."""
+    """Start a local 3-node cluster (Ctrl-C stops it; run again to come back from its data).
+
+    Auth is on by default: the banner shows how to use the admin token it writes."""
     import os
     import sys
 
@@ -176,7 +199,9 @@ def up_command(
         os.environ[_KV_MAXMEMORY_ENV] = str(kv_maxmemory_bytes)
     os.environ[_KV_EVICTION_ENV] = kv_eviction
     try:
-        status = run_local_cluster(data_dir, base_port, cluster_id, tick_ms, echo=click.echo, host=host)
+        status = run_local_cluster(
+            data_dir, base_port, cluster_id, tick_ms, echo=click.echo, host=host, auth=auth, tls=tls, insecure=insecure
+        )
     except Exception as exc:  # one line, not a traceback: the user's next step is in the message
         raise _node_error(exc) from None
     sys.exit(status)

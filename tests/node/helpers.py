@@ -68,9 +68,9 @@ class RawClient:
         self.seq = 0
 
     @classmethod
-    async def connect(cls, address: Address, cluster_id: str | None = None) -> RawClient:
+    async def connect(cls, address: Address, cluster_id: str | None = None, token: str | None = None) -> RawClient:
         client = cls(await trio.open_tcp_stream(address.host, address.port))
-        await client.send_obj(hello(cluster_id))
+        await client.send_obj(hello(cluster_id, token))
         welcome = await client.read_obj()
         if isinstance(welcome, dict) and welcome.get("type") == "error":
             raise error_from_wire(welcome["error"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,9 @@ class ProcessCluster:
         self.client = {i: Address(HOST, free_port()) for i in self.ids}
         self.peer = {i: Address(HOST, free_port()) for i in self.ids}
         self.extra_args = extra_args
+        #: What status probes present: a token (auth on) and a TLS context (TLS on).
+        self.token: str | None = None
+        self.ssl_context: ssl.SSLContext | None = None
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self._logs: list[Any] = []
 
@@ -102,7 +106,7 @@ class ProcessCluster:
         return "\n".join(f"--- node {i}\n{self.log_path(i).read_text(errors='replace')[-3000:]}" for i in self.ids)
 
     async def status(self, node_id: int, timeout_s: float = 0.5) -> dict[str, Any] | None:
-        return await fetch_status(self.client[node_id], timeout_s=timeout_s)
+        return await fetch_status(self.client[node_id], timeout_s=timeout_s, token=self.token, ssl_context=self.ssl_context)
 
     async def leader(self, among: list[int] | None = None, timeout_s: float = 10.0, min_term: int = 0) -> tuple[int, int]:
         """(leader id, term) once one node among ``among`` says it leads in a term >= ``min_term``."""

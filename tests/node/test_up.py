@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from tests.node.helpers import HOST, RawClient
-from trimaran.errors import NotLeader
+from trimaran.errors import NotLeader, Unauthenticated
 from trimaran.node.config import Address
 
 pytestmark = pytest.mark.slow
@@ -45,19 +45,24 @@ def free_base_port(attempts_max: int = 50) -> int:
 
 
 class Up:
-    def __init__(self, tmp_path: Path, base: int) -> None:
+    def __init__(self, tmp_path: Path, base: int, *options: str) -> None:
         self.out = tmp_path / f"up-{base}-{len(list(tmp_path.glob('up-*')))}.out"
         self.data = tmp_path / "data"
         self.base = base
         with open(self.out, "wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "trimaran", "up", "--base-port", str(base), "--data-dir", str(self.data)],
+                [sys.executable, "-m", "trimaran", "up", "--base-port", str(base), "--data-dir", str(self.data), *options],
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
 
     def output(self) -> str:
         return self.out.read_text(errors="replace")
+
+    @property
+    def token(self) -> str:
+        """The admin token `up` wrote at its start (auth is on by default)."""
+        return (self.data / "auth" / "admin.token").read_text().strip()
 
     async def wait_up(self) -> None:
         with trio.fail_after(START_WAIT_S):
@@ -78,15 +83,15 @@ class Up:
             self.proc.wait(timeout=STOP_WAIT_S)
 
 
-async def leader_client(base: int) -> RawClient:
+async def leader_client(base: int, token: str | None) -> RawClient:
     """Connect to node 1 and follow the not_leader hint (leader_address) once."""
-    client = await RawClient.connect(Address(HOST, base + 1))
+    client = await RawClient.connect(Address(HOST, base + 1), token=token)
     try:
         await client.register()
         return client
     except NotLeader as exc:
         await client.aclose()
-        client = await RawClient.connect(Address.parse(exc.details["leader_address"]))
+        client = await RawClient.connect(Address.parse(exc.details["leader_address"]), token=token)
         await client.register()
         return client
 
@@ -97,7 +102,14 @@ async def test_up_serves_stops_cleanly_and_comes_back_from_its_data(tmp_path: Pa
     try:
         await up.wait_up()
         assert f"{HOST}:{base + 1}" in up.output() and "trimaran status" in up.output()
-        client = await leader_client(base)
+        # Secure by default: auth is on, and the banner says how to use the admin token.
+        token_path = up.data / "auth" / "admin.token"
+        assert f"export TRIMARAN_TOKEN=$(cat {token_path})" in up.output()
+        assert oct(token_path.stat().st_mode & 0o777) == oct(0o600)
+        with pytest.raises(Unauthenticated):
+            await RawClient.connect(Address(HOST, base + 1))
+        first_token = up.token
+        client = await leader_client(base, first_token)
         await client.set(b"greeting", b"hello")
         await client.aclose()
         assert await up.interrupt() == 0, up.output()
@@ -110,7 +122,9 @@ async def test_up_serves_stops_cleanly_and_comes_back_from_its_data(tmp_path: Pa
     again = Up(tmp_path, base)
     try:
         await again.wait_up()
-        client = await leader_client(base)
+        # The same signing key (so the same bootstrap key), and a fresh token at each start.
+        assert again.token != first_token
+        client = await leader_client(base, again.token)
         assert await client.get(b"greeting") == b"hello"
         await client.aclose()
         assert await again.interrupt() == 0, again.output()
@@ -146,3 +160,46 @@ async def test_nodes_stop_by_themselves_when_up_is_killed(tmp_path: Path) -> Non
                 await trio.sleep(0.1)
     finally:
         up.kill()
+
+
+async def test_up_with_tls_serves_tls_and_no_auth_serves_anyone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from trimaran.client.client import Client
+
+    for name in ("TRIMARAN_TOKEN", "TRIMARAN_CA_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    base = free_base_port()
+    up = Up(tmp_path, base, "--tls")
+    try:
+        await up.wait_up()
+        ca_file = up.data / "tls" / "ca.pem"
+        assert f"export TRIMARAN_CA_FILE={ca_file}" in up.output()
+        endpoints = [f"{HOST}:{base + i}" for i in (1, 2, 3)]
+        async with Client(endpoints, token=up.token, ca_file=str(ca_file), timeout_ms=10_000) as c:
+            await c.kv.set("over", "tls")
+        assert await up.interrupt() == 0, up.output()
+    finally:
+        up.kill()
+
+    # The same data without auth: the nodes trust no key, so a client needs no token.
+    again = Up(tmp_path, base, "--no-auth")
+    try:
+        await again.wait_up()
+        assert "Auth is off" in again.output() and "TRIMARAN_TOKEN" not in again.output()
+        async with Client(endpoints, timeout_ms=10_000) as c:
+            assert (await c.kv.get("over")).value == b"tls"
+        assert await again.interrupt() == 0, again.output()
+    finally:
+        again.kill()
+
+
+def test_up_beyond_loopback_refuses_without_tls_in_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "trimaran", "up", "--host", "0.0.0.0", "--data-dir", str(tmp_path / "d")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "refusing to listen on 0.0.0.0 without TLS and auth" in lines[0], result.stderr
+    assert "--insecure" in lines[0] and not (tmp_path / "d").exists()

@@ -162,7 +162,7 @@ async def test_up_reports_a_node_that_cannot_start_and_serves_with_the_others(tm
         line = next(l for l in up.output().splitlines() if "node 2 could not start" in l)
         assert "node2" in line and "no leader" not in up.output(), up.output()  # its own error
         await up.wait_up()  # nodes 1 and 3 elect a leader and serve
-        client = await leader_client(base)
+        client = await leader_client(base, up.token)
         await client.set(b"k", b"v")
         assert await client.get(b"k") == b"v"
         await client.aclose()

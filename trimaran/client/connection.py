@@ -499,7 +499,11 @@ async def open_connection(
             await stream.send_all(encode_frame(pack(hello(cluster_id, token))))
             while (frame := decoder.next_frame()) is None:
                 if decoder.closed:
-                    raise ConnectionLost(f"{address} closed the connection during the handshake", maybe_sent=False)
+                    raise ConnectionLost(
+                        f"{address} closed the connection during the handshake"
+                        + ("" if ssl_context else " (a TLS node closes plain connections: give the CA file, --ca-file / ca_file=)"),
+                        maybe_sent=False,
+                    )
                 decoder.feed(await stream.receive_some(RECEIVE_BYTES))
             welcome = _parse_welcome(unpack(frame), cluster_id)
         except BaseException:

@@ -15,25 +15,38 @@ starting (it cannot start: a port taken, a bad data directory). Each node has a 
 so a node that crashes once a day is never given up on. A node whose budget runs out is left
 stopped and the others keep serving, as long as a majority of the nodes can still run; otherwise
 the cluster is stopped. Running ``up`` again comes back from the same data.
+
+Secure by default (:class:`LocalSecurity`): auth is on. ``up`` keeps an Ed25519 signing key under
+``DATA_DIR/auth/`` (made once, mode 0600; its public key is the nodes' bootstrap key) and writes a
+fresh admin token (``admin:*``, valid ``ADMIN_TOKEN_TTL_MS``) to ``DATA_DIR/auth/admin.token`` at
+every start; the banner says how to use it (``export TRIMARAN_TOKEN=...``). With ``--tls`` it also
+makes a cluster CA and node certificates under ``DATA_DIR/tls/`` (once) and serves TLS on every port.
+``--no-auth`` turns auth off (on loopback only; a node beyond loopback refuses without ``--insecure``).
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import trio
 
+from trimaran import limits
 from trimaran.errors import ConfigError
 from trimaran.node.config import DEFAULT_CLUSTER_ID, Address
 from trimaran.node.probe import fetch_status
+from trimaran.node.tls import CA_CERT, DEFAULT_HOSTS, client_context, init_certs
+from trimaran.protocols import tokens
 
 #: A child that exits sooner than this after starting counts as failing to start.
 EARLY_EXIT_S = 3.0
@@ -47,6 +60,94 @@ RESTART_BACKOFF_S_MAX = 8.0
 LEADER_WAIT_S = 20.0
 STOP_WAIT_S = 15.0
 POLL_INTERVAL_S = 0.1
+#: Lifetime of the admin token ``up`` writes at each start (a new one replaces it at the next start).
+ADMIN_TOKEN_TTL_MS = 30 * 24 * 3600 * 1000
+ADMIN_SUB = "trimaran-up-admin"
+
+assert ADMIN_TOKEN_TTL_MS <= limits.token_ttl_ms_max
+
+
+@dataclass(frozen=True, slots=True)
+class LocalSecurity:
+    """What ``up`` turned on, and the files that hold it (None: off)."""
+
+    #: The nodes' bootstrap key (``--auth-public-key``) and the admin token signed with its private key.
+    public_key_path: Path | None = None
+    token_path: Path | None = None
+    token: str | None = None
+    #: The certificates of ``certs init`` (``--tls-dir``), and the CA clients verify nodes with.
+    tls_dir: Path | None = None
+    ca_file: Path | None = None
+    #: Passed to every node: listen beyond loopback without TLS or auth.
+    insecure: bool = False
+    probe_context: ssl.SSLContext | None = field(default=None, compare=False)
+
+    def node_args(self) -> list[str]:
+        argv = []
+        if self.public_key_path is not None:
+            argv += ["--auth-public-key", str(self.public_key_path)]
+        if self.tls_dir is not None:
+            argv += ["--tls-dir", str(self.tls_dir)]
+        if self.insecure:
+            argv.append("--insecure")
+        return argv
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _replace_private(path: Path, data: bytes) -> None:
+    """Write ``path`` (mode 0600 from the start) by renaming a new file over it."""
+    tmp = path.with_name(path.name + ".new")
+    tmp.unlink(missing_ok=True)
+    _write_new(tmp, data, 0o600)
+    os.replace(tmp, path)
+
+
+def prepare_security(
+    data_dir: str, cluster_id: str, *, auth: bool = True, tls: bool = False, hosts: tuple[str, ...] = (), insecure: bool = False
+) -> LocalSecurity:
+    """Make (once) the signing key and the TLS certificates ``up`` needs under ``data_dir``, and a
+    fresh admin token; see the module docstring."""
+    root = Path(data_dir)
+    public_key_path = token_path = tls_dir = ca_file = None
+    token = None
+    if auth:
+        auth_dir = root / "auth"
+        auth_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(auth_dir, 0o700)
+        key_path, public_key_path = auth_dir / "signing-key.pem", auth_dir / "signing-key.pub"
+        if not key_path.exists():
+            private = tokens.new_private_key()
+            _write_new(key_path, private, 0o600)
+            public_key_path.unlink(missing_ok=True)
+        private = key_path.read_bytes()
+        public = tokens.public_key_of(private)
+        if not public_key_path.exists():
+            _write_new(public_key_path, tokens.public_key_pem(public), 0o644)
+        token = tokens.sign(
+            private,
+            kid=tokens.key_id(public),
+            sub=ADMIN_SUB,
+            scopes=["admin:*"],
+            audience=cluster_id,
+            now_ms=int(time.time() * 1000),
+            ttl_ms=ADMIN_TOKEN_TTL_MS,
+            jti=secrets.token_hex(12),
+        )
+        token_path = auth_dir / "admin.token"
+        _replace_private(token_path, token.encode() + b"\n")
+    if tls:
+        tls_dir = root / "tls"
+        ca_file = tls_dir / CA_CERT
+        if not ca_file.exists():
+            init_certs(tls_dir, range(1, 4), hosts=tuple(dict.fromkeys(hosts + DEFAULT_HOSTS)), cluster_id=cluster_id)
+    return LocalSecurity(
+        public_key_path, token_path, token, tls_dir, ca_file, insecure, client_context(ca_file) if ca_file else None
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +170,14 @@ def local_nodes(data_dir: str, base_port: int, host: str = "127.0.0.1", size: in
     ]
 
 
-def node_argv(node: LocalNode, nodes: list[LocalNode], cluster_id: str, tick_ms: int, parent_pid: int) -> list[str]:
+def node_argv(
+    node: LocalNode,
+    nodes: list[LocalNode],
+    cluster_id: str,
+    tick_ms: int,
+    parent_pid: int,
+    security: LocalSecurity = LocalSecurity(),
+) -> list[str]:
     """The ``python -m trimaran node run`` command line of one local node."""
     argv = [
         sys.executable, "-m", "trimaran", "node", "run",
@@ -80,6 +188,7 @@ def node_argv(node: LocalNode, nodes: list[LocalNode], cluster_id: str, tick_ms:
         "--cluster-id", cluster_id,
         "--tick-ms", str(tick_ms),
         "--parent-pid", str(parent_pid),
+        *security.node_args(),
     ]  # fmt: skip
     for other in nodes:
         if other.node_id != node.node_id:
@@ -239,14 +348,16 @@ class Supervisor:
         child.restart_at = now + decision.delay_s
 
 
-async def _wait_for_leader(children: list[_Child], cluster_id: str) -> dict[str, object] | None:
+async def _wait_for_leader(children: list[_Child], cluster_id: str, security: LocalSecurity) -> dict[str, object] | None:
     """The status of a leader among the running children, or None after LEADER_WAIT_S."""
     with trio.move_on_after(LEADER_WAIT_S):
         while True:
             for child in children:
                 if not child.running:
                     continue  # the supervisor reports it; the others may still elect
-                status = await fetch_status(child.node.client, cluster_id, timeout_s=0.5)
+                status = await fetch_status(
+                    child.node.client, cluster_id, timeout_s=0.5, token=security.token, ssl_context=security.probe_context
+                )
                 if status and status.get("role") == "leader":
                     return status
             await trio.sleep(POLL_INTERVAL_S)
@@ -262,12 +373,24 @@ def cli_command() -> str:
     return os.path.relpath(script) if os.path.exists(script) else "python -m trimaran"
 
 
-def _banner(nodes: list[LocalNode], data_dir: str, cluster_id: str, leader: object, default_ports: bool) -> str:
+def _banner(
+    nodes: list[LocalNode], data_dir: str, cluster_id: str, leader: object, default_ports: bool, security: LocalSecurity
+) -> str:
     endpoints = ",".join(str(n.client) for n in nodes)
     lines = [f"trimaran: cluster {cluster_id!r} is up — {len(nodes)} nodes, leader: node {leader}, data in {data_dir}"]
     for n in nodes:
         lines.append(f"  node {n.node_id}  clients {n.client}  peers {n.peer}  log {n.log_path}")
+    if security.token_path is not None:
+        lines.append(f"Auth is on: an admin token (admin:*) is in {security.token_path}")
+    else:
+        lines.append("Auth is off (--no-auth): any local process may read and write everything.")
+    if security.ca_file is not None:
+        lines.append(f"TLS is on: clients verify the nodes with {security.ca_file}")
     lines += ["", "Try next (in another terminal):"]
+    if security.token_path is not None:
+        lines.append(f"  export TRIMARAN_TOKEN=$(cat {security.token_path})")
+    if security.ca_file is not None:
+        lines.append(f"  export TRIMARAN_CA_FILE={security.ca_file}")
     if not default_ports:
         lines.append(f"  export TRIMARAN_ENDPOINTS={endpoints}")
     addresses = ", ".join(f'"{n.client}"' for n in nodes)
@@ -312,11 +435,17 @@ async def _stop_all(children: list[_Child], echo: Callable[[str], None]) -> None
 
 
 async def run_local_cluster_async(
-    data_dir: str, base_port: int, cluster_id: str, tick_ms: int, echo: Callable[[str], None], host: str = "127.0.0.1"
+    data_dir: str,
+    base_port: int,
+    cluster_id: str,
+    tick_ms: int,
+    echo: Callable[[str], None],
+    host: str = "127.0.0.1",
+    security: LocalSecurity = LocalSecurity(),
 ) -> int:
     nodes = local_nodes(data_dir, base_port, host)
     check_ports_free(nodes)
-    children = [_Child(n, node_argv(n, nodes, cluster_id, tick_ms, os.getpid())) for n in nodes]
+    children = [_Child(n, node_argv(n, nodes, cluster_id, tick_ms, os.getpid(), security)) for n in nodes]
     status = 0
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         try:
@@ -341,7 +470,7 @@ async def run_local_cluster_async(
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(supervise)
-                leader = await _wait_for_leader(children, cluster_id)
+                leader = await _wait_for_leader(children, cluster_id, security)
                 if leader is None:
                     echo(f"trimaran: no leader within {LEADER_WAIT_S:g} s; see the logs in {data_dir}")
                     for n in nodes:
@@ -349,7 +478,11 @@ async def run_local_cluster_async(
                     status = 1
                     nursery.cancel_scope.cancel()
                 else:
-                    echo(_banner(nodes, data_dir, cluster_id, leader.get("node_id"), base_port == 7000 and host == "127.0.0.1"))
+                    echo(
+                        _banner(
+                            nodes, data_dir, cluster_id, leader.get("node_id"), base_port == 7000 and host == "127.0.0.1", security
+                        )
+                    )
                     down = [c.node.node_id for c in children if not c.running]
                     if down:
                         echo(f"trimaran: serving without node(s) {', '.join(map(str, down))}; see the messages above")
@@ -367,6 +500,17 @@ def run_local_cluster(
     tick_ms: int = 50,
     echo: Callable[[str], None] = print,
     host: str = "127.0.0.1",
+    *,
+    auth: bool = True,
+    tls: bool = False,
+    insecure: bool = False,
 ) -> int:
     """Blocking entry point of ``trimaran up``; returns the process exit status."""
-    return trio.run(run_local_cluster_async, data_dir, base_port, cluster_id, tick_ms, echo, host)
+    if not Address(host, base_port).is_loopback() and not insecure and not (auth and tls):
+        # The nodes would refuse too (NodeConfig.exposure_problem), each in its own log: say it once, here.
+        raise ConfigError(
+            f"refusing to listen on {host} without TLS and auth: anyone who can reach it could read and write "
+            "everything; pass --tls (auth is on unless --no-auth), or --insecure to accept the risk"
+        )
+    security = prepare_security(data_dir, cluster_id, auth=auth, tls=tls, hosts=(host,), insecure=insecure)
+    return trio.run(run_local_cluster_async, data_dir, base_port, cluster_id, tick_ms, echo, host, security)

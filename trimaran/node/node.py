@@ -125,6 +125,7 @@ class Node:
             "client_auth_connections_closed": self.client_server.authoriser.connections_closed,
             "peer_handshakes_evicted": self.transport.handshakes_evicted,
             "peer_connections_replaced": self.transport.connections_replaced,
+            "peer_tls_refused": self.transport.tls_refused,
         }
         if self.clock is not None:
             out["clock"] = self.clock.status()

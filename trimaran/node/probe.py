@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import trio
@@ -18,15 +19,24 @@ from trimaran.protocols.codec import pack, unpack
 from trimaran.protocols.framing import FrameDecoder, encode_frame
 
 
-async def request_once(address: Address, op: str, body: dict[str, Any], cluster_id: str | None = None) -> Any:
-    """Connect, say hello, send one request and return its result; raise its typed error.
+async def request_once(
+    address: Address,
+    op: str,
+    body: dict[str, Any],
+    cluster_id: str | None = None,
+    token: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> Any:
+    """Connect (with TLS if ``ssl_context``), say hello (with ``token``), send one request and
+    return its result; raise its typed error.
 
     Bound it with a cancel scope (``trio.fail_after``); ``OSError`` if nothing listens.
     """
-    stream = await trio.open_tcp_stream(address.host, address.port)
+    tcp = await trio.open_tcp_stream(address.host, address.port)
+    stream: trio.abc.Stream = tcp if ssl_context is None else trio.SSLStream(tcp, ssl_context, server_hostname=address.host)
     async with stream:
         decoder = FrameDecoder()
-        await stream.send_all(encode_frame(pack(hello(cluster_id))) + encode_frame(pack([1, op, body])))
+        await stream.send_all(encode_frame(pack(hello(cluster_id, token))) + encode_frame(pack([1, op, body])))
         for _ in range(2):
             frame = await read_frame(stream, decoder)
             if frame is None:
@@ -41,11 +51,17 @@ async def request_once(address: Address, op: str, body: dict[str, Any], cluster_
     raise ProtocolError(f"{address} did not answer the request")
 
 
-async def fetch_status(address: Address, cluster_id: str | None = None, timeout_s: float = 1.0) -> dict[str, Any] | None:
+async def fetch_status(
+    address: Address,
+    cluster_id: str | None = None,
+    timeout_s: float = 1.0,
+    token: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> dict[str, Any] | None:
     """The node's ``status`` answer, or None if it did not give one within ``timeout_s``."""
     with trio.move_on_after(timeout_s):
         try:
-            status = await request_once(address, "status", {}, cluster_id)
+            status = await request_once(address, "status", {}, cluster_id, token, ssl_context)
         except (OSError, TrimaranError, trio.BrokenResourceError):
             return None
         return status if isinstance(status, dict) else None

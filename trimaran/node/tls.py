@@ -293,3 +293,11 @@ def peer_node_id(peer_cert: dict[str, Any] | None) -> int | None:
                 if digits.isdigit() and len(digits) <= 7:
                     return int(digits)
     return None
+
+
+def client_context(ca_file: str | Path) -> ssl.SSLContext:
+    """A context that verifies nodes against the cluster CA in ``ca_file`` (``trimaran up``'s own
+    probes; the client library builds its own, as it may not import node/)."""
+    ctx = ssl.create_default_context(cafile=str(ca_file))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
