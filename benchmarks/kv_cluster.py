@@ -18,12 +18,18 @@ per key and snapshot/restore time.
 5. Snapshot/restore of N keys: ``KvService.snapshot`` + msgpack pack, then unpack + ``restore``
    (what a node does to send a snapshot and what a follower does to install it).
 
+6. With ``--auth`` and/or ``--tls``, trimaran runs a second time in each repeat with them on (signed
+   tokens checked per connection and scopes per request; TLS on the client and peer ports, mutual
+   on the peer port), and a table shows what they cost: ops/s with them on / off (issue 9's target:
+   >= 0.9 for durable writes and linearizable reads at 64 clients).
+
 The systems never run at the same time; each repeat starts fresh clusters; medians are printed.
 
     python benchmarks/kv_cluster.py                      # full run, 1 repeat
     python benchmarks/kv_cluster.py --quick              # smaller totals and 100,000 keys
     python benchmarks/kv_cluster.py --repeat 3           # medians of 3
     python benchmarks/kv_cluster.py --profile /tmp/prof  # cProfile every node and the client
+    python benchmarks/kv_cluster.py --quick --auth --tls --no-etcd --no-redis --no-scale --clients 64
 
 Everything it starts is stopped by PID (SIGTERM, then SIGKILL), also on Ctrl-C.
 """
@@ -58,6 +64,7 @@ import trio  # noqa: E402
 
 import trimaran  # noqa: E402
 from trimaran.errors import TrimaranError  # noqa: E402
+from trimaran.node.local_cluster import LocalSecurity, prepare_security  # noqa: E402
 from trimaran.protocols.codec import pack, unpack  # noqa: E402
 from trimaran.protocols.service import ApplyContext  # noqa: E402
 from trimaran.services.kv import ENTRY_OVERHEAD_BYTES, KvService  # noqa: E402
@@ -110,8 +117,12 @@ def stop_pid(proc: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:
 
 
 class TrimaranCluster:
-    def __init__(self, data_root: Path, size: int = 3, profile_dir: Path | None = None) -> None:
+    def __init__(
+        self, data_root: Path, size: int = 3, profile_dir: Path | None = None, security: LocalSecurity = LocalSecurity()
+    ) -> None:
         self.data_root = data_root
+        #: Auth and TLS as `trimaran up` sets them up (the same files, flags and admin token).
+        self.security = security
         ports = free_ports(2 * size)
         self.client_ports = {i: ports[i - 1] for i in range(1, size + 1)}
         self.peer_ports = {i: ports[size + i - 1] for i in range(1, size + 1)}
@@ -132,6 +143,7 @@ class TrimaranCluster:
             cmd += ["--listen", f"127.0.0.1:{self.client_ports[node_id]}"]
             cmd += ["--peer-listen", f"127.0.0.1:{self.peer_ports[node_id]}"]
             cmd += ["--data-dir", str(self.data_root / f"node{node_id}")]
+            cmd += self.security.node_args()
             for j in others:
                 cmd += ["--peer", f"{j}=127.0.0.1:{self.peer_ports[j]}"]
                 cmd += ["--peer-client", f"{j}=127.0.0.1:{self.client_ports[j]}"]
@@ -142,6 +154,10 @@ class TrimaranCluster:
         for proc in self.processes.values():
             stop_pid(proc)
         self.processes.clear()
+
+    def connect(self, timeout_ms: int) -> Any:
+        ca_file = str(self.security.ca_file) if self.security.ca_file else None
+        return trimaran.connect(self.endpoints, token=self.security.token, ca_file=ca_file, timeout_ms=timeout_ms)
 
     def cpu_s(self) -> dict[int, float]:
         return {node_id: proc_cpu_s(proc.pid) for node_id, proc in self.processes.items()}
@@ -169,7 +185,7 @@ async def trimaran_load(cluster: TrimaranCluster, row: Row, value: bytes, profil
     take request numbers from one counter until ``row.total`` have been issued."""
     async with contextlib.AsyncExitStack() as stack:
         conns = [
-            await stack.enter_async_context(trimaran.connect(cluster.endpoints, timeout_ms=10_000))
+            await stack.enter_async_context(cluster.connect(timeout_ms=10_000))
             for _ in range(row.conns)
         ]
         for c in conns:  # sessions registered, leader found, before the clock starts
@@ -220,22 +236,26 @@ async def trimaran_load(cluster: TrimaranCluster, row: Row, value: bytes, profil
     )
 
 
-async def wait_ready(endpoints: list[str], timeout_s: float = 60.0) -> None:
-    async with trimaran.connect(endpoints, timeout_ms=int(timeout_s * 1000)) as c:
+async def wait_ready(cluster: TrimaranCluster, timeout_s: float = 60.0) -> None:
+    async with cluster.connect(timeout_ms=int(timeout_s * 1000)) as c:
         await c.kv.set("ready", "1")
 
 
-def run_trimaran(rows: list[Row], value: bytes, profile_dir: Path | None) -> dict[Row, Result]:
+def run_trimaran(
+    rows: list[Row], value: bytes, profile_dir: Path | None, auth: bool = False, tls: bool = False
+) -> dict[Row, Result]:
     data_root = Path(tempfile.mkdtemp(prefix="trimaran-bench-"))
-    cluster = TrimaranCluster(data_root, profile_dir=profile_dir)
+    security = prepare_security(str(data_root), "trimaran", auth=auth, tls=tls)
+    cluster = TrimaranCluster(data_root, profile_dir=profile_dir, security=security)
+    label = "trimaran" + ("+auth" if auth else "") + ("+tls" if tls else "")
     profiler = cProfile.Profile() if profile_dir is not None else None
     results: dict[Row, Result] = {}
     try:
         cluster.start()
-        trio.run(wait_ready, cluster.endpoints)
+        trio.run(wait_ready, cluster)
         for row in rows:
             results[row] = trio.run(trimaran_load, cluster, row, value, profiler)
-            print(f"  trimaran {describe(row)}: {format_result(results[row])}", flush=True)
+            print(f"  {label} {describe(row)}: {format_result(results[row])}", flush=True)
     finally:
         cluster.stop()
         shutil.rmtree(data_root, ignore_errors=True)
@@ -517,6 +537,21 @@ def print_table(
     check_targets(rows, ours, etcd)
 
 
+def print_secured(rows: list[Row], ours: dict[Row, Result], secured: dict[Row, Result], label: str) -> None:
+    print(f"\nthe cost of {label} (same run, same load): ratio = ops/s with it / without")
+    head = f"{'op':<5}{'clients':>7} | {'off/s':>10}{'p50 ms':>8}{'p99 ms':>8} | {'on/s':>10}{'p50 ms':>8}{'p99 ms':>8} | {'ratio':>6}"
+    print(head)
+    print("-" * len(head))
+    for row in rows:
+        r, s = ours[row], secured.get(row)
+        print(f"{row.op:<5}{row.clients:>7} | {_cell(r)} | {_cell(s)} | {_ratio(s, r) if s else '-':>6}")
+    print(f"\ntarget (issue 9): set and get at 64 clients with {label} >= 0.9x without")
+    for row in rows:
+        if row.op in ("set", "get") and row.clients == 64 and row in secured:
+            ratio = secured[row].ops_per_s / ours[row].ops_per_s
+            print(f"  {row.op} 64 clients ratio {ratio:.2f}: {'met' if ratio >= 0.9 else 'MISSED'}")
+
+
 def check_targets(rows: list[Row], ours: dict[Row, Result], etcd: dict[Row, Result] | None) -> None:
     print("\ntargets (issue 4): durable writes >= 0.5x etcd at 64 and 256 clients; 1-client write p50 <= 1 ms")
     for row in rows:
@@ -570,6 +605,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--value-bytes", type=int, default=256, help="value size (etcdload's default is 256)")
     p.add_argument("--pipelines", default="1,16,64", help="redis-benchmark -P depths (1 is the ratio column)")
     p.add_argument("--keys", type=int, default=0, help="keys of the memory and snapshot runs (default 1,000,000; --quick 100,000)")
+    p.add_argument("--auth", action="store_true", help="also run trimaran with auth on, and print the ratio")
+    p.add_argument("--tls", action="store_true", help="also run trimaran with TLS on, and print the ratio")
     p.add_argument("--no-etcd", action="store_true", help="skip the etcd comparison")
     p.add_argument("--no-redis", action="store_true", help="skip the Redis comparison")
     p.add_argument("--no-cluster", action="store_true", help="skip the cluster runs (only memory and snapshot)")
@@ -619,11 +656,17 @@ def run_systems(args: argparse.Namespace, rows: list[Row]) -> None:
     with_redis = not args.no_redis and redis_available()
     redis_rows = build_redis_rows(args)
     ours: list[dict[Row, Result]] = []
+    secured: list[dict[Row, Result]] = []
     etcd: list[dict[Row, Result]] = []
     redis: list[dict[RedisKey, Result]] = []
     for r in range(args.repeat):
         print(f"run {r + 1}/{args.repeat}", flush=True)
         ours.append(run_trimaran(rows, value, args.profile if r == 0 else None))
+        if args.auth or args.tls:
+            profile = args.profile / "secured" if args.profile is not None and r == 0 else None
+            if profile is not None:
+                profile.mkdir(exist_ok=True)
+            secured.append(run_trimaran(rows, value, profile, auth=args.auth, tls=args.tls))
         if with_etcd:
             etcd.append(run_etcd(rows, args.value_bytes))
         if with_redis:
@@ -636,6 +679,9 @@ def run_systems(args: argparse.Namespace, rows: list[Row]) -> None:
         [int(p) for p in args.pipelines.split(",")],
         args.repeat,
     )
+    if secured:
+        label = " and ".join(name for name, on in (("auth", args.auth), ("TLS", args.tls)) if on)
+        print_secured(rows, medians(ours), medians(secured), label)
 
 
 def run_scale(args: argparse.Namespace) -> None:
