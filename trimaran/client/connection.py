@@ -48,6 +48,7 @@ from trimaran.errors import (
 from trimaran.protocols.client_protocol import PROTOCOL_VERSION, hello
 from trimaran.protocols.codec import pack, unpack
 from trimaran.protocols.framing import FrameDecoder, encode_frame
+from trimaran.protocols.tls import TlsClosed, TlsSession, run_handshake
 
 #: Bytes asked of the socket per receive.
 RECEIVE_BYTES = 256 * limits.KIB
@@ -188,7 +189,10 @@ class Connection:
         decoder: FrameDecoder,
         welcome: Welcome,
         inflight_requests_max: int,
+        tls: TlsSession | None = None,
     ) -> None:
+        """``tls``: the connection's handshaken TLS session; bytes are encrypted before every write
+        and decrypted after every read of ``stream`` (the same direct socket writes as plain TCP)."""
         assert 0 < inflight_requests_max <= limits.session_responses_max
         self.address = address
         self.welcome = welcome
@@ -196,6 +200,7 @@ class Connection:
         self.token: str | None = None
         self._stream = stream
         self._decoder = decoder
+        self._tls = tls
         self._pending: dict[int, _Slot] = {}
         self._next_request_id = 0
         self._inflight = trio.Semaphore(inflight_requests_max)
@@ -204,7 +209,8 @@ class Connection:
         self._outbox: deque[bytes] = deque()
         self._outbox_max = inflight_requests_max
         self._outbox_lot = trio.lowlevel.ParkingLot()
-        #: The unwritten rest of a frame the socket took only part of: it leaves before any other.
+        #: The unwritten rest of a frame the socket took only part of: it leaves before any other
+        #: (over TLS: ciphertext, already encrypted).
         self._head: bytes | memoryview = b""
         #: The writer task is in a send: nothing may be written directly until it is done.
         self._writing = False
@@ -400,6 +406,8 @@ class Connection:
         whatever the socket does not take. A broken socket closes the connection: the caller then
         gets ``ConnectionLost`` (maybe sent: part of the frame may have left)."""
         assert self._sock is not None and self._closed_reason is None  # so the descriptor is still ours
+        if self._tls is not None:
+            frame = self._tls.encrypt(frame)
         try:
             written = os.write(self._sock.fileno(), frame)
         except BlockingIOError:
@@ -425,6 +433,8 @@ class Connection:
                     frames.append(self._outbox.popleft())
                     size_bytes += len(frames[-1])
                 data = frames[0] if len(frames) == 1 else b"".join(frames)
+                if self._tls is not None:
+                    data = self._tls.encrypt(data)
             self._writing = True
             try:
                 await self._stream.send_all(data)
@@ -441,7 +451,7 @@ class Connection:
                 self._closed_reason = self._closed_reason or f"{self.address} closed the connection"
                 return
             if sock is None:
-                decoder.feed(await self._stream.receive_some(RECEIVE_BYTES))
+                _feed(decoder, self._tls, await self._stream.receive_some(RECEIVE_BYTES))
                 self._last_receive_s = trio.current_time()
                 self._receives += 1
                 continue
@@ -449,9 +459,10 @@ class Connection:
             # (trio's receive_some reads first and yields again after, even when data was waiting).
             await trio.lowlevel.wait_readable(sock)
             try:
-                decoder.feed(os.read(sock.fileno(), RECEIVE_BYTES))
+                received = os.read(sock.fileno(), RECEIVE_BYTES)
             except BlockingIOError:
                 continue  # a spurious wake-up: wait again
+            _feed(decoder, self._tls, received)
             self._last_receive_s = trio.current_time()
             self._receives += 1
 
@@ -491,12 +502,18 @@ async def open_connection(
     answer the hello in time, ``TlsError`` if ``ssl_context`` is given and the TLS handshake fails,
     or the node's typed refusal (e.g. ``AuthError``)."""
     with trio.move_on_after(handshake_timeout_ms / 1000) as scope:
-        stream: trio.abc.Stream = await trio.open_tcp_stream(address.host, address.port)
+        stream = await trio.open_tcp_stream(address.host, address.port)
+        tls: TlsSession | None = None
         try:
-            if ssl_context is not None:
-                stream = await _tls_handshake(stream, ssl_context, address)
             decoder = FrameDecoder(frame_bytes_max)
-            await stream.send_all(encode_frame(pack(hello(cluster_id, token))))
+            first = encode_frame(pack(hello(cluster_id, token)))
+            if ssl_context is not None:
+                tls = await _tls_handshake(stream, ssl_context, address)
+                first = tls.encrypt(first)
+                leftover = tls.decrypt(b"")  # what came along with the handshake's last flight
+                if leftover:
+                    decoder.feed(leftover)
+            await stream.send_all(first)
             while (frame := decoder.next_frame()) is None:
                 if decoder.closed:
                     raise ConnectionLost(
@@ -504,7 +521,7 @@ async def open_connection(
                         + ("" if ssl_context else " (a TLS node closes plain connections: give the CA file, --ca-file / ca_file=)"),
                         maybe_sent=False,
                     )
-                decoder.feed(await stream.receive_some(RECEIVE_BYTES))
+                _feed(decoder, tls, await stream.receive_some(RECEIVE_BYTES))
             welcome = _parse_welcome(unpack(frame), cluster_id)
         except BaseException:
             with trio.CancelScope(shield=True):
@@ -512,25 +529,41 @@ async def open_connection(
             raise
     if scope.cancelled_caught:
         raise RequestTimeout(f"{address} did not complete the handshake within {handshake_timeout_ms} ms")
-    conn = Connection(stream, address, decoder, welcome, inflight_requests_max)
+    conn = Connection(stream, address, decoder, welcome, inflight_requests_max, tls)
     nursery.start_soon(conn.run)
     return conn
 
 
-async def _tls_handshake(tcp: trio.abc.Stream, ctx: ssl.SSLContext, address: Address) -> trio.abc.Stream:
-    stream = trio.SSLStream(tcp, ctx, server_hostname=address.host)
+async def _tls_handshake(tcp: trio.SocketStream, ctx: ssl.SSLContext, address: Address) -> TlsSession:
+    session = TlsSession(ctx, server_side=False, server_hostname=address.host)
     try:
-        await stream.do_handshake()
-    except trio.BrokenResourceError as exc:
-        cause = exc.__cause__
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            why = f"certificate verify failed ({cause.verify_message})"
+        await run_handshake(session, tcp.send_all, lambda: tcp.receive_some(RECEIVE_BYTES))
+    except (ssl.SSLError, TlsClosed) as exc:
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            why = f"certificate verify failed ({exc.verify_message})"
         else:
-            why = getattr(cause, "reason", None) or str(cause or exc)
+            why = getattr(exc, "reason", None) or str(exc)
         raise TlsError(
             f"TLS handshake with {address} failed: {why} (is it a TLS node, and is --ca-file its cluster's CA?)"
         ) from None
-    return stream
+    return session
+
+
+def _feed(decoder: FrameDecoder, tls: TlsSession | None, received: bytes | bytearray) -> None:
+    """Give the decoder what ``received`` (b"": the connection ended) brings: over TLS the
+    plaintext it completes, perhaps none yet; the peer's close_notify ends the stream too."""
+    if tls is None or not received:
+        decoder.feed(received)
+        return
+    try:
+        plain = tls.decrypt(received)
+    except TlsClosed:
+        decoder.feed(b"")
+        return
+    except ssl.SSLError as exc:
+        raise ProtocolError(f"TLS error: {exc}") from None
+    if plain:
+        decoder.feed(plain)
 
 
 def tls_context(ca_file: str | None) -> ssl.SSLContext | None:

@@ -83,7 +83,7 @@ from trimaran.node.authoriser import Authoriser, Grant
 from trimaran.node.clock import wall_clock_ms as system_wall_clock_ms
 from trimaran.node.config import Address, NodeConfig
 from trimaran.node.driver import Driver
-from trimaran.node.streams import PendingHandshakes, linger_close, open_listeners, read_frame
+from trimaran.node.streams import PendingHandshakes, TlsStream, linger_close, open_listeners, read_frame
 from trimaran.protocols.client_protocol import error_frame, parse_hello, parse_request, response, welcome
 from trimaran.protocols.codec import brief, pack, unpack
 from trimaran.protocols.framing import FrameDecoder, encode_frame
@@ -113,9 +113,11 @@ class ClientConnection:
     def __init__(self, server: ClientServer, stream: trio.abc.Stream) -> None:
         self._server = server
         self._stream = stream
-        #: Plain TCP: answers are written to the socket directly (see flush_replies). Over TLS every
-        #: byte goes through the SSL object, so only the writer task writes.
-        self._through_tls = not isinstance(stream, trio.SocketStream)
+        #: Over TLS: the session that encrypts each chunk before the same direct write as plain TCP.
+        self._tls = stream.session if isinstance(stream, TlsStream) else None
+        #: The plaintext bytes of the chunk in ``_head`` (over TLS ``_head`` is ciphertext, and the
+        #: answer-byte accounting counts plaintext: it is settled when the chunk is fully written).
+        self._head_plain_bytes = 0
         cfg = server.config
         self._timeout_s = cfg.request_timeout_ms / 1000
         self._slots = trio.Semaphore(cfg.client_inflight_requests_max)
@@ -265,22 +267,28 @@ class ClientConnection:
     def _write_now(self) -> bool:
         """Write what is queued, up to the socket's room; True when all of it went. Raises OSError
         on a broken connection. A slot is released once its answer is written completely."""
+        tls = self._tls
         while True:
             data = self._head
             if not data:
                 if not self._out:
                     return True
                 data = self._next_chunk()
+                if tls is not None:
+                    self._head_plain_bytes = len(data)
+                    data = tls.encrypt(data)
             try:
                 written = os.write(self._fd, data)
             except BlockingIOError:
                 written = 0
-            if written:
+            if written and tls is None:
                 self._sent(written)
             if written < len(data):
                 self._head = memoryview(data)[written:]
                 self._blocked = True
                 return False
+            if tls is not None:
+                self._sent(self._head_plain_bytes)
             self._chunk_written()
 
     def _broken(self) -> None:
@@ -295,8 +303,8 @@ class ClientConnection:
         try:
             async with trio.open_nursery() as nursery:
                 self._cancel = nursery.cancel_scope
-                if isinstance(self._stream, trio.SocketStream):
-                    self._fd = self._stream.socket.fileno()
+                assert isinstance(self._stream, (trio.SocketStream, TlsStream))
+                self._fd = self._stream.socket.fileno()
                 nursery.start_soon(self._write_loop)
                 nursery.start_soon(self._reap_loop)
                 with self._read_scope:
@@ -459,14 +467,8 @@ class ClientConnection:
                 if not self._head and not self._out:
                     await self._out_lot.park()
                     continue
-                if self._through_tls:  # a chunk at a time through the SSL object
-                    self._head = data = self._next_chunk()  # counted as unwritten until it is
-                    await self._stream.send_all(data)
-                    self._sent(len(data))
-                    self._chunk_written()
-                    continue
                 if self._blocked:
-                    assert isinstance(self._stream, trio.SocketStream)
+                    assert isinstance(self._stream, (trio.SocketStream, TlsStream))
                     await trio.lowlevel.wait_writable(self._stream.socket)
                     self._blocked = False
                 self._write_now()
@@ -579,7 +581,7 @@ class ClientServer:
 
     async def _handle(self, tcp: trio.SocketStream) -> None:
         # Over TLS the handshake runs inside the first read, under the hello's timeout.
-        stream: trio.abc.Stream = tcp if self._tls is None else trio.SSLStream(tcp, self._tls, server_side=True)
+        stream: trio.abc.Stream = tcp if self._tls is None else TlsStream(tcp, self._tls, server_side=True)
         if self.shutting_down:
             self.connections_refused += 1
             await linger_close(stream, _encode(error_frame(Unavailable("this node is shutting down"))))

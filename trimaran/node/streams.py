@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 from typing import Generic, Hashable, TypeVar
 
 import trio
@@ -10,6 +11,7 @@ import trio
 from trimaran import limits
 from trimaran.node.config import Address
 from trimaran.protocols.framing import FrameDecoder
+from trimaran.protocols.tls import TlsClosed, TlsSession, run_handshake
 
 #: Bytes asked of the kernel per receive.
 RECEIVE_BYTES = 64 * limits.KIB
@@ -63,6 +65,68 @@ async def open_listeners(address: Address, what: str) -> list[trio.SocketListene
         raise OSError(exc.errno, f"cannot listen for {what} on {address}: {exc.strerror or exc}") from None
 
 
+class TlsStream(trio.abc.Stream):
+    """TLS over a socket stream through a sans-IO :class:`~trimaran.protocols.tls.TlsSession`.
+
+    Unlike ``trio.SSLStream`` it leaves the socket reachable (``socket``) so that the owner can
+    keep writing directly from the code that produces the bytes: ``session.encrypt`` and then one
+    non-blocking ``write``, exactly as over plain TCP. The handshake runs at the first
+    ``send_all`` / ``receive_some`` (or :meth:`do_handshake`), so the caller's hello timeout bounds
+    it. A failed handshake or corrupt input is ``trio.BrokenResourceError`` (the ``ssl.SSLError``
+    as its cause). The peer's close, with or without close_notify, reads as EOF.
+    """
+
+    def __init__(
+        self, tcp: trio.SocketStream, context: ssl.SSLContext, *, server_side: bool, server_hostname: str | None = None
+    ) -> None:
+        self.transport_stream = tcp
+        self.socket = tcp.socket
+        self.session = TlsSession(context, server_side=server_side, server_hostname=server_hostname)
+
+    async def do_handshake(self) -> None:
+        if self.session.handshake_done:
+            return
+        try:
+            await run_handshake(self.session, self.transport_stream.send_all, lambda: receive_some(self.transport_stream))
+        except (ssl.SSLError, TlsClosed) as exc:
+            raise trio.BrokenResourceError(f"TLS handshake failed: {exc}") from exc
+
+    def getpeercert(self) -> dict[str, object] | None:
+        return self.session.getpeercert()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.do_handshake()
+        await self.transport_stream.send_all(self.session.encrypt(data))
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport_stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Plaintext (any amount: ``max_bytes`` is not honoured), or b"" at EOF."""
+        await self.do_handshake()
+        received = b""  # first what the handshake's last read brought along
+        while True:
+            try:
+                plain = self.session.decrypt(received)
+            except TlsClosed:
+                return b""
+            except ssl.SSLError as exc:
+                raise trio.BrokenResourceError(f"TLS error: {exc}") from exc
+            if plain:
+                return plain
+            received = await receive_some(self.transport_stream)
+            if not received:
+                return b""
+
+    async def aclose(self) -> None:
+        if self.session.handshake_done:
+            try:  # best effort, never waiting: the peer then reads a clean end rather than a cut
+                os.write(self.socket.fileno(), self.session.close_notify())
+            except (OSError, ssl.SSLError):
+                pass
+        await self.transport_stream.aclose()
+
+
 async def read_frame(stream: trio.abc.ReceiveStream, decoder: FrameDecoder) -> bytes | None:
     """The next frame from ``stream``, or None on a clean close between frames.
 
@@ -106,14 +170,14 @@ async def linger_close(stream: trio.abc.Stream, last: bytes = b"") -> None:
     Closing a TCP socket with unread input makes the kernel send RST, and an RST can make the other
     side drop data it has not read yet — our error frame. So: send, shut our side (FIN), discard
     what the peer still sends for a bounded time, then close. Over TLS, ``last`` goes through the
-    SSL object and the rest happens on the TCP stream under it (TLS has no half-close; the peer
-    reads the frame, then sees the connection end).
+    session and the rest happens on the TCP stream under it (TLS has no half-close; the peer reads
+    the frame, then sees the connection end).
     """
     with trio.move_on_after(LINGER_S):
         try:
             if last:
                 await stream.send_all(last)
-            tcp = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+            tcp = stream.transport_stream if isinstance(stream, TlsStream) else stream
             assert isinstance(tcp, trio.abc.HalfCloseableStream), type(tcp)
             await tcp.send_eof()
             discarded = 0

@@ -52,9 +52,9 @@ Wire: length-prefixed frames (:mod:`trimaran.protocols.framing`), each holding o
 - TLS (``--tls-dir``, :mod:`trimaran.node.tls`): both directions are mutual TLS with the cluster
   CA. The dialer checks that the certificate at a peer's address is that peer's; the acceptor, that
   the dialer's certificate is the one of the node its ``peer_hello`` names. A process without a
-  certificate of the CA fails the TLS handshake and never gets a frame read. Over TLS the bytes go
-  through the SSL object, so the connection's task does every write (``send_all``); the direct
-  writes below are for plain TCP.
+  certificate of the CA fails the TLS handshake and never gets a frame read. Over TLS the direct
+  writes below carry ciphertext (:class:`~trimaran.node.streams.TlsStream`: each chunk is
+  encrypted, then written), so TLS keeps one write per peer per round and no task switch.
 - Reconnects back off exponentially with full jitter, so restarted clusters do not reconnect in
   lockstep.
 """
@@ -74,7 +74,7 @@ from trimaran import limits
 from trimaran.errors import ProtocolError, TrimaranError
 from trimaran.node.clock import HELLO_FEATURE, ClockMonitor, is_clock_frame
 from trimaran.node.config import Address, NodeConfig
-from trimaran.node.streams import PendingHandshakes, linger_close, open_listeners, read_frame
+from trimaran.node.streams import PendingHandshakes, TlsStream, linger_close, open_listeners, read_frame
 from trimaran.node.tls import NodeTls, peer_node_id
 from trimaran.protocols.codec import brief, message_from_wire, message_to_wire, pack, unpack
 from trimaran.protocols.framing import FrameDecoder, encode_frame
@@ -177,11 +177,10 @@ class PeerQueue:
         self._lot = trio.lowlevel.ParkingLot()
         #: The unwritten rest of a chunk the socket took only part of (goes out first).
         self._head: bytes | memoryview = b""
-        #: The attached connection's socket file descriptor (-1: none, or a TLS connection, which
-        #: only its task writes to: see :meth:`attach_stream`).
+        #: The attached connection's socket file descriptor (-1: none).
         self._fd = -1
-        #: A TLS connection is attached.
-        self._stream_attached = False
+        #: Over TLS: the session's ``encrypt``, applied to each chunk before it is written.
+        self._encrypt: Callable[[bytes], bytes] | None = None
         #: The socket refused more (EAGAIN): leave the next write to the task that waits for it.
         self.blocked = False
         self.dropped_frames = 0
@@ -223,26 +222,22 @@ class PeerQueue:
         """Bytes wait to be written (queued frames or the rest of a chunk)."""
         return bool(self._head) or bool(self._frames)
 
-    def attach(self, fd: int) -> None:
-        """Write to this (non-blocking, connected, handshaken) socket from now on."""
+    def attach(self, fd: int, encrypt: Callable[[bytes], bytes] | None = None) -> None:
+        """Write to this (non-blocking, connected, handshaken) socket from now on; over TLS, what
+        ``encrypt`` makes of each chunk (the partly written rest, ``_head``, is then ciphertext)."""
         self._fd = fd
-        self.blocked = False
-
-    def attach_stream(self) -> None:
-        """A TLS connection is up. Its bytes go through the SSL object, so only the connection's task
-        writes (:meth:`take`, then ``send_all``); :meth:`flush` leaves everything to it."""
-        self._stream_attached = True
+        self._encrypt = encrypt
         self.blocked = False
 
     def detach(self) -> None:
         """The connection is going away: write nothing more to its descriptor (it may be reused)."""
         self._fd = -1
-        self._stream_attached = False
+        self._encrypt = None
         self.blocked = False
 
     @property
     def attached(self) -> bool:
-        return self._fd >= 0 or self._stream_attached
+        return self._fd >= 0
 
     def flush(self) -> bool:
         """Write what is queued to the attached socket without waiting; True when all of it went.
@@ -259,6 +254,8 @@ class PeerQueue:
                     return True
                 frames = self._take_now(SEND_CHUNK_BYTES_MAX)
                 data = b"".join(frames) if len(frames) > 1 else frames[0]
+                if self._encrypt is not None:
+                    data = self._encrypt(data)
                 self.sent_frames += len(frames)
             try:
                 written = os.write(fd, data)
@@ -423,15 +420,15 @@ class PeerTransport:
             await trio.sleep(random.uniform(0, backoff_ms) / 1000)
             backoff_ms = min(backoff_ms * 2, cfg.peer_reconnect_ms_max)
 
-    async def _tls_dial(self, tcp: trio.SocketStream, peer_id: int) -> trio.SSLStream[trio.SocketStream]:
+    async def _tls_dial(self, tcp: trio.SocketStream, peer_id: int) -> TlsStream:
         """The TLS handshake with ``peer_id``: its certificate must be the cluster CA's for that node."""
         assert self._tls is not None
-        stream = trio.SSLStream(tcp, self._tls.peer_client, server_side=False)
+        stream = TlsStream(tcp, self._tls.peer_client, server_side=False)
         try:
             await stream.do_handshake()
         except trio.BrokenResourceError as exc:
             self.tls_refused += 1
-            log.warning("node %d: TLS handshake with peer %d failed: %s", self._node_id, peer_id, exc.__cause__ or exc)
+            log.warning("node %d: TLS handshake with peer %d failed: %s", self._node_id, peer_id, exc)
             raise
         claimed = peer_node_id(stream.getpeercert())
         if claimed != peer_id:
@@ -455,20 +452,15 @@ class PeerTransport:
                     self._config.cluster_id, self._node_id, peer_id, self._config.state_machine_settings()
                 )
                 await stream.send_all(encode_frame(pack(hello)))
-                if not isinstance(stream, trio.SocketStream):
-                    q.attach_stream()
-                    while True:  # TLS: every byte goes through the SSL object, from this task
-                        frames = await q.take()
-                        await stream.send_all(b"".join(frames) if len(frames) > 1 else frames[0])
-                        q.sent_frames += len(frames)
-                        q.writes += 1
-                q.attach(stream.socket.fileno())
+                assert isinstance(stream, (trio.SocketStream, TlsStream))
+                sock = stream.socket
+                q.attach(sock.fileno(), stream.session.encrypt if isinstance(stream, TlsStream) else None)
                 while True:
                     if not q.pending:
                         await q.wait_pending()
                         continue
                     if q.blocked:
-                        await trio.lowlevel.wait_writable(stream.socket)
+                        await trio.lowlevel.wait_writable(sock)
                         q.blocked = False
                     q.flush()
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -527,7 +519,7 @@ class PeerTransport:
         if self._tls is not None:
             # The handshake runs inside the first read, under the handshake timeout: a dialer
             # without a certificate of the cluster CA fails it before any frame is read.
-            stream = trio.SSLStream(tcp, self._tls.peer_server, server_side=True)
+            stream = TlsStream(tcp, self._tls.peer_server, server_side=True)
         conn = _Inbound()
         oldest = self._handshaking.add(conn)
         if oldest is not None:
@@ -546,9 +538,9 @@ class PeerTransport:
             log.warning("node %d: closing a peer connection: %s", self._node_id, exc)
             await self._refuse(stream, exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            if isinstance(stream, trio.SSLStream) and not conn.sender:
+            if isinstance(stream, TlsStream) and not stream.session.handshake_done:
                 self.tls_refused += 1
-                log.warning("node %d: refused a peer connection's TLS handshake: %s", self._node_id, exc.__cause__ or exc)
+                log.warning("node %d: refused a peer connection's TLS handshake: %s", self._node_id, exc)
         finally:
             self._handshaking.discard(conn)
             if self._inbound.get(conn.sender) is conn:
@@ -579,7 +571,7 @@ class PeerTransport:
                 return
             hello = unpack(first, size_bytes_max=HELLO_FRAME_BYTES_MAX)
             sender = self._check_hello(hello)
-            if isinstance(stream, trio.SSLStream):
+            if isinstance(stream, TlsStream):
                 holder = peer_node_id(stream.getpeercert())
                 if holder != sender:
                     raise ProtocolError(f"node {sender}'s hello came with the certificate of node {holder}")

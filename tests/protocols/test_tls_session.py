@@ -1,0 +1,78 @@
+"""The sans-IO TLS session (trimaran.protocols.tls): a client and a server session joined by
+hand, byte for byte, with certificates from ``certs init``."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import pytest
+
+from trimaran.node.tls import CA_CERT, init_certs, node_tls
+from trimaran.protocols.tls import TlsClosed, TlsSession
+
+
+@pytest.fixture(scope="module")
+def tls_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tls")
+    init_certs(root, [1])
+    return root
+
+
+def connected(tls_dir: Path) -> tuple[TlsSession, TlsSession]:
+    server = TlsSession(node_tls(tls_dir, 1).client_server, server_side=True)
+    client = TlsSession(ssl.create_default_context(cafile=str(tls_dir / CA_CERT)), server_side=False, server_hostname="localhost")
+    to_server, _ = client.handshake_step()
+    for _ in range(10):  # a TLS 1.3 handshake takes two flights each way at most
+        to_client, _ = server.handshake_step(to_server)
+        to_server, _ = client.handshake_step(to_client)
+        if client.handshake_done and server.handshake_done and not to_server:
+            break
+    # The server's last flight (session tickets) is read by the client along with the first data.
+    assert client.handshake_done and server.handshake_done
+    return client, server
+
+
+def test_a_handshake_then_bytes_both_ways_in_any_cut(tls_dir: Path) -> None:
+    client, server = connected(tls_dir)
+    assert client.getpeercert() is not None
+    message = bytes(range(256)) * 400  # several TLS records
+    wire = client.encrypt(message)
+    assert message not in wire
+    got = b""
+    for start in range(0, len(wire), 1000):  # records cut anywhere arrive whole
+        got += server.decrypt(wire[start : start + 1000])
+    assert got == message
+    assert client.decrypt(server.encrypt(b"answer")) == b"answer"
+
+
+def test_a_tampered_record_is_an_ssl_error_and_close_notify_ends_the_session(tls_dir: Path) -> None:
+    client, server = connected(tls_dir)
+    wire = bytearray(client.encrypt(b"hello"))
+    wire[-1] ^= 1
+    with pytest.raises(ssl.SSLError):
+        server.decrypt(bytes(wire))
+    client2, server2 = connected(tls_dir)
+    assert server2.decrypt(b"") == b""  # nothing buffered: no plaintext, no error
+    # Data, then close_notify in the same read: the data first, the close at the next call.
+    wire2 = client2.encrypt(b"last words") + client2.close_notify()
+    assert server2.decrypt(wire2) == b"last words"
+    with pytest.raises(TlsClosed):
+        server2.decrypt(b"")
+
+
+def test_a_client_that_does_not_trust_the_ca_fails_its_handshake(tls_dir: Path, tmp_path: Path) -> None:
+    init_certs(tmp_path, [1])
+    server = TlsSession(node_tls(tls_dir, 1).client_server, server_side=True)
+    client = TlsSession(ssl.create_default_context(cafile=str(tmp_path / CA_CERT)), server_side=False, server_hostname="localhost")
+    hello, _ = client.handshake_step()
+    answer, _ = server.handshake_step(hello)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        client.handshake_step(answer)
+
+
+def test_a_cut_without_close_notify_is_an_ssl_eof_error(tls_dir: Path) -> None:
+    client, server = connected(tls_dir)
+    server.feed_eof()
+    with pytest.raises(ssl.SSLEOFError):
+        server.decrypt(b"")
