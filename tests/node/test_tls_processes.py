@@ -90,17 +90,17 @@ async def test_a_tls_and_auth_cluster_from_the_cli(tmp_path: Path, monkeypatch: 
 
         # A process claiming to be node 2, without a certificate of the cluster CA, campaigns
         # against nodes 1 and 3: its handshakes fail, no vote request reaches Raft, the term stays.
-        impostor_log = open(tmp_path / "impostor.log", "wb")
-        impostor = subprocess.Popen(
-            [
-                sys.executable, "-m", "trimaran", "node", "run", "--id", "2",
-                "--listen", f"{HOST}:{free_port()}", "--peer-listen", f"{HOST}:{free_port()}",
-                "--data-dir", str(tmp_path / "impostor"),
-                "--peer", f"1={cluster.peer[1]}", "--peer", f"3={cluster.peer[3]}",
-            ],  # fmt: skip
-            stdout=impostor_log,
-            stderr=subprocess.STDOUT,
-        )
+        with open(tmp_path / "impostor.log", "wb") as impostor_log:
+            impostor = subprocess.Popen(
+                [
+                    sys.executable, "-m", "trimaran", "node", "run", "--id", "2",
+                    "--listen", f"{HOST}:{free_port()}", "--peer-listen", f"{HOST}:{free_port()}",
+                    "--data-dir", str(tmp_path / "impostor"),
+                    "--peer", f"1={cluster.peer[1]}", "--peer", f"3={cluster.peer[3]}",
+                ],  # fmt: skip
+                stdout=impostor_log,
+                stderr=subprocess.STDOUT,
+            )
         refused: dict[int, int] = {}
         with trio.fail_after(WAIT_S):
             while not all(refused.get(i, 0) >= 3 for i in (1, 3)):
