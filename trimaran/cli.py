@@ -328,12 +328,20 @@ def node_run_command(
     from trimaran.node.config import Address, NodeConfig, build_peers, load_auth_key
     from trimaran.node.node import configure_logging, run_node_process
 
+    from trimaran.errors import ConfigError
+
+    try:  # malformed addresses are usage mistakes: exit status 2, like click's own
+        listen_address = Address.parse(listen, "--listen")
+        peer_listen_address = Address.parse(peer_listen, "--peer-listen")
+        peer_specs = build_peers(list(peers), list(peer_clients))
+    except ConfigError as exc:
+        raise click.UsageError(exc.message) from None
     try:
         config = NodeConfig(
             node_id,
-            Address.parse(listen, "--listen"),
-            Address.parse(peer_listen, "--peer-listen"),
-            build_peers(list(peers), list(peer_clients)),
+            listen_address,
+            peer_listen_address,
+            peer_specs,
             data_dir,
             cluster_id=cluster_id,
             tick_ms=tick_ms,
@@ -429,6 +437,18 @@ _DEFAULT_ENDPOINTS = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"  # where `tr
 _ENDPOINTS_HELP = "Comma-separated HOST:PORT client addresses [env TRIMARAN_ENDPOINTS; default: the `trimaran up` ports]."
 
 
+def _check_endpoints(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A malformed endpoint is a usage mistake (exit status 2, like click's own), not a runtime failure."""
+    from trimaran.client.connection import parse_endpoints
+    from trimaran.errors import InvalidArgument
+
+    try:
+        parse_endpoints(value)
+    except InvalidArgument as exc:
+        raise click.BadParameter(exc.message, ctx=ctx, param=param) from None
+    return value
+
+
 def _use_ca_file(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     """--ca-file is the flag form of TRIMARAN_CA_FILE, which every client of this process reads."""
     import os
@@ -442,7 +462,13 @@ def _client_options(default_timeout_ms: int) -> Any:
 
     def decorate(fn: Any) -> Any:
         options = [
-            click.option("--endpoints", envvar="TRIMARAN_ENDPOINTS", default=_DEFAULT_ENDPOINTS, help=_ENDPOINTS_HELP),
+            click.option(
+                "--endpoints",
+                envvar="TRIMARAN_ENDPOINTS",
+                default=_DEFAULT_ENDPOINTS,
+                callback=_check_endpoints,
+                help=_ENDPOINTS_HELP,
+            ),
             click.option(
                 "--cluster-id", envvar="TRIMARAN_CLUSTER_ID", help="Refuse nodes of any other cluster [env TRIMARAN_CLUSTER_ID]."
             ),

@@ -37,9 +37,6 @@ def base_args(tmp_path: Path, listen: str | None = None) -> list[str]:
     ("extra", "message"),
     [
         (["--peer", "1=127.0.0.1:9"], "listed as its own peer"),
-        (["--peer", "2=nonsense"], "not HOST:PORT"),
-        (["--peer", "x=127.0.0.1:9"], "not ID=HOST:PORT"),
-        (["--peer-client", "5=127.0.0.1:9"], "no --peer"),
         (["--cluster-id", ""], "cluster id"),
         # The connection bounds reach NodeConfig.validate(), relations included.
         (["--client-idle-timeout-ms", "5000"], "client_idle_timeout_ms must be at least request_timeout_ms"),
@@ -52,6 +49,28 @@ def test_bad_configuration_is_one_line_and_exit_1(tmp_path: Path, extra: list[st
     assert code == 1
     lines = output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: config_error:") and message in lines[0], output
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--peer", "2=nonsense"], "not HOST:PORT"),
+        (["--peer", "x=127.0.0.1:9"], "not ID=HOST:PORT"),
+        (["--listen", "nohost"], "--listen 'nohost' is not HOST:PORT"),
+        (["--peer-listen", "127.0.0.1:99999"], "port must be in 0..65535"),
+        (["--peer-client", "5=127.0.0.1:9"], "no --peer"),
+    ],
+)
+def test_a_malformed_address_is_a_usage_mistake_exit_2(tmp_path: Path, extra: list[str], message: str) -> None:
+    code, output = run(base_args(tmp_path) + extra)
+    assert code == 2 and output.startswith("Usage:") and "Error: " in output and message in output, output
+
+
+@pytest.mark.parametrize("endpoints", ["foo", "127.0.0.1:99999", ":", ","])
+def test_a_malformed_endpoint_is_a_usage_mistake_exit_2(endpoints: str) -> None:
+    for command in (["status"], ["kv", "get", "k"], ["auth", "keys"]):
+        result = CliRunner().invoke(main, [*command, "--endpoints", endpoints])
+        assert result.exit_code == 2 and "Invalid value for '--endpoints'" in result.output, (command, result.output)
 
 
 def test_a_taken_client_port_is_one_line_and_exit_1(tmp_path: Path) -> None:

@@ -7,8 +7,10 @@ Every frame (see :mod:`trimaran.protocols.framing`) holds one msgpack value.
        {"type": "hello", "version": 1, "cluster_id": str | None, "token": str | None}
 
    The node answers ``{"type": "welcome", "version": 1, "node_id": int, "leader_id": int,
-   "cluster_id": str}``, or ``{"type": "error", "error": <error>}`` and closes. ``token`` is the
-   slot signed-token auth will fill; ``cluster_id`` guards against talking to the wrong cluster.
+   "cluster_id": str}``, or ``{"type": "error", "error": <error>}`` and closes. ``token`` is a
+   PASETO v4.public token (:mod:`trimaran.protocols.tokens`), required by a node with auth on and
+   ignored otherwise; ``cluster_id`` guards against talking to the wrong cluster. On a node with
+   ``--tls-dir`` all of this runs inside TLS (:mod:`trimaran.protocols.tls`).
 
 2. Requests, pipelined (many in flight on one connection, answered in any order)::
 
