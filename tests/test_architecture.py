@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent / "trimaran"
 
 # Third-party and project modules each layer may import (stdlib is allowed unless forbidden below).
 THIRD_PARTY = {
-    "trio", "trio_websocket", "msgpack", "lmdb", "cryptography", "pyseto", "sortedcontainers", "click", "hypothesis"
+    "trio", "trio_websocket", "msgpack", "lmdb", "cryptography", "pyseto", "sortedcontainers", "click", "hypothesis",
+    "hypercorn",
 }
 SHARED = {"trimaran", "trimaran.errors", "trimaran.limits"}
 ALLOWED: dict[str, set[str]] = {
@@ -21,7 +22,7 @@ ALLOWED: dict[str, set[str]] = {
     "services": {"sortedcontainers", "trimaran.protocols", "trimaran.services"},
     "storage": {"lmdb", "trimaran.protocols", "trimaran.storage"},
     # cryptography: the TLS certificates of `trimaran certs` (x509), an edge library like trio's ssl.
-    "node": {"trio", "trio_websocket", "cryptography", "trimaran.cluster", "trimaran.services", "trimaran.storage", "trimaran.protocols", "trimaran.node"},
+    "node": {"trio", "trio_websocket", "hypercorn", "cryptography", "trimaran.cluster", "trimaran.services", "trimaran.storage", "trimaran.protocols", "trimaran.node"},
     "client": {"trio", "trio_websocket", "trimaran.protocols", "trimaran.client"},
     "simulations": {"trimaran.cluster", "trimaran.services", "trimaran.storage", "trimaran.protocols", "trimaran.simulations", "sortedcontainers"},
 }

@@ -155,7 +155,7 @@ def _connection_bound_options(fn: Any) -> Any:
     type=click.IntRange(1, 65000),
     default=7000,
     show_default=True,
-    help="Node i listens for clients on BASE+i and for peers on BASE+100+i.",
+    help="Node i listens for clients on BASE+i, for peers on BASE+100+i, and for HTTP on BASE+1000+i.",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address every node listens on.")
 @click.option("--cluster-id", default="trimaran", show_default=True, help="Name the nodes check in every handshake.")
@@ -223,6 +223,20 @@ def node_group() -> None:
     multiple=True,
     metavar="ID=HOST:PORT",
     help="Another node's client address, for the leader hint in not_leader answers; repeat per node.",
+)
+@click.option(
+    "--http-listen",
+    metavar="HOST:PORT",
+    default=None,
+    help="Serve the REST API (/v1/, see /v1/openapi.json) on this address. Default: no HTTP edge.",
+)
+@click.option(
+    "--peer-http",
+    "peer_https",
+    multiple=True,
+    metavar="ID=HOST:PORT",
+    help="Another node's HTTP address, where writes sent to this node's HTTP edge are redirected when "
+    "that node leads; repeat per node.",
 )
 @click.option("--data-dir", required=True, help="Directory of this node's LMDB store (created if missing).")
 @click.option("--cluster-id", default="trimaran", show_default=True, help="Name checked in every handshake.")
@@ -305,6 +319,8 @@ def node_run_command(
     peer_listen: str,
     peers: tuple[str, ...],
     peer_clients: tuple[str, ...],
+    http_listen: str | None,
+    peer_https: tuple[str, ...],
     data_dir: str,
     cluster_id: str,
     tick_ms: int,
@@ -333,7 +349,8 @@ def node_run_command(
     try:  # malformed addresses are usage mistakes: exit status 2, like click's own
         listen_address = Address.parse(listen, "--listen")
         peer_listen_address = Address.parse(peer_listen, "--peer-listen")
-        peer_specs = build_peers(list(peers), list(peer_clients))
+        peer_specs = build_peers(list(peers), list(peer_clients), list(peer_https))
+        http_address = Address.parse(http_listen, "--http-listen") if http_listen else None
     except ConfigError as exc:
         raise click.UsageError(exc.message) from None
     try:
@@ -357,6 +374,7 @@ def node_run_command(
             auth_leeway_ms=auth_leeway_ms,
             tls_dir=tls_dir,
             insecure=insecure,
+            http_listen=http_address,
             **connection_bounds,
         ).validate()
         configure_logging(log_level, node_id)

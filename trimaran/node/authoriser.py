@@ -210,6 +210,11 @@ class Authoriser:
 
     # ------------------------------------------------------------------ after each apply round
 
+    @property
+    def generation(self) -> int:
+        """Moves when a revocation or a key retirement is applied (the auth service's generation)."""
+        return self._auth.generation
+
     def generation_moved(self) -> bool:
         """Was a revocation or a key retirement applied since the last call? (One int compare.)"""
         generation = self._auth.generation

@@ -76,6 +76,8 @@ class PeerSpec:
     node_id: int
     peer_address: Address
     client_address: Address | None = None
+    #: Its HTTP edge (``--peer-http``), where this node's HTTP edge redirects leader-only requests.
+    http_address: Address | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +122,14 @@ class NodeConfig:
     client_answer_bytes_max: int = 32 * limits.MIB
     #: The same, summed over every client connection of the node.
     client_answer_bytes_node_max: int = 256 * limits.MIB
+
+    # --- HTTP edge (trimaran.node.http) ---
+    #: Where the REST API (and later the WebSocket gateway) listens; None: no HTTP edge.
+    http_listen: Address | None = None
+    #: HTTP requests waiting for the driver at once; more wait for a slot.
+    http_inflight_requests_max: int = 4096
+    #: Largest request body (a KV value, plus room for the command around it).
+    http_body_bytes_max: int = limits.command_bytes_max
 
     # --- peer transport ---
     #: Inbound peer connections that completed the handshake (a peer's new connection replaces
@@ -280,7 +290,7 @@ class NodeConfig:
         """Why this node must not start as configured ("": it may): secure by default, a node that
         listens beyond loopback needs TLS (peers prove they are nodes of the cluster, clients'
         tokens cannot be read off the wire) and auth (who may do what), unless ``insecure``."""
-        exposed = [str(a) for a in (self.listen, self.peer_listen) if not a.is_loopback()]
+        exposed = [str(a) for a in (self.listen, self.peer_listen, self.http_listen) if a is not None and not a.is_loopback()]
         missing = [what for what, on in (("TLS (--tls-dir)", self.tls_dir), ("auth (--auth-public-key)", self.auth_enabled)) if not on]
         if not exposed or not missing or self.insecure:
             return ""
@@ -308,6 +318,15 @@ class NodeConfig:
             (1 <= self.tick_ms <= 10_000, "tick_ms must be in 1..10000"),
             (self.listen != self.peer_listen or self.listen.port == 0, "the client and peer ports must differ"),
             (self.request_timeout_ms > 0, "request_timeout_ms must be positive"),
+            (
+                self.http_listen is None or self.http_listen not in (self.listen, self.peer_listen) or self.http_listen.port == 0,
+                "the HTTP port must differ from the client and peer ports",
+            ),
+            (self.http_inflight_requests_max > 0, "http_inflight_requests_max must be positive"),
+            (
+                0 < self.http_body_bytes_max <= limits.command_bytes_max,
+                f"http_body_bytes_max must be in 1..{limits.command_bytes_max}",
+            ),
             (self.client_connections_max > 0, "client_connections_max must be positive"),
             (
                 0 < self.client_inflight_requests_max <= limits.session_responses_max,
@@ -409,21 +428,27 @@ def parse_peer(text: str) -> tuple[int, Address]:
     return int(node_text), Address.parse(address_text, f"peer {node_text.strip()} address")
 
 
-def build_peers(peer_texts: list[str], peer_client_texts: list[str]) -> tuple[PeerSpec, ...]:
-    """Join ``--peer ID=HOST:PORT`` and ``--peer-client ID=HOST:PORT`` lists into PeerSpecs."""
+def build_peers(
+    peer_texts: list[str], peer_client_texts: list[str], peer_http_texts: list[str] = []  # noqa: B006 (never mutated)
+) -> tuple[PeerSpec, ...]:
+    """Join ``--peer ID=HOST:PORT``, ``--peer-client ID=HOST:PORT`` and ``--peer-http ID=HOST:PORT``
+    lists into PeerSpecs."""
     peers: dict[int, Address] = {}
     for text in peer_texts:
         node_id, address = parse_peer(text)
         if node_id in peers:
             raise ConfigError(f"peer {node_id} is given twice")
         peers[node_id] = address
-    clients: dict[int, Address] = {}
-    for text in peer_client_texts:
-        node_id, address = parse_peer(text)
-        if node_id not in peers:
-            raise ConfigError(f"--peer-client names node {node_id}, which has no --peer")
-        clients[node_id] = address
-    return tuple(PeerSpec(n, a, clients.get(n)) for n, a in sorted(peers.items()))
+    extra: dict[str, dict[int, Address]] = {"--peer-client": {}, "--peer-http": {}}
+    for flag, texts in (("--peer-client", peer_client_texts), ("--peer-http", peer_http_texts)):
+        for text in texts:
+            node_id, address = parse_peer(text)
+            if node_id not in peers:
+                raise ConfigError(f"{flag} names node {node_id}, which has no --peer")
+            extra[flag][node_id] = address
+    return tuple(
+        PeerSpec(n, a, extra["--peer-client"].get(n), extra["--peer-http"].get(n)) for n, a in sorted(peers.items())
+    )
 
 
 def load_auth_key(spec: str) -> TrustedKey:

@@ -157,15 +157,25 @@ class LocalNode:
     peer: Address
     data_dir: Path
     log_path: Path
+    #: The REST API (and the WebSocket gateway to come).
+    http: Address
 
 
 def local_nodes(data_dir: str, base_port: int, host: str = "127.0.0.1", size: int = 3) -> list[LocalNode]:
-    """Node i gets client port base+i and peer port base+100+i, data in DATA_DIR/node<i>."""
+    """Node i gets client port base+i, peer port base+100+i and HTTP port base+1000+i, data in
+    DATA_DIR/node<i>."""
     root = Path(data_dir)
-    if base_port < 1 or base_port + 100 + size > 65535:
+    if base_port < 1 or base_port + 1000 + size > 65535:
         raise ConfigError(f"base port {base_port} leaves no room for {size} nodes")
     return [
-        LocalNode(i, Address(host, base_port + i), Address(host, base_port + 100 + i), root / f"node{i}", root / f"node{i}.log")
+        LocalNode(
+            i,
+            Address(host, base_port + i),
+            Address(host, base_port + 100 + i),
+            root / f"node{i}",
+            root / f"node{i}.log",
+            Address(host, base_port + 1000 + i),
+        )
         for i in range(1, size + 1)
     ]
 
@@ -184,6 +194,7 @@ def node_argv(
         "--id", str(node.node_id),
         "--listen", str(node.client),
         "--peer-listen", str(node.peer),
+        "--http-listen", str(node.http),
         "--data-dir", str(node.data_dir),
         "--cluster-id", cluster_id,
         "--tick-ms", str(tick_ms),
@@ -193,13 +204,14 @@ def node_argv(
     for other in nodes:
         if other.node_id != node.node_id:
             argv += ["--peer", f"{other.node_id}={other.peer}", "--peer-client", f"{other.node_id}={other.client}"]
+            argv += ["--peer-http", f"{other.node_id}={other.http}"]
     return argv
 
 
 def check_ports_free(nodes: list[LocalNode]) -> None:
     """Fail early with one clear line if a port is taken (another ``up`` is probably running)."""
     for node in nodes:
-        for address in (node.client, node.peer):
+        for address in (node.client, node.peer, node.http):
             with socket.socket() as s:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
@@ -379,7 +391,7 @@ def _banner(
     endpoints = ",".join(str(n.client) for n in nodes)
     lines = [f"trimaran: cluster {cluster_id!r} is up — {len(nodes)} nodes, leader: node {leader}, data in {data_dir}"]
     for n in nodes:
-        lines.append(f"  node {n.node_id}  clients {n.client}  peers {n.peer}  log {n.log_path}")
+        lines.append(f"  node {n.node_id}  clients {n.client}  peers {n.peer}  http {n.http}  log {n.log_path}")
     if security.token_path is not None:
         lines.append(f"Auth is on: an admin token (admin:*) is in {security.token_path}")
     else:
@@ -399,6 +411,7 @@ def _banner(
     lines += [
         f"  {cli} status",
         f"  {cli} kv set greeting hello && {cli} kv get greeting",
+        "  " + _curl_line(nodes[0], security),
         "",
         f"From Python ({python}):",
         "  import trimaran",
@@ -409,6 +422,14 @@ def _banner(
         f"Ctrl-C stops the cluster; `trimaran up` again comes back from {data_dir}.",
     ]
     return "\n".join(lines)
+
+
+def _curl_line(node: LocalNode, security: LocalSecurity) -> str:
+    """The REST API from a shell. A follower redirects writes (307) to the leader's HTTP port;
+    --location-trusted follows it with the Authorization header (-L alone drops it on another port)."""
+    auth = ' -H "Authorization: Bearer $TRIMARAN_TOKEN"' if security.token_path is not None else ""
+    scheme, ca = ("https", f" --cacert {security.ca_file}") if security.ca_file is not None else ("http", "")
+    return f"curl -s --location-trusted{auth}{ca} {scheme}://{node.http}/v1/kv/greeting"
 
 
 async def _supervise(supervisor: Supervisor, echo: Callable[[str], None]) -> int:

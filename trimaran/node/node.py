@@ -22,6 +22,8 @@ from trimaran.node.client_server import ClientServer
 from trimaran.node.clock import ClockMonitor, wall_clock_ms as system_wall_clock_ms
 from trimaran.node.config import Address, NodeConfig
 from trimaran.node.driver import Driver
+from trimaran.node.http.edge import HttpEdge
+from trimaran.node.http.rest import RestApp
 from trimaran.node.tls import node_tls
 from trimaran.node.transport import PeerTransport
 from trimaran.node.writer import StorageWriter, WriteResult
@@ -79,6 +81,8 @@ class Node:
         self.driver: Driver | None = None
         self.transport: PeerTransport | None = None
         self.client_server: ClientServer | None = None
+        self.http_edge: HttpEdge | None = None
+        self.http_address: Address | None = None
         self._writer: StorageWriter | None = None
 
     def request_stop(self) -> None:
@@ -94,6 +98,12 @@ class Node:
             return str(self.client_address) if self.client_address else None
         peer = self.config.peer(node_id)
         return str(peer.client_address) if peer is not None and peer.client_address else None
+
+    def _http_address_of(self, node_id: int) -> str | None:
+        if node_id == self.config.node_id:
+            return str(self.http_address) if self.http_address else None
+        peer = self.config.peer(node_id)
+        return str(peer.http_address) if peer is not None and peer.http_address else None
 
     def status(self) -> dict[str, Any]:
         assert self.driver is not None and self.transport is not None and self.client_server is not None
@@ -126,6 +136,8 @@ class Node:
             "peer_handshakes_evicted": self.transport.handshakes_evicted,
             "peer_connections_replaced": self.transport.connections_replaced,
             "peer_tls_refused": self.transport.tls_refused,
+            "http_requests": self.http_edge.requests if self.http_edge else 0,
+            "http_errors": self.http_edge.errors if self.http_edge else 0,
         }
         if self.clock is not None:
             out["clock"] = self.clock.status()
@@ -197,6 +209,11 @@ class Node:
             self.peer_address = await nursery.start(transport.serve)
             nursery.start_soon(clock.run)
             self.client_address = await nursery.start(client_server.serve)
+            if cfg.http_listen is not None:
+                edge = HttpEdge(cfg, driver, client_server.authoriser, self.status, self._http_address_of)
+                self.http_edge = edge
+                self.http_address = await nursery.start(edge.serve, RestApp(edge))
+                log.info("node %d: HTTP on %s", cfg.node_id, self.http_address)
             log.info("node %d: clients on %s, peers on %s", cfg.node_id, self.client_address, self.peer_address)
             task_status.started(self)
             await self._stop.wait()

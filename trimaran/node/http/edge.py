@@ -1,0 +1,200 @@
+"""The HTTP edge's link to the node: requests to the driver, one client session, cached tokens, and
+the hypercorn server.
+
+- **Requests** go to the driver exactly as the client port's do (``submit_client`` with this edge as
+  the reply target), so they are batched into the same group proposals, bounded by the same driver
+  inbox, and answered with the same typed errors. At most ``http_inflight_requests_max`` are in
+  flight at once; a request not answered within ``request_timeout_ms`` is ``RequestTimeout``.
+- **Writes** carry a client session the edge registers (lazily, on the leader) and numbers itself,
+  like a client library connection: the session is replicated, so it survives leader changes; one
+  that expired (an idle edge) is registered again and the write sent once more (an expired session
+  applied nothing). An HTTP client that retries a write after a timeout may apply it twice, as with
+  any HTTP API: use the conditional forms (``if_revision``) where that matters.
+- **Tokens** (auth on): a bearer token is verified once and its grant cached (at most
+  ``GRANT_CACHE_MAX`` tokens, least recently used dropped); each request is then checked against its
+  scopes with no crypto, as on the client port. The cache is emptied whenever a revocation or a key
+  retirement is applied (the auth service's generation moves), so the next request re-verifies.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections import OrderedDict
+from typing import Any, Callable
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from trimaran import limits
+from trimaran.errors import RequestTimeout, SessionExpired, TrimaranError
+from trimaran.node.authoriser import Authoriser, Grant
+from trimaran.node.config import Address, NodeConfig
+from trimaran.node.driver import Driver
+from trimaran.node.tls import node_cert_name, node_key_name
+
+log = logging.getLogger("trimaran.node.http")
+
+#: Verified tokens whose grants are kept (a grant is a few hundred bytes).
+GRANT_CACHE_MAX = 1024
+#: Writes in flight on the edge's session; below session_responses_max, which the session keeps.
+SESSION_INFLIGHT_MAX = limits.session_responses_max // 2
+#: Bytes of request headers hypercorn buffers before it refuses the request.
+HEADER_BYTES_MAX = 16 * limits.KIB
+#: An idle keep-alive connection is closed after this.
+KEEP_ALIVE_S = 60
+
+assert SESSION_INFLIGHT_MAX < limits.session_responses_max
+
+
+class _Waiter:
+    __slots__ = ("event", "ok", "value")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.ok = False
+        self.value: Any = None
+
+
+class HttpEdge:
+    """See the module docstring. ``http_address_of(node_id)``: a node's HTTP address, for the
+    redirect of a request that only the leader can serve (None: not known)."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        driver: Driver,
+        authoriser: Authoriser,
+        status: Callable[[], dict[str, Any]],
+        http_address_of: Callable[[int], str | None],
+    ) -> None:
+        assert config.http_listen is not None
+        self.config = config
+        self.driver = driver
+        self.authoriser = authoriser
+        self.status = status
+        self.http_address_of = http_address_of
+        self.address: Address | None = None
+        self._timeout_s = config.request_timeout_ms / 1000
+        self._slots = trio.Semaphore(config.http_inflight_requests_max)
+        self._pending: dict[int, _Waiter] = {}
+        self._next_request = 0
+        #: The edge's client session: its id (None: not registered yet), its last seq, and the
+        #: seqs of its writes not answered yet (the lowest bounds the ack).
+        self._client_id: int | None = None
+        self._seq = 0
+        self._unanswered: set[int] = set()
+        self._session_lock = trio.Lock()
+        self._session_slots = trio.Semaphore(SESSION_INFLIGHT_MAX)
+        self._grants: OrderedDict[str, Grant] = OrderedDict()
+        self._grants_generation = authoriser.generation
+        #: Counters (reported by the status op).
+        self.requests = 0
+        self.errors = 0
+
+    # ------------------------------------------------------------------ the driver's reply target
+
+    def on_reply(self, seq: int, ok: bool, value: Any) -> None:
+        waiter = self._pending.pop(seq, None)
+        if waiter is None:
+            return  # timed out already
+        waiter.ok, waiter.value = ok, value
+        waiter.event.set()
+
+    # ------------------------------------------------------------------ requests
+
+    async def request(self, op: str, body: dict[str, Any], size_bytes: int = 0) -> Any:
+        """One driver request; its result, or its typed error raised."""
+        async with self._slots:
+            self._next_request += 1
+            seq = self._next_request
+            waiter = _Waiter()
+            self._pending[seq] = waiter
+            try:
+                with trio.move_on_after(self._timeout_s) as scope:
+                    await self.driver.submit_client(op, body, (self, seq), size_bytes)
+                    await waiter.event.wait()
+            finally:
+                self._pending.pop(seq, None)
+        if scope.cancelled_caught:
+            raise RequestTimeout(f"no answer within {self._timeout_s:g} s; the outcome is unknown")
+        if waiter.ok:
+            return waiter.value
+        assert isinstance(waiter.value, TrimaranError), waiter.value
+        raise waiter.value
+
+    async def command(self, service: str, command: Any, size_bytes: int) -> Any:
+        """A write through the edge's session (see the module docstring)."""
+        async with self._session_slots:
+            for attempt in range(2):
+                client_id = await self._session()
+                self._seq += 1
+                seq = self._seq
+                self._unanswered.add(seq)
+                body = {"client_id": client_id, "seq": seq, "ack_seq": min(self._unanswered) - 1, "service": service, "command": command}
+                try:
+                    return await self.request("command", body, size_bytes)
+                except SessionExpired:
+                    if attempt:
+                        raise
+                    if self._client_id == client_id:
+                        self._client_id = None  # register again (nothing was applied)
+                finally:
+                    self._unanswered.discard(seq)
+        raise AssertionError("unreachable")
+
+    async def _session(self) -> int:
+        async with self._session_lock:
+            if self._client_id is None:
+                client_id = await self.request("register", {})
+                assert type(client_id) is int, client_id
+                self._client_id, self._seq = client_id, 0
+            return self._client_id
+
+    # ------------------------------------------------------------------ tokens
+
+    def grant(self, token: str | None) -> Grant | None:
+        """The grant of a bearer token (verified once, then cached); None with auth off. Raises
+        ``Unauthenticated``."""
+        authoriser = self.authoriser
+        if not authoriser.enabled:
+            return None
+        if authoriser.generation != self._grants_generation:
+            self._grants.clear()  # a revocation or retirement: verify every token again
+            self._grants_generation = authoriser.generation
+        if token is not None:
+            cached = self._grants.get(token)
+            if cached is not None:
+                self._grants.move_to_end(token)
+                return cached
+        grant = authoriser.authenticate(token)
+        assert token is not None  # authenticate refuses None
+        self._grants[token] = grant
+        if len(self._grants) > GRANT_CACHE_MAX:
+            self._grants.popitem(last=False)
+        return grant
+
+    # ------------------------------------------------------------------ serving
+
+    def hypercorn_config(self) -> HypercornConfig:
+        cfg = self.config
+        assert cfg.http_listen is not None
+        hc = HypercornConfig()
+        hc.bind = [str(cfg.http_listen)]
+        hc.accesslog = None
+        hc.errorlog = log
+        hc.h11_max_incomplete_size = HEADER_BYTES_MAX
+        hc.keep_alive_timeout = KEEP_ALIVE_S
+        hc.graceful_timeout = 5
+        if cfg.tls_dir is not None:
+            hc.certfile = f"{cfg.tls_dir}/{node_cert_name(cfg.node_id)}"
+            hc.keyfile = f"{cfg.tls_dir}/{node_key_name(cfg.node_id)}"
+        return hc
+
+    async def serve(self, app: Any, *, task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve ``app`` on ``http_listen`` until cancelled; ``task_status`` gets the bound address."""
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(functools.partial(hypercorn_serve, app, self.hypercorn_config(), mode="asgi"))
+            self.address = Address.parse(binds[0].split("://", 1)[-1], "http address")
+            task_status.started(self.address)

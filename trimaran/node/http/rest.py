@@ -1,0 +1,353 @@
+"""The REST API under ``/v1/``: a plain ASGI app over :class:`~trimaran.node.http.edge.HttpEdge`.
+
+==========================  ===========================================  =====================================
+route                       query parameters                             answer (JSON)
+==========================  ===========================================  =====================================
+``GET /v1/kv/{key}``        ``consistency`` = linearizable|lease|stale   ``{"key", "value" | "value_base64",
+                                                                         "revision", "ttl_remaining_ms"}``;
+                                                                         404 ``not_found`` if absent
+``PUT /v1/kv/{key}``        ``ttl_ms``, ``if_absent``, ``if_revision``   ``{"revision"}``; the body is the
+                            (0: must be absent), ``if_value``            value's bytes
+``DELETE /v1/kv/{key}``     ``if_revision``, ``if_value``                ``{"deleted": bool}``
+``GET /v1/status``          -                                            the node's status (as ``trimaran
+                                                                         status --json`` shows per node)
+``GET /v1/openapi.json``    -                                            this API as OpenAPI 3.1
+==========================  ===========================================  =====================================
+
+Keys are the path segment, percent-decoded to bytes (``/v1/kv/user%3A1`` is ``user:1``). With auth
+on, every route but the OpenAPI document needs ``Authorization: Bearer <token>``, checked against
+the same scopes as the client port (``kv:read``/``kv:write`` on the key, ``cluster:read``).
+
+Errors are ``{"error": {"code", "name", "message", "details"}}`` — ``code`` as on the client port,
+``name`` the class in :mod:`trimaran.errors` — with the HTTP status of :data:`STATUS_BY_ERROR`.
+A write or a linearizable read sent to a follower is redirected (307, which keeps the method and
+the body) to the leader's HTTP address when this node knows it, else answered 503 ``not_leader``
+with ``details.leader_hint``. Bodies over ``http_body_bytes_max`` are refused (413) before they are
+read in full.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any, Awaitable, Callable
+from urllib.parse import parse_qs, unquote_to_bytes
+
+from trimaran import limits
+from trimaran.errors import (
+    AuthError,
+    ClusterError,
+    ConditionFailed,
+    InvalidArgument,
+    NotLeader,
+    OutOfMemory,
+    PermissionDenied,
+    RequestTimeout,
+    StorageFullError,
+    TooLarge,
+    TrimaranError,
+    Unauthenticated,
+    Unavailable,
+)
+from trimaran.node.http.edge import HttpEdge
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+#: HTTP status of each error class (the first match in the class's MRO wins; unlisted: 500).
+STATUS_BY_ERROR: tuple[tuple[type[TrimaranError], int], ...] = (
+    (TooLarge, 413),
+    (InvalidArgument, 400),
+    (Unauthenticated, 401),
+    (PermissionDenied, 403),
+    (AuthError, 403),
+    (ConditionFailed, 412),
+    (OutOfMemory, 507),
+    (StorageFullError, 507),
+    (NotLeader, 503),
+    (RequestTimeout, 504),
+    (Unavailable, 503),
+    (ClusterError, 503),
+)
+CONSISTENCIES = ("linearizable", "lease", "stale")
+_JSON = [(b"content-type", b"application/json")]
+
+
+class HttpError(Exception):
+    """An answer that is not a TrimaranError: 404/405 and their friends."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def status_of(exc: TrimaranError) -> int:
+    for cls, status in STATUS_BY_ERROR:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def error_body(exc: TrimaranError) -> dict[str, Any]:
+    wire = exc.to_wire()
+    return {"error": {"code": wire["code"], "name": type(exc).__name__, "message": wire["message"], "details": wire["details"]}}
+
+
+def _json_default(value: Any) -> Any:
+    """Bytes in error details (a key, a current value): text when UTF-8, else escaped text."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", errors="backslashreplace")
+    return repr(value)
+
+
+def _value_json(name: str, data: bytes) -> dict[str, Any]:
+    try:
+        return {name: data.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {f"{name}_base64": base64.b64encode(data).decode("ascii")}
+
+
+class RestApp:
+    """The ASGI app (``await app(scope, receive, send)``); see the module docstring."""
+
+    def __init__(self, edge: HttpEdge) -> None:
+        self.edge = edge
+        self.body_bytes_max = edge.config.http_body_bytes_max
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            # WebSockets arrive with the chat gateway; until then, refuse the upgrade.
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        self.edge.requests += 1
+        query_string: bytes = scope.get("query_string", b"")
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        try:
+            status, body, headers = await self._route(scope, raw_path.split(b"?", 1)[0], query_string, receive)
+        except TrimaranError as exc:
+            self.edge.errors += 1
+            target = raw_path.decode("latin-1") + (("?" + query_string.decode("latin-1")) if query_string else "")
+            status, body, headers = self._error(exc, target)
+        except HttpError as exc:
+            self.edge.errors += 1
+            body = {"error": {"code": exc.code, "name": "HttpError", "message": exc.message, "details": {}}}
+            status, headers = exc.status, []
+        payload = json.dumps(body, separators=(",", ":"), default=_json_default).encode()
+        await send({"type": "http.response.start", "status": status, "headers": [*_JSON, *headers]})
+        await send({"type": "http.response.body", "body": payload})
+
+    def _error(self, exc: TrimaranError, target: str) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]:
+        if isinstance(exc, NotLeader):
+            hint = exc.details.get("leader_hint")
+            leader_http = self.edge.http_address_of(hint) if isinstance(hint, int) else None
+            if leader_http:
+                exc.details["leader_http"] = leader_http
+                return 307, error_body(exc), [(b"location", f"http{'s' if self.edge.config.tls_dir else ''}://{leader_http}{target}".encode())]
+        return status_of(exc), error_body(exc), []
+
+    async def _route(
+        self, scope: Scope, path: bytes, query_string: bytes, receive: Receive
+    ) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]:
+        method = scope["method"]
+        if path == b"/v1/openapi.json" and method == "GET":
+            return 200, openapi(), []
+        token = _bearer(scope)
+        query = _query(query_string)
+        if path == b"/v1/status":
+            _only(method, "GET")
+            self._authorise(token, "status", {})
+            return 200, self.edge.status(), []
+        if path.startswith(b"/v1/kv/"):
+            key = unquote_to_bytes(path[len(b"/v1/kv/") :])
+            return await self._kv(method, key, query, token, receive)
+        raise HttpError(404, "not_found", f"no route {path.decode('latin-1')!r}; see /v1/openapi.json")
+
+    def _authorise(self, token: str | None, op: str, body: dict[str, Any]) -> None:
+        grant = self.edge.grant(token)
+        if grant is not None:
+            self.edge.authoriser.check(grant, op, body)
+
+    async def _kv(
+        self, method: str, key: bytes, query: dict[str, str], token: str | None, receive: Receive
+    ) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]:
+        # The key is checked where the command or query is parsed (authoriser or service): one rule.
+        if method == "GET":
+            consistency = query.get("consistency", "linearizable")
+            if consistency not in CONSISTENCIES:
+                raise InvalidArgument(f"consistency must be one of {', '.join(CONSISTENCIES)}")
+            body = {"service": "kv", "query": ["get", key], "consistency": consistency}
+            self._authorise(token, "read", body)
+            result = await self.edge.request("read", body)
+            if result is None:
+                raise HttpError(404, "not_found", f"no key {key.decode('utf-8', 'backslashreplace')!r}")
+            value, revision, ttl_remaining_ms = result
+            out = {**_value_json("key", key), **_value_json("value", value), "revision": revision, "ttl_remaining_ms": ttl_remaining_ms}
+            return 200, out, []
+        if method == "PUT":
+            value = await _read_body(receive, self.body_bytes_max)
+            options = _kv_options(query, ("ttl_ms", "if_absent", "if_revision", "if_value"))
+            command: list[Any] = ["set", key, value] + ([options] if options else [])
+            body = {"service": "kv", "command": command}
+            self._authorise(token, "command", body)
+            return 200, {"revision": await self.edge.command("kv", command, len(value))}, []
+        if method == "DELETE":
+            options = _kv_options(query, ("if_revision", "if_value"))
+            command = ["delete", key] + ([options] if options else [])
+            body = {"service": "kv", "command": command}
+            self._authorise(token, "command", body)
+            return 200, {"deleted": bool(await self.edge.command("kv", command, len(key)))}, []
+        raise HttpError(405, "method_not_allowed", f"{method} is not served on /v1/kv/{{key}} (GET, PUT, DELETE)")
+
+
+def _only(method: str, allowed: str) -> None:
+    if method != allowed:
+        raise HttpError(405, "method_not_allowed", f"only {allowed} is served here")
+
+
+def _bearer(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
+            return token.strip()
+    return None
+
+
+def _query(query_string: bytes) -> dict[str, str]:
+    if len(query_string) > limits.KIB * 4:
+        raise TooLarge("the query string is over 4 KiB")
+    try:
+        parsed = parse_qs(query_string.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+    except UnicodeDecodeError:
+        raise InvalidArgument("the query string is not UTF-8") from None
+    out = {}
+    for name, values in parsed.items():
+        if len(values) != 1:
+            raise InvalidArgument(f"query parameter {name!r} is given {len(values)} times")
+        out[name] = values[0]
+    return out
+
+
+def _kv_options(query: dict[str, str], allowed: tuple[str, ...]) -> dict[str, Any]:
+    """The KV command's options map from query parameters (the service validates the values)."""
+    unknown = sorted(set(query) - set(allowed))
+    if unknown:
+        raise InvalidArgument(f"unknown query parameter {unknown[0]!r} (known: {', '.join(allowed)})")
+    options: dict[str, Any] = {}
+    for name, text in query.items():
+        if name == "if_absent":
+            if text not in ("", "true", "1"):
+                raise InvalidArgument("if_absent takes no value, or true")
+            options[name] = True
+        elif name == "if_value":
+            options[name] = text.encode()
+        else:
+            try:
+                options[name] = int(text)
+            except ValueError:
+                raise InvalidArgument(f"{name} must be an integer, not {text[:40]!r}") from None
+    return options
+
+
+async def _read_body(receive: Receive, bytes_max: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidArgument("the client went away before sending the whole body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > bytes_max:
+            raise TooLarge(f"the request body is over {bytes_max} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def openapi() -> dict[str, Any]:
+    """This API as an OpenAPI 3.1 document (built from the same tables the routes use)."""
+    error = {"$ref": "#/components/schemas/Error"}
+    errors = {
+        str(status): {"description": name, "content": {"application/json": {"schema": error}}}
+        for status, name in ((400, "invalid argument"), (401, "no or bad token"), (403, "scope missing"), (503, "unavailable or not the leader"))
+    }
+    key_param = {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}, "description": "percent-encoded key bytes"}
+    int_param = lambda name, text: {"name": name, "in": "query", "schema": {"type": "integer"}, "description": text}  # noqa: E731
+    entry = {
+        "type": "object",
+        "properties": {
+            "key": {"type": "string"},
+            "value": {"type": "string", "description": "UTF-8 value (else value_base64)"},
+            "value_base64": {"type": "string"},
+            "revision": {"type": "integer"},
+            "ttl_remaining_ms": {"type": ["integer", "null"]},
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "trimaran", "version": "1"},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "PASETO v4.public"}},
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "properties": {
+                                "code": {"type": "string"},
+                                "name": {"type": "string"},
+                                "message": {"type": "string"},
+                                "details": {"type": "object"},
+                            },
+                        }
+                    },
+                }
+            },
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/v1/kv/{key}": {
+                "get": {
+                    "summary": "Read a key",
+                    "parameters": [key_param, {"name": "consistency", "in": "query", "schema": {"enum": list(CONSISTENCIES)}}],
+                    "responses": {"200": {"description": "the entry", "content": {"application/json": {"schema": entry}}}, "404": {"description": "no such key"}, **errors},
+                },
+                "put": {
+                    "summary": "Write a key (the body is the value)",
+                    "parameters": [
+                        key_param,
+                        int_param("ttl_ms", "expire after this many ms"),
+                        int_param("if_revision", "only if the key's revision is this (0: absent)"),
+                        {"name": "if_absent", "in": "query", "schema": {"type": "boolean"}},
+                        {"name": "if_value", "in": "query", "schema": {"type": "string"}},
+                    ],
+                    "requestBody": {"content": {"application/octet-stream": {}}},
+                    "responses": {"200": {"description": "the new revision"}, "412": {"description": "a condition failed"}, **errors},
+                },
+                "delete": {
+                    "summary": "Delete a key",
+                    "parameters": [key_param, int_param("if_revision", "only if the key's revision is this")],
+                    "responses": {"200": {"description": "deleted or not"}, "412": {"description": "a condition failed"}, **errors},
+                },
+            },
+            "/v1/status": {"get": {"summary": "This node's status", "responses": {"200": {"description": "status"}, **errors}}},
+            "/v1/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI"}}}},
+        },
+    }
