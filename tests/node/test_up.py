@@ -34,12 +34,16 @@ def _free(port: int) -> bool:
         return True
 
 
+#: The ports `trimaran up` takes above its base: clients, peers, HTTP.
+UP_PORT_OFFSETS = (1, 2, 3, 101, 102, 103, 1001, 1002, 1003)
+
+
 def free_base_port(attempts_max: int = 50) -> int:
-    """A base port whose six ports (base+1..3, base+101..103) are all free."""
+    """A base port whose nine ports (UP_PORT_OFFSETS) are all free."""
     rng = random.Random()
     for _ in range(attempts_max):
         base = rng.randrange(20_000, 50_000)
-        if all(_free(base + offset) for offset in (1, 2, 3, 101, 102, 103)):
+        if all(_free(base + offset) for offset in UP_PORT_OFFSETS):
             return base
     raise AssertionError("no free base port found")
 
@@ -116,8 +120,8 @@ async def test_up_serves_stops_cleanly_and_comes_back_from_its_data(tmp_path: Pa
     finally:
         up.kill()
     assert "stopped" in up.output()
-    # Every node process is gone: all six ports can be bound again.
-    assert all(_free(base + offset) for offset in (1, 2, 3, 101, 102, 103))
+    # Every node process is gone: all nine ports can be bound again.
+    assert all(_free(base + offset) for offset in UP_PORT_OFFSETS)
 
     again = Up(tmp_path, base)
     try:
@@ -156,7 +160,7 @@ async def test_nodes_stop_by_themselves_when_up_is_killed(tmp_path: Path) -> Non
         os.kill(up.proc.pid, signal.SIGKILL)  # no chance to stop its children
         up.proc.wait(timeout=STOP_WAIT_S)
         with trio.fail_after(STOP_WAIT_S):  # each child notices its parent is gone and stops
-            while not all(_free(base + offset) for offset in (1, 2, 3, 101, 102, 103)):
+            while not all(_free(base + offset) for offset in UP_PORT_OFFSETS):
                 await trio.sleep(0.1)
     finally:
         up.kill()
