@@ -80,7 +80,9 @@ class FakeChild(_Child):
     """A child whose process the test ends; start() records the time and makes a new process."""
 
     def __init__(self, node_id: int, root: Path, clock: Clock) -> None:
-        node = LocalNode(node_id, Address(HOST, 1), Address(HOST, 2), root / f"node{node_id}", root / f"node{node_id}.log")
+        node = LocalNode(
+            node_id, Address(HOST, 1), Address(HOST, 2), root / f"node{node_id}", root / f"node{node_id}.log", Address(HOST, 3)
+        )
         super().__init__(node, [])
         self.clock = clock
         self.starts = 0
