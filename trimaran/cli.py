@@ -230,14 +230,6 @@ def node_group() -> None:
     default=None,
     help="Serve the REST API (/v1/, see /v1/openapi.json) on this address. Default: no HTTP edge.",
 )
-@click.option(
-    "--peer-http",
-    "peer_https",
-    multiple=True,
-    metavar="ID=HOST:PORT",
-    help="Another node's HTTP address, where writes sent to this node's HTTP edge are redirected when "
-    "that node leads; repeat per node.",
-)
 @click.option("--data-dir", required=True, help="Directory of this node's LMDB store (created if missing).")
 @click.option("--cluster-id", default="trimaran", show_default=True, help="Name checked in every handshake.")
 @click.option("--tick-ms", type=click.IntRange(1, 10_000), default=50, show_default=True, help="Raft tick.")
@@ -320,7 +312,6 @@ def node_run_command(
     peers: tuple[str, ...],
     peer_clients: tuple[str, ...],
     http_listen: str | None,
-    peer_https: tuple[str, ...],
     data_dir: str,
     cluster_id: str,
     tick_ms: int,
@@ -349,7 +340,7 @@ def node_run_command(
     try:  # malformed addresses are usage mistakes: exit status 2, like click's own
         listen_address = Address.parse(listen, "--listen")
         peer_listen_address = Address.parse(peer_listen, "--peer-listen")
-        peer_specs = build_peers(list(peers), list(peer_clients), list(peer_https))
+        peer_specs = build_peers(list(peers), list(peer_clients))
         http_address = Address.parse(http_listen, "--http-listen") if http_listen else None
     except ConfigError as exc:
         raise click.UsageError(exc.message) from None

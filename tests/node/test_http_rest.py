@@ -93,25 +93,23 @@ async def test_kv_routes_with_ttl_cas_and_typed_errors(tmp_path: Path) -> None:
             assert doc["openapi"].startswith("3.") and "/v1/kv/{key}" in doc["paths"]
 
 
-async def test_a_follower_redirects_writes_to_the_leaders_http_address(tmp_path: Path) -> None:
+async def test_a_follower_forwards_what_only_the_leader_serves(tmp_path: Path) -> None:
     async with in_process_cluster(tmp_path, 3, http_listen=Address(HOST, 0)) as cluster:
         with trio.fail_after(TIMEOUT_S * 2):
             leader = await cluster.leader(timeout_s=TIMEOUT_S)
             follower = next(i for i in cluster.nodes if i != leader)
             http = cluster.nodes[follower].http_address
-            assert http is not None
-            answer = await call(http, "PUT", "/v1/kv/k", b"v")
-            # Peers' HTTP addresses are not configured here (port 0): 503 with the leader's id.
-            assert answer.status == 503 and answer.json["error"]["code"] == "not_leader"
-            assert answer.json["error"]["details"]["leader_hint"] == leader
-            # Once the follower knows the leader's HTTP address it redirects (307 keeps the body).
-            leader_http = cluster.nodes[leader].http_address
-            node = cluster.nodes[follower]
-            node._http_address_of = lambda n: str(leader_http) if n == leader else None  # type: ignore[method-assign]
-            assert node.http_edge is not None
-            node.http_edge.http_address_of = node._http_address_of
-            answer = await call(http, "PUT", "/v1/kv/k?ttl_ms=5000", b"v")
-            assert answer.status == 307 and answer.headers["location"] == f"http://{leader_http}/v1/kv/k?ttl_ms=5000"
+            edge = cluster.nodes[follower].http_edge
+            assert http is not None and edge is not None
+            put = await call(http, "PUT", "/v1/kv/k?ttl_ms=50000", b"v")
+            assert put.status == 200, put.body
+            got = await call(http, "GET", "/v1/kv/k")
+            assert got.status == 200 and got.json["value"] == "v" and got.json["revision"] == put.json["revision"]
+            # The session's registration and the write went to the leader's client port.
+            assert edge.forwarded >= 2
+            # A failed condition comes back from the leader as the same typed error.
+            stale = await call(http, "PUT", "/v1/kv/k?if_absent", b"w")
+            assert stale.status == 412 and stale.json["error"]["code"] == "condition_failed"
 
 
 async def test_bearer_tokens_and_scopes(tmp_path: Path) -> None:
@@ -148,3 +146,47 @@ async def test_bearer_tokens_and_scopes(tmp_path: Path) -> None:
             revoked = await call(http, "GET", "/v1/kv/user:1", token=reader)
             assert revoked.status == 401 and "revoked" in revoked.json["error"]["message"]
             assert (await call(http, "GET", "/v1/status", token=admin)).status == 200
+
+
+async def test_https_and_forwarding_over_tls_with_the_callers_token(tmp_path: Path) -> None:
+    import ssl
+
+    from trimaran.node.tls import CA_CERT, init_certs
+
+    tls = tmp_path / "tls"
+    init_certs(tls, [1, 2, 3])
+    private = tokens.new_private_key()
+    public = tokens.public_key_of(private)
+    kid = tokens.key_id(public)
+    now_ms = int(time.time() * 1000)
+    writer = tokens.sign(private, kid=kid, sub="app", scopes=["kv:*"], audience="trimaran", now_ms=now_ms, ttl_ms=600_000, jti="w")
+    reader = tokens.sign(private, kid=kid, sub="ro", scopes=["kv:read:*"], audience="trimaran", now_ms=now_ms, ttl_ms=600_000, jti="r")
+    ctx = ssl.create_default_context(cafile=str(tls / CA_CERT))
+
+    async def https(address: Address, method: str, path: str, body: bytes | None, token: str) -> Answer:
+        def run() -> Answer:
+            conn = http.client.HTTPSConnection(address.host, address.port, timeout=10, context=ctx)
+            try:
+                conn.request(method, path, body=body, headers={"Authorization": f"Bearer {token}"})
+                response = conn.getresponse()
+                return Answer(response.status, {}, response.read())
+            finally:
+                conn.close()
+
+        return await trio.to_thread.run_sync(run)
+
+    overrides = dict(http_listen=Address(HOST, 0), tls_dir=str(tls), auth_keys=(TrustedKey(kid, public),))
+    async with in_process_cluster(tmp_path / "data", 3, **overrides) as cluster:
+        with trio.fail_after(TIMEOUT_S * 2):
+            leader = await cluster.leader(timeout_s=TIMEOUT_S)
+            follower = next(i for i in cluster.nodes if i != leader)
+            address = cluster.nodes[follower].http_address
+            assert address is not None
+            put = await https(address, "PUT", "/v1/kv/k", b"over https", writer)
+            assert put.status == 200, put.body
+            assert cluster.nodes[follower].http_edge.forwarded >= 1  # type: ignore[union-attr]
+            # The leader checks the forwarded token too: the reader's write is refused there or here.
+            denied = await https(address, "PUT", "/v1/kv/k", b"no", reader)
+            assert denied.status == 403, denied.body
+            got = await https(address, "GET", "/v1/kv/k", None, reader)
+            assert got.status == 200 and got.json["value"] == "over https"

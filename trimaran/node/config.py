@@ -76,8 +76,6 @@ class PeerSpec:
     node_id: int
     peer_address: Address
     client_address: Address | None = None
-    #: Its HTTP edge (``--peer-http``), where this node's HTTP edge redirects leader-only requests.
-    http_address: Address | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,27 +426,21 @@ def parse_peer(text: str) -> tuple[int, Address]:
     return int(node_text), Address.parse(address_text, f"peer {node_text.strip()} address")
 
 
-def build_peers(
-    peer_texts: list[str], peer_client_texts: list[str], peer_http_texts: list[str] = []  # noqa: B006 (never mutated)
-) -> tuple[PeerSpec, ...]:
-    """Join ``--peer ID=HOST:PORT``, ``--peer-client ID=HOST:PORT`` and ``--peer-http ID=HOST:PORT``
-    lists into PeerSpecs."""
+def build_peers(peer_texts: list[str], peer_client_texts: list[str]) -> tuple[PeerSpec, ...]:
+    """Join ``--peer ID=HOST:PORT`` and ``--peer-client ID=HOST:PORT`` lists into PeerSpecs."""
     peers: dict[int, Address] = {}
     for text in peer_texts:
         node_id, address = parse_peer(text)
         if node_id in peers:
             raise ConfigError(f"peer {node_id} is given twice")
         peers[node_id] = address
-    extra: dict[str, dict[int, Address]] = {"--peer-client": {}, "--peer-http": {}}
-    for flag, texts in (("--peer-client", peer_client_texts), ("--peer-http", peer_http_texts)):
-        for text in texts:
-            node_id, address = parse_peer(text)
-            if node_id not in peers:
-                raise ConfigError(f"{flag} names node {node_id}, which has no --peer")
-            extra[flag][node_id] = address
-    return tuple(
-        PeerSpec(n, a, extra["--peer-client"].get(n), extra["--peer-http"].get(n)) for n, a in sorted(peers.items())
-    )
+    clients: dict[int, Address] = {}
+    for text in peer_client_texts:
+        node_id, address = parse_peer(text)
+        if node_id not in peers:
+            raise ConfigError(f"--peer-client names node {node_id}, which has no --peer")
+        clients[node_id] = address
+    return tuple(PeerSpec(n, a, clients.get(n)) for n, a in sorted(peers.items()))
 
 
 def load_auth_key(spec: str) -> TrustedKey:

@@ -204,7 +204,6 @@ def node_argv(
     for other in nodes:
         if other.node_id != node.node_id:
             argv += ["--peer", f"{other.node_id}={other.peer}", "--peer-client", f"{other.node_id}={other.client}"]
-            argv += ["--peer-http", f"{other.node_id}={other.http}"]
     return argv
 
 
@@ -425,11 +424,10 @@ def _banner(
 
 
 def _curl_line(node: LocalNode, security: LocalSecurity) -> str:
-    """The REST API from a shell. A follower redirects writes (307) to the leader's HTTP port;
-    --location-trusted follows it with the Authorization header (-L alone drops it on another port)."""
+    """The REST API from a shell (any node: a follower forwards what only the leader serves)."""
     auth = ' -H "Authorization: Bearer $TRIMARAN_TOKEN"' if security.token_path is not None else ""
     scheme, ca = ("https", f" --cacert {security.ca_file}") if security.ca_file is not None else ("http", "")
-    return f"curl -s --location-trusted{auth}{ca} {scheme}://{node.http}/v1/kv/greeting"
+    return f"curl -s{auth}{ca} {scheme}://{node.http}/v1/kv/greeting"
 
 
 async def _supervise(supervisor: Supervisor, echo: Callable[[str], None]) -> int:

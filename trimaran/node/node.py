@@ -99,12 +99,6 @@ class Node:
         peer = self.config.peer(node_id)
         return str(peer.client_address) if peer is not None and peer.client_address else None
 
-    def _http_address_of(self, node_id: int) -> str | None:
-        if node_id == self.config.node_id:
-            return str(self.http_address) if self.http_address else None
-        peer = self.config.peer(node_id)
-        return str(peer.http_address) if peer is not None and peer.http_address else None
-
     def status(self) -> dict[str, Any]:
         assert self.driver is not None and self.transport is not None and self.client_server is not None
         out = self.driver.status()
@@ -210,7 +204,7 @@ class Node:
             nursery.start_soon(clock.run)
             self.client_address = await nursery.start(client_server.serve)
             if cfg.http_listen is not None:
-                edge = HttpEdge(cfg, driver, client_server.authoriser, self.status, self._http_address_of)
+                edge = HttpEdge(cfg, driver, client_server.authoriser, self.status, self._tls is not None)
                 self.http_edge = edge
                 self.http_address = await nursery.start(edge.serve, RestApp(edge))
                 log.info("node %d: HTTP on %s", cfg.node_id, self.http_address)

@@ -5,6 +5,12 @@ the hypercorn server.
   the reply target), so they are batched into the same group proposals, bounded by the same driver
   inbox, and answered with the same typed errors. At most ``http_inflight_requests_max`` are in
   flight at once; a request not answered within ``request_timeout_ms`` is ``RequestTimeout``.
+- **Forwarding.** A request only the leader can serve (a write, a session's registration, a
+  linearizable read where the follower cannot serve it) that this node answers ``not_leader`` is
+  forwarded to the leader's client port (``--peer-client``) with the caller's own token, over TLS
+  when the node has ``--tls-dir``: one connection per forwarded request (:func:`~trimaran.node.probe.request_once`),
+  so a load balancer may send anything to any node, and clients that want speed send writes to the
+  leader (``status`` names it). The leader's answer, error or not, is the answer.
 - **Writes** carry a client session the edge registers (lazily, on the leader) and numbers itself,
   like a client library connection: the session is replicated, so it survives leader changes; one
   that expired (an idle edge) is registered again and the write sent once more (an expired session
@@ -28,11 +34,12 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from trimaran import limits
-from trimaran.errors import RequestTimeout, SessionExpired, TrimaranError
+from trimaran.errors import NotLeader, RequestTimeout, SessionExpired, TrimaranError, Unavailable
 from trimaran.node.authoriser import Authoriser, Grant
 from trimaran.node.config import Address, NodeConfig
 from trimaran.node.driver import Driver
-from trimaran.node.tls import node_cert_name, node_key_name
+from trimaran.node.probe import request_once
+from trimaran.node.tls import CA_CERT, client_context, node_cert_name, node_key_name
 
 log = logging.getLogger("trimaran.node.http")
 
@@ -58,8 +65,8 @@ class _Waiter:
 
 
 class HttpEdge:
-    """See the module docstring. ``http_address_of(node_id)``: a node's HTTP address, for the
-    redirect of a request that only the leader can serve (None: not known)."""
+    """See the module docstring. ``tls``: forward to the leader over TLS (the node runs with
+    ``--tls-dir``, so its peers' client ports serve TLS)."""
 
     def __init__(
         self,
@@ -67,14 +74,14 @@ class HttpEdge:
         driver: Driver,
         authoriser: Authoriser,
         status: Callable[[], dict[str, Any]],
-        http_address_of: Callable[[int], str | None],
+        tls: bool = False,
     ) -> None:
         assert config.http_listen is not None
         self.config = config
         self.driver = driver
         self.authoriser = authoriser
         self.status = status
-        self.http_address_of = http_address_of
+        self._forward_tls = client_context(f"{config.tls_dir}/{CA_CERT}") if tls and config.tls_dir else None
         self.address: Address | None = None
         self._timeout_s = config.request_timeout_ms / 1000
         self._slots = trio.Semaphore(config.http_inflight_requests_max)
@@ -92,6 +99,7 @@ class HttpEdge:
         #: Counters (reported by the status op).
         self.requests = 0
         self.errors = 0
+        self.forwarded = 0
 
     # ------------------------------------------------------------------ the driver's reply target
 
@@ -104,8 +112,28 @@ class HttpEdge:
 
     # ------------------------------------------------------------------ requests
 
-    async def request(self, op: str, body: dict[str, Any], size_bytes: int = 0) -> Any:
-        """One driver request; its result, or its typed error raised."""
+    async def request(self, op: str, body: dict[str, Any], size_bytes: int = 0, token: str | None = None) -> Any:
+        """One request, served here or forwarded to the leader; its result, or its typed error raised.
+        ``token``: the caller's, presented to the leader when forwarding."""
+        try:
+            return await self._local(op, body, size_bytes)
+        except NotLeader as exc:
+            leader_address = exc.details.get("leader_address")
+            if not isinstance(leader_address, str) or not leader_address:
+                raise  # no leader known yet: not_leader, and the caller may retry
+            return await self._forward(Address.parse(leader_address, "leader address"), op, body, token)
+
+    async def _forward(self, leader: Address, op: str, body: dict[str, Any], token: str | None) -> Any:
+        self.forwarded += 1
+        with trio.move_on_after(self._timeout_s) as scope:
+            try:
+                return await request_once(leader, op, body, self.config.cluster_id, token, self._forward_tls)
+            except (OSError, trio.BrokenResourceError) as exc:
+                raise Unavailable(f"cannot reach the leader at {leader}: {exc}") from None
+        assert scope.cancelled_caught
+        raise RequestTimeout(f"the leader at {leader} did not answer within {self._timeout_s:g} s; the outcome is unknown")
+
+    async def _local(self, op: str, body: dict[str, Any], size_bytes: int) -> Any:
         async with self._slots:
             self._next_request += 1
             seq = self._next_request
@@ -124,17 +152,17 @@ class HttpEdge:
         assert isinstance(waiter.value, TrimaranError), waiter.value
         raise waiter.value
 
-    async def command(self, service: str, command: Any, size_bytes: int) -> Any:
+    async def command(self, service: str, command: Any, size_bytes: int, token: str | None = None) -> Any:
         """A write through the edge's session (see the module docstring)."""
         async with self._session_slots:
             for attempt in range(2):
-                client_id = await self._session()
+                client_id = await self._session(token)
                 self._seq += 1
                 seq = self._seq
                 self._unanswered.add(seq)
                 body = {"client_id": client_id, "seq": seq, "ack_seq": min(self._unanswered) - 1, "service": service, "command": command}
                 try:
-                    return await self.request("command", body, size_bytes)
+                    return await self.request("command", body, size_bytes, token)
                 except SessionExpired:
                     if attempt:
                         raise
@@ -144,10 +172,10 @@ class HttpEdge:
                     self._unanswered.discard(seq)
         raise AssertionError("unreachable")
 
-    async def _session(self) -> int:
+    async def _session(self, token: str | None) -> int:
         async with self._session_lock:
             if self._client_id is None:
-                client_id = await self.request("register", {})
+                client_id = await self.request("register", {}, 0, token)
                 assert type(client_id) is int, client_id
                 self._client_id, self._seq = client_id, 0
             return self._client_id

@@ -20,9 +20,8 @@ the same scopes as the client port (``kv:read``/``kv:write`` on the key, ``clust
 
 Errors are ``{"error": {"code", "name", "message", "details"}}`` — ``code`` as on the client port,
 ``name`` the class in :mod:`trimaran.errors` — with the HTTP status of :data:`STATUS_BY_ERROR`.
-A write or a linearizable read sent to a follower is redirected (307, which keeps the method and
-the body) to the leader's HTTP address when this node knows it, else answered 503 ``not_leader``
-with ``details.leader_hint``. Bodies over ``http_body_bytes_max`` are refused (413) before they are
+Any node serves every route: what only the leader can serve is forwarded to it (see
+:mod:`~trimaran.node.http.edge`); with no leader known, 503 ``not_leader``. Bodies over ``http_body_bytes_max`` are refused (413) before they are
 read in full.
 """
 
@@ -127,40 +126,30 @@ class RestApp:
         query_string: bytes = scope.get("query_string", b"")
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         try:
-            status, body, headers = await self._route(scope, raw_path.split(b"?", 1)[0], query_string, receive)
+            status, body = await self._route(scope, raw_path.split(b"?", 1)[0], query_string, receive)
         except TrimaranError as exc:
             self.edge.errors += 1
-            target = raw_path.decode("latin-1") + (("?" + query_string.decode("latin-1")) if query_string else "")
-            status, body, headers = self._error(exc, target)
+            status, body = status_of(exc), error_body(exc)
         except HttpError as exc:
             self.edge.errors += 1
             body = {"error": {"code": exc.code, "name": "HttpError", "message": exc.message, "details": {}}}
-            status, headers = exc.status, []
+            status = exc.status
         payload = json.dumps(body, separators=(",", ":"), default=_json_default).encode()
-        await send({"type": "http.response.start", "status": status, "headers": [*_JSON, *headers]})
+        await send({"type": "http.response.start", "status": status, "headers": _JSON})
         await send({"type": "http.response.body", "body": payload})
-
-    def _error(self, exc: TrimaranError, target: str) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]:
-        if isinstance(exc, NotLeader):
-            hint = exc.details.get("leader_hint")
-            leader_http = self.edge.http_address_of(hint) if isinstance(hint, int) else None
-            if leader_http:
-                exc.details["leader_http"] = leader_http
-                return 307, error_body(exc), [(b"location", f"http{'s' if self.edge.config.tls_dir else ''}://{leader_http}{target}".encode())]
-        return status_of(exc), error_body(exc), []
 
     async def _route(
         self, scope: Scope, path: bytes, query_string: bytes, receive: Receive
-    ) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]:
+    ) -> tuple[int, dict[str, Any]]:
         method = scope["method"]
         if path == b"/v1/openapi.json" and method == "GET":
-            return 200, openapi(), []
+            return 200, openapi()
         token = _bearer(scope)
         query = _query(query_string)
         if path == b"/v1/status":
             _only(method, "GET")
             self._authorise(token, "status", {})
-            return 200, self.edge.status(), []
+            return 200, self.edge.status()
         if path.startswith(b"/v1/kv/"):
             key = unquote_to_bytes(path[len(b"/v1/kv/") :])
             return await self._kv(method, key, query, token, receive)
@@ -173,7 +162,7 @@ class RestApp:
 
     async def _kv(
         self, method: str, key: bytes, query: dict[str, str], token: str | None, receive: Receive
-    ) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]:
+    ) -> tuple[int, dict[str, Any]]:
         # The key is checked where the command or query is parsed (authoriser or service): one rule.
         if method == "GET":
             consistency = query.get("consistency", "linearizable")
@@ -181,25 +170,25 @@ class RestApp:
                 raise InvalidArgument(f"consistency must be one of {', '.join(CONSISTENCIES)}")
             body = {"service": "kv", "query": ["get", key], "consistency": consistency}
             self._authorise(token, "read", body)
-            result = await self.edge.request("read", body)
+            result = await self.edge.request("read", body, 0, token)
             if result is None:
                 raise HttpError(404, "not_found", f"no key {key.decode('utf-8', 'backslashreplace')!r}")
             value, revision, ttl_remaining_ms = result
             out = {**_value_json("key", key), **_value_json("value", value), "revision": revision, "ttl_remaining_ms": ttl_remaining_ms}
-            return 200, out, []
+            return 200, out
         if method == "PUT":
             value = await _read_body(receive, self.body_bytes_max)
             options = _kv_options(query, ("ttl_ms", "if_absent", "if_revision", "if_value"))
             command: list[Any] = ["set", key, value] + ([options] if options else [])
             body = {"service": "kv", "command": command}
             self._authorise(token, "command", body)
-            return 200, {"revision": await self.edge.command("kv", command, len(value))}, []
+            return 200, {"revision": await self.edge.command("kv", command, len(value), token)}
         if method == "DELETE":
             options = _kv_options(query, ("if_revision", "if_value"))
             command = ["delete", key] + ([options] if options else [])
             body = {"service": "kv", "command": command}
             self._authorise(token, "command", body)
-            return 200, {"deleted": bool(await self.edge.command("kv", command, len(key)))}, []
+            return 200, {"deleted": bool(await self.edge.command("kv", command, len(key), token))}
         raise HttpError(405, "method_not_allowed", f"{method} is not served on /v1/kv/{{key}} (GET, PUT, DELETE)")
 
 
