@@ -70,6 +70,8 @@ Semantics, and the choices behind them:
   they are not kept and take no offset: offsets must stay dense over the kept history, so that a
   resuming reader can tell a gap from an ephemeral message it was never meant to replay. They do not
   make a channel exist.
+- **Message size.** ``data`` is at most ``message_bytes_max`` bytes (a constructor argument, at most
+  ``limits.chat_message_bytes_max``); over it is ``TooLarge``.
 - **History** of a channel keeps at most ``history_messages_max`` messages and
   ``history_bytes_max`` bytes (data + ``MESSAGE_OVERHEAD_BYTES`` each), dropping the oldest; a
   message is dropped once log time reaches ``published_at_ms + history_age_ms``; and over all
@@ -101,10 +103,10 @@ from typing import Any, Callable
 from sortedcontainers import SortedList  # type: ignore[import-untyped]
 
 from trimaran import limits
-from trimaran.errors import ConfigError, LimitExceeded, PresenceExpired
+from trimaran.errors import ConfigError, LimitExceeded, PresenceExpired, TooLarge
 from trimaran.protocols.service import ApplyContext
 from trimaran.services.chat import args
-from trimaran.services.chat.channel import MESSAGE_OVERHEAD_BYTES, Channel, message_bytes
+from trimaran.services.chat.channel import Channel, message_bytes
 from trimaran.services.chat.events import EventWindow, event_bytes
 from trimaran.services.chat.presence import PresenceTable
 
@@ -139,6 +141,7 @@ class ChatService:
     def __init__(
         self,
         channels_max: int = 10_000,
+        message_bytes_max: int = limits.chat_message_bytes_max,
         history_messages_max: int = 1_000,
         history_bytes_max: int = 1 * limits.MIB,
         history_bytes_total_max: int = 256 * limits.MIB,
@@ -164,11 +167,12 @@ class ChatService:
         _check_config(
             ("channels_max", channels_max, 1, limits.chat_channels_max),
             ("history_messages_max", history_messages_max, 1, limits.chat_history_messages_max),
-            ("history_bytes_max", history_bytes_max, message_bytes(b"x" * limits.chat_message_bytes_max), limits.chat_history_bytes_max),
+            ("message_bytes_max", message_bytes_max, 1, limits.chat_message_bytes_max),
+            ("history_bytes_max", history_bytes_max, message_bytes(b"x" * message_bytes_max), limits.chat_history_bytes_max),
             ("history_bytes_total_max", history_bytes_total_max, history_bytes_max, limits.chat_history_bytes_total_max),
             ("history_age_ms", history_age_ms, 1, limits.chat_history_age_ms_max),
             ("events_max", events_max, 1, limits.chat_events_max),
-            ("events_bytes_max", events_bytes_max, event_bytes("c" * limits.chat_channel_chars_max, b"x" * limits.chat_message_bytes_max), limits.chat_events_bytes_max),
+            ("events_bytes_max", events_bytes_max, _largest_event_bytes(message_bytes_max), limits.chat_events_bytes_max),
             ("presence_ttl_ms", presence_ttl_ms, limits.chat_presence_ttl_ms_min, limits.chat_presence_ttl_ms_max),
             ("presence_sessions_max", presence_sessions_max, 1, limits.chat_presence_sessions_max),
             ("presence_members_max", presence_members_max, 1, limits.chat_presence_members_max),
@@ -176,7 +180,7 @@ class ChatService:
             ("history_limit_max", history_limit_max, 1, limits.msgpack_array_len_max),
             ("channels_limit_max", channels_limit_max, 1, limits.msgpack_array_len_max),
             ("events_limit_max", events_limit_max, 1, limits.msgpack_array_len_max),
-            ("query_result_bytes_max", query_result_bytes_max, limits.chat_message_bytes_max + MESSAGE_OVERHEAD_BYTES, query_result_bytes_max_ceiling),
+            ("query_result_bytes_max", query_result_bytes_max, message_bytes(b"x" * message_bytes_max), query_result_bytes_max_ceiling),
         )  # fmt: skip
         presence_bytes_max = presence_members_max * (limits.chat_presence_info_bytes_max + MEMBER_OVERHEAD_BYTES)
         if presence_bytes_max > query_result_bytes_max:
@@ -185,6 +189,7 @@ class ChatService:
                 f"over query_result_bytes_max={query_result_bytes_max}"
             )
         self.channels_max = channels_max
+        self.message_bytes_max = message_bytes_max
         self.history_messages_max = history_messages_max
         self.history_bytes_max = history_bytes_max
         self.history_bytes_total_max = history_bytes_total_max
@@ -233,6 +238,8 @@ class ChatService:
         """Apply one command (see the module table); raises ``InvalidArgument``, ``TooLarge``,
         ``LimitExceeded`` or ``PresenceExpired`` having changed nothing."""
         cmd = args.parse_command(command)
+        if type(cmd) is args.PublishCmd and len(cmd.data) > self.message_bytes_max:
+            raise TooLarge(f"data of {len(cmd.data)} bytes is over message_bytes_max={self.message_bytes_max}")
         # The Replica calls on_time first; doing it here too keeps apply correct on its own.
         self._due(ctx)
         return self._commands[type(cmd)](cmd, ctx)
@@ -452,7 +459,7 @@ class ChatService:
         start = oldest
         if q.since is not None and recovered:
             start = max(q.since + (0 if "resume_off_by_one" in self._mutants else 1), oldest)
-        out = {"messages": [], "epoch": epoch, "top": top, "oldest": oldest, "recovered": recovered, "next": None}
+        out: dict[str, Any] = {"messages": [], "epoch": epoch, "top": top, "oldest": oldest, "recovered": recovered, "next": None}
         limit = min(self.history_limit_max if q.limit is None else q.limit, self.history_limit_max)
         if ch is None or start > top:
             return out
@@ -526,6 +533,12 @@ class ChatService:
         memberships = [(sid, name) for name in self._names for sid in self._channels[name].members]
         self._presence.restore(data["presence"], memberships)
         self._events.restore(data["events"])
+
+
+def _largest_event_bytes(message_bytes_max: int) -> int:
+    """The largest event the window must always hold: a message or a join with the longest info."""
+    name = "c" * limits.chat_channel_chars_max
+    return max(event_bytes(name, b"x" * message_bytes_max), event_bytes(name, [0, b"x" * limits.chat_presence_info_bytes_max]))
 
 
 def _check_config(*bounds: tuple[str, int, int, int]) -> None:
