@@ -62,8 +62,13 @@ class ModelChat:
     def total_bytes(self) -> int:
         return sum(msg_size(m[1]) for ch in self.channels.values() for m in ch["kept"])
 
-    def _oldest_anywhere(self) -> tuple[int, str] | None:
-        keys = [(ch["kept"][0][2] + self.c["history_age_ms"], n) for n, ch in self.channels.items() if ch["kept"]]
+    def _oldest_anywhere(self, sparing: str | None = None) -> tuple[int, str] | None:
+        """(expiry, channel) of the oldest kept message, not counting ``sparing``'s newest."""
+        keys = [
+            (ch["kept"][0][2] + self.c["history_age_ms"], n)
+            for n, ch in self.channels.items()
+            if ch["kept"] and not (n == sparing and len(ch["kept"]) == 1)
+        ]
         return min(keys) if keys else None
 
     def _pop_oldest(self, name: str, now: int) -> None:
@@ -109,8 +114,9 @@ class ModelChat:
             ch = self.channels.get(cmd[1])
             if ch is None:
                 return ("ok", False)
-            ch["kept"], ch["top"], ch["epoch"] = [], 0, self._epoch(now)
+            ch["kept"], ch["top"] = [], 0
             if ch["members"]:
+                ch["epoch"] = self._epoch(now)
                 self._event("reset", cmd[1], None, now, None)
             else:
                 self._drop_if_empty(cmd[1], now)
@@ -159,7 +165,7 @@ class ModelChat:
         while len(ch["kept"]) > self.c["history_messages_max"] or sum(msg_size(m[1]) for m in ch["kept"]) > self.c["history_bytes_max"]:
             self._pop_oldest(name, now)
         while self.total_bytes() > self.c["history_bytes_total_max"]:
-            oldest = self._oldest_anywhere()
+            oldest = self._oldest_anywhere(sparing=name)  # never the message just published
             assert oldest is not None
             self._pop_oldest(oldest[1], now)
         return ("ok", [ch["top"], ch["epoch"]])
@@ -206,6 +212,7 @@ class ModelChat:
             "top": top,
             "oldest": oldest,
             "recovered": recovered,
+            "seq": len(self.events),
         }
 
     def presence(self, name: str) -> list[list[Any]]:

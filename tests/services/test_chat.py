@@ -215,7 +215,39 @@ def test_the_total_bound_drops_the_oldest_message_anywhere_first() -> None:
     assert log.q(["stats"])["history_bytes"] == 3 * size
 
 
+def test_the_total_bound_never_drops_the_message_being_published() -> None:
+    size = 10 + MESSAGE_OVERHEAD_BYTES
+    log = Log(ChatService(message_bytes_max=10, history_bytes_max=2 * size, history_bytes_total_max=2 * size))
+    log.step(["publish", "b", b"x" * 10], ["publish", "b", b"x" * 10])
+    # Same log time: "a" sorts before "b", but a's only message is the one being published.
+    assert log.one(["publish", "a", b"x" * 10]) == [1, "3e8-2"]
+    assert (log.offsets("a"), log.offsets("b")) == ([1], [2])
+
+
+def test_a_reset_channel_without_members_is_forgotten_in_its_old_epoch() -> None:
+    log = Log(ChatService())
+    old = log.one(["publish", "a", b"1"])
+    assert log.one(["reset", "a"]) is True
+    assert log.events(0)[-1][1:5] == ["dropped", "a", None, old[1]]
+    assert log.q(["stats"])["channels"] == 0
+    new = log.one(["publish", "a", b"2"])
+    assert new[0] == 1 and new[1] not in (old[1], None)
+
+
 # ---------------------------------------------------------------------------- history resume
+
+
+def test_history_then_the_events_after_its_seq_resume_with_no_gap_and_no_duplicate() -> None:
+    """What the edge does for subscribe(since): replay history, then follow the events window."""
+    log = Log(ChatService(history_messages_max=50))
+    epoch = log.step(*[["publish", "a", b"%d" % i] for i in range(1, 6)])[0][1]
+    answer = log.history("a", since=2, epoch=epoch)
+    log.step(*[["publish", "a" if i % 2 else "b", b"%d" % i] for i in range(6, 12)])
+    received = [m[0] for m in answer["messages"]]
+    received += [e[3] for e in log.events(answer["seq"], channel="a") if e[1] == "message" and e[3] > received[-1]]
+    assert answer["recovered"] and received == list(range(3, 9))
+
+
 
 
 def test_history_since_resumes_just_after_the_readers_last_offset() -> None:
@@ -230,7 +262,7 @@ def test_history_since_resumes_just_after_the_readers_last_offset() -> None:
     assert log.history("a", since=5, epoch="other")["recovered"] is False
     assert log.history("a", since=5)["recovered"] is True, "without an epoch, offsets alone decide"
     missing = log.history("nowhere", since=0)
-    assert missing == {"messages": [], "epoch": None, "top": 0, "oldest": 1, "recovered": True, "next": None}
+    assert missing == {"messages": [], "epoch": None, "top": 0, "oldest": 1, "recovered": True, "next": None, "seq": 8}
     assert log.history("nowhere", since=3, epoch=epoch)["recovered"] is False
 
 

@@ -38,7 +38,7 @@ op            arguments / {options}                       result
 ============  ==========================================  ===========================================
 ``history``   channel / {since, epoch, limit}             {"messages": [[offset, data,
                                                           published_at_ms], ...], "epoch", "top",
-                                                          "oldest", "recovered", "next"}
+                                                          "oldest", "recovered", "next", "seq"}
 ``presence``  channel                                     {"members": [[session_id, info,
                                                           joined_at_ms], ...] by session id, "epoch"}
 ``channels``  / {start_after, limit}                      {"channels": [[name, epoch, top, oldest,
@@ -56,7 +56,8 @@ Semantics, and the choices behind them:
   epoch (a counter, not the history's length, so trimming never hands an offset out twice).
 - **Epochs.** A channel's epoch is an opaque string, ``"<timestamp_ms hex>-<n hex>"`` where ``n``
   counts the epochs this service ever made: made when a channel is created (first ``publish`` or
-  ``join``) and when ``reset`` clears its history. ``(offset, epoch)`` names one message for good:
+  ``join``) and when ``reset`` clears its history (a reset channel without members is forgotten
+  instead, like any channel left with nothing; its next publish makes a new epoch all the same). ``(offset, epoch)`` names one message for good:
   offsets restart at 1 only in a new epoch. The counter makes two epochs of one log distinct even in
   one entry; the leader timestamp makes a wiped and re-made cluster unlikely to repeat an epoch its
   clients still hold.
@@ -76,7 +77,7 @@ Semantics, and the choices behind them:
   ``history_bytes_max`` bytes (data + ``MESSAGE_OVERHEAD_BYTES`` each), dropping the oldest; a
   message is dropped once log time reaches ``published_at_ms + history_age_ms``; and over all
   channels at most ``history_bytes_total_max`` bytes are kept, dropping the oldest message anywhere
-  (by publish time, ties by channel name) first.
+  (by publish time, ties by channel name; never the message being published) first.
 - **history(since, epoch)**: ``since`` is the last offset the reader has. ``recovered`` is True when
   nothing after ``since`` is lost: ``since`` is None, or the epoch given (if any) is the channel's,
   ``since <= top`` and ``since + 1 >= oldest``. Then the page starts at ``since + 1``; otherwise at
@@ -84,7 +85,9 @@ Semantics, and the choices behind them:
   none is), ``top`` the last offset assigned (0 if none), ``epoch`` None when the channel does not
   exist. ``limit`` 0 answers the metadata alone; pages are clamped to ``history_limit_max`` messages
   and stop after ``query_result_bytes_max`` bytes; ``next`` is the ``since`` of the next page, or
-  None at ``top``.
+  None at ``top``. ``seq`` is the events window's latest sequence in the same state: a subscriber
+  that replays history and then follows the events after ``seq`` (skipping ``message`` events at or
+  below the last offset it replayed) goes live with no gap and no duplicate.
 - **Presence**: see :mod:`trimaran.services.chat.presence`. Each gateway connection opens one
   session and heartbeats it (not one per channel); a ``join`` or ``leave`` naming a live session
   also refreshes it. ``leave`` and ``close`` of an unknown or lapsed session change nothing (its
@@ -360,7 +363,13 @@ class ChatService:
         while len(ch) > self.history_messages_max or ch.size_bytes > self.history_bytes_max:
             self._drop_oldest(ch, ctx.timestamp_ms)
         while self._history_bytes > self.history_bytes_total_max:
-            self._drop_oldest(self._channels[self._aging[0][1]], ctx.timestamp_ms)
+            # The oldest message anywhere, but never the one just published (on a tie in log time
+            # the channel name decides, which could otherwise pick it): another channel holds
+            # bytes, since history_bytes_total_max >= one largest message.
+            name = self._aging[0][1]
+            if name == ch.name and len(ch) == 1:
+                name = self._aging[1][1]
+            self._drop_oldest(self._channels[name], ctx.timestamp_ms)
         return [offset, ch.epoch]
 
     def _reset(self, c: args.ResetCmd, ctx: ApplyContext) -> bool:
@@ -371,11 +380,12 @@ class ChatService:
             self._aging.remove(self._aging_key(ch))
             self._history_bytes -= ch.size_bytes
             self._messages -= len(ch)
-        ch.clear(ch.epoch if "epoch_kept_on_reset" in self._mutants else self._new_epoch(ctx))
-        if ch.members:
-            self._event("reset", ch, c.channel, None, ctx.timestamp_ms, None)
-        else:
+        if not ch.members:  # nothing left: forgotten in its old epoch; a publish makes a new one
+            ch.clear(ch.epoch)
             self._forget_if_empty(ch, ctx.timestamp_ms)
+            return True
+        ch.clear(ch.epoch if "epoch_kept_on_reset" in self._mutants else self._new_epoch(ctx))
+        self._event("reset", ch, c.channel, None, ctx.timestamp_ms, None)
         return True
 
     def _open(self, c: args.OpenCmd, ctx: ApplyContext) -> list[int]:
@@ -459,7 +469,10 @@ class ChatService:
         start = oldest
         if q.since is not None and recovered:
             start = max(q.since + (0 if "resume_off_by_one" in self._mutants else 1), oldest)
-        out: dict[str, Any] = {"messages": [], "epoch": epoch, "top": top, "oldest": oldest, "recovered": recovered, "next": None}
+        out: dict[str, Any] = {
+            "messages": [], "epoch": epoch, "top": top, "oldest": oldest, "recovered": recovered, "next": None,
+            "seq": self._events.seq,
+        }  # fmt: skip
         limit = min(self.history_limit_max if q.limit is None else q.limit, self.history_limit_max)
         if ch is None or start > top:
             return out
