@@ -18,7 +18,8 @@ op             arguments / {options}                   result; errors beyond Inv
 ``publish``    channel, data / {ephemeral: bool}       [offset, epoch]; ephemeral: [None, epoch or
                                                        None]. LimitExceeded (channels_max)
 ``reset``      channel                                 True if the channel existed: its history is
-                                                       cleared and it gets a new epoch
+                                                       cleared and it gets a new epoch (or, without
+                                                       members, is forgotten)
 ``open``       / {ttl_ms}                              [session_id, expires_at_ms]: a new presence
                                                        session. LimitExceeded (sessions_max)
 ``heartbeat``  session_id                              expires_at_ms (now + the session's ttl_ms).
@@ -57,8 +58,8 @@ Semantics, and the choices behind them:
 - **Epochs.** A channel's epoch is an opaque string, ``"<timestamp_ms hex>-<n hex>"`` where ``n``
   counts the epochs this service ever made: made when a channel is created (first ``publish`` or
   ``join``) and when ``reset`` clears its history (a reset channel without members is forgotten
-  instead, like any channel left with nothing; its next publish makes a new epoch all the same). ``(offset, epoch)`` names one message for good:
-  offsets restart at 1 only in a new epoch. The counter makes two epochs of one log distinct even in
+  instead, like any channel left with nothing; its next publish makes a new epoch all the same).
+  ``(offset, epoch)`` names one message for good: offsets restart at 1 only in a new epoch. The counter makes two epochs of one log distinct even in
   one entry; the leader timestamp makes a wiped and re-made cluster unlikely to repeat an epoch its
   clients still hold.
 - **Channel lifetime.** A channel exists while it keeps history or has presence members; once it
@@ -92,6 +93,17 @@ Semantics, and the choices behind them:
   session and heartbeats it (not one per channel); a ``join`` or ``leave`` naming a live session
   also refreshes it. ``leave`` and ``close`` of an unknown or lapsed session change nothing (its
   channels were left already). Every join and leave makes an event.
+- **Bounds** (constructor arguments, each checked against its ceiling in :mod:`trimaran.limits`):
+  ``channels_max`` channels; ``message_bytes_max`` per message; per channel
+  ``history_messages_max`` / ``history_bytes_max`` / ``history_age_ms`` of history and
+  ``presence_members_max`` members; ``history_bytes_total_max`` over all channels;
+  ``presence_sessions_max`` sessions, each in at most ``presence_channels_per_session_max``
+  channels (so one lapse makes a bounded number of leaves), with TTLs in
+  [``chat_presence_ttl_ms_min``, ``chat_presence_ttl_ms_max``]; info at most
+  ``chat_presence_info_bytes_max``; the events window ``events_max`` / ``events_bytes_max``; query
+  pages ``history_limit_max``, ``channels_limit_max``, ``events_limit_max`` items and
+  ``query_result_bytes_max`` bytes. Reaching a state bound is ``LimitExceeded`` (details ``limit``,
+  ``value``), except retention, which drops the oldest instead.
 - **Configuration** (constructor arguments) is part of the state machine's definition: every replica
   must be built with the same values; snapshots do not carry it.
 - **Snapshots** hold every channel (history, epoch, top, members), the presence sessions, the epoch
