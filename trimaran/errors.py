@@ -29,7 +29,11 @@ so a caller catches the same types whether it runs in-process or over the networ
     └── ServiceError                 a replicated service refused the operation (deterministic)
         ├── OutOfMemory              "out_of_memory": maxmemory reached under noeviction
         ├── RevisionCompacted        "compacted": a watch asked for history no longer kept
-        └── ConditionFailed          "condition_failed": a compare-and-swap precondition did not hold
+        ├── ConditionFailed          "condition_failed": a compare-and-swap precondition did not hold
+        ├── LimitExceeded            "limit_exceeded": a bound of the replicated state is reached
+        │                            (chat channels, presence sessions or members); details name it
+        └── PresenceExpired          "presence_expired": the chat presence session is unknown or
+                                     lapsed; open a new one and join again
 
 A programmer error inside trimaran is an ``assert``, not a member of this tree.
 """
@@ -148,6 +152,14 @@ class RevisionCompacted(ServiceError):
 
 class ConditionFailed(ServiceError):
     code = "condition_failed"
+
+
+class LimitExceeded(ServiceError):
+    code = "limit_exceeded"
+
+
+class PresenceExpired(ServiceError):
+    code = "presence_expired"
 
 
 def _all_subclasses(root: type[TrimaranError]) -> list[type[TrimaranError]]:

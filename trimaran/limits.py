@@ -103,6 +103,37 @@ storage_disk_full_free_bytes_max = 1 * MIB
 storage_reserve_bytes_max = 64 * MIB
 storage_reserve_disk_percent = 5
 
+# --- Chat (trimaran.services.chat) -----------------------------------------------------------------
+# Ceilings; a ChatService is built with its own values at or below them (its constructor checks).
+#: A channel name: 1..this many characters of ``[A-Za-z0-9_.:@=-]`` (ASCII, so chars == bytes).
+chat_channel_chars_max = 128
+#: One published message's data.
+chat_message_bytes_max = 64 * KIB
+#: Channels held at once (a channel exists while it keeps history or has presence members).
+chat_channels_max = 100_000
+#: Messages kept in one channel's history.
+chat_history_messages_max = 100_000
+#: Bytes of history kept in one channel (data + ``MESSAGE_OVERHEAD_BYTES`` each).
+chat_history_bytes_max = 64 * MIB
+#: Bytes of history kept over all channels (the oldest messages anywhere go first).
+chat_history_bytes_total_max = 4 * GIB
+#: How long (log time) a message may be kept.
+chat_history_age_ms_max = 31 * 24 * 3_600_000
+#: Events kept in the applied-events window the edge reads to push to subscribers.
+chat_events_max = 1_000_000
+chat_events_bytes_max = 256 * MIB
+#: One presence member's ``info``.
+chat_presence_info_bytes_max = 1 * KIB
+#: Presence sessions (one per gateway connection) held at once.
+chat_presence_sessions_max = 100_000
+#: Members of one channel's presence.
+chat_presence_members_max = 5_000
+#: Channels one presence session may be in (bounds the leaves one lapsed session makes at once).
+chat_presence_channels_per_session_max = 1_000
+#: A presence session's TTL (log time between heartbeats before it lapses).
+chat_presence_ttl_ms_min = 1_000
+chat_presence_ttl_ms_max = 3_600_000
+
 assert frame_header_bytes == 4
 assert command_depth_max + 3 <= msgpack_depth_max, "a log entry wraps a command in three levels"
 assert msgpack_depth_max * 2 < msgpack_pack_depth_max, "what was decoded, and results built on it, re-encode"
@@ -116,3 +147,8 @@ assert log_read_bytes_max >= append_bytes_max
 assert storage_map_bytes_initial <= storage_map_bytes_max
 assert raft_term_jump_max * 1024 < raft_counter_max < 2**63, "counters far below the codec's int64"
 assert 0 <= storage_reserve_disk_percent < 100
+assert chat_message_bytes_max + chat_channel_chars_max + 4 * KIB <= command_bytes_max, "a publish fits a command"
+assert chat_message_bytes_max <= chat_history_bytes_max <= chat_history_bytes_total_max
+assert chat_presence_info_bytes_max + chat_channel_chars_max + 4 * KIB <= command_bytes_max, "a join fits a command"
+assert chat_message_bytes_max <= chat_events_bytes_max
+assert 0 < chat_presence_ttl_ms_min <= chat_presence_ttl_ms_max

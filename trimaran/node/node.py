@@ -29,6 +29,7 @@ from trimaran.node.transport import PeerTransport
 from trimaran.node.writer import StorageWriter, WriteResult
 from trimaran.protocols.service import Service
 from trimaran.services.auth import AuthService
+from trimaran.services.chat import ChatService
 from trimaran.services.kv import KvService
 from trimaran.services.register import RegisterService
 
@@ -53,11 +54,12 @@ def default_services(config: NodeConfig | None = None) -> list[Service]:
     auth service is there with auth off too, so the replicated state has the same shape on every
     node."""
     if config is None:
-        return [RegisterService(), KvService(), AuthService()]
+        return [RegisterService(), KvService(), AuthService(), ChatService()]
     return [
         RegisterService(),
         KvService(maxmemory_bytes=config.kv_maxmemory_bytes, eviction_policy=config.kv_eviction),
         AuthService(bootstrap=config.auth_keys, leeway_ms=config.auth_leeway_ms),
+        ChatService(),
     ]
 
 
