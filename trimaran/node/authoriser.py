@@ -30,6 +30,12 @@ request                         needs
 ``read`` of ``kv``              ``kv:read`` on every key it reads (``mget``: each key); ``scan``
                                 and a prefix ``watch``: a prefix grant covering the whole prefix;
                                 ``stats``: ``kv:read`` on the empty prefix (``kv:read:*``)
+``command`` to ``chat``         ``publish``: ``chat:publish`` on the channel; ``join``, ``leave``:
+                                ``chat:publish`` on the channel (being present is publishing);
+                                ``open``, ``heartbeat``, ``close`` of a presence session: any valid
+                                token; ``reset``: ``admin:*``
+``read`` of ``chat``            ``history``, ``presence``: ``chat:subscribe`` on the channel;
+                                ``channels``, ``events``, ``stats``: ``admin:*``
 ``command``/``read`` of any     ``admin:*`` (the ``register`` test service, the ``auth`` service,
 other service                   and names no service has)
 ==============================  =================================================================
@@ -51,6 +57,7 @@ from trimaran.node.config import NodeConfig
 from trimaran.protocols import scopes, tokens
 from trimaran.protocols.tokens import Claims
 from trimaran.services import kv_args
+from trimaran.services.chat import args as chat_args
 from trimaran.services.auth import AuthService
 
 log = logging.getLogger("trimaran.node.authoriser")
@@ -119,11 +126,30 @@ def _kv_requirements(op: str, body: dict[str, Any]) -> tuple[Requirement, ...]:
     return (("kv", "read", b"", True),)
 
 
+def _chat_requirements(op: str, body: dict[str, Any]) -> tuple[Requirement, ...]:
+    if op == "command":
+        cmd = chat_args.parse_command(body["command"])
+        if isinstance(cmd, (chat_args.PublishCmd, chat_args.JoinCmd, chat_args.LeaveCmd)):
+            return (("chat", "publish", cmd.channel.encode(), False),)
+        if isinstance(cmd, (chat_args.OpenCmd, chat_args.HeartbeatCmd, chat_args.CloseCmd)):
+            return NOTHING
+        return ADMIN  # reset
+    query = chat_args.parse_query(body["query"])
+    if isinstance(query, (chat_args.HistoryQuery, chat_args.PresenceQuery)):
+        return (("chat", "subscribe", query.channel.encode(), False),)
+    return ADMIN  # channels, events, stats
+
+
 def requirements(op: str, body: dict[str, Any]) -> tuple[Requirement, ...]:
     """What a request (shape-checked by ``parse_request``) touches; InvalidArgument / TooLarge if a
-    kv command or query does not parse."""
+    kv or chat command or query does not parse."""
     if op in ("command", "read"):
-        return _kv_requirements(op, body) if body["service"] == "kv" else ADMIN
+        service = body["service"]
+        if service == "kv":
+            return _kv_requirements(op, body)
+        if service == "chat":
+            return _chat_requirements(op, body)
+        return ADMIN
     if op == "register":
         return NOTHING
     if op == "status":

@@ -540,7 +540,7 @@ class ClientServer:
         self.status = status
         self.authoriser = Authoriser(config, driver.replica, wall_clock_ms)
         if self.authoriser.enabled:
-            driver.after_round = self._after_round
+            driver.after_round_hooks.append(self._after_round)
         self.address: Address | None = None
         self.shutting_down = False
         self._connections: set[ClientConnection] = set()

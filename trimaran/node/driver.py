@@ -190,8 +190,9 @@ class Driver:
         #: Client command bytes accepted since the last disk space check (they may not be on disk yet).
         self._accepted_bytes = 0
         #: Called at the end of every round, once its entries are applied and its answers flushed:
-        #: the client edge re-checks live connections when the auth service changed (None: nothing).
-        self.after_round: Callable[[], None] | None = None
+        #: the client edge re-checks live connections when the auth service changed, the chat
+        #: gateway pushes what was applied. Each must be quick and must not raise.
+        self.after_round_hooks: list[Callable[[], None]] = []
         #: Counters (reported by the status op).
         self.rounds = 0
         self.readies = 0
@@ -352,8 +353,8 @@ class Driver:
                 break
             # Written inline: the after-persist messages are released and on_persisted called, which
             # may give the Replica more to do (a leader's commit, its answers) in this same round.
-        if self.after_round is not None:
-            self.after_round()
+        for hook in self.after_round_hooks:
+            hook()
 
     def _flush(self) -> None:
         """Send this round's messages (one call: each peer gets one write) and flush its answers."""

@@ -22,6 +22,7 @@ from trimaran.node.client_server import ClientServer
 from trimaran.node.clock import ClockMonitor, wall_clock_ms as system_wall_clock_ms
 from trimaran.node.config import Address, NodeConfig
 from trimaran.node.driver import Driver
+from trimaran.node.http.chat_gateway import ChatHub
 from trimaran.node.http.edge import HttpEdge
 from trimaran.node.http.rest import RestApp
 from trimaran.node.tls import node_tls
@@ -84,6 +85,7 @@ class Node:
         self.transport: PeerTransport | None = None
         self.client_server: ClientServer | None = None
         self.http_edge: HttpEdge | None = None
+        self.chat_hub: ChatHub | None = None
         self.http_address: Address | None = None
         self._writer: StorageWriter | None = None
 
@@ -208,7 +210,11 @@ class Node:
             if cfg.http_listen is not None:
                 edge = HttpEdge(cfg, driver, client_server.authoriser, self.status, self._tls is not None)
                 self.http_edge = edge
-                self.http_address = await nursery.start(edge.serve, RestApp(edge))
+                chat = replica.services.get("chat")
+                if isinstance(chat, ChatService):
+                    self.chat_hub = ChatHub(chat, edge)
+                    driver.after_round_hooks.append(self.chat_hub.after_round)
+                self.http_address = await nursery.start(edge.serve, RestApp(edge, self.chat_hub))
                 log.info("node %d: HTTP on %s", cfg.node_id, self.http_address)
             log.info("node %d: clients on %s, peers on %s", cfg.node_id, self.client_address, self.peer_address)
             task_status.started(self)

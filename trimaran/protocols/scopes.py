@@ -16,8 +16,8 @@ kv         write        key      set, delete, incr, decr, mset, touch, expire
 jobs       enqueue      queue    enqueue, schedule
 jobs       work         queue    lease, heartbeat, complete, fail (worker sessions)
 jobs       manage       queue    pause, resume, retry, purge, inspect
-chat       publish      channel  publish, presence
-chat       subscribe    channel  subscribe, history
+chat       publish      channel  publish, join and leave (being present)
+chat       subscribe    channel  subscribe, history, presence (who is present)
 cluster    read         -        status (the name is ignored: ``cluster:read``)
 admin      \\*           -        everything: membership, auth keys and revocations, the
                                  register test service (``admin:*``)

@@ -51,6 +51,9 @@ SESSION_INFLIGHT_MAX = limits.session_responses_max // 2
 HEADER_BYTES_MAX = 16 * limits.KIB
 #: An idle keep-alive connection is closed after this.
 KEEP_ALIVE_S = 60
+#: Largest WebSocket frame a client may send (hypercorn closes with 1009 beyond it): a chat message
+#: with room for its JSON, base64 and the frame's other fields.
+WS_FRAME_BYTES_MAX = 2 * limits.chat_message_bytes_max
 
 assert SESSION_INFLIGHT_MAX < limits.session_responses_max
 
@@ -215,6 +218,7 @@ class HttpEdge:
         hc.h11_max_incomplete_size = HEADER_BYTES_MAX
         hc.keep_alive_timeout = KEEP_ALIVE_S
         hc.graceful_timeout = 5
+        hc.websocket_max_message_size = WS_FRAME_BYTES_MAX
         if cfg.tls_dir is not None:
             hc.certfile = f"{cfg.tls_dir}/{node_cert_name(cfg.node_id)}"
             hc.keyfile = f"{cfg.tls_dir}/{node_key_name(cfg.node_id)}"

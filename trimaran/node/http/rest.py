@@ -48,6 +48,7 @@ from trimaran.errors import (
     Unauthenticated,
     Unavailable,
 )
+from trimaran.node.http.chat_gateway import CLOSE_UNAUTHENTICATED, ChatHub, serve_websocket
 from trimaran.node.http.edge import HttpEdge
 
 Scope = dict[str, Any]
@@ -110,17 +111,19 @@ def _value_json(name: str, data: bytes) -> dict[str, Any]:
 class RestApp:
     """The ASGI app (``await app(scope, receive, send)``); see the module docstring."""
 
-    def __init__(self, edge: HttpEdge) -> None:
+    def __init__(self, edge: HttpEdge, hub: ChatHub | None = None) -> None:
         self.edge = edge
+        self.hub = hub
         self.body_bytes_max = edge.config.http_body_bytes_max
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
             return
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
-            # WebSockets arrive with the chat gateway; until then, refuse the upgrade.
-            await send({"type": "websocket.close", "code": 1008})
             return
         self.edge.requests += 1
         query_string: bytes = scope.get("query_string", b"")
@@ -154,6 +157,20 @@ class RestApp:
             key = unquote_to_bytes(path[len(b"/v1/kv/") :])
             return await self._kv(method, key, query, token, receive)
         raise HttpError(404, "not_found", f"no route {path.decode('latin-1')!r}; see /v1/openapi.json")
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("raw_path") or scope["path"].encode()
+        if self.hub is None or path.split(b"?", 1)[0] != b"/v1/ws":
+            await receive()
+            await send({"type": "websocket.close", "code": 1008, "reason": "the WebSocket endpoint is /v1/ws"})
+            return
+        try:
+            token = _bearer(scope)
+        except Unauthenticated as exc:
+            await receive()
+            await send({"type": "websocket.close", "code": CLOSE_UNAUTHENTICATED, "reason": exc.message[:120]})
+            return
+        await serve_websocket(self.hub, scope, receive, send, token)
 
     def _authorise(self, token: str | None, op: str, body: dict[str, Any]) -> None:
         grant = self.edge.grant(token)

@@ -1,0 +1,589 @@
+"""The chat WebSocket gateway (``/v1/ws`` on the HTTP port): JSON frames, subscriptions served from
+what this node has applied, resumable by ``(offset, epoch)``.
+
+Protocol (text frames, one JSON object each; ``id`` is the client's, echoed in the answer):
+
+==========================================================  ==========================================
+client sends                                                server answers
+==========================================================  ==========================================
+``{"type": "auth", "token"}`` (first frame, when the        ``{"type": "ready", "node_id"}``; without
+upgrade carried no ``Authorization: Bearer``)               auth the server sends ``ready`` at once
+``{"id", "type": "subscribe", "channel", "since"?,          ``{"id", "type": "subscribed", "channel",
+"epoch"?}``                                                 "epoch", "top", "oldest", "recovered"}``,
+                                                            then ``message`` pushes: the history after
+                                                            ``since`` (none without ``since``), then
+                                                            live, gap- and duplicate-free
+``{"id", "type": "unsubscribe", "channel"}``                ``{"id", "type": "unsubscribed"}``
+``{"id", "type": "publish", "channel", "data" |             ``{"id", "type": "published", "offset",
+"data_base64", "ephemeral"?}``                              "epoch"}`` (offset null if ephemeral)
+``{"id", "type": "history", "channel", "since"?, "epoch"?,  ``{"id", "type": "history", ...}`` as the
+"limit"?}``                                                 service's history query answers
+``{"id", "type": "join", "channel", "info"?}`` /            ``{"id", "type": "joined" | "left"}``
+``{"id", "type": "leave", "channel"}``
+``{"id", "type": "presence", "channel"}``                   ``{"id", "type": "presence", "members":
+                                                            [{"session", "info", "joined_at_ms"}]}``
+``{"id", "type": "ping"}``                                  ``{"id", "type": "pong"}``
+==========================================================  ==========================================
+
+Pushes: ``{"type": "message", "channel", "offset", "epoch", "data" | "data_base64", "at_ms"}``;
+``{"type": "ephemeral", "channel", "epoch", "data", "at_ms"}``; ``{"type": "join" | "leave",
+"channel", "session", "info" | "reason", "at_ms"}``; ``{"type": "epoch", "channel", "epoch"}`` when
+the channel's history was reset or the channel was forgotten and made again (offsets restart at 1).
+A request that fails gets ``{"id", "type": "error", "error": {"code", "name", "message",
+"details"}}`` and the connection stays. Data is text when it is UTF-8, else ``data_base64``.
+
+Close codes: 1001 the node is shutting down; 4001 no, bad, expired or revoked token (also when a
+revocation is applied while connected); 4002 a frame that is not the protocol; 4008 a slow consumer
+(more than ``WS_QUEUE_FRAMES_MAX`` frames or ``WS_QUEUE_BYTES_MAX`` bytes unsent: resume from the
+last offset received, nothing stored is lost); 4029 over ``WS_FRAMES_PER_S_MAX`` frames a second;
+1009 a frame over ``edge.WS_FRAME_BYTES_MAX``.
+
+How delivery stays exact: every node pushes from its own applied state (:class:`ChatHub` reads the
+chat service's events window after each driver round), so a subscriber never sees an uncommitted
+message and followers share the fan-out. A subscription first reads the history with a linearizable
+read (so it sees every publish acknowledged before it subscribed, on any node), then goes live;
+each subscription keeps the last offset delivered, so a live message it already has is skipped and
+one that skips ahead makes it read the missing range from history first.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections import deque
+from typing import Any, Awaitable, Callable
+
+import trio
+
+from trimaran import limits
+from trimaran.errors import AuthError, InvalidArgument, TrimaranError, Unauthenticated
+from trimaran.node.authoriser import Grant
+from trimaran.node.http.edge import HttpEdge
+from trimaran.services.chat import ChatService
+
+log = logging.getLogger("trimaran.node.http.chat")
+
+#: Frames and bytes queued for one connection and not yet sent; beyond either it is cut off (4008).
+WS_QUEUE_FRAMES_MAX = 10_000
+WS_QUEUE_BYTES_MAX = 16 * limits.MIB
+#: Frames a client may send per second (a bucket of this size refilled at this rate).
+WS_FRAMES_PER_S_MAX = 1_000
+#: Channels one connection may subscribe to at once.
+WS_SUBSCRIPTIONS_MAX = 1_000
+#: WebSocket connections one node serves at once.
+WS_CONNECTIONS_MAX = 10_000
+#: Live events held for a subscription while its history is read; beyond it, re-read.
+SYNC_PENDING_EVENTS_MAX = 10_000
+#: How long the first frame may take when it must carry the token.
+AUTH_TIMEOUT_S = 10.0
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_UNAUTHENTICATED = 4001
+CLOSE_PROTOCOL = 4002
+CLOSE_SLOW = 4008
+CLOSE_RATE = 4029
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+
+class Closing(Exception):
+    """End the connection with this close code and reason."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+def data_fields(data: bytes, name: str = "data") -> dict[str, str]:
+    try:
+        return {name: data.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {f"{name}_base64": base64.b64encode(data).decode("ascii")}
+
+
+def error_frame(request_id: Any, exc: TrimaranError) -> dict[str, Any]:
+    wire = exc.to_wire()
+    error = {"code": wire["code"], "name": type(exc).__name__, "message": wire["message"], "details": wire["details"]}
+    return {"id": request_id, "type": "error", "error": error}
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", errors="backslashreplace")
+    return repr(value)
+
+
+class Subscription:
+    """One channel of one connection: where its delivery stands."""
+
+    __slots__ = ("channel", "epoch", "last", "syncing", "pending", "overflowed")
+
+    def __init__(self, channel: str) -> None:
+        self.channel = channel
+        self.epoch: str | None = None
+        #: The last offset delivered in ``epoch``.
+        self.last = 0
+        #: Its history is being read: live events wait in ``pending``.
+        self.syncing = True
+        self.pending: list[list[Any]] = []
+        self.overflowed = False
+
+
+class ChatHub:
+    """Every WebSocket connection of this node, by the channels they follow; pushes what the node
+    applied after each driver round (a hook the driver calls; quick, never raises)."""
+
+    def __init__(self, service: ChatService, edge: HttpEdge) -> None:
+        self.service = service
+        self.edge = edge
+        self.connections: set[WsConnection] = set()
+        self.by_channel: dict[str, set[WsConnection]] = {}
+        #: The last event of the window pushed.
+        self.seq = service.events_after(0, limit=1)["seq"]
+        self._generation = edge.authoriser.generation
+        #: Counters (reported by the status op).
+        self.slow_closed = 0
+        self.pushed = 0
+
+    def after_round(self) -> None:
+        if self.edge.authoriser.enabled and self.edge.authoriser.generation != self._generation:
+            self._generation = self.edge.authoriser.generation
+            for conn in list(self.connections):
+                conn.recheck_token()
+        if not self.by_channel:
+            self.seq = self.service.events_after(self.seq, limit=1)["seq"]  # nothing to push
+            return
+        while True:
+            page = self.service.events_after(self.seq)
+            if page["gap"]:
+                for conn in list(self.connections):
+                    conn.resync_all()
+            for event in page["events"]:
+                for conn in list(self.by_channel.get(event[2], ())):
+                    conn.on_event(event)
+            self.seq = page["next"]
+            if self.seq >= page["seq"]:
+                return
+
+    def follow(self, conn: WsConnection, channel: str) -> None:
+        self.by_channel.setdefault(channel, set()).add(conn)
+
+    def unfollow(self, conn: WsConnection, channel: str) -> None:
+        conns = self.by_channel.get(channel)
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:
+                del self.by_channel[channel]
+
+
+class WsConnection:
+    """One WebSocket client; see the module docstring."""
+
+    def __init__(self, hub: ChatHub, scope: dict[str, Any], receive: Receive, send: Send, token: str | None) -> None:
+        self.hub = hub
+        self.edge = hub.edge
+        self._scope = scope
+        self._receive = receive
+        self._send = send
+        self.token = token
+        self.grant: Grant | None = None
+        self.subscriptions: dict[str, Subscription] = {}
+        self._queue: deque[str] = deque()
+        self._queue_bytes = 0
+        self._queue_lot = trio.lowlevel.ParkingLot()
+        self._resync: set[str] = set()
+        self._resync_lot = trio.lowlevel.ParkingLot()
+        self.closing: Closing | None = None
+        self._cancel: trio.CancelScope | None = None
+        self._session_id: int | None = None
+        self._session_lock = trio.Lock()
+        self._bucket = float(WS_FRAMES_PER_S_MAX)
+        self._bucket_at = trio.current_time()
+
+    # ------------------------------------------------------------------ outgoing
+
+    def push(self, frame: dict[str, Any]) -> None:
+        """Queue a frame; a connection over its queue bounds is cut off as a slow consumer."""
+        if self.closing is not None:
+            return
+        text = json.dumps(frame, separators=(",", ":"), default=_json_default)
+        if len(self._queue) >= WS_QUEUE_FRAMES_MAX or self._queue_bytes + len(text) > WS_QUEUE_BYTES_MAX:
+            self.hub.slow_closed += 1
+            self.close(Closing(CLOSE_SLOW, "slow consumer: reconnect and resume from the last offset received"))
+            return
+        self._queue.append(text)
+        self._queue_bytes += len(text)
+        self.hub.pushed += 1
+        self._queue_lot.unpark_all()
+
+    def close(self, closing: Closing) -> None:
+        if self.closing is None:
+            self.closing = closing
+            self._queue_lot.unpark_all()
+            self._resync_lot.unpark_all()
+
+    async def _writer(self) -> None:
+        while True:
+            while not self._queue and self.closing is None:
+                await self._queue_lot.park()
+            if self.closing is not None:
+                return
+            text = self._queue.popleft()
+            self._queue_bytes -= len(text)
+            await self._send({"type": "websocket.send", "text": text})
+
+    # ------------------------------------------------------------------ live events
+
+    def on_event(self, event: list[Any]) -> None:
+        _, kind, channel, offset, epoch, at_ms, payload = event
+        sub = self.subscriptions.get(channel)
+        if sub is None:
+            return
+        if sub.syncing:
+            if len(sub.pending) >= SYNC_PENDING_EVENTS_MAX:
+                sub.overflowed = True
+                sub.pending.clear()
+            elif not sub.overflowed:
+                sub.pending.append(event)
+            return
+        self._deliver(sub, kind, offset, epoch, at_ms, payload)
+
+    def _deliver(self, sub: Subscription, kind: str, offset: int | None, epoch: str | None, at_ms: int, payload: Any) -> None:
+        channel = sub.channel
+        if kind == "message":
+            assert offset is not None
+            if epoch != sub.epoch:
+                if offset != 1:  # a new epoch we joined late: read it from history
+                    self._need_resync(sub)
+                    return
+                sub.epoch, sub.last = epoch, 0
+                self.push({"type": "epoch", "channel": channel, "epoch": epoch})
+            if offset <= sub.last:
+                return  # delivered from history already
+            if offset > sub.last + 1:
+                self._need_resync(sub)
+                return
+            sub.last = offset
+            self.push({"type": "message", "channel": channel, "offset": offset, "epoch": epoch, **data_fields(payload), "at_ms": at_ms})
+        elif kind == "ephemeral":
+            self.push({"type": "ephemeral", "channel": channel, "epoch": epoch, **data_fields(payload), "at_ms": at_ms})
+        elif kind in ("join", "leave"):
+            session, extra = payload
+            detail = data_fields(extra, "info") if kind == "join" else {"reason": extra}
+            self.push({"type": kind, "channel": channel, "session": session, **detail, "at_ms": at_ms})
+        elif kind == "reset" or (kind == "dropped" and epoch == sub.epoch):
+            sub.epoch, sub.last = (epoch if kind == "reset" else None), 0
+            self.push({"type": "epoch", "channel": channel, "epoch": sub.epoch})
+
+    def _need_resync(self, sub: Subscription) -> None:
+        sub.syncing = True
+        self._resync.add(sub.channel)
+        self._resync_lot.unpark_all()
+
+    def resync_all(self) -> None:
+        for sub in self.subscriptions.values():
+            if not sub.syncing:
+                self._need_resync(sub)
+
+    def recheck_token(self) -> None:
+        if self.grant is None:
+            return
+        refusal = self.edge.authoriser.recheck(self.grant)
+        if refusal is not None:
+            self.close(Closing(CLOSE_UNAUTHENTICATED, refusal.message))
+
+    async def _resyncer(self) -> None:
+        while True:
+            while not self._resync and self.closing is None:
+                await self._resync_lot.park()
+            if self.closing is not None:
+                return
+            channel = self._resync.pop()
+            sub = self.subscriptions.get(channel)
+            if sub is not None:
+                await self._catch_up(sub, "stale")
+
+    async def _catch_up(self, sub: Subscription, consistency: str) -> dict[str, Any]:
+        """Read ``sub``'s channel from history after its last offset (pages), push it, then the live
+        events held meanwhile; the first page's answer."""
+        first: dict[str, Any] | None = None
+        while True:
+            sub.pending.clear()
+            sub.overflowed = False
+            options: dict[str, Any] = {"since": sub.last}
+            if sub.epoch is not None:
+                options["epoch"] = sub.epoch
+            query: list[Any] = ["history", sub.channel, options]
+            page = await self._request("read", {"service": "chat", "query": query, "consistency": consistency})
+            consistency = "stale"  # later pages: offsets keep them exact
+            first = first or page
+            if not page["recovered"] or (sub.epoch is not None and page["epoch"] != sub.epoch):
+                # The history no longer reaches back to ``last`` (or the channel was reset): go on
+                # from the oldest kept, and say so.
+                sub.epoch, sub.last = page["epoch"], page["oldest"] - 1
+                self.push({"type": "epoch", "channel": sub.channel, "epoch": sub.epoch, "recovered": False})
+            sub.epoch = page["epoch"]
+            for offset, data, at_ms in page["messages"]:
+                if offset == sub.last + 1:
+                    sub.last = offset
+                    self.push({"type": "message", "channel": sub.channel, "offset": offset, "epoch": sub.epoch, **data_fields(data), "at_ms": at_ms})
+            if page["next"] is not None and page["messages"]:
+                continue  # the next page
+            if sub.overflowed:
+                continue  # too much went by while reading: read again from where we are
+            held, sub.pending = sub.pending, []
+            sub.syncing = False
+            for event in held:
+                self._deliver(sub, event[1], event[3], event[4], event[5], event[6])
+            return first
+
+    # ------------------------------------------------------------------ requests
+
+    async def _request(self, op: str, body: dict[str, Any]) -> Any:
+        if self.grant is not None:
+            self.edge.authoriser.check(self.grant, op, body)
+        if op == "command":
+            return await self.edge.command(body["service"], body["command"], 0, self.token)
+        return await self.edge.request(op, body, 0, self.token)
+
+    async def _presence_session(self) -> int:
+        async with self._session_lock:
+            if self._session_id is None:
+                session_id, _ = await self._request("command", {"service": "chat", "command": ["open"]})
+                self._session_id = session_id
+            return self._session_id
+
+    async def _heartbeat(self) -> None:
+        """One heartbeat for the connection's presence session, whatever its channels."""
+        period_s = 30.0 / 3  # the service's default presence TTL is 30 s
+        while True:
+            await trio.sleep(period_s)
+            if self._session_id is not None:
+                try:
+                    await self._request("command", {"service": "chat", "command": ["heartbeat", self._session_id]})
+                except TrimaranError as exc:
+                    log.info("chat presence heartbeat failed: %s", exc.message)
+
+    async def handle(self, frame: dict[str, Any]) -> dict[str, Any]:
+        kind, channel = frame.get("type"), frame.get("channel")
+        if kind == "ping":
+            return {"type": "pong"}
+        if not isinstance(channel, str):
+            raise InvalidArgument(f"{kind} needs a channel (a string)")
+        if kind == "subscribe":
+            return await self._subscribe(channel, frame)
+        if kind == "unsubscribe":
+            if self.subscriptions.pop(channel, None) is not None:
+                self.hub.unfollow(self, channel)
+            return {"type": "unsubscribed", "channel": channel}
+        if kind == "publish":
+            data = _data_of(frame)
+            options = {"ephemeral": True} if frame.get("ephemeral") else None
+            command: list[Any] = ["publish", channel, data] + ([options] if options else [])
+            offset, epoch = await self._request("command", {"service": "chat", "command": command})
+            return {"type": "published", "channel": channel, "offset": offset, "epoch": epoch}
+        if kind == "history":
+            options = {k: frame[k] for k in ("since", "epoch", "limit") if frame.get(k) is not None}
+            query: list[Any] = ["history", channel] + ([options] if options else [])
+            page = await self._request("read", {"service": "chat", "query": query, "consistency": "linearizable"})
+            messages = [{"offset": o, **data_fields(d), "at_ms": t} for o, d, t in page.pop("messages")]
+            return {"type": "history", "channel": channel, "messages": messages, **page}
+        if kind == "join":
+            info = frame.get("info", "")
+            if not isinstance(info, str):
+                raise InvalidArgument("info must be a string")
+            session_id = await self._presence_session()
+            await self._request("command", {"service": "chat", "command": ["join", channel, session_id, info.encode()]})
+            return {"type": "joined", "channel": channel, "session": session_id}
+        if kind == "leave":
+            if self._session_id is not None:
+                await self._request("command", {"service": "chat", "command": ["leave", channel, self._session_id]})
+            return {"type": "left", "channel": channel}
+        if kind == "presence":
+            answer = await self._request("read", {"service": "chat", "query": ["presence", channel], "consistency": "linearizable"})
+            members = [{"session": s, **data_fields(i, "info"), "joined_at_ms": t} for s, i, t in answer["members"]]
+            return {"type": "presence", "channel": channel, "members": members, "epoch": answer["epoch"]}
+        raise InvalidArgument(f"unknown frame type {str(kind)[:40]!r}")
+
+    async def _subscribe(self, channel: str, frame: dict[str, Any]) -> dict[str, Any]:
+        if channel in self.subscriptions:
+            raise InvalidArgument(f"already subscribed to {channel!r}")
+        if len(self.subscriptions) >= WS_SUBSCRIPTIONS_MAX:
+            raise InvalidArgument(f"at most {WS_SUBSCRIPTIONS_MAX} subscriptions per connection")
+        since, epoch = frame.get("since"), frame.get("epoch")
+        if since is not None and (type(since) is not int or since < 0):
+            raise InvalidArgument("since must be an offset (an integer >= 0)")
+        if epoch is not None and not isinstance(epoch, str):
+            raise InvalidArgument("epoch must be a string")
+        # Check the scope before anything is read or followed.
+        self._check("read", {"service": "chat", "query": ["history", channel], "consistency": "linearizable"})
+        sub = Subscription(channel)
+        self.subscriptions[channel] = sub
+        self.hub.follow(self, channel)
+        try:
+            if since is None:
+                # Live only: learn where the channel stands (linearizable), deliver after it.
+                query: list[Any] = ["history", channel, {"limit": 0}]
+                head = await self._request("read", {"service": "chat", "query": query, "consistency": "linearizable"})
+                sub.epoch, sub.last = head["epoch"], head["top"]
+                held, sub.pending, sub.syncing = sub.pending, [], False
+                for event in held:
+                    self._deliver(sub, event[1], event[3], event[4], event[5], event[6])
+                first = head
+                recovered = True
+            else:
+                sub.epoch, sub.last = epoch, since
+                first = await self._catch_up(sub, "linearizable")
+                recovered = bool(first["recovered"])
+        except BaseException:
+            self.subscriptions.pop(channel, None)
+            self.hub.unfollow(self, channel)
+            raise
+        return {
+            "type": "subscribed", "channel": channel, "epoch": sub.epoch, "top": first["top"], "oldest": first["oldest"],
+            "recovered": recovered,
+        }  # fmt: skip
+
+    def _check(self, op: str, body: dict[str, Any]) -> None:
+        if self.grant is not None:
+            self.edge.authoriser.check(self.grant, op, body)
+
+    # ------------------------------------------------------------------ the connection
+
+    def _take_frame_budget(self) -> None:
+        now = trio.current_time()
+        self._bucket = min(float(WS_FRAMES_PER_S_MAX), self._bucket + (now - self._bucket_at) * WS_FRAMES_PER_S_MAX)
+        self._bucket_at = now
+        if self._bucket < 1:
+            raise Closing(CLOSE_RATE, f"more than {WS_FRAMES_PER_S_MAX} frames a second")
+        self._bucket -= 1
+
+    async def _next_frame(self) -> dict[str, Any] | None:
+        message = await self._receive()
+        if message["type"] == "websocket.disconnect":
+            return None
+        text = message.get("text")
+        if text is None:
+            raise Closing(CLOSE_PROTOCOL, "frames are JSON text, not binary")
+        self._take_frame_budget()
+        try:
+            frame = json.loads(text)
+        except ValueError:
+            raise Closing(CLOSE_PROTOCOL, "a frame is not JSON") from None
+        if not isinstance(frame, dict):
+            raise Closing(CLOSE_PROTOCOL, "a frame is a JSON object")
+        return frame
+
+    async def _authenticate(self) -> None:
+        authoriser = self.edge.authoriser
+        if not authoriser.enabled:
+            return
+        if self.token is None:
+            with trio.move_on_after(AUTH_TIMEOUT_S):
+                frame = await self._next_frame()
+                if frame is None:
+                    raise Closing(CLOSE_UNAUTHENTICATED, "closed before the auth frame")
+                if frame.get("type") != "auth" or not isinstance(frame.get("token"), str):
+                    raise Closing(CLOSE_UNAUTHENTICATED, 'the first frame must be {"type": "auth", "token": ...}')
+                self.token = frame["token"]
+        if self.token is None:
+            raise Closing(CLOSE_UNAUTHENTICATED, f"no auth frame within {AUTH_TIMEOUT_S:g} s")
+        try:
+            self.grant = self.edge.grant(self.token)
+        except Unauthenticated as exc:
+            raise Closing(CLOSE_UNAUTHENTICATED, exc.message) from None
+
+    async def _serve_requests(self, nursery: trio.Nursery) -> None:
+        while True:
+            frame = await self._next_frame()
+            if frame is None:
+                return
+            nursery.start_soon(self._answer, frame)
+
+    async def _answer(self, frame: dict[str, Any]) -> None:
+        request_id = frame.get("id")
+        try:
+            answer = await self.handle(frame)
+            self.push({"id": request_id, **answer})
+        except AuthError as exc:
+            if isinstance(exc, Unauthenticated):  # expired or revoked: the connection is done
+                self.push(error_frame(request_id, exc))
+                self.close(Closing(CLOSE_UNAUTHENTICATED, exc.message))
+            else:
+                self.push(error_frame(request_id, exc))
+        except TrimaranError as exc:
+            self.push(error_frame(request_id, exc))
+
+    async def run(self) -> None:
+        await self._send({"type": "websocket.accept"})
+        code, reason = 1000, ""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._cancel = nursery.cancel_scope
+                try:
+                    await self._authenticate()
+                    self.hub.connections.add(self)
+                    self.push({"type": "ready", "node_id": self.edge.config.node_id})
+                    nursery.start_soon(self._writer)
+                    nursery.start_soon(self._resyncer)
+                    nursery.start_soon(self._heartbeat)
+                    nursery.start_soon(self._watch_closing, nursery.cancel_scope)
+                    await self._serve_requests(nursery)
+                except Closing as closing:
+                    self.close(closing)
+                    await self._flush_then_close()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.hub.connections.discard(self)
+            for channel in list(self.subscriptions):
+                self.hub.unfollow(self, channel)
+            if self.closing is not None:
+                code, reason = self.closing.code, self.closing.reason
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                if self._session_id is not None:
+                    try:
+                        await self._request("command", {"service": "chat", "command": ["close", self._session_id]})
+                    except TrimaranError:
+                        pass  # it lapses by itself
+                try:
+                    await self._send({"type": "websocket.close", "code": code, "reason": reason[:120]})
+                except Exception:  # noqa: BLE001 (the client is gone already)
+                    pass
+
+    async def _flush_then_close(self) -> None:
+        with trio.move_on_after(1):
+            while self._queue:
+                text = self._queue.popleft()
+                await self._send({"type": "websocket.send", "text": text})
+
+    async def _watch_closing(self, cancel: trio.CancelScope) -> None:
+        while self.closing is None:
+            await self._queue_lot.park()
+        await self._flush_then_close()
+        cancel.cancel()
+
+
+def _data_of(frame: dict[str, Any]) -> bytes:
+    if isinstance(frame.get("data"), str):
+        data = frame["data"].encode("utf-8")
+    elif isinstance(frame.get("data_base64"), str):
+        try:
+            data = base64.b64decode(frame["data_base64"], validate=True)
+        except ValueError:
+            raise InvalidArgument("data_base64 is not base64") from None
+    else:
+        raise InvalidArgument("publish needs data (text) or data_base64")
+    return data
+
+
+async def serve_websocket(hub: ChatHub, scope: dict[str, Any], receive: Receive, send: Send, token: str | None) -> None:
+    """One ``/v1/ws`` connection, from its ``websocket.connect`` to its close."""
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    if len(hub.connections) >= WS_CONNECTIONS_MAX:
+        await send({"type": "websocket.close", "code": 1013, "reason": "this node is at its WebSocket connection cap"})
+        return
+    await WsConnection(hub, scope, receive, send, token).run()
