@@ -29,7 +29,14 @@ so a caller catches the same types whether it runs in-process or over the networ
     └── ServiceError                 a replicated service refused the operation (deterministic)
         ├── OutOfMemory              "out_of_memory": maxmemory reached under noeviction
         ├── RevisionCompacted        "compacted": a watch asked for history no longer kept
-        └── ConditionFailed          "condition_failed": a compare-and-swap precondition did not hold
+        ├── ConditionFailed          "condition_failed": a compare-and-swap precondition did not hold
+        ├── NotFound                 "not_found": the job, worker session or schedule named does not
+        │                            exist (never did, or was purged); details ``kind``, ``id``
+        ├── QueueFull                "queue_full": the queue holds queue_jobs_max jobs; nothing enqueued
+        ├── StaleLease               "stale_lease": the fencing token is not the job's current lease
+        │                            (a newer attempt owns it, or it ended); nothing changed
+        └── WorkerSessionLost        "worker_session_lost": the worker session lapsed or was closed and
+                                     its jobs were released; open a new one
 
 A programmer error inside trimaran is an ``assert``, not a member of this tree.
 """
@@ -148,6 +155,22 @@ class RevisionCompacted(ServiceError):
 
 class ConditionFailed(ServiceError):
     code = "condition_failed"
+
+
+class NotFound(ServiceError):
+    code = "not_found"
+
+
+class QueueFull(ServiceError):
+    code = "queue_full"
+
+
+class StaleLease(ServiceError):
+    code = "stale_lease"
+
+
+class WorkerSessionLost(ServiceError):
+    code = "worker_session_lost"
 
 
 def _all_subclasses(root: type[TrimaranError]) -> list[type[TrimaranError]]:
