@@ -578,11 +578,13 @@ class JobsService:
                 waiter = self._jobs.get(waiter_id)
                 if waiter is None or waiter.state != WAITING:
                     continue  # ended (cancelled, expired) before its dependency did
-                self._detach(waiter)
                 if dep.state == COMPLETED:
                     waiter.deps_pending -= 1
-                    self._make_available(waiter, max(waiter.run_at_ms, ctx.timestamp_ms), ctx)
+                    if not waiter.deps_pending:
+                        self._detach(waiter)
+                        self._make_available(waiter, max(waiter.run_at_ms, ctx.timestamp_ms), ctx)
                 else:
+                    self._detach(waiter)
                     waiter.deps_pending = 0
                     waiter.error = f"dependency {dep.id} ended {dep.state or DEAD}"
                     self._end_one(waiter, FAILED, ctx)
