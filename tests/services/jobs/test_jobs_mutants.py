@@ -95,6 +95,27 @@ def test_dead_letter_dropped_loses_the_job(mutant: str | None) -> None:
     assert kept is (mutant is None)
 
 
+@pytest.mark.parametrize("mutant", [None, "schedule_local_clock"])
+def test_schedule_local_clock_fires_before_the_slot_in_log_time(mutant: str | None) -> None:
+    log = make(mutant, clock=None if mutant is None else lambda: log.now_ms + 10_000)
+    slot = log.do(["schedule", "s", "q", b"", {"every_ms": 60_000}])
+    log.entry(at_ms=slot - 5_000)
+    assert (log.ask(["stats", "q"])["ready"] == 0) is (mutant is None), "a slot fires once log time reaches it"
+
+
+def test_schedule_local_clock_makes_replicas_fire_different_slots() -> None:
+    honest = make(None)
+    fast = make("schedule_local_clock", clock=lambda: fast.now_ms + 30_000)
+    for log in (honest, fast):
+        log.do(["schedule", "s", "q", b"", {"every_ms": 60_000}])
+        for _ in range(10):
+            log.tick(20_000)
+    assert digest(honest.svc) != digest(fast.svc)
+
+
 def test_every_mutant_has_a_test() -> None:
-    tested = {"lease_local_clock", "ack_without_fencing", "claim_ignores_priority", "retry_forgets_attempts", "dead_letter_dropped"}
+    tested = {
+        "lease_local_clock", "ack_without_fencing", "claim_ignores_priority", "retry_forgets_attempts",
+        "dead_letter_dropped", "schedule_local_clock",
+    }  # fmt: skip
     assert tested == set(JOBS_MUTANTS)

@@ -169,6 +169,7 @@ UNLIMITED = 1 << 62
 #: Never on in a node.
 JOBS_MUTANTS = {
     "lease_local_clock": "leases and sessions lapse by each replica's own clock instead of the log's timestamps",
+    "schedule_local_clock": "schedules fire by each replica's own clock instead of the log's timestamps",
     "ack_without_fencing": "complete/fail/release accept any token of a running job, not only its current lease",
     "claim_ignores_priority": "claims take ready jobs in FIFO order whatever their priority",
     "retry_forgets_attempts": "a retried job's attempt count starts again, so it never dead-letters",
@@ -300,10 +301,11 @@ class JobsService:
         local_clock_ms: Callable[[], int] | None = None,
     ) -> None:
         """``mutants`` (names from :data:`JOBS_MUTANTS`) and ``local_clock_ms`` (the replica's own
-        clock, which only the ``lease_local_clock`` mutant reads) exist for the simulator alone."""
+        clock, which only the ``*_local_clock`` mutants read) exist for the simulator alone."""
         unknown = sorted(mutants - JOBS_MUTANTS.keys())
-        if unknown or (("lease_local_clock" in mutants) != (local_clock_ms is not None)):
-            raise ConfigError(f"jobs mutants {unknown or sorted(mutants)}: unknown, or lease_local_clock without its clock")
+        clocked = frozenset(k for k in mutants if k.endswith("_local_clock"))
+        if unknown or (bool(clocked) != (local_clock_ms is not None)):
+            raise ConfigError(f"jobs mutants {unknown or sorted(mutants)}: unknown, or a clock without a *_local_clock mutant")
         if not 1 <= default_timeout_ms <= limits.job_timeout_ms_max:
             raise ConfigError(f"default_timeout_ms must be in [1, {limits.job_timeout_ms_max}]")
         if not 0 <= default_result_ttl_ms <= limits.job_result_ttl_ms_max:
@@ -314,6 +316,10 @@ class JobsService:
         self.default_result_ttl_ms = default_result_ttl_ms
         self.queue_jobs_max = queue_jobs_max
         self._local_clock_ms = local_clock_ms
+        #: Timer kinds the ``*_local_clock`` mutants fire by the replica's own clock.
+        self._local_kinds = frozenset(
+            ([T_LEASE, T_SESSION] if "lease_local_clock" in clocked else []) + ([T_SCHEDULE] if "schedule_local_clock" in clocked else [])
+        )
         self._no_fencing = "ack_without_fencing" in mutants
         self._ignore_priority = "claim_ignores_priority" in mutants
         self._forget_attempts = "retry_forgets_attempts" in mutants
@@ -432,12 +438,14 @@ class JobsService:
             self._purge(job)
 
     def _lapse_by_local_clock(self, ctx: ApplyContext) -> None:
-        """The ``lease_local_clock`` mutant: leases and sessions due by this replica's clock lapse."""
+        """The ``*_local_clock`` mutants: leases and sessions lapse, or schedules fire, by this
+        replica's own clock (a schedule then also reads that clock as "now")."""
         assert self._local_clock_ms is not None
-        due = [e for e in self._timers.irange(None, (self._local_clock_ms() + 1,), (True, False)) if e[1] in (T_LEASE, T_SESSION)]
+        local_ms = self._local_clock_ms()
+        due = [e for e in self._timers.irange(None, (local_ms + 1,), (True, False)) if e[1] in self._local_kinds]
         for entry in due:
             if entry in self._timers:  # a session's lapse already removed its jobs' leases
-                self._fire(entry, ctx)
+                self._fire(entry, ctx if entry[1] != T_SCHEDULE else ApplyContext(ctx.index, max(local_ms, ctx.timestamp_ms)))
 
     # ------------------------------------------------------------------ state changes
 
