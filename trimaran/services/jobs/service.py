@@ -1052,7 +1052,7 @@ class JobsService:
             slots = [s.anchor_ms + (now - s.anchor_ms) // s.every_ms * s.every_ms]
         else:
             assert s.cron is not None
-            slots = [cron.last_slot_ms(s.cron, now)]
+            slots = [max(s.next_ms, cron.last_slot_ms(s.cron, now))]
         for slot in slots:
             self._enqueue_slot(s, ctx)
             s.last_slot_ms = slot
