@@ -420,6 +420,18 @@ def test_group_rate_limit_is_per_group(log: Log) -> None:
     assert ids(log.claim(s, n=10)) == [a2]
 
 
+def test_ended_group_rate_windows_are_forgotten(log: Log) -> None:
+    log.do(["queue_config", "q", {"group_rate_max": 1, "group_rate_window_ms": 100}])
+    log.do(["enqueue_batch", [["q", b"", {"group": f"tenant-{i}"}] for i in range(50)]])
+    s = log.session(ttl_ms=60_000)
+    assert len(log.claim(s, n=50)) == 50
+    assert len(log.svc._queues["q"].group_windows) == 50
+    log.tick(100)
+    log.enqueue(group="tenant-0")
+    assert len(log.claim(s)) == 1
+    assert list(log.svc._queues["q"].group_windows) == ["tenant-0"], "memory does not grow with every group ever seen"
+
+
 def test_lowering_group_concurrency_blocks_at_once(log: Log) -> None:
     a1, a2 = log.enqueue(group="a"), log.enqueue(group="a")
     s = log.session()

@@ -53,7 +53,7 @@ op                 arguments / {options}                                        
 ``resume``         queue                                                          True if it changed
 ``queue_config``   queue / {concurrency, rate_max, rate_window_ms,                the queue's settings
                    group_concurrency, group_rate_max, group_rate_window_ms}
-                   (0 = no limit)
+                   (0 = no limit; a 0 window is 1 s)
 ``schedule``       name, queue, payload / {cron | every_ms, start_ms, catch_up,   next slot (ms);
                    job: {enqueue options but delay, run_at, depends_on,           ``TooLarge`` (too many
                    expires_at}} (replaces a schedule of that name)                schedules)
@@ -815,6 +815,7 @@ class JobsService:
             if q is None or q.paused:
                 continue
             self._unblock_rated(q, now)
+            self._prune_group_windows(q, now)
             allowance = self._allowance(q, now)
             if allowance > 0:
                 candidates.append([q, allowance])
@@ -884,6 +885,8 @@ class JobsService:
         window = q.group_windows.get(group)
         start = 0 if window is None else self._window_start(window[0], window_ms, now)
         if window is None or start is not None:
+            # Re-inserted, so the dict runs from the oldest window: _prune_group_windows stops early.
+            q.group_windows.pop(group, None)
             window = q.group_windows[group] = [now - now % window_ms, 0]
         if window[1] < q.group_rate_max:
             return True
@@ -892,6 +895,18 @@ class JobsService:
         q.rate_blocked.add((end, group))
         self._refresh_head(q, group)
         return False
+
+    @staticmethod
+    def _prune_group_windows(q: Queue, now: int) -> None:
+        """Forget ended group rate windows (an absent window is an ended one), oldest first, so
+        groups that stopped starting jobs do not stay in memory."""
+        windows = q.group_windows
+        window_ms = q.group_rate_window_ms or 1_000
+        while windows:
+            group, window = next(iter(windows.items()))
+            if window[0] + window_ms > now:  # (a rate-blocked group's window has not ended)
+                return
+            del windows[group]
 
     def _unblock_rated(self, q: Queue, now: int) -> None:
         """Groups whose rate window ended may start jobs again (unless at their concurrency limit)."""
