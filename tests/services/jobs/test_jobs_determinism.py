@@ -11,10 +11,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from trimaran.cluster.replica import ReplicaConfig
 from trimaran.errors import TrimaranError
 from trimaran.protocols.codec import pack, unpack
 from trimaran.protocols.service import ApplyContext
 from trimaran.services.jobs import JobsService
+from trimaran.simulations.harness import Harness
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -149,3 +151,56 @@ def test_the_same_log_gives_the_same_state_under_any_hash_seed() -> None:
         digests.add(done.stdout.strip())
     assert len(digests) == 1, digests
     assert len(next(iter(digests))) == len(hashlib.sha256().hexdigest())
+
+
+# ---------------------------------------------------------------------------- through Replicas
+
+
+def test_replicas_agree_across_snapshots_a_crash_and_a_leader_change() -> None:
+    h = Harness(
+        3,
+        seed=4,
+        replica_config=ReplicaConfig(snapshot_interval_entries=5, snapshot_keep_entries=2),
+        make_services=lambda: [JobsService()],
+    )
+
+    def settle(leader: int) -> None:
+        h.process()
+        h.settle()
+        h.tick(leader)
+        h.settle()
+
+    h.elect(1)
+    h.nodes[1].replica.register("reg", 1_000)
+    settle(1)
+    client_id = next(r.value for r in h.replies(1) if r.token == "reg")
+    seq = 0
+
+    def submit(leader: int, command: list[Any], now_ms: int) -> Any:
+        nonlocal seq
+        seq += 1
+        h.nodes[leader].replica.submit(("c", seq), client_id, seq, seq - 1, "jobs", command, now_ms)
+        settle(leader)
+        return next(r.value for r in h.replies(leader) if r.token == ("c", seq))
+
+    session = submit(1, ["session_open", "w", 2_000], 1_000)["session"]
+    for i in range(6):
+        submit(1, ["enqueue", "q", b"job-%d" % i, {"priority": i % 2, "timeout_ms": 10_000}], 1_000 + i)
+    claimed = submit(1, ["claim", session, ["q"], 2], 1_010)["jobs"]
+    assert [j["payload"] for j in claimed] == [b"job-1", b"job-3"]
+    h.crash(3)
+    submit(1, ["complete", claimed[0]["id"], claimed[0]["token"], {"result": b"done"}], 1_020)
+    submit(1, ["schedule", "tick", "q", b"tick", {"every_ms": 1_000}], 1_030)
+    h.restart(3)
+    assert h.nodes[3].replica.raft.log.offset_index > 0, "node 3 came back from a snapshot"
+    settle(1)
+    h.elect(2)
+    h.nodes[2].replica.advance_clock(5_000)  # the session lapses, the schedule fires, in log time
+    settle(2)
+    jobs = h.nodes[2].replica.services["jobs"]
+    ctx = ApplyContext(h.nodes[2].replica.applied_index, h.nodes[2].replica.last_timestamp_ms)
+    stats = jobs.query(["stats", "q"], ctx)
+    assert (stats["completed"], stats["running"], stats["ready"]) == (1, 0, 6), stats
+    assert jobs.query(["job", claimed[1]["id"]], ctx)["error"] == "worker session lapsed"
+    digests = {hashlib.sha256(pack(h.nodes[n].replica.services["jobs"].snapshot())).hexdigest() for n in (1, 2, 3)}
+    assert len(digests) == 1
