@@ -361,7 +361,7 @@ class ModelJobs:
         sess = self.live(sid)
         ready = [j for j in self.jobs.values() if j["state"] == "ready" and j["queue"] in names and not self.queues[j["queue"]]["paused"]]
         ready.sort(key=lambda j: (-j["priority"], j["run_at_ms"], j["index"], j["seq"]))
-        out = []
+        out: list[dict[str, Any]] = []
         for job in ready:
             if len(out) == n:
                 break

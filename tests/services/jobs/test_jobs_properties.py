@@ -71,7 +71,8 @@ def commands(draw: st.DrawFn, model: ModelJobs, sessions: list[str], tokens: lis
     op = draw(st.sampled_from(ops))
     queue = draw(st.sampled_from(QUEUES))
     live = sorted(model.sessions)
-    if live and draw(st.integers(0, 4)):
+    pick_live = draw(st.integers(0, 4)) > 0
+    if live and pick_live:
         session = draw(st.sampled_from(live))  # mostly a live session; sometimes a lapsed or closed one
     else:
         session = draw(st.sampled_from(sessions)) if sessions else "s0-0"
@@ -93,7 +94,8 @@ def commands(draw: st.DrawFn, model: ModelJobs, sessions: list[str], tokens: lis
         for j in mine[: draw(st.integers(0, 2))]:
             extra = {"extend_ms": draw(st.sampled_from([None, 10, 100])), "progress": draw(st.sampled_from([None, b"50%"]))}
             beats.append([j["id"], j["token"], extra])
-        if tokens and draw(st.booleans()):
+        stale_beat = draw(st.booleans())
+        if tokens and stale_beat:
             beats.append(list(draw(st.sampled_from(tokens))))
         return ["heartbeat", session, {"jobs": beats}]
     if op in ("complete", "fail", "release", "ack_cancel"):
@@ -118,7 +120,8 @@ def commands(draw: st.DrawFn, model: ModelJobs, sessions: list[str], tokens: lis
         return ["queue_config", queue, {key: value}]
     if op == "dlq":
         dead = model.dlq(queue)
-        chosen = draw(st.lists(st.sampled_from(dead), max_size=2, unique=True)) if dead and draw(st.booleans()) else None
+        name_some = draw(st.booleans())
+        chosen = draw(st.lists(st.sampled_from(dead), max_size=2, unique=True)) if dead and name_some else None
         return [draw(st.sampled_from(["dlq_requeue", "dlq_purge"])), queue, {"jobs": chosen or None}]
     assert op == "schedule"
     name = draw(st.sampled_from(["s1", "s2"]))
