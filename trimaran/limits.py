@@ -103,6 +103,8 @@ job_schedules_max = 10_000
 job_schedule_catch_up_slots_max = 100
 #: Jobs named by one dlq_requeue / dlq_purge, and listed by one dlq page.
 job_dlq_batch_max = 1_000
+#: Jobs one ``list`` page examines (it may skip many of other states).
+job_list_scan_max = 10_000
 
 # --- Raft ------------------------------------------------------------------------------------------
 #: Hard ceiling on entries bytes carried by one AppendEntries (RaftConfig may pick less).
@@ -164,3 +166,4 @@ assert job_claim_jobs_max <= job_session_jobs_max <= msgpack_array_len_max
 assert job_enqueue_batch_max <= job_queue_jobs_max
 assert 1 <= job_attempts_default <= job_attempts_max
 assert job_schedule_catch_up_slots_max <= job_enqueue_batch_max
+assert job_dlq_batch_max <= job_list_scan_max, "a list page can fill with jobs of its state"

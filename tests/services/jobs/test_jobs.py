@@ -494,6 +494,33 @@ def test_results_are_purged_after_their_ttl(log: Log) -> None:
     assert log.ask(["stats", "q"])["held"] == 0
 
 
+def test_list_pages_through_a_queue_by_state(log: Log) -> None:
+    jobs = log.do(["enqueue_batch", [["q", b"", {"delay_ms": 10 if i % 3 else None, "result_ttl_ms": 0}] for i in range(7)]])
+    page = log.ask(["list", "q", {"limit": 3}])
+    assert ids(page["items"]) == jobs[:3] and page["next"] == jobs[2]
+    assert ids(log.ask(["list", "q", {"start_after": page["next"]}])["items"]) == jobs[3:]
+    assert ids(log.ask(["list", "q", {"state": "ready"}])["items"]) == [jobs[0], jobs[3], jobs[6]]
+    log.do(["cancel", jobs[2]])
+    log.entry()
+    assert log.state(jobs[2]) is None
+    assert ids(log.ask(["list", "q", {"start_after": jobs[2]}])["items"]) == jobs[3:], "a cursor outlives its job"
+    assert log.ask(["list", "nope"]) == {"items": [], "next": None}
+    for bad in ({"state": "sleeping"}, {"start_after": "s1-0"}, {"limit": 0}):
+        with pytest.raises(InvalidArgument):
+            log.ask(["list", "q", bad])
+
+
+def test_a_list_page_examines_a_bounded_number_of_jobs() -> None:
+    log = Log()
+    for _ in range(limits.job_list_scan_max // limits.job_enqueue_batch_max + 1):
+        log.do(["enqueue_batch", [["q", b""] for _ in range(limits.job_enqueue_batch_max)]])
+    last = log.enqueue(delay_ms=5)
+    page = log.ask(["list", "q", {"state": "delayed"}])
+    assert page["items"] == [] and page["next"] is not None
+    page = log.ask(["list", "q", {"state": "delayed", "start_after": page["next"]}])
+    assert ids(page["items"]) == [last] and page["next"] is None
+
+
 def test_stats_count_every_state(log: Log) -> None:
     log.enqueue()
     log.enqueue(delay_ms=10)

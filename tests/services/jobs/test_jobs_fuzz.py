@@ -18,9 +18,9 @@ from trimaran.services.jobs.backoff import retry_delay_ms
 OPS = [
     "enqueue", "enqueue_batch", "claim", "session_open", "heartbeat", "session_close", "complete", "fail",
     "release", "ack_cancel", "cancel", "dlq_requeue", "dlq_purge", "pause", "resume", "queue_config",
-    "schedule", "unschedule", "job", "result", "stats", "ready", "dlq", "schedules", "session",
+    "schedule", "unschedule", "job", "result", "stats", "ready", "dlq", "list", "schedules", "session",
 ]  # fmt: skip
-OPTION_NAMES = sorted({*ENQUEUE_OPTIONS, *QUEUE_SETTINGS, *SCHEDULE_OPTIONS, "jobs", "result", "error", "retry", "start_after", "limit", "kind"})
+OPTION_NAMES = sorted({*ENQUEUE_OPTIONS, *QUEUE_SETTINGS, *SCHEDULE_OPTIONS, "jobs", "result", "error", "retry", "start_after", "limit", "kind", "state"})
 
 scalars = (
     st.none()

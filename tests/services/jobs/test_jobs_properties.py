@@ -196,6 +196,8 @@ class JobsMachine(RuleBasedStateMachine):
         for queue in QUEUES:
             assert ask(["stats", queue], ctx) == self.model.stats(queue)
             assert [j["id"] for j in ask(["dlq", queue], ctx)["items"]] == self.model.dlq(queue)
+            listed = [j["id"] for j in ask(["list", queue, {"limit": 1_000}], ctx)["items"]]
+            assert listed == [j for j, job in self.model.jobs.items() if job["queue"] == queue]
         assert ask(["ready", QUEUES], ctx) == self.model.ready_query(QUEUES)
         for session in self.sessions:
             assert ask(["session", session], ctx) == self.model.session_view(session)

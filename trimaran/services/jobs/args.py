@@ -13,6 +13,7 @@ are ints (never floats: no NaN or rounding may differ between replicas; bools ar
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, NamedTuple
 
 from trimaran import limits
@@ -24,6 +25,9 @@ from trimaran.services.jobs import cron
 TIME_MS_MAX = 1 << 52
 
 BACKOFF_KINDS = ("fixed", "exponential")
+JOB_STATES = ("waiting", "delayed", "ready", "running", "completed", "failed", "dead", "cancelled", "expired")
+#: A job id as the service makes them: "<entry index>-<position in the entry>".
+JOB_ID = re.compile(r"(0|[1-9][0-9]{0,17})-(0|[1-9][0-9]{0,17})")
 
 
 class Backoff(NamedTuple):
@@ -174,6 +178,14 @@ class ReadyQuery(NamedTuple):
 class DlqQuery(NamedTuple):
     queue: str
     start_after: str | None
+    limit: int
+
+
+class ListQuery(NamedTuple):
+    queue: str
+    state: str | None
+    #: (index, position) of the job id to start after.
+    start_after: tuple[int, int] | None
     limit: int
 
 
@@ -543,6 +555,23 @@ def _dlq_query(q: list[Any]) -> DlqQuery:
     )
 
 
+def _list(q: list[Any]) -> ListQuery:
+    (queue,), opts = split(q, "query", 1, ("state", "start_after", "limit"))
+    state = opts.get("state")
+    if state is not None and state not in JOB_STATES:
+        raise InvalidArgument(f"state must be one of {', '.join(JOB_STATES)}, not {brief(state)}")
+    start_after = opts.get("start_after")
+    cursor = None
+    if start_after is not None:
+        match = JOB_ID.fullmatch(name_arg(start_after, "start_after"))
+        if match is None:
+            raise InvalidArgument(f"start_after must be a job id, not {brief(start_after)}")
+        cursor = (int(match[1]), int(match[2]))
+    return ListQuery(
+        name_arg(queue, "queue"), state, cursor, int_arg(opts.get("limit", limits.job_dlq_batch_max), "limit", 1, limits.job_dlq_batch_max)
+    )
+
+
 def _schedules(q: list[Any]) -> SchedulesQuery:
     split(q, "query", 0, ())
     return SchedulesQuery()
@@ -553,7 +582,7 @@ def _session(q: list[Any]) -> SessionQuery:
     return SessionQuery(name_arg(session, "session"))
 
 
-Query = JobQuery | ResultQuery | StatsQuery | ReadyQuery | DlqQuery | SchedulesQuery | SessionQuery
+Query = JobQuery | ResultQuery | StatsQuery | ReadyQuery | DlqQuery | ListQuery | SchedulesQuery | SessionQuery
 
 _QUERY_PARSERS: dict[str, Callable[[list[Any]], Query]] = {
     "job": _job_query,
@@ -561,6 +590,7 @@ _QUERY_PARSERS: dict[str, Callable[[list[Any]], Query]] = {
     "stats": _stats,
     "ready": _ready,
     "dlq": _dlq_query,
+    "list": _list,
     "schedules": _schedules,
     "session": _session,
 }

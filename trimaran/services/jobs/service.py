@@ -73,6 +73,8 @@ op             arguments / {options}                result
                                                     limits), "next_ms": earliest delayed run time or None}:
                                                     what a long-polling claim waits on
 ``dlq``        queue / {start_after, limit}         {"items": [job view, ...] (oldest death first), "next"}
+``list``       queue / {state, start_after, limit}  {"items": [job view, ...] (creation order), "next": the
+                                                    ``start_after`` of the next page, or None at the end}
 ``schedules``  (none)                               [{"name", "queue", "cron", "every_ms", "catch_up",
                                                     "next_ms", "last_slot_ms", "fired", "skipped"}, ...]
 ``session``    session                              {"session", "worker", "ttl_ms", "expires_at_ms",
@@ -152,6 +154,7 @@ SNAPSHOT_CHUNK_ITEMS = 65_536
 WAITING, DELAYED, READY, RUNNING = "waiting", "delayed", "ready", "running"
 COMPLETED, FAILED, DEAD, CANCELLED, EXPIRED = "completed", "failed", "dead", "cancelled", "expired"
 STATES = (WAITING, DELAYED, READY, RUNNING, COMPLETED, FAILED, DEAD, CANCELLED, EXPIRED)
+assert STATES == args.JOB_STATES
 #: Not started and not ended: ``expires_at_ms`` applies, ``cancel`` ends them at once.
 PENDING = frozenset((WAITING, DELAYED, READY))
 LIVE = PENDING | {RUNNING}
@@ -252,7 +255,7 @@ class Queue:
 
     __slots__ = (
         "name", "paused", *SETTINGS, "window_start_ms", "window_count", "group_windows", "ready", "heads",
-        "head_of", "blocked", "rate_blocked", "running", "running_by_group", "delayed", "dead", "counts", "held",
+        "head_of", "blocked", "rate_blocked", "running", "running_by_group", "delayed", "dead", "counts", "jobs",
     )  # fmt: skip
 
     def __init__(self, name: str) -> None:
@@ -281,7 +284,9 @@ class Queue:
         self.delayed = SortedList()  # (run_at_ms, index, seq)
         self.dead = SortedList()  # (finished_at_ms, index, seq, id): the dead-letter list
         self.counts = dict.fromkeys(STATES, 0)
-        self.held = 0
+        #: (index, seq, id) of every job the queue holds, in creation order: its length is what
+        #: queue_jobs_max bounds, and the ``list`` query pages through it.
+        self.jobs = SortedList()
 
     def settings(self) -> dict[str, int]:
         return {key: getattr(self, key) for key in SETTINGS}
@@ -348,6 +353,7 @@ class JobsService:
             args.StatsQuery: self._stats,
             args.ReadyQuery: self._ready_query,
             args.DlqQuery: self._dlq_query,
+            args.ListQuery: self._list_query,
             args.SchedulesQuery: self._schedules_query,
             args.SessionQuery: self._session_query,
         }
@@ -604,8 +610,7 @@ class JobsService:
         job.cancel_requested = False
         keep_unique_ms = self._unique_end(job, state, now)
         if state == DEAD and self._drop_dead:
-            self._queues[job.queue].held -= 1  # the dead_letter_dropped mutant
-            del self._jobs[job.id]
+            self._forget(job)  # the dead_letter_dropped mutant
             return
         job.purge_at_ms = now + max(job.result_ttl_ms, keep_unique_ms) if state != DEAD else 0
         self._attach(job, state)
@@ -625,7 +630,11 @@ class JobsService:
 
     def _purge(self, job: Job) -> None:
         self._detach(job)
-        self._queues[job.queue].held -= 1
+        self._forget(job)
+
+    def _forget(self, job: Job) -> None:
+        """Drop a detached job for good."""
+        self._queues[job.queue].jobs.remove((job.index, job.seq, job.id))
         del self._jobs[job.id]
         self._dependents.pop(job.id, None)
 
@@ -700,7 +709,7 @@ class JobsService:
             raise TooLarge(f"the service holds job_queues_max={limits.job_queues_max} queues")
         for name, n in new_jobs.items():
             q = self._queues.get(name)
-            held = q.held if q is not None else 0
+            held = len(q.jobs) if q is not None else 0
             if held + n > self.queue_jobs_max:
                 raise QueueFull(
                     f"queue {name} holds {held} jobs; {n} more would pass queue_jobs_max={self.queue_jobs_max}",
@@ -725,7 +734,7 @@ class JobsService:
             depends_on=spec.depends_on, created_at_ms=now,
         )  # fmt: skip
         self._jobs[job_id] = job
-        q.held += 1
+        q.jobs.add((index, seq, job_id))
         if spec.unique_key is not None:
             self._unique[(spec.queue, spec.unique_key)] = job_id
         run_at_ms = spec.run_at_ms if spec.run_at_ms is not None else now + (spec.delay_ms or 0)
@@ -990,8 +999,7 @@ class JobsService:
             job = self._jobs[job_id]
             self._detach(job)
             if c.purge:
-                self._queues[job.queue].held -= 1
-                del self._jobs[job_id]
+                self._forget(job)
                 continue
             job.attempt = 0
             job.finished_at_ms = 0
@@ -1114,7 +1122,7 @@ class JobsService:
 
     def _stats(self, q: args.StatsQuery, now: int) -> dict[str, Any]:
         queue = self._queues.get(q.queue) or Queue(q.queue)
-        return {**queue.counts, "held": queue.held, "paused": queue.paused, **queue.settings()}
+        return {**queue.counts, "held": len(queue.jobs), "paused": queue.paused, **queue.settings()}
 
     def _ready_query(self, q: args.ReadyQuery, now: int) -> dict[str, Any]:
         ready = 0
@@ -1146,6 +1154,28 @@ class JobsService:
             job = self._jobs[key[-1]]
             items.append(self.job_view(job))
             size_bytes += len(job.payload)
+        return {"items": items, "next": None}
+
+    def _list_query(self, q: args.ListQuery, now: int) -> dict[str, Any]:
+        """A page of the queue's jobs in creation order, of one state or all. A page examines at
+        most ``limits.job_list_scan_max`` jobs, so a rare state costs bounded work per call: the
+        page may then hold fewer than ``limit`` items, and ``next`` says where to go on."""
+        queue = self._queues.get(q.queue)
+        if queue is None:
+            return {"items": [], "next": None}
+        keys = queue.jobs.irange() if q.start_after is None else queue.jobs.irange(minimum=(q.start_after[0], q.start_after[1] + 1))
+        items: list[dict[str, Any]] = []
+        size_bytes = examined = 0
+        last_id = None
+        for key in keys:
+            if len(items) == q.limit or size_bytes >= limits.job_claim_payload_bytes_max or examined == limits.job_list_scan_max:
+                return {"items": items, "next": last_id}
+            examined += 1
+            last_id = key[2]
+            job = self._jobs[last_id]
+            if q.state is None or job.state == q.state:
+                items.append(self.job_view(job))
+                size_bytes += len(job.payload)
         return {"items": items, "next": None}
 
     def _schedules_query(self, q: args.SchedulesQuery, now: int) -> list[dict[str, Any]]:
@@ -1212,7 +1242,7 @@ class JobsService:
             values["depends_on"] = tuple(values["depends_on"])
             state = values.pop("state")
             job = self._jobs[values["id"]] = Job(**values)
-            self._queues[job.queue].held += 1
+            self._queues[job.queue].jobs.add((job.index, job.seq, job.id))
             self._attach(job, state)
         for s, jobs, cancel in session_jobs:  # claim order, as before
             assert s.jobs.keys() == set(jobs), "a session's jobs are its running jobs"
