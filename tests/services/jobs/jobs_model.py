@@ -100,8 +100,16 @@ class ModelJobs:
 
     def ready_query(self, names: list[str]) -> dict[str, Any]:
         ready = [j for j in self.jobs.values() if j["queue"] in names and not self.queue(j["queue"])["paused"]]
-        delayed = [j["run_at_ms"] for j in ready if j["state"] == "delayed"]
-        return {"ready": sum(1 for j in ready if j["state"] == "ready"), "next_ms": min(delayed) if delayed else None}
+        due = [j["run_at_ms"] for j in ready if j["state"] == "delayed"]
+        for name in names:
+            q = self.queues.get(name)
+            if q is None or q["paused"] or not q["rate_max"]:
+                continue
+            end = q["win"][0] + (q["rate_window_ms"] or 1_000)
+            held_back = any(j["queue"] == name and j["state"] == "ready" for j in ready)
+            if held_back and q["win"][1] >= q["rate_max"] and end > self.now:
+                due.append(end)
+        return {"ready": sum(1 for j in ready if j["state"] == "ready"), "next_ms": min(due) if due else None}
 
     def dlq(self, name: str) -> list[str]:
         dead = [j for j in self.jobs.values() if j["queue"] == name and j["state"] == "dead"]

@@ -393,6 +393,7 @@ def test_queue_rate_limit_counts_starts_per_window(log: Log) -> None:
     assert ids(log.claim(s, n=5)) == jobs[:2]
     log.tick(999)
     assert log.claim(s, n=5) == []
+    assert log.ask(["ready", ["q"]]) == {"ready": 3, "next_ms": log.now_ms + 1}, "a long poll knows when to look again"
     log.tick(1)
     assert ids(log.claim(s, n=5)) == jobs[2:4]
 

@@ -70,7 +70,8 @@ op             arguments / {options}                result
                                                     or None (unknown, or purged after ``result_ttl_ms``)
 ``stats``      queue                                {state: count for each state, "held", "paused", settings}
 ``ready``      [queue, ...]                         {"ready": jobs claimable in unpaused queues (before
-                                                    limits), "next_ms": earliest delayed run time or None}:
+                                                    limits), "next_ms": the earliest delayed run time or end
+                                                    of a full rate window holding ready jobs back, or None}:
                                                     what a long-polling claim waits on
 ``dlq``        queue / {start_after, limit}         {"items": [job view, ...] (oldest death first), "next"}
 ``list``       queue / {state, start_after, limit}  {"items": [job view, ...] (creation order), "next": the
@@ -1132,8 +1133,13 @@ class JobsService:
             if queue is None or queue.paused:
                 continue
             ready += queue.counts[READY]
-            if queue.delayed and (next_ms is None or queue.delayed[0][0] < next_ms):
-                next_ms = queue.delayed[0][0]
+            due = [queue.delayed[0][0]] if queue.delayed else []
+            window_end_ms = queue.window_start_ms + (queue.rate_window_ms or 1_000)
+            if queue.counts[READY] and queue.rate_max and queue.window_count >= queue.rate_max and window_end_ms > now:
+                due.append(window_end_ms)  # ready jobs held back by the rate limit until then
+            for ms in due:
+                if next_ms is None or ms < next_ms:
+                    next_ms = ms
         return {"ready": ready, "next_ms": next_ms}
 
     def _dlq_query(self, q: args.DlqQuery, now: int) -> dict[str, Any]:
