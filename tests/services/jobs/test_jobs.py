@@ -697,6 +697,22 @@ def test_snapshot_restore_round_trip_is_byte_identical_and_behaves_alike() -> No
         copy.restore({"format": 0})
 
 
+def test_long_snapshot_lists_are_cut_into_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    import trimaran.services.jobs.service as service
+
+    monkeypatch.setattr(service, "SNAPSHOT_CHUNK_ITEMS", 2)
+    log = busy_log()
+    parents = [log.enqueue(delay_ms=60_000) for _ in range(3)]
+    for i in range(5):
+        log.enqueue(unique_key=f"k{i}", depends_on=parents)
+    snap = log.svc.snapshot()
+    for key in ("jobs", "unique", "dependents"):
+        assert len(snap[key]) > 1 and all(len(chunk) <= 2 for chunk in snap[key]), key
+    copy = JobsService()
+    copy.restore(unpack(pack(snap)))
+    assert pack(copy.snapshot()) == pack(snap)
+
+
 def test_every_error_is_a_trimaran_error(log: Log) -> None:
     out = log.entry(["claim", "s0-0", ["q"], 1], ["complete", "1-0", 1], ["cancel", "1-0"])
     assert all(isinstance(o, TrimaranError) for o in out)

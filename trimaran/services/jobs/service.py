@@ -149,7 +149,8 @@ from trimaran.services.jobs import args, cron
 from trimaran.services.jobs.backoff import retry_delay_ms
 
 SNAPSHOT_FORMAT = 1
-#: Items per list in a snapshot (the Replica's msgpack decoder refuses longer arrays).
+#: Items per list in a snapshot (the Replica's msgpack decoder refuses longer arrays): every list
+#: that grows with the number of jobs or groups is cut into chunks of this many.
 SNAPSHOT_CHUNK_ITEMS = 65_536
 
 WAITING, DELAYED, READY, RUNNING = "waiting", "delayed", "ready", "running"
@@ -1210,13 +1211,13 @@ class JobsService:
             "id": [self._id_index, self._id_seq],
             "queues": [
                 [q.name, q.paused, [getattr(q, k) for k in SETTINGS], q.window_start_ms, q.window_count,
-                 [[g, w[0], w[1]] for g, w in q.group_windows.items()]]
+                 _chunked([[g, w[0], w[1]] for g, w in q.group_windows.items()])]
                 for q in self._queues.values()
             ],  # fmt: skip
             "sessions": [[s.id, s.worker, s.ttl_ms, s.expires_at_ms, list(s.jobs), list(s.cancel)] for s in self._sessions.values()],
-            "jobs": [rows[i : i + SNAPSHOT_CHUNK_ITEMS] for i in range(0, len(rows), SNAPSHOT_CHUNK_ITEMS)],
-            "unique": [[queue, key, job_id] for (queue, key), job_id in self._unique.items()],
-            "dependents": [[dep, list(waiters)] for dep, waiters in self._dependents.items()],
+            "jobs": _chunked(rows),
+            "unique": _chunked([[queue, key, job_id] for (queue, key), job_id in self._unique.items()]),
+            "dependents": _chunked([[dep, _chunked(waiters)] for dep, waiters in self._dependents.items()]),
             "schedules": [
                 [s.name, s.cron, s.every_ms, s.anchor_ms, s.catch_up, [_plain(v) for v in s.spec], s.next_ms,
                  s.last_slot_ms, s.fired, s.skipped]
@@ -1236,7 +1237,7 @@ class JobsService:
             for key, value in zip(SETTINGS, settings):
                 setattr(q, key, value)
             q.window_start_ms, q.window_count = window_start_ms, window_count
-            q.group_windows = {g: [start, count] for g, start, count in group_windows}
+            q.group_windows = {g: [start, count] for g, start, count in chain.from_iterable(group_windows)}
         session_jobs: list[tuple[Session, list[str], list[str]]] = []
         for session_id, worker, ttl_ms, expires_at_ms, jobs, cancel in data["sessions"]:
             s = self._sessions[session_id] = Session(session_id, worker, ttl_ms, expires_at_ms)
@@ -1254,12 +1255,12 @@ class JobsService:
             assert s.jobs.keys() == set(jobs), "a session's jobs are its running jobs"
             s.jobs = dict.fromkeys(jobs)
             s.cancel = dict.fromkeys(cancel)
-        for queue, key, job_id in data["unique"]:
+        for queue, key, job_id in chain.from_iterable(data["unique"]):
             self._unique[(queue, key)] = job_id
             job = self._jobs[job_id]
             if job.state == COMPLETED:
                 self._timers.add((job.finished_at_ms + job.unique_window_ms, T_UNIQUE, job_id))
-        self._dependents = {dep: list(waiters) for dep, waiters in data["dependents"]}
+        self._dependents = {dep: list(chain.from_iterable(waiters)) for dep, waiters in chain.from_iterable(data["dependents"])}
         for name, expr, every_ms, anchor_ms, catch_up, spec, next_ms, last_slot_ms, fired, skipped in data["schedules"]:
             spec[args.JobSpec._fields.index("backoff")] = args.Backoff(*spec[args.JobSpec._fields.index("backoff")])
             spec[args.JobSpec._fields.index("depends_on")] = tuple(spec[args.JobSpec._fields.index("depends_on")])
@@ -1273,6 +1274,11 @@ def _every_next(anchor_ms: int, every_ms: int, after_ms: int) -> int:
     if after_ms < anchor_ms:
         return anchor_ms
     return anchor_ms + ((after_ms - anchor_ms) // every_ms + 1) * every_ms
+
+
+def _chunked(items: list[Any]) -> list[list[Any]]:
+    """``items`` cut into lists of at most ``SNAPSHOT_CHUNK_ITEMS`` (the decoder's array bound)."""
+    return [items[i : i + SNAPSHOT_CHUNK_ITEMS] for i in range(0, len(items), SNAPSHOT_CHUNK_ITEMS)]
 
 
 def _plain(value: Any) -> Any:
