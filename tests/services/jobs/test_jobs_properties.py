@@ -208,6 +208,6 @@ class JobsMachine(RuleBasedStateMachine):
 
 
 JobsMachine.TestCase.settings = settings(
-    max_examples=60, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+    max_examples=40, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
 )
 TestJobsAgainstModel = JobsMachine.TestCase
