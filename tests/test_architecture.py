@@ -14,12 +14,14 @@ ROOT = Path(__file__).resolve().parent.parent / "trimaran"
 THIRD_PARTY = {
     "trio", "trio_websocket", "msgpack", "lmdb", "cryptography", "pyseto", "sortedcontainers", "click", "hypothesis",
     "hypercorn",
+    "croniter",
 }
 SHARED = {"trimaran", "trimaran.errors", "trimaran.limits"}
 ALLOWED: dict[str, set[str]] = {
     "protocols": {"msgpack", "cryptography", "pyseto", "trimaran.protocols"},
     "cluster": {"sortedcontainers", "trimaran.protocols", "trimaran.cluster"},
-    "services": {"sortedcontainers", "trimaran.protocols", "trimaran.services"},
+    # croniter: the pure cron helper ARCHITECTURE.md allows (jobs/cron.py feeds it UTC log time).
+    "services": {"sortedcontainers", "croniter", "trimaran.protocols", "trimaran.services"},
     "storage": {"lmdb", "trimaran.protocols", "trimaran.storage"},
     # cryptography: the TLS certificates of `trimaran certs` (x509), an edge library like trio's ssl.
     "node": {"trio", "trio_websocket", "hypercorn", "cryptography", "trimaran.cluster", "trimaran.services", "trimaran.storage", "trimaran.protocols", "trimaran.node"},
@@ -134,6 +136,8 @@ def test_source_tree_follows_the_import_rules() -> None:
         ("protocols", "import trio\n"),
         ("storage", "import trio\n"),
         ("simulations", "import time\n"),
+        ("cluster", "from croniter import croniter\n"),
+        ("client", "import croniter\n"),
     ],
 )
 def test_a_forbidden_import_is_caught(package: str, source: str) -> None:
@@ -143,6 +147,7 @@ def test_a_forbidden_import_is_caught(package: str, source: str) -> None:
 def test_allowed_imports_pass() -> None:
     assert violations("cluster", "example", "import random\nr = random.Random(3)\nfrom trimaran.protocols import codec\n") == []
     assert violations("simulations", "trio_tier", "import trio\nfrom trimaran.node import runtime\n") == []
+    assert violations("services", "cron", "from croniter import croniter\n") == []
 
 
 def test_python_version_supported() -> None:

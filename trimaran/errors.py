@@ -30,10 +30,20 @@ so a caller catches the same types whether it runs in-process or over the networ
         ├── OutOfMemory              "out_of_memory": maxmemory reached under noeviction
         ├── RevisionCompacted        "compacted": a watch asked for history no longer kept
         ├── ConditionFailed          "condition_failed": a compare-and-swap precondition did not hold
+<<<<<<< HEAD
         ├── LimitExceeded            "limit_exceeded": a bound of the replicated state is reached
         │                            (chat channels, presence sessions or members); details name it
         └── PresenceExpired          "presence_expired": the chat presence session is unknown or
                                      lapsed; open a new one and join again
+=======
+        ├── NotFound                 "not_found": the job, worker session or schedule named does not
+        │                            exist (never did, or was purged); details ``kind``, ``id``
+        ├── QueueFull                "queue_full": the queue holds queue_jobs_max jobs; nothing enqueued
+        ├── StaleLease               "stale_lease": the fencing token is not the job's current lease
+        │                            (a newer attempt owns it, or it ended); nothing changed
+        └── WorkerSessionLost        "worker_session_lost": the worker session lapsed or was closed and
+                                     its jobs were released; open a new one
+>>>>>>> i10-jobs
 
 A programmer error inside trimaran is an ``assert``, not a member of this tree.
 """
@@ -154,12 +164,29 @@ class ConditionFailed(ServiceError):
     code = "condition_failed"
 
 
+<<<<<<< HEAD
 class LimitExceeded(ServiceError):
     code = "limit_exceeded"
 
 
 class PresenceExpired(ServiceError):
     code = "presence_expired"
+=======
+class NotFound(ServiceError):
+    code = "not_found"
+
+
+class QueueFull(ServiceError):
+    code = "queue_full"
+
+
+class StaleLease(ServiceError):
+    code = "stale_lease"
+
+
+class WorkerSessionLost(ServiceError):
+    code = "worker_session_lost"
+>>>>>>> i10-jobs
 
 
 def _all_subclasses(root: type[TrimaranError]) -> list[type[TrimaranError]]:

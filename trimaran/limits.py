@@ -62,6 +62,50 @@ proposal_batch_commands_max = 1024
 #: Bytes of commands packed into one log entry.
 proposal_batch_bytes_max = 4 * MIB
 
+# --- Jobs (trimaran.services.jobs) ----------------------------------------------------------------
+#: A queue, group, unique key, worker or schedule name; a job or session id.
+job_name_chars_max = 256
+#: One job's payload, and one completed job's result.
+job_payload_bytes_max = value_bytes_max
+job_result_bytes_max = value_bytes_max
+#: One failure's error text, and one progress report.
+job_error_chars_max = 4 * KIB
+job_progress_bytes_max = 4 * KIB
+#: Priorities are in [-job_priority_max, job_priority_max]; higher is claimed first.
+job_priority_max = 1_000
+#: Dependencies of one job.
+job_depends_on_max = 64
+#: Ceiling of a job's max_attempts (its default is job_attempts_default, RabbitMQ's delivery limit).
+job_attempts_max = 1_000
+job_attempts_default = 20
+#: Jobs in one enqueue_batch, queues named by one claim, jobs handed out by one claim.
+job_enqueue_batch_max = 1_000
+job_claim_queues_max = 32
+job_claim_jobs_max = 1_000
+#: Payload bytes handed out by one claim (at least one job): the answer must fit a frame.
+job_claim_payload_bytes_max = 8 * MIB
+#: Jobs one queue holds (waiting, running, dead-lettered, and finished ones keeping their result).
+job_queue_jobs_max = 1_000_000
+job_queues_max = 10_000
+job_sessions_max = 100_000
+#: Jobs one worker session may hold running at once.
+job_session_jobs_max = 10_000
+job_session_ttl_ms_max = 3_600_000
+#: A job's lease (timeout_ms), delay, backoff, result TTL and unique window ceilings.
+job_timeout_ms_max = 7 * 24 * 3_600_000
+job_delay_ms_max = 366 * 24 * 3_600_000
+job_backoff_ms_max = 7 * 24 * 3_600_000
+job_result_ttl_ms_max = 30 * 24 * 3_600_000
+#: A rate limit's window (N starts per window of log time).
+job_rate_window_ms_max = 24 * 3_600_000
+job_schedules_max = 10_000
+#: Missed slots a catch_up schedule fires per log entry (the rest in the following entries).
+job_schedule_catch_up_slots_max = 100
+#: Jobs named by one dlq_requeue / dlq_purge, and listed by one dlq page.
+job_dlq_batch_max = 1_000
+#: Jobs one ``list`` page examines (it may skip many of other states).
+job_list_scan_max = 10_000
+
 # --- Raft ------------------------------------------------------------------------------------------
 #: Hard ceiling on entries bytes carried by one AppendEntries (RaftConfig may pick less).
 append_bytes_max = 8 * MIB
@@ -152,3 +196,10 @@ assert chat_message_bytes_max <= chat_history_bytes_max <= chat_history_bytes_to
 assert chat_presence_info_bytes_max + chat_channel_chars_max + 4 * KIB <= command_bytes_max, "a join fits a command"
 assert chat_message_bytes_max <= chat_events_bytes_max
 assert 0 < chat_presence_ttl_ms_min <= chat_presence_ttl_ms_max
+assert job_payload_bytes_max < command_bytes_max and job_result_bytes_max < command_bytes_max
+assert job_claim_payload_bytes_max + 64 * KIB < frame_bytes_max, "a claim answer fits a frame"
+assert job_claim_jobs_max <= job_session_jobs_max <= msgpack_array_len_max
+assert job_enqueue_batch_max <= job_queue_jobs_max
+assert 1 <= job_attempts_default <= job_attempts_max
+assert job_schedule_catch_up_slots_max <= job_enqueue_batch_max
+assert job_dlq_batch_max <= job_list_scan_max, "a list page can fill with jobs of its state"
