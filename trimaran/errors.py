@@ -30,12 +30,10 @@ so a caller catches the same types whether it runs in-process or over the networ
         ├── OutOfMemory              "out_of_memory": maxmemory reached under noeviction
         ├── RevisionCompacted        "compacted": a watch asked for history no longer kept
         ├── ConditionFailed          "condition_failed": a compare-and-swap precondition did not hold
-<<<<<<< HEAD
         ├── LimitExceeded            "limit_exceeded": a bound of the replicated state is reached
         │                            (chat channels, presence sessions or members); details name it
-        └── PresenceExpired          "presence_expired": the chat presence session is unknown or
-                                     lapsed; open a new one and join again
-=======
+        ├── PresenceExpired          "presence_expired": the chat presence session is unknown or
+        │                            lapsed; open a new one and join again
         ├── NotFound                 "not_found": the job, worker session or schedule named does not
         │                            exist (never did, or was purged); details ``kind``, ``id``
         ├── QueueFull                "queue_full": the queue holds queue_jobs_max jobs; nothing enqueued
@@ -43,7 +41,6 @@ so a caller catches the same types whether it runs in-process or over the networ
         │                            (a newer attempt owns it, or it ended); nothing changed
         └── WorkerSessionLost        "worker_session_lost": the worker session lapsed or was closed and
                                      its jobs were released; open a new one
->>>>>>> i10-jobs
 
 A programmer error inside trimaran is an ``assert``, not a member of this tree.
 """
@@ -164,14 +161,14 @@ class ConditionFailed(ServiceError):
     code = "condition_failed"
 
 
-<<<<<<< HEAD
 class LimitExceeded(ServiceError):
     code = "limit_exceeded"
 
 
 class PresenceExpired(ServiceError):
     code = "presence_expired"
-=======
+
+
 class NotFound(ServiceError):
     code = "not_found"
 
@@ -186,7 +183,6 @@ class StaleLease(ServiceError):
 
 class WorkerSessionLost(ServiceError):
     code = "worker_session_lost"
->>>>>>> i10-jobs
 
 
 def _all_subclasses(root: type[TrimaranError]) -> list[type[TrimaranError]]:

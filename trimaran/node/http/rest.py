@@ -38,10 +38,13 @@ from trimaran.errors import (
     ClusterError,
     ConditionFailed,
     InvalidArgument,
+    NotFound,
     NotLeader,
     OutOfMemory,
     PermissionDenied,
+    QueueFull,
     RequestTimeout,
+    StaleLease,
     StorageFullError,
     TooLarge,
     TrimaranError,
@@ -63,6 +66,9 @@ STATUS_BY_ERROR: tuple[tuple[type[TrimaranError], int], ...] = (
     (PermissionDenied, 403),
     (AuthError, 403),
     (ConditionFailed, 412),
+    (NotFound, 404),
+    (QueueFull, 429),
+    (StaleLease, 409),
     (OutOfMemory, 507),
     (StorageFullError, 507),
     (NotLeader, 503),
@@ -189,7 +195,7 @@ class RestApp:
             self._authorise(token, "read", body)
             result = await self.edge.request("read", body, 0, token)
             if result is None:
-                raise HttpError(404, "not_found", f"no key {key.decode('utf-8', 'backslashreplace')!r}")
+                raise NotFound(f"no key {key.decode('utf-8', 'backslashreplace')!r}", kind="key")
             value, revision, ttl_remaining_ms = result
             out = {**_value_json("key", key), **_value_json("value", value), "revision": revision, "ttl_remaining_ms": ttl_remaining_ms}
             return 200, out
