@@ -31,6 +31,7 @@ from trimaran.node.writer import StorageWriter, WriteResult
 from trimaran.protocols.service import Service
 from trimaran.services.auth import AuthService
 from trimaran.services.chat import ChatService
+from trimaran.services.jobs import JobsService
 from trimaran.services.kv import KvService
 from trimaran.services.register import RegisterService
 
@@ -53,14 +54,16 @@ def default_services(config: NodeConfig | None = None) -> list[Service]:
     service), the KV cache, built with ``config``'s kv settings, and the auth service (trusted keys
     and revocations), built with its bootstrap keys and leeway (defaults without a config). The
     auth service is there with auth off too, so the replicated state has the same shape on every
-    node."""
+    node. The chat and jobs services are built with their defaults on every node (none of their
+    settings is configurable yet, so none needs comparing in the peer handshake)."""
     if config is None:
-        return [RegisterService(), KvService(), AuthService(), ChatService()]
+        return [RegisterService(), KvService(), AuthService(), ChatService(), JobsService()]
     return [
         RegisterService(),
         KvService(maxmemory_bytes=config.kv_maxmemory_bytes, eviction_policy=config.kv_eviction),
         AuthService(bootstrap=config.auth_keys, leeway_ms=config.auth_leeway_ms),
         ChatService(),
+        JobsService(),
     ]
 
 
