@@ -21,7 +21,7 @@ DEFAULTS: dict[str, Any] = {
     "history_bytes_total_max": 256 << 20,
     "history_age_ms": 24 * 3_600_000,
     "events_max": 100_000,
-    "events_bytes_max": 64 << 20,
+    "events_bytes_max": 16 << 20,
     "presence_ttl_ms": 30_000,
     "presence_sessions_max": 10_000,
     "presence_members_max": 1_000,

@@ -138,7 +138,7 @@ def compare_events(svc: ChatService, model: ModelChat, ctx: ApplyContext, data: 
     assert got == [e for e in kept if e[0] > after and (channel is None or e[2] == channel)]
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(config=configs, data=st.data())
 def test_service_matches_the_model(config: dict[str, Any], data: st.DataObject) -> None:
     svc = ChatService(**config)
@@ -205,5 +205,5 @@ class SnapshotMachine(RuleBasedStateMachine):
         assert self.a.next_deadline_ms() == self.b.next_deadline_ms()
 
 
-SnapshotMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
+SnapshotMachine.TestCase.settings = settings(max_examples=30, stateful_step_count=20, deadline=None)
 test_snapshot_restore_is_invisible = SnapshotMachine.TestCase

@@ -22,6 +22,12 @@ kind           offset        epoch       payload
 order, the ``message`` events of one channel come in offset order, so an edge that reads the
 window in ``seq`` order pushes each channel's messages in offset order with no gap.
 
+**Reading.** An edge keeps one cursor (the last ``seq`` it handled), reads once after each apply
+round without a channel filter (:meth:`ChatService.events_after`), and fans the events out to its
+subscribers by channel; filtering per channel scans the same events once per channel. ``seq`` is
+the same on every replica at the same log index, so a reader whose cursor is ahead of this node's
+``seq`` (it came from a node further along) simply gets nothing until this node catches up.
+
 **Bound.** The window keeps the latest ``events_max`` events and ``bytes_max`` bytes (channel +
 data or info + ``EVENT_OVERHEAD_BYTES`` each), dropping the oldest first. A reader whose position
 is older than the window gets ``gap: True`` and the events from the oldest kept: it has lost

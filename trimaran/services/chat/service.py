@@ -162,7 +162,7 @@ class ChatService:
         history_bytes_total_max: int = 256 * limits.MIB,
         history_age_ms: int = 24 * 3_600_000,
         events_max: int = 100_000,
-        events_bytes_max: int = 64 * limits.MIB,
+        events_bytes_max: int = 16 * limits.MIB,
         presence_ttl_ms: int = 30_000,
         presence_sessions_max: int = 10_000,
         presence_members_max: int = 1_000,
