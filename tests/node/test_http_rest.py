@@ -190,3 +190,26 @@ async def test_https_and_forwarding_over_tls_with_the_callers_token(tmp_path: Pa
             assert denied.status == 403, denied.body
             got = await https(address, "GET", "/v1/kv/k", None, reader)
             assert got.status == 200 and got.json["value"] == "over https"
+
+
+async def test_chat_routes_publish_history_and_presence(tmp_path: Path) -> None:
+    async with in_process_cluster(tmp_path, 3, http_listen=Address(HOST, 0)) as cluster:
+        with trio.fail_after(TIMEOUT_S * 2):
+            leader = await cluster.leader(timeout_s=TIMEOUT_S)
+            follower = next(i for i in cluster.nodes if i != leader)
+            http = cluster.nodes[follower].http_address
+            assert http is not None
+            first = await call(http, "POST", "/v1/chat/room.1", b"hello")
+            assert first.status == 200 and first.json["offset"] == 1, first.body
+            assert (await call(http, "POST", "/v1/chat/room.1", b"\xff")).json["offset"] == 2
+            typing = await call(http, "POST", "/v1/chat/room.1?ephemeral", b"...")
+            assert typing.status == 200 and typing.json["offset"] is None
+            page = (await call(http, "GET", "/v1/chat/room.1?since=0")).json
+            assert [m["offset"] for m in page["messages"]] == [1, 2]
+            assert page["messages"][0]["data"] == "hello" and page["messages"][1]["data_base64"] == "/w=="
+            assert page["recovered"] is True and page["epoch"] == first.json["epoch"]
+            assert (await call(http, "GET", "/v1/chat/room.1?since=1")).json["messages"][0]["offset"] == 2
+            assert (await call(http, "GET", "/v1/chat/room.1/presence")).json["members"] == []
+            assert (await call(http, "POST", "/v1/chat/bad%20name", b"x")).status == 400
+            assert (await call(http, "GET", "/v1/chat/room.1?since=x")).status == 400
+            assert (await call(http, "DELETE", "/v1/chat/room.1")).status == 405

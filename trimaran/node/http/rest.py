@@ -9,6 +9,16 @@ route                       query parameters                             answer 
 ``PUT /v1/kv/{key}``        ``ttl_ms``, ``if_absent``, ``if_revision``   ``{"revision"}``; the body is the
                             (0: must be absent), ``if_value``            value's bytes
 ``DELETE /v1/kv/{key}``     ``if_revision``, ``if_value``                ``{"deleted": bool}``
+``POST /v1/chat/{channel}``  ``ephemeral``; the body is the message       ``{"offset", "epoch"}`` (offset null if
+                                                                         ephemeral)
+``GET /v1/chat/{channel}``   ``since``, ``epoch``, ``limit``             ``{"messages": [{"offset", "data" |
+                                                                         "data_base64", "at_ms"}], "epoch",
+                                                                         "top", "oldest", "recovered",
+                                                                         "next"}``
+``GET /v1/chat/{channel}/``  -                                           ``{"members": [{"session", "info",
+``presence``                                                             "joined_at_ms"}], "epoch"}``
+``GET /v1/ws``               -                                           the WebSocket gateway (see
+                                                                         :mod:`~trimaran.node.http.chat_gateway`)
 ``GET /v1/status``          -                                            the node's status (as ``trimaran
                                                                          status --json`` shows per node)
 ``GET /v1/openapi.json``    -                                            this API as OpenAPI 3.1
@@ -162,6 +172,10 @@ class RestApp:
         if path.startswith(b"/v1/kv/"):
             key = unquote_to_bytes(path[len(b"/v1/kv/") :])
             return await self._kv(method, key, query, token, receive)
+        if path.startswith(b"/v1/chat/"):
+            rest = unquote_to_bytes(path[len(b"/v1/chat/") :])
+            channel, _, tail = rest.partition(b"/")
+            return await self._chat(method, channel.decode("utf-8", "replace"), tail, query, token, receive)
         raise HttpError(404, "not_found", f"no route {path.decode('latin-1')!r}; see /v1/openapi.json")
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -215,6 +229,60 @@ class RestApp:
         raise HttpError(405, "method_not_allowed", f"{method} is not served on /v1/kv/{{key}} (GET, PUT, DELETE)")
 
 
+    async def _chat(
+        self, method: str, channel: str, tail: bytes, query: dict[str, str], token: str | None, receive: Receive
+    ) -> tuple[int, dict[str, Any]]:
+        if tail == b"presence":
+            _only(method, "GET")
+            body = {"service": "chat", "query": ["presence", channel], "consistency": "linearizable"}
+            self._authorise(token, "read", body)
+            answer = await self.edge.request("read", body, 0, token)
+            members = [{"session": s, **_value_json("info", i), "joined_at_ms": t} for s, i, t in answer["members"]]
+            return 200, {"channel": channel, "members": members, "epoch": answer["epoch"]}
+        if tail:
+            raise HttpError(404, "not_found", "chat routes are /v1/chat/{channel} and /v1/chat/{channel}/presence")
+        if method == "POST":
+            data = await _read_body(receive, self.body_bytes_max)
+            ephemeral = _flag(query.pop("ephemeral", None), "ephemeral")
+            if query:
+                raise InvalidArgument(f"unknown query parameter {sorted(query)[0]!r} (known: ephemeral)")
+            command: list[Any] = ["publish", channel, data] + ([{"ephemeral": True}] if ephemeral else [])
+            self._authorise(token, "command", {"service": "chat", "command": command})
+            offset, epoch = await self.edge.command("chat", command, len(data), token)
+            return 200, {"channel": channel, "offset": offset, "epoch": epoch}
+        if method == "GET":
+            options: dict[str, Any] = {}
+            for name, text in query.items():
+                if name == "epoch":
+                    options[name] = text
+                elif name in ("since", "limit"):
+                    options[name] = _int_param(name, text)
+                else:
+                    raise InvalidArgument(f"unknown query parameter {name!r} (known: since, epoch, limit)")
+            chat_query: list[Any] = ["history", channel] + ([options] if options else [])
+            body = {"service": "chat", "query": chat_query, "consistency": "linearizable"}
+            self._authorise(token, "read", body)
+            page = await self.edge.request("read", body, 0, token)
+            messages = [{"offset": o, **_value_json("data", d), "at_ms": t} for o, d, t in page.pop("messages")]
+            return 200, {"channel": channel, "messages": messages, **page}
+        raise HttpError(405, "method_not_allowed", f"{method} is not served on /v1/chat/{{channel}} (GET, POST)")
+
+
+def _flag(text: str | None, name: str) -> bool:
+    if text is None:
+        return False
+    if text not in ("", "true", "1"):
+        raise InvalidArgument(f"{name} takes no value, or true")
+    return True
+
+
+def _int_param(name: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidArgument(f"{name} must be an integer, not {text[:40]!r}") from None
+
+
 def _only(method: str, allowed: str) -> None:
     if method != allowed:
         raise HttpError(405, "method_not_allowed", f"only {allowed} is served here")
@@ -253,16 +321,11 @@ def _kv_options(query: dict[str, str], allowed: tuple[str, ...]) -> dict[str, An
     options: dict[str, Any] = {}
     for name, text in query.items():
         if name == "if_absent":
-            if text not in ("", "true", "1"):
-                raise InvalidArgument("if_absent takes no value, or true")
-            options[name] = True
+            options[name] = _flag(text, name)
         elif name == "if_value":
             options[name] = text.encode()
         else:
-            try:
-                options[name] = int(text)
-            except ValueError:
-                raise InvalidArgument(f"{name} must be an integer, not {text[:40]!r}") from None
+            options[name] = _int_param(name, text)
     return options
 
 
@@ -300,6 +363,7 @@ def openapi() -> dict[str, Any]:
         for status, name in ((400, "invalid argument"), (401, "no or bad token"), (403, "scope missing"), (503, "unavailable or not the leader"))
     }
     key_param = {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}, "description": "percent-encoded key bytes"}
+    channel_param = {"name": "channel", "in": "path", "required": True, "schema": {"type": "string"}}
     int_param = lambda name, text: {"name": name, "in": "query", "schema": {"type": "integer"}, "description": text}  # noqa: E731
     entry = {
         "type": "object",
@@ -359,6 +423,28 @@ def openapi() -> dict[str, Any]:
                     "responses": {"200": {"description": "deleted or not"}, "412": {"description": "a condition failed"}, **errors},
                 },
             },
+            "/v1/chat/{channel}": {
+                "post": {
+                    "summary": "Publish (the body is the message)",
+                    "parameters": [channel_param, {"name": "ephemeral", "in": "query", "schema": {"type": "boolean"}}],
+                    "requestBody": {"content": {"application/octet-stream": {}}},
+                    "responses": {"200": {"description": "offset and epoch"}, **errors},
+                },
+                "get": {
+                    "summary": "History after an offset",
+                    "parameters": [
+                        channel_param,
+                        int_param("since", "the last offset you have"),
+                        {"name": "epoch", "in": "query", "schema": {"type": "string"}},
+                        int_param("limit", "messages at most"),
+                    ],
+                    "responses": {"200": {"description": "a page of history"}, **errors},
+                },
+            },
+            "/v1/chat/{channel}/presence": {
+                "get": {"summary": "Who is present", "parameters": [channel_param], "responses": {"200": {"description": "members"}, **errors}}
+            },
+            "/v1/ws": {"get": {"summary": "The chat WebSocket gateway (JSON frames; see the README)", "responses": {"101": {"description": "upgraded"}}}},
             "/v1/status": {"get": {"summary": "This node's status", "responses": {"200": {"description": "status"}, **errors}}},
             "/v1/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI"}}}},
         },
