@@ -6,12 +6,13 @@
         revision = await c.kv.set("greeting", "hello", ttl_ms=60_000)
         entry = await c.kv.get("greeting")     # KvEntry(value=b"hello", revision=..., ttl_remaining_ms=...)
 
-``c.kv`` is the KV cache (see :mod:`.kv`); ``c.set``/``c.get``/... address the small ``register``
+``c.kv`` is the KV cache (see :mod:`.kv`), ``c.chat`` chat pub/sub (see :mod:`.chat`); ``c.set``/``c.get``/... address the small ``register``
 test service.
 
 Every error is a :class:`trimaran.errors.TrimaranError`; see that module for the tree.
 """
 
+from .chat import ChatClient, ChatEvent, ChatMessage, HistoryPage, SyncChatClient
 from .client import Client, connect
 from .connection import Address, parse_endpoints
 from .kv import KvClient, KvEntry, KvEvent, KvItem, ScanPage, SyncKvClient, WatchPage
@@ -19,12 +20,17 @@ from .sync import SyncClient, connect_sync
 
 __all__ = [
     "Address",
+    "ChatClient",
+    "ChatEvent",
+    "ChatMessage",
     "Client",
+    "HistoryPage",
     "KvClient",
     "KvEntry",
     "KvEvent",
     "KvItem",
     "ScanPage",
+    "SyncChatClient",
     "SyncClient",
     "SyncKvClient",
     "WatchPage",

@@ -46,6 +46,7 @@ from trimaran.errors import (
 from trimaran.protocols.client_protocol import CONSISTENCIES
 
 from .auth import AuthClient
+from .chat import ChatClient
 from .connection import (
     INFLIGHT_REQUESTS_MAX_DEFAULT,
     Address,
@@ -155,6 +156,7 @@ class Client(RegisterMethods):
         self.kv = KvClient(self)
         #: The auth service's methods (trusted keys, revocations): ``await c.auth.revoke(jti)``.
         self.auth = AuthClient(self)
+        self.chat = ChatClient(self)
 
     # ------------------------------------------------------------------ lifetime
 
@@ -206,6 +208,16 @@ class Client(RegisterMethods):
             raise InvalidArgument(f"consistency must be one of {', '.join(CONSISTENCIES)}")
         body = {"service": service, "query": query, "consistency": consistency}
         return await self._with_deadline(timeout_ms, self._idempotent, "read", body)
+
+    @property
+    def token(self) -> str | None:
+        """The token sent in every hello (None: none)."""
+        return self._token
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context every connection uses (None: plain TCP)."""
+        return self._ssl_context
 
     async def status(self, *, timeout_ms: int | None = None) -> dict[str, Any]:
         """The ``status`` dict of the node this client is connected to (normally the leader)."""

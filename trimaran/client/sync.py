@@ -19,6 +19,7 @@ from trimaran.errors import InvalidArgument, TrimaranError
 from .client import TIMEOUT_MS_DEFAULT, Client, Endpoints
 from .connection import Address
 from .auth import SyncAuthClient
+from .chat import SyncChatClient
 from .kv import SyncKvClient
 from .register import BytesLike
 
@@ -43,6 +44,7 @@ class SyncClient:
         self.kv = SyncKvClient(self._client.kv, self._call)
         #: The auth service's methods, blocking: ``c.auth.revoke(jti)``.
         self.auth = SyncAuthClient(self._client.auth, self._call)
+        self.chat = SyncChatClient(self._client.chat, self._call)
 
     # ------------------------------------------------------------------ lifetime
 

@@ -110,6 +110,7 @@ class Node:
         assert self.driver is not None and self.transport is not None and self.client_server is not None
         out = self.driver.status()
         out["address"] = str(self.client_address)
+        out["http_address"] = str(self.http_address) if self.http_address else None
         out["metrics"] = {
             "driver_rounds": self.driver.rounds,
             "driver_readies": self.driver.readies,
