@@ -12,6 +12,7 @@ from typing import Any
 
 import trio
 
+from .chat import ChatEvent
 from .client import Client
 from .kv import KvEntry, KvEvent, KvItem
 from .status import ClusterStatus, fetch_cluster_status
@@ -99,6 +100,67 @@ def kv_watch(
                     return
 
     trio.run(run)
+
+
+def chat_subscribe(
+    endpoints: str,
+    channel: str,
+    on_event: Callable[[ChatEvent], None],
+    *,
+    since: int | None = None,
+    epoch: str | None = None,
+    count: int | None = None,
+    cluster_id: str | None = None,
+    token: str | None = None,
+    timeout_ms: int = 5_000,
+) -> None:
+    """Hand ``channel``'s events to ``on_event`` until ``count`` messages were seen (None: until
+    interrupted); replays the history after ``since`` first."""
+
+    async def run() -> None:
+        seen = 0
+        if count == 0:
+            return
+        async with Client(endpoints, cluster_id=cluster_id, token=token, timeout_ms=timeout_ms) as c:
+            async with c.chat.subscribe(channel, since=since, epoch=epoch) as events:
+                async for event in events:
+                    on_event(event)
+                    seen += event.kind == "message"
+                    if count is not None and seen >= count:
+                        return
+
+    trio.run(run)
+
+
+def chat_event_to_json(event: ChatEvent) -> dict[str, Any]:
+    """One ``chat subscribe --json`` line."""
+    out: dict[str, Any] = {"kind": event.kind, "channel": event.channel, "offset": event.offset, "epoch": event.epoch}
+    if event.data is not None:
+        out.update(bytes_to_json("data", event.data))
+    if event.session is not None:
+        out["session"] = event.session
+    if event.info is not None:
+        out.update(bytes_to_json("info", event.info))
+    if event.reason is not None:
+        out["reason"] = event.reason
+    if event.kind == "epoch":
+        out["recovered"] = event.recovered
+    out["at_ms"] = event.at_ms
+    return out
+
+
+def chat_event_line(event: ChatEvent) -> str:
+    """One ``chat subscribe`` line: ``OFFSET DATA`` for a message, ``~ DATA`` ephemeral,
+    ``+ SESSION INFO`` / ``- SESSION REASON`` presence, ``# epoch EPOCH`` a new epoch."""
+    if event.kind == "message":
+        return f"{event.offset} {text(event.data or b'')}"
+    if event.kind == "ephemeral":
+        return f"~ {text(event.data or b'')}"
+    if event.kind == "join":
+        return f"+ {event.session} {text(event.info or b'')}"
+    if event.kind == "leave":
+        return f"- {event.session} {event.reason}"
+    return f"# epoch {event.epoch}" + ("" if event.recovered else " (messages were missed: history no longer reaches back)")
 
 
 def bytes_to_json(name: str, data: bytes | None) -> dict[str, Any]:
