@@ -112,7 +112,7 @@ resp_bulk_bytes_max = value_bytes_max
 #: Arguments in one RESP command, its name included: room for MSET's 10,000 pairs (the KV
 #: service's ``mset_keys_max``; that relation is asserted in tests/protocols/test_resp.py).
 resp_command_args_max = 32 * KIB
-#: One inline command line (``PING\r\n``, redis-benchmark's PING_INLINE), its newline excluded;
+#: One inline command line (``PING\r\n``, redis-benchmark's PING_INLINE), its LF excluded (a CR counts);
 #: Redis's own PROTO_INLINE_MAX_SIZE.
 resp_inline_bytes_max = 64 * KIB
 #: One length line (``*<count>`` or ``$<length>``), its type byte and CRLF excluded: a sign and

@@ -97,9 +97,9 @@ _HEX = frozenset(b"0123456789abcdefABCDEF")
 #: Length lines of the fast path, precomputed: a dictionary look-up instead of parsing a number.
 _COUNT_HEADERS: Final = {b"*%d" % n: n for n in range(1, 64)}
 _BULK_HEADERS: Final = {n: b"$%d" % n for n in range(4 * limits.KIB)}
-assert len(_COUNT_HEADERS) * len(_BULK_HEADERS) + (len(_COUNT_HEADERS) + 1) * limits.resp_arg_framing_bytes_max <= min(
-    limits.resp_bulk_bytes_max, limits.resp_command_bytes_max - limits.resp_command_args_max * limits.resp_arg_framing_bytes_max
-), "a command whose every header is in the tables is within every limit"
+#: Argument bytes of a command whose every header is in these tables, at most.
+_SHORT_COMMAND_ARG_BYTES_MAX: Final = max(_COUNT_HEADERS.values()) * max(_BULK_HEADERS)
+assert _SHORT_COMMAND_ARG_BYTES_MAX <= limits.resp_bulk_bytes_max, "the tables' commands take the fast path"
 _INT64_MIN = -(1 << 63)
 _INT64_MAX = (1 << 63) - 1
 
@@ -363,19 +363,23 @@ class RespParser:
         # and with framing and the count line within command_bytes_max; a command over it is
         # left to the byte-wise parser, which knows the exact limits.
         arg_bytes_max = min(self.bulk_bytes_max, self.command_bytes_max - (args_max + 1) * limits.resp_arg_framing_bytes_max)
+        short_within_limits = arg_bytes_max >= _SHORT_COMMAND_ARG_BYTES_MAX
         header_of = _BULK_HEADERS.get
         index = 0
         while index < whole:
             head = pieces[index]
             count = _COUNT_HEADERS.get(head)
-            # A command of few short arguments (all headers in the tables) is within every limit.
-            short = count is not None
+            # A command of few short arguments (every header in the tables) is within the limits,
+            # unless this parser was given lower ones.
+            short = count is not None and short_within_limits
             if count is None:
                 if head[:1] != b"*":
                     break
                 count = _length(head[1:])
-                if count is None or count <= 0 or count > args_max:
+                if count is None or count <= 0:
                     break
+            if count > args_max:
+                break
             last = index + 2 * count
             if last >= whole:
                 break
@@ -639,6 +643,9 @@ _SMALL_INTS: Final = tuple(b":%d\r\n" % n for n in range(_SMALL_INT_MIN, 1024))
 _NULL2: Final = b"$-1\r\n"
 _NULL_ARRAY2: Final = b"*-1\r\n"
 _NULL3: Final = b"_\r\n"
+#: ``$<length>\r\n`` of short bulk strings and ``*<count>\r\n`` of short arrays.
+_BULK_WIRE_HEADERS: Final = tuple(b"$%d\r\n" % n for n in range(4 * limits.KIB))
+_ARRAY_WIRE_HEADERS: Final = tuple(b"*%d\r\n" % n for n in range(64))
 _TRUE3: Final = b"#t\r\n"
 _FALSE3: Final = b"#f\r\n"
 #: Nesting of a reply (programmer-built, so an assert): far beyond any Redis reply.
@@ -658,7 +665,10 @@ def encode(reply: Reply, protocol: int = 2) -> bytes:
     """The wire bytes of one reply for a connection speaking RESP ``protocol`` (2 or 3)."""
     # Exact type checks first: the replies a listener sends most, at the cost of one comparison.
     if type(reply) is bytes:
-        return b"$%d\r\n%b\r\n" % (len(reply), reply)
+        size = len(reply)
+        if size < len(_BULK_WIRE_HEADERS):
+            return _BULK_WIRE_HEADERS[size] + reply + CRLF
+        return b"$%d\r\n%b\r\n" % (size, reply)  # one copy of a large value, not two
     if type(reply) is SimpleString or type(reply) is ErrorReply:
         return reply.wire
     if type(reply) is int:
@@ -683,6 +693,20 @@ def _encode_into(out: list[bytes], reply: Reply, resp3: bool, depth: int) -> Non
     assert depth < _REPLY_DEPTH_MAX, "reply nested too deep"
     if isinstance(reply, bytes):
         out.append(b"$%d\r\n%b\r\n" % (len(reply), reply))
+    elif isinstance(reply, (list, tuple)):
+        count = len(reply)
+        out.append(_ARRAY_WIRE_HEADERS[count] if count < len(_ARRAY_WIRE_HEADERS) else b"*%d\r\n" % count)
+        for item in reply:
+            # Inline, the elements of MGET, KEYS or SCAN replies: no call per element.
+            if type(item) is bytes:
+                size = len(item)
+                out.append(_BULK_WIRE_HEADERS[size] if size < len(_BULK_WIRE_HEADERS) else b"$%d\r\n" % size)
+                out.append(item)
+                out.append(CRLF)
+            elif item is None:
+                out.append(_NULL3 if resp3 else _NULL2)
+            else:
+                _encode_into(out, item, resp3, depth + 1)
     elif isinstance(reply, str):
         data = reply.encode()
         out.append(b"$%d\r\n%b\r\n" % (len(data), data))
@@ -695,10 +719,6 @@ def _encode_into(out: list[bytes], reply: Reply, resp3: bool, depth: int) -> Non
         out.append(b":%d\r\n" % reply)
     elif reply is None:
         out.append(_NULL3 if resp3 else _NULL2)
-    elif isinstance(reply, (list, tuple)):
-        out.append(b"*%d\r\n" % len(reply))
-        for item in reply:
-            _encode_into(out, item, resp3, depth + 1)
     elif isinstance(reply, dict):
         out.append(b"%%%d\r\n" % len(reply) if resp3 else b"*%d\r\n" % (2 * len(reply)))
         for key, value in reply.items():
