@@ -1,4 +1,4 @@
-"""Sans-IO codec of RESP, the Redis protocol: client commands in, replies out (RESP2 and RESP3).
+r"""Sans-IO codec of RESP, the Redis protocol: client commands in, replies out (RESP2 and RESP3).
 
 The node's RESP listener feeds the bytes it reads to a :class:`RespParser` and takes whole commands
 out (h11 style: ``feed(data)``, then ``next_command()`` until it returns ``None``); it writes each
@@ -18,6 +18,11 @@ are for replies), so a client cannot make the parser recurse. Any number of comm
 one ``feed`` (pipelining) and a command may be split across feeds at any byte. An empty line is
 skipped. Numbers are strict: no ``+``, no leading zero, no spaces.
 
+The parser is pure Python. A pipeline's worth of commands is parsed at once from one split of the
+buffer on CRLF (about a microsecond a command); anything unusual goes byte by byte. hiredis's
+reader is faster but cannot hold these limits before allocating (``benchmarks/resp_parser.py``
+measures both and says why).
+
 Limits, each checked on the length line or on the bytes buffered, before anything of that size is
 allocated (all in :mod:`trimaran.limits`): a bulk string is at most ``resp_bulk_bytes_max`` (the KV
 value limit), a command has at most ``resp_command_args_max`` arguments and
@@ -31,7 +36,8 @@ Malformed or oversized input raises :class:`~trimaran.errors.ProtocolError`, wor
 
     Protocol error: invalid multibulk length      count not a number, or over the argument limit
     Protocol error: invalid bulk length           length not a number, negative, or over the limit
-    Protocol error: expected '$', got 'x'         an argument that is not a bulk string
+    Protocol error: expected '$', got 'x'         an argument that is not a bulk string (a byte
+                                                  outside printable ASCII shown as \xNN)
     Protocol error: too big mbulk count string    no CRLF after "*" within a length line's bytes
     Protocol error: too big bulk count string     no CRLF after "$" within a length line's bytes
     Protocol error: too big inline request        no newline within resp_inline_bytes_max
@@ -45,30 +51,28 @@ same error) and the listener replies ``encode(protocol_error_reply(error))`` (``
 error: ...``, as Redis does), after the replies to the commands parsed before it, then closes the
 connection. Commands returned before the error are whole and valid.
 
-Replies are a small value model, encoded by :func:`encode` for either protocol version:
+Replies are a small value model, encoded by :func:`encode` for either protocol version::
 
-    ==========================  ===========================  ===============================
-    Python value                RESP3                         RESP2
-    ==========================  ===========================  ===============================
-    ``bytes`` (``str``: UTF-8)  ``$3\\r\\nfoo\\r\\n``         the same
-    ``int`` (int64)             ``:5\\r\\n``                 the same
-    ``None``                    ``_\\r\\n``                  ``$-1\\r\\n`` (null bulk string)
-    :data:`NULL_ARRAY`          ``_\\r\\n``                  ``*-1\\r\\n``
-    ``list`` / ``tuple``        ``*2\\r\\n...``              the same
-    ``dict``                    ``%1\\r\\n`` key value        a flat array ``*2`` key value
-    :class:`SetReply`           ``~2\\r\\n...``              an array
-    :class:`Push`               ``>3\\r\\n...`` (pub/sub)    an array
-    ``float``                   ``,1.5\\r\\n``               a bulk string ``$3\\r\\n1.5``
-    ``bool``                    ``#t\\r\\n`` / ``#f``        ``:1\\r\\n`` / ``:0``
-    :class:`BigNumber`          ``(12345...\\r\\n``          a bulk string
-    :class:`Verbatim`           ``=8\\r\\ntxt:text\\r\\n``   a bulk string of the text
-    :class:`SimpleString`       ``+OK\\r\\n``                the same
-    :class:`ErrorReply`         ``-ERR message\\r\\n``       the same (``-WRONGTYPE ...``, ...)
-    ==========================  ===========================  ===============================
+    Python value               RESP3                        RESP2
+    bytes (str: as UTF-8)      $3\r\nfoo\r\n                the same
+    int (an int64)             :5\r\n                       the same
+    None                       _\r\n                        $-1\r\n (the null bulk string)
+    NULL_ARRAY                 _\r\n                        *-1\r\n
+    list, tuple                *2\r\n...                    the same
+    dict                       %1\r\n key value             *2\r\n key value (a flat array)
+    SetReply                   ~2\r\n...                    an array
+    Push (pub/sub messages)    >3\r\n...                    an array
+    float                      ,1.5\r\n (,inf ,nan)         a bulk string: $3\r\n1.5\r\n
+    bool                       #t\r\n, #f\r\n               :1\r\n, :0\r\n
+    BigNumber                  (12345...\r\n                a bulk string
+    Verbatim (INFO)            =8\r\ntxt:text\r\n           a bulk string of the text
+    SimpleString               +OK\r\n                      the same
+    ErrorReply                 -ERR message\r\n             the same (-WRONGTYPE, -NOAUTH, ...)
 
-The common replies are cheap: a :class:`SimpleString` or :class:`ErrorReply` holds its wire bytes
-from construction (:data:`OK`, :data:`PONG`, ...), small integers and nulls are precomputed, and a
-bulk string is one ``%`` format (``benchmarks/resp_parser.py`` measures them).
+The common replies are cheap (``benchmarks/resp_parser.py`` measures them): a
+:class:`SimpleString` or :class:`ErrorReply` holds its wire bytes from construction (:data:`OK`,
+:data:`PONG`, :data:`WRONGTYPE`, ...), small integers and nulls are precomputed, and a short bulk
+string's or array's header comes from a table.
 """
 
 from __future__ import annotations
