@@ -5,7 +5,8 @@ sent in pipelines of ``--pipeline`` commands; each pipeline is fed as one read (
 gets it from the socket) and every command is taken out before the next. Compared:
 
 - ``RespParser`` (pure Python, trimaran.protocols.resp): every limit checked before allocating,
-  inline commands, Redis's error wording;
+  inline commands, Redis's error wording; again with the whole stream in 4 KiB reads, which cut
+  commands anywhere;
 - ``hiredis.Reader`` alone: the C reply reader, with no limit of ours (an upper bound: it cannot
   take inline commands, lets arrays nest, and would need a pre-scan of every length line to refuse
   an oversized one before its bytes are buffered);
@@ -152,6 +153,10 @@ def main() -> None:
     chunks = pipelines(opts.commands, opts.pipeline, opts.value_bytes)
     wire_bytes = sum(map(len, chunks))
     parsers: list[tuple[str, Callable[[list[bytes]], int]]] = [("RespParser (pure Python)", run_resp_parser)]
+    # The same bytes in 4 KiB reads that cut commands anywhere (a long pipeline from one socket).
+    stream = b"".join(chunks)
+    cut = [stream[at : at + 4096] for at in range(0, len(stream), 4096)]
+    parsers.append(("RespParser, 4 KiB reads", lambda _: run_resp_parser(cut)))
     if hiredis is not None:
         parsers += [("hiredis.Reader, no checks", run_hiredis), ("hiredis.Reader + post-checks", run_hiredis_checked)]
     print(

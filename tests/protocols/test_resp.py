@@ -405,8 +405,8 @@ class _BytewiseParser(RespParser):
 
     __slots__ = ()
 
-    def _parse_whole_commands(self) -> None:
-        pass
+    def _parse_whole_commands(self, pieces: list[bytes], index: int, pos: int) -> tuple[int, int]:
+        return index, pos
 
 
 @fuzz_settings
@@ -415,6 +415,35 @@ def test_fuzz_the_fast_path_agrees_with_the_bytewise_parser(stream: bytes) -> No
     small = {"bulk_bytes_max": 16, "command_args_max": 4}
     for limits_ in ({}, small):
         assert parse_chunks([stream], RespParser(**limits_)) == parse_chunks([stream], _BytewiseParser(**limits_))
+
+
+class _CountingParser(RespParser):
+    """Counts the commands its fast path takes."""
+
+    __slots__ = ("fast_commands",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fast_commands = 0
+
+    def _parse_whole_commands(self, pieces: list[bytes], index: int, pos: int) -> tuple[int, int]:
+        before = len(self._ready)
+        index, pos = super()._parse_whole_commands(pieces, index, pos)
+        self.fast_commands += len(self._ready) - before
+        return index, pos
+
+
+def test_the_fast_path_resumes_after_a_command_it_leaves_to_the_bytewise_parser() -> None:
+    gets = pack(b"GET", b"k") * 100
+    odd = [pack(b"SET", b"k", b"a\r\nb"), b"PING\r\n", b"PING\n", b"*0\r\n"]
+    stream = gets + b"".join(odd[i % len(odd)] + gets for i in range(8))
+    parser = _CountingParser()
+    # Fed in reads that cut commands anywhere, as a socket does.
+    commands, error = parse_chunks([stream[at : at + 1000] for at in range(0, len(stream), 1000)], parser)
+    assert error is None and len(commands) == 900 + 6
+    # Only a command cut by a read's end, the ones after an inline line ending in a bare LF (not
+    # on a CRLF boundary), and the odd ones go byte by byte.
+    assert parser.fast_commands >= 850
 
 
 def test_split_inline_agrees_with_bytes_split_on_plain_words() -> None:

@@ -332,10 +332,7 @@ class RespParser:
         # Every whole command now buffered is parsed at once (a pipeline's worth), so the fast
         # path can split the buffer once; an error is raised after the commands before it.
         try:
-            if self._args is None:
-                self._parse_whole_commands()
-            while (parsed := self._parse()) is not None:
-                ready.append(parsed)
+            self._parse_batch()
         except ProtocolError as error:
             self._error = error
         self._ready_bytes = unparsed_bytes - self._buffered
@@ -345,21 +342,43 @@ class RespParser:
             raise self._error
         return None
 
-    def _parse_whole_commands(self) -> None:
-        """The fast path: whole multibulk commands from one split of the buffer on CRLF.
+    def _parse_batch(self) -> None:
+        """Every whole command buffered into ``_ready``: through the fast path where it can, else
+        byte by byte (one command, after which the fast path resumes)."""
+        ready = self._ready
+        # The buffer split once on CRLF, and the piece that starts at byte ``piece_pos``.
+        pieces: list[bytes] | None = None
+        piece_index = piece_pos = 0
+        while True:
+            buf = self._buf
+            pos = self._pos
+            if self._args is None and pos < len(buf) and buf[pos] == 42:  # "*"
+                if pieces is None:
+                    pieces = (buf[pos:] if pos else buf).split(CRLF)
+                    piece_pos = pos
+                # Catch up with what the byte-wise parser took (each piece walked once in all).
+                while piece_pos < pos and piece_index < len(pieces):
+                    piece_pos += len(pieces[piece_index]) + 2
+                    piece_index += 1
+                if piece_pos == pos:  # else an inline line ended in a bare LF: not on a piece
+                    piece_index, piece_pos = self._parse_whole_commands(pieces, piece_index, piece_pos)
+            parsed = self._parse()
+            if parsed is None:
+                return
+            ready.append(parsed)
+
+    def _parse_whole_commands(self, pieces: list[bytes], index: int, pos: int) -> tuple[int, int]:
+        """The fast path: whole multibulk commands from the pieces of the buffer split on CRLF,
+        from ``pieces[index]``, which starts at byte ``pos``; the piece and byte after them.
 
         When no argument holds a CRLF, the pieces alternate ``$<length>`` and the argument, so
         a command is a slice of them, checked by comparing each header with the length of the
-        piece after it. At the first piece that is not so (an inline command, a CRLF inside an
-        argument, a partial or malformed command) it stops and leaves the rest to the byte-wise
-        parser, which gives the exact error; it runs at most once per batch, so a stream built to
-        defeat it costs one split more, not one per command.
+        piece after it. At the first command that is not so (an inline command, a CRLF inside an
+        argument, a partial or malformed command) it stops and leaves that command to the
+        byte-wise parser, which gives the exact error; the buffer is split once per batch, so a
+        stream built to defeat the fast path costs one split more, not one per command.
         """
-        buf = self._buf
-        pos = self._pos
-        if pos >= len(buf) or buf[pos] != 42:  # "*"
-            return
-        pieces = (buf[pos:] if pos else buf).split(CRLF)
+        start = index
         whole = len(pieces) - 1  # the last piece is not followed by CRLF (yet)
         ready = self._ready
         args_max = self.command_args_max
@@ -369,7 +388,6 @@ class RespParser:
         arg_bytes_max = min(self.bulk_bytes_max, self.command_bytes_max - (args_max + 1) * limits.resp_arg_framing_bytes_max)
         short_within_limits = arg_bytes_max >= _SHORT_COMMAND_ARG_BYTES_MAX
         header_of = _BULK_HEADERS.get
-        index = 0
         while index < whole:
             head = pieces[index]
             count = _COUNT_HEADERS.get(head)
@@ -397,9 +415,11 @@ class RespParser:
                 break
             ready.append(args)
             index = last + 1
-        pos += sum(map(len, pieces[:index])) + 2 * index
-        self._pos = pos
-        self._buffered = len(buf) - pos
+        if index > start:
+            pos += sum(map(len, pieces[start:index])) + 2 * (index - start)
+            self._pos = pos
+            self._buffered = len(self._buf) - pos
+        return index, pos
 
     def _fail(self, message: str, **details: Any) -> None:
         self._error = ProtocolError(message, **details)
