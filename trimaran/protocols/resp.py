@@ -211,8 +211,10 @@ class RespParser:
     and keep raising it: close the connection (see the module docstring). An empty feed does
     nothing; at the end of the stream a partial command is simply dropped, as Redis drops it.
 
-    The limits default to the hard ceilings of :mod:`trimaran.limits`; a listener may pass lower
-    ones (say, for a connection not yet authenticated, as Redis does).
+    The limits default to the hard ceilings of :mod:`trimaran.limits`; lower ones may be passed
+    (the tests do). They are fixed for the connection: every whole command buffered is parsed at
+    once, so Redis's tighter limits before AUTH (10 arguments, 16 KiB strings) are the listener's
+    to apply to the commands it gets, within these ceilings.
     """
 
     __slots__ = (
