@@ -106,6 +106,28 @@ job_dlq_batch_max = 1_000
 #: Jobs one ``list`` page examines (it may skip many of other states).
 job_list_scan_max = 10_000
 
+# --- RESP (trimaran.protocols.resp: the Redis-protocol front door) --------------------------------
+#: One bulk string of a RESP command (an argument): the KV value limit; a key is smaller still.
+resp_bulk_bytes_max = value_bytes_max
+#: Arguments in one RESP command, its name included: room for MSET's 10,000 pairs (the KV
+#: service's ``mset_keys_max``; that relation is asserted in tests/protocols/test_resp.py).
+resp_command_args_max = 32 * KIB
+#: One inline command line (``PING\r\n``, redis-benchmark's PING_INLINE), its LF excluded (a CR counts);
+#: Redis's own PROTO_INLINE_MAX_SIZE.
+resp_inline_bytes_max = 64 * KIB
+#: One length line (``*<count>`` or ``$<length>``), its type byte and CRLF excluded: a sign and
+#: the 19 digits of an int64 fit.
+resp_length_line_bytes_max = 32
+#: Wire framing of one argument, ``$<length>\r\n`` before its bytes and ``\r\n`` after.
+resp_arg_framing_bytes_max = 16
+#: Wire bytes of one RESP command: a maximal native command plus the framing of every argument.
+resp_command_bytes_max = command_bytes_max + resp_command_args_max * resp_arg_framing_bytes_max
+#: Bytes the RESP listener reads from a socket at once.
+resp_receive_bytes_max = 64 * KIB
+#: Bytes one RespParser holds unparsed: one partial command plus one read (the listener takes
+#: every complete command out before it reads again).
+resp_buffer_bytes_max = resp_command_bytes_max + resp_receive_bytes_max
+
 # --- Raft ------------------------------------------------------------------------------------------
 #: Hard ceiling on entries bytes carried by one AppendEntries (RaftConfig may pick less).
 append_bytes_max = 8 * MIB
@@ -203,3 +225,9 @@ assert job_enqueue_batch_max <= job_queue_jobs_max
 assert 1 <= job_attempts_default <= job_attempts_max
 assert job_schedule_catch_up_slots_max <= job_enqueue_batch_max
 assert job_dlq_batch_max <= job_list_scan_max, "a list page can fill with jobs of its state"
+assert resp_bulk_bytes_max >= value_bytes_max > key_bytes_max, "a RESP argument carries any key or value"
+assert resp_length_line_bytes_max >= len(str(-(2**63))), "any int64 length line fits"
+assert 1 + len(str(resp_bulk_bytes_max)) + 4 <= resp_arg_framing_bytes_max, "$<len> CRLF ... CRLF"
+assert (resp_inline_bytes_max + 1) // 2 <= resp_command_args_max, "an inline line cannot carry more arguments"
+assert resp_inline_bytes_max <= resp_command_bytes_max
+assert resp_buffer_bytes_max < frame_bytes_max, "a RESP connection holds no more than a native one"
