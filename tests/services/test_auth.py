@@ -51,16 +51,30 @@ def test_revocations_are_dropped_once_the_token_expires_in_log_time() -> None:
     assert svc.apply(["revoke", "t-1", 10_000], at(100)) is True
     assert svc.apply(["revoke", "t-1", 10_000], at(200)) is False
     assert svc.is_revoked("t-1") and svc.query(["revoked", "t-1"], at(200)) is True
-    assert svc.next_deadline_ms() == 11_000
-    svc.on_time(at(10_999))
+    assert svc.next_deadline_ms() == 11_001
+    svc.on_time(at(11_000))  # the token is still valid at exp + leeway: so is its revocation
     assert svc.is_revoked("t-1")
-    svc.on_time(at(11_000))
+    svc.on_time(at(11_001))
     assert not svc.is_revoked("t-1")
     # No exp given: kept as long as any token can live.
     svc.apply(["revoke", "t-2", 0], at(500))
-    assert svc.next_deadline_ms() == 500 + 1000 + limits.token_ttl_ms_max + 1000
-    # A token already expired needs no revocation held.
+    assert svc.next_deadline_ms() == 500 + 1000 + limits.token_ttl_ms_max + 1000 + 1
+    # A token already expired needs no revocation held; one at its last valid instant does.
     assert svc.apply(["revoke", "t-3", 100], at(2000)) is False and not svc.is_revoked("t-3")
+    assert svc.apply(["revoke", "t-4", 100], at(1100)) is True and svc.is_revoked("t-4")
+
+
+def test_a_revoked_token_is_refused_at_every_instant_it_would_verify() -> None:
+    """The revocation is held as long as the token's own expiry does not refuse it: at log time
+    exp + leeway a node whose clock reads exactly that still accepts an unrevoked token."""
+    svc = AuthService(bootstrap=(TrustedKey("boot", KEY_BOOT),), leeway_ms=1000)
+    claims = _claims("t-1", "boot", exp_ms=10_000)
+    grant = svc.grant(claims, leeway_ms=1000)
+    svc.apply(["revoke", "t-1", 10_000], at(100))
+    for log_time_ms in (10_999, 11_000, 11_001, 11_002):
+        svc.on_time(at(log_time_ms))
+        still_valid = grant.lapsed(log_time_ms) is None
+        assert not still_valid or svc.refusal(claims, log_time_ms) is not None, log_time_ms
 
 
 def test_bounds_refuse_without_changing_anything(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -36,7 +36,8 @@ Semantics:
   ``retired_key_keep_ms`` of log time, then dropped; a dropped kid is simply unknown, which refuses
   the same tokens. A ``trust`` of a retired kid is refused (choose a new kid for a new key).
 - **Revocation** is bounded: an entry is dropped once the revoked token's own ``exp`` (plus the
-  leeway a node allows) has passed in log time, since the token is refused for expiry from then on.
+  leeway a node allows) has passed in log time (log time past it, not at it: a token is valid
+  through ``exp`` + leeway), since the token is refused for expiry from then on.
   At most ``limits.revocations_max`` are held; a revoke beyond that raises ``TooLarge``. A
   revoke whose ``exp_ms`` has passed holds nothing (the token is refused as expired) and returns False.
 - **Generation.** Every applied ``retire`` or ``revoke`` adds one to ``generation``; a node compares
@@ -70,8 +71,8 @@ _JTI_CHARS_MAX = 256
 #: Planted bugs for the simulator's mutation tests (``tests/simulations/test_mutants.py``); a node
 #: never sets them.
 AUTH_MUTANTS = {
-    "revocation_stale_state": "a revocation does not move the auth generation, so no edge re-checks its live "
-    "connections: they keep being served on the state checked when they connected",
+    # Live connections are then served on the state checked when they connected.
+    "revocation_stale_state": "a revocation leaves the auth generation alone: no edge re-checks its live connections",
 }
 
 #: The ``reason`` detail of each refusal of a verified token (what a client may act on).
@@ -222,7 +223,7 @@ class AuthService:
     def _revoke(self, jti: str, exp_ms: int, ctx: ApplyContext) -> bool:
         if jti in self._revoked:
             return False
-        if exp_ms and exp_ms + self._leeway_ms <= ctx.timestamp_ms:
+        if exp_ms and exp_ms + self._leeway_ms < ctx.timestamp_ms:
             return False  # already expired: refused anyway, nothing to hold
         if len(self._revoked) >= limits.revocations_max:
             # Not Unavailable: that is retryable, and a retry gets the same saved answer.
@@ -231,7 +232,10 @@ class AuthService:
             # A token accepted before now was issued by now + leeway (verify refuses a later iat)
             # and lives at most token_ttl_ms_max from then.
             exp_ms = ctx.timestamp_ms + self._leeway_ms + limits.token_ttl_ms_max
-        drop_at_ms = exp_ms + self._leeway_ms
+        # A token is accepted through exp + leeway (tokens.verify, Grant.lapsed refuse only past
+        # it), and a node's clock can read exactly the log time of the entry that drops this: so
+        # hold it until log time is past that instant, never at it.
+        drop_at_ms = exp_ms + self._leeway_ms + 1
         self._revoked[jti] = drop_at_ms
         self._revoked_order.add((drop_at_ms, jti))
         if not self._stale_revocations:
