@@ -33,10 +33,10 @@ from array import array
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from trimaran import limits
 from trimaran.cluster.config import RaftConfig
 from trimaran.cluster.raft import MUTANTS, Role
 from trimaran.cluster.replica import REPLICA_MUTANTS, ReplicaConfig, Reply
-from trimaran import limits
 from trimaran.errors import AuthError, TrimaranError
 from trimaran.protocols import messages as m
 from trimaran.services.auth import AUTH_MUTANTS
