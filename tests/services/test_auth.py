@@ -149,8 +149,12 @@ def test_the_edge_decisions_follow_the_applied_state() -> None:
     assert late.key_not_after_ms == 45 and _reason(late.lapsed(45)) == "key_retired"
 
 
-def test_the_stale_revocation_mutant_leaves_the_generation_alone() -> None:
+def test_the_stale_state_mutants_break_what_they_say() -> None:
     svc = AuthService(mutants=frozenset({"revocation_stale_state"}))
     assert svc.apply(["revoke", "t-1", 0], at(1)) is True and svc.is_revoked("t-1") and svc.generation == 0
+    svc = AuthService(bootstrap=(TrustedKey("boot", KEY_BOOT),), mutants=frozenset({"retirement_stale_state"}))
+    grant = svc.grant(_claims("t-1", "boot"), leeway_ms=0)
+    svc.apply(["retire", "boot"], at(10))
+    assert svc.recheck(grant, 10) is None and grant.lapsed(10) is None  # served on, as granted
     with pytest.raises(ConfigError, match="unknown auth mutants"):
         AuthService(mutants=frozenset({"nope"}))

@@ -73,6 +73,8 @@ _JTI_CHARS_MAX = 256
 AUTH_MUTANTS = {
     # Live connections are then served on the state checked when they connected.
     "revocation_stale_state": "a revocation leaves the auth generation alone: no edge re-checks its live connections",
+    # The re-check then looks at revocations only, and keeps the key end granted at connect time.
+    "retirement_stale_state": "re-checking a live connection ignores its key's retirement",
 }
 
 #: The ``reason`` detail of each refusal of a verified token (what a client may act on).
@@ -126,6 +128,7 @@ class AuthService:
         if unknown:
             raise ConfigError(f"unknown auth mutants {unknown}")
         self._stale_revocations = "revocation_stale_state" in mutants
+        self._stale_retirements = "retirement_stale_state" in mutants
         #: From the node's configuration: the same on every node of a cluster, like the kv settings.
         self._bootstrap = {k.kid: k for k in bootstrap}
         self._leeway_ms = leeway_ms
@@ -166,6 +169,8 @@ class AuthService:
         ``grant.refused``, so every later request gets it), or None if it still holds (then its
         key's not-after is refreshed)."""
         exc = self.refusal(grant.claims, now_ms)
+        if exc is not None and self._stale_retirements and exc.details["reason"] == KEY_RETIRED:
+            return None
         if exc is None:
             grant.key_not_after_ms = self._view[grant.claims.kid].not_after_ms
             return None

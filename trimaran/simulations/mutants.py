@@ -69,6 +69,8 @@ MATRIX: tuple[MatrixCase, ...] = (
     MatrixCase("eviction_per_replica", 1, 5, 40.0, "replicas_diverge", rules=False),
     # A client's next request on a live connection after its token's revocation was applied there.
     MatrixCase("revocation_stale_state", 1, 5, 40.0, "auth", rules=False),
+    # The same after a key's retirement (the admin retires a key some clients' tokens rest on).
+    MatrixCase("retirement_stale_state", 5, 5, 40.0, "auth", rules=False),
     # Found by a sweep of seeds 100001..100600 (issue 15): a leader appends its own removal inside a
     # partition and steps down before the entry spreads; with one disk failed, only it can carry
     # the change. The shrunk plan of that seed, six faults.
