@@ -19,6 +19,12 @@ it), and every request its edge accepted, with the token id and key it rested on
 event counter (requests and applies at the same simulated microsecond are still ordered) and the
 simulated time. :func:`check_auth`: no request was accepted by a node after the revocation of its
 token, or the retirement of its token's key, was applied on that node (category ``auth``).
+
+Per lifetime, deliberately: a node can apply a committed entry before the commit index that covers
+it is durable on its own disk, so after a crash it may boot without that entry applied and serve
+the token again until the leader tells it the commit index (seed 92, 5 nodes, 60 s: for 8 seconds
+of a partition). That is the lag of any node behind the leader, which this design accepts; a
+checker across lifetimes would need the node to refuse tokens after a restart until it caught up.
 """
 
 from __future__ import annotations
