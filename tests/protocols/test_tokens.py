@@ -69,6 +69,17 @@ def test_a_signed_token_verifies_with_its_claims(signer: tuple[bytes, bytes, str
     assert claims.scope_texts == ("kv:read:user:*",) and claims.scopes[0].allows("kv", "read", b"user:7")
 
 
+def test_a_key_derived_from_bytes_is_the_same_key_every_time_and_signs_deterministically() -> None:
+    pem = tokens.private_key_from_bytes(b"\x07" * 32)
+    assert pem == tokens.private_key_from_bytes(b"\x07" * 32) != tokens.private_key_from_bytes(b"\x08" * 32)
+    public = tokens.public_key_of(pem)
+    signer = (pem, public, tokens.key_id(public))
+    assert make(signer) == make(signer)  # Ed25519: the same key and claims, the same token
+    assert tokens.verify(make(signer), keys_of(signer), audience=CLUSTER, now_ms=NOW_MS).sub == "alice"
+    with pytest.raises(InvalidArgument, match="32 bytes"):
+        tokens.private_key_from_bytes(b"short")
+
+
 def _b64(data: bytes) -> bytes:
     return base64.urlsafe_b64encode(data).rstrip(b"=")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from trimaran import limits
-from trimaran.errors import InvalidArgument, TooLarge
+from trimaran.errors import ConfigError, InvalidArgument, TooLarge
 from trimaran.protocols.service import ApplyContext
-from trimaran.protocols.tokens import TrustedKey
+from trimaran.protocols.tokens import Claims, TrustedKey
 from trimaran.services.auth import AuthService, retired_key_keep_ms
 
 KEY_A, KEY_B, KEY_BOOT = b"a" * 32, b"b" * 32, b"c" * 32
@@ -51,16 +51,30 @@ def test_revocations_are_dropped_once_the_token_expires_in_log_time() -> None:
     assert svc.apply(["revoke", "t-1", 10_000], at(100)) is True
     assert svc.apply(["revoke", "t-1", 10_000], at(200)) is False
     assert svc.is_revoked("t-1") and svc.query(["revoked", "t-1"], at(200)) is True
-    assert svc.next_deadline_ms() == 11_000
-    svc.on_time(at(10_999))
+    assert svc.next_deadline_ms() == 11_001
+    svc.on_time(at(11_000))  # the token is still valid at exp + leeway: so is its revocation
     assert svc.is_revoked("t-1")
-    svc.on_time(at(11_000))
+    svc.on_time(at(11_001))
     assert not svc.is_revoked("t-1")
     # No exp given: kept as long as any token can live.
     svc.apply(["revoke", "t-2", 0], at(500))
-    assert svc.next_deadline_ms() == 500 + 1000 + limits.token_ttl_ms_max + 1000
-    # A token already expired needs no revocation held.
+    assert svc.next_deadline_ms() == 500 + 1000 + limits.token_ttl_ms_max + 1000 + 1
+    # A token already expired needs no revocation held; one at its last valid instant does.
     assert svc.apply(["revoke", "t-3", 100], at(2000)) is False and not svc.is_revoked("t-3")
+    assert svc.apply(["revoke", "t-4", 100], at(1100)) is True and svc.is_revoked("t-4")
+
+
+def test_a_revoked_token_is_refused_at_every_instant_it_would_verify() -> None:
+    """The revocation is held as long as the token's own expiry does not refuse it: at log time
+    exp + leeway a node whose clock reads exactly that still accepts an unrevoked token."""
+    svc = AuthService(bootstrap=(TrustedKey("boot", KEY_BOOT),), leeway_ms=1000)
+    claims = _claims("t-1", "boot", exp_ms=10_000)
+    grant = svc.grant(claims, leeway_ms=1000)
+    svc.apply(["revoke", "t-1", 10_000], at(100))
+    for log_time_ms in (10_999, 11_000, 11_001, 11_002):
+        svc.on_time(at(log_time_ms))
+        still_valid = grant.lapsed(log_time_ms) is None
+        assert not still_valid or svc.refusal(claims, log_time_ms) is not None, log_time_ms
 
 
 def test_bounds_refuse_without_changing_anything(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -99,3 +113,48 @@ def test_snapshot_round_trip_is_identical() -> None:
     assert restored.snapshot() == svc.snapshot()
     assert restored.trusted_keys() == svc.trusted_keys() and restored.generation == svc.generation
     assert restored.next_deadline_ms() == svc.next_deadline_ms()
+
+
+def _claims(jti: str, kid: str, exp_ms: int = 50_000) -> Claims:
+    return Claims("alice", jti, "cluster", kid, exp_ms, 0, 0, (), ())
+
+
+def _reason(exc: Exception | None) -> object:
+    return None if exc is None else getattr(exc, "details", {}).get("reason")
+
+
+def test_the_edge_decisions_follow_the_applied_state() -> None:
+    """What the node's authoriser and the simulator's edge both ask: refusal at connect time, the
+    grant's own per-request bounds, and the re-check of a live grant after the generation moved."""
+    svc = AuthService(bootstrap=(TrustedKey("boot", KEY_BOOT),))
+    svc.apply(["trust", "k1", KEY_A, 0], at(10))
+    alice, bob = _claims("t-1", "k1"), _claims("t-2", "boot")
+    assert svc.refusal(alice, 20) is None and _reason(svc.refusal(_claims("t-3", "nope"), 20)) == "key_retired"
+    grant = svc.grant(alice, leeway_ms=1000)
+    assert (grant.expires_after_ms, grant.key_not_after_ms, grant.refused) == (51_000, 0, None)
+    assert grant.lapsed(51_000) is None and _reason(grant.lapsed(51_001)) == "expired"
+    other = svc.grant(bob, leeway_ms=1000)
+
+    svc.apply(["revoke", "t-1", 50_000], at(30))
+    assert _reason(svc.refusal(alice, 30)) == "revoked"
+    refused = svc.recheck(grant, 30)
+    assert refused is not None and grant.refused is refused and _reason(refused) == "revoked"
+    assert svc.recheck(other, 30) is None and other.refused is None
+
+    svc.apply(["retire", "boot"], at(40))
+    assert _reason(svc.recheck(other, 40)) == "key_retired" and other.refused is not None
+    assert svc.grant(_claims("t-4", "k1"), 0).key_not_after_ms == 0
+    svc.apply(["retire", "k1"], at(45))
+    late = svc.grant(_claims("t-5", "k1"), 0)
+    assert late.key_not_after_ms == 45 and _reason(late.lapsed(45)) == "key_retired"
+
+
+def test_the_stale_state_mutants_break_what_they_say() -> None:
+    svc = AuthService(mutants=frozenset({"revocation_stale_state"}))
+    assert svc.apply(["revoke", "t-1", 0], at(1)) is True and svc.is_revoked("t-1") and svc.generation == 0
+    svc = AuthService(bootstrap=(TrustedKey("boot", KEY_BOOT),), mutants=frozenset({"retirement_stale_state"}))
+    grant = svc.grant(_claims("t-1", "boot"), leeway_ms=0)
+    svc.apply(["retire", "boot"], at(10))
+    assert svc.recheck(grant, 10) is None and grant.lapsed(10) is None  # served on, as granted
+    with pytest.raises(ConfigError, match="unknown auth mutants"):
+        AuthService(mutants=frozenset({"nope"}))

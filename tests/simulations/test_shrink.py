@@ -14,7 +14,8 @@ from trimaran.simulations.shrink import shrink
 def test_shrunk_plan_still_fails_and_replays_from_its_text() -> None:
     case = next(c for c in MATRIX if c.mutant == "dedup_not_in_snapshot" and not c.rules)
     original = plan_for(case.seed, case.nodes, case.sim_seconds)
-    result = shrink(case.seed, case.nodes, case.sim_seconds, (case.mutant,), runs_max=60, rules=False)
+    # 30 runs: this case keeps finding smaller plans for longer than that; the test needs a few steps.
+    result = shrink(case.seed, case.nodes, case.sim_seconds, (case.mutant,), runs_max=30, rules=False)
     shrunk = result.shrunk
     assert not shrunk.passed and shrunk.category == case.category
     assert len(shrunk.plan.faults) <= len(original.faults)

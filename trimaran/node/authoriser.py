@@ -18,6 +18,10 @@ edges never call this module and behave as they did before auth existed.
   retirement was applied (the auth service's ``generation``); the edge then calls
   :meth:`Authoriser.recheck` for each live connection and closes those whose token no longer holds.
 
+The decisions themselves against the replica's state (revoked, key retired or unknown, a grant and
+its per-request lapse, the re-check) are the auth service's (:mod:`trimaran.services.auth`): this
+module adds the clock, the counters and the logging, and the simulator's edge calls the same code.
+
 What a request touches (deny by default; the table of scopes is in :mod:`trimaran.protocols.scopes`):
 
 ==============================  =================================================================
@@ -48,17 +52,17 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from trimaran.cluster.replica import Replica
 from trimaran.errors import ConfigError, PermissionDenied, Unauthenticated
 from trimaran.node.config import NodeConfig
 from trimaran.protocols import scopes, tokens
-from trimaran.protocols.tokens import Claims
 from trimaran.services import kv_args
 from trimaran.services.chat import args as chat_args
-from trimaran.services.auth import AuthService
+# Grant lives with the auth service (the simulator's edge uses it too); re-exported for the edges.
+from trimaran.services.auth import KEY_RETIRED, AuthService
+from trimaran.services.auth import Grant as Grant
 
 log = logging.getLogger("trimaran.node.authoriser")
 
@@ -92,19 +96,6 @@ Requirement = tuple[str, str, bytes, bool]
 ADMIN: tuple[Requirement, ...] = (("admin", "*", b"", False),)
 NOTHING: tuple[Requirement, ...] = ()
 CLUSTER_READ: tuple[Requirement, ...] = (("cluster", "read", b"", False),)
-
-
-@dataclass(slots=True)
-class Grant:
-    """What a connection's verified token allows, and until when (node clock, ms)."""
-
-    claims: Claims
-    #: Refused once the node's clock is past this (the token's exp plus the leeway).
-    expires_after_ms: int
-    #: Refused from this time on (the signing key's not-after; 0: none).
-    key_not_after_ms: int
-    #: Set when a revocation or a retirement took the token away: every later request gets it.
-    refused: Unauthenticated | None = None
 
 
 def _kv_requirements(op: str, body: dict[str, Any]) -> tuple[Requirement, ...]:
@@ -201,9 +192,10 @@ class Authoriser:
             keys = self._auth.trusted_keys()
             claims = tokens.verify(token, keys, audience=self._cluster_id, now_ms=now_ms, leeway_ms=self._leeway_ms)
             sub = claims.sub
-            if self._auth.is_revoked(claims.jti):
-                raise Unauthenticated("token revoked", reason="revoked")
-            return Grant(claims, claims.exp_ms + self._leeway_ms, keys[claims.kid].not_after_ms)
+            refused = self._auth.refusal(claims, now_ms)
+            if refused is not None:
+                raise refused
+            return self._auth.grant(claims, self._leeway_ms)
         except Unauthenticated as exc:
             self.unauthenticated += 1
             self._refusals.info("node %d: refused a client's token (sub=%r): %s", self._node_id, sub, exc.message)
@@ -216,16 +208,14 @@ class Authoriser:
         request; InvalidArgument / TooLarge if a kv command or query does not parse."""
         if grant.refused is not None:
             raise grant.refused
-        now_ms = self.now_ms()
-        if now_ms > grant.expires_after_ms or (grant.key_not_after_ms and now_ms >= grant.key_not_after_ms):
+        lapsed = grant.lapsed(self.now_ms())
+        if lapsed is not None:
             self.unauthenticated += 1
-            retired = grant.key_not_after_ms and now_ms >= grant.key_not_after_ms
+            retired = lapsed.details["reason"] == KEY_RETIRED
             self._refusals.info(
                 "node %d: sub=%r: token %s", self._node_id, grant.claims.sub, "key retired" if retired else "expired"
             )
-            if retired:
-                raise Unauthenticated("the token's key is retired", reason="key_retired")
-            raise Unauthenticated("token expired", reason="expired")
+            raise lapsed
         granted = grant.claims.scopes
         for requirement in requirements(op, body):
             if not scopes.allowed(granted, *requirement):
@@ -252,17 +242,9 @@ class Authoriser:
     def recheck(self, grant: Grant) -> Unauthenticated | None:
         """The refusal of a live connection's token after a revocation or a retirement, or None if
         it still holds (then its key's not-after is refreshed)."""
-        claims = grant.claims
-        exc = None
-        key = self._auth.trusted_keys().get(claims.kid)
-        if self._auth.is_revoked(claims.jti):
-            exc = Unauthenticated("token revoked", reason="revoked")
-        elif key is None or (key.not_after_ms and key.not_after_ms <= self.now_ms()):
-            exc = Unauthenticated("the token's key is retired", reason="key_retired")
-        else:
-            grant.key_not_after_ms = key.not_after_ms
+        exc = self._auth.recheck(grant, self.now_ms())
+        if exc is None:
             return None
-        grant.refused = exc
         self.connections_closed += 1
-        log.info("node %d: closing a connection of sub=%r: %s", self._node_id, claims.sub, exc.message)
+        log.info("node %d: closing a connection of sub=%r: %s", self._node_id, grant.claims.sub, exc.message)
         return exc

@@ -76,6 +76,15 @@ def new_private_key() -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
+def private_key_from_bytes(raw: bytes) -> bytes:
+    """The Ed25519 private key (PKCS#8 PEM) whose 32 secret bytes are ``raw``: a key derived from
+    other secret material (the simulator derives its keys from its seed, never from entropy)."""
+    if len(raw) != 32:
+        raise InvalidArgument("an Ed25519 private key is 32 bytes")
+    key = Ed25519PrivateKey.from_private_bytes(raw)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
 def load_private_key(pem: bytes) -> Ed25519PrivateKey:
     try:
         key = serialization.load_pem_private_key(pem, password=None)

@@ -36,12 +36,20 @@ Semantics:
   ``retired_key_keep_ms`` of log time, then dropped; a dropped kid is simply unknown, which refuses
   the same tokens. A ``trust`` of a retired kid is refused (choose a new kid for a new key).
 - **Revocation** is bounded: an entry is dropped once the revoked token's own ``exp`` (plus the
-  leeway a node allows) has passed in log time, since the token is refused for expiry from then on.
+  leeway a node allows) has passed in log time (log time past it, not at it: a token is valid
+  through ``exp`` + leeway), since the token is refused for expiry from then on.
   At most ``limits.revocations_max`` are held; a revoke beyond that raises ``TooLarge``. A
   revoke whose ``exp_ms`` has passed holds nothing (the token is refused as expired) and returns False.
 - **Generation.** Every applied ``retire`` or ``revoke`` adds one to ``generation``; a node compares
   it after each apply round and re-checks its live sessions when it moved, closing those that rest
   on a revoked token or a retired key.
+
+The edge's decisions against this replica's state live here too, pure, so the node's authoriser
+(:mod:`trimaran.node.authoriser`) and the simulator's edge (:mod:`trimaran.simulations.auth_edge`)
+run the same code: :meth:`AuthService.refusal` (is a verified token revoked, or its key retired or
+unknown, at ``now_ms``), :meth:`AuthService.grant` (what a connection's verified token allows, and
+until when), :meth:`Grant.lapsed` (the per-request check: expired, or its key's end reached) and
+:meth:`AuthService.recheck` (a live connection's grant after the generation moved).
 """
 
 from __future__ import annotations
@@ -52,13 +60,50 @@ from typing import Any
 from sortedcontainers import SortedList  # type: ignore[import-untyped]
 
 from trimaran import limits
-from trimaran.errors import InvalidArgument, TooLarge
+from trimaran.errors import ConfigError, InvalidArgument, TooLarge, Unauthenticated
 from trimaran.protocols.service import ApplyContext
-from trimaran.protocols.tokens import ED25519_PUBLIC_KEY_BYTES, TrustedKey
+from trimaran.protocols.tokens import ED25519_PUBLIC_KEY_BYTES, Claims, TrustedKey
 
 #: How long (log time) a retired key is still listed by ``keys`` before it is dropped.
 retired_key_keep_ms = 7 * 24 * 3600 * 1000
 _JTI_CHARS_MAX = 256
+
+#: Planted bugs for the simulator's mutation tests (``tests/simulations/test_mutants.py``); a node
+#: never sets them.
+AUTH_MUTANTS = {
+    # Live connections are then served on the state checked when they connected.
+    "revocation_stale_state": "a revocation leaves the auth generation alone: no edge re-checks its live connections",
+    # The re-check then looks at revocations only, and keeps the key end granted at connect time.
+    "retirement_stale_state": "re-checking a live connection ignores its key's retirement",
+}
+
+#: The ``reason`` detail of each refusal of a verified token (what a client may act on).
+REVOKED = "revoked"
+KEY_RETIRED = "key_retired"
+EXPIRED = "expired"
+
+
+@dataclass(slots=True)
+class Grant:
+    """What a connection's verified token allows, and until when (node clock, ms)."""
+
+    claims: Claims
+    #: Refused once the node's clock is past this (the token's exp plus the leeway).
+    expires_after_ms: int
+    #: Refused from this time on (the signing key's not-after; 0: none).
+    key_not_after_ms: int
+    #: Set when a revocation or a retirement took the token away: every later request gets it.
+    refused: Unauthenticated | None = None
+
+    def lapsed(self, now_ms: int) -> Unauthenticated | None:
+        """The per-request check (two integer comparisons, no crypto, no replica state): the
+        refusal of a token that expired or whose key's end came, or None. ``refused`` is the
+        caller's to check first (it is not counted as a new refusal)."""
+        if self.key_not_after_ms and now_ms >= self.key_not_after_ms:
+            return Unauthenticated("the token's key is retired", reason=KEY_RETIRED)
+        if now_ms > self.expires_after_ms:
+            return Unauthenticated("token expired", reason=EXPIRED)
+        return None
 
 
 @dataclass(slots=True)
@@ -72,7 +117,18 @@ class _Key:
 class AuthService:
     name = "auth"
 
-    def __init__(self, bootstrap: tuple[TrustedKey, ...] = (), leeway_ms: int = limits.token_leeway_ms_default) -> None:
+    def __init__(
+        self,
+        bootstrap: tuple[TrustedKey, ...] = (),
+        leeway_ms: int = limits.token_leeway_ms_default,
+        mutants: frozenset[str] = frozenset(),
+    ) -> None:
+        """``mutants`` (names from :data:`AUTH_MUTANTS`) exist for the simulator alone."""
+        unknown = sorted(mutants - AUTH_MUTANTS.keys())
+        if unknown:
+            raise ConfigError(f"unknown auth mutants {unknown}")
+        self._stale_revocations = "revocation_stale_state" in mutants
+        self._stale_retirements = "retirement_stale_state" in mutants
         #: From the node's configuration: the same on every node of a cluster, like the kv settings.
         self._bootstrap = {k.kid: k for k in bootstrap}
         self._leeway_ms = leeway_ms
@@ -92,6 +148,34 @@ class AuthService:
 
     def is_revoked(self, jti: str) -> bool:
         return jti in self._revoked
+
+    def refusal(self, claims: Claims, now_ms: int) -> Unauthenticated | None:
+        """Why a verified token no longer holds on this replica at ``now_ms`` (the node's clock):
+        its id is revoked, or its key is retired or no longer known; None if it holds."""
+        if claims.jti in self._revoked:
+            return Unauthenticated("token revoked", reason=REVOKED)
+        key = self._view.get(claims.kid)
+        if key is None or (key.not_after_ms and key.not_after_ms <= now_ms):
+            return Unauthenticated("the token's key is retired", reason=KEY_RETIRED)
+        return None
+
+    def grant(self, claims: Claims, leeway_ms: int) -> Grant:
+        """A connection's grant for ``claims``, verified (``tokens.verify``) and not refused
+        (:meth:`refusal`) at this state."""
+        return Grant(claims, claims.exp_ms + leeway_ms, self._view[claims.kid].not_after_ms)
+
+    def recheck(self, grant: Grant, now_ms: int) -> Unauthenticated | None:
+        """A live connection's grant after the generation moved: its refusal (kept in
+        ``grant.refused``, so every later request gets it), or None if it still holds (then its
+        key's not-after is refreshed)."""
+        exc = self.refusal(grant.claims, now_ms)
+        if exc is not None and self._stale_retirements and exc.details["reason"] == KEY_RETIRED:
+            return None
+        if exc is None:
+            grant.key_not_after_ms = self._view[grant.claims.kid].not_after_ms
+            return None
+        grant.refused = exc
+        return exc
 
     def _reset_view(self) -> None:
         view = {}
@@ -144,7 +228,7 @@ class AuthService:
     def _revoke(self, jti: str, exp_ms: int, ctx: ApplyContext) -> bool:
         if jti in self._revoked:
             return False
-        if exp_ms and exp_ms + self._leeway_ms <= ctx.timestamp_ms:
+        if exp_ms and exp_ms + self._leeway_ms < ctx.timestamp_ms:
             return False  # already expired: refused anyway, nothing to hold
         if len(self._revoked) >= limits.revocations_max:
             # Not Unavailable: that is retryable, and a retry gets the same saved answer.
@@ -153,10 +237,14 @@ class AuthService:
             # A token accepted before now was issued by now + leeway (verify refuses a later iat)
             # and lives at most token_ttl_ms_max from then.
             exp_ms = ctx.timestamp_ms + self._leeway_ms + limits.token_ttl_ms_max
-        drop_at_ms = exp_ms + self._leeway_ms
+        # A token is accepted through exp + leeway (tokens.verify, Grant.lapsed refuse only past
+        # it), and a node's clock can read exactly the log time of the entry that drops this: so
+        # hold it until log time is past that instant, never at it.
+        drop_at_ms = exp_ms + self._leeway_ms + 1
         self._revoked[jti] = drop_at_ms
         self._revoked_order.add((drop_at_ms, jti))
-        self.generation += 1
+        if not self._stale_revocations:
+            self.generation += 1
         return True
 
     # ------------------------------------------------------------------------------ time

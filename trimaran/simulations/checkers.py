@@ -18,7 +18,8 @@ from trimaran.simulations.invariants import InvariantViolation, RaftInvariants
 class CheckFailure(AssertionError):
     """A checker found a bug. ``category`` names the checker: invariant, linearizability,
     durability, exactly_once, replicas_diverge, liveness, storm (a livelock), crash (an exception
-    escaped the core), workload (an answer no client should get)."""
+    escaped the core), workload (an answer no client should get), auth (a node served a token after
+    applying its revocation or its key's retirement: :mod:`trimaran.simulations.auth_edge`)."""
 
     def __init__(self, category: str, message: str) -> None:
         super().__init__(f"{category}: {message}")

@@ -5,8 +5,11 @@ Events live in a heap keyed by (time in µs, sequence number): ties break in the
 scheduled, so a run is a pure function of (seed, plan, config). Each node is a :class:`SimNode`,
 the same pure driver the harness uses, fed exactly what the trio runtime feeds a Replica: ticks
 of its own clock, messages, client requests stamped with its own wall clock (offset, drifting and
-jumping: :meth:`_Slot.local_us`), and "this batch is durable" after a simulated fsync. The service
-is the KV cache, wrapped to report each entry's log time and evictions to a :class:`LogClock`.
+jumping: :meth:`_Slot.local_us`), and "this batch is durable" after a simulated fsync. The services
+are the KV cache, wrapped to report each entry's log time and evictions to a :class:`LogClock`, and
+the auth service, wrapped to report what it applied to an :class:`AuthRecord`; each node's edge
+(:class:`NodeEdge`) authorises every client request against its own replica's auth state before
+the replica sees it, and re-checks its live connections after every apply round.
 Persist-before-speak holds by construction: SimNode releases a Ready's ``messages_after_persist``
 only when its batch syncs, and a crash between write and sync loses both.
 
@@ -30,12 +33,16 @@ from array import array
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from trimaran import limits
 from trimaran.cluster.config import RaftConfig
 from trimaran.cluster.raft import MUTANTS, Role
 from trimaran.cluster.replica import REPLICA_MUTANTS, ReplicaConfig, Reply
-from trimaran.errors import TrimaranError
+from trimaran.errors import AuthError, TrimaranError
 from trimaran.protocols import messages as m
+from trimaran.services.auth import AUTH_MUTANTS
 from trimaran.services.kv import KV_MUTANTS
+from trimaran.simulations.auth_edge import AuthRecord, Need, NodeEdge, RecordingAuth
+from trimaran.simulations.auth_workload import ISSUED_BEFORE_MS, AuthAdmin, TokenIssuer
 from trimaran.simulations.checkers import CheckFailure, ExactlyOnce, InvariantViolation, SimInvariants
 from trimaran.simulations.driver import SimNode
 from trimaran.simulations.faults import FaultInjector
@@ -92,7 +99,7 @@ class SimConfig:
     seed: int
     nodes: int = 5
     sim_seconds: float = 300.0
-    #: Planted bugs (names from MUTANTS, REPLICA_MUTANTS and KV_MUTANTS).
+    #: Planted bugs (names from MUTANTS, REPLICA_MUTANTS, KV_MUTANTS and AUTH_MUTANTS).
     mutants: frozenset[str] = frozenset()
     #: Nominal tick interval; heartbeats every 2 ticks and elections after 10-20 ticks, as etcd's
     #: defaults (100 ms heartbeat, 1 s election timeout).
@@ -106,7 +113,7 @@ class SimConfig:
     rules: bool = True
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.mutants) - set(MUTANTS) - set(REPLICA_MUTANTS) - set(KV_MUTANTS))
+        unknown = sorted(set(self.mutants) - set(MUTANTS) - set(REPLICA_MUTANTS) - set(KV_MUTANTS) - set(AUTH_MUTANTS))
         if unknown:
             raise ValueError(f"unknown mutants: {', '.join(unknown)}")
         if not 1 <= self.nodes <= 15:
@@ -218,6 +225,10 @@ class Simulation:
         self.net = SimNetwork(random.Random(sub_seed(self.seed, "net")), plan.weather, self._deliver_at)
         #: Log time and evictions per entry, as every replica's KV service applied them.
         self.log_clock = LogClock()
+        #: What each node's auth service applied and its edge accepted, for the auth checker.
+        self.auth_record = AuthRecord(lambda: self.now_us)
+        self.issuer = TokenIssuer(self.seed, CLOCK_EPOCH_US // 1000 - ISSUED_BEFORE_MS)
+        self.edges = {n: NodeEdge(self.auth_record, limits.token_leeway_ms_default) for n in self.node_ids}
         self._disk_rng = random.Random(sub_seed(self.seed, "disk"))
         self.slots: dict[int, _Slot] = {n: self._make_slot(n) for n in self.node_ids}
         self.storages = {n: slot.sim.storage for n, slot in self.slots.items()}
@@ -227,6 +238,12 @@ class Simulation:
         self.clients: list[Client] = [
             Client(i, workload, random.Random(sub_seed(self.seed, "client", i)), self) for i in range(workload.clients)
         ]
+        # The auth admin is the last client: it stops at the heal (see _start).
+        admin_workload = dataclasses.replace(workload, think_us_max=workload.auth_think_us_max)
+        self.admin = AuthAdmin(
+            len(self.clients), admin_workload, random.Random(sub_seed(self.seed, "auth-admin")), self, self.issuer
+        )
+        self.clients.append(self.admin)
         self.final_reader: FinalReader | None = None
         self.healed = False
         self.leader_ok_us = -1
@@ -268,10 +285,15 @@ class Simulation:
         kv_settings = self.workload.kv_settings()
         if "ttl_local_clock" in kv_mutants:
             kv_settings["local_clock_ms"] = lambda: self.slots[node_id].local_us(self.now_us) // 1000
+        auth_mutants = frozenset(n for n in cfg.mutants if n in AUTH_MUTANTS)
+        bootstrap = self.issuer.bootstrap()
         sim = SimNode(
             node_id,
             raft_config,
-            lambda: [RecordingKv(node_id, self.log_clock, mutants=kv_mutants, **kv_settings)],
+            lambda: [
+                RecordingKv(node_id, self.log_clock, mutants=kv_mutants, **kv_settings),
+                RecordingAuth(node_id, self.auth_record, bootstrap=bootstrap, mutants=auth_mutants),
+            ],
             random.Random(sub_seed(self.seed, "node", node_id)),
             MemoryStorage(),
             replica_config,
@@ -305,6 +327,9 @@ class Simulation:
     def client_timer(self, client_index: int, at_us: int, generation: int) -> None:
         self.schedule(max(at_us, self.now_us), EV_TIMER, client_index, generation)
 
+    def credential(self, client_index: int) -> str:
+        return self.issuer.credential(client_index)
+
     # ================================================================== running
 
     def run(self) -> None:
@@ -327,10 +352,11 @@ class Simulation:
         for node_id in self.node_ids:
             slot = self.slots[node_id]
             self.schedule(tick_rng.randrange(slot.interval_us), EV_TICK, node_id, slot.life)
+        heal_us = self.config.heal_us
         for i, client in enumerate(self.clients):
             client.stop_at_us = self.config.stop_us
             client.start(10_000 + i * 1_000)
-        heal_us = self.config.heal_us
+        self.admin.stop_at_us = heal_us  # auth changes strike during the faults
         for index, fault in enumerate(self.plan.faults):
             if fault.at_ms * 1000 < heal_us:
                 self.schedule(fault.at_ms * 1000, EV_FAULT, index)
@@ -446,16 +472,26 @@ class Simulation:
         if slot.paused:
             slot.inbox.append((EV_REQUEST, request))
             return
-        kind, token, payload = request
+        kind, token, payload, bearer = request
         self._trace.extend((node_id, token[0], token[1]))
         replica = slot.sim.replica
         now_ms = slot.local_us(self.now_us) // 1000
+        auth = replica.services["auth"]
+        assert isinstance(auth, RecordingAuth)
+        need: Need = None if kind == "register" else ("kv", "read") if kind == "read" else _NEEDS[payload[3]]
+        try:
+            # The edge, at the node's clock (its wall clock, or the log time applied if later).
+            self.edges[node_id].admit(auth, token[0], bearer, need, max(now_ms, replica.last_timestamp_ms))
+        except AuthError as exc:
+            self._trace.append(-1)
+            self._route_reply(node_id, Reply(token, False, exc))
+            return
         try:
             if kind == "register":
                 replica.register(token, now_ms)
             elif kind == "submit":
-                client_id, seq, ack_seq, command = payload
-                replica.submit(token, client_id, seq, ack_seq, "kv", command, now_ms, 64)
+                client_id, seq, ack_seq, service, command = payload
+                replica.submit(token, client_id, seq, ack_seq, service, command, now_ms, 64)
             else:
                 self._read_floor[token] = max(s.sim.replica.raft.log.commit_index for s in self.slots.values())
                 replica.read(token, "kv", payload, "linearizable")
@@ -515,6 +551,14 @@ class Simulation:
             latency = self.plan.weather.fsync_us + (self.net.rng.randrange(jitter) if jitter else 0)
             slot.sync_at = now + latency
             self.schedule(slot.sync_at, EV_SYNC, node_id, slot.life)
+        if took:
+            # After the apply round, before anything else reaches the node (the runtime's
+            # driver calls its client port's after_round the same way).
+            auth = sim.replica.services["auth"]
+            assert isinstance(auth, RecordingAuth)
+            edge = self.edges[node_id]
+            if edge.generation_moved(auth):
+                edge.recheck(auth, max(slot.local_us(now) // 1000, sim.replica.last_timestamp_ms))
         if sim.replies:
             for reply in sim.take_replies():
                 self._route_reply(node_id, reply)
@@ -634,12 +678,18 @@ class Simulation:
             summary.extend((node_id, raft.term, raft.log.commit_index, raft.log.last_index(), raft.log.applied_index))
         for op in self.history:
             summary.extend((op.op_id, op.complete_time or -1, 0 if op.status is None else len(op.status.value)))
+        record = self.auth_record
+        summary.extend((len(record.accepted), record.refused, record.closed, sum(map(len, record.applied))))
         self._digest.update(summary.tobytes())
         self._digest.update(repr([(op.op_id, op.result) for op in self.history]).encode())
 
     @property
     def digest(self) -> str:
         return self._digest.hexdigest()
+
+
+#: What a command needs of its token, by service: the auth service's commands need ``admin:*``.
+_NEEDS: dict[str, Need] = {"kv": ("kv", "write"), "auth": ("admin", "*")}
 
 
 def _where(exc: BaseException) -> str:

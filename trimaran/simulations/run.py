@@ -23,7 +23,7 @@ class RunResult:
     sim_seconds: float
     mutants: tuple[str, ...]
     passed: bool
-    #: Failure category (invariant, linearizability, durability, exactly_once, liveness, crash).
+    #: Failure category (invariant, linearizability, durability, exactly_once, auth, liveness, crash...).
     category: str
     message: str
     digest: str

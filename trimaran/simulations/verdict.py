@@ -1,4 +1,4 @@
-"""The checks at the end of a run: liveness, durability, replica agreement, linearizability.
+"""The checks at the end of a run: auth, liveness, durability, replica agreement, linearizability.
 
 Raft's invariants and exactly-once are checked continuously while the run goes (see
 :mod:`trimaran.simulations.loop`); these need the whole run.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from trimaran.simulations.auth_edge import check_auth
 from trimaran.simulations.checkers import CheckFailure
 from trimaran.simulations.history import Operation, OpStatus
 from trimaran.simulations.kv_model import KvKeyModel, error_output, normalize
@@ -26,6 +27,8 @@ def final_checks(sim: Simulation) -> None:
     """Raise :class:`CheckFailure` for the first end-of-run property that does not hold."""
     # Raft's invariants ran after every Ready; once more over every live node, together.
     sim.invariants.check((n, slot.sim.replica.raft) for n, slot in sim.slots.items() if slot.sim.up)
+    # A safety property first: a run that also stalls reports the token served after its revocation.
+    check_auth(sim.auth_record)
     check_liveness(sim)
     check_durability(sim)
     check_replicas_agree(sim)
@@ -71,18 +74,20 @@ def check_durability(sim: Simulation) -> None:
 
 def check_replicas_agree(sim: Simulation) -> None:
     """Replicas that applied the same prefix hold the same KV state (values, revisions, expiry,
-    LRU order, watch window: the whole snapshot)."""
-    by_index: dict[int, tuple[int, object]] = {}
+    LRU order, watch window: the whole snapshot) and the same auth state (keys, retirements,
+    revocations, generation)."""
+    by_index: dict[int, tuple[int, tuple[object, object]]] = {}
     for node_id, slot in sim.slots.items():
         if not slot.sim.up:
             continue
         replica = slot.sim.replica
-        data = replica.services["kv"].snapshot()
+        data = (replica.services["kv"].snapshot(), replica.services["auth"].snapshot())
         seen = by_index.setdefault(replica.applied_index, (node_id, data))
         if seen[1] != data:
+            which = "KV" if seen[1][0] != data[0] else "auth"
             raise CheckFailure(
                 "replicas_diverge",
-                f"nodes {seen[0]} and {node_id} applied through {replica.applied_index} but hold different KV state",
+                f"nodes {seen[0]} and {node_id} applied through {replica.applied_index} but hold different {which} state",
             )
 
 

@@ -12,6 +12,13 @@ The history records what :class:`~trimaran.simulations.kv_model.KvKeyModel` chec
 as one ``set`` per key (its per-key projections), deterministic refusals (a failed condition, an
 ``incr`` of text) as outputs, since a refusal is a read of the state.
 
+Every request carries the client's token (the simulated nodes authorise at their edge:
+:mod:`trimaran.simulations.auth_edge`). A client refused as ``unauthenticated`` (its token revoked,
+its key retired, or a key its node has not applied yet) asks the issuer
+(:class:`~trimaran.simulations.auth_workload.TokenIssuer`) for its token again, which is a fresh one
+if the old one may no longer serve, and retries on another node: a definite refusal (nothing
+reached the replica), like "not leader".
+
 Clients talk to the simulation through a small :class:`ClientContext`, so the loop stays the only
 owner of time and events.
 """
@@ -23,14 +30,15 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from trimaran.cluster.replica import Reply
-from trimaran.errors import NotLeader, RequestTimeout, SessionExpired, TrimaranError, Unavailable
+from trimaran.errors import NotLeader, RequestTimeout, SessionExpired, TrimaranError, Unauthenticated, Unavailable
 from trimaran.simulations.checkers import CheckFailure
 from trimaran.simulations.harness import sub_seed
 from trimaran.simulations.history import History, OpStatus
 from trimaran.simulations.kv_model import NO_COND, Cond, error_output, normalize
 
-#: A request a client sends to a node: (kind, token, payload); kind is register, submit or read.
-Request = tuple[str, tuple[int, int], Any]
+#: A request a client sends to a node: (kind, token, payload, bearer token); kind is register,
+#: submit or read; ``token`` routes the reply, the bearer token is what the node's edge checks.
+Request = tuple[str, tuple[int, int], Any, str]
 
 #: TTLs the clients draw, in log milliseconds: short ones expire between a client's operations.
 TTL_MS_CHOICES = (50, 200, 700, 2_000, 6_000)
@@ -50,6 +58,10 @@ class ClientContext(Protocol):
 
     def client_timer(self, client_index: int, at_us: int, generation: int) -> None: ...
 
+    def credential(self, client_index: int) -> str:
+        """The token the client presents (the same one until it is refused)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class WorkloadConfig:
@@ -65,6 +77,8 @@ class WorkloadConfig:
     ttl_share_pm: int = 300
     #: The KV service's ``maxmemory_bytes`` (policy ``lru``); None: unbounded.
     maxmemory_bytes: int | None = None
+    #: The auth admin's think time between commands (trust, retire, revoke).
+    auth_think_us_max: int = 3_000_000
 
     def kv_settings(self) -> dict[str, Any]:
         """The KV service's settings for this workload (the same on every replica)."""
@@ -79,14 +93,22 @@ def draw_workload(seed: int) -> WorkloadConfig:
     # Half the seeds with three keys or more run out of memory now and then: eviction under
     # faults. The bound still holds any two keys, so an mset is never refused for its own size.
     evicting = len(keys) > 2 and rng.random() < 0.5
+    clients = rng.randint(2, 5)
+    think_us_max = rng.choice([50_000, 200_000, 800_000])
+    read_share_pm = rng.randint(150, 500)
+    attempt_timeout_us = rng.choice([800_000, 1_500_000, 3_000_000])
+    ttl_share_pm = rng.choice([0, 150, 400])
+    # Drawn last, so the KV shape of every seed is what it was before auth joined the workload.
+    auth_think_us_max = rng.choice([1_000_000, 3_000_000, 8_000_000])
     return WorkloadConfig(
-        clients=rng.randint(2, 5),
+        clients=clients,
         keys=keys,
-        think_us_max=rng.choice([50_000, 200_000, 800_000]),
-        read_share_pm=rng.randint(150, 500),
-        attempt_timeout_us=rng.choice([800_000, 1_500_000, 3_000_000]),
-        ttl_share_pm=rng.choice([0, 150, 400]),
+        think_us_max=think_us_max,
+        read_share_pm=read_share_pm,
+        attempt_timeout_us=attempt_timeout_us,
+        ttl_share_pm=ttl_share_pm,
         maxmemory_bytes=(len(keys) - 1) * _KEY_COST_BYTES + 40 if evicting else None,
+        auth_think_us_max=auth_think_us_max,
     )
 
 
@@ -108,6 +130,8 @@ class PendingOp:
     #: Attempts sent and not definitely refused (no "not leader" / "unavailable" answer yet):
     #: any of them may still take effect, so giving up makes the operation indeterminate.
     unknown_attempts: set[int] = field(default_factory=set)
+    #: The service a command goes to (reads are always of the KV cache).
+    service: str = "kv"
 
     def describe_request(self) -> str:
         return f"{self.kind} {self.request!r:.200}"
@@ -142,6 +166,9 @@ class Client:
         self.acked_writes: list[tuple[int, int]] = []
         #: History op_id -> (client_id, seq) of every write, to look up its fate in the cluster.
         self.commands: dict[int, tuple[int, int]] = {}
+        #: The token presented with every request; None: ask the issuer before the next attempt.
+        self.bearer: str | None = None
+        self.auth_refusals = 0
 
     # ------------------------------------------------------------------ scheduling
 
@@ -253,12 +280,14 @@ class Client:
         op.attempts.append(attempt)
         op.unknown_attempts.add(attempt)
         token = (self.index, attempt)
+        if self.bearer is None:
+            self.bearer = self.ctx.credential(self.index)
         if op.kind == "register":
-            request: Request = ("register", token, None)
+            request: Request = ("register", token, None, self.bearer)
         elif op.kind == "get":
-            request = ("read", token, op.request)
+            request = ("read", token, op.request, self.bearer)
         else:
-            request = ("submit", token, (self.client_id, op.seq, self.ack_seq, op.request))
+            request = ("submit", token, (self.client_id, op.seq, self.ack_seq, op.service, op.request), self.bearer)
         self.ctx.client_send(self.target, request)
         self._set_timer(self.ctx.now_us + self.config.attempt_timeout_us)
 
@@ -273,6 +302,9 @@ class Client:
             self._complete(op, reply.value)
             return
         exc = reply.value
+        if isinstance(exc, Unauthenticated):
+            self._refused(op, attempt)
+            return
         refusal = error_output(exc.code, exc.details) if isinstance(exc, TrimaranError) else None
         if refusal is not None and op.kind not in ("register", "get"):
             # The service's deterministic refusal (a failed condition, incr on text): a read of
@@ -294,6 +326,16 @@ class Client:
         self.target = hint if hint in self.ctx.node_ids else self._other_node()
         backoff = self.rng.randint(5_000, 30_000 if hint else 150_000)
         self._set_timer(min(self.ctx.now_us + backoff, op.deadline_us), backing_off=True)
+
+    def _refused(self, op: PendingOp, attempt: int) -> None:
+        """The node's edge refused the token: nothing reached its replica. Ask for the token again
+        (a fresh one if this one may no longer serve) and try another node."""
+        self.auth_refusals += 1
+        self.bearer = None
+        op.unknown_attempts.discard(attempt)
+        self.retries += 1
+        self.target = self._other_node()
+        self._set_timer(min(self.ctx.now_us + self.rng.randint(5_000, 150_000), op.deadline_us), backing_off=True)
 
     def _complete(self, op: PendingOp, value: Any) -> None:
         now = self.ctx.now_us
