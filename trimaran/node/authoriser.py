@@ -104,7 +104,13 @@ def _kv_requirements(op: str, body: dict[str, Any]) -> tuple[Requirement, ...]:
         if isinstance(cmd, kv_args.MsetCmd):
             return tuple(("kv", "write", key, False) for key, _, _ in cmd.items)
         return (("kv", "write", cmd.key, False),)
-    query = kv_args.parse_query(body["query"])
+    raw = body["query"]
+    if type(raw) is list and len(raw) == 2 and raw[0] == "get" and type(raw[1]) is bytes:
+        # The hot read: its key is all the scope needs, and a read never reaches the log, so the
+        # full parse (key limits) is left to the service's query, which answers the same typed
+        # error. Measured: a third of the leader's extra work per authorised read at 64 clients.
+        return (("kv", "read", raw[1], False),)
+    query = kv_args.parse_query(raw)
     if isinstance(query, kv_args.GetQuery):
         return (("kv", "read", query.key, False),)
     if isinstance(query, kv_args.MgetQuery):

@@ -63,9 +63,12 @@ class TlsSession:
         if received:
             self._incoming.write(received)
         out: list[bytes] = []
+        obj, incoming = self._obj, self._incoming
         while True:
+            if out and not incoming.pending and not obj.pending():
+                break  # all of it read: spare the read that would only raise SSLWantReadError
             try:
-                chunk = self._obj.read(READ_CHUNK_BYTES)
+                chunk = obj.read(READ_CHUNK_BYTES)
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
