@@ -46,7 +46,7 @@ bench: $(STAMP_TEST)
 	$(BIN)/python benchmarks/raft_core.py
 
 typecheck: $(STAMP_TEST)
-	$(BIN)/python -m mypy trimaran
+	$(BIN)/python -m mypy src/trimaran
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .hypothesis

@@ -58,7 +58,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # tests.client.real_cluster
+sys.path.insert(0, str(ROOT / "src"))  # the package, uninstalled too
 
 import trio  # noqa: E402
 

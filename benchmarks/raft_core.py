@@ -18,7 +18,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))  # the package, uninstalled too
 
 from trimaran.cluster.config import RaftConfig  # noqa: E402
 from trimaran.cluster.raft import Role  # noqa: E402

@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))  # the package, uninstalled too
 
 from trimaran import limits  # noqa: E402
 from trimaran.protocols.client_protocol import parse_request  # noqa: E402

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))  # the package, uninstalled too
 
 from trimaran.simulations.run import run_seed  # noqa: E402
 from trimaran.simulations.sweep import parse_seed_range  # noqa: E402

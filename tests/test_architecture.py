@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent / "trimaran"
+ROOT = Path(__file__).resolve().parent.parent / "src" / "trimaran"
 
 # Third-party and project modules each layer may import (stdlib is allowed unless forbidden below).
 THIRD_PARTY = {

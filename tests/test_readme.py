@@ -40,6 +40,13 @@ def test_named_test_files_and_ids_exist() -> None:
             assert re.search(rf"def {test}\(", (ROOT / path).read_text()), f"{path}::{test}"
 
 
+def test_named_source_files_exist() -> None:
+    named = set(re.findall(r"`(src/trimaran/[\w/]+\.py)`", README))
+    assert named, "the README names source files"
+    for path in named:
+        assert (ROOT / path).is_file(), path
+
+
 def test_make_targets_exist() -> None:
     makefile = (ROOT / "Makefile").read_text()
     targets = set(re.findall(r"^([\w-]+):", makefile, re.M))
