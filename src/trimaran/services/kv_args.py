@@ -19,6 +19,7 @@ from typing import Any, Callable, NamedTuple
 from trimaran import limits
 from trimaran.errors import InvalidArgument, TooLarge
 from trimaran.protocols.codec import brief, show_bytes
+from trimaran.protocols.command_shape import op_of, split
 
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
@@ -169,30 +170,6 @@ def bool_arg(v: Any, what: str) -> bool:
     if type(v) is not bool:
         raise InvalidArgument(f"{what} must be a boolean, not {type(v).__name__}")
     return v
-
-
-def split(message: Any, kind: str, required: int, options: tuple[str, ...]) -> tuple[list[Any], dict[str, Any]]:
-    """``[op, *required, {options}?]`` -> (the required arguments, the options given and not None)."""
-    args = message[1:]
-    opts: dict[str, Any] = {}
-    if len(args) == required + 1 and args[-1] is None:
-        args.pop()  # a None options map is no options
-    elif len(args) == required + 1 and type(args[-1]) is dict:
-        opts = args.pop()
-        unknown = sorted(str(k) for k in opts if k not in options)
-        if unknown:
-            allowed = ", ".join(options) or "none"
-            raise InvalidArgument(f"{kind} {brief(message[0])}: unknown option(s) {', '.join(unknown)} (allowed: {allowed})")
-        opts = {k: v for k, v in opts.items() if v is not None}
-    if len(args) != required:
-        raise InvalidArgument(f"{kind} {brief(message[0])} takes {required} argument(s) and an optional options map")
-    return args, opts
-
-
-def op_of(message: Any, kind: str) -> str:
-    if type(message) is not list or not message or type(message[0]) is not str:
-        raise InvalidArgument(f"a {kind} is a list [op, arguments..., {{options}}?]")
-    return message[0]
 
 
 def conditions(opts: dict[str, Any], allow_absent: bool) -> Conditions:

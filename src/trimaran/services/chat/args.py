@@ -19,6 +19,7 @@ from typing import Any, Callable, NamedTuple
 
 from trimaran import limits
 from trimaran.errors import InvalidArgument, TooLarge
+from trimaran.protocols import command_shape
 from trimaran.protocols.codec import brief
 
 #: Channel names: ASCII letters, digits and ``_.:@=-`` (so a name is safe in a URL path segment, a
@@ -152,27 +153,11 @@ EPOCH_CHARS_MAX = 33
 
 
 def split(message: list[Any], kind: str, required: int, options: tuple[str, ...]) -> tuple[list[Any], dict[str, Any]]:
-    """``[op, *required, {options}?]`` -> (the required arguments, the options given and not None)."""
-    args = message[1:]
-    opts: dict[str, Any] = {}
-    if len(args) == required + 1 and args[-1] is None:
-        args.pop()
-    elif len(args) == required + 1 and type(args[-1]) is dict:
-        opts = args.pop()
-        unknown = sorted(str(k) for k in opts if k not in options)
-        if unknown:
-            allowed = ", ".join(options) or "none"
-            raise InvalidArgument(f"chat {kind} {brief(message[0])}: unknown option(s) {', '.join(unknown)} (allowed: {allowed})")
-        opts = {k: v for k, v in opts.items() if v is not None}
-    if len(args) != required:
-        raise InvalidArgument(f"chat {kind} {brief(message[0])} takes {required} argument(s) and an optional options map")
-    return args, opts
+    return command_shape.split(message, f"chat {kind}", required, options)
 
 
 def op_of(message: Any, kind: str) -> str:
-    if type(message) is not list or not message or type(message[0]) is not str:
-        raise InvalidArgument(f"a chat {kind} is a list [op, arguments..., {{options}}?]")
-    return message[0]
+    return command_shape.op_of(message, f"chat {kind}")
 
 
 def _limit(opts: dict[str, Any], minimum: int = 1) -> int | None:

@@ -19,6 +19,7 @@ from typing import Any, Callable, NamedTuple
 from trimaran import limits
 from trimaran.errors import InvalidArgument, TooLarge
 from trimaran.protocols.codec import brief
+from trimaran.protocols.command_shape import op_of, split
 from trimaran.services.jobs import cron
 
 #: Far beyond any log time (ms since the epoch) the service meets; bounds sums below int64.
@@ -198,24 +199,6 @@ class SessionQuery(NamedTuple):
 
 
 # --- field checks --------------------------------------------------------------------------------
-
-
-def split(message: list[Any], kind: str, required: int, options: tuple[str, ...]) -> tuple[list[Any], dict[str, Any]]:
-    """``[op, *required, {options}?]`` -> (the required arguments, the options given and not None)."""
-    args = message[1:]
-    opts: dict[str, Any] = {}
-    if len(args) == required + 1 and args[-1] is None:
-        args.pop()
-    elif len(args) == required + 1 and type(args[-1]) is dict:
-        opts = args.pop()
-        unknown = sorted(str(k) for k in opts if k not in options)
-        if unknown:
-            allowed = ", ".join(options) or "none"
-            raise InvalidArgument(f"{kind} {brief(message[0])}: unknown option(s) {', '.join(unknown)} (allowed: {allowed})")
-        opts = {k: v for k, v in opts.items() if v is not None}
-    if len(args) != required:
-        raise InvalidArgument(f"{kind} {brief(message[0])} takes {required} argument(s) and an optional options map")
-    return args, opts
 
 
 def name_arg(v: Any, what: str) -> str:
@@ -512,15 +495,9 @@ _COMMAND_PARSERS: dict[str, Callable[[list[Any]], Command]] = {
 }
 
 
-def _op(message: Any, kind: str) -> str:
-    if type(message) is not list or not message or type(message[0]) is not str:
-        raise InvalidArgument(f"a {kind} is a list [op, arguments..., {{options}}?]")
-    return message[0]
-
-
 def parse_command(message: Any) -> Command:
     """A validated command, or ``InvalidArgument`` / ``TooLarge``."""
-    op = _op(message, "command")
+    op = op_of(message, "command")
     parser = _COMMAND_PARSERS.get(op)
     if parser is None:
         raise InvalidArgument(f"unknown jobs command {brief(op)} (known: {', '.join(_COMMAND_PARSERS)})")
@@ -598,7 +575,7 @@ _QUERY_PARSERS: dict[str, Callable[[list[Any]], Query]] = {
 
 def parse_query(message: Any) -> Query:
     """A validated query, or ``InvalidArgument`` / ``TooLarge``."""
-    op = _op(message, "query")
+    op = op_of(message, "query")
     parser = _QUERY_PARSERS.get(op)
     if parser is None:
         raise InvalidArgument(f"unknown jobs query {brief(op)} (known: {', '.join(_QUERY_PARSERS)})")
