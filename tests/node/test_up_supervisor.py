@@ -103,13 +103,15 @@ async def test_a_node_that_cannot_start_is_reported_at_once_and_the_others_keep_
         child.started_at = clock()
     lines: list[str] = []
     supervisor = Supervisor(children, lines.append, clock)
-    children[1].node.log_path.write_text("Error: File exists: /data/node2\n")
+    children[1].node.log_path.write_text("node 2: booting\nnode 2: opening /data/node2\nError: File exists: /data/node2\n")
     clock.now += 0.3
     children[1].fake.returncode = 1
     assert await supervisor.step()
     # Its own error, at once (not "no leader within 20 s" twenty seconds later).
     assert "node 2 could not start" in lines[0] and "Error: File exists: /data/node2" in lines[0], lines
-    assert "restarting node 2 in" in lines[1], lines
+    # With the lines that led to it, indented under it; then the restart.
+    assert lines[1:3] == ["    | node 2: booting", "    | node 2: opening /data/node2"], lines
+    assert "restarting node 2 in" in lines[3], lines
     for _ in range(RESTARTS_PER_NODE_MAX):  # each restart fails at once; pauses pass on the clock
         clock.now += RESTART_BACKOFF_S_MAX
         assert await supervisor.step()  # restarts it

@@ -221,12 +221,21 @@ def check_ports_free(nodes: list[LocalNode]) -> None:
                     ) from None
 
 
-def _last_line(path: Path) -> str:
+#: Lines of a node's log shown when it exits (its last one, the error, and those just before it).
+EXIT_LOG_LINES = 4
+
+
+def _last_lines(path: Path, count: int) -> list[str]:
     try:
         lines = path.read_text(errors="replace").strip().splitlines()
     except OSError:
-        return ""
-    return lines[-1] if lines else ""
+        return []
+    return lines[-count:]
+
+
+def _last_line(path: Path) -> str:
+    lines = _last_lines(path, 1)
+    return lines[0] if lines else ""
 
 
 @dataclass(slots=True)
@@ -343,10 +352,10 @@ class Supervisor:
         ran_s = now - child.started_at
         decision = child.budget.on_exit(child.started_at, now)
         what = "could not start" if decision.early else "exited"
-        self.echo(
-            f"trimaran: node {node.node_id} {what} (status {returncode} after {ran_s:.1f} s): "
-            f"{_last_line(node.log_path) or '(no output)'}"
-        )
+        *before, last = _last_lines(node.log_path, EXIT_LOG_LINES) or ["(no output)"]
+        self.echo(f"trimaran: node {node.node_id} {what} (status {returncode} after {ran_s:.1f} s): {last}")
+        for line in before:  # what led to it (a traceback's frames, the lines before the error)
+            self.echo(f"    | {line}")
         if not decision.restart:
             child.given_up = True
             self.echo(
