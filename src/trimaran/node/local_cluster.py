@@ -9,8 +9,8 @@ the supervisor, which then stops every child by PID (SIGTERM, graceful; SIGKILL 
 Each child is given ``--parent-pid`` and stops by itself if the supervisor disappears.
 
 A child that exits is reported at once with its exit status and last log lines (its error), and
-restarted (its data brings it back): at once after a crash, after a growing pause when it exits right after
-starting (it cannot start: a port taken, a bad data directory). Each node has a budget of
+restarted (its data brings it back): at once after a crash, after a growing pause when it exits
+right after starting (it cannot start: a port taken, a bad data directory). Each node has a budget of
 ``RESTARTS_PER_NODE_MAX`` restarts, given back once it has run ``HEALTHY_RESET_S`` without exiting,
 so a node that crashes once a day is never given up on. A node whose budget runs out is left
 stopped and the others keep serving, as long as a majority of the nodes can still run; otherwise
