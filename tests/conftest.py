@@ -1,7 +1,9 @@
 """Suite-wide markers: ``make test-quick`` runs ``-m "not slow"``, the unit and property tests.
 
-Tests that start real nodes, sockets or processes (``tests/node``, ``tests/client``) and the type
-check are slow by where they live; elsewhere a test is marked ``@pytest.mark.slow`` by hand.
+Tests that start real nodes, sockets or processes (``tests/node``, ``tests/client``), the type
+check, and the mutant matrix (a simulated run per planted bug: CI's proof that the checkers can
+fail, not the edit-test loop's) are slow by where they live; elsewhere a test is marked
+``@pytest.mark.slow`` by hand.
 """
 
 from __future__ import annotations
@@ -10,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-_SLOW_PLACES = ("node", "client", "test_typecheck.py")
+_SLOW_PLACES = ("node", "client", "test_typecheck.py", "simulations/test_mutants.py")
 _TESTS = Path(__file__).parent
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         parts = Path(item.fspath).relative_to(_TESTS).parts
-        if parts and parts[0] in _SLOW_PLACES:
+        if parts and (parts[0] in _SLOW_PLACES or "/".join(parts[:2]) in _SLOW_PLACES):
             item.add_marker(pytest.mark.slow)
