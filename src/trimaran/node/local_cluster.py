@@ -421,6 +421,9 @@ def _banner(
         f"  {cli} kv set greeting hello && {cli} kv get greeting",
         "  " + _curl_line(nodes[0], security),
         "",
+        f"Chat in a browser: {'https' if security.ca_file else 'http'}://{nodes[0].http}/chat"
+        + (f" (paste the token from {security.token_path})" if security.token_path else ""),
+        "",
         f"From Python ({python}):",
         "  import trimaran",
         f"  with trimaran.connect_sync([{addresses}]) as c:",

@@ -38,6 +38,8 @@ read in full.
 from __future__ import annotations
 
 import base64
+import functools
+import importlib.resources
 import json
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qs, unquote_to_bytes
@@ -144,6 +146,9 @@ class RestApp:
         self.edge.requests += 1
         query_string: bytes = scope.get("query_string", b"")
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        if raw_path.split(b"?", 1)[0] in (b"/chat", b"/chat/") and scope["method"] == "GET":
+            await _send_page(send, chat_page())
+            return
         try:
             status, body = await self._route(scope, raw_path.split(b"?", 1)[0], query_string, receive)
         except TrimaranError as exc:
@@ -281,6 +286,23 @@ def _int_param(name: str, text: str) -> int:
         return int(text)
     except ValueError:
         raise InvalidArgument(f"{name} must be an integer, not {text[:40]!r}") from None
+
+
+@functools.cache
+def chat_page() -> bytes:
+    """The chat page (``chat.html`` beside this module): no build step, nothing from elsewhere."""
+    return importlib.resources.files("trimaran.node.http").joinpath("chat.html").read_bytes()
+
+
+async def _send_page(send: Send, page: bytes) -> None:
+    headers = [
+        (b"content-type", b"text/html; charset=utf-8"),
+        # The page loads nothing from elsewhere, and says so to the browser.
+        (b"content-security-policy", b"default-src 'self'; connect-src 'self' ws: wss:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"),
+        (b"cache-control", b"no-cache"),
+    ]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": page})
 
 
 def _only(method: str, allowed: str) -> None:
