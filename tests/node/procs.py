@@ -26,11 +26,13 @@ STOP_WAIT_S = 10.0
 class ProcessCluster:
     """Three ``python -m trimaran node run`` processes on free loopback ports."""
 
-    def __init__(self, root: Path, size: int = 3, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, root: Path, size: int = 3, extra_args: tuple[str, ...] = (), http: bool = False) -> None:
         self.root = root
         self.ids = list(range(1, size + 1))
         self.client = {i: Address(HOST, free_port()) for i in self.ids}
         self.peer = {i: Address(HOST, free_port()) for i in self.ids}
+        #: Each node's HTTP edge (``http=True``).
+        self.http = {i: Address(HOST, free_port()) for i in self.ids} if http else {}
         self.extra_args = extra_args
         #: What status probes present: a token (auth on) and a TLS context (TLS on).
         self.token: str | None = None
@@ -48,6 +50,8 @@ class ProcessCluster:
             "--log-level", "info",
             *self.extra_args,
         ]  # fmt: skip
+        if self.http:
+            argv += ["--http-listen", str(self.http[node_id])]
         for other in self.ids:
             if other != node_id:
                 argv += ["--peer", f"{other}={self.peer[other]}", "--peer-client", f"{other}={self.client[other]}"]
