@@ -15,6 +15,8 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 
 from tests.node.helpers import HOST, in_process_cluster
 from trimaran.node.config import Address
+from trimaran.node.node import default_services
+from trimaran.services.chat import ChatService
 from trimaran.protocols import tokens
 from trimaran.protocols.tokens import TrustedKey
 
@@ -243,3 +245,46 @@ async def test_subscribing_while_messages_flow_gives_no_gap_and_no_duplicate(tmp
             assert len(results) == 6
             for offsets in results:
                 assert offsets == list(range(1, total + 1))
+
+
+async def test_a_slow_subscriber_is_cut_off_and_resumes_with_nothing_lost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from trimaran.node.http import chat_gateway
+
+    monkeypatch.setattr(chat_gateway, "WS_QUEUE_FRAMES_MAX", 50)  # reached long before the real cap
+    total, size = 200, 32 * 1024
+
+    def services() -> list[Any]:
+        # A history that keeps all 200 messages of 32 KiB (the default keeps 1 MiB a channel).
+        services = default_services()
+        return [ChatService(history_bytes_max=16 << 20) if isinstance(s, ChatService) else s for s in services]
+
+    async with in_process_cluster(tmp_path, 3, services, http_listen=Address(HOST, 0)) as cluster:
+        with trio.fail_after(TIMEOUT_S * 3):
+            leader = await cluster.leader(timeout_s=TIMEOUT_S)
+            address = cluster.nodes[leader].http_address
+            edge = cluster.nodes[leader].http_edge
+            hub = cluster.nodes[leader].chat_hub
+            assert address is not None and edge is not None and hub is not None
+            got: list[int] = []
+            async with open_websocket_url(url(address), max_message_size=1 << 20) as ws:
+                slow = await ready(ws)
+                await slow.call(type="subscribe", channel="bulk", since=0)
+                # It reads nothing while 200 messages of 32 KiB go by: the socket fills, then its
+                # queue, and the node cuts it off (4008) rather than hold more for it.
+                for n in range(total):
+                    await edge.command("chat", ["publish", "bulk", bytes([n % 256]) * size], size)
+                with pytest.raises(ConnectionClosed) as closed:
+                    while True:
+                        frame = await slow.frame()
+                        if frame["type"] == "message":
+                            got.append(frame["offset"])
+                assert closed.value.reason is not None and closed.value.reason.code == 4008
+            assert hub.slow_closed == 1 and 0 < len(got) < total
+            # It resumes from the last offset it has: the rest, once each.
+            async with open_websocket_url(url(address), max_message_size=1 << 20) as ws:
+                again = await ready(ws)
+                answer = await again.call(type="subscribe", channel="bulk", since=got[-1])
+                assert answer["recovered"] is True
+                rest = await again.messages(total - len(got), "bulk")
+            assert got + [m["offset"] for m in rest] == list(range(1, total + 1))
+            assert cluster.nodes[leader].status()["role"] == "leader"

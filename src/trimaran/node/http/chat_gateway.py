@@ -193,6 +193,8 @@ class WsConnection:
         self._queue: deque[str] = deque()
         self._queue_bytes = 0
         self._queue_lot = trio.lowlevel.ParkingLot()
+        #: Readers of history waiting for the queue to drain (see _room).
+        self._room_lot = trio.lowlevel.ParkingLot()
         self._resync: set[str] = set()
         self._resync_lot = trio.lowlevel.ParkingLot()
         self.closing: Closing | None = None
@@ -223,6 +225,7 @@ class WsConnection:
             self.closing = closing
             self._queue_lot.unpark_all()
             self._resync_lot.unpark_all()
+            self._room_lot.unpark_all()
 
     async def _writer(self) -> None:
         while True:
@@ -233,6 +236,17 @@ class WsConnection:
             text = self._queue.popleft()
             self._queue_bytes -= len(text)
             await self._send({"type": "websocket.send", "text": text})
+            if len(self._room_lot) and self._has_room():
+                self._room_lot.unpark_all()
+
+    def _has_room(self) -> bool:
+        return len(self._queue) <= WS_QUEUE_FRAMES_MAX // 2 and self._queue_bytes <= WS_QUEUE_BYTES_MAX // 2
+
+    async def _room(self) -> None:
+        """Wait until half the queue is free: a replay of history is paced by what the client reads,
+        so only live events (which cannot wait) can make it a slow consumer."""
+        while not self._has_room() and self.closing is None:
+            await self._room_lot.park()
 
     # ------------------------------------------------------------------ live events
 
@@ -326,6 +340,8 @@ class WsConnection:
                 self.push({"type": "epoch", "channel": sub.channel, "epoch": sub.epoch, "recovered": False})
             sub.epoch = page["epoch"]
             for offset, data, at_ms in page["messages"]:
+                if not self._has_room():
+                    await self._room()  # a replay goes at the pace the client reads
                 if offset == sub.last + 1:
                     sub.last = offset
                     self.push({"type": "message", "channel": sub.channel, "offset": offset, "epoch": sub.epoch, **data_fields(data), "at_ms": at_ms})
