@@ -161,8 +161,11 @@ class ChatHub:
                 for conn in list(self.connections):
                     conn.resync_all()
             for event in page["events"]:
-                for conn in list(self.by_channel.get(event[2], ())):
-                    conn.on_event(event)
+                conns = self.by_channel.get(event[2])
+                if conns:
+                    encoded: dict[str, str] = {}  # the event's frame, encoded once for all of them
+                    for conn in list(conns):
+                        conn.on_event(event, encoded)
             self.seq = page["next"]
             if self.seq >= page["seq"]:
                 return
@@ -210,7 +213,12 @@ class WsConnection:
         """Queue a frame; a connection over its queue bounds is cut off as a slow consumer."""
         if self.closing is not None:
             return
-        text = json.dumps(frame, separators=(",", ":"), default=_json_default)
+        self.push_text(encode(frame))
+
+    def push_text(self, text: str) -> None:
+        """Queue a frame already encoded (a live event is encoded once for all its subscribers)."""
+        if self.closing is not None:
+            return
         if len(self._queue) >= WS_QUEUE_FRAMES_MAX or self._queue_bytes + len(text) > WS_QUEUE_BYTES_MAX:
             self.hub.slow_closed += 1
             self.close(Closing(CLOSE_SLOW, "slow consumer: reconnect and resume from the last offset received"))
@@ -250,7 +258,7 @@ class WsConnection:
 
     # ------------------------------------------------------------------ live events
 
-    def on_event(self, event: list[Any]) -> None:
+    def on_event(self, event: list[Any], encoded: dict[str, str] | None = None) -> None:
         _, kind, channel, offset, epoch, at_ms, payload = event
         sub = self.subscriptions.get(channel)
         if sub is None:
@@ -262,9 +270,18 @@ class WsConnection:
             elif not sub.overflowed:
                 sub.pending.append(event)
             return
-        self._deliver(sub, kind, offset, epoch, at_ms, payload)
+        self._deliver(sub, kind, offset, epoch, at_ms, payload, encoded)
 
-    def _deliver(self, sub: Subscription, kind: str, offset: int | None, epoch: str | None, at_ms: int, payload: Any) -> None:
+    def _deliver(
+        self,
+        sub: Subscription,
+        kind: str,
+        offset: int | None,
+        epoch: str | None,
+        at_ms: int,
+        payload: Any,
+        encoded: dict[str, str] | None = None,
+    ) -> None:
         channel = sub.channel
         if kind == "message":
             assert offset is not None
@@ -280,13 +297,13 @@ class WsConnection:
                 self._need_resync(sub)
                 return
             sub.last = offset
-            self.push({"type": "message", "channel": channel, "offset": offset, "epoch": epoch, **data_fields(payload), "at_ms": at_ms})
+            self.push_text(_cached(encoded, lambda: {"type": "message", "channel": channel, "offset": offset, "epoch": epoch, **data_fields(payload), "at_ms": at_ms}))
         elif kind == "ephemeral":
-            self.push({"type": "ephemeral", "channel": channel, "epoch": epoch, **data_fields(payload), "at_ms": at_ms})
+            self.push_text(_cached(encoded, lambda: {"type": "ephemeral", "channel": channel, "epoch": epoch, **data_fields(payload), "at_ms": at_ms}))
         elif kind in ("join", "leave"):
             session, extra = payload
             detail = data_fields(extra, "info") if kind == "join" else {"reason": extra}
-            self.push({"type": kind, "channel": channel, "session": session, **detail, "at_ms": at_ms})
+            self.push_text(_cached(encoded, lambda: {"type": kind, "channel": channel, "session": session, **detail, "at_ms": at_ms}))
         elif kind == "reset" or (kind == "dropped" and epoch == sub.epoch):
             sub.epoch, sub.last = (epoch if kind == "reset" else None), 0
             self.push({"type": "epoch", "channel": channel, "epoch": sub.epoch})
@@ -579,6 +596,20 @@ class WsConnection:
             await self._queue_lot.park()
         await self._flush_then_close()
         cancel.cancel()
+
+
+def encode(frame: dict[str, Any]) -> str:
+    return json.dumps(frame, separators=(",", ":"), default=_json_default)
+
+
+def _cached(encoded: dict[str, str] | None, frame: Callable[[], dict[str, Any]]) -> str:
+    """The event's frame, encoded at the first subscriber and reused by the others."""
+    if encoded is None:
+        return encode(frame())
+    text = encoded.get("frame")
+    if text is None:
+        text = encoded["frame"] = encode(frame())
+    return text
 
 
 def _data_of(frame: dict[str, Any]) -> bytes:
