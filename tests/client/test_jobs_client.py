@@ -214,3 +214,31 @@ async def test_pause_resume_schedule_and_the_blocking_facade(tmp_path: Path) -> 
 
             job_id, info = await trio.to_thread.run_sync(blocking)
             assert info.id == job_id and info.payload == [1, 2] and info.priority == 3
+
+
+async def test_a_lost_session_stops_its_jobs_and_the_worker_goes_on_with_a_new_one(tmp_path: Path) -> None:
+    with trio.fail_after(TIMEOUT_S):
+        async with cluster_client(tmp_path) as (c, _):
+            app = Jobs(client=c)
+            runs: list[str] = []
+            first_started = trio.Event()
+
+            @app.task("q")
+            async def job() -> str:
+                runs.append("start")
+                if len(runs) == 1:
+                    first_started.set()
+                    try:
+                        await trio.sleep(60)
+                    finally:
+                        runs.append("stopped")
+                return "second run"
+
+            async with running(app.worker(**FAST)) as worker:
+                handle = await job.enqueue()
+                await first_started.wait()
+                old = worker.session
+                assert old is not None
+                assert await c.jobs.close_session(old) == [handle.id]  # as if it had lapsed
+                assert await handle.result(wait_ms=10_000) == "second run"
+                assert runs == ["start", "stopped", "start"] and worker.session not in (None, old)

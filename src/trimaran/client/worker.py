@@ -57,7 +57,16 @@ from typing import Any
 import trio
 
 from trimaran import limits
-from trimaran.errors import InvalidArgument, JobFailed, RequestTimeout, StaleLease, TrimaranError, WorkerSessionLost
+from trimaran.errors import (
+    InvalidArgument,
+    JobFailed,
+    NotLeader,
+    RequestTimeout,
+    StaleLease,
+    TrimaranError,
+    Unavailable,
+    WorkerSessionLost,
+)
 
 from .client import Client, Endpoints
 from .jobs import JobsClient, Lease, NewJob, encode
@@ -374,12 +383,10 @@ class Worker:
                 claimed = 0
                 if ready.ready > 0 or (ready.next_ms is not None and ready.next_ms <= time.time() * 1000):
                     claimed = await self._claim(nursery, free)
-            except (WorkerSessionLost, RequestTimeout, TrimaranError) as exc:
-                if isinstance(exc, WorkerSessionLost):
-                    await self._reopen()
-                    continue
-                if not isinstance(exc, RequestTimeout) and exc.code not in ("unavailable", "not_leader"):
-                    raise
+            except WorkerSessionLost:
+                await self._reopen()
+                continue
+            except (RequestTimeout, Unavailable, NotLeader) as exc:  # the cluster, for a moment
                 log.warning("worker %s: %s: %s; trying again", self.name, exc.code, exc.message)
                 claimed, ready = 0, None
             if claimed:
@@ -471,7 +478,8 @@ class Worker:
                     outcome = ("fail", f"TimeoutError: the job ran past its lease ({timeout_s * 1000:.0f} ms)", True)
             await self._report(running, outcome)
         finally:
-            del self.running[lease.id]
+            if self.running.get(lease.id) is running:  # (a new lease of the same job may have replaced it)
+                del self.running[lease.id]
             self._poke()
 
     async def _call(self, task: Task, payload: Any) -> Any:
