@@ -14,7 +14,8 @@ import pytest
 import trio
 
 from tests.node.helpers import in_process_cluster
-from trimaran.client import Client, JobError, Jobs, NewJob, Worker, connect_sync, current_job
+from trimaran.client import Client, JobError, Jobs, JobsClient, NewJob, SyncJobsClient, Worker, connect_sync, current_job
+from trimaran.client.jobs import decode, encode
 from trimaran.errors import InvalidArgument, JobFailed, NotFound, StaleLease
 
 TIMEOUT_S = 20
@@ -242,3 +243,24 @@ async def test_a_lost_session_stops_its_jobs_and_the_worker_goes_on_with_a_new_o
                 assert await c.jobs.close_session(old) == [handle.id]  # as if it had lapsed
                 assert await handle.result(wait_ms=10_000) == "second run"
                 assert runs == ["start", "stopped", "start"] and worker.session not in (None, old)
+
+
+def test_the_blocking_facade_mirrors_every_method_and_values_are_checked_before_sending() -> None:
+    public = {name for name in dir(JobsClient) if not name.startswith("_")}
+    assert set(dir(SyncJobsClient(JobsClient(None), lambda *a, **k: None))) >= public  # type: ignore[arg-type]
+    for bad in ({1, 2}, {1: "int key"}, object(), 1 << 70):
+        with pytest.raises(InvalidArgument, match="msgpack"):
+            encode(bad)
+    assert decode(encode({"a": [1, b"x", None, 1.5]})) == {"a": [1, b"x", None, 1.5]}
+    assert decode(b"\xc1") == b"\xc1" and decode(None) is None  # not msgpack: the bytes as they are
+    app = Jobs("127.0.0.1:1")
+
+    @app.task("q")
+    def f() -> None: ...
+
+    with pytest.raises(InvalidArgument, match="already has a task"):
+        app.task("q")(f)
+    with pytest.raises(InvalidArgument, match="no task for queue"):
+        app.worker(queues=["other"])
+    with pytest.raises(InvalidArgument, match="no open client"):
+        app.jobs

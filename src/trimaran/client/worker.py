@@ -69,7 +69,7 @@ from trimaran.errors import (
 )
 
 from .client import Client, Endpoints
-from .jobs import JobsClient, Lease, NewJob, encode
+from .jobs import JobInfo, JobsClient, Lease, NewJob, encode
 
 log = logging.getLogger("trimaran.worker")
 
@@ -139,10 +139,12 @@ class JobHandle:
             raise RequestTimeout(f"job {self.id} has not ended within {wait_ms} ms (state: {outcome.state})")
         raise JobFailed(f"job {self.id} ended {outcome.state}: {outcome.error}", state=outcome.state, error=outcome.error, attempt=outcome.attempt)
 
-    async def info(self) -> Any:
+    async def info(self) -> JobInfo | None:
+        """The job's fields (None: unknown or purged)."""
         return await self._jobs.job(self.id)
 
     async def cancel(self) -> str:
+        """Cancel the job (see :meth:`JobsClient.cancel`)."""
         return await self._jobs.cancel(self.id)
 
 
