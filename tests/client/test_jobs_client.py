@@ -181,21 +181,32 @@ async def test_a_graceful_stop_gives_in_flight_jobs_back(tmp_path: Path) -> None
             started = trio.Event()
             finished: list[str] = []
 
+            quick_started = trio.Event()
+
             @app.task("stuck")
             async def stuck(n: int) -> None:
                 started.set()
                 await trio.sleep(60)
                 finished.append("never")
 
-            worker = app.worker(**{**FAST, "grace_ms": 100})
+            @app.task("quick")
+            async def quick() -> str:
+                quick_started.set()
+                await trio.sleep(0.3)  # ends within the grace period
+                return "done"
+
+            worker = app.worker(**{**FAST, "grace_ms": 1_000})
             async with trio.open_nursery() as nursery:
                 await nursery.start(worker.run)
                 job = await stuck.enqueue(n=1)
+                quick_job = await quick.enqueue()
                 await started.wait()
+                await quick_started.wait()
                 worker.stop()
             info = await c.jobs.job(job.id)
             assert info is not None and info.state == "ready" and info.attempt == 0  # given back, not counted
             assert finished == [] and worker.session is None
+            assert await quick_job.result() == "done"  # finished within the grace period
 
 
 async def test_pause_resume_schedule_and_the_blocking_facade(tmp_path: Path) -> None:

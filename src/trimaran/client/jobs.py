@@ -21,7 +21,6 @@ The service has no server-side wait yet: :meth:`JobsClient.result` with ``wait_m
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
@@ -314,14 +313,14 @@ class JobsClient:
     async def result(self, job: str, *, wait_ms: int = 0, timeout_ms: int | None = None) -> JobResult | None:
         """The job's outcome; with ``wait_ms``, polls until it ended (or ``wait_ms`` passed: then
         its current state). None: unknown or purged."""
-        deadline = time.monotonic() + wait_ms / 1000
+        deadline = trio.current_time() + wait_ms / 1000
         pause_ms = RESULT_POLL_MS_MIN
         while True:
             answer = await self._read(["result", job], timeout_ms)
             if answer is None:
                 return None
             outcome = JobResult(job, answer["state"], decode(answer["result"]), answer["error"], answer["attempt"], answer["finished_at_ms"])
-            left_s = deadline - time.monotonic()
+            left_s = deadline - trio.current_time()
             if outcome.done or left_s <= 0:
                 return outcome
             await trio.sleep(min(pause_ms / 1000, left_s))
