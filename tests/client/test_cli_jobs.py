@@ -45,6 +45,10 @@ async def test_jobs_commands(tmp_path: Path) -> None:
             code, out = await cli("jobs", "show", job_id, "--json", *e)
             shown = json.loads(out)
             assert code == 0 and shown["state"] == "ready" and shown["payload"] == {"to": "a@b.c"} and shown["priority"] == 3
+            code, out = await cli("jobs", "show", job_id, *e)
+            assert code == 0 and 'payload           {"to": "a@b.c"}' in out.splitlines(), out
+            code, out = await cli("jobs", "stats", "mail", *e)
+            assert code == 0 and "paused                False" in out.splitlines(), out
             code, out = await cli("jobs", "show", "1-999", *e)
             assert code == 1 and "not found" in out
             code, out = await cli("jobs", "list", "mail", "--json", *e)

@@ -37,6 +37,9 @@ The worker (:class:`Worker`, run by :meth:`Jobs.run_worker` and ``trimaran worke
   finish, then they are cancelled and the session is closed, which gives them back unrun (their
   attempt is not counted).
 
+Known limit: a ``claim`` whose answer never arrives (``RequestTimeout`` after the client's retries)
+may have leased jobs this worker does not know of; they come back when their lease times out.
+
 A plain ``def`` task runs in a thread (``trio.to_thread.run_sync(..., abandon_on_cancel=True)``):
 on a timeout or cancellation the worker stops waiting for it, but Python cannot stop the thread.
 """
