@@ -462,14 +462,6 @@ class JobsClient:
         return str(await self._command(["ack_cancel", job, token], timeout_ms))
 
 
-#: The methods the blocking facade mirrors (all of them).
-_SYNC_METHODS = (
-    "enqueue", "enqueue_batch", "cancel", "job", "result", "stats", "list_jobs", "dlq", "ready", "schedules", "session",
-    "retry", "dlq_requeue", "dlq_purge", "pause", "resume", "configure", "schedule", "unschedule",
-    "open_session", "heartbeat", "close_session", "claim", "complete", "fail", "release", "ack_cancel",
-)  # fmt: skip
-
-
 class SyncJobsClient:
     """``c.jobs`` on a blocking client: the same methods as :class:`JobsClient`, blocking."""
 
@@ -477,20 +469,140 @@ class SyncJobsClient:
         self._inner = inner
         self._call = call
 
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        if name not in _SYNC_METHODS:
-            raise AttributeError(name)
-        method = getattr(self._inner, name)
+    def enqueue(self, queue: str, payload: Any = None, **options: Any) -> str:
+        """Blocking :meth:`JobsClient.enqueue`."""
+        answer: str = self._call(self._inner.enqueue, queue, payload, **options)
+        return answer
 
-        def blocking(*args: Any, **kwargs: Any) -> Any:
-            return self._call(method, *args, **kwargs)
+    def enqueue_batch(self, jobs: Iterable[NewJob], **options: Any) -> list[str]:
+        """Blocking :meth:`JobsClient.enqueue_batch`."""
+        answer: list[str] = self._call(self._inner.enqueue_batch, jobs, **options)
+        return answer
 
-        blocking.__doc__ = method.__doc__
-        blocking.__name__ = name
-        return blocking
+    def cancel(self, job: str, **options: Any) -> str:
+        """Blocking :meth:`JobsClient.cancel`."""
+        answer: str = self._call(self._inner.cancel, job, **options)
+        return answer
 
-    def __dir__(self) -> list[str]:
-        return sorted(set(super().__dir__()) | set(_SYNC_METHODS))
+    def job(self, job: str, **options: Any) -> JobInfo | None:
+        """Blocking :meth:`JobsClient.job`."""
+        answer: JobInfo | None = self._call(self._inner.job, job, **options)
+        return answer
+
+    def result(self, job: str, **options: Any) -> JobResult | None:
+        """Blocking :meth:`JobsClient.result`."""
+        answer: JobResult | None = self._call(self._inner.result, job, **options)
+        return answer
+
+    def stats(self, queue: str, **options: Any) -> QueueStats:
+        """Blocking :meth:`JobsClient.stats`."""
+        answer: QueueStats = self._call(self._inner.stats, queue, **options)
+        return answer
+
+    def list_jobs(self, queue: str, **options: Any) -> JobPage:
+        """Blocking :meth:`JobsClient.list_jobs`."""
+        answer: JobPage = self._call(self._inner.list_jobs, queue, **options)
+        return answer
+
+    def dlq(self, queue: str, **options: Any) -> JobPage:
+        """Blocking :meth:`JobsClient.dlq`."""
+        answer: JobPage = self._call(self._inner.dlq, queue, **options)
+        return answer
+
+    def ready(self, queues: Sequence[str], **options: Any) -> ReadyInfo:
+        """Blocking :meth:`JobsClient.ready`."""
+        answer: ReadyInfo = self._call(self._inner.ready, queues, **options)
+        return answer
+
+    def schedules(self, **options: Any) -> list[ScheduleInfo]:
+        """Blocking :meth:`JobsClient.schedules`."""
+        answer: list[ScheduleInfo] = self._call(self._inner.schedules, **options)
+        return answer
+
+    def session(self, session: str, **options: Any) -> dict[str, Any] | None:
+        """Blocking :meth:`JobsClient.session`."""
+        answer: dict[str, Any] | None = self._call(self._inner.session, session, **options)
+        return answer
+
+    def retry(self, job: str, **options: Any) -> list[str]:
+        """Blocking :meth:`JobsClient.retry`."""
+        answer: list[str] = self._call(self._inner.retry, job, **options)
+        return answer
+
+    def dlq_requeue(self, queue: str, jobs: Sequence[str] | None = None, **options: Any) -> list[str]:
+        """Blocking :meth:`JobsClient.dlq_requeue`."""
+        answer: list[str] = self._call(self._inner.dlq_requeue, queue, jobs, **options)
+        return answer
+
+    def dlq_purge(self, queue: str, jobs: Sequence[str] | None = None, **options: Any) -> int:
+        """Blocking :meth:`JobsClient.dlq_purge`."""
+        answer: int = self._call(self._inner.dlq_purge, queue, jobs, **options)
+        return answer
+
+    def pause(self, queue: str, **options: Any) -> bool:
+        """Blocking :meth:`JobsClient.pause`."""
+        answer: bool = self._call(self._inner.pause, queue, **options)
+        return answer
+
+    def resume(self, queue: str, **options: Any) -> bool:
+        """Blocking :meth:`JobsClient.resume`."""
+        answer: bool = self._call(self._inner.resume, queue, **options)
+        return answer
+
+    def configure(self, queue: str, **options: Any) -> dict[str, int]:
+        """Blocking :meth:`JobsClient.configure`."""
+        answer: dict[str, int] = self._call(self._inner.configure, queue, **options)
+        return answer
+
+    def schedule(self, name: str, queue: str, payload: Any = None, **options: Any) -> int:
+        """Blocking :meth:`JobsClient.schedule`."""
+        answer: int = self._call(self._inner.schedule, name, queue, payload, **options)
+        return answer
+
+    def unschedule(self, name: str, **options: Any) -> bool:
+        """Blocking :meth:`JobsClient.unschedule`."""
+        answer: bool = self._call(self._inner.unschedule, name, **options)
+        return answer
+
+    def open_session(self, worker: str, ttl_ms: int, **options: Any) -> WorkerSession:
+        """Blocking :meth:`JobsClient.open_session`."""
+        answer: WorkerSession = self._call(self._inner.open_session, worker, ttl_ms, **options)
+        return answer
+
+    def heartbeat(self, session: str, jobs: Sequence[tuple[str, int]] = (), **options: Any) -> Heartbeat:
+        """Blocking :meth:`JobsClient.heartbeat`."""
+        answer: Heartbeat = self._call(self._inner.heartbeat, session, jobs, **options)
+        return answer
+
+    def close_session(self, session: str, **options: Any) -> list[str]:
+        """Blocking :meth:`JobsClient.close_session`."""
+        answer: list[str] = self._call(self._inner.close_session, session, **options)
+        return answer
+
+    def claim(self, session: str, queues: Sequence[str], n: int = 1, **options: Any) -> Claim:
+        """Blocking :meth:`JobsClient.claim`."""
+        answer: Claim = self._call(self._inner.claim, session, queues, n, **options)
+        return answer
+
+    def complete(self, job: str, token: int, result: Any = None, **options: Any) -> str:
+        """Blocking :meth:`JobsClient.complete`."""
+        answer: str = self._call(self._inner.complete, job, token, result, **options)
+        return answer
+
+    def fail(self, job: str, token: int, error: str = "", **options: Any) -> str:
+        """Blocking :meth:`JobsClient.fail`."""
+        answer: str = self._call(self._inner.fail, job, token, error, **options)
+        return answer
+
+    def release(self, job: str, token: int, **options: Any) -> str:
+        """Blocking :meth:`JobsClient.release`."""
+        answer: str = self._call(self._inner.release, job, token, **options)
+        return answer
+
+    def ack_cancel(self, job: str, token: int, **options: Any) -> str:
+        """Blocking :meth:`JobsClient.ack_cancel`."""
+        answer: str = self._call(self._inner.ack_cancel, job, token, **options)
+        return answer
 
 
 __all__ = [
