@@ -26,6 +26,8 @@ so a caller catches the same types whether it runs in-process or over the networ
     │   ├── MembershipChangeRejected "membership_rejected": one change at a time, learners first
     │   └── IdleTimeout              "idle_timeout": the node closed an idle connection; nothing
     │                                sent on it after its last answer was processed (reconnect)
+    ├── JobFailed                    "job_failed": raised by a job handle's ``result()``: the job
+    │                                ended without completing; details ``state``, ``error``, ``attempt``
     └── ServiceError                 a replicated service refused the operation (deterministic)
         ├── OutOfMemory              "out_of_memory": maxmemory reached under noeviction
         ├── RevisionCompacted        "compacted": a watch asked for history no longer kept
@@ -143,6 +145,10 @@ class MembershipChangeRejected(ClusterError):
 
 class IdleTimeout(ClusterError):
     code = "idle_timeout"
+
+
+class JobFailed(TrimaranError):
+    code = "job_failed"
 
 
 class ServiceError(TrimaranError):

@@ -60,6 +60,7 @@ from .connection import (
     tls_context,
     parse_endpoints,
 )
+from .jobs import JobsClient
 from .kv import KvClient
 from .register import RegisterMethods
 from .session import Session
@@ -157,6 +158,8 @@ class Client(RegisterMethods):
         #: The auth service's methods (trusted keys, revocations): ``await c.auth.revoke(jti)``.
         self.auth = AuthClient(self)
         self.chat = ChatClient(self)
+        #: The job queue's methods: ``await c.jobs.enqueue("emails", {"to": "a@b.c"})``.
+        self.jobs = JobsClient(self)
 
     # ------------------------------------------------------------------ lifetime
 

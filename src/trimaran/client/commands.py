@@ -13,9 +13,12 @@ from typing import Any
 import trio
 
 from .chat import ChatEvent
+from trimaran.errors import InvalidArgument
+
 from .client import Client
 from .kv import KvEntry, KvEvent, KvItem
 from .status import ClusterStatus, fetch_cluster_status
+from .worker import Jobs, Worker
 
 
 def cluster_status(
@@ -221,3 +224,86 @@ def event_line(event: KvEvent) -> str:
     """One ``kv watch`` line: ``REVISION put KEY VALUE`` or ``REVISION delete KEY REASON``."""
     tail = text(event.value) if event.kind == "put" and event.value is not None else (event.reason or "")
     return f"{event.revision} {event.kind} {text(event.key)} {tail}"
+
+
+def json_default(value: Any) -> Any:
+    """``json.dumps(default=...)`` for decoded job values: bytes as UTF-8 text, else base64."""
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return {"base64": base64.b64encode(bytes(value)).decode("ascii")}
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def load_app(target: str) -> Jobs:
+    """The :class:`Jobs` app named by ``MODULE:ATTRIBUTE`` (the module is imported with the current
+    directory on ``sys.path``, like other worker CLIs)."""
+    import importlib
+    import os
+    import sys
+
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise InvalidArgument(f"the app is MODULE:ATTRIBUTE (e.g. myapp.tasks:app), not {target!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InvalidArgument(f"cannot import {module_name}: {exc}") from None
+    app = getattr(module, attr, None)
+    if not isinstance(app, Jobs):
+        raise InvalidArgument(f"{target} is not a trimaran.Jobs app (found {type(app).__name__})")
+    return app
+
+
+def run_worker(
+    app: Jobs,
+    endpoints: str | None,
+    *,
+    queues: list[str] | None,
+    concurrency: int,
+    session_ttl_ms: int,
+    grace_ms: int,
+    cluster_id: str | None = None,
+    token: str | None = None,
+    timeout_ms: int = 5_000,
+    on_started: Callable[[Worker], None] = lambda w: None,
+) -> None:
+    """Run ``app``'s worker until SIGTERM or SIGINT: the first stops it gracefully (no more
+    claims; running jobs get ``grace_ms``, then are given back), a second one stops it at once."""
+    import signal
+
+    if app._client is not None:
+        raise InvalidArgument("a worker run from the command line needs Jobs(endpoints), not Jobs(client=...)")
+    if endpoints is not None:
+        app.endpoints = endpoints
+    if app.endpoints is None:
+        raise InvalidArgument("no endpoints: give --endpoints (or TRIMARAN_ENDPOINTS, or Jobs(endpoints))")
+    app.client_options = {**app.client_options, "timeout_ms": timeout_ms}
+    for name, value in (("cluster_id", cluster_id), ("token", token)):
+        if value is not None:
+            app.client_options[name] = value
+    worker = app.worker(queues=queues, concurrency=concurrency, session_ttl_ms=session_ttl_ms, grace_ms=grace_ms)
+
+    async def run() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with app, trio.open_nursery() as nursery:
+
+                async def on_signals() -> None:
+                    async for _ in signals:
+                        if worker.stopping:
+                            nursery.cancel_scope.cancel()  # a second signal: stop now
+                            return
+                        worker.stop()
+
+                async def work(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                    await worker.run(task_status=task_status)
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(on_signals)
+                await nursery.start(work)
+                on_started(worker)
+
+    trio.run(run)

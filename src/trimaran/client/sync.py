@@ -20,6 +20,7 @@ from .client import TIMEOUT_MS_DEFAULT, Client, Endpoints
 from .connection import Address
 from .auth import SyncAuthClient
 from .chat import SyncChatClient
+from .jobs import SyncJobsClient
 from .kv import SyncKvClient
 from .register import BytesLike
 
@@ -45,6 +46,8 @@ class SyncClient:
         #: The auth service's methods, blocking: ``c.auth.revoke(jti)``.
         self.auth = SyncAuthClient(self._client.auth, self._call)
         self.chat = SyncChatClient(self._client.chat, self._call)
+        #: The job queue's methods, blocking: ``c.jobs.enqueue("emails", {"to": "a@b.c"})``.
+        self.jobs = SyncJobsClient(self._client.jobs, self._call)
 
     # ------------------------------------------------------------------ lifetime
 
