@@ -129,6 +129,18 @@ class NodeConfig:
     #: Largest request body (a KV value, plus room for the command around it).
     http_body_bytes_max: int = limits.command_bytes_max
 
+    # --- RESP listener (trimaran.node.resp_server) ---
+    #: Where the Redis-protocol listener listens; None: no RESP listener.
+    resp_listen: Address | None = None
+    #: RESP connections open at once; one more is answered ``-ERR max number of clients reached``.
+    resp_connections_max: int = 1024
+    #: Commands read ahead of their answers on one RESP connection (pipelining); the reader stops
+    #: reading while this many wait.
+    resp_inflight_commands_max: int = 64
+    #: Bytes of answers encoded and not yet written on one RESP connection; past this the
+    #: connection stops taking commands until its client reads (one answer over it is still sent).
+    resp_answer_bytes_max: int = 32 * limits.MIB
+
     # --- peer transport ---
     #: Inbound peer connections that completed the handshake (a peer's new connection replaces
     #: its old one, so each peer holds at most one).
@@ -288,7 +300,7 @@ class NodeConfig:
         """Why this node must not start as configured ("": it may): secure by default, a node that
         listens beyond loopback needs TLS (peers prove they are nodes of the cluster, clients'
         tokens cannot be read off the wire) and auth (who may do what), unless ``insecure``."""
-        exposed = [str(a) for a in (self.listen, self.peer_listen, self.http_listen) if a is not None and not a.is_loopback()]
+        exposed = [str(a) for a in (self.listen, self.peer_listen, self.http_listen, self.resp_listen) if a is not None and not a.is_loopback()]
         missing = [what for what, on in (("TLS (--tls-dir)", self.tls_dir), ("auth (--auth-public-key)", self.auth_enabled)) if not on]
         if not exposed or not missing or self.insecure:
             return ""
@@ -321,6 +333,18 @@ class NodeConfig:
                 "the HTTP port must differ from the client and peer ports",
             ),
             (self.http_inflight_requests_max > 0, "http_inflight_requests_max must be positive"),
+            (
+                self.resp_listen is None
+                or self.resp_listen not in (self.listen, self.peer_listen, self.http_listen)
+                or self.resp_listen.port == 0,
+                "the RESP port must differ from the client, peer and HTTP ports",
+            ),
+            (self.resp_connections_max > 0, "resp_connections_max must be positive"),
+            (
+                0 < self.resp_inflight_commands_max <= limits.session_responses_max // 2,
+                f"resp_inflight_commands_max must be in 1..{limits.session_responses_max // 2}",
+            ),
+            (self.resp_answer_bytes_max > 0, "resp_answer_bytes_max must be positive"),
             (
                 0 < self.http_body_bytes_max <= limits.command_bytes_max,
                 f"http_body_bytes_max must be in 1..{limits.command_bytes_max}",

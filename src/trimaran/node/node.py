@@ -25,6 +25,7 @@ from trimaran.node.driver import Driver
 from trimaran.node.http.chat_gateway import ChatHub
 from trimaran.node.http.edge import HttpEdge
 from trimaran.node.http.rest import RestApp
+from trimaran.node.resp_server import RespServer
 from trimaran.node.tls import node_tls
 from trimaran.node.transport import PeerTransport
 from trimaran.node.writer import StorageWriter, WriteResult
@@ -90,6 +91,8 @@ class Node:
         self.http_edge: HttpEdge | None = None
         self.chat_hub: ChatHub | None = None
         self.http_address: Address | None = None
+        self.resp_server: RespServer | None = None
+        self.resp_address: Address | None = None
         self._writer: StorageWriter | None = None
 
     def request_stop(self) -> None:
@@ -111,6 +114,7 @@ class Node:
         out = self.driver.status()
         out["address"] = str(self.client_address)
         out["http_address"] = str(self.http_address) if self.http_address else None
+        out["resp_address"] = str(self.resp_address) if self.resp_address else None
         out["metrics"] = {
             "driver_rounds": self.driver.rounds,
             "driver_readies": self.driver.readies,
@@ -140,6 +144,10 @@ class Node:
             "peer_tls_refused": self.transport.tls_refused,
             "http_requests": self.http_edge.requests if self.http_edge else 0,
             "http_errors": self.http_edge.errors if self.http_edge else 0,
+            "resp_connections": self.resp_server.connections if self.resp_server else 0,
+            "resp_connections_refused": self.resp_server.connections_refused if self.resp_server else 0,
+            "resp_commands": self.resp_server.commands if self.resp_server else 0,
+            "resp_protocol_errors": self.resp_server.protocol_errors if self.resp_server else 0,
         }
         if self.clock is not None:
             out["clock"] = self.clock.status()
@@ -220,6 +228,12 @@ class Node:
                     driver.after_round_hooks.append(self.chat_hub.after_round)
                 self.http_address = await nursery.start(edge.serve, RestApp(edge, self.chat_hub))
                 log.info("node %d: HTTP on %s", cfg.node_id, self.http_address)
+            if cfg.resp_listen is not None:
+                # An edge of its own: its session, slots and counters are the RESP listener's.
+                resp_edge = HttpEdge(cfg, driver, client_server.authoriser, self.status, self._tls is not None)
+                self.resp_server = RespServer(cfg, resp_edge, self._wall_clock_ms)
+                self.resp_address = await nursery.start(self.resp_server.serve)
+                log.info("node %d: RESP (Redis protocol) on %s", cfg.node_id, self.resp_address)
             log.info("node %d: clients on %s, peers on %s", cfg.node_id, self.client_address, self.peer_address)
             task_status.started(self)
             await self._stop.wait()

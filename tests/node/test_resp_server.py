@@ -1,0 +1,229 @@
+"""The RESP listener against an in-process cluster, through redis-py unchanged (sync client in a
+worker thread, RESP2 and RESP3): strings with TTLs, counters, pipelines, auth and scopes, Redis's
+error wording, forwarding from a follower, and hostile bytes that close the connection while the
+node stays up."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import redis
+import trio
+
+from tests.node.helpers import HOST, in_process_cluster
+from trimaran.node.config import Address
+from trimaran.protocols import tokens
+from trimaran.protocols.tokens import TrustedKey
+
+
+def resp_address(cluster: Any, node_id: int) -> Address:
+    address = cluster.nodes[node_id].resp_address
+    assert address is not None
+    return address
+
+
+async def in_thread(fn: Callable[[], Any]) -> Any:
+    return await trio.to_thread.run_sync(fn)
+
+
+def client(address: Address, **kwargs: Any) -> redis.Redis:
+    return redis.Redis(host=address.host, port=address.port, socket_timeout=10, **kwargs)
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_strings_ttls_counters_and_pipelines(tmp_path: Path, protocol: int) -> None:
+    async with in_process_cluster(tmp_path, 3, resp_listen=Address(HOST, 0)) as cluster:
+        leader = await cluster.leader()
+
+        def scenario() -> None:
+            r = client(resp_address(cluster, leader), protocol=protocol)
+            assert r.ping()
+            assert r.echo("hi") == b"hi"
+            assert r.set("a", "1") is True
+            assert r.get("a") == b"1"
+            assert r.get("missing") is None
+            assert r.set("t", "v", ex=100) is True
+            assert 99 <= r.ttl("t") <= 100
+            assert 99_000 <= r.pttl("t") <= 100_000
+            assert r.ttl("a") == -1 and r.ttl("missing") == -2
+            assert r.set("short", "v", px=200) is True
+            assert r.get("short") == b"v"
+            time.sleep(0.5)
+            assert r.get("short") is None
+            assert r.set("a", "2", nx=True) is None and r.get("a") == b"1"
+            assert r.set("new", "x", xx=True) is None and r.get("new") is None
+            assert r.set("a", "3", xx=True) is True and r.get("a") == b"3"
+            assert r.set("a", "4", get=True) == b"3"
+            assert r.setnx("a", "5") is False and r.setnx("n", "5") is True
+            assert r.execute_command("SETEX", "se", 50, "v") is True and 49 <= r.ttl("se") <= 50
+            assert r.execute_command("PSETEX", "pse", 50_000, "v") is True and 49 <= r.ttl("pse") <= 50
+            assert r.expire("a", 30) is True and 29 <= r.ttl("a") <= 30
+            assert r.persist("a") is True and r.ttl("a") == -1
+            assert r.persist("a") is False
+            assert r.pexpire("missing", 100) is False
+            assert r.incr("c") == 1 and r.incrby("c", 10) == 11
+            assert r.decr("c") == 10 and r.decrby("c", 20) == -10
+            with pytest.raises(redis.ResponseError, match="value is not an integer or out of range"):
+                r.set("s", "abc")
+                r.incr("s")
+            assert r.mset({"m1": "x", "m2": "y"}) is True
+            assert r.mget("m1", "missing", "m2") == [b"x", None, b"y"]
+            assert r.exists("m1", "m2", "missing", "m1") == 3
+            assert r.type("m1") in (b"string", "string") and r.type("missing") in (b"none", "none")
+            assert r.getdel("m1") == b"x" and r.get("m1") is None
+            assert r.delete("m2", "missing", "c") == 2
+            assert r.dbsize() >= 3
+            assert r.select(0) is True if hasattr(r, "select") else True
+            assert r.client_setname("me") is True and r.client_getname() in (b"me", "me")
+            assert isinstance(r.client_id(), int)
+            info = r.info()
+            assert info["role"] in ("master", "slave") and info["redis_mode"] == "standalone"
+            with pytest.raises(redis.ResponseError, match=r"^unknown command 'LPUSH', with args beginning with: 'l' 'x' $"):
+                r.execute_command("LPUSH", "l", "x")
+            with pytest.raises(redis.ResponseError, match="syntax error"):
+                r.set("a", "1", keepttl=True)
+            # A pipeline: answers in order, a write seen by the reads after it.
+            p = r.pipeline(transaction=False)
+            for i in range(50):
+                p.set(f"p{i}", i)
+                p.incr("pc")
+                p.get(f"p{i}")
+            answers = p.execute()
+            assert answers[0::3] == [True] * 50
+            assert answers[1::3] == list(range(1, 51))
+            assert answers[2::3] == [str(i).encode() for i in range(50)]
+            r.close()
+
+        await in_thread(scenario)
+
+
+async def test_a_follower_forwards_writes_and_reads(tmp_path: Path) -> None:
+    async with in_process_cluster(tmp_path, 3, resp_listen=Address(HOST, 0)) as cluster:
+        leader = await cluster.leader()
+        follower = next(n for n in (1, 2, 3) if n != leader)
+
+        def scenario() -> None:
+            r = client(resp_address(cluster, follower))
+            assert r.info()["role"] == "slave"
+            assert r.set("k", "from a follower") is True
+            assert r.incr("n") == 1
+            assert r.get("k") == b"from a follower"
+            r.close()
+            on_leader = client(resp_address(cluster, leader))
+            assert on_leader.get("k") == b"from a follower"
+            on_leader.close()
+
+        await in_thread(scenario)
+
+
+async def test_auth_with_tokens_and_scopes(tmp_path: Path) -> None:
+    private = tokens.new_private_key()
+    public = tokens.public_key_of(private)
+    kid = tokens.key_id(public)
+    now_ms = int(time.time() * 1000)
+
+    def token(scopes: list[str], jti: str) -> str:
+        return tokens.sign(private, kid=kid, sub="app", scopes=scopes, audience="trimaran", now_ms=now_ms, ttl_ms=600_000, jti=jti)
+
+    writer, reader = token(["kv:write:user:*", "kv:read:user:*"], "w"), token(["kv:read:user:*"], "r")
+    async with in_process_cluster(tmp_path, 3, resp_listen=Address(HOST, 0), auth_keys=(TrustedKey(kid, public),)) as cluster:
+        leader = await cluster.leader()
+        follower = next(n for n in (1, 2, 3) if n != leader)
+
+        def scenario() -> None:
+            anonymous = client(resp_address(cluster, leader))
+            with pytest.raises(redis.AuthenticationError):  # NOAUTH
+                anonymous.get("user:1")
+            with pytest.raises(redis.AuthenticationError):  # WRONGPASS
+                anonymous.execute_command("AUTH", "v4.public.garbage")
+            anonymous.close()
+            # AUTH <token> (RESP2), and HELLO 3 AUTH default <token> (RESP3), on a follower too.
+            w = client(resp_address(cluster, follower), password=writer)
+            assert w.set("user:1", "a") is True
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                w.set("admin", "x")
+            w.close()
+            r3 = client(resp_address(cluster, leader), password=reader, username="default", protocol=3)
+            assert r3.get("user:1") == b"a"
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                r3.set("user:1", "b")
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                r3.get("other")
+            r3.close()
+
+        await in_thread(scenario)
+
+
+def _raw(address: Address, payload: bytes) -> bytes:
+    with socket.create_connection((address.host, address.port), timeout=10) as sock:
+        sock.sendall(payload)
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+
+async def test_hostile_input_closes_the_connection_and_the_node_stays_up(tmp_path: Path) -> None:
+    async with in_process_cluster(tmp_path, 1, resp_listen=Address(HOST, 0)) as cluster:
+        await cluster.leader()
+        address = resp_address(cluster, 1)
+
+        def scenario() -> None:
+            # Commands before the error are answered, then the error, then the close.
+            assert _raw(address, b"PING\r\n*1\r\n$4\r\nPING\r\n*1\r\nxyz\r\n") == (
+                b"+PONG\r\n+PONG\r\n-ERR Protocol error: expected '$', got 'x'\r\n"
+            )
+            assert _raw(address, b"*1\r\n$99999999999\r\n") == b"-ERR Protocol error: invalid bulk length\r\n"
+            assert _raw(address, b"*99999999\r\n") == b"-ERR Protocol error: invalid multibulk length\r\n"
+            assert _raw(address, b"QUIT\r\n") == b"+OK\r\n"
+            garbage = bytes(range(256)) * 64
+            assert _raw(address, b"*1\r\n$1\r\n" + garbage).startswith(b"-ERR Protocol error")
+            r = client(address)
+            assert r.ping() and r.set("still", "up") is True
+            r.close()
+
+        await in_thread(scenario)
+        assert cluster.status(1)["metrics"]["resp_protocol_errors"] >= 4
+
+
+async def test_connections_over_the_limit_are_refused(tmp_path: Path) -> None:
+    async with in_process_cluster(tmp_path, 1, resp_listen=Address(HOST, 0), resp_connections_max=1) as cluster:
+        await cluster.leader()
+        address = resp_address(cluster, 1)
+
+        def scenario() -> None:
+            first = client(address)
+            assert first.ping()
+            assert _raw(address, b"PING\r\n") == b"-ERR max number of clients reached\r\n"
+            first.close()
+
+        await in_thread(scenario)
+
+
+async def test_redis_cli(tmp_path: Path) -> None:
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-cli is not installed (Debian: redis-tools); CI must have it")
+        pytest.skip("redis-cli is not installed (Debian: redis-tools)")
+    async with in_process_cluster(tmp_path, 1, resp_listen=Address(HOST, 0)) as cluster:
+        await cluster.leader()
+        address = resp_address(cluster, 1)
+
+        def run(*args: str) -> str:
+            done = subprocess.run([cli, "-h", address.host, "-p", str(address.port), *args], capture_output=True, text=True, timeout=30)
+            return done.stdout.strip()
+
+        assert await in_thread(lambda: run("PING")) == "PONG"
+        assert await in_thread(lambda: run("SET", "greeting", "hello")) == "OK"
+        assert await in_thread(lambda: run("GET", "greeting")) == "hello"
+        assert await in_thread(lambda: run("INCR", "n")) == "1"
