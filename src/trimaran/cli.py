@@ -157,6 +157,13 @@ def _connection_bound_options(fn: Any) -> Any:
     show_default=True,
     help="Node i listens for clients on BASE+i, for peers on BASE+100+i, and for HTTP on BASE+1000+i.",
 )
+@click.option(
+    "--resp-base-port",
+    type=click.IntRange(1, 65000),
+    default=6380,
+    show_default=True,
+    help="Node i serves the Redis protocol (redis-cli, redis-py) on RESP_BASE_PORT+i (loopback only unless --insecure).",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address every node listens on.")
 @click.option("--cluster-id", default="trimaran", show_default=True, help="Name the nodes check in every handshake.")
 @click.option("--tick-ms", type=click.IntRange(1, 10_000), default=50, show_default=True, help="Raft tick.")
@@ -176,6 +183,7 @@ def _connection_bound_options(fn: Any) -> Any:
 def up_command(
     data_dir: str,
     base_port: int,
+    resp_base_port: int,
     host: str,
     cluster_id: str,
     tick_ms: int,
@@ -200,7 +208,16 @@ def up_command(
     os.environ[_KV_EVICTION_ENV] = kv_eviction
     try:
         status = run_local_cluster(
-            data_dir, base_port, cluster_id, tick_ms, echo=click.echo, host=host, auth=auth, tls=tls, insecure=insecure
+            data_dir,
+            base_port,
+            cluster_id,
+            tick_ms,
+            echo=click.echo,
+            host=host,
+            auth=auth,
+            tls=tls,
+            insecure=insecure,
+            resp_base_port=resp_base_port,
         )
     except Exception as exc:  # one line, not a traceback: the user's next step is in the message
         raise _node_error(exc) from None
@@ -229,6 +246,12 @@ def node_group() -> None:
     metavar="HOST:PORT",
     default=None,
     help="Serve the REST API (/v1/, see /v1/openapi.json) on this address. Default: no HTTP edge.",
+)
+@click.option(
+    "--resp-listen",
+    metavar="HOST:PORT",
+    default=None,
+    help="Serve the Redis protocol (redis-cli, redis-py) on this address. Default: no RESP listener.",
 )
 @click.option("--data-dir", required=True, help="Directory of this node's LMDB store (created if missing).")
 @click.option("--cluster-id", default="trimaran", show_default=True, help="Name checked in every handshake.")
@@ -312,6 +335,7 @@ def node_run_command(
     peers: tuple[str, ...],
     peer_clients: tuple[str, ...],
     http_listen: str | None,
+    resp_listen: str | None,
     data_dir: str,
     cluster_id: str,
     tick_ms: int,
@@ -342,6 +366,7 @@ def node_run_command(
         peer_listen_address = Address.parse(peer_listen, "--peer-listen")
         peer_specs = build_peers(list(peers), list(peer_clients))
         http_address = Address.parse(http_listen, "--http-listen") if http_listen else None
+        resp_address = Address.parse(resp_listen, "--resp-listen") if resp_listen else None
     except ConfigError as exc:
         raise click.UsageError(exc.message) from None
     try:
@@ -366,6 +391,7 @@ def node_run_command(
             tls_dir=tls_dir,
             insecure=insecure,
             http_listen=http_address,
+            resp_listen=resp_address,
             **connection_bounds,
         ).validate()
         configure_logging(log_level, node_id)

@@ -10,8 +10,10 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
 import trio
 
 from tests.node.helpers import HOST, RawClient
@@ -34,12 +36,14 @@ def _free(port: int) -> bool:
         return True
 
 
-#: The ports `trimaran up` takes above its base: clients, peers, HTTP.
-UP_PORT_OFFSETS = (1, 2, 3, 101, 102, 103, 1001, 1002, 1003)
+#: The ports `trimaran up` takes above its base: clients, peers, HTTP, and RESP (the tests pass
+#: --resp-base-port BASE+RESP_OFFSET, so parallel runs and a developer's `make run` do not collide).
+RESP_OFFSET = 2000
+UP_PORT_OFFSETS = (1, 2, 3, 101, 102, 103, 1001, 1002, 1003, RESP_OFFSET + 1, RESP_OFFSET + 2, RESP_OFFSET + 3)
 
 
 def free_base_port(attempts_max: int = 50) -> int:
-    """A base port whose nine ports (UP_PORT_OFFSETS) are all free."""
+    """A base port whose ports (UP_PORT_OFFSETS) are all free."""
     rng = random.Random()
     for _ in range(attempts_max):
         base = rng.randrange(20_000, 50_000)
@@ -55,7 +59,13 @@ class Up:
         self.base = base
         with open(self.out, "wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "trimaran", "up", "--base-port", str(base), "--data-dir", str(self.data), *options],
+                [
+                    sys.executable, "-m", "trimaran", "up",
+                    "--base-port", str(base),
+                    "--resp-base-port", str(base + RESP_OFFSET),
+                    "--data-dir", str(self.data),
+                    *options,
+                ],  # fmt: skip
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
@@ -116,6 +126,19 @@ async def test_up_serves_stops_cleanly_and_comes_back_from_its_data(tmp_path: Pa
         client = await leader_client(base, first_token)
         await client.set(b"greeting", b"hello")
         await client.aclose()
+        # The Redis protocol on every node, with the token as the password (the banner says how).
+        resp_port = base + RESP_OFFSET + 2
+        assert f'redis-cli -p {base + RESP_OFFSET + 1} -a "$TRIMARAN_TOKEN"' in up.output()
+
+        def through_redis() -> Any:
+            r = redis.Redis(host=HOST, port=resp_port, password=first_token, socket_timeout=10)
+            try:
+                assert r.set("greeting", "hello from redis", ex=60)
+                return r.get("greeting")
+            finally:
+                r.close()
+
+        assert await trio.to_thread.run_sync(through_redis) == b"hello from redis"
         assert await up.interrupt() == 0, up.output()
     finally:
         up.kill()
@@ -142,7 +165,12 @@ async def test_up_on_a_taken_port_fails_with_one_clear_line(tmp_path: Path) -> N
         blocker.bind((HOST, base + 2))
         blocker.listen()
         result = subprocess.run(
-            [sys.executable, "-m", "trimaran", "up", "--base-port", str(base), "--data-dir", str(tmp_path / "d")],
+            [
+                sys.executable, "-m", "trimaran", "up",
+                "--base-port", str(base),
+                "--resp-base-port", str(base + RESP_OFFSET),
+                "--data-dir", str(tmp_path / "d"),
+            ],  # fmt: skip
             capture_output=True,
             text=True,
             timeout=30,

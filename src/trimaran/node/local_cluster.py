@@ -150,6 +150,10 @@ def prepare_security(
     )
 
 
+#: ``trimaran up``'s node i serves the Redis protocol on RESP_BASE_PORT + i.
+RESP_BASE_PORT = 6380
+
+
 @dataclass(frozen=True, slots=True)
 class LocalNode:
     node_id: int
@@ -159,14 +163,21 @@ class LocalNode:
     log_path: Path
     #: The REST API (and the WebSocket gateway to come).
     http: Address
+    #: The Redis protocol (None: not served; it has no TLS yet, so only on loopback or --insecure).
+    resp: Address | None = None
 
 
-def local_nodes(data_dir: str, base_port: int, host: str = "127.0.0.1", size: int = 3) -> list[LocalNode]:
-    """Node i gets client port base+i, peer port base+100+i and HTTP port base+1000+i, data in
+def local_nodes(
+    data_dir: str, base_port: int, host: str = "127.0.0.1", size: int = 3, resp_base_port: int | None = RESP_BASE_PORT
+) -> list[LocalNode]:
+    """Node i gets client port base+i, peer port base+100+i, HTTP port base+1000+i and RESP port
+    resp_base_port+i (6381.. by default, Redis's 6379 left free; None: no RESP), data in
     DATA_DIR/node<i>."""
     root = Path(data_dir)
     if base_port < 1 or base_port + 1000 + size > 65535:
         raise ConfigError(f"base port {base_port} leaves no room for {size} nodes")
+    if resp_base_port is not None and not 1 <= resp_base_port <= 65535 - size:
+        raise ConfigError(f"RESP base port {resp_base_port} leaves no room for {size} nodes")
     return [
         LocalNode(
             i,
@@ -175,6 +186,7 @@ def local_nodes(data_dir: str, base_port: int, host: str = "127.0.0.1", size: in
             root / f"node{i}",
             root / f"node{i}.log",
             Address(host, base_port + 1000 + i),
+            None if resp_base_port is None else Address(host, resp_base_port + i),
         )
         for i in range(1, size + 1)
     ]
@@ -201,6 +213,8 @@ def node_argv(
         "--parent-pid", str(parent_pid),
         *security.node_args(),
     ]  # fmt: skip
+    if node.resp is not None:
+        argv += ["--resp-listen", str(node.resp)]
     for other in nodes:
         if other.node_id != node.node_id:
             argv += ["--peer", f"{other.node_id}={other.peer}", "--peer-client", f"{other.node_id}={other.client}"]
@@ -210,14 +224,17 @@ def node_argv(
 def check_ports_free(nodes: list[LocalNode]) -> None:
     """Fail early with one clear line if a port is taken (another ``up`` is probably running)."""
     for node in nodes:
-        for address in (node.client, node.peer, node.http):
+        for address in (node.client, node.peer, node.http, node.resp):
+            if address is None:
+                continue
             with socket.socket() as s:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
                     s.bind((address.host, address.port))
                 except OSError as exc:
                     raise ConfigError(
-                        f"{address} is not free ({exc.strerror}); is another `trimaran up` running? Try --base-port"
+                        f"{address} is not free ({exc.strerror}); is another `trimaran up` (or a Redis) running? "
+                        "Try --base-port or --resp-base-port"
                     ) from None
 
 
@@ -399,7 +416,8 @@ def _banner(
     endpoints = ",".join(str(n.client) for n in nodes)
     lines = [f"trimaran: cluster {cluster_id!r} is up — {len(nodes)} nodes, leader: node {leader}, data in {data_dir}"]
     for n in nodes:
-        lines.append(f"  node {n.node_id}  clients {n.client}  peers {n.peer}  http {n.http}  log {n.log_path}")
+        resp = f"  redis {n.resp}" if n.resp is not None else ""
+        lines.append(f"  node {n.node_id}  clients {n.client}  peers {n.peer}  http {n.http}{resp}  log {n.log_path}")
     if security.token_path is not None:
         lines.append(f"Auth is on: an admin token (admin:*) is in {security.token_path}")
     else:
@@ -420,6 +438,7 @@ def _banner(
         f"  {cli} status",
         f"  {cli} kv set greeting hello && {cli} kv get greeting",
         "  " + _curl_line(nodes[0], security),
+        *(["  " + _redis_cli_line(nodes[0].resp, security)] if nodes[0].resp is not None else []),
         "",
         f"Chat in a browser: {'https' if security.ca_file else 'http'}://{nodes[0].http}/chat"
         + (f" (paste the token from {security.token_path})" if security.token_path else ""),
@@ -440,6 +459,13 @@ def _curl_line(node: LocalNode, security: LocalSecurity) -> str:
     auth = ' -H "Authorization: Bearer $TRIMARAN_TOKEN"' if security.token_path is not None else ""
     scheme, ca = ("https", f" --cacert {security.ca_file}") if security.ca_file is not None else ("http", "")
     return f"curl -s{auth}{ca} {scheme}://{node.http}/v1/kv/greeting"
+
+
+def _redis_cli_line(resp: Address, security: LocalSecurity) -> str:
+    """The Redis protocol from a shell (the token is the password; any user name)."""
+    auth = ' -a "$TRIMARAN_TOKEN" --no-auth-warning' if security.token_path is not None else ""
+    host = "" if resp.host == "127.0.0.1" else f" -h {resp.host}"
+    return f"redis-cli{host} -p {resp.port}{auth} set greeting hello"
 
 
 async def _supervise(supervisor: Supervisor, echo: Callable[[str], None]) -> int:
@@ -473,8 +499,9 @@ async def run_local_cluster_async(
     echo: Callable[[str], None],
     host: str = "127.0.0.1",
     security: LocalSecurity = LocalSecurity(),
+    resp_base_port: int | None = RESP_BASE_PORT,
 ) -> int:
-    nodes = local_nodes(data_dir, base_port, host)
+    nodes = local_nodes(data_dir, base_port, host, resp_base_port=resp_base_port)
     check_ports_free(nodes)
     children = [_Child(n, node_argv(n, nodes, cluster_id, tick_ms, os.getpid(), security)) for n in nodes]
     status = 0
@@ -535,6 +562,7 @@ def run_local_cluster(
     auth: bool = True,
     tls: bool = False,
     insecure: bool = False,
+    resp_base_port: int | None = RESP_BASE_PORT,
 ) -> int:
     """Blocking entry point of ``trimaran up``; returns the process exit status."""
     if not Address(host, base_port).is_loopback() and not insecure and not (auth and tls):
@@ -544,4 +572,6 @@ def run_local_cluster(
             "everything; pass --tls (auth is on unless --no-auth), or --insecure to accept the risk"
         )
     security = prepare_security(data_dir, cluster_id, auth=auth, tls=tls, hosts=(host,), insecure=insecure)
-    return trio.run(run_local_cluster_async, data_dir, base_port, cluster_id, tick_ms, echo, host, security)
+    if not Address(host, base_port).is_loopback() and not insecure:
+        resp_base_port = None  # the RESP listener has no TLS yet: not beyond loopback unless --insecure
+    return trio.run(run_local_cluster_async, data_dir, base_port, cluster_id, tick_ms, echo, host, security, resp_base_port)
