@@ -227,3 +227,33 @@ async def test_redis_cli(tmp_path: Path) -> None:
         assert await in_thread(lambda: run("SET", "greeting", "hello")) == "OK"
         assert await in_thread(lambda: run("GET", "greeting")) == "hello"
         assert await in_thread(lambda: run("INCR", "n")) == "1"
+
+
+async def test_clients_that_vanish_mid_pipeline_leave_the_node_up(tmp_path: Path) -> None:
+    async with in_process_cluster(tmp_path, 1, resp_listen=Address(HOST, 0)) as cluster:
+        await cluster.leader()
+        address = resp_address(cluster, 1)
+
+        def scenario() -> None:
+            pipeline = b"".join(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n" for _ in range(500))
+            for _ in range(5):
+                sock = socket.create_connection((address.host, address.port), timeout=10)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # reset on close
+                sock.sendall(pipeline)
+                sock.close()
+            time.sleep(0.5)
+            r = client(address)
+            assert r.get("k") == b"v" and r.ping()
+            r.close()
+
+        await in_thread(scenario)
+
+
+def test_a_resp_port_beyond_loopback_needs_insecure(tmp_path: Path) -> None:
+    from tests.node.helpers import cluster_configs
+    from trimaran.errors import ConfigError
+
+    config = cluster_configs(tmp_path, 1)[0]
+    with pytest.raises(ConfigError, match="no TLS yet"):
+        config.replace(resp_listen=Address("0.0.0.0", 6381)).validate()
+    config.replace(resp_listen=Address("0.0.0.0", 6381), insecure=True).validate()

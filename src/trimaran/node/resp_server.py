@@ -202,8 +202,6 @@ class RespServer:
                 self.connections += 1
                 self._next_id += 1
                 await self._serve_connection(_Connection(self, stream, self._next_id))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # the client went away
             finally:
                 self.connections -= 1
                 self._slots.release()
@@ -211,8 +209,8 @@ class RespServer:
     async def _serve_connection(self, conn: _Connection) -> None:
         send, receive = trio.open_memory_channel[Any](self.config.resp_inflight_commands_max)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._read, conn, send)
-            await self._run(conn, receive)
+            nursery.start_soon(_until_gone, self._read, conn, send)
+            await _until_gone(self._run, conn, receive)
             nursery.cancel_scope.cancel()
 
     async def _read(self, conn: _Connection, send: trio.MemorySendChannel[Any]) -> None:
@@ -272,6 +270,13 @@ class RespServer:
             return exc.reply
         except TrimaranError as exc:
             return error_reply(exc)
+        except (_Quit, trio.Cancelled):
+            raise
+        except Exception:
+            # A bug in one handler must not take the node down with it: logged, answered, and the
+            # connection goes on (the state machine is untouched: handlers only call the edge).
+            log.exception("RESP command %r failed", name[:64])
+            return ErrorReply("internal error; see the node's log")
 
     # ------------------------------------------------------------------ requests
 
@@ -330,6 +335,14 @@ class RespServer:
             "",
         ]
         return "\r\n".join(lines)
+
+
+async def _until_gone(task: Callable[..., Awaitable[None]], *args: Any) -> None:
+    """Run one of a connection's tasks; the client going away (reset, closed) just ends it."""
+    try:
+        await task(*args)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
 
 
 # --- connection commands ---------------------------------------------------------------------------
