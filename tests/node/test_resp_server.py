@@ -257,3 +257,23 @@ def test_a_resp_port_beyond_loopback_needs_insecure(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no TLS yet"):
         config.replace(resp_listen=Address("0.0.0.0", 6381)).validate()
     config.replace(resp_listen=Address("0.0.0.0", 6381), insecure=True).validate()
+
+
+async def test_each_connection_writes_through_a_session_of_its_own(tmp_path: Path) -> None:
+    async with in_process_cluster(tmp_path, 1, resp_listen=Address(HOST, 0)) as cluster:
+        await cluster.leader()
+        address = resp_address(cluster, 1)
+        sessions = cluster.nodes[1].driver.replica.sessions
+        before = len(sessions)
+
+        def scenario() -> None:
+            readers_only = client(address)
+            assert readers_only.get("x") is None  # a read registers nothing
+            readers_only.close()
+            for i in range(3):
+                r = client(address)
+                assert r.set("x", i) and r.incr("n") == i + 1
+                r.close()
+
+        await in_thread(scenario)
+        assert len(sessions) == before + 3

@@ -17,9 +17,11 @@ it) and the connection closed, as Redis does; the node is unaffected. At most
 reached`` and closed.
 
 Requests reach the node through an :class:`~trimaran.node.http.edge.HttpEdge` of the listener's
-own (same driver path, leader forwarding with the caller's token, cached token grants). **Writes use
-that edge's one client session, shared by every RESP connection of the node** (a first version: the
-issue asks for one session per connection). Reads are linearizable.
+own (same driver path, leader forwarding with the caller's token, cached token grants). Each
+connection writes through a client session of its own (:class:`~trimaran.node.http.edge.EdgeSession`,
+registered on its first write), so a write is applied once inside the cluster. There is no way to
+end a session yet: a closed connection's session expires (``session_timeout_ms``), and the session
+table's LRU bound (``limits.sessions_max``) holds meanwhile. Reads are linearizable.
 
 Auth (on when the node has auth keys): ``AUTH [user] <token>`` or ``HELLO 3 AUTH <user> <token>``
 with a trimaran token (the user name is ignored). Before it, every command but ``AUTH``, ``HELLO``,
@@ -56,7 +58,7 @@ from trimaran.errors import (
     Unavailable,
 )
 from trimaran.node.config import Address, NodeConfig
-from trimaran.node.http.edge import HttpEdge
+from trimaran.node.http.edge import EdgeSession, HttpEdge
 from trimaran.protocols import resp
 from trimaran.protocols.resp import (
     NOAUTH,
@@ -151,6 +153,8 @@ class _Connection:
         self.token: str | None = None
         self.authenticated = not server.edge.authoriser.enabled
         self.answer_bytes_queued = 0
+        #: Registered on the connection's first write (a read-only client costs the log nothing).
+        self.session = EdgeSession(server.edge, server.config.resp_inflight_commands_max)
 
 
 Handler = Callable[["RespServer", _Connection, list[bytes]], Awaitable[Reply]]
@@ -292,7 +296,7 @@ class RespServer:
 
     async def write(self, conn: _Connection, command: list[Any], size_bytes: int) -> Any:
         self._authorise(conn, "command", {"service": "kv", "command": command})
-        return await self.edge.command("kv", command, size_bytes, conn.token)
+        return await conn.session.command("kv", command, size_bytes, conn.token)
 
     def login(self, conn: _Connection, token: bytes) -> None:
         """Verify a token for ``conn`` (``-WRONGPASS`` if refused)."""

@@ -67,6 +67,51 @@ class _Waiter:
         self.value: Any = None
 
 
+class EdgeSession:
+    """A client session an edge registers (lazily, on the leader) and numbers itself, like a client
+    library connection; writes through it are applied exactly once. One per HttpEdge (shared by
+    its requests); the RESP listener makes one per connection. ``inflight_max``: its writes in
+    flight at once (more wait), below ``session_responses_max``, which the session keeps."""
+
+    def __init__(self, edge: HttpEdge, inflight_max: int = SESSION_INFLIGHT_MAX) -> None:
+        assert 0 < inflight_max < limits.session_responses_max
+        self.edge = edge
+        #: Its id (None: not registered yet), its last seq, and the seqs of its writes not
+        #: answered yet (the lowest bounds the ack).
+        self.client_id: int | None = None
+        self._seq = 0
+        self._unanswered: set[int] = set()
+        self._lock = trio.Lock()
+        self._slots = trio.Semaphore(inflight_max)
+
+    async def command(self, service: str, command: Any, size_bytes: int, token: str | None = None) -> Any:
+        async with self._slots:
+            for attempt in range(2):
+                client_id = await self._register(token)
+                self._seq += 1
+                seq = self._seq
+                self._unanswered.add(seq)
+                body = {"client_id": client_id, "seq": seq, "ack_seq": min(self._unanswered) - 1, "service": service, "command": command}
+                try:
+                    return await self.edge.request("command", body, size_bytes, token)
+                except SessionExpired:
+                    if attempt:
+                        raise
+                    if self.client_id == client_id:
+                        self.client_id = None  # register again (nothing was applied)
+                finally:
+                    self._unanswered.discard(seq)
+        raise AssertionError("unreachable")
+
+    async def _register(self, token: str | None) -> int:
+        async with self._lock:
+            if self.client_id is None:
+                client_id = await self.edge.request("register", {}, 0, token)
+                assert type(client_id) is int, client_id
+                self.client_id, self._seq = client_id, 0
+            return self.client_id
+
+
 class HttpEdge:
     """See the module docstring. ``tls``: forward to the leader over TLS (the node runs with
     ``--tls-dir``, so its peers' client ports serve TLS)."""
@@ -90,13 +135,8 @@ class HttpEdge:
         self._slots = trio.Semaphore(config.http_inflight_requests_max)
         self._pending: dict[int, _Waiter] = {}
         self._next_request = 0
-        #: The edge's client session: its id (None: not registered yet), its last seq, and the
-        #: seqs of its writes not answered yet (the lowest bounds the ack).
-        self._client_id: int | None = None
-        self._seq = 0
-        self._unanswered: set[int] = set()
-        self._session_lock = trio.Lock()
-        self._session_slots = trio.Semaphore(SESSION_INFLIGHT_MAX)
+        #: The edge's client session, shared by its requests.
+        self.session = EdgeSession(self)
         self._grants: OrderedDict[str, Grant] = OrderedDict()
         self._grants_generation = authoriser.generation
         #: Counters (reported by the status op).
@@ -157,31 +197,7 @@ class HttpEdge:
 
     async def command(self, service: str, command: Any, size_bytes: int, token: str | None = None) -> Any:
         """A write through the edge's session (see the module docstring)."""
-        async with self._session_slots:
-            for attempt in range(2):
-                client_id = await self._session(token)
-                self._seq += 1
-                seq = self._seq
-                self._unanswered.add(seq)
-                body = {"client_id": client_id, "seq": seq, "ack_seq": min(self._unanswered) - 1, "service": service, "command": command}
-                try:
-                    return await self.request("command", body, size_bytes, token)
-                except SessionExpired:
-                    if attempt:
-                        raise
-                    if self._client_id == client_id:
-                        self._client_id = None  # register again (nothing was applied)
-                finally:
-                    self._unanswered.discard(seq)
-        raise AssertionError("unreachable")
-
-    async def _session(self, token: str | None) -> int:
-        async with self._session_lock:
-            if self._client_id is None:
-                client_id = await self.request("register", {}, 0, token)
-                assert type(client_id) is int, client_id
-                self._client_id, self._seq = client_id, 0
-            return self._client_id
+        return await self.session.command(service, command, size_bytes, token)
 
     # ------------------------------------------------------------------ tokens
 
