@@ -86,6 +86,7 @@ async def test_strings_ttls_counters_and_pipelines(tmp_path: Path, protocol: int
             assert isinstance(r.client_id(), int)
             info = r.info()
             assert info["role"] in ("master", "slave") and info["redis_mode"] == "standalone"
+            assert info["db0"]["keys"] == r.dbsize()
             with pytest.raises(redis.ResponseError, match=r"^unknown command 'LPUSH', with args beginning with: 'l' 'x' $"):
                 r.execute_command("LPUSH", "l", "x")
             with pytest.raises(redis.ResponseError, match="syntax error"):

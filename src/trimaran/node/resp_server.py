@@ -469,7 +469,12 @@ async def _config(s: RespServer, c: _Connection, a: list[bytes]) -> Reply:
 
 
 async def _info(s: RespServer, c: _Connection, a: list[bytes]) -> Reply:
-    return Verbatim(s.info_text())
+    text = s.info_text()
+    try:  # the keyspace section needs kv:read on every key; without it, the section is left out
+        stats = await s.read(c, ["stats"])
+    except (PermissionDenied, NotLeader, Unavailable):
+        return Verbatim(text)
+    return Verbatim(f"{text}\r\n# Keyspace\r\ndb0:keys={stats['keys']},expires=0,avg_ttl=0\r\n")
 
 
 async def _dbsize(s: RespServer, c: _Connection, a: list[bytes]) -> Reply:
