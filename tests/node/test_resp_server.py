@@ -147,6 +147,18 @@ async def test_auth_with_tokens_and_scopes(tmp_path: Path) -> None:
                 anonymous.execute_command("AUTH", "v4.public.garbage")
             anonymous.close()
             assert _raw(resp_address(cluster, leader), b"GET user:1\r\nQUIT\r\n") == b"-NOAUTH Authentication required.\r\n+OK\r\n"
+            # Before AUTH, Redis's tighter bounds (then the connection is closed) ...
+            big = b"x" * 20_000
+            assert _raw(resp_address(cluster, leader), b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$20000\r\n" + big + b"\r\n") == (
+                b"-ERR Protocol error: unauthenticated bulk length\r\n"
+            )
+            assert _raw(resp_address(cluster, leader), b"DEL" + b" k" * 11 + b"\r\n") == (
+                b"-ERR Protocol error: unauthenticated multibulk length\r\n"
+            )
+            # ... and after an AUTH pipelined with them, the usual ones.
+            auth = b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(writer), writer.encode())
+            set_big = b"*3\r\n$3\r\nSET\r\n$6\r\nuser:b\r\n$20000\r\n" + big + b"\r\n"
+            assert _raw(resp_address(cluster, follower), auth + set_big + b"QUIT\r\n") == b"+OK\r\n+OK\r\n+OK\r\n"
             assert _raw(resp_address(cluster, leader), b"AUTH nope\r\nQUIT\r\n") == (
                 b"-WRONGPASS invalid username-password pair or user is disabled.\r\n+OK\r\n"
             )

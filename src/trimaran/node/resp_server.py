@@ -25,9 +25,10 @@ table's LRU bound (``limits.sessions_max``) holds meanwhile. Reads are lineariza
 
 Auth (on when the node has auth keys): ``AUTH [user] <token>`` or ``HELLO 3 AUTH <user> <token>``
 with a trimaran token (the user name is ignored). Before it, every command but ``AUTH``, ``HELLO``,
-``QUIT`` and ``RESET`` is ``-NOAUTH Authentication required.``; a bad token is ``-WRONGPASS``; a
-request outside the token's scopes is ``-NOPERM`` (checked by the authoriser with the same op and
-body as the REST routes).
+``QUIT`` and ``RESET`` is ``-NOAUTH Authentication required.``, and Redis's tighter bounds hold
+(10 arguments, 16 KiB each, and a bounded read-ahead: ``-ERR Protocol error: unauthenticated ...``
+and the connection closed); a bad token is ``-WRONGPASS``; a request outside the token's scopes is
+``-NOPERM`` (checked by the authoriser with the same op and body as the REST routes).
 
 KV commands map onto the KV service (:mod:`trimaran.services.kv`): see :data:`COMMANDS` and each
 handler. ``SET ... GET``/``XX``/``GETDEL`` are compare-and-set loops on the key's revision (atomic:
@@ -85,6 +86,12 @@ MAX_CLIENTS = ErrorReply("max number of clients reached")
 WRONGPASS = ErrorReply("invalid username-password pair or user is disabled.", "WRONGPASS")
 #: Commands a connection may send before it authenticates.
 _BEFORE_AUTH = frozenset((b"AUTH", b"HELLO", b"QUIT", b"RESET"))
+#: Redis's bounds on a connection that has not authenticated (auth on): a command's arguments, one
+#: argument's bytes, and (trimaran's) the bytes buffered towards the next command. A stranger
+#: cannot make the node hold more than this per connection.
+UNAUTHENTICATED_ARGS_MAX = 10
+UNAUTHENTICATED_ARG_BYTES_MAX = 16 * limits.KIB
+UNAUTHENTICATED_BUFFER_BYTES_MAX = limits.resp_receive_bytes_max + UNAUTHENTICATED_ARGS_MAX * UNAUTHENTICATED_ARG_BYTES_MAX
 
 
 class _Quit(Exception):
@@ -153,6 +160,10 @@ class _Connection:
         self.token: str | None = None
         self.authenticated = not server.edge.authoriser.enabled
         self.answer_bytes_queued = 0
+        #: Commands the runner has answered, and an event set at each (the reader waits on it for
+        #: an AUTH to take effect before it reads on as a stranger or as a known client).
+        self.answered = 0
+        self.progress = trio.Event()
         #: Registered on the connection's first write (a read-only client costs the log nothing).
         self.session = EdgeSession(server.edge, server.config.resp_inflight_commands_max)
 
@@ -221,6 +232,7 @@ class RespServer:
         """Parse commands onto ``send``; a ProtocolError is queued too (answered after the commands
         before it); the end of the stream closes ``send``."""
         parser = RespParser()
+        queued = 0
         async with send:
             while True:
                 data = await conn.stream.receive_some(limits.resp_receive_bytes_max)
@@ -229,7 +241,15 @@ class RespServer:
                 try:
                     parser.feed(data)
                     while (command := parser.next_command()) is not None:
+                        if not conn.authenticated:
+                            _check_unauthenticated(command)
                         await send.send(command)
+                        queued += 1
+                        if not conn.authenticated and command[0].upper() in _BEFORE_AUTH:
+                            while conn.answered < queued:  # did it authenticate?
+                                await conn.progress.wait()
+                    if not conn.authenticated and parser.buffered_bytes > UNAUTHENTICATED_BUFFER_BYTES_MAX:
+                        raise ProtocolError("Protocol error: unauthenticated bulk length")
                 except ProtocolError as exc:
                     await send.send(exc)
                     return
@@ -257,6 +277,9 @@ class RespServer:
                     await conn.stream.send_all(wire)
                 finally:
                     conn.answer_bytes_queued -= len(wire)
+                conn.answered += 1
+                conn.progress.set()
+                conn.progress = trio.Event()
                 if close:
                     return
 
@@ -339,6 +362,14 @@ class RespServer:
             "",
         ]
         return "\r\n".join(lines)
+
+
+def _check_unauthenticated(command: list[bytes]) -> None:
+    """Redis's tighter bounds before AUTH (its wording)."""
+    if len(command) > UNAUTHENTICATED_ARGS_MAX:
+        raise ProtocolError("Protocol error: unauthenticated multibulk length")
+    if any(len(arg) > UNAUTHENTICATED_ARG_BYTES_MAX for arg in command):
+        raise ProtocolError("Protocol error: unauthenticated bulk length")
 
 
 async def _until_gone(task: Callable[..., Awaitable[None]], *args: Any) -> None:
