@@ -101,6 +101,17 @@ async def test_strings_ttls_counters_and_pipelines(tmp_path: Path, protocol: int
             assert answers[0::3] == [True] * 50
             assert answers[1::3] == list(range(1, 51))
             assert answers[2::3] == [str(i).encode() for i in range(50)]
+            # Reads back to back run at once, and a write between them still splits them in order.
+            p = r.pipeline(transaction=False)
+            for i in range(100):
+                p.get(f"p{i % 50}")
+            p.exists("p1", "nope")
+            p.set("p0", "changed")
+            p.get("p0")
+            p.pttl("p0")
+            answers = p.execute()
+            assert answers[:100] == [str(i % 50).encode() for i in range(100)]
+            assert answers[100:] == [1, True, b"changed", -1]
             r.close()
 
         await in_thread(scenario)

@@ -7,9 +7,10 @@ by two tasks:
   channel (``resp_inflight_commands_max``: pipelining reads ahead that far, then stops reading);
 - the **runner** takes the commands in order, runs each to its end, and writes its answer, so a
   pipeline's answers come back in the order sent and a write is applied before a later read of the
-  same connection runs (Redis's order). It takes the next command only once the answer before is
-  written (``send_all``), so at most one answer waits for the socket; an answer over
-  ``resp_answer_bytes_max`` is replaced by an error.
+  same connection runs (Redis's order). Reads waiting back to back (:data:`READS`) run at once,
+  their answers written together in order. The runner takes more commands only once the answers
+  before are written (``send_all``), so at most ``resp_inflight_commands_max`` answers wait for the
+  socket; an answer over ``resp_answer_bytes_max`` is replaced by an error.
 
 A protocol error is answered ``-ERR Protocol error: ...`` (after the answers to the commands before
 it) and the connection closed, as Redis does; the node is unaffected. At most
@@ -84,6 +85,8 @@ CAS_ATTEMPTS_MAX = 16
 #: Redis's reply to a client with no slot left.
 MAX_CLIENTS = ErrorReply("max number of clients reached")
 WRONGPASS = ErrorReply("invalid username-password pair or user is disabled.", "WRONGPASS")
+#: Commands that only read: a run of them waiting back to back is served at once.
+READS = frozenset((b"GET", b"MGET", b"EXISTS", b"TTL", b"PTTL", b"TYPE", b"PING", b"ECHO", b"DBSIZE"))
 #: Commands a connection may send before it authenticates.
 _BEFORE_AUTH = frozenset((b"AUTH", b"HELLO", b"QUIT", b"RESET"))
 #: Redis's bounds on a connection that has not authenticated (auth on): a command's arguments, one
@@ -255,33 +258,81 @@ class RespServer:
                     return
 
     async def _run(self, conn: _Connection, receive: trio.MemoryReceiveChannel[Any]) -> None:
+        held: Any = None  # taken from the channel while gathering reads, run next
         async with receive:
-            async for item in receive:
+            while True:
+                if held is not None:
+                    item, held = held, None
+                else:
+                    try:
+                        item = await receive.receive()
+                    except trio.EndOfChannel:
+                        return
                 if isinstance(item, ProtocolError):
                     self.protocol_errors += 1
                     await conn.stream.send_all(resp.encode(resp.protocol_error_reply(item), conn.protocol))
                     return
-                self.commands += 1
-                protocol = conn.protocol
-                close = False
-                try:
-                    reply = await self.execute(conn, item)
-                except _Quit as quit:
-                    reply, close = quit.reply, True
-                # HELLO answers in the protocol it switches to; everything else in the one in force.
-                wire = resp.encode(reply, conn.protocol if item[0].upper() == b"HELLO" else protocol)
-                if len(wire) > self.config.resp_answer_bytes_max:
-                    wire = resp.encode(ErrorReply(f"the answer of {len(wire)} bytes is over resp_answer_bytes_max={self.config.resp_answer_bytes_max}"))
-                conn.answer_bytes_queued += len(wire)
-                try:
-                    await conn.stream.send_all(wire)
-                finally:
-                    conn.answer_bytes_queued -= len(wire)
-                conn.answered += 1
-                conn.progress.set()
-                conn.progress = trio.Event()
-                if close:
+                if item[0].upper() in READS:
+                    # Reads waiting back to back run at once (none changes what another sees, and
+                    # each is linearizable on its own); their answers go out in order, in one write.
+                    batch = [item]
+                    while len(batch) < self.config.resp_inflight_commands_max:
+                        try:
+                            following = receive.receive_nowait()
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                        if isinstance(following, list) and following[0].upper() in READS:
+                            batch.append(following)
+                        else:
+                            held = following
+                            break
+                    if len(batch) > 1:
+                        await self._run_reads(conn, batch)
+                        continue
+                if not await self._run_one(conn, item):
                     return
+
+    async def _run_one(self, conn: _Connection, command: list[bytes]) -> bool:
+        """Run one command and write its answer; False: close the connection now."""
+        self.commands += 1
+        protocol = conn.protocol
+        close = False
+        try:
+            reply = await self.execute(conn, command)
+        except _Quit as quit:
+            reply, close = quit.reply, True
+        # HELLO answers in the protocol it switches to; everything else in the one in force.
+        await self._write(conn, [self._wire(reply, conn.protocol if command[0].upper() == b"HELLO" else protocol)])
+        return not close
+
+    async def _run_reads(self, conn: _Connection, batch: list[list[bytes]]) -> None:
+        self.commands += len(batch)
+        replies: list[Reply] = [None] * len(batch)
+
+        async def run(index: int) -> None:
+            replies[index] = await self.execute(conn, batch[index])
+
+        async with trio.open_nursery() as nursery:
+            for index in range(len(batch)):
+                nursery.start_soon(run, index)
+        await self._write(conn, [self._wire(reply, conn.protocol) for reply in replies])
+
+    def _wire(self, reply: Reply, protocol: int) -> bytes:
+        wire = resp.encode(reply, protocol)
+        if len(wire) > self.config.resp_answer_bytes_max:
+            wire = resp.encode(ErrorReply(f"the answer of {len(wire)} bytes is over resp_answer_bytes_max={self.config.resp_answer_bytes_max}"))
+        return wire
+
+    async def _write(self, conn: _Connection, wires: list[bytes]) -> None:
+        size = sum(len(w) for w in wires)
+        conn.answer_bytes_queued += size
+        try:
+            await conn.stream.send_all(b"".join(wires) if len(wires) > 1 else wires[0])
+        finally:
+            conn.answer_bytes_queued -= size
+        conn.answered += len(wires)
+        conn.progress.set()
+        conn.progress = trio.Event()
 
     async def execute(self, conn: _Connection, args: list[bytes]) -> Reply:
         """One command's answer (errors as ErrorReply); raises _Quit to close after it."""
