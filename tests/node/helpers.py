@@ -33,16 +33,14 @@ from tests.client.real_cluster import free_ports
 HOST = "127.0.0.1"
 
 
-def free_port() -> int:
-    """A loopback port nobody listens on right now (bind port 0, read it, release it)."""
-    return free_ports(1)[0]
-
-
 def cluster_configs(root: Path, size: int = 3, **overrides: Any) -> list[NodeConfig]:
     """Configs for ``size`` nodes on free loopback ports, data under ``root``."""
     ids = list(range(1, size + 1))
-    client = {i: Address(HOST, free_port()) for i in ids}
-    peer = {i: Address(HOST, free_port()) for i in ids}
+    # Picked together (all held open until each has its number), so no two are the same: one at a
+    # time, a port released by the last pick may be handed out again (once seen in CI).
+    ports = iter(free_ports(2 * size))
+    client = {i: Address(HOST, next(ports)) for i in ids}
+    peer = {i: Address(HOST, next(ports)) for i in ids}
     return [
         NodeConfig(
             i,

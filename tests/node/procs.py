@@ -16,7 +16,8 @@ from typing import Any
 
 import trio
 
-from tests.node.helpers import HOST, free_port
+from tests.client.real_cluster import free_ports
+from tests.node.helpers import HOST
 from trimaran.node.config import Address
 from trimaran.node.probe import fetch_status
 
@@ -29,10 +30,11 @@ class ProcessCluster:
     def __init__(self, root: Path, size: int = 3, extra_args: tuple[str, ...] = (), http: bool = False) -> None:
         self.root = root
         self.ids = list(range(1, size + 1))
-        self.client = {i: Address(HOST, free_port()) for i in self.ids}
-        self.peer = {i: Address(HOST, free_port()) for i in self.ids}
+        ports = iter(free_ports(3 * size))  # picked together: all distinct
+        self.client = {i: Address(HOST, next(ports)) for i in self.ids}
+        self.peer = {i: Address(HOST, next(ports)) for i in self.ids}
         #: Each node's HTTP edge (``http=True``).
-        self.http = {i: Address(HOST, free_port()) for i in self.ids} if http else {}
+        self.http = {i: Address(HOST, next(ports)) for i in self.ids} if http else {}
         self.extra_args = extra_args
         #: What status probes present: a token (auth on) and a TLS context (TLS on).
         self.token: str | None = None

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.node.helpers import HOST, free_port
+from tests.client.real_cluster import free_ports
+from tests.node.helpers import HOST
 from trimaran.cli import main
 
 
@@ -25,10 +26,11 @@ def run(args: list[str]) -> tuple[int, str]:
 
 
 def base_args(tmp_path: Path, listen: str | None = None) -> list[str]:
+    ports = free_ports(2)  # picked together: distinct
     return [
         "--id", "1",
-        "--listen", listen or f"{HOST}:{free_port()}",
-        "--peer-listen", f"{HOST}:{free_port()}",
+        "--listen", listen or f"{HOST}:{ports[0]}",
+        "--peer-listen", f"{HOST}:{ports[1]}",
         "--data-dir", str(tmp_path / "n1"),
     ]  # fmt: skip
 

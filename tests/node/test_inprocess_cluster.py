@@ -240,11 +240,20 @@ async def test_a_port_taken_before_the_nodes_listen_gets_the_cluster_new_ports(
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
-    picks = iter([taken.getsockname()[1]])
-    real_free_port = helpers.free_port
-    monkeypatch.setattr(helpers, "free_port", lambda: next(picks, None) or real_free_port())
+    real_free_ports = helpers.free_ports
+    first = [True]
+
+    def picks(count: int) -> list[int]:
+        ports = real_free_ports(count)
+        if first[0]:  # the first cluster's node 1 gets the taken port for its client port
+            first[0] = False
+            ports[0] = taken.getsockname()[1]
+        return ports
+
+    monkeypatch.setattr(helpers, "free_ports", picks)
     try:
         async with helpers.in_process_cluster(tmp_path, tick_ms=10) as cluster:
+            assert not first[0], "the taken port was handed to the first attempt"
             assert cluster.configs[0].listen.port != taken.getsockname()[1]
             await cluster.leader()
     finally:

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import trio
 
-from tests.node.helpers import HOST, free_port
+from tests.client.real_cluster import free_ports
+from tests.node.helpers import HOST
 from tests.node.procs import ProcessCluster
 from trimaran.client.client import Client
 from trimaran.errors import TlsError, Unauthenticated, Unavailable, error_from_wire
@@ -90,11 +91,12 @@ async def test_a_tls_and_auth_cluster_from_the_cli(tmp_path: Path, monkeypatch: 
 
         # A process claiming to be node 2, without a certificate of the cluster CA, campaigns
         # against nodes 1 and 3: its handshakes fail, no vote request reaches Raft, the term stays.
+        impostor_ports = free_ports(2)
         with open(tmp_path / "impostor.log", "wb") as impostor_log:
             impostor = subprocess.Popen(
                 [
                     sys.executable, "-m", "trimaran", "node", "run", "--id", "2",
-                    "--listen", f"{HOST}:{free_port()}", "--peer-listen", f"{HOST}:{free_port()}",
+                    "--listen", f"{HOST}:{impostor_ports[0]}", "--peer-listen", f"{HOST}:{impostor_ports[1]}",
                     "--data-dir", str(tmp_path / "impostor"),
                     "--peer", f"1={cluster.peer[1]}", "--peer", f"3={cluster.peer[3]}",
                 ],  # fmt: skip
