@@ -6,10 +6,13 @@ same words (each service checks its own arguments' types and bounds).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from trimaran.errors import InvalidArgument
 from trimaran.protocols.codec import brief
+
+T = TypeVar("T")
 
 
 def op_of(message: Any, kind: str) -> str:
@@ -35,3 +38,13 @@ def split(message: list[Any], kind: str, required: int, options: tuple[str, ...]
     if len(args) != required:
         raise InvalidArgument(f"{kind} {brief(message[0])} takes {required} argument(s) and an optional options map")
     return args, opts
+
+
+def parse(message: Any, service: str, kind: str, parsers: Mapping[str, Callable[[list[Any]], T]]) -> T:
+    """``message`` parsed by the parser of its op (``kind``: "command" or "query" of ``service``);
+    ``InvalidArgument`` naming the known ops when it has none."""
+    op = op_of(message, f"{service} {kind}")
+    parser = parsers.get(op)
+    if parser is None:
+        raise InvalidArgument(f"unknown {service} {kind} {brief(op)} (known: {', '.join(parsers)})")
+    return parser(message)

@@ -18,8 +18,9 @@ from typing import Any, Callable, NamedTuple
 
 from trimaran import limits
 from trimaran.errors import InvalidArgument, TooLarge
-from trimaran.protocols.codec import brief, show_bytes
-from trimaran.protocols.command_shape import op_of, split
+from trimaran.protocols.codec import show_bytes
+from trimaran.protocols import command_shape
+from trimaran.protocols.command_shape import split
 
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
@@ -247,11 +248,7 @@ _COMMAND_PARSERS: dict[str, Callable[[list[Any]], Command]] = {
 
 def parse_command(message: Any) -> Command:
     """A validated command, or ``InvalidArgument`` / ``TooLarge``."""
-    op = op_of(message, "command")
-    parser = _COMMAND_PARSERS.get(op)
-    if parser is None:
-        raise InvalidArgument(f"unknown kv command {brief(op)} (known: {', '.join(_COMMAND_PARSERS)})")
-    return parser(message)
+    return command_shape.parse(message, "kv", "command", _COMMAND_PARSERS)
 
 
 # --- queries -------------------------------------------------------------------------------------
@@ -306,8 +303,4 @@ _QUERY_PARSERS: dict[str, Callable[[list[Any]], Query]] = {"get": _get, "mget": 
 
 def parse_query(message: Any) -> Query:
     """A validated query, or ``InvalidArgument`` / ``TooLarge``."""
-    op = op_of(message, "query")
-    parser = _QUERY_PARSERS.get(op)
-    if parser is None:
-        raise InvalidArgument(f"unknown kv query {brief(op)} (known: {', '.join(_QUERY_PARSERS)})")
-    return parser(message)
+    return command_shape.parse(message, "kv", "query", _QUERY_PARSERS)

@@ -156,10 +156,6 @@ def split(message: list[Any], kind: str, required: int, options: tuple[str, ...]
     return command_shape.split(message, f"chat {kind}", required, options)
 
 
-def op_of(message: Any, kind: str) -> str:
-    return command_shape.op_of(message, f"chat {kind}")
-
-
 def _limit(opts: dict[str, Any], minimum: int = 1) -> int | None:
     limit = opts.get("limit")
     return None if limit is None else int_arg(limit, "limit", minimum, limits.msgpack_array_len_max)
@@ -229,11 +225,7 @@ _COMMAND_PARSERS: dict[str, Callable[[list[Any]], Command]] = {
 
 def parse_command(message: Any) -> Command:
     """A validated command, or ``InvalidArgument`` / ``TooLarge``."""
-    op = op_of(message, "command")
-    parser = _COMMAND_PARSERS.get(op)
-    if parser is None:
-        raise InvalidArgument(f"unknown chat command {brief(op)} (known: {', '.join(_COMMAND_PARSERS)})")
-    return parser(message)
+    return command_shape.parse(message, "chat", "command", _COMMAND_PARSERS)
 
 
 # --- queries --------------------------------------------------------------------------------------
@@ -285,8 +277,4 @@ _QUERY_PARSERS: dict[str, Callable[[list[Any]], Query]] = {
 
 def parse_query(message: Any) -> Query:
     """A validated query, or ``InvalidArgument`` / ``TooLarge``."""
-    op = op_of(message, "query")
-    parser = _QUERY_PARSERS.get(op)
-    if parser is None:
-        raise InvalidArgument(f"unknown chat query {brief(op)} (known: {', '.join(_QUERY_PARSERS)})")
-    return parser(message)
+    return command_shape.parse(message, "chat", "query", _QUERY_PARSERS)

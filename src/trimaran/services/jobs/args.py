@@ -19,7 +19,8 @@ from typing import Any, Callable, NamedTuple
 from trimaran import limits
 from trimaran.errors import InvalidArgument, TooLarge
 from trimaran.protocols.codec import brief
-from trimaran.protocols.command_shape import op_of, split
+from trimaran.protocols import command_shape
+from trimaran.protocols.command_shape import split
 from trimaran.services.jobs import cron
 
 #: Far beyond any log time (ms since the epoch) the service meets; bounds sums below int64.
@@ -497,11 +498,7 @@ _COMMAND_PARSERS: dict[str, Callable[[list[Any]], Command]] = {
 
 def parse_command(message: Any) -> Command:
     """A validated command, or ``InvalidArgument`` / ``TooLarge``."""
-    op = op_of(message, "command")
-    parser = _COMMAND_PARSERS.get(op)
-    if parser is None:
-        raise InvalidArgument(f"unknown jobs command {brief(op)} (known: {', '.join(_COMMAND_PARSERS)})")
-    return parser(message)
+    return command_shape.parse(message, "jobs", "command", _COMMAND_PARSERS)
 
 
 # --- queries -------------------------------------------------------------------------------------
@@ -575,8 +572,4 @@ _QUERY_PARSERS: dict[str, Callable[[list[Any]], Query]] = {
 
 def parse_query(message: Any) -> Query:
     """A validated query, or ``InvalidArgument`` / ``TooLarge``."""
-    op = op_of(message, "query")
-    parser = _QUERY_PARSERS.get(op)
-    if parser is None:
-        raise InvalidArgument(f"unknown jobs query {brief(op)} (known: {', '.join(_QUERY_PARSERS)})")
-    return parser(message)
+    return command_shape.parse(message, "jobs", "query", _QUERY_PARSERS)
