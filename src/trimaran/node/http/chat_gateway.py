@@ -60,6 +60,7 @@ from trimaran import limits
 from trimaran.errors import AuthError, InvalidArgument, TrimaranError, Unauthenticated
 from trimaran.node.authoriser import Grant
 from trimaran.node.http.edge import HttpEdge
+from trimaran.node.http.json_body import data_fields, encode, error_json
 from trimaran.services.chat import ChatService
 
 log = logging.getLogger("trimaran.node.http.chat")
@@ -96,23 +97,8 @@ class Closing(Exception):
         self.code, self.reason = code, reason
 
 
-def data_fields(data: bytes, name: str = "data") -> dict[str, str]:
-    try:
-        return {name: data.decode("utf-8")}
-    except UnicodeDecodeError:
-        return {f"{name}_base64": base64.b64encode(data).decode("ascii")}
-
-
 def error_frame(request_id: Any, exc: TrimaranError) -> dict[str, Any]:
-    wire = exc.to_wire()
-    error = {"code": wire["code"], "name": type(exc).__name__, "message": wire["message"], "details": wire["details"]}
-    return {"id": request_id, "type": "error", "error": error}
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value).decode("utf-8", errors="backslashreplace")
-    return repr(value)
+    return {"id": request_id, "type": "error", "error": error_json(exc)}
 
 
 class Subscription:
@@ -596,10 +582,6 @@ class WsConnection:
             await self._queue_lot.park()
         await self._flush_then_close()
         cancel.cancel()
-
-
-def encode(frame: dict[str, Any]) -> str:
-    return json.dumps(frame, separators=(",", ":"), default=_json_default)
 
 
 def _cached(encoded: dict[str, str] | None, frame: Callable[[], dict[str, Any]]) -> str:

@@ -37,10 +37,8 @@ read in full.
 
 from __future__ import annotations
 
-import base64
 import functools
 import importlib.resources
-import json
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qs, unquote_to_bytes
 
@@ -65,6 +63,7 @@ from trimaran.errors import (
 )
 from trimaran.node.http.chat_gateway import CLOSE_UNAUTHENTICATED, ChatHub, serve_websocket
 from trimaran.node.http.edge import HttpEdge
+from trimaran.node.http.json_body import data_fields, encode, error_json
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -108,22 +107,7 @@ def status_of(exc: TrimaranError) -> int:
 
 
 def error_body(exc: TrimaranError) -> dict[str, Any]:
-    wire = exc.to_wire()
-    return {"error": {"code": wire["code"], "name": type(exc).__name__, "message": wire["message"], "details": wire["details"]}}
-
-
-def _json_default(value: Any) -> Any:
-    """Bytes in error details (a key, a current value): text when UTF-8, else escaped text."""
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value).decode("utf-8", errors="backslashreplace")
-    return repr(value)
-
-
-def _value_json(name: str, data: bytes) -> dict[str, Any]:
-    try:
-        return {name: data.decode("utf-8")}
-    except UnicodeDecodeError:
-        return {f"{name}_base64": base64.b64encode(data).decode("ascii")}
+    return {"error": error_json(exc)}
 
 
 class RestApp:
@@ -158,7 +142,7 @@ class RestApp:
             self.edge.errors += 1
             body = {"error": {"code": exc.code, "name": "HttpError", "message": exc.message, "details": {}}}
             status = exc.status
-        payload = json.dumps(body, separators=(",", ":"), default=_json_default).encode()
+        payload = encode(body).encode()
         await send({"type": "http.response.start", "status": status, "headers": _JSON})
         await send({"type": "http.response.body", "body": payload})
 
@@ -216,7 +200,7 @@ class RestApp:
             if result is None:
                 raise NotFound(f"no key {key.decode('utf-8', 'backslashreplace')!r}", kind="key")
             value, revision, ttl_remaining_ms = result
-            out = {**_value_json("key", key), **_value_json("value", value), "revision": revision, "ttl_remaining_ms": ttl_remaining_ms}
+            out = {**data_fields(key, "key"), **data_fields(value, "value"), "revision": revision, "ttl_remaining_ms": ttl_remaining_ms}
             return 200, out
         if method == "PUT":
             value = await _read_body(receive, self.body_bytes_max)
@@ -242,7 +226,7 @@ class RestApp:
             body = {"service": "chat", "query": ["presence", channel], "consistency": "linearizable"}
             self._authorise(token, "read", body)
             answer = await self.edge.request("read", body, 0, token)
-            members = [{"session": s, **_value_json("info", i), "joined_at_ms": t} for s, i, t in answer["members"]]
+            members = [{"session": s, **data_fields(i, "info"), "joined_at_ms": t} for s, i, t in answer["members"]]
             return 200, {"channel": channel, "members": members, "epoch": answer["epoch"]}
         if tail:
             raise HttpError(404, "not_found", "chat routes are /v1/chat/{channel} and /v1/chat/{channel}/presence")
@@ -268,7 +252,7 @@ class RestApp:
             body = {"service": "chat", "query": chat_query, "consistency": "linearizable"}
             self._authorise(token, "read", body)
             page = await self.edge.request("read", body, 0, token)
-            messages = [{"offset": o, **_value_json("data", d), "at_ms": t} for o, d, t in page.pop("messages")]
+            messages = [{"offset": o, **data_fields(d, "data"), "at_ms": t} for o, d, t in page.pop("messages")]
             return 200, {"channel": channel, "messages": messages, **page}
         raise HttpError(405, "method_not_allowed", f"{method} is not served on /v1/chat/{{channel}} (GET, POST)")
 
