@@ -127,7 +127,7 @@ class ChatHub:
         self.connections: set[WsConnection] = set()
         self.by_channel: dict[str, set[WsConnection]] = {}
         #: The last event of the window pushed.
-        self.seq = service.events_after(0, limit=1)["seq"]
+        self.seq = service.events_seq
         self._generation = edge.authoriser.generation
         #: Counters (reported by the status op).
         self.slow_closed = 0
@@ -138,8 +138,8 @@ class ChatHub:
             self._generation = self.edge.authoriser.generation
             for conn in list(self.connections):
                 conn.recheck_token()
-        if not self.by_channel:
-            self.seq = self.service.events_after(self.seq, limit=1)["seq"]  # nothing to push
+        if not self.by_channel or self.seq == self.service.events_seq:
+            self.seq = self.service.events_seq  # nothing to push (an int compare every round)
             return
         while True:
             page = self.service.events_after(self.seq)

@@ -272,6 +272,11 @@ class ChatService:
         q = args.parse_query(query)
         return self._queries[type(q)](q)
 
+    @property
+    def events_seq(self) -> int:
+        """The sequence of the last event made (0: none yet): what an edge compares after a round."""
+        return self._events.seq
+
     def events_after(self, after_seq: int, channel: str | None = None, limit: int | None = None) -> dict[str, Any]:
         """The edge's read of the applied-events window (the ``events`` query without parsing)."""
         limit = min(limit or self.events_limit_max, self.events_limit_max)
