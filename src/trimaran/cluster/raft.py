@@ -597,7 +597,9 @@ class Raft:
         if index <= self.log.commit_index:
             answer(meta.size_bytes, True)
             return
-        if msg.offset == 0:
+        if msg.offset == 0 and (self._incoming is None or self._incoming[0] != meta):
+            # A new transfer. A late duplicate of the first chunk of the transfer under way must
+            # not throw away what arrived since (it is answered with the offset expected next).
             self._incoming = (meta, 0, [])
         incoming = self._incoming
         if incoming is None or incoming[0] != meta or incoming[1] != msg.offset:
@@ -801,6 +803,13 @@ class Raft:
                 return
             while self._send_append(msg.sender):
                 pass
+            return
+        if msg.next_offset <= pr.snapshot_offset:
+            # A duplicate or stale answer: the chunk it asks for is already on its way, and sending
+            # it again for every such answer multiplies the chunks in flight (a storm under message
+            # duplication: seed 1092042825). A follower really behind (it lost the transfer) is
+            # served by the heartbeat's resend of a stalled transfer, from the offset it names.
+            pr.snapshot_offset = min(pr.snapshot_offset, msg.next_offset)
             return
         pr.snapshot_offset = msg.next_offset
         self._send_snapshot_chunk(msg.sender, pr)
