@@ -158,3 +158,34 @@ def test_the_stale_state_mutants_break_what_they_say() -> None:
     assert svc.recheck(grant, 10) is None and grant.lapsed(10) is None  # served on, as granted
     with pytest.raises(ConfigError, match="unknown auth mutants"):
         AuthService(mutants=frozenset({"nope"}))
+
+
+def test_revocations_in_the_boot_tail_refuse_until_application_passes_them() -> None:
+    """A node restarted before its commit index reached the disk: what its own log tail revokes or
+    retires is refused at once, and the applied state decides once application passes it."""
+    svc = AuthService(bootstrap=(TrustedKey("boot", KEY_BOOT),))
+    svc.apply(["trust", "k1", KEY_A, 0], at(10, index=3))
+    before = svc.snapshot()
+    svc.on_unapplied(7, ["revoke", "t-1", 50_000])
+    svc.on_unapplied(8, ["retire", "k1"])
+    svc.on_unapplied(9, ["revoke", 42, 0])  # malformed: applies as an error if it ever commits
+    svc.on_unapplied(9, "junk")
+    assert _reason(svc.refusal(_claims("t-1", "boot"), 20)) == "revoked"
+    assert _reason(svc.refusal(_claims("t-2", "k1"), 20)) == "key_retired"
+    assert svc.refusal(_claims("t-2", "boot"), 20) is None
+    assert svc.snapshot() == before and svc.query(["revoked", "t-1"], at(20)) is False  # edge only
+    # Entry 7 turned out to be the revocation: applied, it decides from then on.
+    svc.on_time(at(30, index=7))
+    svc.apply(["revoke", "t-1", 50_000], at(30, index=7))
+    assert _reason(svc.refusal(_claims("t-1", "boot"), 30)) == "revoked"
+    assert _reason(svc.refusal(_claims("t-2", "k1"), 30)) == "key_retired"  # entry 8: not yet
+    # Entry 8 was overwritten by another leader's (it never committed): the key holds again.
+    svc.on_time(at(40, index=8))
+    assert svc.refusal(_claims("t-2", "k1"), 40) is None
+
+
+def test_the_restart_mutant_forgets_the_boot_tail() -> None:
+    svc = AuthService(mutants=frozenset({"restart_forgets_revocations"}))
+    svc.apply(["trust", "k1", KEY_A, 0], at(10))
+    svc.on_unapplied(7, ["revoke", "t-1", 50_000])
+    assert svc.refusal(_claims("t-1", "k1"), 20) is None

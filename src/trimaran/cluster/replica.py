@@ -166,6 +166,7 @@ class Replica:
         self.bad_commands = 0
         if snapshot is not None:
             self._restore(snapshot)
+        self._show_unapplied_tail(snapshot.meta.last_index if snapshot else 0)
 
     # ------------------------------------------------------------------ queries
 
@@ -337,6 +338,24 @@ class Replica:
             kept[0].append(item)
             kept[1].append(token)
         return kept
+
+    def _show_unapplied_tail(self, applied_index: int) -> None:
+        """Hand each service with an ``on_unapplied`` hook the commands of this node's own log past
+        what it applied at boot (the log as it came from disk). Some of them were committed and
+        applied before a crash, though the commit index that covered them never reached the disk;
+        a service whose edge decisions must not go backward across a restart (the auth service:
+        a token revoked here stays refused here) holds those commands provisionally until this
+        replica applies past their index. Never touches replicated state."""
+        hooks = {name: hook for name, svc in self.services.items() if (hook := getattr(svc, "on_unapplied", None))}
+        if not hooks:
+            return
+        for entry in self.raft.log.entries:
+            if entry.index <= applied_index or entry.kind == EntryKind.CONF_CHANGE or not entry.data:
+                continue
+            decoded = _decode_batch(entry.data)
+            for item in decoded[1] if decoded else ():
+                if type(item) is list and len(item) == 5 and item[3].__class__ is str and item[3] in hooks:
+                    hooks[item[3]](entry.index, item[4])
 
     def _apply_entry(self, entry: Entry) -> None:
         proposal = self._proposals.pop(entry.index, None)

@@ -57,3 +57,11 @@ class Service(Protocol):
     def restore(self, data: Any) -> None:
         """Replace the whole state by a snapshot's."""
         ...
+
+
+#: A service MAY also define ``on_unapplied(index: int, command: Any) -> None``: called once at
+#: boot for each of its commands in the node's own log past what the node has applied (the Replica's
+#: ``_show_unapplied_tail``). Such a command may already be committed (applied before a crash whose
+#: commit index never reached the disk) or may never commit. Only edge decisions may use it (the auth
+#: service refuses a token whose revocation sits there), never replicated state or query answers.
+UNAPPLIED_HOOK = "on_unapplied"

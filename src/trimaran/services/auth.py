@@ -40,6 +40,13 @@ Semantics:
   through ``exp`` + leeway), since the token is refused for expiry from then on.
   At most ``limits.revocations_max`` are held; a revoke beyond that raises ``TooLarge``. A
   revoke whose ``exp_ms`` has passed holds nothing (the token is refused as expired) and returns False.
+- **After a restart.** A node may have applied a revocation or retirement whose commit index never
+  reached its disk before a crash; it boots without it applied, and only relearns the commit index
+  from a leader. So at boot the Replica shows this service the ``revoke`` and ``retire`` commands of
+  the node's own unapplied log tail (:meth:`AuthService.on_unapplied`), and the edge refuses what they
+  name until log application passes their index (then the applied state decides: the command
+  committed, or another entry took its place). Conservative: a revocation that never commits
+  refuses its token here until then. Edge decisions only; queries and snapshots never see it.
 - **Generation.** Every applied ``retire`` or ``revoke`` adds one to ``generation``; a node compares
   it after each apply round and re-checks its live sessions when it moved, closing those that rest
   on a revoked token or a retired key.
@@ -75,6 +82,8 @@ AUTH_MUTANTS = {
     "revocation_stale_state": "a revocation leaves the auth generation alone: no edge re-checks its live connections",
     # The re-check then looks at revocations only, and keeps the key end granted at connect time.
     "retirement_stale_state": "re-checking a live connection ignores its key's retirement",
+    # A restarted node then serves a token it revoked before the crash, until it relearns the commit.
+    "restart_forgets_revocations": "at boot, revocations and retirements in the unapplied log tail are ignored",
 }
 
 #: The ``reason`` detail of each refusal of a verified token (what a client may act on).
@@ -129,6 +138,7 @@ class AuthService:
             raise ConfigError(f"unknown auth mutants {unknown}")
         self._stale_revocations = "revocation_stale_state" in mutants
         self._stale_retirements = "retirement_stale_state" in mutants
+        self._forget_tail = "restart_forgets_revocations" in mutants
         #: From the node's configuration: the same on every node of a cluster, like the kv settings.
         self._bootstrap = {k.kid: k for k in bootstrap}
         self._leeway_ms = leeway_ms
@@ -138,6 +148,10 @@ class AuthService:
         self._revoked: dict[str, int] = {}  # jti -> drop_at_ms
         self._revoked_order: SortedList = SortedList()  # (drop_at_ms, jti)
         self.generation = 0
+        #: Revocations and retirements in this node's unapplied log tail at boot: jti / kid -> the
+        #: index of its entry (see "After a restart"); emptied as application passes them.
+        self._pending_jti: dict[str, int] = {}
+        self._pending_kid: dict[str, int] = {}
         self._reset_view()
 
     # ------------------------------------------------------------------------------ the edge's view
@@ -152,10 +166,10 @@ class AuthService:
     def refusal(self, claims: Claims, now_ms: int) -> Unauthenticated | None:
         """Why a verified token no longer holds on this replica at ``now_ms`` (the node's clock):
         its id is revoked, or its key is retired or no longer known; None if it holds."""
-        if claims.jti in self._revoked:
+        if claims.jti in self._revoked or claims.jti in self._pending_jti:
             return Unauthenticated("token revoked", reason=REVOKED)
         key = self._view.get(claims.kid)
-        if key is None or (key.not_after_ms and key.not_after_ms <= now_ms):
+        if key is None or (key.not_after_ms and key.not_after_ms <= now_ms) or claims.kid in self._pending_kid:
             return Unauthenticated("the token's key is retired", reason=KEY_RETIRED)
         return None
 
@@ -247,9 +261,23 @@ class AuthService:
             self.generation += 1
         return True
 
+    def on_unapplied(self, index: int, command: Any) -> None:
+        """A command of this node's own log past what it applied at boot (the Replica calls this
+        before applying anything): hold a revocation or retirement there provisionally."""
+        if self._forget_tail or type(command) is not list or len(command) < 2 or command[1].__class__ is not str:
+            return  # malformed: it will apply as an error, if it commits at all
+        if command[0] == "revoke" and len(command) == 3:
+            self._pending_jti[command[1]] = index
+        elif command[0] == "retire" and len(command) == 2:
+            self._pending_kid[command[1]] = index
+
     # ------------------------------------------------------------------------------ time
 
     def on_time(self, ctx: ApplyContext) -> None:
+        if self._pending_jti or self._pending_kid:
+            # Applied this far: the applied state now decides what the boot tail held here.
+            self._pending_jti = {j: i for j, i in self._pending_jti.items() if i > ctx.index}
+            self._pending_kid = {k: i for k, i in self._pending_kid.items() if i > ctx.index}
         now = ctx.timestamp_ms
         while self._revoked_order and self._revoked_order[0][0] <= now:
             _, jti = self._revoked_order.pop(0)

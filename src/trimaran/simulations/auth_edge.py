@@ -18,13 +18,15 @@ retirement was applied there (by a command, or by installing or booting from a s
 it), and every request its edge accepted, with the token id and key it rested on. Moments are an
 event counter (requests and applies at the same simulated microsecond are still ordered) and the
 simulated time. :func:`check_auth`: no request was accepted by a node after the revocation of its
-token, or the retirement of its token's key, was applied on that node (category ``auth``).
+token, or the retirement of its token's key, was applied on that node, in this lifetime or an
+earlier one (category ``auth``).
 
-Per lifetime, deliberately: a node can apply a committed entry before the commit index that covers
-it is durable on its own disk, so after a crash it may boot without that entry applied and serve
-the token again until the leader tells it the commit index (seed 92, 5 nodes, 60 s: for 8 seconds
-of a partition). That is the lag of any node behind the leader, which this design accepts; a
-checker across lifetimes would need the node to refuse tokens after a restart until it caught up.
+Across lifetimes, deliberately: a node can apply a committed entry before the commit index that
+covers it is durable on its own disk, so it may boot without that entry applied; it must still
+refuse the token (the auth service holds the revocations of its unapplied log tail, see
+``AuthService.on_unapplied``). Before that hook, seeds 92 and 154 (5 nodes, 60 s) showed a restarted
+node serving a token it had revoked, for up to 8 seconds of a partition. A node that never applied a
+revocation (it lags the leader) may still serve the token: that lag is the design's.
 """
 
 from __future__ import annotations
@@ -171,9 +173,17 @@ class NodeEdge:
 
 def check_auth(record: AuthRecord) -> None:
     """No request accepted by a node after the revocation of its token, or the retirement of its
-    token's key, was applied on that node (in the same lifetime)."""
+    token's key, was applied on that node (in any lifetime up to the request's)."""
+    # Per node, the first moment each revocation or retirement was applied there, in any lifetime
+    # (moments only grow, and a node's lifetimes follow each other).
+    applied_on: dict[int, dict[Covered, tuple[int, int]]] = {}
+    for incarnation, node_id in enumerate(record.node_of):
+        merged = applied_on.setdefault(node_id, {})
+        for covered, hit in record.applied[incarnation].items():
+            if covered not in merged or hit[0] < merged[covered][0]:
+                merged[covered] = hit
     for incarnation, moment, at_us, holder, jti, kid in record.accepted:
-        applied = record.applied[incarnation]
+        applied = applied_on[record.node_of[incarnation]]
         for covered in (("jti", jti), ("kid", kid)):
             hit = applied.get(covered)
             if hit is not None and hit[0] < moment:
