@@ -533,8 +533,7 @@ def print_table(
     print("\nCPU ms per 1000 ops (trimaran): client process, then each node")
     for row in rows:
         r = ours[row]
-        nodes = "  ".join(f"n{n}={v:.0f}" for n, v in sorted((r.node_cpu_ms_per_kop or {}).items()))
-        print(f"  {row.op:<4}{row.clients:>4} clients: client={r.client_cpu_ms_per_kop:.0f}  {nodes}")
+        print(f"  {row.op:<4}{row.clients:>4} clients: {_cpu_parts(r)}")
     check_targets(rows, ours, etcd)
 
 
@@ -553,12 +552,18 @@ def print_secured(rows: list[Row], ours: dict[Row, Result], secured: dict[Row, R
         r, s = ours[row], secured.get(row)
         if s is not None:
             off, on = _total_cpu(r), _total_cpu(s)
-            print(f"  {row.op:<4}{row.clients:>4} clients: {off:.0f} -> {on:.0f} ({on / off:.2f}x)" if off else "")
+            if off:
+                print(f"  {row.op:<4}{row.clients:>4} clients: {off:.0f} -> {on:.0f} ({on / off:.2f}x); {_cpu_parts(s)}")
     print(f"\ntarget (issue 9): set and get at 64 clients with {label} >= 0.9x without")
     for row in rows:
         if row.op in ("set", "get") and row.clients == 64 and row in secured:
             ratio = secured[row].ops_per_s / ours[row].ops_per_s
             print(f"  {row.op} 64 clients ratio {ratio:.2f}: {'met' if ratio >= 0.9 else 'MISSED'}")
+
+
+def _cpu_parts(r: Result) -> str:
+    nodes = "  ".join(f"n{n}={v:.0f}" for n, v in sorted((r.node_cpu_ms_per_kop or {}).items()))
+    return f"client={r.client_cpu_ms_per_kop:.0f}  {nodes}"
 
 
 def _total_cpu(r: Result) -> float:

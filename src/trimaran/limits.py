@@ -135,6 +135,10 @@ append_bytes_max = 8 * MIB
 inflight_messages_max = 1024
 #: Size of one InstallSnapshot chunk ceiling.
 snapshot_chunk_bytes_max = 4 * MIB
+#: ``trimaran snapshot save``: the bytes of one ``backup_chunk`` answer, and how many backups a
+#: node holds in memory at once (one per connection that asked, until it closes or asks again).
+backup_chunk_bytes = 1 * MIB
+backups_held_max = 2
 #: Cluster size ceiling (voters + learners).
 members_max = 15
 #: Every term, index, node id, sequence number and offset in a Raft message or record. Far below
@@ -209,6 +213,7 @@ assert proposal_batch_bytes_max >= command_bytes_max, "one maximal command must 
 assert append_bytes_max >= proposal_batch_bytes_max, "one maximal entry must fit an append"
 assert append_bytes_max + 64 * KIB < frame_bytes_max, "an append plus headers must fit a frame"
 assert snapshot_chunk_bytes_max + 64 * KIB < frame_bytes_max
+assert backup_chunk_bytes + 64 * KIB < frame_bytes_max
 assert log_read_bytes_max >= append_bytes_max
 assert storage_map_bytes_initial <= storage_map_bytes_max
 assert raft_term_jump_max * 1024 < raft_counter_max < 2**63, "counters far below the codec's int64"

@@ -23,6 +23,7 @@ twice.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import ssl
@@ -43,7 +44,9 @@ from trimaran.errors import (
     Unauthenticated,
     Unavailable,
 )
+from trimaran.protocols import backup_file
 from trimaran.protocols.client_protocol import CONSISTENCIES
+from trimaran.protocols.codec import brief
 
 from .auth import AuthClient
 from .chat import ChatClient
@@ -82,6 +85,35 @@ TOKEN_ENV = "TRIMARAN_TOKEN"
 CA_FILE_ENV = "TRIMARAN_CA_FILE"
 #: Answers that mean "this attempt was not applied; try again (elsewhere, or a bit later)".
 _RETRYABLE = (NotLeader, Unavailable, RequestTimeout)
+
+
+async def _save_backup(conn: Connection, path: str, progress: Callable[[int, int], None] | None) -> dict[str, Any]:
+    """One attempt of :meth:`Client.backup` on ``conn``: the header, then every chunk, checked."""
+    answer = await conn.request("backup", {})
+    header = backup_file.header_from(answer)
+    chunk_bytes = answer.get("chunk_bytes")
+    if type(chunk_bytes) is not int or chunk_bytes <= 0:
+        raise ProtocolError(f"backup answered chunk_bytes={brief(chunk_bytes)}")
+    part = path + ".part"
+    digest, done = hashlib.sha256(), 0
+    with open(part, "wb") as out:
+        out.write(backup_file.encode_prefix(header))
+        while done < header.size_bytes:
+            chunk = await conn.request("backup_chunk", {"offset": done})
+            if type(chunk) is not bytes or not chunk or len(chunk) > chunk_bytes:
+                raise ProtocolError(f"backup_chunk at {done} answered {brief(chunk)}")
+            out.write(chunk)
+            digest.update(chunk)
+            done += len(chunk)
+            if progress is not None:
+                progress(done, header.size_bytes)
+        out.flush()
+        os.fsync(out.fileno())
+    if done != header.size_bytes or digest.hexdigest() != header.sha256:
+        os.unlink(part)
+        raise ProtocolError("the backup's bytes do not match the checksum the node sent")
+    os.replace(part, path)
+    return header.to_dict()
 
 
 class _SessionGone(Exception):
@@ -270,6 +302,31 @@ class Client(RegisterMethods):
     async def transfer(self, node_id: int, *, timeout_ms: int | None = None) -> None:
         """Ask the leader to hand leadership to ``node_id``."""
         await self._with_deadline(timeout_ms, self._once, "transfer", {"node_id": node_id})
+
+    async def backup(
+        self, path: str | os.PathLike[str], *, progress: Callable[[int, int], None] | None = None, timeout_ms: int | None = None
+    ) -> dict[str, Any]:
+        """Save a consistent snapshot of the whole cluster (taken on the leader at a linearizable
+        point: it holds every write acknowledged before the call) to the backup file ``path``
+        (written to ``path + ".part"``, synced, then renamed). ``progress(bytes_done, bytes_total)``
+        is called after every chunk. Returns the file's header (index, term, size, checksums).
+        Needs an ``admin:*`` token. A connection lost midway starts the backup again."""
+        return await self._with_deadline(timeout_ms, self._backup, os.fspath(path), progress)
+
+    async def _backup(self, path: str, progress: Callable[[int, int], None] | None) -> dict[str, Any]:
+        delays = self._backoff()
+        refreshed = False
+        while True:
+            conn = await self._leader_connection()
+            try:
+                return await _save_backup(conn, path, progress)
+            except _RETRYABLE as exc:
+                await self._after_refusal(conn, exc, delays)
+            except Unauthenticated as exc:
+                refreshed = self._refresh_after(conn, exc, refreshed)
+            except ConnectionLost as exc:  # the bytes held there are gone with it: start again
+                self._on_lost(conn, exc)
+                await self._pause_after_lost(exc, delays)
 
     # ------------------------------------------------------------------ deadlines and retries
 

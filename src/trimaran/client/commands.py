@@ -52,6 +52,24 @@ def service_call(
     return trio.run(run)
 
 
+def save_backup(
+    endpoints: str,
+    path: str,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    cluster_id: str | None = None,
+    token: str | None = None,
+    timeout_ms: int = 600_000,
+) -> dict[str, Any]:
+    """``Client.backup`` on a fresh client: the backup file's header."""
+
+    async def run() -> dict[str, Any]:
+        async with Client(endpoints, cluster_id=cluster_id, token=token, timeout_ms=timeout_ms) as c:
+            return await c.backup(path, progress=progress)
+
+    return trio.run(run)
+
+
 def kv_scan(
     endpoints: str,
     prefix: str,

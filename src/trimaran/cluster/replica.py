@@ -47,6 +47,8 @@ SESSION_ID_STRIDE = 1 << 16
 assert limits.proposal_batch_commands_max < SESSION_ID_STRIDE
 
 CONSISTENCIES = ("linearizable", "lease", "stale")
+#: The "service" of a backup in the read queue (service names are never empty).
+_BACKUP = ""
 
 #: The answer, on every replica, to the proposer of an entry that is not a command batch.
 BAD_ENTRY_TEXT = "the log entry is not a batch of commands; nothing in it was applied"
@@ -259,6 +261,15 @@ class Replica:
         self._reads[self._read_seq] = (token, service, query)
         self.raft.read_index(self._read_seq, lease=consistency == "lease")
 
+    def backup(self, token: Any) -> None:
+        """Answer with a :class:`Snapshot` of the applied state at a linearizable point (a read
+        index), for ``trimaran snapshot save``: it holds every write acknowledged before."""
+        if len(self._reads) >= self.config.pending_reads_max:
+            raise Unavailable("too many reads pending")
+        self._read_seq += 1
+        self._reads[self._read_seq] = (token, _BACKUP, None)
+        self.raft.read_index(self._read_seq, lease=False)
+
     def change_membership(self, token: Any, change: ConfChange) -> None:
         """Propose a membership change; answered once it is applied."""
         index = self.raft.propose_conf_change(change)
@@ -457,6 +468,9 @@ class Replica:
             self._answer_query(token, service, query)
 
     def _answer_query(self, token: Any, service: str, query: Any) -> None:
+        if service == _BACKUP:
+            self._replies.append(Reply(token, True, self.take_snapshot()))
+            return
         ctx = ApplyContext(self.raft.log.applied_index, self.last_timestamp_ms)
         try:
             self._replies.append(Reply(token, True, self.services[service].query(query, ctx)))

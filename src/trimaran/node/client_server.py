@@ -61,6 +61,7 @@ confused with an old one).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import ssl
@@ -84,9 +85,11 @@ from trimaran.node.clock import wall_clock_ms as system_wall_clock_ms
 from trimaran.node.config import Address, NodeConfig
 from trimaran.node.driver import Driver
 from trimaran.node.streams import PendingHandshakes, TlsStream, linger_close, open_listeners, read_frame
+from trimaran.protocols import backup_file
 from trimaran.protocols.client_protocol import error_frame, parse_hello, parse_request, response, welcome
 from trimaran.protocols.codec import brief, pack, unpack
 from trimaran.protocols.framing import FrameDecoder, encode_frame
+from trimaran.protocols.messages import Snapshot
 
 log = logging.getLogger("trimaran.node.client_server")
 
@@ -100,7 +103,7 @@ WRITE_CHUNK_BYTES_MAX = 4 * limits.MIB
 #: error frame) would take about as much.
 ANSWER_BYTES_ALWAYS_QUEUED = 1 * limits.KIB
 #: Operations that change no state: an answer of theirs refused over the caps is ``unavailable``.
-_READ_ONLY_OPS = frozenset({"read", "status"})
+_READ_ONLY_OPS = frozenset({"read", "status", "backup", "backup_chunk"})
 
 
 def _encode(obj: Any) -> bytes:
@@ -133,6 +136,8 @@ class ClientConnection:
         self._out_lot = trio.lowlevel.ParkingLot()
         #: The unwritten rest of a chunk the socket took only part of, and the slots it holds.
         self._head: bytes | memoryview = b""
+        #: The snapshot bytes of this connection's last ``backup``, read with ``backup_chunk``.
+        self._backup: bytes | None = None
         self._head_slots = 0
         #: The socket's descriptor while answers may be written to it directly (-1: not, or no more).
         self._fd = -1
@@ -169,6 +174,8 @@ class ClientConnection:
         if entry is None or self.closed:
             return  # answered already (timeout) or the client is gone
         request_id, read_only = entry
+        if ok and isinstance(value, Snapshot):
+            ok, value = self._hold_backup(value)
         try:
             frame = _encode(response(request_id, ok, value))
         except (TypeError, ValueError, OverflowError) as exc:  # a result msgpack cannot carry
@@ -178,6 +185,24 @@ class ClientConnection:
             if refusal:
                 frame = self._refused(request_id, read_only, len(frame), refusal)
         self._queue(frame, holds_slot=True)
+
+    def _hold_backup(self, snapshot: Snapshot) -> tuple[bool, Any]:
+        """Keep a backup's bytes for ``backup_chunk`` and answer its header (see backup_file)."""
+        server = self._server
+        if self._backup is None and server.backups_held >= limits.backups_held_max:
+            return False, Unavailable(f"{limits.backups_held_max} backups are being read from this node already; retry later")
+        if self._backup is None:
+            server.backups_held += 1
+        self._backup = snapshot.data
+        header = backup_file.header_for(server.config.cluster_id, snapshot.meta, hashlib.sha256(snapshot.data).hexdigest())
+        return True, header.to_dict() | {"chunk_bytes": limits.backup_chunk_bytes}
+
+    def _backup_chunk(self, offset: int) -> tuple[bool, Any]:
+        if self._backup is None:
+            return False, InvalidArgument("no backup on this connection: ask for one (backup) first")
+        if offset > len(self._backup):
+            return False, InvalidArgument(f"offset {offset} is past the backup's {len(self._backup)} bytes")
+        return True, self._backup[offset : offset + limits.backup_chunk_bytes]
 
     def _over_answer_caps(self, size_bytes: int) -> str:
         """Why an answer of ``size_bytes`` may not be queued now ("": it may)."""
@@ -216,6 +241,9 @@ class ClientConnection:
 
     def _release_answers(self) -> None:
         """The connection is gone: what it had queued no longer counts against the node."""
+        if self._backup is not None:
+            self._backup = None
+            self._server.backups_held -= 1
         self._server.answer_bytes_queued -= self._out_bytes
         self._out_bytes = 0
         self._out.clear()
@@ -432,6 +460,8 @@ class ClientConnection:
             self._answer(seq, False, Unavailable("the node is shutting down; retry on another node"))
         elif request.op == "status":
             self._answer(seq, True, server.status())
+        elif request.op == "backup_chunk":
+            self._answer(seq, *self._backup_chunk(request.body["offset"]))
         else:
             await server.driver.submit_client(request.op, request.body, (self, seq), len(frame), more=True)
             return True
@@ -557,6 +587,8 @@ class ClientServer:
         self.protocol_errors = 0
         self.idle_closed = 0
         self.answers_refused = 0
+        #: Connections holding a backup's bytes (at most limits.backups_held_max).
+        self.backups_held = 0
 
     @property
     def connection_count(self) -> int:

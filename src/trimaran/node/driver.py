@@ -587,6 +587,10 @@ class Driver:
             elif op == "transfer":
                 replica.transfer_leadership(body["node_id"])
                 self._reply(token, True, None)
+            elif op == "backup":
+                if replica.raft.role != Role.LEADER:
+                    raise self.not_leader()  # taken where the newest state is, as etcdctl does
+                replica.backup(token)
             else:
                 raise InvalidArgument(f"operation {op!r} is not served by the driver")
         except TrimaranError as exc:

@@ -100,7 +100,7 @@ from trimaran.errors import InvalidArgument, ProtocolError, TrimaranError
 from trimaran.protocols.codec import brief, depth_exceeds
 
 PROTOCOL_VERSION = 1
-OPS = ("register", "command", "read", "status", "membership", "transfer")
+OPS = ("register", "command", "read", "status", "membership", "transfer", "backup", "backup_chunk")
 MEMBERSHIP_KINDS = ("add_learner", "promote", "remove")
 CONSISTENCIES = ("linearizable", "lease", "stale")
 
@@ -196,6 +196,8 @@ def parse_request(obj: Any) -> Request:
         _int_field(body, "node_id", 1)
     elif op == "transfer":
         _int_field(body, "node_id", 1)
+    elif op == "backup_chunk":
+        _int_field(body, "offset")
     return Request(request_id, op, body)
 
 

@@ -179,9 +179,9 @@ def check_auth(record: AuthRecord) -> None:
     applied_on: dict[int, dict[Covered, tuple[int, int]]] = {}
     for incarnation, node_id in enumerate(record.node_of):
         merged = applied_on.setdefault(node_id, {})
-        for covered, hit in record.applied[incarnation].items():
-            if covered not in merged or hit[0] < merged[covered][0]:
-                merged[covered] = hit
+        for covered, first in record.applied[incarnation].items():
+            if covered not in merged or first[0] < merged[covered][0]:
+                merged[covered] = first
     for incarnation, moment, at_us, holder, jti, kid in record.accepted:
         applied = applied_on[record.node_of[incarnation]]
         for covered in (("jti", jti), ("kid", kid)):

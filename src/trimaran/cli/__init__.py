@@ -1370,5 +1370,8 @@ def auth_keys_command(endpoints: str, cluster_id: str | None, token: str | None,
         click.echo(f"{row['kid']}\t{row['source']}\t{row['not_after'] or '-'}")
 
 
+# Command groups kept in modules of their own; they register on `main` as they are imported.
+from trimaran.cli import snapshot as _snapshot  # noqa: E402,F401
+
 if __name__ == "__main__":
     main()
