@@ -1371,6 +1371,7 @@ def auth_keys_command(endpoints: str, cluster_id: str | None, token: str | None,
 
 
 # Command groups kept in modules of their own; they register on `main` as they are imported.
+from trimaran.cli import members as _members  # noqa: E402,F401
 from trimaran.cli import snapshot as _snapshot  # noqa: E402,F401
 
 if __name__ == "__main__":

@@ -65,6 +65,7 @@ from .connection import (
 )
 from .jobs import JobsClient
 from .kv import KvClient
+from .members import MembersClient
 from .register import RegisterMethods
 from .session import Session
 
@@ -189,6 +190,7 @@ class Client(RegisterMethods):
         self.kv = KvClient(self)
         #: The auth service's methods (trusted keys, revocations): ``await c.auth.revoke(jti)``.
         self.auth = AuthClient(self)
+        self.members = MembersClient(self)
         self.chat = ChatClient(self)
         #: The job queue's methods: ``await c.jobs.enqueue("emails", {"to": "a@b.c"})``.
         self.jobs = JobsClient(self)
@@ -291,12 +293,16 @@ class Client(RegisterMethods):
         finally:
             conn.close()
 
-    async def membership(self, kind: str, node_id: int, *, timeout_ms: int | None = None) -> Any:
+    async def membership(self, kind: str, node_id: int, *, force: bool = False, timeout_ms: int | None = None) -> Any:
         """Change membership (``add_learner``, ``promote`` or ``remove``); the new members.
 
+        The leader refuses (``MembershipChangeRejected``) removing itself and removing a voter of
+        a 2-voter cluster unless ``force``; Raft refuses a change while another is pending, the
+        last voter's removal and promoting a learner that has not caught up, whatever ``force``.
         Not retried once sent: a membership change is not covered by the session, so a lost answer
-        surfaces as ``RequestTimeout`` and ``status()`` tells what happened."""
-        body = {"kind": kind, "node_id": node_id}
+        surfaces as ``RequestTimeout`` and ``status()`` tells what happened. ``c.members`` has the
+        operator's steps (addresses, catching up, failure tolerance)."""
+        body = {"kind": kind, "node_id": node_id, "force": force}
         return await self._with_deadline(timeout_ms, self._once, "membership", body)
 
     async def transfer(self, node_id: int, *, timeout_ms: int | None = None) -> None:

@@ -98,6 +98,11 @@ class NodeConfig:
     lease_reads: bool = False
     snapshot_interval_entries: int = 10_000
     snapshot_keep_entries: int = 1_000
+    #: A learner is promoted only within this many entries of the leader's log. Not 0 (the core's
+    #: default, for the simulator): under a steady write load the leader always holds a few entries
+    #: the learner has not acknowledged yet, so an exact match would rarely be seen; this many go in
+    #: one or two appends, well inside an election timeout (thesis §4.2.1).
+    learner_catchup_entries_max: int = 512
 
     # --- client server ---
     #: A request not answered within this is answered ``timeout`` (its outcome is then unknown).
@@ -288,6 +293,7 @@ class NodeConfig:
             election_timeout_ticks_max=self.election_timeout_ticks_max,
             heartbeat_interval_ticks=self.heartbeat_interval_ticks,
             lease_reads=self.lease_reads,
+            learner_catchup_entries_max=self.learner_catchup_entries_max,
         )
 
     def replica_config(self) -> ReplicaConfig:

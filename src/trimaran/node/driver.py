@@ -73,7 +73,7 @@ import trio
 
 from trimaran.cluster.raft import Role
 from trimaran.cluster.replica import Replica, ReplicaReady
-from trimaran.errors import InvalidArgument, NotLeader, StorageFullError, TrimaranError
+from trimaran.errors import InvalidArgument, MembershipChangeRejected, NotLeader, StorageFullError, TrimaranError
 from trimaran.node.clock import wall_clock_ms as system_wall_clock_ms
 from trimaran.node.config import NodeConfig
 from trimaran.node.writer import StorageWriter, WriteResult
@@ -583,6 +583,8 @@ class Driver:
                 replica.read(token, body["service"], body["query"], body.get("consistency", "linearizable"))
             elif op == "membership":
                 self._refuse_if_full()
+                if not body.get("force"):
+                    self._refuse_risky_removal(body["kind"], body["node_id"])
                 replica.change_membership(token, ConfChange(MEMBERSHIP_KINDS[body["kind"]], body["node_id"]))
             elif op == "transfer":
                 replica.transfer_leadership(body["node_id"])
@@ -595,6 +597,26 @@ class Driver:
                 raise InvalidArgument(f"operation {op!r} is not served by the driver")
         except TrimaranError as exc:
             self._reply(token, False, exc)
+
+    def _refuse_risky_removal(self, kind: str, node_id: int) -> None:
+        """Removals that lose what a cluster is for, refused unless the caller says ``force``
+        (etcd, ScyllaDB and RedisRaft users lost quorum to each): the Raft core itself refuses a
+        change while another is pending, the last voter's removal and a learner's promotion
+        before it caught up."""
+        raft = self.replica.raft
+        if kind != "remove" or raft.role != Role.LEADER or node_id not in raft.membership.voters:
+            return
+        if node_id == raft.id:
+            raise MembershipChangeRejected(
+                f"node {node_id} is the leader: transfer leadership first (trimaran leader transfer), or force it",
+                reason="leader",
+            )
+        if len(raft.membership.voters) == 2:
+            raise MembershipChangeRejected(
+                "removing a voter of a 2-voter cluster leaves one voter, whose loss then stops the cluster; "
+                "add a voter first, or force it",
+                reason="two_voters",
+            )
 
     def _refuse_if_full(self, size_bytes: int = 0) -> None:
         """Refuse a write on a leader whose store is full or below its reserve. A follower's own

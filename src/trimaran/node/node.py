@@ -20,6 +20,7 @@ import trio
 from trimaran.cluster.replica import Replica
 from trimaran.node.client_server import ClientServer
 from trimaran.node.clock import ClockMonitor, wall_clock_ms as system_wall_clock_ms
+from trimaran.errors import ConfigError
 from trimaran.node.config import Address, NodeConfig
 from trimaran.node.driver import Driver
 from trimaran.node.http.chat_gateway import ChatHub
@@ -34,6 +35,7 @@ from trimaran.services.auth import AuthService
 from trimaran.services.chat import ChatService
 from trimaran.services.jobs import JobsService
 from trimaran.services.kv import KvService
+from trimaran.services.members import MembersService
 from trimaran.services.register import RegisterService
 
 log = logging.getLogger("trimaran.node")
@@ -56,15 +58,17 @@ def default_services(config: NodeConfig | None = None) -> list[Service]:
     and revocations), built with its bootstrap keys and leeway (defaults without a config). The
     auth service is there with auth off too, so the replicated state has the same shape on every
     node. The chat and jobs services are built with their defaults on every node (none of their
-    settings is configurable yet, so none needs comparing in the peer handshake)."""
+    settings is configurable yet, so none needs comparing in the peer handshake), and so is the
+    members directory (where nodes added with ``trimaran member add`` listen)."""
     if config is None:
-        return [RegisterService(), KvService(), AuthService(), ChatService(), JobsService()]
+        return [RegisterService(), KvService(), AuthService(), ChatService(), JobsService(), MembersService()]
     return [
         RegisterService(),
         KvService(maxmemory_bytes=config.kv_maxmemory_bytes, eviction_policy=config.kv_eviction),
         AuthService(bootstrap=config.auth_keys, leeway_ms=config.auth_leeway_ms),
         ChatService(),
         JobsService(),
+        MembersService(),
     ]
 
 
@@ -92,6 +96,8 @@ class Node:
         self.chat_hub: ChatHub | None = None
         self.http_address: Address | None = None
         self.resp_server: RespServer | None = None
+        #: Client addresses of members recorded in the members directory (for not_leader hints).
+        self._member_clients: dict[int, str] = {}
         self.resp_address: Address | None = None
         self._writer: StorageWriter | None = None
 
@@ -106,6 +112,8 @@ class Node:
     def _client_address_of(self, node_id: int) -> str | None:
         if node_id == self.config.node_id:
             return str(self.client_address) if self.client_address else None
+        if node_id in self._member_clients:
+            return self._member_clients[node_id]
         peer = self.config.peer(node_id)
         return str(peer.client_address) if peer is not None and peer.client_address else None
 
@@ -210,6 +218,9 @@ class Node:
             self._wall_clock_ms,
         )
         transport.clock = clock
+        members = replica.services.get("members")
+        if isinstance(members, MembersService):
+            driver.after_round_hooks.append(self._members_follower(members, transport))
         client_server = ClientServer(
             cfg, driver, self.status, self._wall_clock_ms, self._tls.client_server if self._tls else None
         )
@@ -239,6 +250,26 @@ class Node:
             await self._stop.wait()
             await self._shutdown(driver, client_server)
             nursery.cancel_scope.cancel()
+
+    def _members_follower(self, members: MembersService, transport: PeerTransport) -> Callable[[], None]:
+        """The after-round hook that hands the transport every member the members directory
+        records (``trimaran member add``): one int compare per round while nothing changed."""
+        seen = [-1]
+
+        def follow() -> None:
+            if members.generation == seen[0]:
+                return
+            seen[0] = members.generation
+            for node_id, (peer, client) in members.entries.items():
+                try:
+                    transport.add_peer(node_id, Address.parse(peer, "peer address"))
+                except ConfigError as exc:  # checked for shape when applied; a bad host stays unreachable
+                    log.warning("node %d: member %d's peer address: %s", self.config.node_id, node_id, exc)
+                    continue
+                if client is not None:
+                    self._member_clients[node_id] = client
+
+        return follow
 
     async def _deliver_peer(self, msg: Any, more: bool) -> None:
         assert self.driver is not None

@@ -297,6 +297,9 @@ class PeerTransport:
         self._queues = {
             p.node_id: PeerQueue(config.peer_queue_frames_max, config.peer_queue_bytes_max) for p in config.peers
         }
+        #: Where each peer is dialed: from the --peer flags, then from the members directory.
+        self._addresses: dict[int, Address] = {p.node_id: p.peer_address for p in config.peers}
+        self._nursery: trio.Nursery | None = None
         self._pump_scopes: dict[int, trio.CancelScope] = {}
         #: Inbound connections waiting for their handshake.
         self._handshaking: PendingHandshakes[_Inbound] = PendingHandshakes(config.peer_handshakes_max)
@@ -389,16 +392,32 @@ class PeerTransport:
         host, port = listeners[0].socket.getsockname()[:2]
         self.address = Address(host, port)
         async with trio.open_nursery() as nursery:
-            for peer in self._config.peers:
-                nursery.start_soon(self._dial_loop, peer.node_id, peer.peer_address)
+            self._nursery = nursery
+            for peer_id in list(self._addresses):
+                nursery.start_soon(self._dial_loop, peer_id)
             await nursery.start(trio.serve_listeners, self._handle_inbound, listeners)
             task_status.started(self.address)
 
-    async def _dial_loop(self, peer_id: int, address: Address) -> None:
+    def add_peer(self, peer_id: int, address: Address) -> None:
+        """A member learned from the members directory (``trimaran member add``): dial it at
+        ``address`` from now on (a known peer's next reconnect uses the new address), and accept
+        its connections."""
+        if peer_id == self._node_id or self._addresses.get(peer_id) == address:
+            return
+        known = peer_id in self._addresses
+        self._addresses[peer_id] = address
+        if peer_id not in self._queues:
+            self._queues[peer_id] = PeerQueue(self._config.peer_queue_frames_max, self._config.peer_queue_bytes_max)
+        if not known and self._nursery is not None:
+            self._nursery.start_soon(self._dial_loop, peer_id)
+        log.info("node %d: peer %d is at %s (members directory)", self._node_id, peer_id, address)
+
+    async def _dial_loop(self, peer_id: int) -> None:
         cfg = self._config
         backoff_ms = cfg.peer_reconnect_ms_min
         q = self._queues[peer_id]
         while True:
+            address = self._addresses[peer_id]
             stream: trio.abc.Stream | None = None
             try:
                 with trio.fail_after(cfg.peer_connect_timeout_ms / 1000):

@@ -194,6 +194,8 @@ def parse_request(obj: Any) -> Request:
     elif op == "membership":
         _str_field(body, "kind", MEMBERSHIP_KINDS)
         _int_field(body, "node_id", 1)
+        if type(body.setdefault("force", False)) is not bool:
+            raise InvalidArgument("force must be true or false")
     elif op == "transfer":
         _int_field(body, "node_id", 1)
     elif op == "backup_chunk":

@@ -1,0 +1,152 @@
+"""``trimaran member list|add|promote|remove`` and ``trimaran leader transfer``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import click
+
+from trimaran.cli import _client_options, _service, main
+
+
+@main.group("member")
+def member_group() -> None:
+    """The cluster's members: list them, add a node (as a learner, then a voter once it caught
+    up), promote a learner, remove a node. Changes need an admin:* token; the leader refuses the
+    ones that would lose quorum or availability (removing itself, a voter of a 2-voter cluster,
+    promoting a node that has not caught up, a change while another is pending) unless --force
+    is given where that is allowed. Each change prints the failure tolerance before and after.
+    """
+
+
+@main.group("leader")
+def leader_group() -> None:
+    """Leadership: hand it to another voter."""
+
+
+def _tolerance(voters: int) -> int:
+    from trimaran.client.members import failure_tolerance
+
+    return failure_tolerance(voters)
+
+
+def _report(before: list[Any], after: dict[str, Any], as_json: bool, what: str) -> None:
+    voters_before = sum(1 for m in before if m.role in ("leader", "voter"))
+    voters_after = len(after["voters"])
+    if as_json:
+        click.echo(json.dumps(after | {"tolerance_before": _tolerance(voters_before), "tolerance_after": _tolerance(voters_after)}))
+        return
+    click.echo(f"{what}: voters {after['voters']}" + (f", learners {after['learners']}" if after["learners"] else ""))
+    click.echo(
+        f"failure tolerance: {_tolerance(voters_before)} -> {_tolerance(voters_after)} "
+        f"(voters {voters_before} -> {voters_after})"
+    )
+
+
+@member_group.command("list")
+@_client_options(default_timeout_ms=5_000)
+def member_list_command(endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool) -> None:
+    """Every member as the leader sees it: role, addresses, match index, lag, and whether it answers."""
+    members = _service("members", endpoints, cluster_id, token, timeout_ms, "list")
+    voters = sum(1 for m in members if m.role in ("leader", "voter"))
+    if as_json:
+        click.echo(json.dumps({"members": [dataclasses.asdict(m) for m in members], "failure_tolerance": _tolerance(voters)}))
+        return
+    click.echo(f"{'id':>3}  {'role':<8} {'client':<22} {'peer':<22} {'match':>8} {'lag':>6}  health")
+    for m in members:
+        health = "ok" if m.active else "not answering"
+        click.echo(
+            f"{m.node_id:>3}  {m.role:<8} {m.client_address or '-':<22} {m.peer_address or '-':<22} "
+            f"{m.match_index:>8} {m.lag:>6}  {health}"
+        )
+    click.echo(f"failure tolerance: {_tolerance(voters)} of {voters} voters may fail")
+
+
+class _CatchUpBar:
+    """The catch-up progress bar on stderr; ``end`` finishes its line if one was drawn."""
+
+    def __init__(self) -> None:
+        self.drawn = False
+
+    def __call__(self, match: int, last: int) -> None:
+        width = 30
+        filled = min(width, width * match // last) if last else width
+        click.echo(f"\rcatching up [{'#' * filled}{'.' * (width - filled)}] {match}/{last}", err=True, nl=False)
+        self.drawn = True
+
+    def end(self) -> None:
+        if self.drawn:
+            click.echo("", err=True)
+
+
+@member_group.command("add")
+@click.argument("node_id", type=click.IntRange(min=1))
+@click.option("--peer-address", metavar="HOST:PORT", help="Where the new node's peer port listens (its --peer-listen).")
+@click.option("--client-address", metavar="HOST:PORT", help="Where its client port listens (its --listen).")
+@click.option("--voter", is_flag=True, help="Wait until it has caught up (a progress bar), then promote it to voter.")
+@click.option(
+    "--catch-up-timeout-s", type=click.FloatRange(min=1), default=300.0, show_default=True,
+    help="With --voter: how long the new node may take to catch up before the promotion is given up.",
+)
+@_client_options(default_timeout_ms=10_000)
+def member_add_command(
+    node_id: int,
+    peer_address: str | None,
+    client_address: str | None,
+    voter: bool,
+    catch_up_timeout_s: float,
+    endpoints: str,
+    cluster_id: str | None,
+    token: str | None,
+    timeout_ms: int,
+    as_json: bool,
+) -> None:
+    """Add NODE_ID, started with `trimaran node run --join ...`, as a learner (and with --voter,
+    as a voter once caught up). Give its addresses unless every member has it in its --peer flags."""
+    if client_address and not peer_address:
+        raise click.UsageError("--client-address needs --peer-address")
+    before = _service("members", endpoints, cluster_id, token, timeout_ms, "list")
+    bar = _CatchUpBar()
+    try:
+        after = _service(
+            "members", endpoints, cluster_id, token, timeout_ms + int(catch_up_timeout_s * 1000), "add", node_id,
+            peer_address, client_address, voter=voter, catch_up_timeout_s=catch_up_timeout_s,
+            progress=None if as_json else bar,
+        )  # fmt: skip
+    finally:
+        bar.end()
+    _report(before, after, as_json, f"added node {node_id}")
+
+
+@member_group.command("promote")
+@click.argument("node_id", type=click.IntRange(min=1))
+@_client_options(default_timeout_ms=10_000)
+def member_promote_command(node_id: int, endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool) -> None:
+    """Make learner NODE_ID a voter (refused until it has caught up)."""
+    before = _service("members", endpoints, cluster_id, token, timeout_ms, "list")
+    after = _service("members", endpoints, cluster_id, token, timeout_ms, "promote", node_id)
+    _report(before, after, as_json, f"promoted node {node_id}")
+
+
+@member_group.command("remove")
+@click.argument("node_id", type=click.IntRange(min=1))
+@click.option("--force", is_flag=True, help="Remove even the leader, or a voter of a 2-voter cluster.")
+@_client_options(default_timeout_ms=10_000)
+def member_remove_command(
+    node_id: int, force: bool, endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool
+) -> None:
+    """Take NODE_ID out of the cluster (stop its process afterwards)."""
+    before = _service("members", endpoints, cluster_id, token, timeout_ms, "list")
+    after = _service("members", endpoints, cluster_id, token, timeout_ms, "remove", node_id, force=force)
+    _report(before, after, as_json, f"removed node {node_id}")
+
+
+@leader_group.command("transfer")
+@click.option("--to", "to", type=click.IntRange(min=1), help="The voter to hand leadership to [default: the most caught-up].")
+@_client_options(default_timeout_ms=10_000)
+def leader_transfer_command(to: int | None, endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool) -> None:
+    """Hand leadership to another voter (e.g. before stopping or removing the leader)."""
+    target = _service("members", endpoints, cluster_id, token, timeout_ms, "transfer", to)
+    click.echo(json.dumps({"to": target}) if as_json else f"leadership handed to node {target}")
