@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from tests.client.real_cluster import free_ports
 from tests.node.helpers import HOST
 from trimaran.cli import main
+from trimaran.node.node import CLUSTER_ID_FILE, claim_data_dir
 
 
 @pytest.mark.parametrize("args", [["up", "--help"], ["node", "--help"], ["node", "run", "--help"]])
@@ -92,3 +93,15 @@ def test_the_connection_bound_flags_default_to_nodeconfigs_defaults() -> None:
     defaults = {f.name: f.default for f in dataclasses.fields(NodeConfig)}
     for flag, default, _ in _CONNECTION_BOUNDS:
         assert defaults[flag.lstrip("-").replace("-", "_")] == default, flag
+
+
+def test_a_data_dir_of_another_cluster_is_refused(tmp_path: Path) -> None:
+    """A node pointed at a data dir another cluster wrote refuses to start, before reading it (its
+    log would mix with this cluster's history); a new data dir is claimed at the first start."""
+    data_dir = tmp_path / "n1"
+    claim_data_dir(str(data_dir), "blue")
+    claim_data_dir(str(data_dir), "blue")  # the same cluster: fine, again and again
+    assert (data_dir / CLUSTER_ID_FILE).read_text() == "blue\n"
+    code, output = run(base_args(tmp_path) + ["--cluster-id", "green"])
+    assert code == 1 and "belongs to cluster 'blue', not 'green'" in output, output
+    assert sorted(p.name for p in data_dir.iterdir()) == [CLUSTER_ID_FILE]  # nothing else was made

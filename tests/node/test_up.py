@@ -42,12 +42,13 @@ RESP_OFFSET = 2000
 UP_PORT_OFFSETS = (1, 2, 3, 101, 102, 103, 1001, 1002, 1003, RESP_OFFSET + 1, RESP_OFFSET + 2, RESP_OFFSET + 3)
 
 
-def free_base_port(attempts_max: int = 50) -> int:
-    """A base port whose ports (UP_PORT_OFFSETS) are all free."""
+def free_base_port(attempts_max: int = 50, nodes: int = 3) -> int:
+    """A base port whose ports (clients, peers, HTTP, RESP of ``nodes`` nodes) are all free."""
     rng = random.Random()
+    offsets = [step + i for step in (0, 100, 1000, RESP_OFFSET) for i in range(1, nodes + 1)]
     for _ in range(attempts_max):
         base = rng.randrange(20_000, 50_000)
-        if all(_free(base + offset) for offset in UP_PORT_OFFSETS):
+        if all(_free(base + offset) for offset in offsets):
             return base
     raise AssertionError("no free base port found")
 
@@ -235,3 +236,25 @@ def test_up_beyond_loopback_refuses_without_tls_in_one_line(tmp_path: Path) -> N
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "refusing to listen on 0.0.0.0 without TLS and auth" in lines[0], result.stderr
     assert "--insecure" in lines[0] and not (tmp_path / "d").exists()
+
+
+async def test_up_with_five_nodes_and_its_data_dir_keeps_its_size(tmp_path: Path) -> None:
+    from trimaran.client.client import Client
+
+    base = free_base_port(nodes=5)
+    up = Up(tmp_path, base, "--nodes", "5")
+    try:
+        await up.wait_up()
+        assert "5 nodes" in up.output() and f"node 5  clients {HOST}:{base + 5}" in up.output()
+        async with Client([f"{HOST}:{base + i}" for i in (1, 2, 3, 4, 5)], token=up.token, timeout_ms=10_000) as c:
+            await c.kv.set("five", "nodes")
+            assert (await c.status())["voters"] == [1, 2, 3, 4, 5]
+        assert await up.interrupt() == 0, up.output()
+    finally:
+        up.kill()
+    again = Up(tmp_path, base, "--nodes", "3")
+    try:
+        again.proc.wait(timeout=STOP_WAIT_S)
+        assert again.proc.returncode == 1 and "holds the data of a 5-node cluster" in again.output(), again.output()
+    finally:
+        again.kill()

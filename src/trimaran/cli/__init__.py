@@ -165,6 +165,14 @@ def _connection_bound_options(fn: Any) -> Any:
     help="Node i serves the Redis protocol (redis-cli, redis-py) on RESP_BASE_PORT+i (loopback only unless --insecure).",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address every node listens on.")
+@click.option(
+    "--nodes",
+    "size",
+    type=click.IntRange(1, 9),
+    default=3,
+    show_default=True,
+    help="Nodes in the local cluster (node i: ports BASE_PORT+i, +100+i, +1000+i); the same for one data dir each time.",
+)
 @click.option("--cluster-id", default="trimaran", show_default=True, help="Name the nodes check in every handshake.")
 @click.option("--tick-ms", type=click.IntRange(1, 10_000), default=50, show_default=True, help="Raft tick.")
 @click.option(
@@ -185,6 +193,7 @@ def up_command(
     base_port: int,
     resp_base_port: int,
     host: str,
+    size: int,
     cluster_id: str,
     tick_ms: int,
     auth: bool,
@@ -193,7 +202,7 @@ def up_command(
     kv_maxmemory_bytes: int | None,
     kv_eviction: str,
 ) -> None:
-    """Start a local 3-node cluster (Ctrl-C stops it; run again to come back from its data).
+    """Start a local cluster, 3 nodes by default (Ctrl-C stops it; run again to come back from its data).
 
     Auth is on by default: the banner shows how to use the admin token it writes."""
     import os
@@ -218,6 +227,7 @@ def up_command(
             tls=tls,
             insecure=insecure,
             resp_base_port=resp_base_port,
+            size=size,
         )
     except Exception as exc:  # one line, not a traceback: the user's next step is in the message
         raise _node_error(exc) from None

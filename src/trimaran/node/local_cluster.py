@@ -45,7 +45,7 @@ from trimaran import limits
 from trimaran.errors import ConfigError
 from trimaran.node.config import DEFAULT_CLUSTER_ID, Address
 from trimaran.node.probe import fetch_status
-from trimaran.node.tls import CA_CERT, DEFAULT_HOSTS, client_context, init_certs
+from trimaran.node.tls import CA_CERT, DEFAULT_HOSTS, client_context, init_certs, issue_cert, node_cert_name
 from trimaran.protocols import tokens
 
 #: A child that exits sooner than this after starting counts as failing to start.
@@ -58,6 +58,8 @@ RESTART_BACKOFF_S_MIN = 0.5
 RESTART_BACKOFF_S_MAX = 8.0
 #: Bounds of the supervisor's waits.
 LEADER_WAIT_S = 20.0
+#: ``trimaran up --nodes``: a local cluster of at most this many nodes (ports base+1.., base+101..).
+UP_NODES_MAX = 9
 STOP_WAIT_S = 15.0
 POLL_INTERVAL_S = 0.1
 #: Lifetime of the admin token ``up`` writes at each start (a new one replaces it at the next start).
@@ -108,7 +110,14 @@ def _replace_private(path: Path, data: bytes) -> None:
 
 
 def prepare_security(
-    data_dir: str, cluster_id: str, *, auth: bool = True, tls: bool = False, hosts: tuple[str, ...] = (), insecure: bool = False
+    data_dir: str,
+    cluster_id: str,
+    *,
+    auth: bool = True,
+    tls: bool = False,
+    hosts: tuple[str, ...] = (),
+    insecure: bool = False,
+    size: int = 3,
 ) -> LocalSecurity:
     """Make (once) the signing key and the TLS certificates ``up`` needs under ``data_dir``, and a
     fresh admin token; see the module docstring."""
@@ -143,8 +152,12 @@ def prepare_security(
     if tls:
         tls_dir = root / "tls"
         ca_file = tls_dir / CA_CERT
+        cert_hosts = tuple(dict.fromkeys(hosts + DEFAULT_HOSTS))
         if not ca_file.exists():
-            init_certs(tls_dir, range(1, 4), hosts=tuple(dict.fromkeys(hosts + DEFAULT_HOSTS)), cluster_id=cluster_id)
+            init_certs(tls_dir, range(1, size + 1), hosts=cert_hosts, cluster_id=cluster_id)
+        for node_id in range(1, size + 1):  # a cluster started before with fewer nodes
+            if not (tls_dir / node_cert_name(node_id)).exists():
+                issue_cert(tls_dir, node_id, hosts=cert_hosts)
     return LocalSecurity(
         public_key_path, token_path, token, tls_dir, ca_file, insecure, client_context(ca_file) if ca_file else None
     )
@@ -174,6 +187,14 @@ def local_nodes(
     resp_base_port+i (6381.. by default, Redis's 6379 left free; None: no RESP), data in
     DATA_DIR/node<i>."""
     root = Path(data_dir)
+    if not 1 <= size <= UP_NODES_MAX:
+        raise ConfigError(f"--nodes must be 1..{UP_NODES_MAX}, not {size}")
+    made = [i for i in range(1, limits.members_max + 1) if (root / f"node{i}").is_dir()]
+    if made and made != list(range(1, size + 1)):
+        raise ConfigError(
+            f"{data_dir} holds the data of a {len(made)}-node cluster (nodes {made}): start it with --nodes {len(made)}, "
+            f"or use another --data-dir (to grow a running cluster, see `trimaran member add`)"
+        )
     if base_port < 1 or base_port + 1000 + size > 65535:
         raise ConfigError(f"base port {base_port} leaves no room for {size} nodes")
     if resp_base_port is not None and not 1 <= resp_base_port <= 65535 - size:
@@ -500,8 +521,9 @@ async def run_local_cluster_async(
     host: str = "127.0.0.1",
     security: LocalSecurity = LocalSecurity(),
     resp_base_port: int | None = RESP_BASE_PORT,
+    size: int = 3,
 ) -> int:
-    nodes = local_nodes(data_dir, base_port, host, resp_base_port=resp_base_port)
+    nodes = local_nodes(data_dir, base_port, host, size, resp_base_port=resp_base_port)
     check_ports_free(nodes)
     children = [_Child(n, node_argv(n, nodes, cluster_id, tick_ms, os.getpid(), security)) for n in nodes]
     status = 0
@@ -563,6 +585,7 @@ def run_local_cluster(
     tls: bool = False,
     insecure: bool = False,
     resp_base_port: int | None = RESP_BASE_PORT,
+    size: int = 3,
 ) -> int:
     """Blocking entry point of ``trimaran up``; returns the process exit status."""
     if not Address(host, base_port).is_loopback() and not insecure and not (auth and tls):
@@ -571,7 +594,8 @@ def run_local_cluster(
             f"refusing to listen on {host} without TLS and auth: anyone who can reach it could read and write "
             "everything; pass --tls (auth is on unless --no-auth), or --insecure to accept the risk"
         )
-    security = prepare_security(data_dir, cluster_id, auth=auth, tls=tls, hosts=(host,), insecure=insecure)
+    local_nodes(data_dir, base_port, host, size, resp_base_port=resp_base_port)  # refuse a bad size before making keys
+    security = prepare_security(data_dir, cluster_id, auth=auth, tls=tls, hosts=(host,), insecure=insecure, size=size)
     if not Address(host, base_port).is_loopback() and not insecure:
         resp_base_port = None  # the RESP listener has no TLS yet: not beyond loopback unless --insecure
-    return trio.run(run_local_cluster_async, data_dir, base_port, cluster_id, tick_ms, echo, host, security, resp_base_port)
+    return trio.run(run_local_cluster_async, data_dir, base_port, cluster_id, tick_ms, echo, host, security, resp_base_port, size)

@@ -163,6 +163,7 @@ class Node:
 
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
+        claim_data_dir(cfg.data_dir, cfg.cluster_id)
         writer = StorageWriter(
             cfg.data_dir,
             self._on_write_result,
@@ -193,6 +194,13 @@ class Node:
                 len(boot.entries),
                 boot.snapshot.meta.last_index if boot.snapshot else 0,
             )
+            members = replica.raft.membership.members
+            if members and cfg.node_id not in members:
+                log.warning(
+                    "node %d: not a member of this cluster's configuration (voters %s): it was removed, so it "
+                    "neither votes nor campaigns; `trimaran member add %d` takes it back",
+                    cfg.node_id, list(replica.raft.membership.voters), cfg.node_id,
+                )  # fmt: skip
             await self._serve(replica, writer, task_status)
         finally:
             with trio.CancelScope(shield=True):
@@ -330,6 +338,33 @@ def first_error(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     return exc
+
+
+#: The file in a data dir naming the cluster it belongs to (written at its first start).
+CLUSTER_ID_FILE = "CLUSTER_ID"
+
+
+def claim_data_dir(data_dir: str, cluster_id: str) -> None:
+    """Refuse (ConfigError) a data dir that another cluster wrote, before anything reads it: its log
+    would mix with this cluster's, and its node would vote with another cluster's history. A new
+    data dir, or one from before this file existed, is claimed for ``cluster_id``."""
+    path = os.path.join(data_dir, CLUSTER_ID_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            owner = f.read().strip()
+    except FileNotFoundError:
+        os.makedirs(data_dir, exist_ok=True)
+        with open(path + ".new", "w", encoding="utf-8") as f:
+            f.write(cluster_id + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(path + ".new", path)
+        return
+    if owner != cluster_id:
+        raise ConfigError(
+            f"the data dir {data_dir} belongs to cluster {owner!r}, not {cluster_id!r}: give this node a new "
+            f"--data-dir, or the --cluster-id it was made with"
+        )
 
 
 def run_node_process(config: NodeConfig, parent_pid: int | None = None) -> None:
