@@ -141,3 +141,46 @@ async def test_grow_to_five_under_load_transfer_and_shrink(tmp_path: Path) -> No
         assert len(acknowledged) > 50
     finally:
         cluster.stop_all()
+
+
+async def test_replace_a_dead_node(tmp_path: Path) -> None:
+    """Node 3 dies for good: remove it, then add a new node 4 on a fresh data dir in its place."""
+    cluster = GrowingCluster(tmp_path, size=4)
+    for node_id in (1, 2, 3):
+        cluster.start(node_id)
+    first3 = ",".join(cluster.endpoints[:3])
+    try:
+        async with trimaran.connect(cluster.endpoints[:3], timeout_ms=TIMEOUT_MS) as c:
+            for i in range(50):
+                await c.kv.set(f"before-{i}", str(i))
+            await trio.to_thread.run_sync(cluster.kill, 3)
+            st = await wait_for_leader(first3)
+            assert [n["up"] for n in st["nodes"] if n["node_id"] == 3] == [False]
+            listed = json.loads((await acli("member", "list", "--json", "--endpoints", first3)).stdout)
+            assert [m["active"] for m in listed["members"] if m["node_id"] == 3] == [False]
+            done = await acli("member", "remove", "3", "--json", "--endpoints", first3)
+            assert done.returncode == 0, done.stderr
+            assert json.loads(done.stdout)["voters"] == [1, 2]
+            cluster.start(4)
+            done = await acli(
+                "member", "add", "4", "--voter", "--json", "--endpoints", first3,
+                "--peer-address", f"127.0.0.1:{cluster.peer_ports[4]}",
+                "--client-address", f"127.0.0.1:{cluster.client_ports[4]}",
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr + cluster.log_tail(4)
+            assert json.loads(done.stdout)["voters"] == [1, 2, 4]
+            for i in range(50):
+                await c.kv.set(f"after-{i}", str(i))
+            survivors = ",".join(cluster.endpoints[i - 1] for i in (1, 2, 4))
+            st = await wait_for_leader(survivors, voters=[1, 2, 4])
+            assert all(n["up"] for n in st["nodes"] if n["node_id"] in (1, 2, 4))
+            for i in range(50):
+                assert (await c.kv.get(f"before-{i}")).value == str(i).encode()
+        # The new node holds the whole state: read from it alone, stale (its own applied state).
+        async with trimaran.connect([cluster.endpoints[3]], timeout_ms=TIMEOUT_MS) as c4:
+            with trio.fail_after(10):
+                while (await c4.kv.get("after-49", "stale")) is None:
+                    await trio.sleep(0.1)
+            assert (await c4.kv.get("before-0", "stale")).value == b"0"
+    finally:
+        cluster.stop_all()
