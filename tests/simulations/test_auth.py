@@ -31,8 +31,8 @@ class Clock:
         return self.now_us
 
 
-def _node(record: AuthRecord, issuer: TokenIssuer, mutants: frozenset[str] = frozenset()) -> RecordingAuth:
-    return RecordingAuth(1, record, bootstrap=issuer.bootstrap(), mutants=mutants)
+def _node(record: AuthRecord, issuer: TokenIssuer, mutants: frozenset[str] = frozenset(), node_id: int = 1) -> RecordingAuth:
+    return RecordingAuth(node_id, record, bootstrap=issuer.bootstrap(), mutants=mutants)
 
 
 def _apply_round(edge: NodeEdge, auth: RecordingAuth) -> None:
@@ -112,24 +112,35 @@ def test_the_checker_catches_an_edge_that_keeps_serving_on_stale_state() -> None
         check_auth(record)
 
 
-def test_what_a_node_applied_counts_for_its_own_lifetime_and_snapshots_count_as_applied() -> None:
+def test_what_a_node_applied_counts_across_its_lifetimes_and_snapshots_count_as_applied() -> None:
     clock, issuer = Clock(), TokenIssuer(7, ISSUED_AT_MS)
     record = AuthRecord(clock)
     first = _node(record, issuer)
+    claims = tokens.verify(issuer.credential(0), {k.kid: k for k in issuer.bootstrap()}, audience=SIM_CLUSTER_ID, now_ms=NOW_MS)
+    record.note_accepted(first.incarnation, 0, claims)  # before the retirement: fine
     first.apply(["revoke", "t9", issuer.exp_ms], ApplyContext(5, NOW_MS))
     first.apply(["retire", "user0"], ApplyContext(6, NOW_MS))
-    claims = tokens.verify(issuer.credential(0), {k.kid: k for k in issuer.bootstrap()}, audience=SIM_CLUSTER_ID, now_ms=NOW_MS)
-    # After a crash the node has not applied them again yet: what it accepts then is not checked
-    # against what the lost state held.
-    second = _node(record, issuer)
-    record.note_accepted(second.incarnation, 0, claims)
     check_auth(record)
-    # Once it installs a snapshot holding them, they are applied in this lifetime too.
-    second.restore(first.snapshot())
-    assert set(record.applied[second.incarnation]) == {("jti", "t9"), ("kid", "user0")}
+    # After a crash the node has not applied them again yet, but it applied them before: a request
+    # it accepts on that key now is a failure (it must hold its unapplied tail's retirements).
+    second = _node(record, issuer)
     record.note_accepted(second.incarnation, 0, claims)
     with pytest.raises(CheckFailure, match="retirement of key user0"):
         check_auth(record)
+    # A snapshot installed in a lifetime counts as applied in it.
+    third_record = AuthRecord(clock)
+    fresh = _node(third_record, issuer)
+    fresh.restore(first.snapshot())
+    assert set(third_record.applied[fresh.incarnation]) == {("jti", "t9"), ("kid", "user0")}
+    third_record.note_accepted(fresh.incarnation, 0, claims)
+    with pytest.raises(CheckFailure, match="retirement of key user0"):
+        check_auth(third_record)
+    # Another node that never applied them may still serve the token (it lags; by design).
+    other_record = AuthRecord(clock)
+    _node(other_record, issuer).apply(["retire", "user0"], ApplyContext(6, NOW_MS))
+    lagging = _node(other_record, issuer, node_id=2)
+    other_record.note_accepted(lagging.incarnation, 0, claims)
+    check_auth(other_record)
 
 
 def test_a_run_trusts_retires_and_revokes_during_the_faults_and_closes_connections() -> None:

@@ -38,6 +38,10 @@ class RaftConfig:
     learner_catchup_entries_max: int = 0
     #: Bounds on reads waiting for a ReadIndex round (per node) and proposals per call.
     pending_reads_max: int = 65_536
+    #: ReadIndex heartbeat rounds a leader keeps in flight; reads arriving meanwhile wait and share
+    #: the next round (etcd's read loop keeps one). More rounds cut a read's wait by up to a round
+    #: trip but cost a heartbeat to every follower per driver round with a read in it.
+    read_rounds_inflight_max: int = 1
     #: Planted bugs for the simulator's mutation tests; empty in production. Test-only switch.
     mutants: frozenset[str] = frozenset()
 
@@ -57,6 +61,7 @@ class RaftConfig:
             (0 < self.append_bytes_max <= limits.append_bytes_max, "append_bytes_max out of range"),
             (0 < self.inflight_messages_max <= limits.inflight_messages_max, "inflight_messages_max out of range"),
             (self.inflight_bytes_max >= self.append_bytes_max, "inflight_bytes_max below append_bytes_max"),
+            (self.read_rounds_inflight_max >= 1, "read_rounds_inflight_max must be >= 1"),
             (
                 0 < self.snapshot_chunk_bytes <= limits.snapshot_chunk_bytes_max,
                 "snapshot_chunk_bytes out of range",

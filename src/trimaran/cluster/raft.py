@@ -186,7 +186,7 @@ class Raft:
             or self._msgs_after
             or self._read_states
             or self._snapshot_out
-            or self._reads_new
+            or (self._reads_new and len(self._read_rounds) < self.config.read_rounds_inflight_max)
             or self.log.unstable_from <= self.log.last_index()
             or self._vote_state_changed()
             or min(self.log.commit_index, self.log.persisted_index) > self.log.applied_index
@@ -346,7 +346,10 @@ class Raft:
 
     def ready(self) -> Ready:
         """Take everything the driver must do now (see :mod:`trimaran.cluster.ready`)."""
-        if self._reads_new:
+        if self._reads_new and len(self._read_rounds) < self.config.read_rounds_inflight_max:
+            # Otherwise they ride on the next round, started once one in flight is confirmed (or
+            # given up: the periodic heartbeat carries the latest round's number, so a lost one
+            # is confirmed within a heartbeat interval).
             self._start_read_round()
         rd = Ready()
         if self._snapshot_out is not None:

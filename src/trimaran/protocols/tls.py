@@ -20,7 +20,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 
 #: Plaintext bytes asked of the session per ``read`` call.
-READ_CHUNK_BYTES = 256 * 1024
+READ_CHUNK_BYTES = 16 * 1024
 
 
 class TlsClosed(Exception):
