@@ -5,7 +5,7 @@ counts; :mod:`trimaran.node.http.metrics` turns these into Prometheus families a
 What a request costs here: one dict insert when the driver takes it, one dict pop, one clock read
 and a few integer increments when it is answered. Labels are bounded: a request's operation name
 comes from the client, so at most :data:`LABEL_SETS_MAX` distinct (service, op) pairs are counted
-by name and any further one as ``other``.
+by name and any further one as (``other``, ``other``).
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ class RequestStats:
         service, name, kind = request_labels(op, body)
         if (service, name) not in self._labels:
             if len(self._labels) >= LABEL_SETS_MAX:
-                name = "other"
+                service = name = "other"  # both come from clients: neither may grow the set
             self._labels.add((service, name))
         tracked = self._tracked
         if len(tracked) >= TRACKED_REQUESTS_MAX:

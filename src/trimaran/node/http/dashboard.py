@@ -120,6 +120,7 @@ class ClusterView:
         self._previous: dict[int, tuple[float, dict[str, Any]]] = {}
         #: Members that did not answer, as errors for the page (wall ms, member, text).
         self._errors: deque[list[Any]] = deque(maxlen=ERRORS_SHOWN)
+        self._down: set[int] = set()
 
     async def view(self, token: str | None) -> dict[str, Any]:
         async with self._lock:
@@ -163,7 +164,9 @@ class ClusterView:
             if status is not None:
                 for field in ("role", "term", "commit_index", "applied_index", "last_index", "leader_id"):
                     row[field] = status.get(field)
-            else:
+                self._down.discard(n)
+            elif n not in self._down:  # once when it goes down, not once per view
+                self._down.add(n)
                 self._errors.append([wall_clock_ms(), n, "dashboard", "down", f"node {n} gave no status within {MEMBER_TIMEOUT_S:g} s"])
             pr = progress.get(n)
             if pr is not None:

@@ -479,6 +479,9 @@ def openapi() -> dict[str, Any]:
             },
             "/v1/ws": {"get": {"summary": "The chat WebSocket gateway (JSON frames; see the README)", "responses": {"101": {"description": "upgraded"}}}},
             "/v1/status": {"get": {"summary": "This node's status", "responses": {"200": {"description": "status"}, **errors}}},
+            "/metrics": {"get": {"summary": "Prometheus text (cluster:read)", "responses": {"200": {"description": "metrics", "content": {"text/plain": {}}}, **errors}}},
+            "/": {"get": {"summary": "The live dashboard page", "security": [], "responses": {"200": {"description": "HTML"}}}},
+            "/v1/dashboard/stream": {"get": {"summary": "The dashboard's server-sent events (cluster:read)", "responses": {"200": {"description": "text/event-stream"}, **errors}}},
             "/v1/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI"}}}},
         },
     }
