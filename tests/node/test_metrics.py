@@ -52,6 +52,16 @@ async def test_metrics_need_cluster_read_and_move_with_the_cluster(tmp_path: Pat
             assert (await call(http[leader], "GET", "/metrics")).status == 401
             assert (await call(http[leader], "GET", "/metrics", token=user.token(["kv:*"]))).status == 403
             assert (await call(http[leader], "GET", "/metrics", token=admin.token(["admin:*"]))).status == 200
+            # The dashboard's stream needs the same scope; its page and chart library load without
+            # one (the page asks for it), and the page's policy allows scripts from this node only.
+            assert (await call(http[leader], "GET", "/v1/dashboard/stream")).status == 401
+            assert (await call(http[leader], "GET", "/v1/dashboard/stream", token=user.token(["kv:*"]))).status == 403
+            page = await call(http[leader], "GET", "/")
+            assert page.status == 200 and b"/v1/dashboard/plotly.min.js" in page.body
+            csp = page.headers["content-security-policy"]
+            assert "script-src 'self' 'unsafe-inline'" in csp and "http" not in csp and "connect-src 'self'" in csp
+            chart_library = await call(http[leader], "GET", "/v1/dashboard/plotly.min.js")
+            assert chart_library.status == 200 and b"plotly" in chart_library.body[:2000].lower()
 
             # Exactly one node says it is the leader, and it is the one status names.
             scraped = {n: await scrape(http[n], reader) for n in cluster.nodes}
