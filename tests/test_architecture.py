@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent / "src" / "trimaran"
 # Third-party and project modules each layer may import (stdlib is allowed unless forbidden below).
 THIRD_PARTY = {
     "trio", "trio_websocket", "msgpack", "lmdb", "cryptography", "pyseto", "sortedcontainers", "click", "hypothesis",
-    "hypercorn",
+    "hypercorn", "prometheus_client", "plotly",
     "croniter",
 }
 SHARED = {"trimaran", "trimaran.errors", "trimaran.limits"}
@@ -24,7 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "services": {"sortedcontainers", "croniter", "trimaran.protocols", "trimaran.services"},
     "storage": {"lmdb", "trimaran.protocols", "trimaran.storage"},
     # cryptography: the TLS certificates of `trimaran certs` (x509), an edge library like trio's ssl.
-    "node": {"trio", "trio_websocket", "hypercorn", "cryptography", "trimaran.cluster", "trimaran.services", "trimaran.storage", "trimaran.protocols", "trimaran.node"},
+    "node": {"trio", "trio_websocket", "hypercorn", "prometheus_client", "plotly", "cryptography", "trimaran.cluster", "trimaran.services", "trimaran.storage", "trimaran.protocols", "trimaran.node"},
     "client": {"trio", "trio_websocket", "trimaran.protocols", "trimaran.client"},
     "simulations": {"trimaran.cluster", "trimaran.services", "trimaran.storage", "trimaran.protocols", "trimaran.simulations", "sortedcontainers"},
 }

@@ -76,6 +76,7 @@ from trimaran.cluster.replica import Replica, ReplicaReady
 from trimaran.errors import InvalidArgument, MembershipChangeRejected, NotLeader, StorageFullError, TrimaranError
 from trimaran.node.clock import wall_clock_ms as system_wall_clock_ms
 from trimaran.node.config import NodeConfig
+from trimaran.node.stats import BATCH_ENTRIES_BUCKETS, LEADER_HISTORY_MAX, Buckets, RequestStats
 from trimaran.node.writer import StorageWriter, WriteResult
 from trimaran.protocols.messages import AppendEntries, ConfChange, ConfChangeKind, Membership, Message, Snapshot
 from trimaran.storage import WriteBatch
@@ -199,6 +200,16 @@ class Driver:
         self.ticks = 0
         self.inline_writes = 0
         self.held_notices_dropped = 0
+        #: For /metrics and the dashboard (node/stats.py): requests by outcome with their latency,
+        #: leader changes seen (with wall time ms, term, leader), entries per appended batch,
+        #: snapshots, and when (trio time) each peer was last heard from.
+        self.requests = RequestStats(trio.current_time)
+        self.leader_changes = 0
+        self.leader_history: deque[tuple[int, int, int]] = deque(maxlen=LEADER_HISTORY_MAX)
+        self.append_batch_entries = Buckets(BATCH_ENTRIES_BUCKETS)
+        self.snapshots_taken = 0
+        self.snapshots_installed = 0
+        self.peer_contact_at: dict[int, float] = {}
 
     # ------------------------------------------------------------------ inputs (any task)
 
@@ -492,9 +503,11 @@ class Driver:
 
     def _take_inputs(self) -> None:
         inbox = self._inbox
+        now = trio.current_time()
         for _ in range(min(len(inbox), self.config.driver_inputs_per_round_max)):
             item = inbox.popleft()
             if item[0] == "peer":
+                self.peer_contact_at[item[1].sender] = now
                 self.replica.step(item[1])
             else:
                 self._on_client(item[1], item[2], item[3], item[4])
@@ -505,6 +518,7 @@ class Driver:
         out: ReplicaReady = self.replica.ready()
         self.readies += 1
         rd = out.raft
+        self._count_ready(out)
         batch = WriteBatch(rd.hard_state, rd.snapshot, rd.truncate_from, list(rd.entries), 0)
         if out.local_snapshot is not None:
             batch.snapshot = out.local_snapshot
@@ -525,6 +539,20 @@ class Driver:
         self._pending.append(
             _PendingWrite(write_seq, list(rd.messages_after_persist), rd.persist_index, rd.persist_term, out.local_snapshot)
         )
+
+    def _count_ready(self, out: ReplicaReady) -> None:
+        """Metrics of one Ready: its batch of entries, snapshots, and a new leader (or term)."""
+        rd = out.raft
+        if rd.entries:
+            self.append_batch_entries.observe(len(rd.entries))
+        if rd.snapshot is not None:
+            self.snapshots_installed += 1
+        if out.local_snapshot is not None:
+            self.snapshots_taken += 1
+        raft = self.replica.raft
+        if raft.leader_id and (not self.leader_history or self.leader_history[-1][1:] != (raft.term, raft.leader_id)):
+            self.leader_changes += 1
+            self.leader_history.append((self._wall_clock_ms(), raft.term, raft.leader_id))
 
     def _submit(self, batches: list[tuple[int, WriteBatch]]) -> None:
         for seq, batch in batches:
@@ -569,6 +597,7 @@ class Driver:
 
     def _on_client(self, op: str, body: dict[str, Any], token: Token, size_bytes: int) -> None:
         replica = self.replica
+        self.requests.started((id(token[0]), token[1]), op, body)
         try:
             if op == "command":
                 self._refuse_if_full(size_bytes)
@@ -576,6 +605,7 @@ class Driver:
                 replica.submit(
                     token, body["client_id"], body["seq"], body["ack_seq"], body["service"], body["command"], now_ms, size_bytes
                 )
+                self.requests.proposals += 1
             elif op == "register":
                 self._refuse_if_full()
                 replica.register(token, self._wall_clock_ms())
@@ -656,6 +686,7 @@ class Driver:
         elif ok and isinstance(value, Membership):
             value = {"voters": list(value.voters), "learners": list(value.learners)}
         target = token[0]
+        self.requests.finished((id(target), token[1]), ok, value, self._wall_clock_ms)
         target.on_reply(token[1], ok, value)
         self._answered[id(target)] = target
 
@@ -728,6 +759,7 @@ class Driver:
                         "lag": max(0, last - pr.match),
                         "state": pr.state.name.lower(),
                         "recent_active": bool(pr.recent_active),
+                        "last_contact_ms": self.last_contact_ms(node_id),
                     }
                 )
         return {
@@ -756,6 +788,10 @@ class Driver:
             "storage_full": self.storage_full,
             "storage_low": self.storage_low,
             "disk_free_bytes": self.disk_space[0] if self.disk_space is not None else None,
+            "leader_changes": self.leader_changes,
+            "leader_history": [list(h) for h in self.leader_history],
+            "failure_tolerance": self.failure_tolerance(),
+            "requests": self.requests.summary(),
             "writes": {
                 "submitted": self._write_seq_submitted,
                 "durable": self._write_seq_durable,
@@ -763,6 +799,27 @@ class Driver:
                 "batches": self._writer.batches_written,
             },
         }
+
+
+    def last_contact_ms(self, node_id: int) -> int | None:
+        """Milliseconds since a message from peer ``node_id`` was taken; None: never heard from."""
+        at = self.peer_contact_at.get(node_id)
+        return None if at is None else int((trio.current_time() - at) * 1000)
+
+    def failure_tolerance(self) -> int | None:
+        """On the leader: how many more voters may fail before quorum is lost, counting as alive
+        itself and the voters heard from within the longest election timeout (Consul's "failure
+        tolerance"); None elsewhere (a follower hears only from the leader)."""
+        raft = self.replica.raft
+        if raft.role != Role.LEADER:
+            return None
+        timeout_ms = self.config.election_timeout_ticks_max * self.config.tick_s * 1000
+        voters = raft.membership.voters
+        alive = 0
+        for n in voters:
+            contact_ms = self.last_contact_ms(n)
+            alive += n == self.config.node_id or (contact_ms is not None and contact_ms <= timeout_ms)
+        return alive - (len(voters) // 2 + 1)
 
 
 def _supersedes(msg: Message, held: AppendEntries) -> bool:

@@ -24,6 +24,7 @@ from trimaran.errors import ConfigError
 from trimaran.node.config import Address, NodeConfig
 from trimaran.node.driver import Driver
 from trimaran.node.http.chat_gateway import ChatHub
+from trimaran.node.http.dashboard import operator_routes
 from trimaran.node.http.edge import HttpEdge
 from trimaran.node.http.rest import RestApp
 from trimaran.node.resp_server import RespServer
@@ -245,7 +246,7 @@ class Node:
                 if isinstance(chat, ChatService):
                     self.chat_hub = ChatHub(chat, edge)
                     driver.after_round_hooks.append(self.chat_hub.after_round)
-                self.http_address = await nursery.start(edge.serve, RestApp(edge, self.chat_hub))
+                self.http_address = await nursery.start(edge.serve, RestApp(edge, self.chat_hub, operator_routes(self)))
                 log.info("node %d: HTTP on %s", cfg.node_id, self.http_address)
             if cfg.resp_listen is not None:
                 # An edge of its own: its session, slots and counters are the RESP listener's.

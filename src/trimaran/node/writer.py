@@ -42,6 +42,7 @@ from typing import Callable
 import trio
 
 from trimaran.errors import StorageFullError
+from trimaran.node.stats import FSYNC_BUCKETS_S, Buckets
 from trimaran.storage import BootState, LmdbStorage, WriteBatch
 
 log = logging.getLogger("trimaran.node.writer")
@@ -96,6 +97,9 @@ class StorageWriter:
         self._thread_batches = 0
         self.inline_groups = 0
         self._inline_batches = 0
+        #: Seconds each group's write took (one LMDB transaction and its fsync), successful or not;
+        #: observed under the store lock, so the thread and inline writes never race on it.
+        self.write_seconds = Buckets(FSYNC_BUCKETS_S)
 
     @property
     def groups_written(self) -> int:
@@ -138,7 +142,7 @@ class StorageWriter:
             if storage is None:
                 return False
             try:
-                storage.write(batches)
+                self._timed_write(storage, batches)
             except Exception as exc:  # noqa: BLE001 - the thread retries and reports it
                 log.debug("inline write failed (%r); handing it to the writer thread", exc)
                 return False
@@ -168,6 +172,14 @@ class StorageWriter:
         await self._closed.wait()
 
     # ------------------------------------------------------------------ the thread
+
+    def _timed_write(self, storage: LmdbStorage, batches: list[WriteBatch]) -> None:
+        """``storage.write`` timed into ``write_seconds`` (the caller holds the store lock)."""
+        started = time.perf_counter()
+        try:
+            storage.write(batches)
+        finally:
+            self.write_seconds.observe(time.perf_counter() - started)
 
     def _call_soon(self, fn: Callable[..., object], *args: object) -> None:
         assert self._token is not None
@@ -237,7 +249,7 @@ class StorageWriter:
             if group:
                 try:
                     with self._store_lock:
-                        storage.write([batch for _, batch in group])
+                        self._timed_write(storage, [batch for _, batch in group])
                 except StorageFullError as exc:
                     if not held:  # once per episode, not once per retry
                         log.error("storage full: %s; retrying every %.1f s", exc, self._retry_s)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import ssl
 from collections import OrderedDict
 from typing import Any, Callable
 
@@ -143,6 +144,11 @@ class HttpEdge:
         self.requests = 0
         self.errors = 0
         self.forwarded = 0
+
+    @property
+    def forward_tls(self) -> ssl.SSLContext | None:
+        """The TLS context for this node's requests to its peers' client ports (None: plain TCP)."""
+        return self._forward_tls
 
     # ------------------------------------------------------------------ the driver's reply target
 

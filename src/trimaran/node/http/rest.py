@@ -22,6 +22,10 @@ route                       query parameters                             answer 
 ``GET /v1/status``          -                                            the node's status (as ``trimaran
                                                                          status --json`` shows per node)
 ``GET /v1/openapi.json``    -                                            this API as OpenAPI 3.1
+``GET /metrics``            -                                            Prometheus text (see
+                                                                         :mod:`~trimaran.node.http.metrics`)
+``GET /``                   -                                            the live dashboard (see
+                                                                         :mod:`~trimaran.node.http.dashboard`)
 ==========================  ===========================================  =====================================
 
 Keys are the path segment, percent-decoded to bytes (``/v1/kv/user%3A1`` is ``user:1``). With auth
@@ -39,7 +43,7 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Protocol
 from urllib.parse import parse_qs, unquote_to_bytes
 
 from trimaran import limits
@@ -110,13 +114,24 @@ def error_body(exc: TrimaranError) -> dict[str, Any]:
     return {"error": error_json(exc)}
 
 
-class RestApp:
-    """The ASGI app (``await app(scope, receive, send)``); see the module docstring."""
+class Handler(Protocol):
+    """A GET route that writes its own answer (a page, a file, a stream, Prometheus text).
+    ``scoped``: it needs what ``status`` needs (``cluster:read``), checked before it is called."""
 
-    def __init__(self, edge: HttpEdge, hub: ChatHub | None = None) -> None:
+    scoped: bool
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, token: str | None) -> None: ...
+
+
+class RestApp:
+    """The ASGI app (``await app(scope, receive, send)``); see the module docstring. ``handlers``:
+    GET routes by exact path that answer for themselves (``/metrics``, the dashboard)."""
+
+    def __init__(self, edge: HttpEdge, hub: ChatHub | None = None, handlers: dict[bytes, Handler] | None = None) -> None:
         self.edge = edge
         self.hub = hub
         self.body_bytes_max = edge.config.http_body_bytes_max
+        self.handlers = handlers or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -131,9 +146,17 @@ class RestApp:
         query_string: bytes = scope.get("query_string", b"")
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         if raw_path.split(b"?", 1)[0] in (b"/chat", b"/chat/") and scope["method"] == "GET":
-            await _send_page(send, chat_page())
+            await send_page(send, chat_page())
             return
         try:
+            handler = self.handlers.get(raw_path.split(b"?", 1)[0])
+            if handler is not None:
+                _only(scope["method"], "GET")
+                token = _bearer(scope)
+                if handler.scoped:
+                    self._authorise(token, "status", {})
+                await handler(scope, receive, send, token)
+                return
             status, body = await self._route(scope, raw_path.split(b"?", 1)[0], query_string, receive)
         except TrimaranError as exc:
             self.edge.errors += 1
@@ -278,11 +301,15 @@ def chat_page() -> bytes:
     return importlib.resources.files("trimaran.node.http").joinpath("chat.html").read_bytes()
 
 
-async def _send_page(send: Send, page: bytes) -> None:
+#: The chat page loads nothing from elsewhere, and says so to the browser.
+CHAT_CSP = b"default-src 'self'; connect-src 'self' ws: wss:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
+
+
+async def send_page(send: Send, page: bytes, csp: bytes = CHAT_CSP) -> None:
+    """A page of ours, with its content security policy."""
     headers = [
         (b"content-type", b"text/html; charset=utf-8"),
-        # The page loads nothing from elsewhere, and says so to the browser.
-        (b"content-security-policy", b"default-src 'self'; connect-src 'self' ws: wss:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"),
+        (b"content-security-policy", csp),
         (b"cache-control", b"no-cache"),
     ]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -452,6 +479,9 @@ def openapi() -> dict[str, Any]:
             },
             "/v1/ws": {"get": {"summary": "The chat WebSocket gateway (JSON frames; see the README)", "responses": {"101": {"description": "upgraded"}}}},
             "/v1/status": {"get": {"summary": "This node's status", "responses": {"200": {"description": "status"}, **errors}}},
+            "/metrics": {"get": {"summary": "Prometheus text (cluster:read)", "responses": {"200": {"description": "metrics", "content": {"text/plain": {}}}, **errors}}},
+            "/": {"get": {"summary": "The live dashboard page", "security": [], "responses": {"200": {"description": "HTML"}}}},
+            "/v1/dashboard/stream": {"get": {"summary": "The dashboard's server-sent events (cluster:read)", "responses": {"200": {"description": "text/event-stream"}, **errors}}},
             "/v1/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI"}}}},
         },
     }
