@@ -425,7 +425,7 @@ class ClientConnection:
             # Authorise at the edge: a refusal is answered here and nothing reaches the driver.
             try:
                 server.authoriser.check(self.grant, request.op, request.body)
-            except (AuthError, InvalidArgument) as exc:
+            except (AuthError, InvalidArgument, Unavailable) as exc:
                 self._answer(seq, False, exc)
                 return False
         if server.shutting_down:

@@ -1201,6 +1201,32 @@ class JobsService:
             return None
         return {"session": s.id, "worker": s.worker, "ttl_ms": s.ttl_ms, "expires_at_ms": s.expires_at_ms, "jobs": list(s.jobs), "cancel": list(s.cancel)}
 
+    # ------------------------------------------------------------------ for the node's edge
+
+    # Plain lookups of the applied state for the node's authoriser (which queue a job, a session's
+    # jobs or a schedule belong to: what a request touches) and its long-polling claims. Read-only.
+
+    def queue_of_job(self, job_id: str) -> str | None:
+        job = self._jobs.get(job_id)
+        return None if job is None else job.queue
+
+    def session_queues(self, session_id: str) -> list[str] | None:
+        """The queues of the jobs a live session holds (each once), or None: no such session."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            return None
+        jobs = self._jobs
+        return list(dict.fromkeys(jobs[job_id].queue for job_id in session.jobs))
+
+    def queue_of_schedule(self, name: str) -> str | None:
+        schedule = self._schedules.get(name)
+        return None if schedule is None else schedule.spec.queue
+
+    def ready_in(self, queues: tuple[str, ...], now_ms: int) -> tuple[int, int | None]:
+        """The ``ready`` query's (ready, next_ms) for ``queues``, without parsing a query."""
+        answer = self._ready_query(args.ReadyQuery(queues), now_ms)
+        return answer["ready"], answer["next_ms"]
+
     # ------------------------------------------------------------------ snapshots
 
     def snapshot(self) -> dict[str, Any]:
