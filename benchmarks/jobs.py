@@ -56,7 +56,7 @@ sys.path.insert(0, str(ROOT / "src"))  # the package, uninstalled too
 
 import trio  # noqa: E402
 
-from benchmarks.kv_cluster import TrimaranCluster, percentile_ms, stop_pid  # noqa: E402
+from benchmarks.kv_cluster import TrimaranCluster, percentile_ms, proc_cpu_s, stop_pid  # noqa: E402
 from trimaran.client import Client, Jobs, Worker  # noqa: E402
 from trimaran.client.jobs import JobsClient  # noqa: E402
 from trimaran.errors import TrimaranError  # noqa: E402
@@ -200,8 +200,15 @@ def trimaran_roundtrip(root: Path, cluster: TrimaranCluster, producers: int, tot
     workers = WorkerProcs(root, cluster.endpoints, queue, worker_procs, WORKERS // worker_procs)
     try:
         workers.wait_ready()
+        nodes_cpu, workers_cpu, producer_cpu = cluster.cpu_s(), [proc_cpu_s(p.pid) for p in workers.procs], time.process_time()
         enq, _ = trio.run(produce, cluster.endpoints, queue, producers, total)
         completed = trio.run(wait_completed, cluster.endpoints, queue, total - enq.failed, 120.0)
+        # CPU per job: where the 2 cores went (the nodes, the worker processes, this producer).
+        kjobs = max(1, completed) / 1000
+        nodes_after = cluster.cpu_s()
+        node_ms = " ".join(f"n{n}={(nodes_after[n] - nodes_cpu[n]) / kjobs:.2f}" for n in sorted(nodes_after))
+        workers_ms = sum(proc_cpu_s(p.pid) - c for p, c in zip(workers.procs, workers_cpu)) / kjobs
+        print(f"    cpu ms/job: {node_ms} workers={workers_ms:.2f} producer={(time.process_time() - producer_cpu) / kjobs:.2f}", flush=True)
     finally:
         done = workers.stop()
     if not done:
