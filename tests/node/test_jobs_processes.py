@@ -20,7 +20,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import AsyncIterator, Iterator
+from typing import Iterator
 
 import pytest
 import trio
@@ -84,24 +84,23 @@ class Workers:
                 proc.wait(timeout=STOP_WAIT_S)
 
 
-@pytest.fixture
-def one_node(tmp_path: Path) -> Iterator[ProcessCluster]:
-    procs = ProcessCluster(tmp_path, size=1)
+def started(root: Path, size: int) -> Iterator[ProcessCluster]:
+    procs = ProcessCluster(root, size=size)
     try:
         procs.start_all()
         yield procs
     finally:
         procs.close()
+
+
+@pytest.fixture
+def one_node(tmp_path: Path) -> Iterator[ProcessCluster]:
+    yield from started(tmp_path, 1)
 
 
 @pytest.fixture
 def three_nodes(tmp_path: Path) -> Iterator[ProcessCluster]:
-    procs = ProcessCluster(tmp_path, size=3)
-    try:
-        procs.start_all()
-        yield procs
-    finally:
-        procs.close()
+    yield from started(tmp_path, 3)
 
 
 @pytest.fixture
