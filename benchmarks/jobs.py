@@ -38,6 +38,7 @@ import gc
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -89,15 +90,25 @@ def median_result(results: list[Result]) -> Result:
 async def worker_proc(endpoints: str, queue: str, workers: int, concurrency: int, out: Path) -> None:
     """``workers`` Worker runtimes on ``queue`` (each its own client, session and heartbeat) until
     SIGTERM; then writes each completion's (enqueued at, acknowledged at) wall times to ``out``."""
-    done: list[tuple[float, float]] = []
-    complete = JobsClient.complete
+    done: list[tuple[float, float, float]] = []
+    claimed_at: dict[str, float] = {}
+    complete, claim = JobsClient.complete, JobsClient.claim
+
+    async def timed_claim(self: JobsClient, *args: Any, **kw: Any) -> Any:
+        answer = await claim(self, *args, **kw)
+        now = time.time()
+        for lease in answer.jobs:
+            claimed_at[lease.id] = now
+        return answer
 
     async def timed_complete(self: JobsClient, job: str, token: int, result: Any = None, **kw: Any) -> str:
         answer = await complete(self, job, token, result, **kw)
-        done.append((result, time.time()))  # the task's result is its enqueue time
+        # (enqueued at: the task's result, claim answered at, complete acknowledged at)
+        done.append((result, claimed_at.pop(job, 0.0), time.time()))
         return answer
 
     JobsClient.complete = timed_complete  # type: ignore[method-assign]
+    JobsClient.claim = timed_claim  # type: ignore[method-assign]
     with trio.open_signal_receiver(signal.SIGTERM) as signals:
         async with contextlib.AsyncExitStack() as stack:
             runtimes: list[Worker] = []
@@ -139,10 +150,10 @@ class WorkerProcs:
             if line.strip() != b"ready":
                 raise RuntimeError(f"a worker process did not start (exit {proc.poll()}); see its log")
 
-    def stop(self) -> list[tuple[float, float]]:
+    def stop(self) -> list[tuple[float, float, float]]:
         for proc in self.procs:
             stop_pid(proc, timeout_s=30)
-        done: list[tuple[float, float]] = []
+        done: list[tuple[float, float, float]] = []
         for out in self.outs:
             if out.exists():
                 done += [tuple(x) for x in json.loads(out.read_text())]  # type: ignore[misc]
@@ -206,16 +217,23 @@ def trimaran_roundtrip(root: Path, cluster: TrimaranCluster, producers: int, tot
         # CPU per job: where the 2 cores went (the nodes, the worker processes, this producer).
         kjobs = max(1, completed) / 1000
         nodes_after = cluster.cpu_s()
-        node_ms = " ".join(f"n{n}={(nodes_after[n] - nodes_cpu[n]) / kjobs:.2f}" for n in sorted(nodes_after))
+        node_ms = f"nodes={sum(nodes_after[n] - nodes_cpu[n] for n in nodes_after) / kjobs:.2f}"
         workers_ms = sum(proc_cpu_s(p.pid) - c for p, c in zip(workers.procs, workers_cpu)) / kjobs
         print(f"    cpu ms/job: {node_ms} workers={workers_ms:.2f} producer={(time.process_time() - producer_cpu) / kjobs:.2f}", flush=True)
     finally:
         done = workers.stop()
     if not done:
         return Result(0, 0, 0, total)
-    first_t0 = min(t0 for t0, _ in done)
-    last = max(t for _, t in done)
-    latencies = sorted(t - t0 for t0, t in done)
+    first_t0 = min(t0 for t0, _, _ in done)
+    last = max(t for _, _, t in done)
+    latencies = sorted(t - t0 for t0, _, t in done)
+    to_claim = sorted(c - t0 for t0, c, _ in done)
+    to_done = sorted(t - c for _, c, t in done)
+    print(
+        f"    p50/p99 ms: enqueue->claim answered {percentile_ms(to_claim, 0.5):.1f}/{percentile_ms(to_claim, 0.99):.1f},"
+        f" claim answered->complete acknowledged {percentile_ms(to_done, 0.5):.1f}/{percentile_ms(to_done, 0.99):.1f}",
+        flush=True,
+    )
     return Result(len(done) / (last - first_t0), percentile_ms(latencies, 0.5), percentile_ms(latencies, 0.99), total - completed)
 
 
@@ -228,7 +246,11 @@ def run_trimaran(producers_list: list[int], totals: dict[int, int], worker_procs
         trio.run(wait_ready, cluster)
         for producers in producers_list:
             if "enqueue" in modes:
+                nodes_cpu, producer_cpu = cluster.cpu_s(), time.process_time()
                 out["enqueue", producers] = trio.run(produce, cluster.endpoints, f"enq{producers}", producers, totals[producers])[0]
+                kjobs = totals[producers] / 1000
+                nodes_ms = sum(cluster.cpu_s().values()) - sum(nodes_cpu.values())
+                print(f"    cpu ms/job: nodes={nodes_ms / kjobs:.2f} producer={(time.process_time() - producer_cpu) / kjobs:.2f}", flush=True)
                 print(f"  trimaran enqueue   P={producers:<3} {fmt(out['enqueue', producers])}", flush=True)
             if "roundtrip" in modes:
                 out["roundtrip", producers] = trimaran_roundtrip(root, cluster, producers, totals[producers], worker_procs)
@@ -263,6 +285,27 @@ def parse_peer(text: str) -> Result:
     return Result(float(ops), float(p50), float(p99), int(failed))
 
 
+def peer_server_pids(name: str) -> list[int]:
+    """The server processes the peer script started (its pid files)."""
+    root = Path(os.environ.get("TMPDIR", "/tmp")) / "trimaran-peers"
+    files = [root / "rabbitmq" / f"rmq{i}" / "beam.pid" for i in (1, 2, 3)] if name == "rabbitmq" else [root / "nats" / f"n{i}.pid" for i in (1, 2, 3)]
+    return [int(f.read_text().strip()) for f in files if f.exists()]
+
+
+def peer_load(name: str, script: Path, *args: str) -> Result:
+    """One load run, with the CPU it cost per job: the servers' and the load generator's."""
+    pids = peer_server_pids(name)
+    servers_before = sum(proc_cpu_s(pid) for pid in pids)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = parse_peer(peer_sh(script, "load", *args))
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    kjobs = int(args[args.index("--total") + 1]) / 1000
+    servers_ms = (sum(proc_cpu_s(pid) for pid in pids) - servers_before) / kjobs
+    load_ms = (after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime) / kjobs
+    print(f"    cpu ms/job: servers={servers_ms:.2f} load generator={load_ms:.2f}", flush=True)
+    return result
+
+
 def run_peer(name: str, producers_list: list[int], totals: dict[int, int], modes: set[str], nats_sync: str) -> dict[tuple[str, int], Result]:
     script = RABBITMQ_SH if name == "rabbitmq" else NATS_SH
     start = ["start"] if name == "rabbitmq" or nats_sync == "default" else ["start", "--sync", "always"]
@@ -272,12 +315,12 @@ def run_peer(name: str, producers_list: list[int], totals: dict[int, int], modes
         for producers in producers_list:
             common = ["--producers", str(producers), "--total", str(totals[producers]), "--size", str(PAYLOAD_BYTES)]
             if "enqueue" in modes:
-                out["enqueue", producers] = parse_peer(peer_sh(script, "load", "--mode", "enqueue", *common))
+                out["enqueue", producers] = peer_load(name, script, "--mode", "enqueue", *common)
                 print(f"  {name} enqueue   P={producers:<3} {fmt(out['enqueue', producers])}", flush=True)
             if "roundtrip" in modes:
                 mode = "roundtrip" if name == "rabbitmq" else "workqueue"
                 extra = ["--consumers", str(WORKERS), "--prefetch", str(CONCURRENCY)]
-                out["roundtrip", producers] = parse_peer(peer_sh(script, "load", "--mode", mode, *common, *extra))
+                out["roundtrip", producers] = peer_load(name, script, "--mode", mode, *common, *extra)
                 print(f"  {name} roundtrip P={producers:<3} {fmt(out['roundtrip', producers])}", flush=True)
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
         print(f"  {name}: {exc}", flush=True)
