@@ -156,7 +156,7 @@ class WorkerProcs:
         done: list[tuple[float, float, float]] = []
         for out in self.outs:
             if out.exists():
-                done += [tuple(x) for x in json.loads(out.read_text())]  # type: ignore[misc]
+                done += [tuple(x) for x in json.loads(out.read_text())]
         return done
 
 
