@@ -20,7 +20,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Iterator
+from typing import Awaitable, Callable, Iterator
 
 import pytest
 import trio
@@ -103,25 +103,27 @@ def three_nodes(tmp_path: Path) -> Iterator[ProcessCluster]:
     yield from started(tmp_path, 3)
 
 
+WorkersFor = Callable[[ProcessCluster], Awaitable[Workers]]
+
+
 @pytest.fixture
-def workers_of(tmp_path: Path) -> Iterator[list[Workers]]:
+def workers_for(tmp_path: Path) -> Iterator[WorkersFor]:
+    """``await workers_for(cluster)``: once the cluster has a leader, a Workers on it, closed after the test."""
     made: list[Workers] = []
-    yield made
+
+    async def make(cluster: ProcessCluster) -> Workers:
+        await cluster.leader()
+        made.append(Workers(tmp_path, ",".join(str(cluster.client[i]) for i in cluster.ids)))
+        return made[-1]
+
+    yield make
     for w in made:
         w.close()
 
 
-def endpoints(cluster: ProcessCluster) -> str:
-    return ",".join(str(cluster.client[i]) for i in cluster.ids)
-
-
-async def test_a_job_of_a_killed_worker_is_redelivered_and_completes_once(
-    one_node: ProcessCluster, workers_of: list[Workers], tmp_path: Path
-) -> None:
+async def test_a_job_of_a_killed_worker_is_redelivered_and_completes_once(one_node: ProcessCluster, workers_for: WorkersFor) -> None:
     with trio.fail_after(20):
-        await one_node.leader()
-        workers = Workers(tmp_path, endpoints(one_node))
-        workers_of.append(workers)
+        workers = await workers_for(one_node)
         first = workers.start("hold")
         async with Client(workers.endpoints, timeout_ms=10_000) as c:
             job = await c.jobs.enqueue("hold", {"n": 1, "hold_s": [60]})
@@ -139,13 +141,12 @@ async def test_a_job_of_a_killed_worker_is_redelivered_and_completes_once(
 
 
 async def test_killing_the_leader_under_load_loses_nothing_and_completes_each_job_once(
-    three_nodes: ProcessCluster, workers_of: list[Workers], tmp_path: Path
+    three_nodes: ProcessCluster, workers_for: WorkersFor
 ) -> None:
     jobs_count = 300
     with trio.fail_after(20):
+        workers = await workers_for(three_nodes)
         leader, _ = await three_nodes.leader()
-        workers = Workers(tmp_path, endpoints(three_nodes))
-        workers_of.append(workers)
         for _ in range(2):
             workers.start("load", concurrency=16)
         ids: dict[int, str] = {}
@@ -181,13 +182,9 @@ async def test_killing_the_leader_under_load_loses_nothing_and_completes_each_jo
         assert max(runs.values()) == 1, "one lease (job, attempt) ran in one worker only"
 
 
-async def test_a_stopped_workers_late_completion_is_refused(
-    one_node: ProcessCluster, workers_of: list[Workers], tmp_path: Path
-) -> None:
+async def test_a_stopped_workers_late_completion_is_refused(one_node: ProcessCluster, workers_for: WorkersFor) -> None:
     with trio.fail_after(20):
-        await one_node.leader()
-        workers = Workers(tmp_path, endpoints(one_node))
-        workers_of.append(workers)
+        workers = await workers_for(one_node)
         stopped = workers.start("hold")
         async with Client(workers.endpoints, timeout_ms=10_000) as c:
             job = await c.jobs.enqueue("hold", {"n": 7, "hold_s": [0.5, 2.0]})
