@@ -66,7 +66,8 @@ async def test_a_waiting_claim_costs_no_entry_and_an_enqueue_answers_it_at_once(
                 enqueued_at = trio.current_time()
                 await producer.jobs.enqueue("emails", "hi")
             assert waits(node) == 0
-            assert got[0] - enqueued_at < 0.5, "the enqueue's apply wakes the claim, no polling interval"
+            # Woken by the enqueue's apply, far before its 4 s wait (a loaded machine may take a while).
+            assert got[0] - enqueued_at < 2.0, "the enqueue's apply wakes the claim"
 
 
 async def test_a_wait_ends_empty_and_a_delayed_job_wakes_it_at_its_run_time(node: Node) -> None:
@@ -114,4 +115,4 @@ async def test_waiters_are_bounded_per_connection(node: Node, monkeypatch: pytes
                 await wait_until_parked(node, 2)
                 start = trio.current_time()
                 assert (await c.jobs.claim(session, ["q"], wait_ms=5_000)).jobs == []  # over the bound: at once
-                assert trio.current_time() - start < 0.5 and waits(node) == 2
+                assert trio.current_time() - start < 2.5 and waits(node) == 2  # (its wait was 5 s)
