@@ -82,6 +82,12 @@ job_attempts_default = 20
 job_enqueue_batch_max = 1_000
 job_claim_queues_max = 32
 job_claim_jobs_max = 1_000
+#: A long-polling claim (``wait_ms``) waits at most this long on the node (which also cuts it to
+#: half its request timeout); parked claims per client connection and per node (past either, a
+#: claim is proposed at once). See trimaran.node.claim_waits.
+job_claim_wait_ms_max = 60_000
+job_claim_waiters_connection_max = 64
+job_claim_waiters_node_max = 4_096
 #: Payload bytes handed out by one claim (at least one job): the answer must fit a frame.
 job_claim_payload_bytes_max = 8 * MIB
 #: Jobs one queue holds (waiting, running, dead-lettered, and finished ones keeping their result).

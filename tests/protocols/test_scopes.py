@@ -71,6 +71,17 @@ def test_needed_names_the_missing_scope() -> None:
     assert needed("kv", "write", b"user:1") == "kv:write:user:1"
     assert needed("cluster", "read") == "cluster:read"
     assert needed("kv", "read", b"\xff") == "kv:read:\\xff"
+    # What a prefix request needs is a grantable prefix scope; "any name" reads as such.
+    assert needed("kv", "read", b"user:", True) == "kv:read:user:*" and parse_scope("kv:read:user:*").prefix
+    assert needed("jobs", "work", None) == "jobs:work:<any>"
+
+
+def test_any_name_is_covered_by_a_grant_of_the_action_on_some_name() -> None:
+    granted = parse_scopes(["jobs:work:emails", "jobs:read:rep*"])
+    assert allowed(granted, "jobs", "work", None) and allowed(granted, "jobs", "read", None)
+    assert not allowed(granted, "jobs", "manage", None) and not allowed(granted, "jobs", "enqueue", None)
+    assert not allowed(parse_scopes(["kv:*"]), "jobs", "work", None)
+    assert allowed(parse_scopes(["admin:*"]), "jobs", "manage", None)
 
 
 _names = st.binary(max_size=12)

@@ -15,8 +15,9 @@ queries are linearizable reads. The service's refusals arrive typed: ``NotFound`
 ``StaleLease``, ``WorkerSessionLost``, ``InvalidArgument``/``TooLarge``. Formats and semantics:
 :mod:`trimaran.services.jobs.service`.
 
-The service has no server-side wait yet: :meth:`JobsClient.result` with ``wait_ms`` polls the
-``result`` query with a short doubling pause (bounded by ``RESULT_POLL_MS_MAX``).
+:meth:`JobsClient.claim` with ``wait_ms`` long-polls on the leader (:mod:`trimaran.node.claim_waits`).
+The service has no server-side wait for results yet: :meth:`JobsClient.result` with ``wait_ms``
+polls the ``result`` query with a short doubling pause (bounded by ``RESULT_POLL_MS_MAX``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ TERMINAL_STATES = frozenset(("completed", "failed", "dead", "cancelled", "expire
 #: Pause between two polls of ``result(wait_ms=...)``: doubles from the min to the max.
 RESULT_POLL_MS_MIN = 10
 RESULT_POLL_MS_MAX = 250
+#: The deadline past a long-polling claim's wait when the client has no timeout of its own.
+CLAIM_TIMEOUT_MS_MIN = 5_000
 
 _ENQUEUE_OPTIONS = (
     "priority", "delay_ms", "run_at_ms", "unique_key", "unique_window_ms", "max_attempts", "backoff",
@@ -438,9 +441,25 @@ class JobsClient:
         """End the session: its jobs are given back unrun (attempts not counted); their ids."""
         return [str(i) for i in await self._command(["session_close", session], timeout_ms)]
 
-    async def claim(self, session: str, queues: Sequence[str], n: int = 1, *, timeout_ms: int | None = None) -> Claim:
-        """Up to ``n`` ready jobs of ``queues`` (priority, then FIFO), leased to ``session``."""
-        answer = await self._command(["claim", session, list(queues), n], timeout_ms)
+    async def claim(
+        self, session: str, queues: Sequence[str], n: int = 1, *, wait_ms: int = 0, timeout_ms: int | None = None
+    ) -> Claim:
+        """Up to ``n`` ready jobs of ``queues`` (priority, then FIFO), leased to ``session``.
+
+        ``wait_ms``: a long poll. With nothing to take, the leader holds the claim (no log entry,
+        no busy wait) until a job of ``queues`` becomes claimable, then proposes it; after
+        ``wait_ms`` (cut to ``limits.job_claim_wait_ms_max`` and to half the node's request
+        timeout) it answers what it finds, usually nothing. The call's deadline is ``timeout_ms``
+        past the wait (default: the client's)."""
+        if type(wait_ms) is not int or wait_ms < 0:
+            raise InvalidArgument(f"wait_ms must be an int >= 0, not {wait_ms!r:.40}")
+        wait_ms = min(wait_ms, limits.job_claim_wait_ms_max)
+        command: list[Any] = ["claim", session, list(queues), n]
+        if wait_ms:
+            command.append({"wait_ms": wait_ms})
+            after_ms: int = timeout_ms or getattr(self._client, "timeout_ms", None) or CLAIM_TIMEOUT_MS_MIN
+            timeout_ms = wait_ms + after_ms
+        answer = await self._command(command, timeout_ms)
         return Claim([_lease(v) for v in answer["jobs"]], list(answer["cancel"]))
 
     async def complete(self, job: str, token: int, result: Any = None, *, timeout_ms: int | None = None) -> str:

@@ -20,11 +20,12 @@ The worker (:class:`Worker`, run by :meth:`Jobs.run_worker` and ``trimaran worke
 - opens **one worker session** and keeps it alive with **one heartbeat task** (every TTL/3) that
   also carries each running job's progress (:func:`current_job`) and learns which jobs were
   cancelled or lost; a lost session (``WorkerSessionLost``) stops its jobs and opens a new one;
-- **claims in batches** up to its concurrency limit. The node has no server-side wait yet, so
-  the worker does not long-poll: it asks the service's ``ready`` query (a read, no log entry)
-  whether anything is claimable, claims only then, and otherwise sleeps until ``next_ms`` (the
-  next delayed job's run time, by this host's clock) or a pause that doubles from
-  ``poll_ms_min`` up to ``poll_ms_max`` — the most a new job waits before it is seen;
+- **claims in batches** up to its concurrency limit, **long-polling**: each claim carries
+  ``wait_ms`` (``claim_wait_ms``), so with nothing to take the leader holds it, without a log
+  entry or a busy wait, until a job of its queues becomes claimable (an enqueue, a retry, a
+  delayed job's run time, a slot freed under a concurrency limit), and answers at once then
+  (:mod:`trimaran.node.claim_waits`). Only an error, or an empty answer well before the wait
+  ended, makes it pause (doubling from ``poll_ms_min`` up to ``poll_ms_max``), so it never spins;
 - runs **each job in its own cancel scope** bounded by its lease (``lease_until_ms``, by this
   host's clock); ``complete``/``fail`` carry the job's fencing token, so a late outcome from a
   lapsed lease is refused (``StaleLease``) and dropped;
@@ -81,6 +82,8 @@ GRACE_MS_DEFAULT = 10_000
 CONCURRENCY_DEFAULT = 8
 POLL_MS_MIN_DEFAULT = 20
 POLL_MS_MAX_DEFAULT = 500
+#: How long each claim may wait on the leader for a job (the node cuts it to half its request timeout).
+CLAIM_WAIT_MS_DEFAULT = 4_000
 #: Deadline of each outcome report (complete, fail, release...) and of the final session close.
 REPORT_TIMEOUT_MS = 5_000
 #: A job is stopped this much (at most a tenth of its lease) before its lease ends.
@@ -289,6 +292,7 @@ class Worker:
         grace_ms: int = GRACE_MS_DEFAULT,
         poll_ms_min: int = POLL_MS_MIN_DEFAULT,
         poll_ms_max: int = POLL_MS_MAX_DEFAULT,
+        claim_wait_ms: int = CLAIM_WAIT_MS_DEFAULT,
         name: str | None = None,
     ) -> None:
         queues = list(app.tasks) if queues is None else list(queues)
@@ -303,12 +307,18 @@ class Worker:
             raise InvalidArgument(f"concurrency must be in 1..{limits.job_claim_jobs_max}")
         if not 3 <= session_ttl_ms <= limits.job_session_ttl_ms_max or grace_ms < 0 or not 0 < poll_ms_min <= poll_ms_max:
             raise InvalidArgument("need 3 <= session_ttl_ms <= job_session_ttl_ms_max, grace_ms >= 0, 0 < poll_ms_min <= poll_ms_max")
+        if not 0 <= claim_wait_ms <= limits.job_claim_wait_ms_max:
+            raise InvalidArgument(f"claim_wait_ms must be in 0..{limits.job_claim_wait_ms_max}")
         self.app = app
         self.queues = queues
         self.concurrency = concurrency
         self.session_ttl_ms = session_ttl_ms
         self.grace_ms = grace_ms
         self.poll_ms = (poll_ms_min, poll_ms_max)
+        self.claim_wait_ms = claim_wait_ms
+        #: The waiting claim's scope: stop() cancels it (a claim proposed anyway leases jobs to a
+        #: session that is about to close, which gives them back unrun).
+        self._claim_scope = trio.CancelScope()
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         #: The current worker session's id (None before it opens and after it closes).
         self.session: str | None = None
@@ -321,6 +331,7 @@ class Worker:
         """Stop claiming; running jobs get ``grace_ms`` to finish, the rest are given back."""
         self._stopping.set()
         self._changed.set()
+        self._claim_scope.cancel()
 
     @property
     def stopping(self) -> bool:
@@ -376,33 +387,33 @@ class Worker:
     # ------------------------------------------------------------------ claiming
 
     async def _claim_loop(self, nursery: trio.Nursery) -> None:
-        jobs = self.app.jobs
         pause_ms = self.poll_ms[0]
         while not self.stopping:
             free = self.concurrency - len(self.running)
             if free <= 0:
                 await self._wait_changed()
                 continue
+            started_s = trio.current_time()
+            claimed = -1  # no answer
             try:
-                ready = await jobs.ready(self.queues)
-                claimed = 0
-                if ready.ready > 0 or (ready.next_ms is not None and ready.next_ms <= time.time() * 1000):
+                with trio.CancelScope() as self._claim_scope:
+                    if self.stopping:
+                        break
                     claimed = await self._claim(nursery, free)
             except WorkerSessionLost:
                 await self._reopen()
                 continue
             except (RequestTimeout, Unavailable, NotLeader) as exc:  # the cluster, for a moment
                 log.warning("worker %s: %s: %s; trying again", self.name, exc.code, exc.message)
-                claimed, ready = 0, None
-            if claimed:
+            waited_s = trio.current_time() - started_s
+            if claimed > 0 or (claimed == 0 and self.claim_wait_ms and waited_s * 1000 >= self.claim_wait_ms / 2):
                 pause_ms = self.poll_ms[0]
-                continue
-            sleep_ms: float = pause_ms
-            if ready is not None and ready.next_ms is not None:
-                sleep_ms = min(sleep_ms, max(ready.next_ms - time.time() * 1000, 1))
-            pause_ms = min(pause_ms * 2, self.poll_ms[1])
-            with trio.move_on_after(sleep_ms / 1000):
+                continue  # jobs, or a wait that ran its course: claim again at once
+            # An error, or nothing well before the wait ended (the node could not hold the claim,
+            # or another worker took the job): pause, so the loop never spins.
+            with trio.move_on_after(pause_ms / 1000):
                 await self._stopping.wait()
+            pause_ms = min(pause_ms * 2, self.poll_ms[1])
 
     async def _reopen(self) -> None:
         lost = self.session
@@ -415,7 +426,7 @@ class Worker:
     async def _claim(self, nursery: trio.Nursery, free: int) -> int:
         session = self.session
         assert session is not None
-        answer = await self.app.jobs.claim(session, self.queues, min(free, limits.job_claim_jobs_max))
+        answer = await self.app.jobs.claim(session, self.queues, min(free, limits.job_claim_jobs_max), wait_ms=self.claim_wait_ms)
         self._cancel_asked(answer.cancel)
         for lease in answer.jobs:
             running = _Running(lease, JobContext(lease.id, lease.queue, lease.attempt, lease.token))

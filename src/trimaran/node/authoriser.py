@@ -40,12 +40,29 @@ request                         needs
                                 token; ``reset``: ``admin:*``
 ``read`` of ``chat``            ``history``, ``presence``: ``chat:subscribe`` on the channel;
                                 ``channels``, ``events``, ``stats``: ``admin:*``
+``command``/``read`` of         per queue, ``jobs:enqueue``/``work``/``read``/``manage``: the table in
+``jobs``                        :mod:`trimaran.protocols.scopes`; a job, session or schedule id is
+                                mapped to its queue by the local replica's jobs service (a dict
+                                lookup, see "Jobs" below)
 ``command``/``read`` of any     ``admin:*`` (the ``register`` test service, the ``auth`` service,
 other service                   and names no service has)
 ==============================  =================================================================
 
-A kv command or query that does not parse cannot be authorised: it is answered with the service's
-own ``invalid_argument``/``too_large`` at the edge, and never reaches the log.
+A kv, chat or jobs command or query that does not parse cannot be authorised: it is answered with
+the service's own ``invalid_argument``/``too_large`` at the edge, and never reaches the log.
+
+Jobs. Most job commands name a job (``complete``, ``cancel``, the ``result`` query), a worker
+session (``heartbeat``, ``session_close``) or a schedule (``unschedule``), not a queue: the
+authoriser asks the local replica's jobs service which queue that is (``queue_of_job``,
+``session_queues``, ``queue_of_schedule``: dict lookups). A job's queue never changes, and a
+session only ever holds jobs of queues its claims were allowed. An id the replica does not hold
+needs the action on any one queue (the service then answers ``NotFound``/``StaleLease``/None,
+which tells nothing about other queues) -- unless the id's index (ids are ``<entry index>-<n>``,
+sessions ``s<index>-<n>``) is past what this replica applied: that job may sit in the log
+unapplied, so the request is refused ``Unavailable`` (the client retries; by then it is applied)
+rather than judged on a state that is about to change. A schedule's name carries no index: a
+``schedule``/``unschedule`` racing an unapplied ``schedule`` of the same name is judged on the
+applied state (a gap of one round; schedule names are best kept per tenant, e.g. prefixed).
 """
 
 from __future__ import annotations
@@ -55,11 +72,13 @@ import time
 from typing import Any, Callable
 
 from trimaran.cluster.replica import Replica
-from trimaran.errors import ConfigError, PermissionDenied, Unauthenticated
+from trimaran.errors import ConfigError, PermissionDenied, Unauthenticated, Unavailable
 from trimaran.node.config import NodeConfig
 from trimaran.protocols import scopes, tokens
 from trimaran.services import kv_args
 from trimaran.services.chat import args as chat_args
+from trimaran.services.jobs import args as jobs_args
+from trimaran.services.jobs.service import JobsService
 # Grant lives with the auth service (the simulator's edge uses it too); re-exported for the edges.
 from trimaran.services.auth import KEY_RETIRED, AuthService
 from trimaran.services.auth import Grant as Grant
@@ -91,8 +110,8 @@ class _RefusalLog:
             self._left_out = 0
         log.info(fmt, *args)
 
-#: One thing a request touches: (service, action, name, name_is_prefix).
-Requirement = tuple[str, str, bytes, bool]
+#: One thing a request touches: (service, action, name, name_is_prefix); name None: any one name.
+Requirement = tuple[str, str, bytes | None, bool]
 ADMIN: tuple[Requirement, ...] = (("admin", "*", b"", False),)
 NOTHING: tuple[Requirement, ...] = ()
 CLUSTER_READ: tuple[Requirement, ...] = (("cluster", "read", b"", False),)
@@ -137,15 +156,97 @@ def _chat_requirements(op: str, body: dict[str, Any]) -> tuple[Requirement, ...]
     return ADMIN  # channels, events, stats
 
 
-def requirements(op: str, body: dict[str, Any]) -> tuple[Requirement, ...]:
+class _JobsState:
+    """What a jobs request's ids belong to, in the local replica's applied state (see "Jobs")."""
+
+    def __init__(self, replica: Replica) -> None:
+        self._replica = replica
+        service = replica.services.get("jobs")
+        self._service = service if isinstance(service, JobsService) else JobsService()
+
+    def _unapplied(self, some_id: str) -> bool:
+        match = jobs_args.JOB_ID.fullmatch(some_id[1:] if some_id.startswith("s") else some_id)
+        return match is not None and int(match[1]) > self._replica.applied_index
+
+    def _refuse_unapplied(self, some_id: str) -> None:
+        if self._unapplied(some_id):
+            raise Unavailable(f"{some_id} is not applied on this node yet; retry", retry_after_ms=10)
+
+    def job(self, action: str, job_id: str) -> Requirement:
+        queue = self._service.queue_of_job(job_id)
+        if queue is None:
+            self._refuse_unapplied(job_id)
+            return ("jobs", action, None, False)
+        return ("jobs", action, queue.encode(), False)
+
+    def session(self, action: str, session_id: str) -> tuple[Requirement, ...]:
+        queues = self._service.session_queues(session_id)
+        if queues is None:
+            self._refuse_unapplied(session_id)
+            return (("jobs", action, None, False),)
+        # A live session with no jobs: any one queue (what it holds is what its claims were allowed).
+        return tuple(("jobs", action, q.encode(), False) for q in queues) or (("jobs", action, None, False),)
+
+    def schedule(self, name: str) -> Requirement | None:
+        queue = self._service.queue_of_schedule(name)
+        return None if queue is None else ("jobs", "manage", queue.encode(), False)
+
+
+def _queues(action: str, queues: Any) -> tuple[Requirement, ...]:
+    return tuple(("jobs", action, q.encode(), False) for q in dict.fromkeys(queues))
+
+
+def _jobs_requirements(op: str, body: dict[str, Any], state: _JobsState) -> tuple[Requirement, ...]:
+    if op == "command":
+        cmd = jobs_args.parse_command(body["command"])
+        if isinstance(cmd, jobs_args.EnqueueCmd):
+            needs = _queues("enqueue", (spec.queue for spec in cmd.specs))
+            deps = dict.fromkeys(dep for spec in cmd.specs for dep in spec.depends_on)
+            return needs + tuple(state.job("read", dep) for dep in deps)  # a dependency's outcome is read
+        if isinstance(cmd, jobs_args.ClaimCmd):
+            return _queues("work", cmd.queues)
+        if isinstance(cmd, (jobs_args.CompleteCmd, jobs_args.FailCmd, jobs_args.ReleaseCmd, jobs_args.AckCancelCmd)):
+            return (state.job("work", cmd.job),)
+        if isinstance(cmd, jobs_args.HeartbeatCmd):
+            return state.session("work", cmd.session) + tuple(state.job("work", beat.job) for beat in cmd.jobs)
+        if isinstance(cmd, jobs_args.SessionCloseCmd):
+            return state.session("work", cmd.session)
+        if isinstance(cmd, jobs_args.SessionOpenCmd):
+            return (("jobs", "work", None, False),)
+        if isinstance(cmd, jobs_args.CancelCmd):
+            return (state.job("manage", cmd.job),)
+        if isinstance(cmd, (jobs_args.DlqCmd, jobs_args.PauseCmd, jobs_args.QueueConfigCmd)):
+            return _queues("manage", (cmd.queue,))
+        if isinstance(cmd, jobs_args.ScheduleCmd):
+            replaced = state.schedule(cmd.name)
+            return _queues("manage", (cmd.spec.queue,)) + ((replaced,) if replaced else ())
+        assert isinstance(cmd, jobs_args.UnscheduleCmd), cmd
+        return (state.schedule(cmd.name) or ("jobs", "manage", None, False),)
+    query = jobs_args.parse_query(body["query"])
+    if isinstance(query, (jobs_args.JobQuery, jobs_args.ResultQuery)):
+        return (state.job("read", query.job),)
+    if isinstance(query, (jobs_args.StatsQuery, jobs_args.DlqQuery, jobs_args.ListQuery)):
+        return _queues("read", (query.queue,))
+    if isinstance(query, jobs_args.ReadyQuery):
+        return _queues("work", query.queues)
+    if isinstance(query, jobs_args.SessionQuery):
+        return state.session("work", query.session)
+    assert isinstance(query, jobs_args.SchedulesQuery), query
+    return (("jobs", "read", b"", True),)  # every queue's schedules: jobs:read:*
+
+
+def requirements(op: str, body: dict[str, Any], jobs: _JobsState | None = None) -> tuple[Requirement, ...]:
     """What a request (shape-checked by ``parse_request``) touches; InvalidArgument / TooLarge if a
-    kv or chat command or query does not parse."""
+    kv, chat or jobs command or query does not parse; Unavailable if a jobs request names an id
+    past what ``jobs`` (the local replica) applied. Without ``jobs`` every jobs request is ``admin:*``."""
     if op in ("command", "read"):
         service = body["service"]
         if service == "kv":
             return _kv_requirements(op, body)
         if service == "chat":
             return _chat_requirements(op, body)
+        if service == "jobs" and jobs is not None:
+            return _jobs_requirements(op, body, jobs)
         return ADMIN
     if op == "register":
         return NOTHING
@@ -155,8 +256,8 @@ def requirements(op: str, body: dict[str, Any]) -> tuple[Requirement, ...]:
 
 
 def needed(requirement: Requirement) -> str:
-    service, action, name, _ = requirement
-    return "admin:*" if service == "admin" else scopes.needed(service, action, name)
+    service, action, name, name_is_prefix = requirement
+    return "admin:*" if service == "admin" else scopes.needed(service, action, name, name_is_prefix)
 
 
 class Authoriser:
@@ -173,6 +274,7 @@ class Authoriser:
         if self.enabled and not isinstance(auth, AuthService):
             raise ConfigError("auth keys are configured but this node runs no auth service")
         self._auth = auth if isinstance(auth, AuthService) else AuthService()
+        self._jobs = _JobsState(replica)
         self._generation = self._auth.generation
         self._refusals = _RefusalLog()
         #: Counters (reported by the status op).
@@ -211,7 +313,8 @@ class Authoriser:
 
     def check(self, grant: Grant, op: str, body: dict[str, Any]) -> None:
         """Raise Unauthenticated (expired, revoked) or PermissionDenied unless ``grant`` covers the
-        request; InvalidArgument / TooLarge if a kv command or query does not parse."""
+        request; InvalidArgument / TooLarge if a command or query does not parse; Unavailable if a
+        jobs request names an id this node has not applied yet."""
         if grant.refused is not None:
             raise grant.refused
         lapsed = grant.lapsed(self.now_ms())
@@ -223,7 +326,7 @@ class Authoriser:
             )
             raise lapsed
         granted = grant.claims.scopes
-        for requirement in requirements(op, body):
+        for requirement in requirements(op, body, self._jobs):
             if not scopes.allowed(granted, *requirement):
                 self.permission_denied += 1
                 scope = needed(requirement)

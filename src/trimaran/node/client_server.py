@@ -48,6 +48,9 @@ Errors: a request with bad fields is answered with a typed error under its reque
 connection stays open; anything that is not a request at all (malformed msgpack, a frame over the
 limit, a truncated frame) gets one error frame ``{"type": "error", "error": ...}`` and a close.
 
+A job ``claim`` with ``wait_ms`` that finds nothing to take is held here and proposed when it can
+get a job or its wait ends (:mod:`~trimaran.node.claim_waits`); it counts as in flight meanwhile.
+
 Requests are read without one: every request one read brought goes to the driver before its round
 starts, and an idle driver runs that round in the reader's task (see :mod:`~trimaran.node.driver`).
 Answers are written without a task switch: the driver queues a round's answers on each connection
@@ -81,6 +84,7 @@ from trimaran.errors import (
     Unavailable,
 )
 from trimaran.node.authoriser import Authoriser, Grant
+from trimaran.node.claim_waits import ClaimWaits
 from trimaran.node.clock import wall_clock_ms as system_wall_clock_ms
 from trimaran.node.config import Address, NodeConfig
 from trimaran.node.driver import Driver
@@ -349,6 +353,7 @@ class ClientConnection:
         finally:
             self._fd = -1
             self.closed = True
+            self._server.claim_waits.drop(self)
             self._release_answers()
 
     def close_reading(self, exc: TrimaranError) -> None:
@@ -453,7 +458,7 @@ class ClientConnection:
             # Authorise at the edge: a refusal is answered here and nothing reaches the driver.
             try:
                 server.authoriser.check(self.grant, request.op, request.body)
-            except (AuthError, InvalidArgument) as exc:
+            except (AuthError, InvalidArgument, Unavailable) as exc:
                 self._answer(seq, False, exc)
                 return False
         if server.shutting_down:
@@ -462,6 +467,8 @@ class ClientConnection:
             self._answer(seq, True, server.status())
         elif request.op == "backup_chunk":
             self._answer(seq, *self._backup_chunk(request.body["offset"]))
+        elif server.claim_waits.park(self, seq, request.op, request.body, len(frame)):
+            pass  # a long-polling job claim with nothing to take yet: proposed when there is
         else:
             await server.driver.submit_client(request.op, request.body, (self, seq), len(frame), more=True)
             return True
@@ -571,6 +578,7 @@ class ClientServer:
         self.authoriser = Authoriser(config, driver.replica, wall_clock_ms)
         if self.authoriser.enabled:
             driver.after_round_hooks.append(self._after_round)
+        self.claim_waits = ClaimWaits(driver, wall_clock_ms, config.request_timeout_ms)
         self.address: Address | None = None
         self.shutting_down = False
         self._connections: set[ClientConnection] = set()

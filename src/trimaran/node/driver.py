@@ -231,6 +231,15 @@ class Driver:
         ``more`` as for :meth:`deliver_peer`."""
         await self._put(("client", op, body, token, size_bytes), more, client=True)
 
+    def submit_client_nowait(self, op: str, body: dict[str, Any], token: Token, size_bytes: int) -> None:
+        """A client request held back at the edge and due now (a long-polling job claim, see
+        :mod:`trimaran.node.claim_waits`), from an after-round hook: queued without waiting for
+        inbox space (the holder bounds how many it holds) and taken by the next round, never a
+        round nested in this one."""
+        self._inbox.append(("client", op, body, token, size_bytes))
+        if self._parked:
+            self._wake.unpark_all()
+
     async def _put(self, item: tuple[Any, ...], more: bool = False, client: bool = False) -> None:
         while len(self._inbox) >= self.config.driver_inbox_items_max:
             if self._parked:

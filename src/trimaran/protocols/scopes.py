@@ -13,15 +13,26 @@ service    action       names    operations
 kv         read         key      get, mget, scan (a prefix: the grant must cover all of it),
                                  watch, stats
 kv         write        key      set, delete, incr, decr, mset, touch, expire
-jobs       enqueue      queue    enqueue, schedule
-jobs       work         queue    lease, heartbeat, complete, fail (worker sessions)
-jobs       manage       queue    pause, resume, retry, purge, inspect
+jobs       enqueue      queue    enqueue, enqueue_batch (every job's queue)
+jobs       work         queue    claim (every queue named), complete, fail, release,
+                                 ack_cancel (the job's queue), heartbeat, session_close
+                                 and the session query (the queue of every job the session
+                                 holds), the ready query; session_open: on any queue
+jobs       read         queue    the job and result queries (the job's queue), stats, list,
+                                 dlq; the schedules query lists every queue's: ``jobs:read:*``
+jobs       manage       queue    cancel (the job's queue), dlq_requeue, dlq_purge, pause,
+                                 resume, queue_config, schedule (its queue, and the queue of
+                                 the schedule it replaces), unschedule (the schedule's queue)
 chat       publish      channel  publish, join and leave (being present)
 chat       subscribe    channel  subscribe, history, presence (who is present)
 cluster    read         -        status (the name is ignored: ``cluster:read``)
 admin      \\*           -        everything: membership, auth keys and revocations, the
                                  register test service (``admin:*``)
 =========  ===========  =======  ==========================================================
+
+A request that names a job, session or schedule the node does not hold (unknown, or purged) needs
+the action on any one name (the service then answers ``NotFound``, ``StaleLease`` or None); see
+:mod:`trimaran.node.authoriser` for how the node finds what an id belongs to.
 """
 
 from __future__ import annotations
@@ -34,7 +45,7 @@ from trimaran.errors import InvalidArgument
 #: service -> its actions (the table above). ``admin`` has no actions of its own: ``admin:*``.
 ACTIONS: dict[str, tuple[str, ...]] = {
     "kv": ("read", "write"),
-    "jobs": ("enqueue", "work", "manage"),
+    "jobs": ("enqueue", "work", "read", "manage"),
     "chat": ("publish", "subscribe"),
     "cluster": ("read",),
     "admin": (),
@@ -53,17 +64,18 @@ class Scope:
     pattern: bytes
     prefix: bool
 
-    def allows(self, service: str, action: str, name: bytes = b"", name_is_prefix: bool = False) -> bool:
+    def allows(self, service: str, action: str, name: bytes | None = b"", name_is_prefix: bool = False) -> bool:
         """Does this grant cover ``action`` on ``name`` of ``service``?
 
         ``name_is_prefix``: the request touches every name starting with ``name`` (a prefix scan or
-        watch), so only a prefix grant whose prefix ``name`` starts with covers it.
+        watch), so only a prefix grant whose prefix ``name`` starts with covers it. ``name`` None:
+        any one name will do (a job the node does not hold: the grant of the action on some queue).
         """
         if self.service == "admin":
             return True
         if self.service != service or self.action not in (WILDCARD, action):
             return False
-        if service in UNNAMED_SERVICES:
+        if service in UNNAMED_SERVICES or name is None:
             return True
         if self.prefix:
             return name.startswith(self.pattern)
@@ -107,14 +119,17 @@ def parse_scopes(texts: object) -> tuple[Scope, ...]:
     return tuple(parse_scope(t) for t in texts)
 
 
-def allowed(scopes: tuple[Scope, ...], service: str, action: str, name: bytes = b"", name_is_prefix: bool = False) -> bool:
+def allowed(scopes: tuple[Scope, ...], service: str, action: str, name: bytes | None = b"", name_is_prefix: bool = False) -> bool:
     """Deny by default: True only if some grant covers the request."""
     return any(s.allows(service, action, name, name_is_prefix) for s in scopes)
 
 
-def needed(service: str, action: str, name: bytes = b"") -> str:
-    """The scope a refused request needed, for the error message (names cut to a readable length)."""
+def needed(service: str, action: str, name: bytes | None = b"", name_is_prefix: bool = False) -> str:
+    """The scope a refused request needed, for the error message (names cut to a readable length;
+    a prefix ends in ``*``; ``name`` None, any one name: ``<any>``)."""
     if service in UNNAMED_SERVICES:
         return f"{service}:{action}"
+    if name is None:
+        return f"{service}:{action}:<any>"
     shown = name[:64].decode("utf-8", "backslashreplace")
-    return f"{service}:{action}:{shown}"
+    return f"{service}:{action}:{shown}{WILDCARD if name_is_prefix else ''}"

@@ -75,6 +75,9 @@ class ClaimCmd(NamedTuple):
     session: str
     queues: tuple[str, ...]
     n: int
+    #: How long the node may hold the claim before proposing it (a long poll, see
+    #: :mod:`trimaran.node.claim_waits`); the service ignores it when applying.
+    wait_ms: int = 0
 
 
 class SessionOpenCmd(NamedTuple):
@@ -326,11 +329,12 @@ def _enqueue_batch(c: list[Any]) -> EnqueueCmd:
 
 
 def _claim(c: list[Any]) -> ClaimCmd:
-    (session, queues, n), _ = split(c, "command", 3, ())
+    (session, queues, n), opts = split(c, "command", 3, ("wait_ms",))
     return ClaimCmd(
         name_arg(session, "session"),
         names_arg(queues, "queues", limits.job_claim_queues_max),
         int_arg(n, "n", 1, limits.job_claim_jobs_max),
+        int_arg(opts.get("wait_ms", 0), "wait_ms", 0, limits.job_claim_wait_ms_max),
     )
 
 

@@ -27,8 +27,8 @@ op                 arguments / {options}                                        
                                                                                   ``WorkerSessionLost``
 ``session_close``  session                                                        [released job ids];
                                                                                   ``WorkerSessionLost``
-``claim``          session, [queue, ...], n                                       {"jobs": [{"id", "queue",
-                                                                                  "payload", "attempt",
+``claim``          session, [queue, ...], n / {wait_ms (the node may hold it      {"jobs": [{"id", "queue",
+                   until a job is claimable; ignored here)}                       "payload", "attempt",
                                                                                   "token", "lease_until_ms",
                                                                                   "priority", "group",
                                                                                   "progress"}], "cancel":
@@ -1200,6 +1200,55 @@ class JobsService:
         if s is None:
             return None
         return {"session": s.id, "worker": s.worker, "ttl_ms": s.ttl_ms, "expires_at_ms": s.expires_at_ms, "jobs": list(s.jobs), "cancel": list(s.cancel)}
+
+    # ------------------------------------------------------------------ for the node's edge
+
+    # Plain lookups of the applied state for the node's authoriser (which queue a job, a session's
+    # jobs or a schedule belong to: what a request touches) and its long-polling claims. Read-only.
+
+    def queue_of_job(self, job_id: str) -> str | None:
+        job = self._jobs.get(job_id)
+        return None if job is None else job.queue
+
+    def session_queues(self, session_id: str) -> list[str] | None:
+        """The queues of the jobs a live session holds (each once), or None: no such session."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            return None
+        jobs = self._jobs
+        return list(dict.fromkeys(jobs[job_id].queue for job_id in session.jobs))
+
+    def queue_of_schedule(self, name: str) -> str | None:
+        schedule = self._schedules.get(name)
+        return None if schedule is None else schedule.spec.queue
+
+    def ready_in(self, queues: tuple[str, ...], now_ms: int) -> tuple[int, int | None]:
+        """What a long-polling claim of ``queues`` waits on: (jobs it could take now, the earliest
+        log time more may become claimable: a delayed job's run time or a rate window's end, or
+        None). Unlike the ``ready`` query it counts limits: a queue at its concurrency limit, past
+        its rate, or whose ready jobs' groups are all blocked counts none (an applied completion
+        or the window's end changes that). Read-only: no window is reset here."""
+        ready = 0
+        next_ms: int | None = None
+        for name in queues:
+            q = self._queues.get(name)
+            if q is None or q.paused:
+                continue
+            due = [q.delayed[0][0]] if q.delayed else []
+            if q.rate_blocked:
+                due.append(q.rate_blocked[0][0])
+            claimable = q.counts[READY] if q.heads or (q.rate_blocked and q.rate_blocked[0][0] <= now_ms) else 0
+            if q.concurrency and q.running >= q.concurrency:
+                claimable = 0
+            window_end_ms = q.window_start_ms + (q.rate_window_ms or 1_000)
+            if claimable and q.rate_max and q.window_count >= q.rate_max and window_end_ms > now_ms:
+                claimable = 0
+                due.append(window_end_ms)
+            ready += claimable
+            for ms in due:
+                if next_ms is None or ms < next_ms:
+                    next_ms = ms
+        return ready, next_ms
 
     # ------------------------------------------------------------------ snapshots
 
