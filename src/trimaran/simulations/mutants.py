@@ -71,9 +71,10 @@ MATRIX: tuple[MatrixCase, ...] = (
     MatrixCase("revocation_stale_state", 1, 5, 40.0, "auth", rules=False),
     # The same after a key's retirement (the admin retires a key some clients' tokens rest on).
     MatrixCase("retirement_stale_state", 5, 5, 40.0, "auth", rules=False),
-    # A node restarted after applying a key's retirement (its commit index not yet on disk) serves
-    # a token of that key again: the first catch in seeds 1..240 at 60 simulated seconds.
-    MatrixCase("restart_forgets_revocations", 154, 5, 60.0, "auth", rules=False),
+    # A node restarted after applying a revocation (its commit index not yet on disk) serves the
+    # token again: rare (a crash inside that window, then the holder back on that node before it
+    # catches up): the one catch in seeds 1..900 at 60 simulated seconds.
+    MatrixCase("restart_forgets_revocations", 409, 5, 60.0, "auth", rules=False),
     # Found by a sweep of seeds 100001..100600 (issue 15): a leader appends its own removal inside a
     # partition and steps down before the entry spreads; with one disk failed, only it can carry
     # the change. The shrunk plan of that seed, six faults.
