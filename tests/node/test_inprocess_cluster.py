@@ -10,6 +10,7 @@ import pytest
 import trio
 
 from tests.node.helpers import RawClient, in_process_cluster
+from trimaran import errors
 from trimaran.errors import NotLeader
 from trimaran.services.register import RegisterService
 
@@ -258,3 +259,33 @@ async def test_a_port_taken_before_the_nodes_listen_gets_the_cluster_new_ports(
             await cluster.leader()
     finally:
         taken.close()
+
+
+async def test_membership_refusals_each_give_their_reason(tmp_path: Path) -> None:
+    """Issue 13: the changes that would lose quorum or availability are refused with a reason:
+    promoting a learner that has not caught up, a change while another is pending, removing the
+    leader or a voter of a 2-voter cluster (these two pass with force)."""
+    async with in_process_cluster(tmp_path, **FAST) as cluster:
+        leader = await cluster.leader()
+        client = await RawClient.connect(cluster.client_address(leader))
+        await client.call("membership", {"kind": "add_learner", "node_id": 9})  # never started
+        with pytest.raises(errors.MembershipChangeRejected, match="learner 9 has not caught up"):
+            await client.call("membership", {"kind": "promote", "node_id": 9})
+        # Two changes in one round: the second finds the first pending.
+        first = await client.send_request("membership", {"kind": "remove", "node_id": 9})
+        second = await client.send_request("membership", {"kind": "add_learner", "node_id": 8})
+        answers = {a[0]: a for a in [await client.read_obj(), await client.read_obj()]}
+        assert answers[first][1] is True
+        assert answers[second][1] is False and "another membership change is in progress" in answers[second][2]["message"]
+        with pytest.raises(errors.MembershipChangeRejected, match="is the leader"):
+            await client.call("membership", {"kind": "remove", "node_id": leader})
+        follower = next(n for n in (1, 2, 3) if n != leader)
+        await client.call("membership", {"kind": "remove", "node_id": follower})
+        other = next(n for n in (1, 2, 3) if n not in (leader, follower))
+        with pytest.raises(errors.MembershipChangeRejected, match="2-voter"):
+            await client.call("membership", {"kind": "remove", "node_id": other})
+        assert await client.call("membership", {"kind": "remove", "node_id": other, "force": True}) == {
+            "voters": [leader],
+            "learners": [],
+        }
+        await client.aclose()

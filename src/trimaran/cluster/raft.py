@@ -991,6 +991,10 @@ class Raft:
             lag = self.log.last_index() - (pr.match if pr else 0)
             if pr is None or lag > self.config.learner_catchup_entries_max:
                 raise MembershipChangeRejected(f"learner {node} has not caught up ({lag} entries behind)")
+            # Within the bound but never heard from (a learner that is not running, on a short
+            # log): promoting it would add a voter that cannot vote.
+            if self.tick_count - pr.last_heard_tick >= self.config.election_timeout_ticks_min:
+                raise MembershipChangeRejected(f"learner {node} has not caught up (not heard from within an election timeout)")
         elif change.kind == ConfChangeKind.REMOVE:
             if not m.contains(node):
                 raise MembershipChangeRejected(f"node {node} is not a member")
