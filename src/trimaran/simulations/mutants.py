@@ -1,7 +1,7 @@
 """The planted bugs the simulator must catch, and the seeds known to catch each (the CI matrix).
 
-The switches live in the core (``RaftConfig.mutants``, ``ReplicaConfig.mutants``, and the KV and
-auth services' ``mutants``); this module
+The switches live in the core (``RaftConfig.mutants``, ``ReplicaConfig.mutants``, and the KV,
+auth and jobs services' ``mutants``); this module
 only names them for the command line and records, per mutant, a small run that its checkers are
 known to fail (``tests/simulations/test_mutants.py`` replays each, and the same run without the
 mutant, which must pass).
@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from trimaran.cluster.raft import MUTANTS
 from trimaran.cluster.replica import REPLICA_MUTANTS
 from trimaran.services.auth import AUTH_MUTANTS
+from trimaran.services.jobs import JOBS_MUTANTS
 from trimaran.services.kv import KV_MUTANTS
 
 
 def all_mutants() -> dict[str, str]:
     """Every mutant name with what it breaks, Raft's first."""
-    return {**MUTANTS, **REPLICA_MUTANTS, **KV_MUTANTS, **AUTH_MUTANTS}
+    return {**MUTANTS, **REPLICA_MUTANTS, **KV_MUTANTS, **AUTH_MUTANTS, **JOBS_MUTANTS}
 
 
 @dataclass(frozen=True, slots=True)
