@@ -72,6 +72,19 @@ MATRIX: tuple[MatrixCase, ...] = (
     MatrixCase("revocation_stale_state", 1, 5, 40.0, "auth", rules=False),
     # The same after a key's retirement (the admin retires a key some clients' tokens rest on).
     MatrixCase("retirement_stale_state", 5, 5, 40.0, "auth", rules=False),
+    # The job queue (issue 10), end-to-end: the jobs model (simulations/jobs_check.py) or the
+    # replicas' per-entry queue fingerprints. A late completion from a lapsed session's worker:
+    MatrixCase("ack_without_fencing", 12, 5, 20.0, "jobs", rules=False),
+    # A claim that takes a priority-1 job before a priority-5 one made ready in the same entry.
+    MatrixCase("claim_ignores_priority", 1, 5, 20.0, "jobs", rules=False),
+    # A retried job claimed as attempt 1 again.
+    MatrixCase("retry_forgets_attempts", 1, 5, 20.0, "jobs", rules=False),
+    # A dead job missing from the most advanced replica at the end (the no-loss check).
+    MatrixCase("dead_letter_dropped", 1, 5, 20.0, "jobs", rules=False),
+    # A replica whose clock runs ahead lapses a worker session at another entry than the others.
+    MatrixCase("lease_local_clock", 1, 5, 20.0, "replicas_diverge", rules=False),
+    # A replica whose clock runs ahead fires a schedule slot at another entry (and before its time).
+    MatrixCase("schedule_local_clock", 1, 5, 20.0, "replicas_diverge", rules=False),
     # Found by a sweep of seeds 100001..100600 (issue 15): a leader appends its own removal inside a
     # partition and steps down before the entry spreads; with one disk failed, only it can carry
     # the change. The shrunk plan of that seed, six faults.
