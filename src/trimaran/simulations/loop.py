@@ -6,8 +6,10 @@ scheduled, so a run is a pure function of (seed, plan, config). Each node is a :
 the same pure driver the harness uses, fed exactly what the trio runtime feeds a Replica: ticks
 of its own clock, messages, client requests stamped with its own wall clock (offset, drifting and
 jumping: :meth:`_Slot.local_us`), and "this batch is durable" after a simulated fsync. The services
-are the KV cache, wrapped to report each entry's log time and evictions to a :class:`LogClock`, and
-the auth service, wrapped to report what it applied to an :class:`AuthRecord`; each node's edge
+are the KV cache, wrapped to report each entry's log time and evictions to a :class:`LogClock`,
+the auth service, wrapped to report what it applied to an :class:`AuthRecord`, and the job queue,
+wrapped to report every entry it applied to a :class:`JobsRecord` (checked against a model of the
+queue as it goes: :mod:`.jobs_check`); each node's edge
 (:class:`NodeEdge`) authorises every client request against its own replica's auth state before
 the replica sees it, and re-checks its live connections after every apply round.
 Persist-before-speak holds by construction: SimNode releases a Ready's ``messages_after_persist``
