@@ -18,6 +18,7 @@ from trimaran.simulations.plan import draw_plan
 from trimaran.simulations.workload import draw_workload
 
 TIMEOUT_MS = 60_000
+RESULT_TTL_MS = 3_000
 T0 = 1_000_000
 
 
@@ -25,7 +26,7 @@ class Replica:
     """One replica's jobs service fed entries as the Replica feeds them: on_time, then commands."""
 
     def __init__(self, record: JobsRecord, node_id: int = 1, mutants: frozenset[str] = frozenset()) -> None:
-        self.service = RecordingJobs(node_id, record, default_timeout_ms=TIMEOUT_MS, mutants=mutants)
+        self.service = RecordingJobs(node_id, record, default_timeout_ms=TIMEOUT_MS, default_result_ttl_ms=RESULT_TTL_MS, mutants=mutants)
         self.index = 0
 
     def entry(self, time_ms: int, *commands: list[Any]) -> list[Any]:
@@ -47,7 +48,7 @@ def _session(r: Replica, t: int, ttl_ms: int = 1_000) -> str:
 
 
 def test_the_model_agrees_with_the_service_on_a_busy_log() -> None:
-    record = JobsRecord(TIMEOUT_MS)
+    record = JobsRecord(TIMEOUT_MS, RESULT_TTL_MS)
     r = Replica(record)
     r.entry(T0, ["queue_config", "q1", {"concurrency": 1}], ["schedule", "tick", "sched", b"t", {"every_ms": 100, "catch_up": True}])
     a, b, c = r.entry(T0 + 1, ["enqueue", "q0", b"a"], ["enqueue", "q0", b"b", {"priority": 5}], ["enqueue", "q1", b"c", {"max_attempts": 1}])
@@ -67,7 +68,7 @@ def test_the_model_agrees_with_the_service_on_a_busy_log() -> None:
 
 
 def test_a_second_replica_that_differs_is_a_divergence() -> None:
-    record = JobsRecord(TIMEOUT_MS)
+    record = JobsRecord(TIMEOUT_MS, RESULT_TTL_MS)
     first, second = Replica(record, 1), Replica(record, 2)
     first.entry(T0, ["enqueue", "q0", b"a"])
     with pytest.raises(CheckFailure, match="replicas_diverge"):
@@ -93,7 +94,7 @@ def _lapse_and_late_completion(r: Replica) -> None:
 
 
 def test_the_late_completion_script_passes_without_a_mutant() -> None:
-    record = JobsRecord(TIMEOUT_MS)
+    record = JobsRecord(TIMEOUT_MS, RESULT_TTL_MS)
     _lapse_and_late_completion(Replica(record))
     assert record.model.counts["stale"] == 1 and record.model.counts["dead"] == 1
 
@@ -108,17 +109,17 @@ def test_the_late_completion_script_passes_without_a_mutant() -> None:
     ],
 )
 def test_each_mutant_of_the_service_fails_the_model(mutant: str, message: str) -> None:
-    r = Replica(JobsRecord(TIMEOUT_MS), mutants=frozenset({mutant}))
+    r = Replica(JobsRecord(TIMEOUT_MS, RESULT_TTL_MS), mutants=frozenset({mutant}))
     with pytest.raises(CheckFailure, match=message):
         _lapse_and_late_completion(r)
 
 
 def test_a_claim_while_a_lease_is_valid_is_two_leases() -> None:
     """A replica that lapses a lease early (by its own clock) leases the job twice."""
-    record = JobsRecord(TIMEOUT_MS)
+    record = JobsRecord(TIMEOUT_MS, RESULT_TTL_MS)
     clock_ms = [0]
     r = Replica(record)
-    r.service = RecordingJobs(1, record, default_timeout_ms=TIMEOUT_MS, mutants=frozenset({"lease_local_clock"}), local_clock_ms=lambda: clock_ms[0])
+    r.service = RecordingJobs(1, record, default_timeout_ms=TIMEOUT_MS, default_result_ttl_ms=RESULT_TTL_MS, mutants=frozenset({"lease_local_clock"}), local_clock_ms=lambda: clock_ms[0])
     r.entry(T0, ["enqueue", "q0", b"a"])
     s = _session(r, T0 + 1, ttl_ms=1_000)
     r.entry(T0 + 2, ["claim", s, ["q0"], 1])
@@ -129,10 +130,10 @@ def test_a_claim_while_a_lease_is_valid_is_two_leases() -> None:
 
 
 def test_a_schedule_slot_fired_before_its_time_fails() -> None:
-    record = JobsRecord(TIMEOUT_MS)
+    record = JobsRecord(TIMEOUT_MS, RESULT_TTL_MS)
     clock_ms = [0]
     r = Replica(record)
-    r.service = RecordingJobs(1, record, default_timeout_ms=TIMEOUT_MS, mutants=frozenset({"schedule_local_clock"}), local_clock_ms=lambda: clock_ms[0])
+    r.service = RecordingJobs(1, record, default_timeout_ms=TIMEOUT_MS, default_result_ttl_ms=RESULT_TTL_MS, mutants=frozenset({"schedule_local_clock"}), local_clock_ms=lambda: clock_ms[0])
     r.entry(T0, ["schedule", "tick", "sched", b"t", {"every_ms": 1_000}])
     clock_ms[0] = T0 + 1_500
     with pytest.raises(CheckFailure, match="not due"):

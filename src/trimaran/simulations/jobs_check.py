@@ -3,8 +3,8 @@ and the jobs checker, a model of the queue fed by the log.
 
 Every replica runs a :class:`RecordingJobs` (the real service, reporting). For each log entry it
 applies it reports, in order: the entry's log time, a fingerprint of its queue state before the entry
-(per queue: jobs in each state, running, the rate window's count; live worker sessions), the schedule
-slots the entry fired, and the outcome of each jobs command. The first replica to apply an index sets
+(jobs, worker sessions and pending timers held), the schedule slots the entry fired, and the outcome
+of each jobs command. The first replica to apply an index sets
 the record (:class:`JobsRecord`); every other replica, and every later lifetime, must report the same
 (else ``replicas_diverge``: replicas' queue states must be equal at equal indexes).
 
@@ -25,12 +25,15 @@ answer and fails the run (category ``jobs``) at the first answer that differs, n
 
 At the end of the run (:func:`check_jobs`): every job id a producer was acknowledged was enqueued by
 the log, and every job the model knows is still held by the most advanced replica in the state the
-model says: ended in exactly one terminal state, or pending with a live reason (ready or delayed, or
-running on a lease that has not lapsed). A job that vanished is lost.
+model says: ended in exactly one terminal state (or purged after its result TTL, having ended in the
+log), or pending with a live reason (ready or delayed, or running on a lease that has not lapsed).
+Dead jobs stay in the dead-letter list: a job that vanished is lost.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from itertools import chain
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -49,6 +52,8 @@ if TYPE_CHECKING:
 Outcome = tuple[str, Any]
 
 PENDING, RUNNING = "pending", "running"
+#: An ended job the service dropped after its result TTL (dead jobs are never purged).
+PURGED = "purged"
 #: The service's states the model's "pending" covers (no dependencies in the workload: no waiting).
 PENDING_STATES = ("ready", "delayed")
 
@@ -63,10 +68,20 @@ class RecordingJobs(JobsService):
         self._entry = (-1, 0)  # (index, commands applied in it so far)
 
     def on_time(self, ctx: ApplyContext) -> None:
-        before = self._fingerprint()
-        fired_before = self._slots()
-        super().on_time(ctx)
-        fires = tuple((name, n - fired_before.get(name, (0, -1))[0], last) for name, (n, last) in self._slots().items() if (n, last) != fired_before.get(name))
+        # Read on every entry of every replica, so cheap: how many jobs, sessions and pending timers
+        # (leases, sessions, delays, purges, schedules) the state holds. A lapse, a purge, a slot or
+        # a delayed job made ready on one replica and not another changes it; the whole states are
+        # compared at the end (verdict.check_replicas_agree).
+        before = (len(self._jobs), len(self._sessions), len(self._timers))
+        fires: tuple[tuple[str, int, int], ...] = ()
+        if self._schedules:
+            fired_before = self._slots()
+            super().on_time(ctx)
+            after = self._slots()
+            if after != fired_before:
+                fires = tuple((name, n - fired_before.get(name, (0, -1))[0], last) for name, (n, last) in after.items() if (n, last) != fired_before.get(name))
+        else:
+            super().on_time(ctx)
         self._entry = (ctx.index, 0)
         self._record.entry(self._node_id, ctx.index, ctx.timestamp_ms, before, fires)
 
@@ -81,11 +96,6 @@ class RecordingJobs(JobsService):
             raise
         self._record.command(self._node_id, index, k, command, ("ok", result))
         return result
-
-    def _fingerprint(self) -> tuple[Any, ...]:
-        # The simulator's own view of the state (cheap: a few ints per queue), read on every entry.
-        queues = tuple((q.name, tuple(q.counts.values()), q.running, q.window_count) for q in self._queues.values())
-        return queues, len(self._sessions)
 
     def _slots(self) -> dict[str, tuple[int, int]]:
         """Schedule name -> (slots fired or skipped so far, the last slot)."""
@@ -103,9 +113,9 @@ class _Entry:
 class JobsRecord:
     """Every replica's report, checked for agreement, each index fed once to the model."""
 
-    def __init__(self, default_timeout_ms: int) -> None:
+    def __init__(self, default_timeout_ms: int, result_ttl_ms: int) -> None:
         self.entries: dict[int, _Entry] = {}
-        self.model = JobsModel(default_timeout_ms)
+        self.model = JobsModel(default_timeout_ms, result_ttl_ms)
 
     def entry(self, node_id: int, index: int, time_ms: int, fingerprint: tuple[Any, ...], fires: tuple[tuple[str, int, int], ...]) -> None:
         seen = self.entries.get(index)
@@ -197,8 +207,11 @@ class MSchedule:
 class JobsModel:
     """The queue's promises as a plain model (see the module docstring); raises CheckFailure("jobs")."""
 
-    def __init__(self, default_timeout_ms: int) -> None:
+    def __init__(self, default_timeout_ms: int, result_ttl_ms: int) -> None:
         self.default_timeout_ms = default_timeout_ms
+        self.result_ttl_ms = result_ttl_ms
+        #: (purge time, job id) of ended jobs, in end order (log time only rises; one TTL for all).
+        self._purges: deque[tuple[int, str]] = deque()
         self.index = 0
         self.now_ms = 0
         self._seq = 0  # ids made in the current entry
@@ -212,6 +225,8 @@ class JobsModel:
         #: What the run exercised (tests check the workload reaches every path).
         self.counts: dict[str, int] = {}
         self._outcome: Outcome = ("ok", None)
+        #: No session or lease ends before this log time (a bound, kept by _due and _lapse_due).
+        self._due_ms = 1 << 62
 
     def _count(self, what: str, n: int = 1) -> None:
         self.counts[what] = self.counts.get(what, 0) + n
@@ -227,19 +242,34 @@ class JobsModel:
 
     def begin_entry(self, index: int, time_ms: int, fires: tuple[tuple[str, int, int], ...]) -> None:
         self.index, self.now_ms, self._seq = index, time_ms, 0
-        # Leases and sessions whose time came: lapsed at this entry (the service fires every timer
-        # due at or before the entry's log time).
-        for session in [s for s in self.sessions.values() if s.expires_at_ms <= time_ms]:
-            for job_id in list(session.jobs):
-                self._lapse(self.jobs[job_id], "session lapsed")
-            del self.sessions[session.id]
-        for job in [j for j in self.live.values() if j.state == RUNNING and j.lease_until_ms <= time_ms]:
-            self._lapse(job, "lease timed out")
+        purges = self._purges
+        while purges and purges[0][0] <= time_ms:
+            self.jobs[purges.popleft()[1]].state = PURGED
+        if time_ms >= self._due_ms:
+            self._lapse_due()
+
         fired = {name: (n, last) for name, n, last in fires}
         for name, schedule in sorted(self.schedules.items()):
             self._check_slots(name, schedule, fired.pop(name, None))
         if fired:
             raise self._fail(f"unknown schedules fired: {fired}")
+
+    def _lapse_due(self) -> None:
+        """Leases and sessions whose time came lapse at this entry (the service fires every timer
+        due at or before the entry's log time)."""
+        now = self.now_ms
+        for session in [s for s in self.sessions.values() if s.expires_at_ms <= now]:
+            for job_id in list(session.jobs):
+                self._lapse(self.jobs[job_id], "session lapsed")
+            del self.sessions[session.id]
+        for job in [j for j in self.live.values() if j.state == RUNNING and j.lease_until_ms <= now]:
+            self._lapse(job, "lease timed out")
+        leases = (j.lease_until_ms for j in self.live.values() if j.state == RUNNING)
+        self._due_ms = min(chain((s.expires_at_ms for s in self.sessions.values()), leases), default=1 << 62)
+
+    def _due(self, at_ms: int) -> None:
+        """A session or lease now ends at ``at_ms`` (the next lapse is no later)."""
+        self._due_ms = min(self._due_ms, at_ms)
 
     def _lapse(self, job: MJob, why: str) -> None:
         self._count("lapsed")
@@ -289,6 +319,7 @@ class JobsModel:
             args.SessionCloseCmd: self._session_close, args.ClaimCmd: self._claim, args.CompleteCmd: self._complete,
             args.FailCmd: self._fail_cmd, args.ReleaseCmd: self._release, args.AckCancelCmd: self._ack_cancel,
             args.CancelCmd: self._cancel, args.QueueConfigCmd: self._queue_config, args.ScheduleCmd: self._schedule,
+            args.DlqCmd: self._dlq_purge,
         }  # fmt: skip
         expected = handlers[type(cmd)](cmd)
         if expected != outcome:
@@ -317,13 +348,14 @@ class JobsModel:
     def _session_open(self, c: args.SessionOpenCmd) -> Outcome:
         session = MSession("s" + self._new_id(), c.ttl_ms, self.now_ms + c.ttl_ms)
         self.sessions[session.id] = session
+        self._due(session.expires_at_ms)
         return ("ok", {"session": session.id, "expires_at_ms": session.expires_at_ms})
 
     def _heartbeat(self, c: args.HeartbeatCmd) -> Outcome:
         session = self.sessions.get(c.session)
         if session is None:
             return ("err", "worker_session_lost")
-        session.expires_at_ms = self.now_ms + session.ttl_ms
+        session.expires_at_ms = self.now_ms + session.ttl_ms  # later than before: the bound holds
         lost = []
         for beat in c.jobs:
             job = self.live.get(beat.job)
@@ -421,6 +453,7 @@ class JobsModel:
     def _lease(self, job: MJob, session: MSession) -> None:
         job.state, job.attempts, job.token, job.session = RUNNING, job.attempts + 1, self.index, session.id
         job.lease_until_ms = self.now_ms + job.timeout_ms
+        self._due(job.lease_until_ms)
         session.jobs[job.id] = None
         q = self.queues[job.queue]
         q.running += 1
@@ -453,12 +486,15 @@ class JobsModel:
         return held
 
     def _complete(self, c: args.CompleteCmd) -> Outcome:
-        job = self._held("complete", c.job, c.token)
+        return self._end_held("complete", c.job, c.token, "completed")
+
+    def _end_held(self, op: str, job_id: str, token: int, state: str) -> Outcome:
+        job = self._held(op, job_id, token)
         if job is None:
             return ("err", "stale_lease")
         self._unlease(job)
-        self._end(job, "completed")
-        return ("ok", "completed")
+        self._end(job, state)
+        return ("ok", state)
 
     def _fail_cmd(self, c: args.FailCmd) -> Outcome:
         job = self._held("fail", c.job, c.token)
@@ -484,16 +520,11 @@ class JobsModel:
         return ("ok", self._give_back(job))
 
     def _ack_cancel(self, c: args.AckCancelCmd) -> Outcome:
-        job = self._held("ack_cancel", c.job, c.token)
-        if job is None:
-            return ("err", "stale_lease")
-        self._unlease(job)
-        self._end(job, "cancelled")
-        return ("ok", "cancelled")
+        return self._end_held("ack_cancel", c.job, c.token, "cancelled")
 
     def _cancel(self, c: args.CancelCmd) -> Outcome:
         job = self.jobs.get(c.job)
-        if job is None:
+        if job is None or job.state == PURGED:
             return ("err", "not_found")
         if job.state == PENDING:
             self._end(job, "cancelled")
@@ -505,6 +536,14 @@ class JobsModel:
                 self.sessions[job.session].cancel[job.id] = None
             return ("ok", "cancelling")
         return ("ok", job.state)
+
+    def _dlq_purge(self, c: args.DlqCmd) -> Outcome:
+        assert c.purge and c.jobs is None, "the workload purges a whole dead-letter list"
+        dead = [j for j in self.jobs.values() if j.state == "dead" and j.queue == c.queue][: limits.job_dlq_batch_max]
+        for job in dead:
+            job.state = PURGED
+        self._count("purged", len(dead))
+        return ("ok", len(dead))
 
     def _queue_config(self, c: args.QueueConfigCmd) -> Outcome:
         q = self.queues.setdefault(c.queue, MQueue())
@@ -546,6 +585,8 @@ class JobsModel:
         job.state = state
         job.cancel_requested = False
         del self.live[job.id]
+        if state != "dead":
+            self._purges.append((self.now_ms + self.result_ttl_ms, job.id))
         if job.unique_key is not None and self.unique.get((job.queue, job.unique_key)) == job.id:
             del self.unique[(job.queue, job.unique_key)]
 
@@ -567,6 +608,8 @@ def check_jobs(sim: Simulation) -> None:
     ctx = ApplyContext(replica.applied_index, replica.last_timestamp_ms)
     exact = replica.applied_index >= model.index
     for job in model.jobs.values():
+        if job.state == PURGED:
+            continue  # ended, seen ending in the log, and dropped after its result TTL
         view = service.query(["job", job.id], ctx)
         if view is None:
             raise CheckFailure("jobs", f"job {job.id} ({job.state} in the model) is lost: replica at {replica.applied_index} does not hold it")

@@ -10,7 +10,8 @@ the durability check like any write.
 limit) and, for producer 0, one ``every_ms`` schedule (catch-up or not, drawn), then enqueues: a
 priority (higher first), sometimes a delay, a unique key, a small ``max_attempts``, a short lease
 ``timeout_ms``; now and then a batch, and now and then it cancels a job it enqueued (pending: at
-once; running: its worker learns it). Job ids it was acknowledged are what the no-loss check covers.
+once; running: its worker learns it), and now and then it purges a queue's dead-letter list. Job ids
+it was acknowledged are what the no-loss check covers.
 
 :class:`JobsWorker` opens a worker session, claims a few jobs at a time from every queue, keeps its
 session alive with one heartbeat per worker (extending a job's lease now and then), and ends each
@@ -42,6 +43,9 @@ Q1_RATE_WINDOW_MS = 1_000
 SCHEDULE_NAME = "tick"
 #: The jobs service's default lease timeout on the simulated nodes (the model needs it too).
 JOB_TIMEOUT_DEFAULT_MS = 60_000
+#: Ended jobs are purged this long after they end: replicas snapshot every few dozen entries here,
+#: and a snapshot holding every job ever run would make the run's cost grow with its length.
+JOB_RESULT_TTL_MS = 3_000
 #: Retry backoff of the workload's jobs: short, so retries happen within a run.
 BACKOFF = {"kind": "exponential", "delay_ms": 200, "max_ms": 2_000, "jitter_pct": 50}
 
@@ -75,10 +79,10 @@ def draw_jobs_shape(seed: int) -> JobsShape:
     return JobsShape(
         producers=1,
         workers=2,
-        producer_think_us_max=rng.choice([1_000_000, 2_000_000, 3_000_000]),
-        worker_think_us_max=rng.choice([600_000, 1_000_000, 1_600_000]),
-        session_ttl_ms=rng.choice([1_500, 3_000, 5_000]),
-        every_ms=rng.choice([1_500, 2_500, 4_000]),
+        producer_think_us_max=rng.choice([2_000_000, 3_000_000, 4_000_000]),
+        worker_think_us_max=rng.choice([1_500_000, 2_500_000]),
+        session_ttl_ms=rng.choice([3_000, 5_000]),
+        every_ms=rng.choice([2_500, 4_000, 6_000]),
         catch_up=rng.random() < 0.5,
     )
 
@@ -114,6 +118,9 @@ class JobsClient(Client):
         now = self.ctx.now_us
         if self.client_id == 0 or now >= self.stop_at_us:
             super()._begin_next()  # the session first; at the stop time, stop
+            return
+        if now < self.wake_us:
+            self._set_timer(self.wake_us)
             return
         command = self._draw_command()
         if command is None:
@@ -180,7 +187,7 @@ class JobsProducer(JobsClient):
             ["queue_config", "q1", {"concurrency": Q1_CONCURRENCY, "rate_max": Q1_RATE_MAX, "rate_window_ms": Q1_RATE_WINDOW_MS}]
         ]
         if number == 0:
-            job = {"priority": 3, "max_attempts": 2, "backoff": BACKOFF}
+            job = {"priority": 3, "max_attempts": 3, "backoff": BACKOFF}
             self.setup.append(
                 ["schedule", SCHEDULE_NAME, "sched", b"tick", {"every_ms": shape.every_ms, "catch_up": shape.catch_up, "job": job}]
             )
@@ -193,7 +200,9 @@ class JobsProducer(JobsClient):
             return self.setup[0]
         rng = self.rng
         roll = rng.randrange(100)
-        if roll < 8 and self.acked_ids:
+        if roll < 4:
+            return ["dlq_purge", rng.choice(QUEUES)]  # (replicas' snapshots stay small)
+        if roll < 12 and self.acked_ids:
             return ["cancel", rng.choice(self.acked_ids[-20:])]
         if roll < 20:
             return ["enqueue_batch", [self._spec() for _ in range(rng.randint(2, 3))]]
@@ -223,7 +232,7 @@ class JobsProducer(JobsClient):
             self.acked_ids.append(value)
         elif op == "enqueue_batch" and isinstance(value, list):
             self.acked_ids.extend(value)
-        elif op != "cancel" and not isinstance(value, ServiceError):
+        elif op not in ("cancel", "dlq_purge") and not isinstance(value, ServiceError):
             raise self._unexpected(command, value)
         # A cancel's answer, or a refusal: the jobs checker judges every outcome against the log.
 
@@ -235,7 +244,7 @@ class JobsWorker(JobsClient):
         self, index: int, config: WorkloadConfig, shape: JobsShape, rng: random.Random, ctx: ClientContext, number: int
     ) -> None:
         # Between two commands, at most a third of the session's TTL: a worker that is not paused or
-        # crashed keeps its session (its heartbeat is due after a third).
+        # crashed keeps its session (its heartbeat is due after half of it).
         super().__init__(index, config, shape, rng, ctx, min(shape.worker_think_us_max, shape.session_ttl_ms * 1000 // 3))
         self.name = f"w{number}"
         self.session: str | None = None
@@ -246,7 +255,7 @@ class JobsWorker(JobsClient):
         self.last_beat_us = 0
         #: After a pause: the next command completes a held job with its (maybe stale) token.
         self.late = False
-        self.crashes = self.pauses = 0
+        self.crashes = self.pauses = self.claims_empty = 0
 
     def _draw_command(self) -> list[Any] | None:
         rng, now = self.rng, self.ctx.now_us
@@ -263,15 +272,17 @@ class JobsWorker(JobsClient):
             self._forget()  # a crash: the session lapses on its own, its jobs come back then
             self.crashes += 1
             return None
-        if roll < 35 and self.held:
-            # A pause (GC, SIGSTOP) past the session's TTL, then a late completion.
+        wake_us = now + ttl_us * 3 // 2 + rng.randint(0, ttl_us)
+        if roll < 35 and self.held and wake_us < self.stop_at_us:
+            # A pause (GC, SIGSTOP) past the session's TTL, then a late completion; never past the
+            # stop time (the run waits for every client to stop).
             self.pauses += 1
             self.late = True
-            self.wake_us = now + ttl_us * 3 // 2 + rng.randint(0, ttl_us)  # nothing is sent meanwhile
+            self.wake_us = wake_us  # nothing is sent meanwhile
             return None
         if roll < 45:
             return ["session_close", self.session]
-        if now - self.last_beat_us > ttl_us // 3:
+        if now - self.last_beat_us > ttl_us // 2:
             self.last_beat_us = now
             beats: list[Any] = [[job, token, {"extend_ms": 3_000}] for job, token in sorted(self.held.items()) if rng.random() < 0.3]
             return ["heartbeat", self.session, {"jobs": beats}] if beats else ["heartbeat", self.session]
@@ -308,6 +319,9 @@ class JobsWorker(JobsClient):
             for lease in value["jobs"]:
                 self.held[lease["id"]] = lease["token"]
             self.cancel.update(value["cancel"])
+            if not value["jobs"]:
+                self.wake_us = self.ctx.now_us + self.think_us_max  # nothing to do: wait longer
+            self.claims_empty += not value["jobs"]
         elif op == "heartbeat" and isinstance(value, dict):
             for job in value["lost"]:
                 self.held.pop(job, None)

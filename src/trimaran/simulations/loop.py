@@ -51,7 +51,13 @@ from trimaran.simulations.driver import SimNode
 from trimaran.simulations.faults import FaultInjector
 from trimaran.simulations.harness import sub_seed
 from trimaran.simulations.jobs_check import JobsRecord, RecordingJobs
-from trimaran.simulations.jobs_workload import JOB_TIMEOUT_DEFAULT_MS, draw_jobs_shape, jobs_need, make_jobs_clients
+from trimaran.simulations.jobs_workload import (
+    JOB_RESULT_TTL_MS,
+    JOB_TIMEOUT_DEFAULT_MS,
+    draw_jobs_shape,
+    jobs_need,
+    make_jobs_clients,
+)
 from trimaran.simulations.history import History
 from trimaran.simulations.kv_model import LogClock, RecordingKv
 from trimaran.simulations.network import SimNetwork
@@ -237,7 +243,7 @@ class Simulation:
         self.issuer = TokenIssuer(self.seed, CLOCK_EPOCH_US // 1000 - ISSUED_BEFORE_MS)
         self.edges = {n: NodeEdge(self.auth_record, limits.token_leeway_ms_default) for n in self.node_ids}
         #: What each node's jobs service applied, checked against a model of the queue.
-        self.jobs_record = JobsRecord(JOB_TIMEOUT_DEFAULT_MS)
+        self.jobs_record = JobsRecord(JOB_TIMEOUT_DEFAULT_MS, JOB_RESULT_TTL_MS)
         self._disk_rng = random.Random(sub_seed(self.seed, "disk"))
         self.slots: dict[int, _Slot] = {n: self._make_slot(n) for n in self.node_ids}
         self.storages = {n: slot.sim.storage for n, slot in self.slots.items()}
@@ -299,6 +305,7 @@ class Simulation:
         auth_mutants = frozenset(n for n in cfg.mutants if n in AUTH_MUTANTS)
         jobs_settings: dict[str, Any] = {
             "default_timeout_ms": JOB_TIMEOUT_DEFAULT_MS,
+            "default_result_ttl_ms": JOB_RESULT_TTL_MS,
             "mutants": frozenset(n for n in cfg.mutants if n in JOBS_MUTANTS),
         }
         if any(n.endswith("_local_clock") for n in jobs_settings["mutants"]):
