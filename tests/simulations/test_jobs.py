@@ -5,7 +5,7 @@ completions, cancellations, schedule slots)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -26,7 +26,8 @@ class Replica:
     """One replica's jobs service fed entries as the Replica feeds them: on_time, then commands."""
 
     def __init__(self, record: JobsRecord, node_id: int = 1, mutants: frozenset[str] = frozenset()) -> None:
-        self.service = RecordingJobs(node_id, record, default_timeout_ms=TIMEOUT_MS, default_result_ttl_ms=RESULT_TTL_MS, mutants=mutants)
+        settings: dict[str, Any] = {"default_timeout_ms": TIMEOUT_MS, "default_result_ttl_ms": RESULT_TTL_MS}
+        self.service = RecordingJobs(node_id, record, mutants=mutants, **settings)
         self.index = 0
 
     def entry(self, time_ms: int, *commands: list[Any]) -> list[Any]:
@@ -42,6 +43,12 @@ class Replica:
         return out
 
 
+def _clocked(record: JobsRecord, mutant: str, clock: Callable[[], int]) -> RecordingJobs:
+    """A replica's service with a ``*_local_clock`` mutant reading ``clock``."""
+    settings: dict[str, Any] = {"default_timeout_ms": TIMEOUT_MS, "default_result_ttl_ms": RESULT_TTL_MS}
+    return RecordingJobs(1, record, mutants=frozenset({mutant}), local_clock_ms=clock, **settings)
+
+
 def _session(r: Replica, t: int, ttl_ms: int = 1_000) -> str:
     (opened,) = r.entry(t, ["session_open", "w", ttl_ms])
     return str(opened["session"])
@@ -51,8 +58,12 @@ def test_the_model_agrees_with_the_service_on_a_busy_log() -> None:
     record = JobsRecord(TIMEOUT_MS, RESULT_TTL_MS)
     r = Replica(record)
     r.entry(T0, ["queue_config", "q1", {"concurrency": 1}], ["schedule", "tick", "sched", b"t", {"every_ms": 100, "catch_up": True}])
-    a, b, c = r.entry(T0 + 1, ["enqueue", "q0", b"a"], ["enqueue", "q0", b"b", {"priority": 5}], ["enqueue", "q1", b"c", {"max_attempts": 1}])
-    r.entry(T0 + 2, ["enqueue_batch", [["q0", b"d", {"delay_ms": 500}], ["q1", b"e", {"unique_key": "u"}], ["q1", b"f", {"unique_key": "u"}]]])
+    a, b, c = r.entry(
+        T0 + 1, ["enqueue", "q0", b"a"], ["enqueue", "q0", b"b", {"priority": 5}], ["enqueue", "q1", b"c", {"max_attempts": 1}]
+    )
+    batch = [["q0", b"d", {"delay_ms": 500}], ["q1", b"e", {"unique_key": "u"}], ["q1", b"f", {"unique_key": "u"}]]
+    (ids,) = r.entry(T0 + 2, ["enqueue_batch", batch])
+    assert ids[1] == ids[2]  # one live job per unique key
     s = _session(r, T0 + 3)
     (claim,) = r.entry(T0 + 4, ["claim", s, ["q0", "q1", "sched"], 3])
     assert [lease["id"] for lease in claim["jobs"]] == [b, a, c]  # priority, FIFO, q1's limit of one
@@ -119,7 +130,7 @@ def test_a_claim_while_a_lease_is_valid_is_two_leases() -> None:
     record = JobsRecord(TIMEOUT_MS, RESULT_TTL_MS)
     clock_ms = [0]
     r = Replica(record)
-    r.service = RecordingJobs(1, record, default_timeout_ms=TIMEOUT_MS, default_result_ttl_ms=RESULT_TTL_MS, mutants=frozenset({"lease_local_clock"}), local_clock_ms=lambda: clock_ms[0])
+    r.service = _clocked(record, "lease_local_clock", lambda: clock_ms[0])
     r.entry(T0, ["enqueue", "q0", b"a"])
     s = _session(r, T0 + 1, ttl_ms=1_000)
     r.entry(T0 + 2, ["claim", s, ["q0"], 1])
@@ -133,7 +144,7 @@ def test_a_schedule_slot_fired_before_its_time_fails() -> None:
     record = JobsRecord(TIMEOUT_MS, RESULT_TTL_MS)
     clock_ms = [0]
     r = Replica(record)
-    r.service = RecordingJobs(1, record, default_timeout_ms=TIMEOUT_MS, default_result_ttl_ms=RESULT_TTL_MS, mutants=frozenset({"schedule_local_clock"}), local_clock_ms=lambda: clock_ms[0])
+    r.service = _clocked(record, "schedule_local_clock", lambda: clock_ms[0])
     r.entry(T0, ["schedule", "tick", "sched", b"t", {"every_ms": 1_000}])
     clock_ms[0] = T0 + 1_500
     with pytest.raises(CheckFailure, match="not due"):

@@ -79,7 +79,11 @@ class RecordingJobs(JobsService):
             super().on_time(ctx)
             after = self._slots()
             if after != fired_before:
-                fires = tuple((name, n - fired_before.get(name, (0, -1))[0], last) for name, (n, last) in after.items() if (n, last) != fired_before.get(name))
+                fires = tuple(
+                    (name, n - fired_before.get(name, (0, -1))[0], last)
+                    for name, (n, last) in after.items()
+                    if (n, last) != fired_before.get(name)
+                )
         else:
             super().on_time(ctx)
         self._entry = (ctx.index, 0)
@@ -336,7 +340,10 @@ class JobsModel:
     def _create(self, spec: args.JobSpec) -> str:
         job_id = self._new_id()
         timeout_ms = spec.timeout_ms if spec.timeout_ms is not None else self.default_timeout_ms
-        job = MJob(job_id, spec.queue, spec.payload, spec.priority, spec.max_attempts, spec.backoff, timeout_ms, self.index, self._seq - 1, spec.unique_key)
+        job = MJob(
+            job_id, spec.queue, spec.payload, spec.priority, spec.max_attempts, spec.backoff, timeout_ms, self.index,
+            self._seq - 1, spec.unique_key,
+        )  # fmt: skip
         self.jobs[job_id] = self.live[job_id] = job
         self.queues.setdefault(spec.queue, MQueue())
         if spec.unique_key is not None:
@@ -612,7 +619,9 @@ def check_jobs(sim: Simulation) -> None:
             continue  # ended, seen ending in the log, and dropped after its result TTL
         view = service.query(["job", job.id], ctx)
         if view is None:
-            raise CheckFailure("jobs", f"job {job.id} ({job.state} in the model) is lost: replica at {replica.applied_index} does not hold it")
+            raise CheckFailure(
+                "jobs", f"job {job.id} ({job.state} in the model) is lost: replica at {replica.applied_index} does not hold it"
+            )
         if not exact:
             continue
         state = view["state"]
