@@ -78,12 +78,19 @@ def test_the_model_agrees_with_the_service_on_a_busy_log() -> None:
     assert model.counts["lapsed"] == 1 and model.counts["cancelled"] == 1
 
 
-def test_a_second_replica_that_differs_is_a_divergence() -> None:
+def test_a_second_replica_that_answers_otherwise_is_a_divergence() -> None:
     record = JobsRecord(TIMEOUT_MS, RESULT_TTL_MS)
-    first, second = Replica(record, 1), Replica(record, 2)
-    first.entry(T0, ["enqueue", "q0", b"a"])
+    first, second = Replica(record, 1), Replica(record, 2, mutants=frozenset({"claim_ignores_priority"}))
+    log = [
+        (T0, [["enqueue", "q0", b"a"], ["enqueue", "q0", b"b", {"priority": 5}]]),
+        (T0 + 1, [["session_open", "w", 1_000]]),
+        (T0 + 2, [["claim", "s2-0", ["q0"], 1]]),
+    ]
+    for time_ms, commands in log:
+        first.entry(time_ms, *commands)
     with pytest.raises(CheckFailure, match="replicas_diverge"):
-        second.entry(T0, ["enqueue", "q0", b"other"])
+        for time_ms, commands in log:
+            second.entry(time_ms, *commands)
 
 
 def _lapse_and_late_completion(r: Replica) -> None:
