@@ -122,6 +122,9 @@ class SimConfig:
     drain_us: int = 6_000_000
     #: Check the protocol rules directly (rules.py) besides their end-to-end consequences.
     rules: bool = True
+    #: Run the job queue's producers and workers (off: only to replay a case recorded before they
+    #: existed, as a shrunk fault plan in the mutant matrix).
+    jobs_workload: bool = True
 
     def __post_init__(self) -> None:
         unknown = sorted(
@@ -260,7 +263,8 @@ class Simulation:
         )
         self.clients.append(self.admin)
         # The job queue's producers and workers (their shape has its own stream: the KV one is unchanged).
-        self.clients.extend(make_jobs_clients(len(self.clients), workload, draw_jobs_shape(self.seed), self.seed, self))
+        if config.jobs_workload:
+            self.clients.extend(make_jobs_clients(len(self.clients), workload, draw_jobs_shape(self.seed), self.seed, self))
         self.final_reader: FinalReader | None = None
         self.healed = False
         self.leader_ok_us = -1

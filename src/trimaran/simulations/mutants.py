@@ -38,6 +38,9 @@ class MatrixCase:
     #: A fault plan to replay instead of the seed's own (``""``: the seed's): for a bug that needs
     #: a rare sequence of faults, the shrunk plan of the sweep seed that found it.
     plan: str = ""
+    #: False: a plan recorded before the jobs workload joined every run, replayed without it (its
+    #: producers and workers shift every event after their first command).
+    jobs_workload: bool = True
 
 
 #: The first seed catching each mutant in seeds 1..500 (5 nodes, 40 simulated seconds), from
@@ -100,6 +103,7 @@ MATRIX: tuple[MatrixCase, ...] = (
         "drift_pm=0/0/0/0/0,snap_every=24,snap_keep=16,append_bytes=16384,inflight=32;1799:part:2:20:1270,"
         "3307:crash:0:0:0:0,11020:disk:2:31:436023196,13353:member:3:2:834627752,25312:part:0:32:1216,"
         "25731:member:0:1:723693672",
+        jobs_workload=False,
     ),
 )
 
