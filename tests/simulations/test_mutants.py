@@ -44,16 +44,19 @@ def test_mutant_is_caught(case: MatrixCase) -> None:
 def _check_planned_case(case: MatrixCase) -> None:
     """A case with its own fault plan replays exactly that plan (no slack: the plan is the point)."""
     plan = decode_plan(case.plan)
-    caught = run_seed(case.seed, case.nodes, case.sim_seconds, (case.mutant,), plan=plan, rules=case.rules)
+    jobs = case.jobs_workload
+    caught = run_seed(case.seed, case.nodes, case.sim_seconds, (case.mutant,), plan=plan, rules=case.rules, jobs_workload=jobs)
     assert not caught.passed and caught.category == case.category, caught.message
-    clean = run_seed(case.seed, case.nodes, case.sim_seconds, plan=plan, rules=case.rules)
+    clean = run_seed(case.seed, case.nodes, case.sim_seconds, plan=plan, rules=case.rules, jobs_workload=jobs)
     assert clean.passed, f"the plan fails without the mutant: {clean.category}: {clean.message}"
 
 
 def test_liveness_report_names_each_nodes_membership_and_whether_a_majority_is_up() -> None:
     """Issue 15: a stuck run says at once whether an electable majority exists."""
     (case,) = [c for c in MATRIX if c.mutant == "removed_never_campaigns"]
-    result = run_seed(case.seed, case.nodes, case.sim_seconds, (case.mutant,), plan=decode_plan(case.plan), rules=False)
+    result = run_seed(
+        case.seed, case.nodes, case.sim_seconds, (case.mutant,), plan=decode_plan(case.plan), rules=False, jobs_workload=case.jobs_workload
+    )
     lines = result.message.splitlines()
     assert lines[0].startswith("no leader within 10 election timeouts of the heal")
     by_node = {line.split()[1]: line for line in lines[1:]}

@@ -6,8 +6,10 @@ scheduled, so a run is a pure function of (seed, plan, config). Each node is a :
 the same pure driver the harness uses, fed exactly what the trio runtime feeds a Replica: ticks
 of its own clock, messages, client requests stamped with its own wall clock (offset, drifting and
 jumping: :meth:`_Slot.local_us`), and "this batch is durable" after a simulated fsync. The services
-are the KV cache, wrapped to report each entry's log time and evictions to a :class:`LogClock`, and
-the auth service, wrapped to report what it applied to an :class:`AuthRecord`; each node's edge
+are the KV cache, wrapped to report each entry's log time and evictions to a :class:`LogClock`,
+the auth service, wrapped to report what it applied to an :class:`AuthRecord`, and the job queue,
+wrapped to report every entry it applied to a :class:`JobsRecord` (checked against a model of the
+queue as it goes: :mod:`.jobs_check`); each node's edge
 (:class:`NodeEdge`) authorises every client request against its own replica's auth state before
 the replica sees it, and re-checks its live connections after every apply round.
 Persist-before-speak holds by construction: SimNode releases a Ready's ``messages_after_persist``
@@ -40,6 +42,7 @@ from trimaran.cluster.replica import REPLICA_MUTANTS, ReplicaConfig, Reply
 from trimaran.errors import AuthError, TrimaranError
 from trimaran.protocols import messages as m
 from trimaran.services.auth import AUTH_MUTANTS
+from trimaran.services.jobs import JOBS_MUTANTS
 from trimaran.services.kv import KV_MUTANTS
 from trimaran.simulations.auth_edge import AuthRecord, Need, NodeEdge, RecordingAuth
 from trimaran.simulations.auth_workload import ISSUED_BEFORE_MS, AuthAdmin, TokenIssuer
@@ -47,6 +50,14 @@ from trimaran.simulations.checkers import CheckFailure, ExactlyOnce, InvariantVi
 from trimaran.simulations.driver import SimNode
 from trimaran.simulations.faults import FaultInjector
 from trimaran.simulations.harness import sub_seed
+from trimaran.simulations.jobs_check import JobsRecord, RecordingJobs
+from trimaran.simulations.jobs_workload import (
+    JOB_RESULT_TTL_MS,
+    JOB_TIMEOUT_DEFAULT_MS,
+    draw_jobs_shape,
+    jobs_need,
+    make_jobs_clients,
+)
 from trimaran.simulations.history import History
 from trimaran.simulations.kv_model import LogClock, RecordingKv
 from trimaran.simulations.network import SimNetwork
@@ -99,7 +110,7 @@ class SimConfig:
     seed: int
     nodes: int = 5
     sim_seconds: float = 300.0
-    #: Planted bugs (names from MUTANTS, REPLICA_MUTANTS, KV_MUTANTS and AUTH_MUTANTS).
+    #: Planted bugs (names from MUTANTS, REPLICA_MUTANTS, KV_MUTANTS, AUTH_MUTANTS and JOBS_MUTANTS).
     mutants: frozenset[str] = frozenset()
     #: Nominal tick interval; heartbeats every 2 ticks and elections after 10-20 ticks, as etcd's
     #: defaults (100 ms heartbeat, 1 s election timeout).
@@ -111,9 +122,14 @@ class SimConfig:
     drain_us: int = 6_000_000
     #: Check the protocol rules directly (rules.py) besides their end-to-end consequences.
     rules: bool = True
+    #: Run the job queue's producers and workers (off: only to replay a case recorded before they
+    #: existed, as a shrunk fault plan in the mutant matrix).
+    jobs_workload: bool = True
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.mutants) - set(MUTANTS) - set(REPLICA_MUTANTS) - set(KV_MUTANTS) - set(AUTH_MUTANTS))
+        unknown = sorted(
+            set(self.mutants) - set(MUTANTS) - set(REPLICA_MUTANTS) - set(KV_MUTANTS) - set(AUTH_MUTANTS) - set(JOBS_MUTANTS)
+        )
         if unknown:
             raise ValueError(f"unknown mutants: {', '.join(unknown)}")
         if not 1 <= self.nodes <= 15:
@@ -229,6 +245,8 @@ class Simulation:
         self.auth_record = AuthRecord(lambda: self.now_us)
         self.issuer = TokenIssuer(self.seed, CLOCK_EPOCH_US // 1000 - ISSUED_BEFORE_MS)
         self.edges = {n: NodeEdge(self.auth_record, limits.token_leeway_ms_default) for n in self.node_ids}
+        #: What each node's jobs service applied, checked against a model of the queue.
+        self.jobs_record = JobsRecord(JOB_TIMEOUT_DEFAULT_MS, JOB_RESULT_TTL_MS)
         self._disk_rng = random.Random(sub_seed(self.seed, "disk"))
         self.slots: dict[int, _Slot] = {n: self._make_slot(n) for n in self.node_ids}
         self.storages = {n: slot.sim.storage for n, slot in self.slots.items()}
@@ -244,6 +262,9 @@ class Simulation:
             len(self.clients), admin_workload, random.Random(sub_seed(self.seed, "auth-admin")), self, self.issuer
         )
         self.clients.append(self.admin)
+        # The job queue's producers and workers (their shape has its own stream: the KV one is unchanged).
+        if config.jobs_workload:
+            self.clients.extend(make_jobs_clients(len(self.clients), workload, draw_jobs_shape(self.seed), self.seed, self))
         self.final_reader: FinalReader | None = None
         self.healed = False
         self.leader_ok_us = -1
@@ -286,6 +307,13 @@ class Simulation:
         if "ttl_local_clock" in kv_mutants:
             kv_settings["local_clock_ms"] = lambda: self.slots[node_id].local_us(self.now_us) // 1000
         auth_mutants = frozenset(n for n in cfg.mutants if n in AUTH_MUTANTS)
+        jobs_settings: dict[str, Any] = {
+            "default_timeout_ms": JOB_TIMEOUT_DEFAULT_MS,
+            "default_result_ttl_ms": JOB_RESULT_TTL_MS,
+            "mutants": frozenset(n for n in cfg.mutants if n in JOBS_MUTANTS),
+        }
+        if any(n.endswith("_local_clock") for n in jobs_settings["mutants"]):
+            jobs_settings["local_clock_ms"] = lambda: self.slots[node_id].local_us(self.now_us) // 1000
         bootstrap = self.issuer.bootstrap()
         sim = SimNode(
             node_id,
@@ -293,6 +321,7 @@ class Simulation:
             lambda: [
                 RecordingKv(node_id, self.log_clock, mutants=kv_mutants, **kv_settings),
                 RecordingAuth(node_id, self.auth_record, bootstrap=bootstrap, mutants=auth_mutants),
+                RecordingJobs(node_id, self.jobs_record, **jobs_settings),
             ],
             random.Random(sub_seed(self.seed, "node", node_id)),
             MemoryStorage(),
@@ -478,7 +507,7 @@ class Simulation:
         now_ms = slot.local_us(self.now_us) // 1000
         auth = replica.services["auth"]
         assert isinstance(auth, RecordingAuth)
-        need: Need = None if kind == "register" else ("kv", "read") if kind == "read" else _NEEDS[payload[3]]
+        need: Need = None if kind == "register" else ("kv", "read") if kind == "read" else _need(payload[3], payload[4])
         try:
             # The edge, at the node's clock (its wall clock, or the log time applied if later).
             self.edges[node_id].admit(auth, token[0], bearer, need, max(now_ms, replica.last_timestamp_ms))
@@ -690,6 +719,10 @@ class Simulation:
 
 #: What a command needs of its token, by service: the auth service's commands need ``admin:*``.
 _NEEDS: dict[str, Need] = {"kv": ("kv", "write"), "auth": ("admin", "*")}
+
+
+def _need(service: str, command: Any) -> Need:
+    return jobs_need(command) if service == "jobs" else _NEEDS[service]
 
 
 def _where(exc: BaseException) -> str:

@@ -77,9 +77,16 @@ class RunResult:
 
 
 def sim_config(
-    seed: int, nodes: int = 5, sim_seconds: float = 300.0, mutants: tuple[str, ...] = (), rules: bool = True
+    seed: int,
+    nodes: int = 5,
+    sim_seconds: float = 300.0,
+    mutants: tuple[str, ...] = (),
+    rules: bool = True,
+    jobs_workload: bool = True,
 ) -> SimConfig:
-    return SimConfig(seed=seed, nodes=nodes, sim_seconds=sim_seconds, mutants=frozenset(mutants), rules=rules)
+    return SimConfig(
+        seed=seed, nodes=nodes, sim_seconds=sim_seconds, mutants=frozenset(mutants), rules=rules, jobs_workload=jobs_workload
+    )
 
 
 def plan_for(seed: int, nodes: int = 5, sim_seconds: float = 300.0) -> FaultPlan:
@@ -95,10 +102,11 @@ def run_seed(
     mutants: tuple[str, ...] = (),
     plan: FaultPlan | None = None,
     rules: bool = True,
+    jobs_workload: bool = True,
 ) -> RunResult:
     """Run one seed (with its own plan, or ``plan``) and every checker on it (``rules=False``
     leaves out the direct protocol-rule checks, to measure what the end-to-end checkers catch)."""
-    config = sim_config(seed, nodes, sim_seconds, mutants, rules)
+    config = sim_config(seed, nodes, sim_seconds, mutants, rules, jobs_workload)
     custom = plan is not None
     if plan is None:
         plan = draw_plan(seed, nodes, config.heal_us // 1000)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from trimaran.simulations.auth_edge import check_auth
 from trimaran.simulations.checkers import CheckFailure
+from trimaran.simulations.jobs_check import check_jobs
 from trimaran.simulations.history import Operation, OpStatus
 from trimaran.simulations.kv_model import KvKeyModel, error_output, normalize
 from trimaran.simulations.linearizability import Outcome, check
@@ -32,6 +33,7 @@ def final_checks(sim: Simulation) -> None:
     check_liveness(sim)
     check_durability(sim)
     check_replicas_agree(sim)
+    check_jobs(sim)
     check_linearizable(sim)
 
 
@@ -73,18 +75,18 @@ def check_durability(sim: Simulation) -> None:
 
 
 def check_replicas_agree(sim: Simulation) -> None:
-    """Replicas that applied the same prefix hold the same KV state (values, revisions, expiry,
-    LRU order, watch window: the whole snapshot) and the same auth state (keys, retirements,
-    revocations, generation)."""
-    by_index: dict[int, tuple[int, tuple[object, object]]] = {}
+    """Replicas that applied the same prefix hold the same state in every service: the whole
+    snapshot of each (KV: values, revisions, expiry, LRU order, watch window; auth: keys,
+    retirements, revocations, generation; jobs: jobs, queues, sessions, schedules, unique keys)."""
+    by_index: dict[int, tuple[int, dict[str, object]]] = {}
     for node_id, slot in sim.slots.items():
         if not slot.sim.up:
             continue
         replica = slot.sim.replica
-        data = (replica.services["kv"].snapshot(), replica.services["auth"].snapshot())
+        data = {name: service.snapshot() for name, service in replica.services.items()}
         seen = by_index.setdefault(replica.applied_index, (node_id, data))
         if seen[1] != data:
-            which = "KV" if seen[1][0] != data[0] else "auth"
+            which = next(name for name in data if seen[1].get(name) != data[name])
             raise CheckFailure(
                 "replicas_diverge",
                 f"nodes {seen[0]} and {node_id} applied through {replica.applied_index} but hold different {which} state",
