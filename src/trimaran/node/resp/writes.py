@@ -1,0 +1,110 @@
+"""A pipeline's writes go to the driver together, so they share one commit round.
+
+The runner of a connection (:mod:`.server`) hands a run of consecutive writes (commands with a
+planner: one KV write each, :class:`~trimaran.node.resp.base.Write`) to :meth:`RespSession.command_group`.
+It numbers them in the connection's client session in pipeline order and submits them to the
+driver as the native client port does with the requests of one read (``submit_client`` with
+``more=True``, then one ``start_round``): the driver takes them in that order into one group
+proposal (one log entry), so they are applied in order, each once (its own session seq), and each
+gets its own answer. A node that is not the leader answers ``not_leader``; those writes are then
+forwarded one after another in pipeline order (:meth:`HttpEdge.request`), with the seqs they
+already have, so a write the old leader did commit is not applied twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from trimaran.errors import NotLeader, RequestTimeout, SessionExpired, TrimaranError
+from trimaran.node.http.edge import EdgeSession, HttpEdge
+
+#: One write's outcome: ok, then its result or its typed error.
+Outcome = tuple[bool, Any]
+
+
+class _Answers:
+    """The driver's reply target for one group: the outcome of each write, by its index."""
+
+    def __init__(self, count: int) -> None:
+        self.outcomes: list[Outcome | None] = [None] * count
+        self.left = count
+        self.done = trio.Event()
+
+    def on_reply(self, index: int, ok: bool, value: Any) -> None:
+        if self.outcomes[index] is None:
+            self.outcomes[index] = (ok, value)
+            self.left -= 1
+            if not self.left:
+                self.done.set()
+
+
+async def submit_group(edge: HttpEdge, op: str, bodies: list[dict[str, Any]], sizes_bytes: list[int]) -> list[Outcome]:
+    """Submit requests to the local driver in order, in one round; their outcomes in that order
+    (``RequestTimeout`` for any not answered within ``request_timeout_ms``)."""
+    answers = _Answers(len(bodies))
+    driver = edge.driver
+    timeout_s = edge.config.request_timeout_ms / 1000
+    with trio.move_on_after(timeout_s):
+        submitted = 0
+        try:
+            for index, (body, size_bytes) in enumerate(zip(bodies, sizes_bytes)):
+                await driver.submit_client(op, body, (answers, index), size_bytes, more=True)
+                submitted += 1
+        finally:
+            if submitted:
+                driver.start_round(client=True)
+        await answers.done.wait()
+    late = RequestTimeout(f"no answer within {timeout_s:g} s; the outcome is unknown")
+    return [outcome if outcome is not None else (False, late) for outcome in answers.outcomes]
+
+
+class RespSession(EdgeSession):
+    """A RESP connection's client session: an :class:`EdgeSession` that can also number and submit
+    a group of writes at once (the connection's runner sends one group at a time)."""
+
+    async def command_group(self, service: str, commands: list[tuple[Any, int]], token: str | None) -> list[Outcome]:
+        """Apply ``commands`` ([command, size_bytes], ...) in order, each exactly once; their outcomes."""
+        outcomes: list[Outcome | None] = [None] * len(commands)
+        todo = list(range(len(commands)))
+        for attempt in range(2):
+            client_id = await self._register(token)
+            seqs = list(range(self._seq + 1, self._seq + 1 + len(todo)))
+            self._seq = seqs[-1]
+            self._unanswered.update(seqs)
+            ack_seq = min(self._unanswered) - 1
+            bodies = [
+                {"client_id": client_id, "seq": seq, "ack_seq": ack_seq, "service": service, "command": commands[i][0]}
+                for i, seq in zip(todo, seqs)
+            ]
+            sizes_bytes = [commands[i][1] for i in todo]
+            try:
+                got = await submit_group(self.edge, "command", bodies, sizes_bytes)
+                await self._forward_refused(got, bodies, sizes_bytes, token)
+            finally:
+                self._unanswered.difference_update(seqs)
+            expired = []
+            for i, outcome in zip(todo, got):
+                if not outcome[0] and isinstance(outcome[1], SessionExpired) and not attempt:
+                    expired.append(i)  # nothing was applied: sent again under a new registration
+                else:
+                    outcomes[i] = outcome
+            if not expired:
+                break
+            if self.client_id == client_id:
+                self.client_id = None
+            todo = expired
+        return [outcome if outcome is not None else (False, TrimaranError("unreachable")) for outcome in outcomes]
+
+    async def _forward_refused(
+        self, got: list[Outcome], bodies: list[dict[str, Any]], sizes_bytes: list[int], token: str | None
+    ) -> None:
+        """Writes this node refused as not the leader go to the leader, in order, same seqs."""
+        for index, (ok, value) in enumerate(got):
+            if ok or not isinstance(value, NotLeader):
+                continue
+            try:
+                got[index] = (True, await self.edge.request("command", bodies[index], sizes_bytes[index], token))
+            except TrimaranError as exc:
+                got[index] = (False, exc)
