@@ -80,17 +80,20 @@ class Write:
     answer: Callable[[bool, Any], Reply]
 
 
-def answer_plainly(ok: bool, value: Any) -> Reply:
-    """The reply of a write whose result is the reply, and whose errors map as usual."""
-    return value if ok else error_reply(value)
+@dataclass(slots=True)
+class Read:
+    """A command that comes down to one linearizable KV query, and its reply from the result."""
+
+    query: list[Any]
+    answer: Callable[[Any], Reply]
 
 
-#: A command's planner: its one write, or None when it needs more than one (its handler runs).
-Planner = Callable[["RespServer", "_Connection", list[bytes]], "Write | None"]
+#: A command's planner: its one write or read, or None when it needs more (its handler runs).
+Planner = Callable[["RespServer", "_Connection", list[bytes]], "Write | Read | None"]
 
 
 class Planned:
-    """The handler of a command with a planner: its write goes through the connection's write group
+    """The handler of a command with a planner: its write (or read) goes through a group
     (alone, when the command runs by itself); the ``fallback`` handler runs when it plans none."""
 
     def __init__(self, plan: Planner, fallback: Handler | None = None) -> None:
@@ -98,10 +101,10 @@ class Planned:
         self.fallback = fallback
 
     async def __call__(self, s: RespServer, c: _Connection, a: list[bytes]) -> Reply:
-        write = self.plan(s, c, a)
-        if write is None:
+        plan = self.plan(s, c, a)
+        if plan is None:
             assert self.fallback is not None, "a planner without a fallback always plans a write"
             return await self.fallback(s, c, a)
-        return (await s.write_group(c, [write]))[0]
+        return (await s.run_group(c, [plan]))[0]
 
 

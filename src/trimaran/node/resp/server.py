@@ -7,8 +7,8 @@ by two tasks:
   channel (``resp_inflight_commands_max``: pipelining reads ahead that far, then stops reading);
 - the **runner** takes the commands in order, runs each to its end, and writes its answer, so a
   pipeline's answers come back in the order sent and a write is applied before a later read of the
-  same connection runs (Redis's order). Reads waiting back to back (:data:`READS`) run at once,
-  their answers written together in order. The runner takes more commands only once the answers
+  same connection runs (Redis's order). Reads or writes waiting back to back go to the driver
+  together (:mod:`.groups`), their answers written together in order. The runner takes more commands only once the answers
   before are written (``send_all``), so at most ``resp_inflight_commands_max`` answers wait for the
   socket; an answer over ``resp_answer_bytes_max`` is replaced by an error.
 
@@ -56,8 +56,8 @@ from trimaran.errors import ProtocolError, TrimaranError, Unauthenticated
 from trimaran.node.config import Address, NodeConfig
 from trimaran.node.http.edge import HttpEdge
 from trimaran.node.resp import connection_commands, strings
-from trimaran.node.resp.base import Handler, Planned, Quit, RespError, Write, error_reply, unknown_command
-from trimaran.node.resp.writes import RespSession
+from trimaran.node.resp.base import Handler, Planned, Quit, Read, RespError, Write, error_reply, unknown_command
+from trimaran.node.resp.groups import RespSession, submit_or_forward
 from trimaran.protocols import resp
 from trimaran.protocols.resp import NOAUTH, ErrorReply, Reply, RespParser
 
@@ -69,8 +69,6 @@ COMMANDS: dict[bytes, Handler] = {**connection_commands.COMMANDS, **strings.COMM
 #: Redis's reply to a client with no slot left.
 MAX_CLIENTS = ErrorReply("max number of clients reached")
 WRONGPASS = ErrorReply("invalid username-password pair or user is disabled.", "WRONGPASS")
-#: Commands that only read: a run of them waiting back to back is served at once.
-READS = frozenset((b"GET", b"MGET", b"EXISTS", b"TTL", b"PTTL", b"TYPE", b"PING", b"ECHO", b"DBSIZE"))
 #: Commands a connection may send before it authenticates.
 _BEFORE_AUTH = frozenset((b"AUTH", b"HELLO", b"QUIT", b"RESET"))
 #: Redis's bounds on a connection that has not authenticated (auth on): a command's arguments, one
@@ -205,38 +203,37 @@ class RespServer:
                     self.protocol_errors += 1
                     await conn.stream.send_all(resp.encode(resp.protocol_error_reply(item), conn.protocol))
                     return
-                if item[0].upper() in READS:
-                    # Reads waiting back to back run at once (none changes what another sees, and
-                    # each is linearizable on its own); their answers go out in order, in one write.
-                    batch, held = self._gather(receive, [item], lambda c: c[0].upper() in READS)
-                    if len(batch) > 1:
-                        await self._run_reads(conn, batch)
-                        continue
-                elif (first := self._plan(conn, item)) is not None:
-                    # Writes waiting back to back go to the driver together: one commit round.
-                    group, held = self._gather(receive, [first], lambda c: self._plan(conn, c))
-                    await self._run_writes(conn, group)
+                first = self._plan(conn, item)
+                if first is not None:
+                    # Writes (or reads) waiting back to back go to the driver together: one commit
+                    # round (one read point); their answers go out in order, in one write.
+                    kind = type(first)
+                    group, held = self._gather(receive, [first], lambda c: self._plan(conn, c), kind)
+                    await self._run_planned(conn, group)
                     continue
                 if not await self._run_one(conn, item):
                     return
 
-    def _gather(self, receive: trio.MemoryReceiveChannel[Any], batch: list[Any], take: Callable[[list[bytes]], Any]) -> tuple[list[Any], Any]:
-        """Add to ``batch`` the commands already waiting while ``take`` gives something for them
-        (up to ``resp_inflight_commands_max``); (the batch, the first command not taken or None)."""
+    def _gather(
+        self, receive: trio.MemoryReceiveChannel[Any], batch: list[Any], plan: Callable[[list[bytes]], Any], kind: type
+    ) -> tuple[list[Any], Any]:
+        """Add to ``batch`` the plans of the commands already waiting while they are of ``kind`` (or
+        refusals: answered in place), up to ``resp_inflight_commands_max``; (the batch, the first
+        command not taken or None)."""
         while len(batch) < self.config.resp_inflight_commands_max:
             try:
                 following = receive.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel):
                 break
-            taken = take(following) if isinstance(following, list) else None
-            if taken is None or taken is False:
+            planned = plan(following) if isinstance(following, list) else None
+            if planned is None or not isinstance(planned, (kind, ErrorReply)):
                 return batch, following
-            batch.append(following if taken is True else taken)
+            batch.append(planned)
         return batch, None
 
-    def _plan(self, conn: _Connection, command: list[bytes]) -> Write | ErrorReply | None:
-        """The one write of ``command`` if it may join a write group (or its refusal before any
-        write: a syntax error); None: it runs alone."""
+    def _plan(self, conn: _Connection, command: list[bytes]) -> Write | Read | ErrorReply | None:
+        """The one write or read of ``command`` if it may join a group (or its refusal before any:
+        a syntax error); None: it runs alone."""
         handler = COMMANDS.get(command[0].upper())
         if not isinstance(handler, Planned) or not conn.authenticated or conn.transaction is not None:
             return None
@@ -247,11 +244,10 @@ class RespServer:
         except Exception:  # noqa: BLE001 - a planner's bug: the command runs alone, which logs it
             return None
 
-    async def _run_writes(self, conn: _Connection, group: list[Write | ErrorReply]) -> None:
+    async def _run_planned(self, conn: _Connection, group: list[Write | Read | ErrorReply]) -> None:
         self.commands += len(group)
-        writes = [g for g in group if isinstance(g, Write)]
-        answers = iter(await self.write_group(conn, writes))
-        await self._write(conn, [self._wire(next(answers) if isinstance(g, Write) else g, conn.protocol) for g in group])
+        replies = await self.run_group(conn, group)
+        await self._write(conn, [self._wire(reply, conn.protocol) for reply in replies])
 
     async def _run_one(self, conn: _Connection, command: list[bytes]) -> bool:
         """Run one command and write its answer; False: close the connection now."""
@@ -265,18 +261,6 @@ class RespServer:
         # HELLO answers in the protocol it switches to; everything else in the one in force.
         await self._write(conn, [self._wire(reply, conn.protocol if command[0].upper() == b"HELLO" else protocol)])
         return not close
-
-    async def _run_reads(self, conn: _Connection, batch: list[list[bytes]]) -> None:
-        self.commands += len(batch)
-        replies: list[Reply] = [None] * len(batch)
-
-        async def run(index: int) -> None:
-            replies[index] = await self.execute(conn, batch[index])
-
-        async with trio.open_nursery() as nursery:
-            for index in range(len(batch)):
-                nursery.start_soon(run, index)
-        await self._write(conn, [self._wire(reply, conn.protocol) for reply in replies])
 
     def _wire(self, reply: Reply, protocol: int) -> bytes:
         wire = resp.encode(reply, protocol)
@@ -333,25 +317,40 @@ class RespServer:
         self._authorise(conn, "command", {"service": "kv", "command": command})
         return await conn.session.command("kv", command, size_bytes, conn.token)
 
-    async def write_group(self, conn: _Connection, writes: list[Write]) -> list[Reply]:
-        """Apply ``writes`` in order in one commit round (see :mod:`.writes`); their replies."""
-        replies: list[Reply] = [None] * len(writes)
-        allowed = []
-        for index, write in enumerate(writes):
+    async def run_group(self, conn: _Connection, group: list[Write | Read | ErrorReply]) -> list[Reply]:
+        """Apply the writes of ``group`` in order in one commit round, or serve its reads at one
+        read point (see :mod:`.groups`); an ErrorReply stands for itself. Their replies, in order."""
+        replies: list[Reply] = [g if isinstance(g, ErrorReply) else None for g in group]
+        sent = []
+        for index, plan in enumerate(group):
+            if isinstance(plan, ErrorReply):
+                continue
+            op, body = ("command", {"service": "kv", "command": plan.command}) if isinstance(plan, Write) else ("read", {"service": "kv", "query": plan.query, "consistency": "linearizable"})
             try:
-                self._authorise(conn, "command", {"service": "kv", "command": write.command})
+                self._authorise(conn, op, body)
             except TrimaranError as exc:
                 replies[index] = error_reply(exc)  # refused here: nothing of it reaches the log
             else:
-                allowed.append(index)
-        if not allowed:
+                sent.append(index)
+        if not sent:
             return replies
+        writes = [plan for i in sent if isinstance(plan := group[i], Write)]
+        reads = [plan for i in sent if isinstance(plan := group[i], Read)]
+        assert not (writes and reads), "a group is of one kind"
         try:
-            outcomes = await conn.session.command_group("kv", [(writes[i].command, writes[i].size_bytes) for i in allowed], conn.token)
+            if writes:
+                outcomes = await conn.session.command_group("kv", [(w.command, w.size_bytes) for w in writes], conn.token)
+            else:
+                bodies = [{"service": "kv", "query": r.query, "consistency": "linearizable"} for r in reads]
+                outcomes = await submit_or_forward(self.edge, "read", bodies, [0] * len(bodies), conn.token)
         except TrimaranError as exc:  # the session could not be registered: nothing was sent
-            outcomes = [(False, exc)] * len(allowed)
-        for index, (ok, value) in zip(allowed, outcomes):
-            replies[index] = writes[index].answer(ok, value)
+            outcomes = [(False, exc)] * len(sent)
+        for index, (ok, value) in zip(sent, outcomes):
+            plan = group[index]
+            if isinstance(plan, Write):
+                replies[index] = plan.answer(ok, value)
+            elif isinstance(plan, Read):
+                replies[index] = plan.answer(value) if ok else error_reply(value)
         return replies
 
     def login(self, conn: _Connection, token: bytes) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 from trimaran.errors import ConditionFailed, InvalidArgument
-from trimaran.node.resp.base import Handler, Planned, RespError, Write, arity_error, error_reply, parse_int
+from trimaran.node.resp.base import Handler, Planned, Read, RespError, Write, arity_error, error_reply, parse_int
 from trimaran.protocols.resp import NOT_AN_INTEGER, OK, SYNTAX_ERROR, ErrorReply, Reply, SimpleString
 from trimaran.services.kv_args import INT64_MIN, ttl_ms_max
 
@@ -27,11 +27,10 @@ def _expiry_ms(s: RespServer, unit: bytes, arg: bytes, command: str) -> int:
     return ms
 
 
-async def _get(s: RespServer, c: _Connection, a: list[bytes]) -> Reply:
+def _plan_get(s: RespServer, c: _Connection, a: list[bytes]) -> Read:
     if len(a) != 2:
         raise arity_error(a[0])
-    found = await s.read(c, ["get", a[1]])
-    return None if found is None else found[0]
+    return Read(["get", a[1]], lambda found: None if found is None else found[0])
 
 
 async def _set_with(
@@ -160,11 +159,10 @@ async def _getdel(s: RespServer, c: _Connection, a: list[bytes]) -> Reply:
     raise RespError(ErrorReply("the key changed under every try; try again", "TRYAGAIN"))
 
 
-async def _mget(s: RespServer, c: _Connection, a: list[bytes]) -> Reply:
+def _plan_mget(s: RespServer, c: _Connection, a: list[bytes]) -> Read:
     if len(a) < 2:
         raise arity_error(a[0])
-    found = await s.read(c, ["mget", a[1:]])
-    return [None if f is None else f[0] for f in found]
+    return Read(["mget", a[1:]], lambda found: [None if f is None else f[0] for f in found])
 
 
 def _plan_mset(s: RespServer, c: _Connection, a: list[bytes]) -> Write | None:
@@ -193,11 +191,10 @@ async def _del(s: RespServer, c: _Connection, a: list[bytes]) -> Reply:
     return deleted
 
 
-async def _exists(s: RespServer, c: _Connection, a: list[bytes]) -> Reply:
+def _plan_exists(s: RespServer, c: _Connection, a: list[bytes]) -> Read:
     if len(a) < 2:
         raise arity_error(a[0])
-    found = await s.read(c, ["mget", a[1:]])
-    return sum(f is not None for f in found)
+    return Read(["mget", a[1:]], lambda found: sum(f is not None for f in found))
 
 
 def _plan_incr(s: RespServer, c: _Connection, a: list[bytes]) -> Write | None:
@@ -241,38 +238,41 @@ async def _persist(s: RespServer, c: _Connection, a: list[bytes]) -> Reply:
     return int(bool(await s.write(c, ["expire", a[1], None], len(a[1]))))
 
 
-async def _ttl(s: RespServer, c: _Connection, a: list[bytes]) -> Reply:
+def _plan_ttl(s: RespServer, c: _Connection, a: list[bytes]) -> Read:
     if len(a) != 2:
         raise arity_error(a[0])
-    found = await s.read(c, ["get", a[1]])
-    if found is None:
-        return -2
-    ttl_ms = found[2]
-    if ttl_ms is None:
-        return -1
-    return int(ttl_ms) if a[0].upper() == b"PTTL" else (int(ttl_ms) + 500) // 1000
+    milliseconds = a[0].upper() == b"PTTL"
+
+    def answer(found: Any) -> Reply:
+        if found is None:
+            return -2
+        ttl_ms = found[2]
+        if ttl_ms is None:
+            return -1
+        return int(ttl_ms) if milliseconds else (int(ttl_ms) + 500) // 1000
+
+    return Read(["get", a[1]], answer)
 
 
-async def _type(s: RespServer, c: _Connection, a: list[bytes]) -> Reply:
+def _plan_type(s: RespServer, c: _Connection, a: list[bytes]) -> Read:
     if len(a) != 2:
         raise arity_error(a[0])
-    found = await s.read(c, ["get", a[1]])
-    return SimpleString("none" if found is None else "string")
+    return Read(["get", a[1]], lambda found: SimpleString("none" if found is None else "string"))
 
 
 #: The string and key commands, by upper-case name.
 COMMANDS: dict[bytes, Handler] = {
-    b"GET": _get,
+    b"GET": Planned(_plan_get),
     b"SET": Planned(_plan_set, _set),
     b"SETNX": Planned(_plan_setnx),
     b"SETEX": Planned(_plan_setex),
     b"PSETEX": Planned(_plan_setex),
     b"GETDEL": _getdel,
-    b"MGET": _mget,
+    b"MGET": Planned(_plan_mget),
     b"MSET": Planned(_plan_mset),
     b"DEL": Planned(_plan_del, _del),
     b"UNLINK": Planned(_plan_del, _del),
-    b"EXISTS": _exists,
+    b"EXISTS": Planned(_plan_exists),
     b"INCR": Planned(_plan_incr),
     b"DECR": Planned(_plan_incr),
     b"INCRBY": Planned(_plan_incr),
@@ -282,7 +282,7 @@ COMMANDS: dict[bytes, Handler] = {
     b"EXPIREAT": Planned(_plan_expire),
     b"PEXPIREAT": Planned(_plan_expire),
     b"PERSIST": _persist,
-    b"TTL": _ttl,
-    b"PTTL": _ttl,
-    b"TYPE": _type,
+    b"TTL": Planned(_plan_ttl),
+    b"PTTL": Planned(_plan_ttl),
+    b"TYPE": Planned(_plan_type),
 }

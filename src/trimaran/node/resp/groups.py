@@ -1,7 +1,9 @@
-"""A pipeline's writes go to the driver together, so they share one commit round.
+"""A pipeline's consecutive writes (or reads) go to the driver together, so they share one commit
+round (or one read point).
 
 The runner of a connection (:mod:`.server`) hands a run of consecutive writes (commands with a
-planner: one KV write each, :class:`~trimaran.node.resp.base.Write`) to :meth:`RespSession.command_group`.
+planner: one KV write each, :class:`~trimaran.node.resp.base.Write`) to :meth:`RespSession.command_group`,
+and a run of reads (one KV query each) to :func:`submit_or_forward`.
 It numbers them in the connection's client session in pipeline order and submits them to the
 driver as the native client port does with the requests of one read (``submit_client`` with
 ``more=True``, then one ``start_round``): the driver takes them in that order into one group
@@ -60,6 +62,22 @@ async def submit_group(edge: HttpEdge, op: str, bodies: list[dict[str, Any]], si
     return [outcome if outcome is not None else (False, late) for outcome in answers.outcomes]
 
 
+async def submit_or_forward(
+    edge: HttpEdge, op: str, bodies: list[dict[str, Any]], sizes_bytes: list[int], token: str | None
+) -> list[Outcome]:
+    """:func:`submit_group`; the requests this node refused as not the leader then go to the leader
+    one after another, in order, as they are (a write keeps its session seq)."""
+    got = await submit_group(edge, op, bodies, sizes_bytes)
+    for index, (ok, value) in enumerate(got):
+        if ok or not isinstance(value, NotLeader):
+            continue
+        try:
+            got[index] = (True, await edge.request(op, bodies[index], sizes_bytes[index], token))
+        except TrimaranError as exc:
+            got[index] = (False, exc)
+    return got
+
+
 class RespSession(EdgeSession):
     """A RESP connection's client session: an :class:`EdgeSession` that can also number and submit
     a group of writes at once (the connection's runner sends one group at a time)."""
@@ -80,8 +98,7 @@ class RespSession(EdgeSession):
             ]
             sizes_bytes = [commands[i][1] for i in todo]
             try:
-                got = await submit_group(self.edge, "command", bodies, sizes_bytes)
-                await self._forward_refused(got, bodies, sizes_bytes, token)
+                got = await submit_or_forward(self.edge, "command", bodies, sizes_bytes, token)
             finally:
                 self._unanswered.difference_update(seqs)
             expired = []
@@ -96,15 +113,3 @@ class RespSession(EdgeSession):
                 self.client_id = None
             todo = expired
         return [outcome if outcome is not None else (False, TrimaranError("unreachable")) for outcome in outcomes]
-
-    async def _forward_refused(
-        self, got: list[Outcome], bodies: list[dict[str, Any]], sizes_bytes: list[int], token: str | None
-    ) -> None:
-        """Writes this node refused as not the leader go to the leader, in order, same seqs."""
-        for index, (ok, value) in enumerate(got):
-            if ok or not isinstance(value, NotLeader):
-                continue
-            try:
-                got[index] = (True, await self.edge.request("command", bodies[index], sizes_bytes[index], token))
-            except TrimaranError as exc:
-                got[index] = (False, exc)
