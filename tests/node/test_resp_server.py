@@ -377,3 +377,16 @@ async def test_a_pipelines_writes_share_commit_rounds_and_keep_their_own_answers
             r.close()
 
         await in_thread(check)
+
+
+def test_a_txn_needs_what_each_step_needs_and_read_on_its_watched_keys() -> None:
+    from trimaran.node.authoriser import requirements
+
+    txn = ["txn", [["set", b"a", b"1"], ["get", b"b"], ["mset", [[b"c", b"1"]]], ["mget", [b"d"]]], {"if_revisions": [[b"w", 3]]}]
+    assert requirements("command", {"service": "kv", "command": txn}) == (
+        ("kv", "read", b"w", False),
+        ("kv", "write", b"a", False),
+        ("kv", "read", b"b", False),
+        ("kv", "write", b"c", False),
+        ("kv", "read", b"d", False),
+    )
