@@ -21,6 +21,7 @@ import trio
 from tests.node.helpers import HOST, in_process_cluster
 from trimaran.node.config import Address
 from trimaran.protocols import tokens
+from trimaran.protocols.service import ApplyContext
 from trimaran.protocols.tokens import TrustedKey
 
 
@@ -390,3 +391,72 @@ def test_a_txn_needs_what_each_step_needs_and_read_on_its_watched_keys() -> None
         ("kv", "write", b"c", False),
         ("kv", "read", b"d", False),
     )
+
+
+async def test_multi_exec_is_one_entry_applied_on_every_replica_and_watch_fails_a_changed_key(tmp_path: Path) -> None:
+    async with in_process_cluster(tmp_path, 3, resp_listen=Address(HOST, 0)) as cluster:
+        leader = await cluster.leader()
+        follower = next(i for i in cluster.nodes if i != leader)
+
+        def transaction() -> None:
+            r = client(resp_address(cluster, follower))  # through a follower: forwarded as one write
+            r.set("text", "abc")
+            p = r.pipeline(transaction=True)
+            p.set("a", "1").incr("a").incr("text").get("a").mset({"b": "2", "c": "3"}).expire("b", 100).ttl("b").exists("a", "b", "z")
+            answers = p.execute(raise_on_error=False)
+            assert answers[:3] == [True, 2, answers[2]] and isinstance(answers[2], redis.ResponseError)
+            assert answers[3:] == [b"2", True, True, 100, 2]
+            assert r.get("text") == b"abc"
+            # Errors found while queueing discard the whole transaction (one raw connection:
+            # redis-py's reply callbacks would turn +QUEUED into False).
+            raw = redis.Connection(host=resp_address(cluster, follower).host, port=resp_address(cluster, follower).port)
+
+            def call(*args: Any) -> Any:
+                raw.send_command(*args)
+                try:
+                    return raw.read_response()
+                except redis.ResponseError as exc:
+                    return exc
+
+            assert call("MULTI") == b"OK"
+            assert call("SET", "d", "1") == b"QUEUED"
+            assert "wrong number of arguments" in str(call("SET", "d"))
+            assert "not served inside MULTI" in str(call("GETDEL", "d"))
+            assert str(call("EXEC")).startswith("Transaction discarded")
+            assert call("GET", "d") is None
+            assert "EXEC without MULTI" in str(call("EXEC"))
+            assert call("MULTI") == b"OK"
+            assert "nested" in str(call("MULTI"))
+            assert call("SET", "d", "1") == b"QUEUED"
+            assert call("DISCARD") == b"OK"
+            assert call("GET", "d") is None
+            assert call("MULTI") == b"OK" and call("EXEC") == []
+            raw.disconnect()
+            # WATCH: a key changed by another client makes EXEC apply nothing.
+            other = client(resp_address(cluster, leader))
+            with r.pipeline() as pipe:
+                pipe.watch("a", "never")
+                assert pipe.get("a") == b"2"
+                other.set("a", "changed")
+                pipe.multi()
+                pipe.set("a", "mine").set("e", "1")
+                with pytest.raises(redis.WatchError):
+                    pipe.execute()
+            assert r.get("a") == b"changed" and r.get("e") is None
+            with r.pipeline() as pipe:  # unchanged: applied
+                pipe.watch("a")
+                pipe.multi()
+                pipe.set("a", "mine")
+                assert pipe.execute() == [True]
+            r.close()
+            other.close()
+
+        await in_thread(transaction)
+        await cluster.wait_for(
+            lambda: len({cluster.nodes[i].driver.replica.raft.log.applied_index for i in cluster.nodes}) == 1, what="replicas caught up"
+        )
+        snapshots = {i: cluster.nodes[i].driver.replica.services["kv"].snapshot() for i in cluster.nodes}
+        assert snapshots[1] == snapshots[2] == snapshots[3]
+        found = cluster.nodes[follower].driver.replica.services["kv"].query(["mget", [b"a", b"b", b"c"]], ApplyContext(1, 0))
+        assert [f[0] for f in found] == [b"mine", b"2", b"3"]
+        assert found[1][1] == found[2][1], "the transaction's writes share one revision (one entry)"

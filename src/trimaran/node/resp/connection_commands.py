@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from trimaran.errors import NotLeader, PermissionDenied, Unavailable
+from trimaran.node.resp import transactions
 from trimaran.node.resp.base import Handler, Quit, RespError, arity_error, parse_int
 from trimaran.protocols.resp import OK, PONG, ErrorReply, Reply, SimpleString, Verbatim
 
@@ -30,6 +31,7 @@ async def _quit(s: RespServer, c: _Connection, a: list[bytes]) -> Reply:
 
 async def _reset(s: RespServer, c: _Connection, a: list[bytes]) -> Reply:
     c.protocol, c.name = 2, b""
+    transactions.end(c)
     if s.edge.authoriser.enabled:
         c.token, c.authenticated = None, False
     return SimpleString("RESET")

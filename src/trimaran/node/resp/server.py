@@ -55,7 +55,7 @@ from trimaran import limits
 from trimaran.errors import ProtocolError, TrimaranError, Unauthenticated
 from trimaran.node.config import Address, NodeConfig
 from trimaran.node.http.edge import HttpEdge
-from trimaran.node.resp import connection_commands, strings
+from trimaran.node.resp import connection_commands, strings, transactions
 from trimaran.node.resp.base import Handler, Planned, Quit, Read, RespError, Write, error_reply, unknown_command
 from trimaran.node.resp.groups import RespSession, submit_or_forward
 from trimaran.protocols import resp
@@ -64,7 +64,7 @@ from trimaran.protocols.resp import NOAUTH, ErrorReply, Reply, RespParser
 log = logging.getLogger("trimaran.node.resp")
 
 #: Every command served, by its upper-case name.
-COMMANDS: dict[bytes, Handler] = {**connection_commands.COMMANDS, **strings.COMMANDS}
+COMMANDS: dict[bytes, Handler] = {**connection_commands.COMMANDS, **strings.COMMANDS, **transactions.COMMANDS}
 
 #: Redis's reply to a client with no slot left.
 MAX_CLIENTS = ErrorReply("max number of clients reached")
@@ -98,8 +98,11 @@ class _Connection:
         self.progress = trio.Event()
         #: Registered on the connection's first write (a read-only client costs the log nothing).
         self.session = RespSession(server.edge, server.config.resp_inflight_commands_max)
-        #: The commands queued since MULTI (None: not in a transaction).
-        self.transaction: list[list[bytes]] | None = None
+        #: The plans queued since MULTI (None: not in a transaction), whether one was refused,
+        #: and the watched keys' revisions (see :mod:`.transactions`).
+        self.transaction: list[Write | Read] | None = None
+        self.transaction_failed = False
+        self.watched: dict[bytes, int] = {}
 
 
 class RespServer:
@@ -284,9 +287,13 @@ class RespServer:
         name = args[0].upper()
         handler = COMMANDS.get(name)
         if handler is None:
+            if conn.transaction is not None:
+                conn.transaction_failed = True
             return unknown_command(args)
         if not conn.authenticated and name not in _BEFORE_AUTH:
             return NOAUTH
+        if conn.transaction is not None and name not in transactions.IMMEDIATE:
+            return transactions.queue(self, conn, args, handler)
         try:
             return await handler(self, conn, args)
         except RespError as exc:
@@ -303,18 +310,19 @@ class RespServer:
 
     # ------------------------------------------------------------------ requests
 
-    def _authorise(self, conn: _Connection, op: str, body: dict[str, Any]) -> None:
+    def authorise(self, conn: _Connection, op: str, body: dict[str, Any]) -> None:
+        """Refuse (``PermissionDenied``, ``Unauthenticated``) a request outside the connection's token."""
         grant = self.edge.grant(conn.token) if self.edge.authoriser.enabled else None
         if grant is not None:
             self.edge.authoriser.check(grant, op, body)
 
     async def read(self, conn: _Connection, query: list[Any]) -> Any:
         body = {"service": "kv", "query": query, "consistency": "linearizable"}
-        self._authorise(conn, "read", body)
+        self.authorise(conn, "read", body)
         return await self.edge.request("read", body, 0, conn.token)
 
     async def write(self, conn: _Connection, command: list[Any], size_bytes: int) -> Any:
-        self._authorise(conn, "command", {"service": "kv", "command": command})
+        self.authorise(conn, "command", {"service": "kv", "command": command})
         return await conn.session.command("kv", command, size_bytes, conn.token)
 
     async def run_group(self, conn: _Connection, group: list[Write | Read | ErrorReply]) -> list[Reply]:
@@ -327,7 +335,7 @@ class RespServer:
                 continue
             op, body = ("command", {"service": "kv", "command": plan.command}) if isinstance(plan, Write) else ("read", {"service": "kv", "query": plan.query, "consistency": "linearizable"})
             try:
-                self._authorise(conn, op, body)
+                self.authorise(conn, op, body)
             except TrimaranError as exc:
                 replies[index] = error_reply(exc)  # refused here: nothing of it reaches the log
             else:
