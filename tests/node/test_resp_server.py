@@ -421,7 +421,7 @@ async def test_multi_exec_is_one_entry_applied_on_every_replica_and_watch_fails_
             assert call("MULTI") == b"OK"
             assert call("SET", "d", "1") == b"QUEUED"
             assert "wrong number of arguments" in str(call("SET", "d"))
-            assert "not served inside MULTI" in str(call("GETDEL", "d"))
+            assert "not served inside MULTI" in str(call("APPEND", "d", "x"))
             assert str(call("EXEC")).startswith("Transaction discarded")
             assert call("GET", "d") is None
             assert "EXEC without MULTI" in str(call("EXEC"))
@@ -460,3 +460,70 @@ async def test_multi_exec_is_one_entry_applied_on_every_replica_and_watch_fails_
         found = cluster.nodes[follower].driver.replica.services["kv"].query(["mget", [b"a", b"b", b"c"]], ApplyContext(1, 0))
         assert [f[0] for f in found] == [b"mine", b"2", b"3"]
         assert found[1][1] == found[2][1], "the transaction's writes share one revision (one entry)"
+
+
+async def test_more_string_and_keyspace_commands(tmp_path: Path) -> None:
+    async with in_process_cluster(tmp_path, 3, resp_listen=Address(HOST, 0)) as cluster:
+        leader = await cluster.leader()
+
+        def scenario() -> None:
+            r = client(resp_address(cluster, leader))
+            assert r.getset("g", "1") is None and r.getset("g", "2") == b"1" and r.get("g") == b"2"
+            assert r.set("g", "3", get=True) == b"2" and r.set("new", "x", nx=True, get=True) is None
+            assert r.getdel("g") == b"3" and r.getdel("g") is None
+            assert r.set("t", "v", ex=100) and r.getex("t", px=50_000) == b"v" and 49 <= r.ttl("t") <= 50
+            assert r.getex("t", persist=True) == b"v" and r.ttl("t") == -1 and r.getex("t") == b"v"
+            assert r.getex("t", exat=int(time.time()) - 10) == b"v" and r.exists("t") == 0
+            assert r.msetnx({"n1": "a", "n2": "b"}) is True and r.msetnx({"n2": "c", "n3": "d"}) is False
+            assert r.mget("n1", "n2", "n3") == [b"a", b"b", None]
+            assert r.append("ap", "ab") == 2 and r.append("ap", "cd") == 4 and r.get("ap") == b"abcd"
+            assert r.strlen("ap") == 4 and r.strlen("missing") == 0
+            assert r.set("ttl", "v", ex=100) and r.append("ttl", "w") == 2 and 98 <= r.ttl("ttl") <= 100  # TTL kept
+            assert r.set("ttl", "x", keepttl=True) and r.get("ttl") == b"x" and 98 <= r.ttl("ttl") <= 100
+            assert r.expireat("ttl", int(time.time()) + 30) and 28 <= r.ttl("ttl") <= 30
+            assert r.pexpireat("ttl", int(time.time() * 1000) + 60_000) and 58 <= r.ttl("ttl") <= 60
+            assert r.pexpireat("ttl", int(time.time() * 1000) - 1) and r.exists("ttl") == 0
+            seconds, micros = r.time()
+            assert abs(seconds + micros / 1e6 - time.time()) < 5
+            assert r.delete("n1", "n2", "n3", "n1") == 2
+            r.mset({f"user:{i:03}": i for i in range(120)} | {"other": 1, "us[er": 2})
+            assert sorted(r.scan_iter(match="user:*", count=7)) == [f"user:{i:03}".encode() for i in range(120)]
+            assert sorted(r.scan_iter(match="user:1?[0-1]")) == [b"user:100", b"user:101", b"user:110", b"user:111"]
+            assert list(r.scan_iter(match="us\\[er")) == [b"us[er"]
+            assert list(r.scan_iter(match="user:*", _type="hash")) == []
+            cursor, page = r.scan(0, count=5)
+            assert cursor != 0 and len(page) == 5
+            assert sorted(r.keys("user:0[0-4]?")) == [f"user:{i:03}".encode() for i in range(50)]
+            assert sorted(r.keys("*")) == sorted(r.scan_iter())
+            p = r.pipeline(transaction=True)  # several-step commands inside MULTI
+            p.getset("user:000", "zero").delete("user:001", "user:002").getdel("user:003").get("user:000")
+            assert p.execute() == [b"0", 2, b"3", b"zero"]
+            info = r.info("replication")
+            assert info["role"] == "master" and info["trimaran_leader_id"] == leader
+            assert r.flushdb() is True and r.dbsize() == 0 and r.keys("*") == []
+            r.close()
+
+        await in_thread(scenario)
+
+
+@pytest.mark.parametrize(
+    "pattern, matches, misses",
+    [
+        (b"*", [b"", b"a", b"\n"], []),
+        (b"a?c", [b"abc", b"a\nc"], [b"ac", b"abbc"]),
+        (b"h[ae]llo", [b"hello", b"hallo"], [b"hillo"]),
+        (b"h[^e]llo", [b"hallo"], [b"hello"]),
+        (b"h[a-b]llo", [b"hbllo"], [b"hcllo"]),
+        (b"a\\*b", [b"a*b"], [b"axb"]),
+        (b"a.b+", [b"a.b+"], [b"axbb"]),
+    ],
+)
+def test_scan_match_is_redis_glob(pattern: bytes, matches: list[bytes], misses: list[bytes]) -> None:
+    from trimaran.node.resp.keyspace import Cursors, glob_regex
+
+    regex = glob_regex(pattern)
+    assert all(regex.match(k) for k in matches) and not any(regex.match(k) for k in misses)
+    cursors = Cursors()
+    for key in (b"k", b"\x00\x00", b"\xff" * 1024, b"\xff" * 4096):
+        cursor = cursors.cursor_of(key)
+        assert int(cursor) > 0 and cursors.key_of(cursor) == key

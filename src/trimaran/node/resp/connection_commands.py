@@ -139,6 +139,14 @@ async def _info(s: RespServer, c: _Connection, a: list[bytes]) -> Reply:
     return Verbatim(f"{text}\r\n# Keyspace\r\ndb0:keys={stats['keys']},expires=0,avg_ttl=0\r\n")
 
 
+async def _time(s: RespServer, c: _Connection, a: list[bytes]) -> Reply:
+    """The node's wall clock (not the log's: TIME is the serving node's, as in Redis)."""
+    if len(a) != 1:
+        raise arity_error(a[0])
+    now_us = s.wall_clock_ms() * 1000
+    return [str(now_us // 1_000_000).encode(), str(now_us % 1_000_000).encode()]
+
+
 async def _dbsize(s: RespServer, c: _Connection, a: list[bytes]) -> Reply:
     stats = await s.read(c, ["stats"])
     return int(stats["keys"])
@@ -158,4 +166,5 @@ COMMANDS: dict[bytes, Handler] = {
     b"CONFIG": _config,
     b"INFO": _info,
     b"DBSIZE": _dbsize,
+    b"TIME": _time,
 }

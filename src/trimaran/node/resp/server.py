@@ -55,7 +55,7 @@ from trimaran import limits
 from trimaran.errors import ProtocolError, TrimaranError, Unauthenticated
 from trimaran.node.config import Address, NodeConfig
 from trimaran.node.http.edge import HttpEdge
-from trimaran.node.resp import connection_commands, strings, transactions
+from trimaran.node.resp import connection_commands, keyspace, strings, transactions
 from trimaran.node.resp.base import Handler, Planned, Quit, Read, RespError, Write, error_reply, unknown_command
 from trimaran.node.resp.groups import RespSession, submit_or_forward
 from trimaran.protocols import resp
@@ -64,7 +64,12 @@ from trimaran.protocols.resp import NOAUTH, ErrorReply, Reply, RespParser
 log = logging.getLogger("trimaran.node.resp")
 
 #: Every command served, by its upper-case name.
-COMMANDS: dict[bytes, Handler] = {**connection_commands.COMMANDS, **strings.COMMANDS, **transactions.COMMANDS}
+COMMANDS: dict[bytes, Handler] = {
+    **connection_commands.COMMANDS,
+    **strings.COMMANDS,
+    **keyspace.COMMANDS,
+    **transactions.COMMANDS,
+}
 
 #: Redis's reply to a client with no slot left.
 MAX_CLIENTS = ErrorReply("max number of clients reached")
@@ -117,6 +122,7 @@ class RespServer:
         self._slots = trio.Semaphore(config.resp_connections_max)
         self._next_id = 0
         self.started_at_s = time.monotonic()
+        self.scan_cursors = keyspace.Cursors()
         #: Counters (reported in the node's status metrics).
         self.connections = 0
         self.connections_refused = 0

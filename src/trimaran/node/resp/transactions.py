@@ -2,8 +2,9 @@
 replica, applied once through the connection's session).
 
 - ``MULTI`` starts queueing: each command after it is planned (:class:`~trimaran.node.resp.base.Planned`:
-  one KV write or read), authorised, and answered ``+QUEUED``. A command that is not one KV step
-  (``SET ... GET``/``XX``, ``GETDEL``, ``DEL`` of several keys, connection commands) or is refused
+  KV write or read, or a few steps such as GETSET's get and set), authorised, and answered
+  ``+QUEUED``. A command that needs a read before its write (``SET ... XX``/``KEEPTTL``,
+  ``APPEND``), conditions (``MSETNX``), connection commands, or that is refused
   (arity, syntax, scope) is answered its error and marks the transaction failed: ``EXEC`` then
   answers ``-EXECABORT`` and applies nothing, as Redis does for errors found while queueing.
 - ``EXEC`` sends ``["txn", steps, {"if_revisions": watched}]``; its answer is each command's reply,
@@ -56,8 +57,8 @@ def _queue(s: RespServer, c: _Connection, a: list[bytes], handler: Handler | Non
         return ErrorReply(f"'{name}' is not served inside MULTI (only commands that are one KV write or read)")
     try:
         plan = handler.plan(s, c, a)
-        if plan is None:
-            return ErrorReply(f"'{name}' with these arguments takes more than one KV step: not served inside MULTI")
+        if plan is None or (isinstance(plan, Write) and plan.command[0] == "txn" and len(plan.command) > 2):
+            return ErrorReply(f"'{name}' with these arguments is not served inside MULTI (it needs a read before its write, or conditions)")
         if len(c.transaction) >= txn_steps_max:
             return ErrorReply(f"a transaction holds at most {txn_steps_max} commands")
         if isinstance(plan, Write):
@@ -101,7 +102,17 @@ async def _exec(s: RespServer, c: _Connection, a: list[bytes]) -> Reply:
         return EXECABORT
     if not queued and not watched:
         return []
-    steps = [plan.command if isinstance(plan, Write) else plan.query for plan in queued]
+    # A command that is itself a txn of steps (GETSET, GETDEL, DEL of several keys...) adds its steps.
+    steps: list[Any] = []
+    spans: list[tuple[int, int]] = []
+    for plan in queued:
+        nested = isinstance(plan, Write) and plan.command[0] == "txn"
+        start = len(steps)
+        if isinstance(plan, Write):
+            steps.extend(plan.command[1] if nested else [plan.command])
+        else:
+            steps.append(plan.query)
+        spans.append((start, len(steps)))
     size_bytes = sum(plan.size_bytes if isinstance(plan, Write) else 0 for plan in queued) + sum(map(len, watched))
     options = {"if_revisions": [[key, revision] for key, revision in watched.items()]} if watched else None
     try:
@@ -109,7 +120,11 @@ async def _exec(s: RespServer, c: _Connection, a: list[bytes]) -> Reply:
     except ConditionFailed:
         return NULL_ARRAY  # a watched key changed: nothing applied
     replies: list[Reply] = []
-    for plan, (ok, value) in zip(queued, results):
+    for plan, (start, stop) in zip(queued, spans):
+        if isinstance(plan, Write) and plan.command[0] == "txn":
+            replies.append(plan.answer(True, results[start:stop]))
+            continue
+        ok, value = results[start]
         outcome: Any = value if ok else error_from_wire(value)
         if isinstance(plan, Write):
             replies.append(plan.answer(ok, outcome))
