@@ -44,6 +44,8 @@ from trimaran.node.probe import fetch_status  # noqa: E402
 OPS = ("set", "get", "incr")
 #: Native workers at most (connections x pipeline depth above it would only measure the CPython client).
 NATIVE_WORKERS_MAX = 1024
+#: Tries of one redis-benchmark run (it stops at the first error, e.g. TRYAGAIN during an election).
+ATTEMPTS = 3
 #: Results by (system, op, connections, pipeline depth).
 Key = tuple[str, str, int, int]
 
@@ -87,7 +89,16 @@ def run_trimaran(shapes: list[tuple[int, int]], quick: bool, value_bytes: int, n
         leader = trio.run(leader_id, cluster)
         for conns, pipeline in shapes:
             total = totals(quick, conns, pipeline)
-            for op, result in redis_benchmark(cluster.resp_ports[leader], conns, pipeline, total, value_bytes).items():
+            for attempt in range(ATTEMPTS):
+                try:
+                    measured = redis_benchmark(cluster.resp_ports[leader], conns, pipeline, total, value_bytes)
+                    break
+                except RuntimeError as exc:  # a leader change on a busy machine: find it, measure again
+                    print(f"  resp   conns={conns} P={pipeline}: {exc}; again", flush=True)
+                    if attempt == ATTEMPTS - 1:
+                        raise
+                    leader = trio.run(leader_id, cluster)
+            for op, result in measured.items():
                 results[("resp", op, conns, pipeline)] = result
                 print(f"  resp   {op:<4} conns={conns:<3} P={pipeline:<2}: {format_result(result)}", flush=True)
             workers = min(conns * pipeline, NATIVE_WORKERS_MAX)

@@ -91,7 +91,7 @@ async def test_strings_ttls_counters_and_pipelines(tmp_path: Path, protocol: int
             with pytest.raises(redis.ResponseError, match=r"^unknown command 'LPUSH', with args beginning with: 'l' 'x' $"):
                 r.execute_command("LPUSH", "l", "x")
             with pytest.raises(redis.ResponseError, match="syntax error"):
-                r.set("a", "1", keepttl=True)
+                r.execute_command("SET", "a", "1", "KEEPTTL", "EX", "10")
             # A pipeline: answers in order, a write seen by the reads after it.
             p = r.pipeline(transaction=False)
             for i in range(50):
