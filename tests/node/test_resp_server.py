@@ -527,3 +527,34 @@ def test_scan_match_is_redis_glob(pattern: bytes, matches: list[bytes], misses: 
     for key in (b"k", b"\x00\x00", b"\xff" * 1024, b"\xff" * 4096):
         cursor = cursors.cursor_of(key)
         assert int(cursor) > 0 and cursors.key_of(cursor) == key
+
+
+async def test_redis_benchmark_runs_unchanged_and_each_pipelined_incr_counts_once(tmp_path: Path) -> None:
+    bench = shutil.which("redis-benchmark")
+    if bench is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-benchmark is not installed (Debian: redis-tools); CI must have it")
+        pytest.skip("redis-benchmark is not installed (Debian: redis-tools)")
+    requests = 320
+    async with in_process_cluster(tmp_path, 3, resp_listen=Address(HOST, 0)) as cluster:
+        address = resp_address(cluster, await cluster.leader())
+
+        def run() -> str:
+            argv = [bench, "-h", address.host, "-p", str(address.port), "-t", "ping,set,get,incr,mset", "-n", str(requests), "-P", "16", "-c", "4", "--csv"]
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stderr
+            return done.stdout
+
+        out = await in_thread(run)
+        tests = {line.split(",")[0].strip('"') for line in out.splitlines()[1:]}
+        assert tests == {"PING_INLINE", "PING_MBULK", "SET", "GET", "INCR", "MSET (10 keys)"}, out
+
+        def counter() -> Any:
+            r = client(address)
+            try:
+                return r.get("counter:__rand_int__"), len(r.get("key:__rand_int__") or b"")
+            finally:
+                r.close()
+
+        # redis-benchmark INCRs one key (no -r): every pipelined INCR applied exactly once.
+        assert await in_thread(counter) == (str(requests).encode(), 3)  # -d 3, redis-benchmark's default
