@@ -253,12 +253,18 @@ async def test_connections_over_the_limit_are_refused(tmp_path: Path) -> None:
         await in_thread(scenario)
 
 
-async def test_redis_cli(tmp_path: Path) -> None:
-    cli = shutil.which("redis-cli")
-    if cli is None:
+def redis_tool(name: str) -> str:
+    """The path of a Debian redis-tools program; CI must have it, elsewhere the test is skipped."""
+    path = shutil.which(name)
+    if path is None:
         if os.environ.get("CI"):
-            pytest.fail("redis-cli is not installed (Debian: redis-tools); CI must have it")
-        pytest.skip("redis-cli is not installed (Debian: redis-tools)")
+            pytest.fail(f"{name} is not installed (Debian: redis-tools); CI must have it")
+        pytest.skip(f"{name} is not installed (Debian: redis-tools)")
+    return path
+
+
+async def test_redis_cli(tmp_path: Path) -> None:
+    cli = redis_tool("redis-cli")
     async with in_process_cluster(tmp_path, 1, resp_listen=Address(HOST, 0)) as cluster:
         await cluster.leader()
         address = resp_address(cluster, 1)
@@ -530,11 +536,7 @@ def test_scan_match_is_redis_glob(pattern: bytes, matches: list[bytes], misses: 
 
 
 async def test_redis_benchmark_runs_unchanged_and_each_pipelined_incr_counts_once(tmp_path: Path) -> None:
-    bench = shutil.which("redis-benchmark")
-    if bench is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-benchmark is not installed (Debian: redis-tools); CI must have it")
-        pytest.skip("redis-benchmark is not installed (Debian: redis-tools)")
+    bench = redis_tool("redis-benchmark")
     requests = 320
     async with in_process_cluster(tmp_path, 3, resp_listen=Address(HOST, 0)) as cluster:
         address = resp_address(cluster, await cluster.leader())

@@ -82,20 +82,23 @@ async def _multi(s: RespServer, c: _Connection, a: list[bytes]) -> Reply:
     return OK
 
 
-async def _discard(s: RespServer, c: _Connection, a: list[bytes]) -> Reply:
+def _outside_multi(c: _Connection, a: list[bytes]) -> ErrorReply | None:
+    """EXEC's or DISCARD's refusal when there is no transaction to end (Redis's wording)."""
     if len(a) != 1:
         raise arity_error(a[0])
-    if c.transaction is None:
-        return ErrorReply("DISCARD without MULTI")
+    return ErrorReply(f"{a[0].decode().upper()} without MULTI") if c.transaction is None else None
+
+
+async def _discard(s: RespServer, c: _Connection, a: list[bytes]) -> Reply:
+    if (refusal := _outside_multi(c, a)) is not None:
+        return refusal
     end(c)
     return OK
 
 
 async def _exec(s: RespServer, c: _Connection, a: list[bytes]) -> Reply:
-    if len(a) != 1:
-        raise arity_error(a[0])
-    if c.transaction is None:
-        return ErrorReply("EXEC without MULTI")
+    if (refusal := _outside_multi(c, a)) is not None or c.transaction is None:
+        return refusal
     queued, failed, watched = c.transaction, c.transaction_failed, c.watched
     end(c)
     if failed:
