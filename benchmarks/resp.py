@@ -67,9 +67,9 @@ async def leader_id(cluster: TrimaranCluster) -> int:
     raise RuntimeError("no leader")
 
 
-def redis_benchmark(port: int, conns: int, pipeline: int, total: int, value_bytes: int) -> dict[str, Result]:
+def redis_benchmark(port: int, conns: int, pipeline: int, total: int, value_bytes: int, ops: tuple[str, ...] = OPS) -> dict[str, Result]:
     out = subprocess.run(
-        ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", ",".join(OPS), "-c", str(conns),
+        ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", ",".join(ops), "-c", str(conns),
          "-P", str(pipeline), "-n", str(total), "-d", str(value_bytes), "--csv"],
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip

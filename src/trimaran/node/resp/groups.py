@@ -55,7 +55,12 @@ async def submit_group(edge: HttpEdge, op: str, bodies: list[dict[str, Any]], si
                 await driver.submit_client(op, body, (answers, index), size_bytes, more=True)
                 submitted += 1
         finally:
-            if submitted:
+            if submitted and op == "read":
+                # Reads wait for the loop's next round rather than starting one here: the other
+                # connections' reads of this scheduler pass join it, and share one read point
+                # (one heartbeat round), where a round per connection would ask for one each.
+                driver.wake()
+            elif submitted:
                 driver.start_round(client=True)
         await answers.done.wait()
     late = RequestTimeout(f"no answer within {timeout_s:g} s; the outcome is unknown")
@@ -81,6 +86,13 @@ async def submit_or_forward(
 class RespSession(EdgeSession):
     """A RESP connection's client session: an :class:`EdgeSession` that can also number and submit
     a group of writes at once (the connection's runner sends one group at a time)."""
+
+    async def _register(self, token: str | None) -> int:
+        # Registered already (every write but the first): no lock, so no pass through trio's
+        # scheduler per write (taking a trio.Lock always yields).
+        if self.client_id is not None:
+            return self.client_id
+        return await super()._register(token)
 
     async def command_group(self, service: str, commands: list[tuple[Any, int]], token: str | None) -> list[Outcome]:
         """Apply ``commands`` ([command, size_bytes], ...) in order, each exactly once; their outcomes."""
