@@ -8,9 +8,10 @@ It numbers them in the connection's client session in pipeline order and submits
 driver as the native client port does with the requests of one read (``submit_client`` with
 ``more=True``, then one ``start_round``): the driver takes them in that order into one group
 proposal (one log entry), so they are applied in order, each once (its own session seq), and each
-gets its own answer. A node that is not the leader answers ``not_leader``; those writes are then
-forwarded one after another in pipeline order (:meth:`HttpEdge.request`), with the seqs they
-already have, so a write the old leader did commit is not applied twice.
+gets its own answer. A node that is not the leader answers ``not_leader``; those requests are then
+forwarded to the leader together on one connection (:func:`~trimaran.node.probe.request_many`, over
+TLS when the node has ``--tls-dir``, with the caller's token), in pipeline order and with the seqs
+they already have, so a write the old leader did commit is not applied twice.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ from typing import Any
 
 import trio
 
-from trimaran.errors import NotLeader, RequestTimeout, SessionExpired, TrimaranError
+from trimaran.errors import NotLeader, RequestTimeout, SessionExpired, TrimaranError, Unavailable
+from trimaran.node.config import Address
 from trimaran.node.http.edge import EdgeSession, HttpEdge
+from trimaran.node.probe import request_many
+from trimaran.node.tls import CA_CERT, client_context
 
 #: One write's outcome: ok, then its result or its typed error.
 Outcome = tuple[bool, Any]
@@ -71,15 +75,31 @@ async def submit_or_forward(
     edge: HttpEdge, op: str, bodies: list[dict[str, Any]], sizes_bytes: list[int], token: str | None
 ) -> list[Outcome]:
     """:func:`submit_group`; the requests this node refused as not the leader then go to the leader
-    one after another, in order, as they are (a write keeps its session seq)."""
+    as they are (a write keeps its session seq), together on one connection, in order."""
     got = await submit_group(edge, op, bodies, sizes_bytes)
-    for index, (ok, value) in enumerate(got):
-        if ok or not isinstance(value, NotLeader):
-            continue
+    refused = [i for i, (ok, value) in enumerate(got) if not ok and isinstance(value, NotLeader)]
+    if not refused:
+        return got
+    leader_address = got[refused[0]][1].details.get("leader_address")
+    if not isinstance(leader_address, str) or not leader_address:
+        return got  # no leader known yet: not_leader (TRYAGAIN), and the client may retry
+    leader = Address.parse(leader_address, "leader address")
+    edge.forwarded += len(refused)
+    timeout_s = edge.config.request_timeout_ms / 1000
+    outcomes: list[Outcome]
+    with trio.move_on_after(timeout_s) as scope:
         try:
-            got[index] = (True, await edge.request(op, bodies[index], sizes_bytes[index], token))
-        except TrimaranError as exc:
-            got[index] = (False, exc)
+            tls = client_context(f"{edge.config.tls_dir}/{CA_CERT}") if edge.config.tls_dir else None
+            outcomes = await request_many(leader, [(op, bodies[i]) for i in refused], edge.config.cluster_id, token, tls)
+        except (OSError, trio.BrokenResourceError) as exc:
+            outcomes = [(False, Unavailable(f"cannot reach the leader at {leader}: {exc}"))] * len(refused)
+        except TrimaranError as exc:  # the leader refused the hello (a token it does not accept)
+            outcomes = [(False, exc)] * len(refused)
+    if scope.cancelled_caught:
+        late = RequestTimeout(f"the leader at {leader} did not answer within {timeout_s:g} s; the outcome is unknown")
+        outcomes = [(False, late)] * len(refused)
+    for index, outcome in zip(refused, outcomes):
+        got[index] = outcome
     return got
 
 

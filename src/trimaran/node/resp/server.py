@@ -9,7 +9,7 @@ by two tasks:
   pipeline's answers come back in the order sent and a write is applied before a later read of the
   same connection runs (Redis's order). Reads or writes waiting back to back go to the driver
   together (:mod:`.groups`), their answers written together in order. The runner takes more commands only once the answers
-  before are written (``send_all``), so at most ``resp_inflight_commands_max`` answers wait for the
+  before are written (straight to the socket, ``send_all`` for what it does not take), so at most ``resp_inflight_commands_max`` answers wait for the
   socket; an answer over ``resp_answer_bytes_max`` is replaced by an error.
 
 A protocol error is answered ``-ERR Protocol error: ...`` (after the answers to the commands before
@@ -31,14 +31,16 @@ with a trimaran token (the user name is ignored). Before it, every command but `
 and the connection closed); a bad token is ``-WRONGPASS``; a request outside the token's scopes is
 ``-NOPERM`` (checked by the authoriser with the same op and body as the REST routes).
 
-Writes waiting back to back (commands with a planner, one KV write each: SET, SETNX, SETEX, MSET,
-INCR..., DEL of one key, EXPIRE...) are handed to the driver together (:mod:`.writes`): one commit
-round for a pipeline's run of writes, each with its own session seq and its own answer, in order.
+Commands with a planner (:class:`~trimaran.node.resp.base.Planned`: one KV write, such as SET,
+INCR, MSET, GETSET, or one read, such as GET, MGET, TTL) waiting back to back are handed to the
+driver together (:mod:`.groups`): one commit round for a pipeline's run of writes, each with its own
+session seq and its own answer, in order; one read point for a run of reads. MULTI/EXEC/WATCH:
+:mod:`.transactions`; SCAN/KEYS/FLUSHDB: :mod:`.keyspace`.
 
-Not yet: no TLS on this port, pub/sub, and no READONLY-style lease reads. A follower forwards a
-pipeline's writes to the leader one after another.
+Not yet: no TLS on this port, pub/sub, and no READONLY-style lease reads.
 
-Command handlers live in :mod:`.connection_commands` and :mod:`.strings` (see :data:`COMMANDS`).
+Command handlers live in :mod:`.connection_commands`, :mod:`.strings`, :mod:`.keyspace` and
+:mod:`.transactions` (see :data:`COMMANDS`).
 """
 
 from __future__ import annotations

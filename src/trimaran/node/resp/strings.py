@@ -1,6 +1,8 @@
 """String and key commands, mapped onto the KV service (:mod:`trimaran.services.kv`); see
-:data:`COMMANDS` and each handler. ``SET ... GET``/``XX``/``GETDEL`` are compare-and-set loops on
-the key's revision (atomic: the write applies only if the key is unchanged since the read)."""
+:data:`COMMANDS` and each handler. A command that is one KV step has a planner (it joins its
+pipeline's group, :mod:`.groups`); GETSET, GETDEL, GETEX, SET ... GET, MSETNX and DEL of several keys
+are one ``txn`` entry; SET ... XX/KEEPTTL and APPEND are compare-and-set loops on the key's
+revision (atomic: the write applies only if the key is unchanged since the read)."""
 
 from __future__ import annotations
 
