@@ -382,7 +382,7 @@ async def test_a_pipelines_writes_share_commit_rounds_and_keep_their_own_answers
         def check() -> None:
             r = client(resp_address(cluster, leader))
             assert r.get("n") == b"120" and r.get("m2") == b"b" and r.get("k1") is None
-            assert 45 <= r.ttl("k2") <= 50 and 95 <= r.ttl("k3") <= 100
+            assert 30 <= r.ttl("k2") <= 50 and 80 <= r.ttl("k3") <= 100  # a busy machine: seconds may pass
             r.close()
 
         await in_thread(check)
