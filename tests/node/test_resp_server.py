@@ -506,6 +506,8 @@ async def test_more_string_and_keyspace_commands(tmp_path: Path) -> None:
             p = r.pipeline(transaction=True)  # several-step commands inside MULTI
             p.getset("user:000", "zero").delete("user:001", "user:002").getdel("user:003").get("user:000")
             assert p.execute() == [b"0", 2, b"3", b"zero"]
+            assert r.execute_command("READONLY") in (True, b"OK") and r.get("user:000") == b"zero"
+            assert r.execute_command("READWRITE") in (True, b"OK") and r.get("user:000") == b"zero"
             info = r.info("replication")
             assert info["role"] == "master" and info["trimaran_leader_id"] == leader
             assert r.flushdb() is True and r.dbsize() == 0 and r.keys("*") == []

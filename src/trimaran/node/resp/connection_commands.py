@@ -32,6 +32,7 @@ async def _quit(s: RespServer, c: _Connection, a: list[bytes]) -> Reply:
 async def _reset(s: RespServer, c: _Connection, a: list[bytes]) -> Reply:
     c.protocol, c.name = 2, b""
     transactions.end(c)
+    c.consistency = "linearizable"
     if s.edge.authoriser.enabled:
         c.token, c.authenticated = None, False
     return SimpleString("RESET")
@@ -139,6 +140,15 @@ async def _info(s: RespServer, c: _Connection, a: list[bytes]) -> Reply:
     return Verbatim(f"{text}\r\n# Keyspace\r\ndb0:keys={stats['keys']},expires=0,avg_ttl=0\r\n")
 
 
+async def _readonly(s: RespServer, c: _Connection, a: list[bytes]) -> Reply:
+    """READONLY: this connection's reads become lease reads (cheaper; correct while clocks drift
+    less than the lease's margin); READWRITE: linearizable again. RESET does the latter too."""
+    if len(a) != 1:
+        raise arity_error(a[0])
+    c.consistency = "lease" if a[0].upper() == b"READONLY" else "linearizable"
+    return OK
+
+
 async def _time(s: RespServer, c: _Connection, a: list[bytes]) -> Reply:
     """The node's wall clock (not the log's: TIME is the serving node's, as in Redis)."""
     if len(a) != 1:
@@ -167,4 +177,6 @@ COMMANDS: dict[bytes, Handler] = {
     b"INFO": _info,
     b"DBSIZE": _dbsize,
     b"TIME": _time,
+    b"READONLY": _readonly,
+    b"READWRITE": _readonly,
 }

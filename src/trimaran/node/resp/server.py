@@ -37,7 +37,9 @@ driver together (:mod:`.groups`): one commit round for a pipeline's run of write
 session seq and its own answer, in order; one read point for a run of reads. MULTI/EXEC/WATCH:
 :mod:`.transactions`; SCAN/KEYS/FLUSHDB: :mod:`.keyspace`.
 
-Not yet: no TLS on this port, pub/sub, and no READONLY-style lease reads.
+Reads are linearizable; ``READONLY`` switches a connection to lease reads (a leader answers from
+its lease without a heartbeat round when the cluster allows lease reads; otherwise they are
+linearizable reads as before), ``READWRITE`` back. Not yet: no TLS on this port, no pub/sub.
 
 Command handlers live in :mod:`.connection_commands`, :mod:`.strings`, :mod:`.keyspace` and
 :mod:`.transactions` (see :data:`COMMANDS`).
@@ -106,6 +108,8 @@ class _Connection:
         self.progress = trio.Event()
         #: Registered on the connection's first write (a read-only client costs the log nothing).
         self.session = RespSession(server.edge, server.config.resp_inflight_commands_max)
+        #: How its reads are served: "linearizable", or "lease" after READONLY (see that command).
+        self.consistency = "linearizable"
         #: The plans queued since MULTI (None: not in a transaction), whether one was refused,
         #: and the watched keys' revisions (see :mod:`.transactions`).
         self.transaction: list[Write | Read] | None = None
@@ -336,7 +340,7 @@ class RespServer:
             self.edge.authoriser.check(grant, op, body)
 
     async def read(self, conn: _Connection, query: list[Any]) -> Any:
-        body = {"service": "kv", "query": query, "consistency": "linearizable"}
+        body = {"service": "kv", "query": query, "consistency": conn.consistency}
         self.authorise(conn, "read", body)
         return await self.edge.request("read", body, 0, conn.token)
 
@@ -352,7 +356,7 @@ class RespServer:
         for index, plan in enumerate(group):
             if isinstance(plan, ErrorReply):
                 continue
-            op, body = ("command", {"service": "kv", "command": plan.command}) if isinstance(plan, Write) else ("read", {"service": "kv", "query": plan.query, "consistency": "linearizable"})
+            op, body = ("command", {"service": "kv", "command": plan.command}) if isinstance(plan, Write) else ("read", {"service": "kv", "query": plan.query, "consistency": conn.consistency})
             try:
                 self.authorise(conn, op, body)
             except TrimaranError as exc:
@@ -368,7 +372,7 @@ class RespServer:
             if writes:
                 outcomes = await conn.session.command_group("kv", [(w.command, w.size_bytes) for w in writes], conn.token)
             else:
-                bodies = [{"service": "kv", "query": r.query, "consistency": "linearizable"} for r in reads]
+                bodies = [{"service": "kv", "query": r.query, "consistency": conn.consistency} for r in reads]
                 outcomes = await submit_or_forward(self.edge, "read", bodies, [0] * len(bodies), conn.token)
         except TrimaranError as exc:  # the session could not be registered: nothing was sent
             outcomes = [(False, exc)] * len(sent)
