@@ -26,6 +26,8 @@ from trimaran.node.http.edge import EdgeSession, HttpEdge
 from trimaran.node.probe import request_many
 from trimaran.node.tls import CA_CERT, client_context
 
+#: How long a group waits before asking again while no leader is known (an election).
+NO_LEADER_WAIT_S = 0.05
 #: One write's outcome: ok, then its result or its typed error.
 Outcome = tuple[bool, Any]
 
@@ -76,16 +78,27 @@ async def submit_or_forward(
 ) -> list[Outcome]:
     """:func:`submit_group`; the requests this node refused as not the leader then go to the leader
     as they are (a write keeps its session seq), together on one connection, in order."""
+    timeout_s = edge.config.request_timeout_ms / 1000
+    give_up_at = trio.current_time() + timeout_s
     got = await submit_group(edge, op, bodies, sizes_bytes)
-    refused = [i for i, (ok, value) in enumerate(got) if not ok and isinstance(value, NotLeader)]
-    if not refused:
-        return got
-    leader_address = got[refused[0]][1].details.get("leader_address")
-    if not isinstance(leader_address, str) or not leader_address:
-        return got  # no leader known yet: not_leader (TRYAGAIN), and the client may retry
+    while True:
+        refused = [i for i, (ok, value) in enumerate(got) if not ok and isinstance(value, NotLeader)]
+        if not refused:
+            return got
+        leader_address = got[refused[0]][1].details.get("leader_address")
+        if isinstance(leader_address, str) and leader_address:
+            break
+        # No leader known (an election): Redis clients do not retry TRYAGAIN, so wait for one,
+        # within the request timeout, if the refused requests are the group's tail (sent again
+        # they still come after the ones applied).
+        if refused != list(range(refused[0], len(got))) or trio.current_time() + NO_LEADER_WAIT_S > give_up_at:
+            return got
+        await trio.sleep(NO_LEADER_WAIT_S)
+        again = await submit_group(edge, op, [bodies[i] for i in refused], [sizes_bytes[i] for i in refused])
+        for index, outcome in zip(refused, again):
+            got[index] = outcome
     leader = Address.parse(leader_address, "leader address")
     edge.forwarded += len(refused)
-    timeout_s = edge.config.request_timeout_ms / 1000
     outcomes: list[Outcome]
     with trio.move_on_after(timeout_s) as scope:
         try:
@@ -112,7 +125,14 @@ class RespSession(EdgeSession):
         # scheduler per write (taking a trio.Lock always yields).
         if self.client_id is not None:
             return self.client_id
-        return await super()._register(token)
+        give_up_at = trio.current_time() + self.edge.config.request_timeout_ms / 1000
+        while True:
+            try:
+                return await super()._register(token)
+            except NotLeader:  # no leader known (an election): wait for one, as for the writes
+                if trio.current_time() + NO_LEADER_WAIT_S > give_up_at:
+                    raise
+                await trio.sleep(NO_LEADER_WAIT_S)
 
     async def command_group(self, service: str, commands: list[tuple[Any, int]], token: str | None) -> list[Outcome]:
         """Apply ``commands`` ([command, size_bytes], ...) in order, each exactly once; their outcomes."""
