@@ -564,3 +564,33 @@ async def test_redis_benchmark_runs_unchanged_and_each_pipelined_incr_counts_onc
 
         # redis-benchmark INCRs one key (no -r): every pipelined INCR applied exactly once.
         assert await in_thread(counter) == (str(requests).encode(), 3)  # -d 3, redis-benchmark's default
+
+
+async def test_writes_sent_to_a_follower_during_an_election_wait_for_the_new_leader(tmp_path: Path) -> None:
+    async with in_process_cluster(tmp_path, 3, resp_listen=Address(HOST, 0)) as cluster:
+        leader = await cluster.leader()
+        follower = next(i for i in cluster.nodes if i != leader)
+        address = resp_address(cluster, follower)
+
+        registered, fresh = client(address), client(address)
+
+        def before() -> None:
+            assert registered.incr("n") == 1  # this connection's session exists before the crash
+
+        await in_thread(before)
+        cluster.crash(leader)
+
+        def during(r: redis.Redis) -> list[Any]:
+            try:
+                p = r.pipeline(transaction=False)
+                for _ in range(20):
+                    p.incr("n")
+                p.set("after", "yes")
+                return p.execute()
+            finally:
+                r.close()
+
+        # No TRYAGAIN: the follower waits (within the request timeout) for a leader, then applies
+        # each write once.
+        assert await in_thread(lambda: during(registered)) == list(range(2, 22)) + [True]
+        assert await in_thread(lambda: during(fresh)) == list(range(22, 42)) + [True]  # registers in the election

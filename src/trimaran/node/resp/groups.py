@@ -77,9 +77,14 @@ async def submit_or_forward(
     edge: HttpEdge, op: str, bodies: list[dict[str, Any]], sizes_bytes: list[int], token: str | None
 ) -> list[Outcome]:
     """:func:`submit_group`; the requests this node refused as not the leader then go to the leader
-    as they are (a write keeps its session seq), together on one connection, in order."""
-    timeout_s = edge.config.request_timeout_ms / 1000
-    give_up_at = trio.current_time() + timeout_s
+    as they are (a write keeps its session seq), together on one connection, in order.
+
+    During an election (no leader known, or the one known cannot be reached) the refused requests
+    are asked again every ``NO_LEADER_WAIT_S`` within the request timeout, as they are (same seqs:
+    applied once even if a lost connection had delivered them), since Redis clients do not retry
+    ``TRYAGAIN``. Only a refused tail of the group is asked again (it still comes after the
+    requests applied); otherwise the error is the answer."""
+    give_up_at = trio.current_time() + edge.config.request_timeout_ms / 1000
     got = await submit_group(edge, op, bodies, sizes_bytes)
     while True:
         refused = [i for i, (ok, value) in enumerate(got) if not ok and isinstance(value, NotLeader)]
@@ -87,33 +92,35 @@ async def submit_or_forward(
             return got
         leader_address = got[refused[0]][1].details.get("leader_address")
         if isinstance(leader_address, str) and leader_address:
-            break
-        # No leader known (an election): Redis clients do not retry TRYAGAIN, so wait for one,
-        # within the request timeout, if the refused requests are the group's tail (sent again
-        # they still come after the ones applied).
+            reached = await _forward(edge, Address.parse(leader_address, "leader address"), op, [bodies[i] for i in refused], token, give_up_at)
+            if reached is not None:
+                for index, outcome in zip(refused, reached):
+                    got[index] = outcome
+                return got
         if refused != list(range(refused[0], len(got))) or trio.current_time() + NO_LEADER_WAIT_S > give_up_at:
             return got
         await trio.sleep(NO_LEADER_WAIT_S)
         again = await submit_group(edge, op, [bodies[i] for i in refused], [sizes_bytes[i] for i in refused])
         for index, outcome in zip(refused, again):
             got[index] = outcome
-    leader = Address.parse(leader_address, "leader address")
-    edge.forwarded += len(refused)
-    outcomes: list[Outcome]
-    with trio.move_on_after(timeout_s) as scope:
+
+
+async def _forward(
+    edge: HttpEdge, leader: Address, op: str, bodies: list[dict[str, Any]], token: str | None, give_up_at: float
+) -> list[Outcome] | None:
+    """The leader's outcomes of ``bodies``, or None if it could not be reached (the caller may ask
+    its own node again: the leader may be gone)."""
+    edge.forwarded += len(bodies)
+    with trio.move_on_at(give_up_at):
         try:
             tls = client_context(f"{edge.config.tls_dir}/{CA_CERT}") if edge.config.tls_dir else None
-            outcomes = await request_many(leader, [(op, bodies[i]) for i in refused], edge.config.cluster_id, token, tls)
-        except (OSError, trio.BrokenResourceError) as exc:
-            outcomes = [(False, Unavailable(f"cannot reach the leader at {leader}: {exc}"))] * len(refused)
+            return await request_many(leader, [(op, body) for body in bodies], edge.config.cluster_id, token, tls)
+        except (OSError, trio.BrokenResourceError):
+            return None
         except TrimaranError as exc:  # the leader refused the hello (a token it does not accept)
-            outcomes = [(False, exc)] * len(refused)
-    if scope.cancelled_caught:
-        late = RequestTimeout(f"the leader at {leader} did not answer within {timeout_s:g} s; the outcome is unknown")
-        outcomes = [(False, late)] * len(refused)
-    for index, outcome in zip(refused, outcomes):
-        got[index] = outcome
-    return got
+            return [(False, exc)] * len(bodies)
+    late = RequestTimeout(f"the leader at {leader} did not answer in time; the outcome is unknown")
+    return [(False, late)] * len(bodies)
 
 
 class RespSession(EdgeSession):
@@ -129,7 +136,7 @@ class RespSession(EdgeSession):
         while True:
             try:
                 return await super()._register(token)
-            except NotLeader:  # no leader known (an election): wait for one, as for the writes
+            except (NotLeader, Unavailable):  # an election (no leader, or a gone one): wait, as writes do
                 if trio.current_time() + NO_LEADER_WAIT_S > give_up_at:
                     raise
                 await trio.sleep(NO_LEADER_WAIT_S)
