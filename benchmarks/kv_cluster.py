@@ -119,14 +119,21 @@ def stop_pid(proc: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:
 
 class TrimaranCluster:
     def __init__(
-        self, data_root: Path, size: int = 3, profile_dir: Path | None = None, security: LocalSecurity = LocalSecurity()
+        self,
+        data_root: Path,
+        size: int = 3,
+        profile_dir: Path | None = None,
+        security: LocalSecurity = LocalSecurity(),
+        resp: bool = False,
     ) -> None:
+        """``resp``: every node also serves RESP (``--resp-listen``, ports in ``resp_ports``)."""
         self.data_root = data_root
         #: Auth and TLS as `trimaran up` sets them up (the same files, flags and admin token).
         self.security = security
-        ports = free_ports(2 * size)
+        ports = free_ports((3 if resp else 2) * size)
         self.client_ports = {i: ports[i - 1] for i in range(1, size + 1)}
         self.peer_ports = {i: ports[size + i - 1] for i in range(1, size + 1)}
+        self.resp_ports = {i: ports[2 * size + i - 1] for i in range(1, size + 1)} if resp else {}
         self.profile_dir = profile_dir
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -145,6 +152,8 @@ class TrimaranCluster:
             cmd += ["--peer-listen", f"127.0.0.1:{self.peer_ports[node_id]}"]
             cmd += ["--data-dir", str(self.data_root / f"node{node_id}")]
             cmd += self.security.node_args()
+            if node_id in self.resp_ports:
+                cmd += ["--resp-listen", f"127.0.0.1:{self.resp_ports[node_id]}"]
             for j in others:
                 cmd += ["--peer", f"{j}=127.0.0.1:{self.peer_ports[j]}"]
                 cmd += ["--peer-client", f"{j}=127.0.0.1:{self.client_ports[j]}"]

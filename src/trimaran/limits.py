@@ -133,6 +133,10 @@ resp_receive_bytes_max = 64 * KIB
 #: Bytes one RespParser holds unparsed: one partial command plus one read (the listener takes
 #: every complete command out before it reads again).
 resp_buffer_bytes_max = resp_command_bytes_max + resp_receive_bytes_max
+#: Keys one RESP ``KEYS`` may examine (it scans page by page; beyond this it refuses: use SCAN).
+resp_keys_scanned_max = 100_000
+#: Rounds (a scan page, then a txn deleting it) of one RESP ``FLUSHDB`` at most.
+resp_flush_rounds_max = 100_000
 
 # --- Raft ------------------------------------------------------------------------------------------
 #: Hard ceiling on entries bytes carried by one AppendEntries (RaftConfig may pick less).

@@ -27,14 +27,16 @@ STOP_WAIT_S = 10.0
 class ProcessCluster:
     """Three ``python -m trimaran node run`` processes on free loopback ports."""
 
-    def __init__(self, root: Path, size: int = 3, extra_args: tuple[str, ...] = (), http: bool = False) -> None:
+    def __init__(self, root: Path, size: int = 3, extra_args: tuple[str, ...] = (), http: bool = False, resp: bool = False) -> None:
         self.root = root
         self.ids = list(range(1, size + 1))
-        ports = iter(free_ports(3 * size))  # picked together: all distinct
+        ports = iter(free_ports(4 * size))  # picked together: all distinct
         self.client = {i: Address(HOST, next(ports)) for i in self.ids}
         self.peer = {i: Address(HOST, next(ports)) for i in self.ids}
         #: Each node's HTTP edge (``http=True``).
         self.http = {i: Address(HOST, next(ports)) for i in self.ids} if http else {}
+        #: Each node's RESP listener (``resp=True``).
+        self.resp = {i: Address(HOST, next(ports)) for i in self.ids} if resp else {}
         self.extra_args = extra_args
         #: What status probes present: a token (auth on) and a TLS context (TLS on).
         self.token: str | None = None
@@ -54,6 +56,8 @@ class ProcessCluster:
         ]  # fmt: skip
         if self.http:
             argv += ["--http-listen", str(self.http[node_id])]
+        if self.resp:
+            argv += ["--resp-listen", str(self.resp[node_id])]
         for other in self.ids:
             if other != node_id:
                 argv += ["--peer", f"{other}={self.peer[other]}", "--peer-client", f"{other}={self.client[other]}"]

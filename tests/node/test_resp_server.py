@@ -21,6 +21,7 @@ import trio
 from tests.node.helpers import HOST, in_process_cluster
 from trimaran.node.config import Address
 from trimaran.protocols import tokens
+from trimaran.protocols.service import ApplyContext
 from trimaran.protocols.tokens import TrustedKey
 
 
@@ -90,7 +91,7 @@ async def test_strings_ttls_counters_and_pipelines(tmp_path: Path, protocol: int
             with pytest.raises(redis.ResponseError, match=r"^unknown command 'LPUSH', with args beginning with: 'l' 'x' $"):
                 r.execute_command("LPUSH", "l", "x")
             with pytest.raises(redis.ResponseError, match="syntax error"):
-                r.set("a", "1", keepttl=True)
+                r.execute_command("SET", "a", "1", "KEEPTTL", "EX", "10")
             # A pipeline: answers in order, a write seen by the reads after it.
             p = r.pipeline(transaction=False)
             for i in range(50):
@@ -252,12 +253,18 @@ async def test_connections_over_the_limit_are_refused(tmp_path: Path) -> None:
         await in_thread(scenario)
 
 
-async def test_redis_cli(tmp_path: Path) -> None:
-    cli = shutil.which("redis-cli")
-    if cli is None:
+def redis_tool(name: str) -> str:
+    """The path of a Debian redis-tools program; CI must have it, elsewhere the test is skipped."""
+    path = shutil.which(name)
+    if path is None:
         if os.environ.get("CI"):
-            pytest.fail("redis-cli is not installed (Debian: redis-tools); CI must have it")
-        pytest.skip("redis-cli is not installed (Debian: redis-tools)")
+            pytest.fail(f"{name} is not installed (Debian: redis-tools); CI must have it")
+        pytest.skip(f"{name} is not installed (Debian: redis-tools)")
+    return path
+
+
+async def test_redis_cli(tmp_path: Path) -> None:
+    cli = redis_tool("redis-cli")
     async with in_process_cluster(tmp_path, 1, resp_listen=Address(HOST, 0)) as cluster:
         await cluster.leader()
         address = resp_address(cluster, 1)
@@ -320,3 +327,270 @@ async def test_each_connection_writes_through_a_session_of_its_own(tmp_path: Pat
 
         await in_thread(scenario)
         assert len(sessions) == before + 3
+
+
+async def test_a_pipelines_writes_share_commit_rounds_and_keep_their_own_answers(tmp_path: Path) -> None:
+    async with in_process_cluster(tmp_path, 3, resp_listen=Address(HOST, 0)) as cluster:
+        leader = await cluster.leader()
+        follower = next(i for i in cluster.nodes if i != leader)
+
+        def setup() -> None:
+            r = client(resp_address(cluster, leader))
+            r.set("text", "abc")
+            r.set("taken", "x")
+            r.close()
+
+        def pipeline(address: Address) -> list[Any]:
+            r = client(address)
+            p = r.pipeline(transaction=False)
+            for i in range(60):
+                p.incr("n")
+                p.set(f"k{i}", i, ex=100)
+            p.set("taken", "y", nx=True)  # nil: the key exists
+            p.incr("text")  # an error of its own, the writes around it applied
+            p.execute_command("SET", "k0")  # wrong arity, answered in place
+            p.setnx("fresh", "1")
+            p.delete("k1")
+            p.expire("k2", 50)
+            p.mset({"m1": "a", "m2": "b"})
+            p.get("n")
+            answers = p.execute(raise_on_error=False)
+            r.close()
+            return answers
+
+        await in_thread(setup)
+        entries_before = cluster.status(leader)["commit_index"]
+        answers = await in_thread(lambda: pipeline(resp_address(cluster, leader)))
+        entries = cluster.status(leader)["commit_index"] - entries_before
+        assert answers[0:120:2] == list(range(1, 61)), "each INCR answered in pipeline order"
+        assert answers[1:120:2] == [True] * 60
+        tail = answers[120:]
+        assert tail[0] is None
+        assert isinstance(tail[1], redis.ResponseError) and "not an integer" in str(tail[1])
+        assert isinstance(tail[2], redis.ResponseError) and "wrong number of arguments" in str(tail[2])
+        assert tail[3:] == [True, 1, True, True, b"60"]
+        # 127 writes of one pipeline: a handful of log entries, not one each (the read point and
+        # the leader's own entries may add a few).
+        assert entries < 20, entries
+
+        # Through a follower: forwarded together on one connection, in order, each once.
+        entries_before = cluster.status(leader)["commit_index"]
+        answers = await in_thread(lambda: pipeline(resp_address(cluster, follower)))
+        assert answers[0:120:2] == list(range(61, 121))
+        assert cluster.status(leader)["commit_index"] - entries_before < 20
+
+        def check() -> None:
+            r = client(resp_address(cluster, leader))
+            assert r.get("n") == b"120" and r.get("m2") == b"b" and r.get("k1") is None
+            assert 30 <= r.ttl("k2") <= 50 and 80 <= r.ttl("k3") <= 100  # a busy machine: seconds may pass
+            r.close()
+
+        await in_thread(check)
+
+
+def test_a_txn_needs_what_each_step_needs_and_read_on_its_watched_keys() -> None:
+    from trimaran.node.authoriser import requirements
+
+    txn = ["txn", [["set", b"a", b"1"], ["get", b"b"], ["mset", [[b"c", b"1"]]], ["mget", [b"d"]]], {"if_revisions": [[b"w", 3]]}]
+    assert requirements("command", {"service": "kv", "command": txn}) == (
+        ("kv", "read", b"w", False),
+        ("kv", "write", b"a", False),
+        ("kv", "read", b"b", False),
+        ("kv", "write", b"c", False),
+        ("kv", "read", b"d", False),
+    )
+
+
+async def test_multi_exec_is_one_entry_applied_on_every_replica_and_watch_fails_a_changed_key(tmp_path: Path) -> None:
+    async with in_process_cluster(tmp_path, 3, resp_listen=Address(HOST, 0)) as cluster:
+        leader = await cluster.leader()
+        follower = next(i for i in cluster.nodes if i != leader)
+
+        def transaction() -> None:
+            r = client(resp_address(cluster, follower))  # through a follower: forwarded as one write
+            r.set("text", "abc")
+            p = r.pipeline(transaction=True)
+            p.set("a", "1").incr("a").incr("text").get("a").mset({"b": "2", "c": "3"}).expire("b", 100).ttl("b").exists("a", "b", "z")
+            answers = p.execute(raise_on_error=False)
+            assert answers[:3] == [True, 2, answers[2]] and isinstance(answers[2], redis.ResponseError)
+            assert answers[3:] == [b"2", True, True, 100, 2]
+            assert r.get("text") == b"abc"
+            # Errors found while queueing discard the whole transaction (one raw connection:
+            # redis-py's reply callbacks would turn +QUEUED into False).
+            raw = redis.Connection(host=resp_address(cluster, follower).host, port=resp_address(cluster, follower).port)
+
+            def call(*args: Any) -> Any:
+                raw.send_command(*args)
+                try:
+                    return raw.read_response()
+                except redis.ResponseError as exc:
+                    return exc
+
+            assert call("MULTI") == b"OK"
+            assert call("SET", "d", "1") == b"QUEUED"
+            assert "wrong number of arguments" in str(call("SET", "d"))
+            assert "not served inside MULTI" in str(call("APPEND", "d", "x"))
+            assert str(call("EXEC")).startswith("Transaction discarded")
+            assert call("GET", "d") is None
+            assert "EXEC without MULTI" in str(call("EXEC"))
+            assert call("MULTI") == b"OK"
+            assert "nested" in str(call("MULTI"))
+            assert call("SET", "d", "1") == b"QUEUED"
+            assert call("DISCARD") == b"OK"
+            assert call("GET", "d") is None
+            assert call("MULTI") == b"OK" and call("EXEC") == []
+            raw.disconnect()
+            # WATCH: a key changed by another client makes EXEC apply nothing.
+            other = client(resp_address(cluster, leader))
+            with r.pipeline() as pipe:
+                pipe.watch("a", "never")
+                assert pipe.get("a") == b"2"
+                other.set("a", "changed")
+                pipe.multi()
+                pipe.set("a", "mine").set("e", "1")
+                with pytest.raises(redis.WatchError):
+                    pipe.execute()
+            assert r.get("a") == b"changed" and r.get("e") is None
+            with r.pipeline() as pipe:  # unchanged: applied
+                pipe.watch("a")
+                pipe.multi()
+                pipe.set("a", "mine")
+                assert pipe.execute() == [True]
+            r.close()
+            other.close()
+
+        await in_thread(transaction)
+        await cluster.wait_for(
+            lambda: len({cluster.nodes[i].driver.replica.raft.log.applied_index for i in cluster.nodes}) == 1, what="replicas caught up"
+        )
+        snapshots = {i: cluster.nodes[i].driver.replica.services["kv"].snapshot() for i in cluster.nodes}
+        assert snapshots[1] == snapshots[2] == snapshots[3]
+        found = cluster.nodes[follower].driver.replica.services["kv"].query(["mget", [b"a", b"b", b"c"]], ApplyContext(1, 0))
+        assert [f[0] for f in found] == [b"mine", b"2", b"3"]
+        assert found[1][1] == found[2][1], "the transaction's writes share one revision (one entry)"
+
+
+async def test_more_string_and_keyspace_commands(tmp_path: Path) -> None:
+    async with in_process_cluster(tmp_path, 3, resp_listen=Address(HOST, 0)) as cluster:
+        leader = await cluster.leader()
+
+        def scenario() -> None:
+            r = client(resp_address(cluster, leader))
+            assert r.getset("g", "1") is None and r.getset("g", "2") == b"1" and r.get("g") == b"2"
+            assert r.set("g", "3", get=True) == b"2" and r.set("new", "x", nx=True, get=True) is None
+            assert r.getdel("g") == b"3" and r.getdel("g") is None
+            assert r.set("t", "v", ex=100) and r.getex("t", px=50_000) == b"v" and 49 <= r.ttl("t") <= 50
+            assert r.getex("t", persist=True) == b"v" and r.ttl("t") == -1 and r.getex("t") == b"v"
+            assert r.getex("t", exat=int(time.time()) - 10) == b"v" and r.exists("t") == 0
+            assert r.msetnx({"n1": "a", "n2": "b"}) is True and r.msetnx({"n2": "c", "n3": "d"}) is False
+            assert r.mget("n1", "n2", "n3") == [b"a", b"b", None]
+            assert r.append("ap", "ab") == 2 and r.append("ap", "cd") == 4 and r.get("ap") == b"abcd"
+            assert r.strlen("ap") == 4 and r.strlen("missing") == 0
+            assert r.set("ttl", "v", ex=100) and r.append("ttl", "w") == 2 and 98 <= r.ttl("ttl") <= 100  # TTL kept
+            assert r.set("ttl", "x", keepttl=True) and r.get("ttl") == b"x" and 98 <= r.ttl("ttl") <= 100
+            assert r.expireat("ttl", int(time.time()) + 30) and 28 <= r.ttl("ttl") <= 30
+            assert r.pexpireat("ttl", int(time.time() * 1000) + 60_000) and 58 <= r.ttl("ttl") <= 60
+            assert r.pexpireat("ttl", int(time.time() * 1000) - 1) and r.exists("ttl") == 0
+            seconds, micros = r.time()
+            assert abs(seconds + micros / 1e6 - time.time()) < 5
+            assert r.delete("n1", "n2", "n3", "n1") == 2
+            r.mset({f"user:{i:03}": i for i in range(120)} | {"other": 1, "us[er": 2})
+            assert sorted(r.scan_iter(match="user:*", count=7)) == [f"user:{i:03}".encode() for i in range(120)]
+            assert sorted(r.scan_iter(match="user:1?[0-1]")) == [b"user:100", b"user:101", b"user:110", b"user:111"]
+            assert list(r.scan_iter(match="us\\[er")) == [b"us[er"]
+            assert list(r.scan_iter(match="user:*", _type="hash")) == []
+            cursor, page = r.scan(0, count=5)
+            assert cursor != 0 and len(page) == 5
+            assert sorted(r.keys("user:0[0-4]?")) == [f"user:{i:03}".encode() for i in range(50)]
+            assert sorted(r.keys("*")) == sorted(r.scan_iter())
+            p = r.pipeline(transaction=True)  # several-step commands inside MULTI
+            p.getset("user:000", "zero").delete("user:001", "user:002").getdel("user:003").get("user:000")
+            assert p.execute() == [b"0", 2, b"3", b"zero"]
+            assert r.execute_command("READONLY") in (True, b"OK") and r.get("user:000") == b"zero"
+            assert r.execute_command("READWRITE") in (True, b"OK") and r.get("user:000") == b"zero"
+            info = r.info("replication")
+            assert info["role"] == "master" and info["trimaran_leader_id"] == leader
+            assert r.flushdb() is True and r.dbsize() == 0 and r.keys("*") == []
+            r.close()
+
+        await in_thread(scenario)
+
+
+@pytest.mark.parametrize(
+    "pattern, matches, misses",
+    [
+        (b"*", [b"", b"a", b"\n"], []),
+        (b"a?c", [b"abc", b"a\nc"], [b"ac", b"abbc"]),
+        (b"h[ae]llo", [b"hello", b"hallo"], [b"hillo"]),
+        (b"h[^e]llo", [b"hallo"], [b"hello"]),
+        (b"h[a-b]llo", [b"hbllo"], [b"hcllo"]),
+        (b"a\\*b", [b"a*b"], [b"axb"]),
+        (b"a.b+", [b"a.b+"], [b"axbb"]),
+    ],
+)
+def test_scan_match_is_redis_glob(pattern: bytes, matches: list[bytes], misses: list[bytes]) -> None:
+    from trimaran.node.resp.keyspace import Cursors, glob_regex
+
+    regex = glob_regex(pattern)
+    assert all(regex.match(k) for k in matches) and not any(regex.match(k) for k in misses)
+    cursors = Cursors()
+    for key in (b"k", b"\x00\x00", b"\xff" * 1024, b"\xff" * 4096):
+        cursor = cursors.cursor_of(key)
+        assert int(cursor) > 0 and cursors.key_of(cursor) == key
+
+
+async def test_redis_benchmark_runs_unchanged_and_each_pipelined_incr_counts_once(tmp_path: Path) -> None:
+    bench = redis_tool("redis-benchmark")
+    requests = 320
+    async with in_process_cluster(tmp_path, 3, resp_listen=Address(HOST, 0)) as cluster:
+        address = resp_address(cluster, await cluster.leader())
+
+        def run() -> str:
+            argv = [bench, "-h", address.host, "-p", str(address.port), "-t", "ping,set,get,incr,mset", "-n", str(requests), "-P", "16", "-c", "4", "--csv"]
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stderr
+            return done.stdout
+
+        out = await in_thread(run)
+        tests = {line.split(",")[0].strip('"') for line in out.splitlines()[1:]}
+        assert tests == {"PING_INLINE", "PING_MBULK", "SET", "GET", "INCR", "MSET (10 keys)"}, out
+
+        def counter() -> Any:
+            r = client(address)
+            try:
+                return r.get("counter:__rand_int__"), len(r.get("key:__rand_int__") or b"")
+            finally:
+                r.close()
+
+        # redis-benchmark INCRs one key (no -r): every pipelined INCR applied exactly once.
+        assert await in_thread(counter) == (str(requests).encode(), 3)  # -d 3, redis-benchmark's default
+
+
+async def test_writes_sent_to_a_follower_during_an_election_wait_for_the_new_leader(tmp_path: Path) -> None:
+    async with in_process_cluster(tmp_path, 3, resp_listen=Address(HOST, 0)) as cluster:
+        leader = await cluster.leader()
+        follower = next(i for i in cluster.nodes if i != leader)
+        address = resp_address(cluster, follower)
+
+        registered, fresh = client(address), client(address)
+
+        def before() -> None:
+            assert registered.incr("n") == 1  # this connection's session exists before the crash
+
+        await in_thread(before)
+        cluster.crash(leader)
+
+        def during(r: redis.Redis) -> list[Any]:
+            try:
+                p = r.pipeline(transaction=False)
+                for _ in range(20):
+                    p.incr("n")
+                p.set("after", "yes")
+                return p.execute()
+            finally:
+                r.close()
+
+        # No TRYAGAIN: the follower waits (within the request timeout) for a leader, then applies
+        # each write once.
+        assert await in_thread(lambda: during(registered)) == list(range(2, 22)) + [True]
+        assert await in_thread(lambda: during(fresh)) == list(range(22, 42)) + [True]  # registers in the election

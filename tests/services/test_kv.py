@@ -712,3 +712,46 @@ def test_large_snapshots_are_chunked_within_the_codec_limits() -> None:
     other.restore(unpack(data, size_bytes_max=len(data)))  # what the Replica does: codec limits apply
     assert pack(other.snapshot()) == data
     assert other.query(["stats"], ApplyContext(2, 0))["keys"] == count
+
+
+# ---------------------------------------------------------------------------- txn
+
+
+def test_txn_applies_its_steps_in_order_at_one_revision_with_a_result_each(log: Log) -> None:
+    log.do(["set", b"s", b"text"])
+    results = log.do(["txn", [["set", b"a", b"1"], ["incr", b"a", 5], ["get", b"a"], ["incr", b"s", 1], ["mget", [b"a", b"s"]]]])
+    assert results[0] == [True, 2] and results[1] == [True, [6, 2]] and results[2] == [True, [b"6", 2, None]]
+    ok, error = results[3]
+    assert not ok and error["code"] == "invalid_argument"  # this step alone failed, changing nothing
+    assert results[4] == [True, [[b"6", 2, None], [b"text", 1, None]]]
+    assert log.get(b"s") == [b"text", 1, None]
+
+
+def test_txn_if_revisions_are_all_or_nothing(log: Log) -> None:
+    log.do(["set", b"w", b"1"])  # revision 1
+    with pytest.raises(ConditionFailed) as caught:
+        log.do(["txn", [["set", b"x", b"1"]], {"if_revisions": [[b"w", 1], [b"absent", 1]]}])
+    assert caught.value.details == {"key": b"absent", "revision": 0}
+    assert log.get(b"x") is None
+    assert log.do(["txn", [["set", b"x", b"1"]], {"if_revisions": [[b"w", 1], [b"absent", 0]]}]) == [[True, 3]]
+    log.do(["set", b"t", b"v", {"ttl_ms": 5}])  # revision 4
+    with pytest.raises(ConditionFailed):  # expired: absent, whatever revision it had
+        log.entry(at_ms=log.now_ms + 5)
+        log.do(["txn", [], {"if_revisions": [[b"t", 4]]}])
+
+
+@pytest.mark.parametrize(
+    "txn, error",
+    [
+        (["txn", [["set", b"a", b"1"], ["set", b"a"]]], InvalidArgument),  # one malformed step
+        (["txn", [["txn", []]]], InvalidArgument),  # no nesting
+        (["txn", [["scan", b""]]], InvalidArgument),  # only get and mget among queries
+        (["txn", "steps"], InvalidArgument),
+        (["txn", [], {"if_revisions": [[b"a", -1]]}], InvalidArgument),
+        (["txn", [["set", b"a", b"1"]] * 1001], TooLarge),
+    ],
+)
+def test_txn_refuses_a_malformed_step_before_applying_any(log: Log, txn: list[Any], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        log.do(txn)
+    assert log.get(b"a") is None

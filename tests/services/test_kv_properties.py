@@ -209,3 +209,30 @@ SnapshotMachine.TestCase.settings = settings(
     max_examples=150, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 TestSnapshotMachine = SnapshotMachine.TestCase
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_a_txn_is_its_steps_applied_in_one_entry(data: st.DataObject) -> None:
+    """``txn`` of steps = the same steps applied one after another in one entry: the same result
+    or error per step and byte-identical state (snapshot) on two replicas."""
+    a, b = KvService(maxmemory_bytes=6 * ENTRY_OVERHEAD_BYTES), KvService(maxmemory_bytes=6 * ENTRY_OVERHEAD_BYTES)
+    model = ModelKv()
+    now_ms = 1_000
+    for index in range(1, data.draw(st.integers(2, 6))):
+        now_ms += data.draw(st.integers(0, 20))
+        ctx = ApplyContext(index, now_ms)
+        steps = data.draw(st.lists(commands(model) | st.builds(lambda k: ["get", k], keys), max_size=6))
+        a.on_time(ctx)
+        b.on_time(ctx)
+        alone = []
+        for step in steps:
+            if step[0] == "get":
+                alone.append(("ok", a.query(step, ctx)))
+            else:
+                alone.append(outcome(a.apply, step, ctx))
+        together = b.apply(["txn", steps], ctx)
+        assert [("ok", r) if ok else ("err", r["code"]) for ok, r in together] == [
+            (kind, r) if kind == "ok" else ("err", r.code) for kind, r in alone
+        ]
+        assert digest(a) == digest(b)

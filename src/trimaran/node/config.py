@@ -134,7 +134,7 @@ class NodeConfig:
     #: Largest request body (a KV value, plus room for the command around it).
     http_body_bytes_max: int = limits.command_bytes_max
 
-    # --- RESP listener (trimaran.node.resp_server) ---
+    # --- RESP listener (trimaran.node.resp) ---
     #: Where the Redis-protocol listener listens; None: no RESP listener.
     resp_listen: Address | None = None
     #: RESP connections open at once; one more is answered ``-ERR max number of clients reached``.

@@ -27,7 +27,7 @@ from trimaran.node.http.chat_gateway import ChatHub
 from trimaran.node.http.dashboard import operator_routes
 from trimaran.node.http.edge import HttpEdge
 from trimaran.node.http.rest import RestApp
-from trimaran.node.resp_server import RespServer
+from trimaran.node.resp import RespServer
 from trimaran.node.tls import node_tls
 from trimaran.node.transport import PeerTransport
 from trimaran.node.writer import StorageWriter, WriteResult

@@ -24,6 +24,9 @@ op          arguments / {options}                                        result
 ``mset``    [[key, value] or [key, value, ttl_ms], ...] (distinct keys)  revision (int)
 ``touch``   key (marks it most recently used)                            True if the key exists
 ``expire``  key, ttl_ms | None (None: no expiry; revision unchanged)     True if the key exists
+``txn``     [step, ...] / {if_revisions: [[key, revision], ...]}         [[True, result] or
+            (a step: any command above but ``txn``, or a ``get`` or      [False, error], ...] per
+            ``mget`` query; at most ``txn_steps_max`` steps)             step, in order
 ==========  ===========================================================  ==========================
 
 Queries (read-only, against the applied state at the last applied entry's log time):
@@ -58,6 +61,15 @@ Semantics, and the choices behind them:
 - **Conditions.** ``if_absent``, ``if_revision``, ``if_value`` must all hold, else the command raises
   ``ConditionFailed`` with details ``key`` and ``revision`` (the key's current revision, 0 if absent)
   and changes nothing (not even LRU order).
+- **Transactions.** ``txn`` applies its steps in order in one entry (one revision, atomic on every
+  replica; the RESP port's MULTI/EXEC). Every step is validated before anything applies (a
+  malformed step refuses the whole ``txn``). ``if_revisions`` are checked first, all-or-nothing:
+  a key whose current revision differs (0: absent; an expired key is absent) raises
+  ``ConditionFailed`` (details ``key``, ``revision``) and no step applies (WATCH). Then each step
+  runs as it would alone, seeing the steps before it: a step that fails (its own condition,
+  ``incr`` of a non-integer, ``OutOfMemory``) changes nothing, its error is its result as
+  ``[False, {"code", "message", "details"}]``, and the other steps still apply (as Redis's EXEC).
+  A query step answers ``[True, result]`` from the state the steps before it left.
 - **Counters.** ``incr``/``decr`` store the canonical decimal ASCII of an int64 (``b"-42"``), so
   ``get`` returns bytes and a ``set`` of ``b"10"`` can be incremented; a missing key counts as 0;
   the key's TTL is kept. A value that is not canonical decimal (no sign ``+``, no leading zeros or
@@ -105,7 +117,7 @@ from typing import Any, Callable
 from sortedcontainers import SortedList  # type: ignore[import-untyped]
 
 from trimaran import limits
-from trimaran.errors import ConditionFailed, ConfigError, InvalidArgument, OutOfMemory, TooLarge
+from trimaran.errors import ConditionFailed, ConfigError, InvalidArgument, OutOfMemory, TooLarge, TrimaranError
 from trimaran.protocols.codec import show_bytes
 from trimaran.protocols.service import ApplyContext
 from trimaran.services import kv_args as args
@@ -205,6 +217,7 @@ class KvService:
             args.MsetCmd: self._mset,
             args.TouchCmd: self._touch,
             args.ExpireCmd: self._expire,
+            args.TxnCmd: self._txn,
         }
         self._queries: dict[type, Callable[[Any, int], Any]] = {
             args.GetQuery: self._get,
@@ -402,6 +415,25 @@ class KvService:
             self._data[c.key] = (cur[0], cur[1], expires_at_ms)
         self._data.move_to_end(c.key)
         return True
+
+    def _txn(self, c: args.TxnCmd, ctx: ApplyContext) -> list[list[Any]]:
+        for key, revision in c.if_revisions:
+            view = self._view(key, ctx.timestamp_ms)
+            current = view[1] if view is not None else 0
+            if current != revision:
+                raise ConditionFailed(
+                    f"{show_bytes(key)} is at revision {current}, not {revision} (0 = absent)", key=key, revision=current
+                )
+        results: list[list[Any]] = []
+        for step in c.steps:
+            query = self._queries.get(type(step))
+            try:
+                result = query(step, ctx.timestamp_ms) if query is not None else self._commands[type(step)](step, ctx)
+            except TrimaranError as exc:  # the step changed nothing (every command validates first)
+                results.append([False, exc.to_wire()])
+            else:
+                results.append([True, result])
+        return results
 
     # ------------------------------------------------------------------ queries
 

@@ -30,6 +30,10 @@ ttl_ms_max = 10 * 365 * 24 * 3_600_000
 mset_keys_max = 10_000
 #: Keys in one ``mget``.
 mget_keys_max = 1_000
+#: Steps of one ``txn``, and the keys its ``if_revisions`` may name (it must also fit
+#: ``limits.command_bytes_max``).
+txn_steps_max = 1_000
+txn_conditions_max = 1_000
 #: Longest decimal text of an int64 ("-9223372036854775808").
 int64_text_bytes_max = 20
 
@@ -83,6 +87,13 @@ class ExpireCmd(NamedTuple):
     key: bytes
     #: None removes the key's TTL.
     ttl_ms: int | None
+
+
+class TxnCmd(NamedTuple):
+    #: Commands (any but ``txn``) and ``get``/``mget`` queries, applied in order.
+    steps: tuple[Any, ...]
+    #: (key, revision): every key's current revision must equal its revision (0: absent).
+    if_revisions: tuple[tuple[bytes, int], ...]
 
 
 # --- parsed queries ------------------------------------------------------------------------------
@@ -233,7 +244,36 @@ def _expire(c: list[Any]) -> ExpireCmd:
     return ExpireCmd(key_arg(key), ttl_arg(ttl))
 
 
-Command = SetCmd | DeleteCmd | IncrCmd | MsetCmd | TouchCmd | ExpireCmd
+def _txn(c: list[Any]) -> TxnCmd:
+    (steps,), opts = split(c, "command", 1, ("if_revisions",))
+    if type(steps) is not list:
+        raise InvalidArgument("txn takes a list of steps (kv commands, or get/mget queries)")
+    if len(steps) > txn_steps_max:
+        raise TooLarge(f"txn of {len(steps)} steps is over txn_steps_max={txn_steps_max}")
+    parsed: list[Any] = []
+    for step in steps:
+        op = command_shape.op_of(step, "txn step")
+        if op in _TXN_QUERY_PARSERS:
+            parsed.append(_TXN_QUERY_PARSERS[op](step))
+        elif op != "txn" and op in _COMMAND_PARSERS:
+            parsed.append(_COMMAND_PARSERS[op](step))
+        else:
+            known = ", ".join([o for o in _COMMAND_PARSERS if o != "txn"] + list(_TXN_QUERY_PARSERS))
+            raise InvalidArgument(f"unknown txn step {show_bytes(op.encode())} (known: {known})")
+    conditions_raw = opts.get("if_revisions", [])
+    if type(conditions_raw) is not list:
+        raise InvalidArgument("if_revisions is a list of [key, revision]")
+    if len(conditions_raw) > txn_conditions_max:
+        raise TooLarge(f"txn of {len(conditions_raw)} conditions is over txn_conditions_max={txn_conditions_max}")
+    if_revisions = []
+    for item in conditions_raw:
+        if type(item) is not list or len(item) != 2:
+            raise InvalidArgument("each if_revisions item is [key, revision]")
+        if_revisions.append((key_arg(item[0]), int_arg(item[1], "revision", 0)))
+    return TxnCmd(tuple(parsed), tuple(if_revisions))
+
+
+Command = SetCmd | DeleteCmd | IncrCmd | MsetCmd | TouchCmd | ExpireCmd | TxnCmd
 
 _COMMAND_PARSERS: dict[str, Callable[[list[Any]], Command]] = {
     "set": _set,
@@ -243,6 +283,7 @@ _COMMAND_PARSERS: dict[str, Callable[[list[Any]], Command]] = {
     "mset": _mset,
     "touch": _touch,
     "expire": _expire,
+    "txn": _txn,
 }
 
 
@@ -299,6 +340,8 @@ def _stats(q: list[Any]) -> StatsQuery:
 Query = GetQuery | MgetQuery | ScanQuery | WatchQuery | StatsQuery
 
 _QUERY_PARSERS: dict[str, Callable[[list[Any]], Query]] = {"get": _get, "mget": _mget, "scan": _scan, "watch": _watch, "stats": _stats}
+#: The queries a ``txn`` may hold (each answers from the state the steps before it left).
+_TXN_QUERY_PARSERS: dict[str, Callable[[list[Any]], Query]] = {"get": _get, "mget": _mget}
 
 
 def parse_query(message: Any) -> Query:

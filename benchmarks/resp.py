@@ -1,0 +1,173 @@
+"""The RESP port side by side with trimaran's native client port and Redis, in one run.
+
+``redis-benchmark`` (Debian's redis-tools; the same binary and flags for both servers) runs
+``-t set,get,incr`` at 1, 50 and 256 connections, without and with ``-P 16``:
+
+- against the RESP port of a 3-node trimaran cluster's leader (subprocesses on loopback, temporary
+  data directories; SET and INCR durable: committed on a majority, fsynced, applied; GET
+  linearizable), and against ``../shared/peers/redis.sh``'s single Redis 7 with ``appendfsync
+  always`` (every write fsynced before its reply; replicates nothing);
+- the same cluster's native client port is driven by the trimaran client library with
+  :func:`kv_cluster.trimaran_load` (closed loop): as many workers as redis-benchmark keeps requests
+  in flight (connections x pipeline depth, at most ``NATIVE_WORKERS_MAX``) over at most
+  ``--native-conns`` connections (the native client multiplexes). Note the load generator: the
+  native one is CPython on the same 2 cores as the nodes, redis-benchmark is C.
+
+Ratios: RESP / native on the same op and shape (target >= 0.9), and SET at 50 connections
+trimaran RESP / Redis (target >= 0.5). The machine is shared: compare within one run only; medians
+of ``--repeat`` runs are printed, each run starting a fresh cluster.
+
+    python benchmarks/resp.py --repeat 3
+    python benchmarks/resp.py --quick --no-redis
+
+Everything it starts is stopped by PID (SIGTERM, then SIGKILL), also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import kv_cluster  # noqa: E402  (the cluster, the native load, Redis, medians)
+from kv_cluster import Result, Row, TrimaranCluster, format_result, medians, parse_redis_csv  # noqa: E402
+
+import trio  # noqa: E402
+
+from trimaran.node.config import Address  # noqa: E402
+from trimaran.node.probe import fetch_status  # noqa: E402
+
+OPS = ("set", "get", "incr")
+#: Native workers at most (connections x pipeline depth above it would only measure the CPython client).
+NATIVE_WORKERS_MAX = 1024
+#: Tries of one redis-benchmark run (it stops at the first error, e.g. TRYAGAIN during an election).
+ATTEMPTS = 3
+#: Results by (system, op, connections, pipeline depth).
+Key = tuple[str, str, int, int]
+
+
+def totals(quick: bool, conns: int, pipeline: int) -> int:
+    """Requests per redis-benchmark test: a few seconds each on this kind of machine."""
+    if conns == 1 and pipeline == 1:
+        return 300 if quick else 2000
+    return (3000 if quick else 20000) * (2 if pipeline > 1 else 1)
+
+
+async def leader_id(cluster: TrimaranCluster) -> int:
+    for _ in range(100):
+        for node_id, port in cluster.client_ports.items():
+            status = await fetch_status(Address("127.0.0.1", port), timeout_s=1.0)
+            if status and status.get("role") == "leader":
+                return node_id
+        await trio.sleep(0.2)
+    raise RuntimeError("no leader")
+
+
+def redis_benchmark(port: int, conns: int, pipeline: int, total: int, value_bytes: int, ops: tuple[str, ...] = OPS) -> dict[str, Result]:
+    out = subprocess.run(
+        ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", ",".join(ops), "-c", str(conns),
+         "-P", str(pipeline), "-n", str(total), "-d", str(value_bytes), "--csv"],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    if out.returncode != 0:
+        raise RuntimeError(f"redis-benchmark failed: {out.stderr.strip()[-500:]}")
+    return parse_redis_csv(out.stdout)
+
+
+def run_trimaran(shapes: list[tuple[int, int]], quick: bool, value_bytes: int, native_conns: int) -> dict[Key, Result]:
+    data_root = Path(tempfile.mkdtemp(prefix="trimaran-bench-resp-"))
+    cluster = TrimaranCluster(data_root, resp=True)
+    value = b"v" * value_bytes
+    results: dict[Key, Result] = {}
+    try:
+        cluster.start()
+        trio.run(kv_cluster.wait_ready, cluster)
+        leader = trio.run(leader_id, cluster)
+        for conns, pipeline in shapes:
+            total = totals(quick, conns, pipeline)
+            measured: dict[str, Result] = {}
+            for attempt in range(ATTEMPTS):
+                try:
+                    measured = redis_benchmark(cluster.resp_ports[leader], conns, pipeline, total, value_bytes)
+                    break
+                except RuntimeError as exc:  # a leader change on a busy machine: find it, measure again
+                    print(f"  resp   conns={conns} P={pipeline}: {exc}; {'again' if attempt < ATTEMPTS - 1 else 'no result'}", flush=True)
+                    leader = trio.run(leader_id, cluster)
+            for op, result in measured.items():
+                results[("resp", op, conns, pipeline)] = result
+                print(f"  resp   {op:<4} conns={conns:<3} P={pipeline:<2}: {format_result(result)}", flush=True)
+            workers = min(conns * pipeline, NATIVE_WORKERS_MAX)
+            for op in OPS:
+                row = Row(op, workers, min(native_conns, workers), total)
+                result = trio.run(kv_cluster.trimaran_load, cluster, row, value, None)
+                results[("native", op, conns, pipeline)] = result
+                print(f"  native {op:<4} conns={conns:<3} P={pipeline:<2}: {format_result(result)}", flush=True)
+    finally:
+        cluster.stop()
+        shutil.rmtree(data_root, ignore_errors=True)
+    return results
+
+
+def run_redis(shapes: list[tuple[int, int]], quick: bool, value_bytes: int) -> dict[Key, Result]:
+    rows = [kv_cluster.RedisRow(conns, pipeline, totals(quick, conns, pipeline) * 4) for conns, pipeline in shapes]
+    return {("redis", op, c, p): r for (op, c, p), r in kv_cluster.run_redis(rows, value_bytes).items()}
+
+
+def _ops(r: Result | None) -> str:
+    return f"{r.ops_per_s:>9.0f}" if r is not None else f"{'-':>9}"
+
+
+def _ratio(a: Result | None, b: Result | None) -> str:
+    return f"{a.ops_per_s / b.ops_per_s:>7.2f}" if a is not None and b is not None and b.ops_per_s else f"{'-':>7}"
+
+
+def print_table(results: dict[Key, Result], shapes: list[tuple[int, int]], repeat: int) -> None:
+    print(f"\nmedians of {repeat} run(s), ops/s (p50 ms); trimaran: 3 nodes, SET/INCR durable, GET linearizable;")
+    print("redis: 1 node, appendfsync always; native: trimaran client library, conns x P workers\n")
+    head = f"{'op':<5}{'conns':>6}{'P':>4} | {'resp/s':>9}{'p50':>7} | {'native/s':>9}{'p50':>7} | {'redis/s':>9}{'p50':>7} | {'resp/nat':>7} | {'resp/red':>7}"
+    print(head)
+    print("-" * len(head))
+    for op in OPS:
+        for conns, pipeline in shapes:
+            r, n, d = (results.get((s, op, conns, pipeline)) for s in ("resp", "native", "redis"))
+            cells = "".join(f" | {_ops(x)}{(x.p50_ms if x else 0):>7.2f}" for x in (r, n, d))
+            print(f"{op:<5}{conns:>6}{pipeline:>4}{cells} | {_ratio(r, n)} | {_ratio(r, d)}")
+    print("\ntargets: RESP >= 0.9x native on the same op and shape; SET at 50 connections >= 0.5x Redis (P=1)")
+    below = [(op, c, p) for op in OPS for c, p in shapes if (r := results.get(("resp", op, c, p))) and (n := results.get(("native", op, c, p))) and r.ops_per_s < 0.9 * n.ops_per_s]
+    print(f"  resp/native >= 0.9: {'met everywhere' if not below else 'MISSED at ' + ', '.join(f'{o} c={c} P={p}' for o, c, p in below)}")
+    r, d = results.get(("resp", "set", 50, 1)), results.get(("redis", "set", 50, 1))
+    if r and d:
+        ratio = r.ops_per_s / d.ops_per_s
+        print(f"  SET@50 resp/redis {ratio:.2f}: {'met' if ratio >= 0.5 else 'MISSED'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smaller totals")
+    p.add_argument("--repeat", type=int, default=1, help="runs per system; medians are printed")
+    p.add_argument("--conns", default="1,50,256", help="redis-benchmark -c values")
+    p.add_argument("--pipelines", default="1,16", help="redis-benchmark -P values")
+    p.add_argument("--value-bytes", type=int, default=3, help="-d (redis-benchmark's default is 3)")
+    p.add_argument("--native-conns", type=int, default=8, help="native client connections at most")
+    p.add_argument("--no-redis", action="store_true", help="skip Redis")
+    args = p.parse_args(argv)
+    if shutil.which("redis-benchmark") is None:
+        raise SystemExit("redis-benchmark not found (Debian: apt-get install redis-tools)")
+    shapes = [(int(c), int(pl)) for c in args.conns.split(",") for pl in args.pipelines.split(",")]
+    with_redis = not args.no_redis and kv_cluster.redis_available()
+    runs: list[dict[Key, Result]] = []
+    for i in range(args.repeat):
+        print(f"run {i + 1}/{args.repeat}", flush=True)
+        run = run_trimaran(shapes, args.quick, args.value_bytes, args.native_conns)
+        if with_redis:
+            run.update(run_redis(shapes, args.quick, args.value_bytes))
+        runs.append(run)
+    print_table(medians(runs), shapes, args.repeat)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""A pipeline's consecutive writes (or reads) go to the driver together, so they share one commit
+round (or one read point).
+
+The runner of a connection (:mod:`.server`) hands a run of consecutive writes (commands with a
+planner: one KV write each, :class:`~trimaran.node.resp.base.Write`) to :meth:`RespSession.command_group`,
+and a run of reads (one KV query each) to :func:`submit_or_forward`.
+It numbers them in the connection's client session in pipeline order and submits them to the
+driver as the native client port does with the requests of one read (``submit_client`` with
+``more=True``, then one ``start_round``): the driver takes them in that order into one group
+proposal (one log entry), so they are applied in order, each once (its own session seq), and each
+gets its own answer. A node that is not the leader answers ``not_leader``; those requests are then
+forwarded to the leader together on one connection (:func:`~trimaran.node.probe.request_many`, over
+TLS when the node has ``--tls-dir``, with the caller's token), in pipeline order and with the seqs
+they already have, so a write the old leader did commit is not applied twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from trimaran.errors import NotLeader, RequestTimeout, SessionExpired, TrimaranError, Unavailable
+from trimaran.node.config import Address
+from trimaran.node.http.edge import EdgeSession, HttpEdge
+from trimaran.node.probe import request_many
+from trimaran.node.tls import CA_CERT, client_context
+
+#: How long a group waits before asking again while no leader is known (an election).
+NO_LEADER_WAIT_S = 0.05
+#: One write's outcome: ok, then its result or its typed error.
+Outcome = tuple[bool, Any]
+
+
+class _Answers:
+    """The driver's reply target for one group: the outcome of each write, by its index."""
+
+    def __init__(self, count: int) -> None:
+        self.outcomes: list[Outcome | None] = [None] * count
+        self.left = count
+        self.done = trio.Event()
+
+    def on_reply(self, index: int, ok: bool, value: Any) -> None:
+        if self.outcomes[index] is None:
+            self.outcomes[index] = (ok, value)
+            self.left -= 1
+            if not self.left:
+                self.done.set()
+
+
+async def submit_group(edge: HttpEdge, op: str, bodies: list[dict[str, Any]], sizes_bytes: list[int]) -> list[Outcome]:
+    """Submit requests to the local driver in order, in one round; their outcomes in that order
+    (``RequestTimeout`` for any not answered within ``request_timeout_ms``)."""
+    answers = _Answers(len(bodies))
+    driver = edge.driver
+    timeout_s = edge.config.request_timeout_ms / 1000
+    with trio.move_on_after(timeout_s):
+        submitted = 0
+        try:
+            for index, (body, size_bytes) in enumerate(zip(bodies, sizes_bytes)):
+                await driver.submit_client(op, body, (answers, index), size_bytes, more=True)
+                submitted += 1
+        finally:
+            if submitted and op == "read":
+                # Reads wait for the loop's next round rather than starting one here: the other
+                # connections' reads of this scheduler pass join it, and share one read point
+                # (one heartbeat round), where a round per connection would ask for one each.
+                driver.wake()
+            elif submitted:
+                driver.start_round(client=True)
+        await answers.done.wait()
+    late = RequestTimeout(f"no answer within {timeout_s:g} s; the outcome is unknown")
+    return [outcome if outcome is not None else (False, late) for outcome in answers.outcomes]
+
+
+async def submit_or_forward(
+    edge: HttpEdge, op: str, bodies: list[dict[str, Any]], sizes_bytes: list[int], token: str | None
+) -> list[Outcome]:
+    """:func:`submit_group`; the requests this node refused as not the leader then go to the leader
+    as they are (a write keeps its session seq), together on one connection, in order.
+
+    During an election (no leader known, or the one known cannot be reached) the refused requests
+    are asked again every ``NO_LEADER_WAIT_S`` within the request timeout, as they are (same seqs:
+    applied once even if a lost connection had delivered them), since Redis clients do not retry
+    ``TRYAGAIN``. Only a refused tail of the group is asked again (it still comes after the
+    requests applied); otherwise the error is the answer."""
+    give_up_at = trio.current_time() + edge.config.request_timeout_ms / 1000
+    got = await submit_group(edge, op, bodies, sizes_bytes)
+    while True:
+        refused = [i for i, (ok, value) in enumerate(got) if not ok and isinstance(value, NotLeader)]
+        if not refused:
+            return got
+        leader_address = got[refused[0]][1].details.get("leader_address")
+        if isinstance(leader_address, str) and leader_address:
+            reached = await _forward(edge, Address.parse(leader_address, "leader address"), op, [bodies[i] for i in refused], token, give_up_at)
+            if reached is not None:
+                for index, outcome in zip(refused, reached):
+                    got[index] = outcome
+                return got
+        if refused != list(range(refused[0], len(got))) or trio.current_time() + NO_LEADER_WAIT_S > give_up_at:
+            return got
+        await trio.sleep(NO_LEADER_WAIT_S)
+        again = await submit_group(edge, op, [bodies[i] for i in refused], [sizes_bytes[i] for i in refused])
+        for index, outcome in zip(refused, again):
+            got[index] = outcome
+
+
+async def _forward(
+    edge: HttpEdge, leader: Address, op: str, bodies: list[dict[str, Any]], token: str | None, give_up_at: float
+) -> list[Outcome] | None:
+    """The leader's outcomes of ``bodies``, or None if it could not be reached (the caller may ask
+    its own node again: the leader may be gone)."""
+    edge.forwarded += len(bodies)
+    with trio.move_on_at(give_up_at):
+        try:
+            tls = client_context(f"{edge.config.tls_dir}/{CA_CERT}") if edge.config.tls_dir else None
+            return await request_many(leader, [(op, body) for body in bodies], edge.config.cluster_id, token, tls)
+        except (OSError, trio.BrokenResourceError):
+            return None
+        except TrimaranError as exc:  # the leader refused the hello (a token it does not accept)
+            return [(False, exc)] * len(bodies)
+    late = RequestTimeout(f"the leader at {leader} did not answer in time; the outcome is unknown")
+    return [(False, late)] * len(bodies)
+
+
+class RespSession(EdgeSession):
+    """A RESP connection's client session: an :class:`EdgeSession` that can also number and submit
+    a group of writes at once (the connection's runner sends one group at a time)."""
+
+    async def _register(self, token: str | None) -> int:
+        # Registered already (every write but the first): no lock, so no pass through trio's
+        # scheduler per write (taking a trio.Lock always yields).
+        if self.client_id is not None:
+            return self.client_id
+        give_up_at = trio.current_time() + self.edge.config.request_timeout_ms / 1000
+        while True:
+            try:
+                return await super()._register(token)
+            except (NotLeader, Unavailable):  # an election (no leader, or a gone one): wait, as writes do
+                if trio.current_time() + NO_LEADER_WAIT_S > give_up_at:
+                    raise
+                await trio.sleep(NO_LEADER_WAIT_S)
+
+    async def command_group(self, service: str, commands: list[tuple[Any, int]], token: str | None) -> list[Outcome]:
+        """Apply ``commands`` ([command, size_bytes], ...) in order, each exactly once; their outcomes."""
+        outcomes: list[Outcome | None] = [None] * len(commands)
+        todo = list(range(len(commands)))
+        for attempt in range(2):
+            client_id = await self._register(token)
+            seqs = list(range(self._seq + 1, self._seq + 1 + len(todo)))
+            self._seq = seqs[-1]
+            self._unanswered.update(seqs)
+            ack_seq = min(self._unanswered) - 1
+            bodies = [
+                {"client_id": client_id, "seq": seq, "ack_seq": ack_seq, "service": service, "command": commands[i][0]}
+                for i, seq in zip(todo, seqs)
+            ]
+            sizes_bytes = [commands[i][1] for i in todo]
+            try:
+                got = await submit_or_forward(self.edge, "command", bodies, sizes_bytes, token)
+            finally:
+                self._unanswered.difference_update(seqs)
+            expired = []
+            for i, outcome in zip(todo, got):
+                if not outcome[0] and isinstance(outcome[1], SessionExpired) and not attempt:
+                    expired.append(i)  # nothing was applied: sent again under a new registration
+                else:
+                    outcomes[i] = outcome
+            if not expired:
+                break
+            if self.client_id == client_id:
+                self.client_id = None
+            todo = expired
+        return [outcome if outcome is not None else (False, TrimaranError("unreachable")) for outcome in outcomes]

@@ -1,0 +1,444 @@
+"""The RESP listener's connections.
+
+Each connection is parsed by the sans-IO :class:`~trimaran.protocols.resp.RespParser` and served
+by two tasks:
+
+- the **reader** feeds received bytes to the parser and queues each whole command on a bounded
+  channel (``resp_inflight_commands_max``: pipelining reads ahead that far, then stops reading);
+- the **runner** takes the commands in order, runs each to its end, and writes its answer, so a
+  pipeline's answers come back in the order sent and a write is applied before a later read of the
+  same connection runs (Redis's order). Reads or writes waiting back to back go to the driver
+  together (:mod:`.groups`), their answers written together in order. The runner takes more commands only once the answers
+  before are written (straight to the socket, ``send_all`` for what it does not take), so at most ``resp_inflight_commands_max`` answers wait for the
+  socket; an answer over ``resp_answer_bytes_max`` is replaced by an error.
+
+A protocol error is answered ``-ERR Protocol error: ...`` (after the answers to the commands before
+it) and the connection closed, as Redis does; the node is unaffected. At most
+``resp_connections_max`` connections are open; one more is answered ``-ERR max number of clients
+reached`` and closed.
+
+Requests reach the node through an :class:`~trimaran.node.http.edge.HttpEdge` of the listener's
+own (same driver path, leader forwarding with the caller's token, cached token grants). Each
+connection writes through a client session of its own (:class:`~trimaran.node.http.edge.EdgeSession`,
+registered on its first write), so a write is applied once inside the cluster. There is no way to
+end a session yet: a closed connection's session expires (``session_timeout_ms``), and the session
+table's LRU bound (``limits.sessions_max``) holds meanwhile. Reads are linearizable.
+
+Auth (on when the node has auth keys): ``AUTH [user] <token>`` or ``HELLO 3 AUTH <user> <token>``
+with a trimaran token (the user name is ignored). Before it, every command but ``AUTH``, ``HELLO``,
+``QUIT`` and ``RESET`` is ``-NOAUTH Authentication required.``, and Redis's tighter bounds hold
+(10 arguments, 16 KiB each, and a bounded read-ahead: ``-ERR Protocol error: unauthenticated ...``
+and the connection closed); a bad token is ``-WRONGPASS``; a request outside the token's scopes is
+``-NOPERM`` (checked by the authoriser with the same op and body as the REST routes).
+
+Commands with a planner (:class:`~trimaran.node.resp.base.Planned`: one KV write, such as SET,
+INCR, MSET, GETSET, or one read, such as GET, MGET, TTL) waiting back to back are handed to the
+driver together (:mod:`.groups`): one commit round for a pipeline's run of writes, each with its own
+session seq and its own answer, in order; one read point for a run of reads. MULTI/EXEC/WATCH:
+:mod:`.transactions`; SCAN/KEYS/FLUSHDB: :mod:`.keyspace`.
+
+Reads are linearizable; ``READONLY`` switches a connection to lease reads (a leader answers from
+its lease without a heartbeat round when the cluster allows lease reads; otherwise they are
+linearizable reads as before), ``READWRITE`` back. Not yet: no TLS on this port, no pub/sub.
+
+Command handlers live in :mod:`.connection_commands`, :mod:`.strings`, :mod:`.keyspace` and
+:mod:`.transactions` (see :data:`COMMANDS`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from typing import Any, Awaitable, Callable
+
+import trio
+
+from trimaran import limits
+from trimaran.errors import ProtocolError, TrimaranError, Unauthenticated
+from trimaran.node.config import Address, NodeConfig
+from trimaran.node.http.edge import HttpEdge
+from trimaran.node.resp import connection_commands, keyspace, strings, transactions
+from trimaran.node.resp.base import Handler, Planned, Quit, Read, RespError, Write, error_reply, unknown_command
+from trimaran.node.resp.groups import RespSession, submit_or_forward
+from trimaran.protocols import resp
+from trimaran.protocols.resp import NOAUTH, ErrorReply, Reply, RespParser
+
+log = logging.getLogger("trimaran.node.resp")
+
+#: Every command served, by its upper-case name.
+COMMANDS: dict[bytes, Handler] = {
+    **connection_commands.COMMANDS,
+    **strings.COMMANDS,
+    **keyspace.COMMANDS,
+    **transactions.COMMANDS,
+}
+
+#: Redis's reply to a client with no slot left.
+MAX_CLIENTS = ErrorReply("max number of clients reached")
+WRONGPASS = ErrorReply("invalid username-password pair or user is disabled.", "WRONGPASS")
+#: Commands a connection may send before it authenticates.
+_BEFORE_AUTH = frozenset((b"AUTH", b"HELLO", b"QUIT", b"RESET"))
+#: Redis's bounds on a connection that has not authenticated (auth on): a command's arguments, one
+#: argument's bytes, and (trimaran's) the bytes buffered towards the next command. A stranger
+#: cannot make the node hold more than this per connection.
+UNAUTHENTICATED_ARGS_MAX = 10
+UNAUTHENTICATED_ARG_BYTES_MAX = 16 * limits.KIB
+UNAUTHENTICATED_BUFFER_BYTES_MAX = limits.resp_receive_bytes_max + UNAUTHENTICATED_ARGS_MAX * UNAUTHENTICATED_ARG_BYTES_MAX
+
+
+
+class _Connection:
+    """One client's state: protocol version, name, grant."""
+
+    def __init__(self, server: RespServer, stream: trio.SocketStream, connection_id: int) -> None:
+        self.server = server
+        self.stream = stream
+        self.fd = stream.socket.fileno()
+        self.id = connection_id
+        self.protocol = 2
+        self.name = b""
+        self.token: str | None = None
+        self.authenticated = not server.edge.authoriser.enabled
+        self.answer_bytes_queued = 0
+        #: Commands the runner has answered, and an event set at each (the reader waits on it for
+        #: an AUTH to take effect before it reads on as a stranger or as a known client).
+        self.answered = 0
+        self.progress = trio.Event()
+        #: Registered on the connection's first write (a read-only client costs the log nothing).
+        self.session = RespSession(server.edge, server.config.resp_inflight_commands_max)
+        #: How its reads are served: "linearizable", or "lease" after READONLY (see that command).
+        self.consistency = "linearizable"
+        #: The plans queued since MULTI (None: not in a transaction), whether one was refused,
+        #: and the watched keys' revisions (see :mod:`.transactions`).
+        self.transaction: list[Write | Read] | None = None
+        self.transaction_failed = False
+        self.watched: dict[bytes, int] = {}
+
+
+class RespServer:
+    """See the module docstring. ``status``: the node's status (for INFO)."""
+
+    def __init__(self, config: NodeConfig, edge: HttpEdge, wall_clock_ms: Callable[[], int] | None = None) -> None:
+        assert config.resp_listen is not None
+        self.config = config
+        self.edge = edge
+        self.wall_clock_ms = wall_clock_ms or (lambda: time.time_ns() // 1_000_000)
+        self.address: Address | None = None
+        self._slots = trio.Semaphore(config.resp_connections_max)
+        self._next_id = 0
+        self.started_at_s = time.monotonic()
+        self.scan_cursors = keyspace.Cursors()
+        #: Counters (reported in the node's status metrics).
+        self.connections = 0
+        self.connections_refused = 0
+        self.commands = 0
+        self.protocol_errors = 0
+
+    # ------------------------------------------------------------------ serving
+
+    async def serve(self, *, task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen on ``resp_listen`` until cancelled; ``task_status`` gets the bound address."""
+        cfg = self.config
+        assert cfg.resp_listen is not None
+        listeners = await trio.open_tcp_listeners(cfg.resp_listen.port, host=cfg.resp_listen.host)
+        host, port = listeners[0].socket.getsockname()[:2]
+        self.address = Address(host, port)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, self._handle, listeners)
+            task_status.started(self.address)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            try:
+                self._slots.acquire_nowait()
+            except trio.WouldBlock:
+                self.connections_refused += 1
+                try:
+                    await stream.send_all(resp.encode(MAX_CLIENTS))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+                return
+            try:
+                self.connections += 1
+                self._next_id += 1
+                await self._serve_connection(_Connection(self, stream, self._next_id))
+            finally:
+                self.connections -= 1
+                self._slots.release()
+
+    async def _serve_connection(self, conn: _Connection) -> None:
+        send, receive = trio.open_memory_channel[Any](self.config.resp_inflight_commands_max)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_until_gone, self._read, conn, send)
+            await _until_gone(self._run, conn, receive)
+            nursery.cancel_scope.cancel()
+
+    async def _read(self, conn: _Connection, send: trio.MemorySendChannel[Any]) -> None:
+        """Parse commands onto ``send``; a ProtocolError is queued too (answered after the commands
+        before it); the end of the stream closes ``send``."""
+        parser = RespParser()
+        queued = 0
+        async with send:
+            while True:
+                data = await conn.stream.receive_some(limits.resp_receive_bytes_max)
+                if not data:
+                    return
+                try:
+                    parser.feed(data)
+                    while (command := parser.next_command()) is not None:
+                        if not conn.authenticated:
+                            _check_unauthenticated(command)
+                        try:  # no checkpoint per command: the runner finds a pipeline whole
+                            send.send_nowait(command)
+                        except trio.WouldBlock:
+                            await send.send(command)
+                        queued += 1
+                        if not conn.authenticated and command[0].upper() in _BEFORE_AUTH:
+                            while conn.answered < queued:  # did it authenticate?
+                                await conn.progress.wait()
+                    if not conn.authenticated and parser.buffered_bytes > UNAUTHENTICATED_BUFFER_BYTES_MAX:
+                        raise ProtocolError("Protocol error: unauthenticated bulk length")
+                except ProtocolError as exc:
+                    await send.send(exc)
+                    return
+
+    async def _run(self, conn: _Connection, receive: trio.MemoryReceiveChannel[Any]) -> None:
+        held: Any = None  # taken from the channel while gathering reads or writes, run next
+        async with receive:
+            while True:
+                if held is not None:
+                    item, held = held, None
+                else:
+                    try:
+                        item = await receive.receive()
+                    except trio.EndOfChannel:
+                        return
+                if isinstance(item, ProtocolError):
+                    self.protocol_errors += 1
+                    await conn.stream.send_all(resp.encode(resp.protocol_error_reply(item), conn.protocol))
+                    return
+                first = self._plan(conn, item)
+                if first is not None:
+                    # Writes (or reads) waiting back to back go to the driver together: one commit
+                    # round (one read point); their answers go out in order, in one write.
+                    kind = type(first)
+                    group, held = self._gather(receive, [first], lambda c: self._plan(conn, c), kind)
+                    await self._run_planned(conn, group)
+                    continue
+                if not await self._run_one(conn, item):
+                    return
+
+    def _gather(
+        self, receive: trio.MemoryReceiveChannel[Any], batch: list[Any], plan: Callable[[list[bytes]], Any], kind: type
+    ) -> tuple[list[Any], Any]:
+        """Add to ``batch`` the plans of the commands already waiting while they are of ``kind`` (or
+        refusals: answered in place), up to ``resp_inflight_commands_max``; (the batch, the first
+        command not taken or None)."""
+        while len(batch) < self.config.resp_inflight_commands_max:
+            try:
+                following = receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            planned = plan(following) if isinstance(following, list) else None
+            if planned is None or not isinstance(planned, (kind, ErrorReply)):
+                return batch, following
+            batch.append(planned)
+        return batch, None
+
+    def _plan(self, conn: _Connection, command: list[bytes]) -> Write | Read | ErrorReply | None:
+        """The one write or read of ``command`` if it may join a group (or its refusal before any:
+        a syntax error); None: it runs alone."""
+        handler = COMMANDS.get(command[0].upper())
+        if not isinstance(handler, Planned) or not conn.authenticated or conn.transaction is not None:
+            return None
+        try:
+            return handler.plan(self, conn, command)
+        except RespError as exc:
+            return exc.reply
+        except Exception:  # noqa: BLE001 - a planner's bug: the command runs alone, which logs it
+            return None
+
+    async def _run_planned(self, conn: _Connection, group: list[Write | Read | ErrorReply]) -> None:
+        self.commands += len(group)
+        replies = await self.run_group(conn, group)
+        await self._write(conn, [self._wire(reply, conn.protocol) for reply in replies])
+
+    async def _run_one(self, conn: _Connection, command: list[bytes]) -> bool:
+        """Run one command and write its answer; False: close the connection now."""
+        self.commands += 1
+        protocol = conn.protocol
+        close = False
+        try:
+            reply = await self.execute(conn, command)
+        except Quit as quit:
+            reply, close = quit.reply, True
+        # HELLO answers in the protocol it switches to; everything else in the one in force.
+        await self._write(conn, [self._wire(reply, conn.protocol if command[0].upper() == b"HELLO" else protocol)])
+        return not close
+
+    def _wire(self, reply: Reply, protocol: int) -> bytes:
+        wire = resp.encode(reply, protocol)
+        if len(wire) > self.config.resp_answer_bytes_max:
+            wire = resp.encode(ErrorReply(f"the answer of {len(wire)} bytes is over resp_answer_bytes_max={self.config.resp_answer_bytes_max}"))
+        return wire
+
+    async def _write(self, conn: _Connection, wires: list[bytes]) -> None:
+        size = sum(len(w) for w in wires)
+        conn.answer_bytes_queued += size
+        data = b"".join(wires) if len(wires) > 1 else wires[0]
+        try:
+            # Straight to the socket when it takes it all (the common case): no pass through trio's
+            # scheduler per answer; what it does not take goes through send_all, which waits.
+            try:
+                written = os.write(conn.fd, data)
+            except BlockingIOError:
+                written = 0
+            except OSError as exc:
+                raise trio.BrokenResourceError(str(exc)) from exc
+            if written < len(data):
+                await conn.stream.send_all(memoryview(data)[written:])
+        finally:
+            conn.answer_bytes_queued -= size
+        conn.answered += len(wires)
+        conn.progress.set()
+        conn.progress = trio.Event()
+
+    async def execute(self, conn: _Connection, args: list[bytes]) -> Reply:
+        """One command's answer (errors as ErrorReply); raises Quit to close after it."""
+        name = args[0].upper()
+        handler = COMMANDS.get(name)
+        if handler is None:
+            if conn.transaction is not None:
+                conn.transaction_failed = True
+            return unknown_command(args)
+        if not conn.authenticated and name not in _BEFORE_AUTH:
+            return NOAUTH
+        if conn.transaction is not None and name not in transactions.IMMEDIATE:
+            return transactions.queue(self, conn, args, handler)
+        try:
+            return await handler(self, conn, args)
+        except RespError as exc:
+            return exc.reply
+        except TrimaranError as exc:
+            return error_reply(exc)
+        except (Quit, trio.Cancelled):
+            raise
+        except Exception:
+            # A bug in one handler must not take the node down with it: logged, answered, and the
+            # connection goes on (the state machine is untouched: handlers only call the edge).
+            log.exception("RESP command %r failed", name[:64])
+            return ErrorReply("internal error; see the node's log")
+
+    # ------------------------------------------------------------------ requests
+
+    def authorise(self, conn: _Connection, op: str, body: dict[str, Any]) -> None:
+        """Refuse (``PermissionDenied``, ``Unauthenticated``) a request outside the connection's token."""
+        grant = self.edge.grant(conn.token) if self.edge.authoriser.enabled else None
+        if grant is not None:
+            self.edge.authoriser.check(grant, op, body)
+
+    async def read(self, conn: _Connection, query: list[Any]) -> Any:
+        body = {"service": "kv", "query": query, "consistency": conn.consistency}
+        self.authorise(conn, "read", body)
+        return await self.edge.request("read", body, 0, conn.token)
+
+    async def write(self, conn: _Connection, command: list[Any], size_bytes: int) -> Any:
+        self.authorise(conn, "command", {"service": "kv", "command": command})
+        return await conn.session.command("kv", command, size_bytes, conn.token)
+
+    async def run_group(self, conn: _Connection, group: list[Write | Read | ErrorReply]) -> list[Reply]:
+        """Apply the writes of ``group`` in order in one commit round, or serve its reads at one
+        read point (see :mod:`.groups`); an ErrorReply stands for itself. Their replies, in order."""
+        replies: list[Reply] = [g if isinstance(g, ErrorReply) else None for g in group]
+        sent = []
+        for index, plan in enumerate(group):
+            if isinstance(plan, ErrorReply):
+                continue
+            op, body = ("command", {"service": "kv", "command": plan.command}) if isinstance(plan, Write) else ("read", {"service": "kv", "query": plan.query, "consistency": conn.consistency})
+            try:
+                self.authorise(conn, op, body)
+            except TrimaranError as exc:
+                replies[index] = error_reply(exc)  # refused here: nothing of it reaches the log
+            else:
+                sent.append(index)
+        if not sent:
+            return replies
+        writes = [plan for i in sent if isinstance(plan := group[i], Write)]
+        reads = [plan for i in sent if isinstance(plan := group[i], Read)]
+        assert not (writes and reads), "a group is of one kind"
+        try:
+            if writes:
+                outcomes = await conn.session.command_group("kv", [(w.command, w.size_bytes) for w in writes], conn.token)
+            else:
+                bodies = [{"service": "kv", "query": r.query, "consistency": conn.consistency} for r in reads]
+                outcomes = await submit_or_forward(self.edge, "read", bodies, [0] * len(bodies), conn.token)
+        except TrimaranError as exc:  # the session could not be registered: nothing was sent
+            outcomes = [(False, exc)] * len(sent)
+        for index, (ok, value) in zip(sent, outcomes):
+            plan = group[index]
+            if isinstance(plan, Write):
+                replies[index] = plan.answer(ok, value)
+            elif isinstance(plan, Read):
+                replies[index] = plan.answer(value) if ok else error_reply(value)
+        return replies
+
+    def login(self, conn: _Connection, token: bytes) -> None:
+        """Verify a token for ``conn`` (``-WRONGPASS`` if refused)."""
+        if not self.edge.authoriser.enabled:
+            raise RespError(ErrorReply("AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"))
+        text = token.decode("utf-8", "replace")
+        try:
+            self.edge.grant(text)
+        except Unauthenticated:
+            raise RespError(WRONGPASS) from None
+        conn.token, conn.authenticated = text, True
+
+    def info_text(self) -> str:
+        status = self.edge.status()
+        role = "master" if status.get("role") == "leader" else "slave"
+        lines = [
+            "# Server",
+            "redis_version:7.2.0",
+            "trimaran:1",
+            "redis_mode:standalone",
+            f"os:{platform.system()}",
+            f"process_id:{os.getpid()}",
+            f"tcp_port:{self.address.port if self.address else 0}",
+            f"uptime_in_seconds:{int(time.monotonic() - self.started_at_s)}",
+            f"trimaran_node_id:{status.get('node_id')}",
+            f"trimaran_cluster_id:{status.get('cluster_id')}",
+            "",
+            "# Clients",
+            f"connected_clients:{self.connections}",
+            f"rejected_connections:{self.connections_refused}",
+            "",
+            "# Replication",
+            f"role:{role}",
+            f"trimaran_raft_role:{status.get('role')}",
+            f"trimaran_term:{status.get('term')}",
+            f"trimaran_leader_id:{status.get('leader_id')}",
+            f"trimaran_leader_address:{status.get('leader_address')}",
+            f"trimaran_commit_index:{status.get('commit_index')}",
+            f"trimaran_applied_index:{status.get('applied_index')}",
+            "",
+        ]
+        return "\r\n".join(lines)
+
+
+def _check_unauthenticated(command: list[bytes]) -> None:
+    """Redis's tighter bounds before AUTH (its wording)."""
+    if len(command) > UNAUTHENTICATED_ARGS_MAX:
+        raise ProtocolError("Protocol error: unauthenticated multibulk length")
+    if any(len(arg) > UNAUTHENTICATED_ARG_BYTES_MAX for arg in command):
+        raise ProtocolError("Protocol error: unauthenticated bulk length")
+
+
+async def _until_gone(task: Callable[..., Awaitable[None]], *args: Any) -> None:
+    """Run one of a connection's tasks; the client going away (reset, closed) just ends it."""
+    try:
+        await task(*args)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+
