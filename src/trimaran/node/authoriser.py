@@ -111,6 +111,7 @@ class _RefusalLog:
             self._left_out = 0
         log.info(fmt, *args)
 
+
 #: One thing a request touches: (service, action, name, name_is_prefix); name None: any one name.
 Requirement = tuple[str, str, bytes | None, bool]
 ADMIN: tuple[Requirement, ...] = (("admin", "*", b"", False),)
@@ -122,7 +123,7 @@ def _kv_command_requirements(cmd: Any) -> tuple[Requirement, ...]:
     if isinstance(cmd, kv_args.MsetCmd):
         return tuple(("kv", "write", key, False) for key, _, _ in cmd.items)
     if isinstance(cmd, kv_args.TxnCmd):
-        needs = [("kv", "read", key, False) for key, _ in cmd.if_revisions]
+        needs: list[Requirement] = [("kv", "read", key, False) for key, _ in cmd.if_revisions]
         for step in cmd.steps:
             needs += _kv_query_requirements(step) if isinstance(step, (kv_args.GetQuery, kv_args.MgetQuery)) else _kv_command_requirements(step)
         return tuple(needs)
