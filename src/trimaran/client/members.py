@@ -17,7 +17,7 @@ from typing import Any, Callable, Protocol
 
 import trio
 
-from trimaran.errors import InvalidArgument, MembershipChangeRejected
+from trimaran.errors import InvalidArgument, MembershipChangeRejected, RequestTimeout, Unavailable
 
 SERVICE = "members"
 #: How often ``add(..., voter=True)`` asks the leader how far the learner is.
@@ -110,8 +110,17 @@ class MembersClient:
             await self.record(node_id, peer_address, client_address, timeout_ms=timeout_ms)
         members = await self._client.membership("add_learner", node_id, timeout_ms=timeout_ms)
         if voter:
-            await self.wait_caught_up(node_id, timeout_s=catch_up_timeout_s, progress=progress)
-            members = await self._client.membership("promote", node_id, timeout_ms=timeout_ms)
+            with trio.move_on_after(catch_up_timeout_s):
+                while True:
+                    await self.wait_caught_up(node_id, timeout_s=catch_up_timeout_s, progress=progress)
+                    try:
+                        members = await self._client.membership("promote", node_id, timeout_ms=timeout_ms)
+                        return dict(members)
+                    except MembershipChangeRejected as exc:
+                        if "has not caught up" not in exc.message:
+                            raise
+                    await trio.sleep(CATCH_UP_POLL_S)  # fell behind again, or not heard from lately
+            raise MembershipChangeRejected(f"node {node_id} did not catch up within {catch_up_timeout_s:.0f} s", reason="catch_up")
         return dict(members)
 
     async def wait_caught_up(
@@ -128,7 +137,7 @@ class MembersClient:
                     raise InvalidArgument(f"node {node_id} is not a member")
                 if progress is not None:
                     progress(pr["match"], status["last_index"])
-                if pr["lag"] <= lag_max:
+                if pr["lag"] <= lag_max and pr["match"] > 0:  # match 0: never heard from yet
                     return
                 await trio.sleep(CATCH_UP_POLL_S)
         raise MembershipChangeRejected(f"node {node_id} did not catch up within {timeout_s:.0f} s", reason="catch_up")
@@ -167,8 +176,11 @@ class MembersClient:
             if status.get("role") == "leader":
                 return status
             if status.get("leader_address"):
-                status = await self._client.node_status(status["leader_address"], timeout_ms=timeout_ms)
-                continue
+                try:
+                    status = await self._client.node_status(status["leader_address"], timeout_ms=timeout_ms)
+                    continue
+                except (Unavailable, RequestTimeout):
+                    pass  # the leader it names just went down: ask again once an election ran
             await trio.sleep(CATCH_UP_POLL_S)  # an election is under way
             status = await self._client.status(timeout_ms=timeout_ms)
         raise MembershipChangeRejected("no leader answered; is a majority of the voters up?", reason="no_leader")
