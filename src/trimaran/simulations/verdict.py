@@ -1,4 +1,5 @@
-"""The checks at the end of a run: auth, liveness, durability, replica agreement, linearizability.
+"""The checks at the end of a run: auth, liveness, durability, replica agreement, chat,
+linearizability.
 
 Raft's invariants and exactly-once are checked continuously while the run goes (see
 :mod:`trimaran.simulations.loop`); these need the whole run.
@@ -17,6 +18,8 @@ from trimaran.simulations.linearizability import Outcome, check
 if TYPE_CHECKING:
     from trimaran.simulations.loop import Simulation
 
+#: The services whose whole state must agree on replicas at equal applied indexes.
+_AGREEING = ("kv", "auth", "chat")
 #: Lines of a linearizability report kept in a failure message.
 REPORT_LINES_MAX = 40
 #: Search budget per key; a run whose search runs out is reported, never passed silently.
@@ -32,6 +35,7 @@ def final_checks(sim: Simulation) -> None:
     check_liveness(sim)
     check_durability(sim)
     check_replicas_agree(sim)
+    sim.chat.check()
     check_linearizable(sim)
 
 
@@ -74,17 +78,18 @@ def check_durability(sim: Simulation) -> None:
 
 def check_replicas_agree(sim: Simulation) -> None:
     """Replicas that applied the same prefix hold the same KV state (values, revisions, expiry,
-    LRU order, watch window: the whole snapshot) and the same auth state (keys, retirements,
-    revocations, generation)."""
-    by_index: dict[int, tuple[int, tuple[object, object]]] = {}
+    LRU order, watch window: the whole snapshot), the same auth state (keys, retirements,
+    revocations, generation) and the same chat state (history, epochs, presence sessions and
+    members, events window)."""
+    by_index: dict[int, tuple[int, tuple[object, ...]]] = {}
     for node_id, slot in sim.slots.items():
         if not slot.sim.up:
             continue
         replica = slot.sim.replica
-        data = (replica.services["kv"].snapshot(), replica.services["auth"].snapshot())
+        data = tuple(replica.services[name].snapshot() for name in _AGREEING)
         seen = by_index.setdefault(replica.applied_index, (node_id, data))
         if seen[1] != data:
-            which = "KV" if seen[1][0] != data[0] else "auth"
+            which = next(name for name, a, b in zip(_AGREEING, seen[1], data) if a != b)
             raise CheckFailure(
                 "replicas_diverge",
                 f"nodes {seen[0]} and {node_id} applied through {replica.applied_index} but hold different {which} state",
