@@ -194,9 +194,9 @@ class NodeChat:
                             self._resync(conn, channel, feed)
             for event in page["events"]:
                 for conn in list(self.connections.values()):
-                    feed = conn.feeds.get(event[2])
-                    if feed is not None:
-                        self._send(conn, feed, feed.on_event(event))
+                    follower = conn.feeds.get(event[2])
+                    if follower is not None:
+                        self._send(conn, follower, follower.on_event(event))
             self.seq = page["next"]
             if self.seq >= page["seq"]:
                 return
