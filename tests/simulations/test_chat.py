@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from trimaran.simulations.chat_edge import ChatRecord
+from trimaran.simulations.chat_edge import ChatRecord, RecordingChat
 from trimaran.simulations.chat_workload import Subscriber
 from trimaran.simulations.checkers import CheckFailure
 from trimaran.simulations.loop import Simulation
@@ -54,7 +54,7 @@ def test_replica_agreement_covers_the_chat_state(runs: list[Simulation]) -> None
     # Two replicas at one index, one with a presence session the other lacks: caught.
     a, b = (sim.slots[n].sim.replica for n in up[:2])
     b.raft.log.applied_index = a.applied_index
-    b.services = {**b.services, "chat": a.services["chat"].__class__(1, sim.chat.record, **sim.chat.settings)}
+    b.services = {**b.services, "chat": RecordingChat(1, sim.chat.record, **sim.chat.settings)}
     with pytest.raises(CheckFailure, match="different chat state"):
         check_replicas_agree(sim)
 

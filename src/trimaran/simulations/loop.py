@@ -7,9 +7,11 @@ the same pure driver the harness uses, fed exactly what the trio runtime feeds a
 of its own clock, messages, client requests stamped with its own wall clock (offset, drifting and
 jumping: :meth:`_Slot.local_us`), and "this batch is durable" after a simulated fsync. The services
 are the KV cache, wrapped to report each entry's log time and evictions to a :class:`LogClock`, and
-the auth service, wrapped to report what it applied to an :class:`AuthRecord`; each node's edge
+the auth service, wrapped to report what it applied to an :class:`AuthRecord`, and the chat
+service, wrapped to report every publish applied (:mod:`.chat_edge`); each node's edge
 (:class:`NodeEdge`) authorises every client request against its own replica's auth state before
-the replica sees it, and re-checks its live connections after every apply round.
+the replica sees it, and re-checks its live connections after every apply round, and each node's
+chat hub feeds the subscribers attached to it from what it applied (:mod:`.chat_workload`).
 Persist-before-speak holds by construction: SimNode releases a Ready's ``messages_after_persist``
 only when its batch syncs, and a crash between write and sync loses both.
 

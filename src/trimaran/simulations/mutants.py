@@ -72,7 +72,7 @@ MATRIX: tuple[MatrixCase, ...] = (
     MatrixCase("heartbeat_commit_unbounded", 1, 5, 40.0, "exactly_once", rules=False),
     MatrixCase("no_noop_on_election", 39, 5, 40.0, "rule"),
     MatrixCase("no_noop_on_election", 66, 5, 40.0, "linearizability", rules=False),
-    MatrixCase("read_without_read_index", 82, 5, 40.0, "rule"),
+    MatrixCase("read_without_read_index", 130, 5, 40.0, "rule"),
     # A deposed leader must serve a read between losing its majority and noticing (Check-Quorum):
     # rare; the first catch in seeds 1..1000 at 60 simulated seconds.
     MatrixCase("read_without_read_index", 260, 5, 60.0, "linearizability", rules=False),

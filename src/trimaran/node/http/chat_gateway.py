@@ -64,7 +64,7 @@ from trimaran.node.authoriser import Grant
 from trimaran.node.http.edge import HttpEdge
 from trimaran.node.http.json_body import data_fields, encode, error_json
 from trimaran.services.chat import ChatService
-from trimaran.services.chat.feed import PENDING_EVENTS_MAX, Feed, Push
+from trimaran.services.chat.feed import Feed, Push
 
 log = logging.getLogger("trimaran.node.http.chat")
 
@@ -77,8 +77,6 @@ WS_FRAMES_PER_S_MAX = 1_000
 WS_SUBSCRIPTIONS_MAX = 1_000
 #: WebSocket connections one node serves at once.
 WS_CONNECTIONS_MAX = 10_000
-#: Live events held for a subscription while its history is read; beyond it, re-read.
-SYNC_PENDING_EVENTS_MAX = PENDING_EVENTS_MAX
 #: How long the first frame may take when it must carry the token.
 AUTH_TIMEOUT_S = 10.0
 
