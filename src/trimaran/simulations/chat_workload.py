@@ -64,7 +64,8 @@ class ChatShape:
     history_messages_max: int = 16
     #: History pages (small, so a replay takes several reads).
     history_limit_max: int = 8
-    #: The applied-events window (small, so a node back from a snapshot install meets a gap).
+    #: The applied-events window (small, so a node back from a snapshot install meets a gap, and
+    #: snapshots stay a few KB: the simulator sends them in 512-byte chunks).
     events_max: int = 32
     #: Messages age out of history after this much log time (short in some seeds: channels are
     #: forgotten and made again in a new epoch).
@@ -94,9 +95,9 @@ def draw_chat_shape(seed: int) -> ChatShape:
         publishers=1,
         subscribers=rng.randint(2, 3),
         think_us_max=rng.choice([400_000, 1_000_000, 2_000_000]),
-        history_messages_max=rng.choice([4, 16, 64]),
+        history_messages_max=rng.choice([4, 12, 32]),
         history_limit_max=rng.choice([3, 8, 64]),
-        events_max=rng.choice([8, 32, 256]),
+        events_max=rng.choice([4, 16, 48]),
         history_age_ms=rng.choice([24 * 3_600_000, 24 * 3_600_000, 15_000]),
     )
 
