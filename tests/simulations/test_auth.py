@@ -51,7 +51,7 @@ def test_tokens_are_real_deterministic_and_verify_against_the_bootstrap_keys() -
     assert a.credential(0) == a.credential(0)  # the same token until it may no longer serve
     keys = {k.kid: k for k in a.bootstrap()}
     claims = tokens.verify(a.credential(0), keys, audience=SIM_CLUSTER_ID, now_ms=NOW_MS)
-    assert (claims.kid, claims.sub, claims.scope_texts) == ("user0", "client-0", ("kv:*", "jobs:*"))
+    assert (claims.kid, claims.sub, claims.scope_texts) == ("user0", "client-0", ("kv:*", "jobs:*", "chat:*"))
     a.revoked[claims.jti] = None
     assert tokens.verify(a.credential(0), keys, audience=SIM_CLUSTER_ID, now_ms=NOW_MS).jti != claims.jti
 

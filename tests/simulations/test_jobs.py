@@ -159,7 +159,8 @@ def test_a_schedule_slot_fired_before_its_time_fails() -> None:
 
 
 def test_a_simulated_run_drives_every_path_of_the_workload() -> None:
-    seed = 1
+    # A seed whose run takes every path (the chat workload joining every run moved it from 1).
+    seed = 7
     config = SimConfig(seed=seed, sim_seconds=40.0)
     sim = Simulation(config, draw_plan(seed, config.nodes, config.heal_us // 1000), draw_workload(seed))
     sim.run()

@@ -45,7 +45,7 @@ ISSUED_BEFORE_MS = 60_000
 #: Keys the admin adds in one run, besides the two bootstrap keys (trusted_keys_max bounds the
 #: cluster's; this bounds the signing work).
 NEW_KEYS_MAX = 6
-USER_SCOPES = ["kv:*", "jobs:*"]
+USER_SCOPES = ["kv:*", "jobs:*", "chat:*"]
 ADMIN_SCOPES = ["admin:*"]
 
 #: A key's life as the issuer sees it.

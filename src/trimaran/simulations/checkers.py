@@ -19,7 +19,11 @@ class CheckFailure(AssertionError):
     """A checker found a bug. ``category`` names the checker: invariant, linearizability,
     durability, exactly_once, replicas_diverge, liveness, storm (a livelock), crash (an exception
     escaped the core), workload (an answer no client should get), auth (a node served a token after
-    applying its revocation or its key's retirement: :mod:`trimaran.simulations.auth_edge`)."""
+    applying its revocation or its key's retirement: :mod:`trimaran.simulations.auth_edge`), and the
+    chat ones (:mod:`trimaran.simulations.chat_edge`): chat_history (an offset naming two messages,
+    a publish applied twice, an acknowledged publish not where its answer said), chat_delivery (a
+    subscriber's gap, duplicate or stall), chat_uncommitted (a message sent before any replica
+    applied it)."""
 
     def __init__(self, category: str, message: str) -> None:
         super().__init__(f"{category}: {message}")

@@ -160,6 +160,7 @@ class FaultInjector:
         slot.crash_at_sync = None
         slot.sim.crash(torn=bool(torn))
         sim.edges[node].close_all()  # the process is gone, and every client connection with it
+        sim.chat.node_crashed(node)
         sim.invariants.node_crashed(node, slot.sim.storage.hard_state().term)
         slot.life += 1
         slot.paused = False

@@ -7,11 +7,13 @@ the same pure driver the harness uses, fed exactly what the trio runtime feeds a
 of its own clock, messages, client requests stamped with its own wall clock (offset, drifting and
 jumping: :meth:`_Slot.local_us`), and "this batch is durable" after a simulated fsync. The services
 are the KV cache, wrapped to report each entry's log time and evictions to a :class:`LogClock`,
-the auth service, wrapped to report what it applied to an :class:`AuthRecord`, and the job queue,
+the auth service, wrapped to report what it applied to an :class:`AuthRecord`, the job queue,
 wrapped to report every entry it applied to a :class:`JobsRecord` (checked against a model of the
-queue as it goes: :mod:`.jobs_check`); each node's edge
+queue as it goes: :mod:`.jobs_check`), and the chat service, wrapped to report every publish
+applied (:mod:`.chat_edge`); each node's edge
 (:class:`NodeEdge`) authorises every client request against its own replica's auth state before
-the replica sees it, and re-checks its live connections after every apply round.
+the replica sees it, and re-checks its live connections after every apply round, and each node's
+chat hub feeds the subscribers attached to it from what it applied (:mod:`.chat_workload`).
 Persist-before-speak holds by construction: SimNode releases a Ready's ``messages_after_persist``
 only when its batch syncs, and a crash between write and sync loses both.
 
@@ -43,9 +45,13 @@ from trimaran.errors import AuthError, TrimaranError
 from trimaran.protocols import messages as m
 from trimaran.services.auth import AUTH_MUTANTS
 from trimaran.services.jobs import JOBS_MUTANTS
+from trimaran.services.chat import CHAT_MUTANTS
+from trimaran.services.chat.feed import FEED_MUTANTS
 from trimaran.services.kv import KV_MUTANTS
 from trimaran.simulations.auth_edge import AuthRecord, Need, NodeEdge, RecordingAuth
 from trimaran.simulations.auth_workload import ISSUED_BEFORE_MS, AuthAdmin, TokenIssuer
+from trimaran.simulations.chat_edge import CHAT_EDGE_MUTANTS
+from trimaran.simulations.chat_workload import ChatSide
 from trimaran.simulations.checkers import CheckFailure, ExactlyOnce, InvariantViolation, SimInvariants
 from trimaran.simulations.driver import SimNode
 from trimaran.simulations.faults import FaultInjector
@@ -110,7 +116,7 @@ class SimConfig:
     seed: int
     nodes: int = 5
     sim_seconds: float = 300.0
-    #: Planted bugs (names from MUTANTS, REPLICA_MUTANTS, KV_MUTANTS, AUTH_MUTANTS and JOBS_MUTANTS).
+    #: Planted bugs (names from MUTANTS, REPLICA_MUTANTS, KV_MUTANTS, AUTH_MUTANTS, JOBS_MUTANTS and the chat ones).
     mutants: frozenset[str] = frozenset()
     #: Nominal tick interval; heartbeats every 2 ticks and elections after 10-20 ticks, as etcd's
     #: defaults (100 ms heartbeat, 1 s election timeout).
@@ -127,9 +133,8 @@ class SimConfig:
     jobs_workload: bool = True
 
     def __post_init__(self) -> None:
-        unknown = sorted(
-            set(self.mutants) - set(MUTANTS) - set(REPLICA_MUTANTS) - set(KV_MUTANTS) - set(AUTH_MUTANTS) - set(JOBS_MUTANTS)
-        )
+        known = {*MUTANTS, *REPLICA_MUTANTS, *KV_MUTANTS, *AUTH_MUTANTS, *JOBS_MUTANTS, *CHAT_MUTANTS, *FEED_MUTANTS, *CHAT_EDGE_MUTANTS}
+        unknown = sorted(set(self.mutants) - known)
         if unknown:
             raise ValueError(f"unknown mutants: {', '.join(unknown)}")
         if not 1 <= self.nodes <= 15:
@@ -248,6 +253,8 @@ class Simulation:
         #: What each node's jobs service applied, checked against a model of the queue.
         self.jobs_record = JobsRecord(JOB_TIMEOUT_DEFAULT_MS, JOB_RESULT_TTL_MS)
         self._disk_rng = random.Random(sub_seed(self.seed, "disk"))
+        #: The chat workload, its nodes' hubs and its record (:mod:`.chat_workload`).
+        self.chat = ChatSide(self, config.mutants)
         self.slots: dict[int, _Slot] = {n: self._make_slot(n) for n in self.node_ids}
         self.storages = {n: slot.sim.storage for n, slot in self.slots.items()}
         self.rules = ProtocolRules(self.invariants.leader_of_term) if config.rules else None
@@ -265,6 +272,7 @@ class Simulation:
         # The job queue's producers and workers (their shape has its own stream: the KV one is unchanged).
         if config.jobs_workload:
             self.clients.extend(make_jobs_clients(len(self.clients), workload, draw_jobs_shape(self.seed), self.seed, self))
+        self.clients.extend(self.chat.make_clients(len(self.clients), workload))
         self.final_reader: FinalReader | None = None
         self.healed = False
         self.leader_ok_us = -1
@@ -322,6 +330,7 @@ class Simulation:
                 RecordingKv(node_id, self.log_clock, mutants=kv_mutants, **kv_settings),
                 RecordingAuth(node_id, self.auth_record, bootstrap=bootstrap, mutants=auth_mutants),
                 RecordingJobs(node_id, self.jobs_record, **jobs_settings),
+                self.chat.service(node_id),
             ],
             random.Random(sub_seed(self.seed, "node", node_id)),
             MemoryStorage(),
@@ -386,6 +395,7 @@ class Simulation:
             client.stop_at_us = self.config.stop_us
             client.start(10_000 + i * 1_000)
         self.admin.stop_at_us = heal_us  # auth changes strike during the faults
+        self.chat.start()
         for index, fault in enumerate(self.plan.faults):
             if fault.at_ms * 1000 < heal_us:
                 self.schedule(fault.at_ms * 1000, EV_FAULT, index)
@@ -588,6 +598,7 @@ class Simulation:
             edge = self.edges[node_id]
             if edge.generation_moved(auth):
                 edge.recheck(auth, max(slot.local_us(now) // 1000, sim.replica.last_timestamp_ms))
+            self.chat.after_round(node_id)  # the node's subscribers, from what it applied
         if sim.replies:
             for reply in sim.take_replies():
                 self._route_reply(node_id, reply)
@@ -602,6 +613,9 @@ class Simulation:
         token = reply.token
         if token[0] == "admin":
             self.admin_ok += int(reply.ok)
+            return
+        if token[0] == "chat":  # a history read of the node's own chat hub
+            self.chat.on_reply(node_id, reply)
             return
         floor = self._read_floor.pop(token, None)
         if floor is not None and reply.ok and self.rules is not None:
@@ -709,6 +723,7 @@ class Simulation:
             summary.extend((op.op_id, op.complete_time or -1, 0 if op.status is None else len(op.status.value)))
         record = self.auth_record
         summary.extend((len(record.accepted), record.refused, record.closed, sum(map(len, record.applied))))
+        summary.extend((len(self.chat.record.applied), *(s.received for s in self.chat.subscribers)))
         self._digest.update(summary.tobytes())
         self._digest.update(repr([(op.op_id, op.result) for op in self.history]).encode())
 
@@ -718,7 +733,7 @@ class Simulation:
 
 
 #: What a command needs of its token, by service: the auth service's commands need ``admin:*``.
-_NEEDS: dict[str, Need] = {"kv": ("kv", "write"), "auth": ("admin", "*")}
+_NEEDS: dict[str, Need] = {"kv": ("kv", "write"), "auth": ("admin", "*"), "chat": ("chat", "publish")}
 
 
 def _need(service: str, command: Any) -> Need:

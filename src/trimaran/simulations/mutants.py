@@ -1,7 +1,8 @@
 """The planted bugs the simulator must catch, and the seeds known to catch each (the CI matrix).
 
-The switches live in the core (``RaftConfig.mutants``, ``ReplicaConfig.mutants``, and the KV,
-auth and jobs services' ``mutants``); this module
+The switches live in the core (``RaftConfig.mutants``, ``ReplicaConfig.mutants``, the KV, auth,
+jobs and chat services' ``mutants``, the chat feed's), or, for a bug of the edge or the client, in
+the simulator's twin of it (:data:`~trimaran.simulations.chat_edge.CHAT_EDGE_MUTANTS`); this module
 only names them for the command line and records, per mutant, a small run that its checkers are
 known to fail (``tests/simulations/test_mutants.py`` replays each, and the same run without the
 mutant, which must pass).
@@ -14,13 +15,24 @@ from dataclasses import dataclass
 from trimaran.cluster.raft import MUTANTS
 from trimaran.cluster.replica import REPLICA_MUTANTS
 from trimaran.services.auth import AUTH_MUTANTS
+from trimaran.services.chat import CHAT_MUTANTS
+from trimaran.services.chat.feed import FEED_MUTANTS
 from trimaran.services.jobs import JOBS_MUTANTS
 from trimaran.services.kv import KV_MUTANTS
+from trimaran.simulations.chat_edge import CHAT_EDGE_MUTANTS
+
+#: Chat service mutants no subscriber can see, so the simulator does not plant them: the feed
+#: (:mod:`trimaran.services.chat.feed`) reads history after its last offset and takes only the
+#: offset after it, so a history page that starts one early, or one late while saying it
+#: recovered, is never sent on (the late one only delays a true ``recovered: false``). The chat
+#: service's own tests catch both (tests/services/test_chat.py).
+CHAT_MUTANTS_UNSEEN = ("resume_off_by_one", "recovered_off_by_one")
 
 
 def all_mutants() -> dict[str, str]:
-    """Every mutant name with what it breaks, Raft's first."""
-    return {**MUTANTS, **REPLICA_MUTANTS, **KV_MUTANTS, **AUTH_MUTANTS, **JOBS_MUTANTS}
+    """Every mutant name the simulator plants, with what it breaks, Raft's first."""
+    chat = {name: text for name, text in CHAT_MUTANTS.items() if name not in CHAT_MUTANTS_UNSEEN}
+    return {**MUTANTS, **REPLICA_MUTANTS, **KV_MUTANTS, **AUTH_MUTANTS, **JOBS_MUTANTS, **chat, **FEED_MUTANTS, **CHAT_EDGE_MUTANTS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +60,7 @@ class MatrixCase:
 #: exactly-once, liveness) catch it on their own; ``rules=True``: found with the rule checks on.
 #: Regenerate after a change to the core or the simulator shifts them:
 #: ``first_catch(name, range(1, 501), rules=...)``.
+#: The jobs and chat workloads run in every seed, so a change to either shifts the seeds too.
 MATRIX: tuple[MatrixCase, ...] = (
     MatrixCase("vote_not_persisted", 1, 5, 40.0, "rule"),
     MatrixCase("no_up_to_date_check", 5, 5, 40.0, "invariant", rules=False),
@@ -109,6 +122,19 @@ MATRIX: tuple[MatrixCase, ...] = (
         "25731:member:0:1:723693672",
         jobs_workload=False,
     ),
+    # Chat (issue 11), each caught by the chat checkers (simulations/chat_edge.py) or replica
+    # agreement. A hub that pushes what its node only appended: a subscriber is sent a message no
+    # replica has applied.
+    MatrixCase("push_before_commit", 1, 5, 40.0, "chat_uncommitted", rules=False),
+    # Offsets by the history's length once retention trims it: one offset names two messages.
+    MatrixCase("offset_from_length", 1, 5, 40.0, "chat_history", rules=False),
+    # A resume that takes since as the first offset wanted: the subscriber gets its last one again.
+    MatrixCase("resume_from_since", 1, 5, 40.0, "chat_delivery", rules=False),
+    # A publish retried after a timeout with a new seq: one publish at two offsets.
+    MatrixCase("publish_retry_new_seq", 4, 5, 40.0, "chat_history", rules=False),
+    MatrixCase("ephemeral_takes_offset", 1, 5, 40.0, "chat_delivery", rules=False),
+    MatrixCase("epoch_kept_on_reset", 14, 5, 40.0, "chat_history", rules=False),
+    MatrixCase("presence_local_clock", 1, 5, 40.0, "replicas_diverge", rules=False),
 )
 
 #: Mutants the end-to-end checkers alone did not catch in seeds 1..500 (5 nodes, 60 simulated

@@ -1,4 +1,5 @@
-"""The checks at the end of a run: auth, liveness, durability, replica agreement, linearizability.
+"""The checks at the end of a run: auth, liveness, durability, replica agreement, chat,
+linearizability.
 
 Raft's invariants and exactly-once are checked continuously while the run goes (see
 :mod:`trimaran.simulations.loop`); these need the whole run.
@@ -18,6 +19,7 @@ from trimaran.simulations.linearizability import Outcome, check
 if TYPE_CHECKING:
     from trimaran.simulations.loop import Simulation
 
+#: The services whose whole state must agree on replicas at equal applied indexes.
 #: Lines of a linearizability report kept in a failure message.
 REPORT_LINES_MAX = 40
 #: Search budget per key; a run whose search runs out is reported, never passed silently.
@@ -34,6 +36,7 @@ def final_checks(sim: Simulation) -> None:
     check_durability(sim)
     check_replicas_agree(sim)
     check_jobs(sim)
+    sim.chat.check()
     check_linearizable(sim)
 
 
@@ -77,7 +80,8 @@ def check_durability(sim: Simulation) -> None:
 def check_replicas_agree(sim: Simulation) -> None:
     """Replicas that applied the same prefix hold the same state in every service: the whole
     snapshot of each (KV: values, revisions, expiry, LRU order, watch window; auth: keys,
-    retirements, revocations, generation; jobs: jobs, queues, sessions, schedules, unique keys)."""
+    retirements, revocations, generation; jobs: jobs, queues, sessions, schedules, unique keys;
+    chat: history, epochs, presence sessions and members, events window)."""
     by_index: dict[int, tuple[int, dict[str, object]]] = {}
     for node_id, slot in sim.slots.items():
         if not slot.sim.up:

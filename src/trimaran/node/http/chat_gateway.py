@@ -40,10 +40,12 @@ last offset received, nothing stored is lost); 4029 over ``WS_FRAMES_PER_S_MAX``
 
 How delivery stays exact: every node pushes from its own applied state (:class:`ChatHub` reads the
 chat service's events window after each driver round), so a subscriber never sees an uncommitted
-message and followers share the fan-out. A subscription first reads the history with a linearizable
-read (so it sees every publish acknowledged before it subscribed, on any node), then goes live;
-each subscription keeps the last offset delivered, so a live message it already has is skipped and
-one that skips ahead makes it read the missing range from history first.
+message and followers share the fan-out. What each subscription is sent is decided by its
+:class:`~trimaran.services.chat.feed.Feed` (sans-IO, the same one the simulator checks under
+faults): it first reads the history with a linearizable read (so it sees every publish
+acknowledged before it subscribed, on any node), then goes live; it keeps the last offset
+delivered, so a live message it already has is skipped and one that skips ahead makes it read the
+missing range from history first.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from trimaran.node.authoriser import Grant
 from trimaran.node.http.edge import HttpEdge
 from trimaran.node.http.json_body import data_fields, encode, error_json
 from trimaran.services.chat import ChatService
+from trimaran.services.chat.feed import Feed, Push
 
 log = logging.getLogger("trimaran.node.http.chat")
 
@@ -74,8 +77,6 @@ WS_FRAMES_PER_S_MAX = 1_000
 WS_SUBSCRIPTIONS_MAX = 1_000
 #: WebSocket connections one node serves at once.
 WS_CONNECTIONS_MAX = 10_000
-#: Live events held for a subscription while its history is read; beyond it, re-read.
-SYNC_PENDING_EVENTS_MAX = 10_000
 #: How long the first frame may take when it must carry the token.
 AUTH_TIMEOUT_S = 10.0
 
@@ -99,22 +100,6 @@ class Closing(Exception):
 
 def error_frame(request_id: Any, exc: TrimaranError) -> dict[str, Any]:
     return {"id": request_id, "type": "error", "error": error_json(exc)}
-
-
-class Subscription:
-    """One channel of one connection: where its delivery stands."""
-
-    __slots__ = ("channel", "epoch", "last", "syncing", "pending", "overflowed")
-
-    def __init__(self, channel: str) -> None:
-        self.channel = channel
-        self.epoch: str | None = None
-        #: The last offset delivered in ``epoch``.
-        self.last = 0
-        #: Its history is being read: live events wait in ``pending``.
-        self.syncing = True
-        self.pending: list[list[Any]] = []
-        self.overflowed = False
 
 
 class ChatHub:
@@ -178,7 +163,7 @@ class WsConnection:
         self._send = send
         self.token = token
         self.grant: Grant | None = None
-        self.subscriptions: dict[str, Subscription] = {}
+        self.subscriptions: dict[str, Feed] = {}
         self._queue: deque[str] = deque()
         self._queue_bytes = 0
         self._queue_lot = trio.lowlevel.ParkingLot()
@@ -245,64 +230,32 @@ class WsConnection:
     # ------------------------------------------------------------------ live events
 
     def on_event(self, event: list[Any], encoded: dict[str, str] | None = None) -> None:
-        _, kind, channel, offset, epoch, at_ms, payload = event
-        sub = self.subscriptions.get(channel)
-        if sub is None:
-            return
-        if sub.syncing:
-            if len(sub.pending) >= SYNC_PENDING_EVENTS_MAX:
-                sub.overflowed = True
-                sub.pending.clear()
-            elif not sub.overflowed:
-                sub.pending.append(event)
-            return
-        self._deliver(sub, kind, offset, epoch, at_ms, payload, encoded)
+        feed = self.subscriptions.get(event[2])
+        if feed is not None:
+            self._send_pushes(feed, feed.on_event(event), encoded)
 
-    def _deliver(
-        self,
-        sub: Subscription,
-        kind: str,
-        offset: int | None,
-        epoch: str | None,
-        at_ms: int,
-        payload: Any,
-        encoded: dict[str, str] | None = None,
-    ) -> None:
-        channel = sub.channel
-        if kind == "message":
-            assert offset is not None
-            if epoch != sub.epoch:
-                if offset != 1:  # a new epoch we joined late: read it from history
-                    self._need_resync(sub)
-                    return
-                sub.epoch, sub.last = epoch, 0
-                self.push({"type": "epoch", "channel": channel, "epoch": epoch})
-            if offset <= sub.last:
-                return  # delivered from history already
-            if offset > sub.last + 1:
-                self._need_resync(sub)
-                return
-            sub.last = offset
-            self.push_text(_cached(encoded, lambda: {"type": "message", "channel": channel, "offset": offset, "epoch": epoch, **data_fields(payload), "at_ms": at_ms}))
-        elif kind == "ephemeral":
-            self.push_text(_cached(encoded, lambda: {"type": "ephemeral", "channel": channel, "epoch": epoch, **data_fields(payload), "at_ms": at_ms}))
-        elif kind in ("join", "leave"):
-            session, extra = payload
-            detail = data_fields(extra, "info") if kind == "join" else {"reason": extra}
-            self.push_text(_cached(encoded, lambda: {"type": kind, "channel": channel, "session": session, **detail, "at_ms": at_ms}))
-        elif kind == "reset" or (kind == "dropped" and epoch == sub.epoch):
-            sub.epoch, sub.last = (epoch if kind == "reset" else None), 0
-            self.push({"type": "epoch", "channel": channel, "epoch": sub.epoch})
-
-    def _need_resync(self, sub: Subscription) -> None:
-        sub.syncing = True
-        self._resync.add(sub.channel)
-        self._resync_lot.unpark_all()
+    def _send_pushes(self, feed: Feed, pushes: list[Push], encoded: dict[str, str] | None = None) -> None:
+        """Queue what the feed decided (a live event's frame is encoded once for all subscribers)."""
+        for push in pushes:
+            what = push[0]
+            if what == "event":
+                self.push_text(_cached(encoded, lambda: _event_frame(push[1])))
+            elif what == "message":
+                self.push(_message_frame(feed.channel, push[1], push[2], push[3], push[4]))
+            elif what == "epoch":
+                frame: dict[str, Any] = {"type": "epoch", "channel": feed.channel, "epoch": push[1]}
+                if push[2] is False:
+                    frame["recovered"] = False
+                self.push(frame)
+            else:  # resync: read the missing range from history
+                self._resync.add(feed.channel)
+                self._resync_lot.unpark_all()
 
     def resync_all(self) -> None:
-        for sub in self.subscriptions.values():
-            if not sub.syncing:
-                self._need_resync(sub)
+        for feed in self.subscriptions.values():
+            if feed.resync():
+                self._resync.add(feed.channel)
+        self._resync_lot.unpark_all()
 
     def recheck_token(self) -> None:
         if self.grant is None:
@@ -318,45 +271,27 @@ class WsConnection:
             if self.closing is not None:
                 return
             channel = self._resync.pop()
-            sub = self.subscriptions.get(channel)
-            if sub is not None:
-                await self._catch_up(sub, "stale")
+            feed = self.subscriptions.get(channel)
+            if feed is not None:
+                await self._catch_up(feed, "stale")
 
-    async def _catch_up(self, sub: Subscription, consistency: str) -> dict[str, Any]:
-        """Read ``sub``'s channel from history after its last offset (pages), push it, then the live
-        events held meanwhile; the first page's answer."""
+    async def _catch_up(self, feed: Feed, consistency: str) -> dict[str, Any]:
+        """Read ``feed``'s channel from history after its last offset (pages), push it, then the
+        live events held meanwhile; the first page's answer."""
         first: dict[str, Any] | None = None
         while True:
-            sub.pending.clear()
-            sub.overflowed = False
-            options: dict[str, Any] = {"since": sub.last}
-            if sub.epoch is not None:
-                options["epoch"] = sub.epoch
-            query: list[Any] = ["history", sub.channel, options]
+            query: list[Any] = ["history", feed.channel, feed.history_options()]
             page = await self._request("read", {"service": "chat", "query": query, "consistency": consistency})
             consistency = "stale"  # later pages: offsets keep them exact
             first = first or page
-            if not page["recovered"] or (sub.epoch is not None and page["epoch"] != sub.epoch):
-                # The history no longer reaches back to ``last`` (or the channel was reset): go on
-                # from the oldest kept, and say so.
-                sub.epoch, sub.last = page["epoch"], page["oldest"] - 1
-                self.push({"type": "epoch", "channel": sub.channel, "epoch": sub.epoch, "recovered": False})
-            sub.epoch = page["epoch"]
-            for offset, data, at_ms in page["messages"]:
-                if not self._has_room():
+            pushes, done = feed.on_page(page)
+            for push in pushes:
+                if push[0] == "message" and not self._has_room():
                     await self._room()  # a replay goes at the pace the client reads
-                if offset == sub.last + 1:
-                    sub.last = offset
-                    self.push({"type": "message", "channel": sub.channel, "offset": offset, "epoch": sub.epoch, **data_fields(data), "at_ms": at_ms})
-            if page["next"] is not None and page["messages"]:
-                continue  # the next page
-            if sub.overflowed:
-                continue  # too much went by while reading: read again from where we are
-            held, sub.pending = sub.pending, []
-            sub.syncing = False
-            for event in held:
-                self._deliver(sub, event[1], event[3], event[4], event[5], event[6])
-            return first
+                self._send_pushes(feed, [push])
+            if done:
+                self._send_pushes(feed, feed.go_live())
+                return first
 
     # ------------------------------------------------------------------ requests
 
@@ -438,30 +373,25 @@ class WsConnection:
             raise InvalidArgument("epoch must be a string")
         # Check the scope before anything is read or followed.
         self._check("read", {"service": "chat", "query": ["history", channel], "consistency": "linearizable"})
-        sub = Subscription(channel)
-        self.subscriptions[channel] = sub
+        feed = Feed(channel, since, epoch)
+        self.subscriptions[channel] = feed
         self.hub.follow(self, channel)
         try:
             if since is None:
                 # Live only: learn where the channel stands (linearizable), deliver after it.
                 query: list[Any] = ["history", channel, {"limit": 0}]
-                head = await self._request("read", {"service": "chat", "query": query, "consistency": "linearizable"})
-                sub.epoch, sub.last = head["epoch"], head["top"]
-                held, sub.pending, sub.syncing = sub.pending, [], False
-                for event in held:
-                    self._deliver(sub, event[1], event[3], event[4], event[5], event[6])
-                first = head
+                first = await self._request("read", {"service": "chat", "query": query, "consistency": "linearizable"})
+                self._send_pushes(feed, feed.on_head(first))
                 recovered = True
             else:
-                sub.epoch, sub.last = epoch, since
-                first = await self._catch_up(sub, "linearizable")
+                first = await self._catch_up(feed, "linearizable")
                 recovered = bool(first["recovered"])
         except BaseException:
             self.subscriptions.pop(channel, None)
             self.hub.unfollow(self, channel)
             raise
         return {
-            "type": "subscribed", "channel": channel, "epoch": sub.epoch, "top": first["top"], "oldest": first["oldest"],
+            "type": "subscribed", "channel": channel, "epoch": feed.epoch, "top": first["top"], "oldest": first["oldest"],
             "recovered": recovered,
         }  # fmt: skip
 
@@ -592,6 +522,22 @@ def _cached(encoded: dict[str, str] | None, frame: Callable[[], dict[str, Any]])
     if text is None:
         text = encoded["frame"] = encode(frame())
     return text
+
+
+def _message_frame(channel: str, offset: int, epoch: str | None, data: bytes, at_ms: int) -> dict[str, Any]:
+    return {"type": "message", "channel": channel, "offset": offset, "epoch": epoch, **data_fields(data), "at_ms": at_ms}
+
+
+def _event_frame(event: list[Any]) -> dict[str, Any]:
+    """The push frame of a live event (message, ephemeral, join or leave)."""
+    _, kind, channel, offset, epoch, at_ms, payload = event
+    if kind == "message":
+        return _message_frame(channel, offset, epoch, payload, at_ms)
+    if kind == "ephemeral":
+        return {"type": "ephemeral", "channel": channel, "epoch": epoch, **data_fields(payload), "at_ms": at_ms}
+    session, extra = payload
+    detail = data_fields(extra, "info") if kind == "join" else {"reason": extra}
+    return {"type": kind, "channel": channel, "session": session, **detail, "at_ms": at_ms}
 
 
 def _data_of(frame: dict[str, Any]) -> bytes:
