@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from trimaran.cli import _client_options, _service, main
+from trimaran.cli.progress import ProgressBar
 
 
 @main.group("member")
@@ -64,23 +65,6 @@ def member_list_command(endpoints: str, cluster_id: str | None, token: str | Non
     click.echo(f"failure tolerance: {_tolerance(voters)} of {voters} voters may fail")
 
 
-class _CatchUpBar:
-    """The catch-up progress bar on stderr; ``end`` finishes its line if one was drawn."""
-
-    def __init__(self) -> None:
-        self.drawn = False
-
-    def __call__(self, match: int, last: int) -> None:
-        width = 30
-        filled = min(width, width * match // last) if last else width
-        click.echo(f"\rcatching up [{'#' * filled}{'.' * (width - filled)}] {match}/{last}", err=True, nl=False)
-        self.drawn = True
-
-    def end(self) -> None:
-        if self.drawn:
-            click.echo("", err=True)
-
-
 @member_group.command("add")
 @click.argument("node_id", type=click.IntRange(min=1))
 @click.option("--peer-address", metavar="HOST:PORT", help="Where the new node's peer port listens (its --peer-listen).")
@@ -108,7 +92,7 @@ def member_add_command(
     if client_address and not peer_address:
         raise click.UsageError("--client-address needs --peer-address")
     before = _service("members", endpoints, cluster_id, token, timeout_ms, "list")
-    bar = _CatchUpBar()
+    bar = ProgressBar("catching up ", lambda match, last: f"{match}/{last}")
     try:
         after = _service(
             "members", endpoints, cluster_id, token, timeout_ms + int(catch_up_timeout_s * 1000), "add", node_id,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
 
 import click
 
 from trimaran.cli import _client_call, _client_options, main
+from trimaran.cli.progress import ProgressBar
 
 
 @main.group("snapshot")
@@ -21,23 +21,15 @@ def snapshot_group() -> None:
     """
 
 
-def _progress_bar(as_json: bool) -> Any:
-    """A progress callback drawing a bar on stderr (none with --json)."""
-    if as_json:
-        return None
+def _transfer_bar() -> ProgressBar:
+    """The bytes received, their total and the rate so far."""
     started = time.monotonic()
 
-    def show(done: int, total: int) -> None:
-        width = 30
-        filled = width * done // total if total else width
+    def counts(done: int, total: int) -> str:
         rate_mb_s = done / 1e6 / max(time.monotonic() - started, 1e-6)
-        click.echo(
-            f"\r[{'#' * filled}{'.' * (width - filled)}] {done / 1e6:.1f}/{total / 1e6:.1f} MB {rate_mb_s:.1f} MB/s",
-            err=True,
-            nl=done >= total,
-        )
+        return f"{done / 1e6:.1f}/{total / 1e6:.1f} MB {rate_mb_s:.1f} MB/s"
 
-    return show
+    return ProgressBar("", counts)
 
 
 @snapshot_group.command("save")
@@ -50,9 +42,13 @@ def snapshot_save_command(file: str, endpoints: str, cluster_id: str | None, tok
     """
     from trimaran.client.commands import save_backup
 
-    header = _client_call(
-        save_backup, endpoints, file, progress=_progress_bar(as_json), cluster_id=cluster_id, token=token, timeout_ms=timeout_ms
-    )
+    bar = _transfer_bar()
+    try:
+        header = _client_call(
+            save_backup, endpoints, file, progress=None if as_json else bar, cluster_id=cluster_id, token=token, timeout_ms=timeout_ms
+        )
+    finally:
+        bar.end()
     if as_json:
         click.echo(json.dumps(header | {"file": file}))
     else:

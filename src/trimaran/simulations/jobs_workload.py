@@ -24,6 +24,7 @@ job it held with its old token: the service must refuse that if the job was leas
 
 from __future__ import annotations
 
+import abc
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -99,7 +100,7 @@ def make_jobs_clients(first_index: int, config: WorkloadConfig, shape: JobsShape
     return clients
 
 
-class JobsClient(Client):
+class JobsClient(Client, abc.ABC):
     """What producers and workers share: jobs commands out of the KV history, the service's
     deterministic refusals taken as answers (not retried)."""
 
@@ -130,8 +131,9 @@ class JobsClient(Client):
         self.op = PendingOp(-1, str(command[0]), b"", (), self.seq, now + self.config.op_deadline_us, command, service="jobs")
         self._attempt()
 
+    @abc.abstractmethod
     def _draw_command(self) -> list[Any] | None:
-        raise NotImplementedError
+        """The next command to send, or None to think a while first."""
 
     def on_reply(self, reply: Reply) -> None:
         op = self.op
@@ -154,8 +156,9 @@ class JobsClient(Client):
         self._answered(op.request, value)
         self._set_timer(self.ctx.now_us + self.rng.randint(0, self.think_us_max))
 
+    @abc.abstractmethod
     def _answered(self, command: list[Any], value: object) -> None:
-        raise NotImplementedError
+        """``command`` got ``value`` (a result, or the service's typed refusal)."""
 
     def _give_up(self, op: PendingOp) -> None:
         if op.kind == "register":
