@@ -58,6 +58,11 @@ async def test_jobs_commands(tmp_path: Path) -> None:
             code, out = await cli("jobs", "stats", "mail", "--json", *e)
             stats = json.loads(out)
             assert code == 0 and stats["ready"] == 1 and stats["delayed"] == 1 and stats["paused"] is False
+            code, out = await cli("jobs", "queues", *e)
+            assert code == 0 and out.splitlines()[1].split() == ["mail", "1", "1", "0", "0", "2"], out
+            code, out = await cli("jobs", "queues", "--json", *e)
+            (listed,) = [json.loads(line) for line in out.splitlines()]
+            assert code == 0 and (listed["queue"], listed["lease_expiries_total"], listed["paused"]) == ("mail", 0, False)
             code, out = await cli("jobs", "pause", "mail", "--json", *e)
             assert code == 0 and json.loads(out)["changed"] is True
             code, out = await cli("jobs", "resume", "mail", *e)

@@ -95,6 +95,8 @@ async def test_metrics_need_cluster_read_and_move_with_the_cluster(tmp_path: Pat
             assert value(after, "trimaran_kv_keys") == WRITES
             assert value(after, "trimaran_kv_used_bytes") >= WRITES * 100
             assert value(after, "trimaran_jobs", queue="mail", state="ready") == 1
+            assert value(after, "trimaran_jobs_lease_expiries_total", queue="mail") == 0  # counted in the service's unit tests
+            assert value(after, "trimaran_jobs_dead_lettered_total", queue="mail") == 0
             latency = value(after, "trimaran_request_duration_seconds_count", service="kv", kind="command")
             assert latency - value(before, "trimaran_request_duration_seconds_count", service="kv", kind="command") == WRITES
             # Every write was made durable by a group commit, timed; and appended in batches.

@@ -1077,6 +1077,27 @@ def jobs_stats_command(queue: str, endpoints: str, cluster_id: str | None, token
         click.echo(f"{name:21} {value}")
 
 
+@jobs_group.command("queues")
+@click.option("--limit", type=click.IntRange(1, 1000), help="Queues at most (one page).")
+@click.option("--start-after", help="The queue name the page starts after (the previous page's next).")
+@_client_options(default_timeout_ms=5_000)
+def jobs_queues_command(
+    limit: int | None, start_after: str | None, endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool
+) -> None:
+    """Print every queue: NAME READY DELAYED RUNNING DEAD HELD, and (paused) (JSON lines with --json)."""
+    page = _jobs(endpoints, cluster_id, token, timeout_ms, "queues", limit=limit, start_after=start_after)
+    if not as_json and page.items:
+        click.echo(f"{'QUEUE':24} {'READY':>7} {'DELAYED':>7} {'RUNNING':>7} {'DEAD':>7} {'HELD':>7}")
+    for item in page.items:
+        if as_json:
+            click.echo(_dumps(item))
+            continue
+        paused = "  (paused)" if item["paused"] else ""
+        click.echo(f"{item['queue']:24} {item['ready']:>7} {item['delayed']:>7} {item['running']:>7} {item['dead']:>7} {item['held']:>7}{paused}")
+    if page.next is not None:
+        click.echo(f"more: --start-after {page.next}", err=True)
+
+
 @jobs_group.command("cancel")
 @click.argument("job")
 @_client_options(default_timeout_ms=5_000)

@@ -179,6 +179,16 @@ class QueueStats:
 
 
 @dataclass(frozen=True, slots=True)
+class QueuePage:
+    """A page of the cluster's job queues (name order): each one's counts by state, whether it is
+    paused, and the leases that expired and jobs dead-lettered since the answering node built it."""
+
+    items: list[dict[str, Any]]
+    #: The ``start_after`` of the next page; None at the end.
+    next: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class JobPage:
     items: list[JobInfo]
     #: The ``start_after`` of the next page; None at the end.
@@ -334,6 +344,11 @@ class JobsClient:
         counts = {s: answer.pop(s) for s in list(answer) if s in TERMINAL_STATES | {"waiting", "delayed", "ready", "running"}}
         held, paused = answer.pop("held"), answer.pop("paused")
         return QueueStats(queue, counts, held, paused, answer)
+
+    async def queues(self, *, start_after: str | None = None, limit: int | None = None, timeout_ms: int | None = None) -> QueuePage:
+        """A page of every queue's counts (needs ``jobs:read:*``)."""
+        answer = await self._read(["queues", {"start_after": start_after, "limit": limit}], timeout_ms)
+        return QueuePage(answer["items"], answer["next"])
 
     async def list_jobs(
         self, queue: str, *, state: str | None = None, start_after: str | None = None, limit: int | None = None, timeout_ms: int | None = None
@@ -516,6 +531,11 @@ class SyncJobsClient:
     def stats(self, queue: str, **options: Any) -> QueueStats:
         """Blocking :meth:`JobsClient.stats`."""
         answer: QueueStats = self._call(self._inner.stats, queue, **options)
+        return answer
+
+    def queues(self, **options: Any) -> QueuePage:
+        """Blocking :meth:`JobsClient.queues`."""
+        answer: QueuePage = self._call(self._inner.queues, **options)
         return answer
 
     def list_jobs(self, queue: str, **options: Any) -> JobPage:

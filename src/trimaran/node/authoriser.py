@@ -244,8 +244,8 @@ def _jobs_requirements(op: str, body: dict[str, Any], state: _JobsState) -> tupl
         return _queues("work", query.queues)
     if isinstance(query, jobs_args.SessionQuery):
         return state.session("work", query.session)
-    assert isinstance(query, jobs_args.SchedulesQuery), query
-    return (("jobs", "read", b"", True),)  # every queue's schedules: jobs:read:*
+    assert isinstance(query, (jobs_args.SchedulesQuery, jobs_args.QueuesQuery)), query
+    return (("jobs", "read", b"", True),)  # every queue's schedules or stats: jobs:read:*
 
 
 def requirements(op: str, body: dict[str, Any], jobs: _JobsState | None = None) -> tuple[Requirement, ...]:

@@ -534,6 +534,36 @@ def test_stats_count_every_state(log: Log) -> None:
     assert stats["held"] == 4
 
 
+def test_queues_lists_every_queue_in_pages_with_its_counts(log: Log) -> None:
+    for name in ("c", "a", "b"):
+        log.enqueue(queue=name)
+    log.do(["pause", "b"])
+    page = log.ask(["queues", {"limit": 2}])
+    assert [i["queue"] for i in page["items"]] == ["a", "b"] and page["next"] == "b"
+    assert page["items"][1]["paused"] and (page["items"][0]["ready"], page["items"][0]["held"]) == (1, 1)
+    rest = log.ask(["queues", {"start_after": page["next"]}])
+    assert [i["queue"] for i in rest["items"]] == ["c"] and rest["next"] is None
+    with pytest.raises(InvalidArgument):
+        log.ask(["queues", {"limit": limits.job_dlq_batch_max + 1}])
+
+
+def test_queues_counts_lease_expiries_and_dead_letters(log: Log) -> None:
+    timed = log.enqueue(timeout_ms=100, max_attempts=1)  # its lease times out: dead
+    lapsed = log.enqueue()  # its session lapses: back to ready
+    s = log.session(ttl_ms=1_000)
+    log.claim(s, n=1)
+    log.tick(100)
+    assert log.state(timed) == "dead"
+    log.claim(s, n=1)
+    log.tick(1_000)
+    assert log.state(lapsed) == "ready"
+    closed = log.session()
+    (got,) = log.claim(closed)
+    log.do(["release", got["id"], got["token"]])  # given back: neither counts
+    (item,) = log.ask(["queues"])["items"]
+    assert (item["lease_expiries_total"], item["dead_lettered_total"], item["dead"]) == (2, 1, 1)
+
+
 # ---------------------------------------------------------------------------- schedules
 
 

@@ -36,7 +36,7 @@ import trio
 from trimaran.errors import Unavailable
 from trimaran.node.clock import wall_clock_ms
 from trimaran.node.config import Address
-from trimaran.node.http.metrics import MetricsRoute, job_queue_names, local_query
+from trimaran.node.http.metrics import MetricsRoute, job_queues, local_query
 from trimaran.node.http.rest import Handler, Receive, Scope, Send, send_page
 from trimaran.node.probe import fetch_status
 from trimaran.node.stats import LATENCY_BUCKETS_S, quantile
@@ -232,12 +232,7 @@ class ClusterView:
         return out
 
     def _jobs(self) -> dict[str, dict[str, int]]:
-        out = {}
-        for queue in job_queue_names(self.node):
-            stats = local_query(self.node, "jobs", ["stats", queue])
-            if stats is not None:
-                out[queue] = {state: stats[state] for state in JOB_STATES if state in stats}
-        return out
+        return {item["queue"]: {state: item[state] for state in JOB_STATES} for item in job_queues(self.node)}
 
     def _chat(self) -> dict[str, Any]:
         stats = local_query(self.node, "chat", ["stats"]) or {}

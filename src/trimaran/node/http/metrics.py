@@ -40,6 +40,9 @@ family                                  what
 ``jobs{queue,state}``                   jobs per queue and state (the jobs ``stats`` query, dead
                                         letters are ``state="dead"``)
 ``jobs_claims_total``                   claim requests answered
+``jobs_lease_expiries_total{queue}``    leases ended by a job's timeout or its session's lapse
+``jobs_dead_lettered_total{queue}``     jobs sent to the dead-letter list (both counted since this
+                                        node built the queue: its start or a snapshot install)
 ``chat_channels``, ``chat_messages``,   the chat service's ``stats`` (messages kept, present sessions)
 ``chat_sessions``
 ``chat_publishes_total``                publishes answered
@@ -96,12 +99,11 @@ def local_query(node: Node, service: str, query: list[Any]) -> Any:
         return None
 
 
-def job_queue_names(node: Node) -> list[str]:
-    """The jobs service's queue names (its ``_queues`` table: the service has no query listing
-    them yet), at most :data:`JOB_QUEUES_EXPORTED_MAX`."""
-    assert node.driver is not None
-    jobs = node.driver.replica.services.get("jobs")
-    return sorted(getattr(jobs, "_queues", {}))[:JOB_QUEUES_EXPORTED_MAX]
+def job_queues(node: Node) -> list[dict[str, Any]]:
+    """The first :data:`JOB_QUEUES_EXPORTED_MAX` job queues (in name order), each with its counts
+    by state and its lease-expiry and dead-letter totals: the jobs service's ``queues`` query."""
+    page = local_query(node, "jobs", ["queues", {"limit": JOB_QUEUES_EXPORTED_MAX}])
+    return [] if page is None else list(page["items"])
 
 
 def _histogram(name: str, doc: str, labels: list[str], series: list[tuple[list[str], Buckets]]) -> HistogramMetricFamily:
@@ -233,14 +235,21 @@ class NodeCollector(Collector):
             yield _counter("trimaran_kv_expired_keys", "Keys expired (replicated: the same on every node).", kv["expired_keys_total"])
             yield _counter("trimaran_kv_evicted_keys", "Keys evicted (replicated: the same on every node).", kv["evicted_keys_total"])
         jobs = GaugeMetricFamily("trimaran_jobs", "Jobs per queue and state (dead: the dead-letter list).", labels=["queue", "state"])
-        for queue in job_queue_names(node):
-            stats = local_query(node, "jobs", ["stats", queue])
-            if stats is None:
-                continue
-            for state, count in stats.items():
-                if isinstance(count, int) and not isinstance(count, bool) and state in JOB_STATES:
-                    jobs.add_metric([queue, state], count)
+        expiries = CounterMetricFamily(
+            "trimaran_jobs_lease_expiries",
+            "Leases that ended without an outcome (a job's timeout or its worker session's lapse), per queue.",
+            labels=["queue"],
+        )
+        dead_lettered = CounterMetricFamily("trimaran_jobs_dead_lettered", "Jobs sent to the dead-letter list, per queue.", labels=["queue"])
+        for item in job_queues(node):
+            queue = item["queue"]
+            for state in JOB_STATES:
+                jobs.add_metric([queue, state], item[state])
+            expiries.add_metric([queue], item["lease_expiries_total"])
+            dead_lettered.add_metric([queue], item["dead_lettered_total"])
         yield jobs
+        yield expiries
+        yield dead_lettered
         chat = local_query(node, "chat", ["stats"])
         if chat is not None:
             yield _gauge("trimaran_chat_channels", "Chat channels.", chat["channels"])

@@ -176,6 +176,11 @@ class StatsQuery(NamedTuple):
     queue: str
 
 
+class QueuesQuery(NamedTuple):
+    start_after: str | None
+    limit: int
+
+
 class ReadyQuery(NamedTuple):
     queues: tuple[str, ...]
 
@@ -550,6 +555,15 @@ def _list(q: list[Any]) -> ListQuery:
     )
 
 
+def _queues_query(q: list[Any]) -> QueuesQuery:
+    _, opts = split(q, "query", 0, ("start_after", "limit"))
+    start_after = opts.get("start_after")
+    return QueuesQuery(
+        None if start_after is None else name_arg(start_after, "start_after"),
+        int_arg(opts.get("limit", limits.job_dlq_batch_max), "limit", 1, limits.job_dlq_batch_max),
+    )
+
+
 def _schedules(q: list[Any]) -> SchedulesQuery:
     split(q, "query", 0, ())
     return SchedulesQuery()
@@ -560,12 +574,13 @@ def _session(q: list[Any]) -> SessionQuery:
     return SessionQuery(name_arg(session, "session"))
 
 
-Query = JobQuery | ResultQuery | StatsQuery | ReadyQuery | DlqQuery | ListQuery | SchedulesQuery | SessionQuery
+Query = JobQuery | ResultQuery | StatsQuery | QueuesQuery | ReadyQuery | DlqQuery | ListQuery | SchedulesQuery | SessionQuery
 
 _QUERY_PARSERS: dict[str, Callable[[list[Any]], Query]] = {
     "job": _job_query,
     "result": _job_query,
     "stats": _stats,
+    "queues": _queues_query,
     "ready": _ready,
     "dlq": _dlq_query,
     "list": _list,

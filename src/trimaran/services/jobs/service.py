@@ -69,6 +69,10 @@ op             arguments / {options}                result
 ``result``     job                                  {"state", "result", "error", "attempt", "finished_at_ms"}
                                                     or None (unknown, or purged after ``result_ttl_ms``)
 ``stats``      queue                                {state: count for each state, "held", "paused", settings}
+``queues``     {start_after, limit}                 {"items": [{"queue", "paused", state counts, "held",
+                                                    "lease_expiries_total", "dead_lettered_total"}, ...] in
+                                                    name order, "next"}; the two totals count since this
+                                                    replica built the queue (metrics, not replicated state)
 ``ready``      [queue, ...]                         {"ready": jobs claimable in unpaused queues (before
                                                     limits), "next_ms": the earliest delayed run time or end
                                                     of a full rate window holding ready jobs back, or None}:
@@ -258,6 +262,7 @@ class Queue:
     __slots__ = (
         "name", "paused", *SETTINGS, "window_start_ms", "window_count", "group_windows", "ready", "heads",
         "head_of", "blocked", "rate_blocked", "running", "running_by_group", "delayed", "dead", "counts", "jobs",
+        "lease_expiries", "dead_lettered",
     )  # fmt: skip
 
     def __init__(self, name: str) -> None:
@@ -289,6 +294,12 @@ class Queue:
         #: (index, seq, id) of every job the queue holds, in creation order: its length is what
         #: queue_jobs_max bounds, and the ``list`` query pages through it.
         self.jobs = SortedList()
+        # Counted since this replica built the queue (a start, a restore): for metrics only, not
+        # replicated state (kept out of snapshots and of every answer but the ``queues`` query's).
+        #: Leases that ended without an outcome: a job's ``timeout_ms`` or its session's lapse.
+        self.lease_expiries = 0
+        #: Jobs that went to the dead-letter list.
+        self.dead_lettered = 0
 
     def settings(self) -> dict[str, int]:
         return {key: getattr(self, key) for key in SETTINGS}
@@ -353,6 +364,7 @@ class JobsService:
             args.JobQuery: self._job_query,
             args.ResultQuery: self._result_query,
             args.StatsQuery: self._stats,
+            args.QueuesQuery: self._queues_query,
             args.ReadyQuery: self._ready_query,
             args.DlqQuery: self._dlq_query,
             args.ListQuery: self._list_query,
@@ -431,6 +443,7 @@ class JobsService:
             self._attach(job, READY)
         elif kind == T_LEASE:
             self._detach(job)
+            self._queues[job.queue].lease_expiries += 1
             self._attempt_ended(job, ctx, "lease timed out", retry=True, backoff=False)
         elif kind == T_EXPIRE:
             self._detach(job)
@@ -610,6 +623,8 @@ class JobsService:
         now = ctx.timestamp_ms
         job.finished_at_ms = now
         job.cancel_requested = False
+        if state == DEAD:
+            self._queues[job.queue].dead_lettered += 1
         keep_unique_ms = self._unique_end(job, state, now)
         if state == DEAD and self._drop_dead:
             self._forget(job)  # the dead_letter_dropped mutant
@@ -802,6 +817,7 @@ class JobsService:
             job = self._jobs[job_id]
             self._detach(job)
             if lapsed:
+                self._queues[job.queue].lease_expiries += 1
                 self._attempt_ended(job, ctx, "worker session lapsed", retry=True, backoff=False)
             else:
                 self._give_back(job, ctx)
@@ -1125,6 +1141,20 @@ class JobsService:
     def _stats(self, q: args.StatsQuery, now: int) -> dict[str, Any]:
         queue = self._queues.get(q.queue) or Queue(q.queue)
         return {**queue.counts, "held": len(queue.jobs), "paused": queue.paused, **queue.settings()}
+
+    def _queues_query(self, q: args.QueuesQuery, now: int) -> dict[str, Any]:
+        items: list[dict[str, Any]] = []
+        for name in sorted(self._queues):  # at most job_queues_max names
+            if q.start_after is not None and name <= q.start_after:
+                continue
+            if len(items) == q.limit:
+                return {"items": items, "next": items[-1]["queue"]}
+            queue = self._queues[name]
+            items.append(
+                {"queue": name, "paused": queue.paused, **queue.counts, "held": len(queue.jobs),
+                 "lease_expiries_total": queue.lease_expiries, "dead_lettered_total": queue.dead_lettered}
+            )  # fmt: skip
+        return {"items": items, "next": None}
 
     def _ready_query(self, q: args.ReadyQuery, now: int) -> dict[str, Any]:
         ready = 0
