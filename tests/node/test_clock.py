@@ -207,13 +207,14 @@ async def test_the_transport_hands_clock_frames_to_the_monitor_and_messages_to_t
 def test_the_bound_is_configurable_from_the_command_line(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
+    import trimaran.node.logs as logs_module
     import trimaran.node.node as node_module
     from trimaran.cli import main
     from trimaran.node.config import NodeConfig
 
     seen: list[NodeConfig] = []
     monkeypatch.setattr(node_module, "run_node_process", lambda config, parent_pid=None: seen.append(config))
-    monkeypatch.setattr(node_module, "configure_logging", lambda level, node_id: None)
+    monkeypatch.setattr(logs_module, "configure_logging", lambda level, node_id, log_format: None)
     args = ["node", "run", "--id", "1", "--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0"]
     args += ["--data-dir", str(tmp_path)]
     assert CliRunner().invoke(main, args).exit_code == 0

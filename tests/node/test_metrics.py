@@ -87,18 +87,26 @@ async def test_metrics_need_cluster_read_and_move_with_the_cluster(tmp_path: Pat
             job["service"] = "jobs"
             await client.call("command", job)
             await client.aclose()
+            # One write through the HTTP edge: counted under edge="http", the rest under "native".
+            put = await call(http[leader], "PUT", "/v1/kv/by-http", body=b"x", token=admin.token(["admin:*"]))
+            assert put.status == 200, put.body
             after = await scrape(http[leader], reader)
 
             kv_set = "trimaran_requests_total"
-            assert value(after, kv_set, service="kv", op="set", outcome="ok") - value(before, kv_set, service="kv", op="set", outcome="ok") == WRITES
-            assert value(after, "trimaran_raft_proposals_total") - value(before, "trimaran_raft_proposals_total") == WRITES + 1
-            assert value(after, "trimaran_kv_keys") == WRITES
+            assert value(after, kv_set, service="kv", op="set", outcome="ok") - value(before, kv_set, service="kv", op="set", outcome="ok") == WRITES + 1  # and the HTTP one
+            assert value(after, "trimaran_raft_proposals_total") - value(before, "trimaran_raft_proposals_total") == WRITES + 2
+            assert value(after, "trimaran_kv_keys") == WRITES + 1
+            native = "trimaran_edge_requests_total"
+            # The sets, the job, and the client's register, all through the client port.
+            assert value(after, native, edge="native", outcome="ok") - value(before, native, edge="native", outcome="ok") == WRITES + 2
+            assert value(after, native, edge="http", outcome="ok") - value(before, native, edge="http", outcome="ok") >= 1
+            assert value(after, "trimaran_edge_request_duration_seconds_count", edge="native") >= WRITES + 2
             assert value(after, "trimaran_kv_used_bytes") >= WRITES * 100
             assert value(after, "trimaran_jobs", queue="mail", state="ready") == 1
             assert value(after, "trimaran_jobs_lease_expiries_total", queue="mail") == 0  # counted in the service's unit tests
             assert value(after, "trimaran_jobs_dead_lettered_total", queue="mail") == 0
             latency = value(after, "trimaran_request_duration_seconds_count", service="kv", kind="command")
-            assert latency - value(before, "trimaran_request_duration_seconds_count", service="kv", kind="command") == WRITES
+            assert latency - value(before, "trimaran_request_duration_seconds_count", service="kv", kind="command") == WRITES + 1
             # Every write was made durable by a group commit, timed; and appended in batches.
             assert value(after, "trimaran_storage_write_seconds_count") > value(before, "trimaran_storage_write_seconds_count")
             assert value(after, "trimaran_storage_write_seconds_sum") > 0
@@ -117,5 +125,5 @@ async def test_metrics_need_cluster_read_and_move_with_the_cluster(tmp_path: Pat
                 lambda: cluster.status(follower)["applied_index"] >= cluster.status(leader)["commit_index"], TIMEOUT_S, "follower applied"
             )
             on_follower = await scrape(http[follower], reader)
-            assert value(on_follower, "trimaran_kv_keys") == WRITES
+            assert value(on_follower, "trimaran_kv_keys") == WRITES + 1
             assert ("trimaran_raft_failure_tolerance", ()) not in on_follower

@@ -3,6 +3,7 @@ listening), and comes back from its data."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -242,16 +243,24 @@ async def test_up_with_five_nodes_and_its_data_dir_keeps_its_size(tmp_path: Path
     from trimaran.client.client import Client
 
     base = free_base_port(nodes=5)
-    up = Up(tmp_path, base, "--nodes", "5")
+    up = Up(tmp_path, base, "--nodes", "5", "--log-format", "json")
     try:
         await up.wait_up()
         assert "5 nodes" in up.output() and f"node 5  clients {HOST}:{base + 5}" in up.output()
         async with Client([f"{HOST}:{base + i}" for i in (1, 2, 3, 4, 5)], token=up.token, timeout_ms=10_000) as c:
             await c.kv.set("five", "nodes")
-            assert (await c.status())["voters"] == [1, 2, 3, 4, 5]
+            status = await c.status()
+            assert status["voters"] == [1, 2, 3, 4, 5]
         assert await up.interrupt() == 0, up.output()
     finally:
         up.kill()
+    # --log-format reached every node: each log line is one JSON object naming its node, and every
+    # node logged the leader it learned of, with the term (issue 13's logs).
+    for i in (1, 2, 3, 4, 5):
+        lines = [json.loads(line) for line in (up.data / f"node{i}.log").read_text().splitlines() if line.strip()]
+        assert lines and all(line["node"] == i for line in lines)
+        elected = [line for line in lines if line.get("event") == "leader_elected"]
+        assert any(line["leader"] == status["leader_id"] and line["term"] == status["term"] for line in elected), elected
     again = Up(tmp_path, base, "--nodes", "3")
     try:
         again.proc.wait(timeout=STOP_WAIT_S)

@@ -106,6 +106,9 @@ def _node_error(exc: BaseException) -> click.ClickException:
 
 _KV_MAXMEMORY_ENV = "TRIMARAN_KV_MAXMEMORY_BYTES"
 _KV_EVICTION_ENV = "TRIMARAN_KV_EVICTION"
+#: How `trimaran up` hands its log settings to its nodes (as with the KV settings above).
+_LOG_LEVEL_ENV = "TRIMARAN_LOG_LEVEL"
+_LOG_FORMAT_ENV = "TRIMARAN_LOG_FORMAT"
 
 
 def _kv_node_options(fn: Any) -> Any:
@@ -187,6 +190,14 @@ def _connection_bound_options(fn: Any) -> Any:
     is_flag=True,
     help="Let nodes listen beyond loopback (--host) without TLS and auth (anyone who reaches them may do anything).",
 )
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="Least severe log lines each node writes to its log file (DATA_DIR/nodeN.log).",
+)
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Each node's log lines: text or JSON.")
 @_kv_node_options
 def up_command(
     data_dir: str,
@@ -199,6 +210,8 @@ def up_command(
     auth: bool,
     tls: bool,
     insecure: bool,
+    log_level: str,
+    log_format: str,
     kv_maxmemory_bytes: int | None,
     kv_eviction: str,
 ) -> None:
@@ -215,6 +228,7 @@ def up_command(
     if kv_maxmemory_bytes is not None:
         os.environ[_KV_MAXMEMORY_ENV] = str(kv_maxmemory_bytes)
     os.environ[_KV_EVICTION_ENV] = kv_eviction
+    os.environ[_LOG_LEVEL_ENV], os.environ[_LOG_FORMAT_ENV] = log_level, log_format
     try:
         status = run_local_cluster(
             data_dir,
@@ -305,7 +319,16 @@ def node_group() -> None:
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
     show_default=True,
+    envvar=_LOG_LEVEL_ENV,
     help="Least severe log lines written (to stderr; `trimaran up` sends them to each node's log file).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    envvar=_LOG_FORMAT_ENV,
+    help="One event per line: text, or a JSON object (fields: ts, level, node, term, logger, event, msg, ...).",
 )
 @click.option("--parent-pid", type=int, hidden=True, help="Stop when this process is gone (used by `trimaran up`).")
 @click.option(
@@ -356,6 +379,7 @@ def node_run_command(
     storage_reserve_bytes: int | None,
     clock_offset_ms_max: int,
     log_level: str,
+    log_format: str,
     parent_pid: int | None,
     kv_maxmemory_bytes: int | None,
     kv_eviction: str,
@@ -367,7 +391,8 @@ def node_run_command(
 ) -> None:
     """Run one node until SIGINT/SIGTERM, then stop gracefully (exit status 0)."""
     from trimaran.node.config import Address, NodeConfig, build_peers, load_auth_key
-    from trimaran.node.node import configure_logging, run_node_process
+    from trimaran.node.logs import configure_logging
+    from trimaran.node.node import run_node_process
 
     from trimaran.errors import ConfigError
 
@@ -404,7 +429,7 @@ def node_run_command(
             resp_listen=resp_address,
             **connection_bounds,
         ).validate()
-        configure_logging(log_level, node_id)
+        configure_logging(log_level, node_id, log_format)
         run_node_process(config, parent_pid)
     except Exception as exc:
         raise _node_error(exc) from None

@@ -75,6 +75,7 @@ from typing import Any, Callable
 from trimaran.cluster.replica import Replica
 from trimaran.errors import ConfigError, PermissionDenied, Unauthenticated, Unavailable
 from trimaran.node.config import NodeConfig
+from trimaran.node.logs import event
 from trimaran.protocols import scopes, tokens
 from trimaran.services import kv_args
 from trimaran.services.chat import args as chat_args
@@ -109,7 +110,7 @@ class _RefusalLog:
         if self._left_out:
             fmt, args = fmt + " (and %d refusals not logged)", (*args, self._left_out)
             self._left_out = 0
-        log.info(fmt, *args)
+        event(log, logging.INFO, "auth_refused", fmt, *args)
 
 
 #: One thing a request touches: (service, action, name, name_is_prefix); name None: any one name.

@@ -117,6 +117,9 @@ def _encode(obj: Any) -> bytes:
 class ClientConnection:
     """One client connection; the driver answers through :meth:`on_reply`."""
 
+    #: The edge its requests are counted under (``RequestStats.edge_outcomes``).
+    edge_name = "native"
+
     def __init__(self, server: ClientServer, stream: trio.abc.Stream) -> None:
         self._server = server
         self._stream = stream

@@ -76,6 +76,7 @@ from trimaran.cluster.replica import Replica, ReplicaReady
 from trimaran.errors import InvalidArgument, MembershipChangeRejected, NotLeader, StorageFullError, TrimaranError
 from trimaran.node.clock import wall_clock_ms as system_wall_clock_ms
 from trimaran.node.config import NodeConfig
+from trimaran.node.logs import event
 from trimaran.node.stats import BATCH_ENTRIES_BUCKETS, LEADER_HISTORY_MAX, Buckets, RequestStats
 from trimaran.node.writer import StorageWriter, WriteResult
 from trimaran.protocols.messages import AppendEntries, ConfChange, ConfChangeKind, Membership, Message, Snapshot
@@ -210,6 +211,10 @@ class Driver:
         self.snapshots_taken = 0
         self.snapshots_installed = 0
         self.peer_contact_at: dict[int, float] = {}
+        # What the log events last saw (see _count_ready): an election and a membership change are
+        # logged once each.
+        self._seen_role: tuple[int, Role] = (0, Role.FOLLOWER)
+        self._seen_membership: Membership | None = None
 
     # ------------------------------------------------------------------ inputs (any task)
 
@@ -550,18 +555,40 @@ class Driver:
         )
 
     def _count_ready(self, out: ReplicaReady) -> None:
-        """Metrics of one Ready: its batch of entries, snapshots, and a new leader (or term)."""
+        """Metrics and log events of one Ready: its batch of entries, snapshots, an election, a new
+        leader (or term), a membership change."""
         rd = out.raft
         if rd.entries:
             self.append_batch_entries.observe(len(rd.entries))
+        node_id = self.config.node_id
         if rd.snapshot is not None:
             self.snapshots_installed += 1
+            meta = rd.snapshot.meta
+            event(log, logging.INFO, "snapshot_installed", "node %d: installed the leader's snapshot at index %d", node_id, meta.last_index,
+                  index=meta.last_index, bytes=len(rd.snapshot.data))  # fmt: skip
         if out.local_snapshot is not None:
             self.snapshots_taken += 1
+            meta = out.local_snapshot.meta
+            event(log, logging.INFO, "snapshot_taken", "node %d: took a snapshot at index %d", node_id, meta.last_index,
+                  index=meta.last_index, bytes=len(out.local_snapshot.data))  # fmt: skip
         raft = self.replica.raft
+        if raft.role == Role.CANDIDATE and (raft.term, Role.CANDIDATE) != self._seen_role:
+            event(log, logging.INFO, "election", "node %d: standing for election in term %d", node_id, raft.term)
+        self._seen_role = (raft.term, raft.role)
         if raft.leader_id and (not self.leader_history or self.leader_history[-1][1:] != (raft.term, raft.leader_id)):
             self.leader_changes += 1
             self.leader_history.append((self._wall_clock_ms(), raft.term, raft.leader_id))
+            event(log, logging.INFO, "leader_elected", "node %d: node %d leads term %d", node_id, raft.leader_id, raft.term, leader=raft.leader_id)
+        membership = raft.membership
+        if membership != self._seen_membership:
+            if self._seen_membership is not None:
+                event(log, logging.INFO, "membership", "node %d: members now voters %s, learners %s", node_id,
+                      sorted(membership.voters), sorted(membership.learners) or "none",
+                      voters=sorted(membership.voters), learners=sorted(membership.learners))  # fmt: skip
+                if node_id not in membership.members:
+                    event(log, logging.WARNING, "removed", "node %d: this node was removed from the cluster; it stays out "
+                          "(stop it, or add it again with `trimaran member add`)", node_id)  # fmt: skip
+            self._seen_membership = membership
 
     def _submit(self, batches: list[tuple[int, WriteBatch]]) -> None:
         for seq, batch in batches:
@@ -606,7 +633,7 @@ class Driver:
 
     def _on_client(self, op: str, body: dict[str, Any], token: Token, size_bytes: int) -> None:
         replica = self.replica
-        self.requests.started((id(token[0]), token[1]), op, body)
+        self.requests.started((id(token[0]), token[1]), op, body, getattr(token[0], "edge_name", "other"))
         try:
             if op == "command":
                 self._refuse_if_full(size_bytes)

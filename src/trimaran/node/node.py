@@ -27,6 +27,7 @@ from trimaran.node.http.chat_gateway import ChatHub
 from trimaran.node.http.dashboard import operator_routes
 from trimaran.node.http.edge import HttpEdge
 from trimaran.node.http.rest import RestApp
+from trimaran.node.logs import event, set_term_source
 from trimaran.node.resp import RespServer
 from trimaran.node.tls import node_tls
 from trimaran.node.transport import PeerTransport
@@ -43,14 +44,6 @@ log = logging.getLogger("trimaran.node")
 
 #: How often a child of ``trimaran up`` checks that its parent is still alive.
 PARENT_CHECK_INTERVAL_S = 0.5
-
-
-def configure_logging(level: str, node_id: int) -> None:
-    """Log lines to stderr, each naming the node (three nodes often share one terminal or file)."""
-    logging.basicConfig(
-        level=level.upper(),
-        format=f"%(asctime)s node{node_id} %(levelname)s %(name)s: %(message)s",
-    )
 
 
 def default_services(config: NodeConfig | None = None) -> list[Service]:
@@ -197,10 +190,12 @@ class Node:
             )
             members = replica.raft.membership.members
             if members and cfg.node_id not in members:
-                log.warning(
+                event(
+                    log, logging.WARNING, "removed",
                     "node %d: not a member of this cluster's configuration (voters %s): it was removed, so it "
                     "neither votes nor campaigns; `trimaran member add %d` takes it back",
                     cfg.node_id, list(replica.raft.membership.voters), cfg.node_id,
+                    voters=list(replica.raft.membership.voters),
                 )  # fmt: skip
             await self._serve(replica, writer, task_status)
         finally:
@@ -234,6 +229,17 @@ class Node:
             cfg, driver, self.status, self._wall_clock_ms, self._tls.client_server if self._tls else None
         )
         self.driver, self.transport, self.client_server, self.clock = driver, transport, client_server, clock
+        term_source = lambda: replica.raft.term  # noqa: E731
+        set_term_source(term_source)  # every log line of this process names the term from now on
+        try:
+            await self._run(cfg, replica, driver, transport, clock, client_server, task_status)
+        finally:
+            set_term_source(None, only_if=term_source)
+
+    async def _run(
+        self, cfg: NodeConfig, replica: Replica, driver: Driver, transport: PeerTransport, clock: ClockMonitor,
+        client_server: ClientServer, task_status: trio.TaskStatus[Node],
+    ) -> None:  # fmt: skip
         async with trio.open_nursery() as nursery:
             await nursery.start(driver.run)
             self.peer_address = await nursery.start(transport.serve)
@@ -250,7 +256,7 @@ class Node:
                 log.info("node %d: HTTP on %s", cfg.node_id, self.http_address)
             if cfg.resp_listen is not None:
                 # An edge of its own: its session, slots and counters are the RESP listener's.
-                resp_edge = HttpEdge(cfg, driver, client_server.authoriser, self.status, self._tls is not None)
+                resp_edge = HttpEdge(cfg, driver, client_server.authoriser, self.status, self._tls is not None, edge_name="resp")
                 self.resp_server = RespServer(cfg, resp_edge, self._wall_clock_ms)
                 self.resp_address = await nursery.start(self.resp_server.serve)
                 log.info("node %d: RESP (Redis protocol) on %s", cfg.node_id, self.resp_address)

@@ -111,12 +111,17 @@ class RequestStats:
 
     def __init__(self, clock_s: Callable[[], float]) -> None:
         self._clock_s = clock_s
-        self._tracked: dict[Any, tuple[str, str, str, float]] = {}
+        self._tracked: dict[Any, tuple[str, str, str, str, float]] = {}
         self._labels: set[tuple[str, str]] = set()
         #: (service, op, outcome) -> count; outcome is "ok" or the error's code.
         self.outcomes: dict[tuple[str, str, str], int] = {}
         #: (service, kind) -> latency histogram; kind is "command", "read" or "other".
         self.latency: dict[tuple[str, str], Buckets] = {}
+        #: (edge, outcome) -> count, and edge -> latency: the same requests by the edge they came in
+        #: on at this node (``native``, ``http``, ``resp``; a follower's forwarded request counts as
+        #: ``native`` on the leader).
+        self.edge_outcomes: dict[tuple[str, str], int] = {}
+        self.edge_latency: dict[str, Buckets] = {}
         self.untracked = 0
         #: Commands handed to the Replica, and commands that did not reach (or left) the log.
         self.proposals = 0
@@ -124,7 +129,7 @@ class RequestStats:
         #: The last failed requests: (wall time ms, service, op, code, message).
         self.recent_errors: deque[tuple[int, str, str, str, str]] = deque(maxlen=RECENT_ERRORS_MAX)
 
-    def started(self, token: Any, op: str, body: dict[str, Any]) -> None:
+    def started(self, token: Any, op: str, body: dict[str, Any], edge: str = "other") -> None:
         service, name, kind = request_labels(op, body)
         if (service, name) not in self._labels:
             if len(self._labels) >= LABEL_SETS_MAX:
@@ -134,20 +139,27 @@ class RequestStats:
         if len(tracked) >= TRACKED_REQUESTS_MAX:
             del tracked[next(iter(tracked))]
             self.untracked += 1
-        tracked[token] = (service, name, kind, self._clock_s())
+        tracked[token] = (service, name, kind, edge, self._clock_s())
 
     def finished(self, token: Any, ok: bool, value: Any, wall_ms: Callable[[], int]) -> None:
         entry = self._tracked.pop(token, None)
         if entry is None:
             return
-        service, name, kind, started_s = entry
+        service, name, kind, edge, started_s = entry
         outcome = "ok" if ok else str(getattr(value, "code", "internal"))
         key = (service, name, outcome)
         self.outcomes[key] = self.outcomes.get(key, 0) + 1
+        edge_key = (edge, outcome)
+        self.edge_outcomes[edge_key] = self.edge_outcomes.get(edge_key, 0) + 1
+        elapsed_s = self._clock_s() - started_s
         hist = self.latency.get((service, kind))
         if hist is None:
             hist = self.latency[(service, kind)] = Buckets(LATENCY_BUCKETS_S)
-        hist.observe(self._clock_s() - started_s)
+        hist.observe(elapsed_s)
+        edge_hist = self.edge_latency.get(edge)
+        if edge_hist is None:
+            edge_hist = self.edge_latency[edge] = Buckets(LATENCY_BUCKETS_S)
+        edge_hist.observe(elapsed_s)
         if not ok:
             if kind == "command" and outcome in PROPOSAL_FAILURES:
                 self.proposal_failures += 1

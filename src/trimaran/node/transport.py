@@ -74,6 +74,7 @@ from trimaran import limits
 from trimaran.errors import ProtocolError, TrimaranError
 from trimaran.node.clock import HELLO_FEATURE, ClockMonitor, is_clock_frame
 from trimaran.node.config import Address, NodeConfig
+from trimaran.node.logs import event
 from trimaran.node.streams import PendingHandshakes, TlsStream, linger_close, open_listeners, read_frame
 from trimaran.node.tls import NodeTls, peer_node_id
 from trimaran.protocols.codec import brief, message_from_wire, message_to_wire, pack, unpack
@@ -447,12 +448,14 @@ class PeerTransport:
             await stream.do_handshake()
         except trio.BrokenResourceError as exc:
             self.tls_refused += 1
-            log.warning("node %d: TLS handshake with peer %d failed: %s", self._node_id, peer_id, exc)
+            event(log, logging.WARNING, "peer_refused", "node %d: TLS handshake with peer %d failed: %s", self._node_id, peer_id, exc,
+                  peer=peer_id, reason="tls_handshake")  # fmt: skip
             raise
         claimed = peer_node_id(stream.getpeercert())
         if claimed != peer_id:
             self.tls_refused += 1
-            log.warning("node %d: the node at peer %d's address holds node %s's certificate", self._node_id, peer_id, claimed)
+            event(log, logging.WARNING, "peer_refused", "node %d: the node at peer %d's address holds node %s's certificate",
+                  self._node_id, peer_id, claimed, peer=peer_id, reason="wrong_certificate")  # fmt: skip
             await trio.aclose_forcefully(stream)
             raise trio.BrokenResourceError(f"peer {peer_id} presented the certificate of node {claimed}")
         return stream
@@ -494,7 +497,8 @@ class PeerTransport:
                 frame = await read_frame(stream, decoder)
                 if frame is not None:
                     refusal = brief(unpack(frame))
-                    log.warning("node %d: peer %d refused the connection (its log says why): %s", self._node_id, peer_id, refusal)
+                    event(log, logging.WARNING, "peer_refused", "node %d: peer %d refused the connection (its log says why): %s",
+                          self._node_id, peer_id, refusal, peer=peer_id, reason="refused_by_peer")  # fmt: skip
             except (TrimaranError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
             cancel.cancel()
@@ -596,7 +600,7 @@ class PeerTransport:
                     raise ProtocolError(f"node {sender}'s hello came with the certificate of node {holder}")
         except TrimaranError as exc:
             # The caller is not known yet: the why (our cluster id, our settings) stays in our log.
-            log.warning("node %d: refusing a peer handshake: %s", self._node_id, exc)
+            event(log, logging.WARNING, "peer_refused", "node %d: refusing a peer handshake: %s", self._node_id, exc, reason="bad_hello")
             raise ProtocolError(HANDSHAKE_REFUSED) from None
         self._handshaken(conn, sender)
         if self.clock is not None:

@@ -42,6 +42,7 @@ from typing import Callable
 import trio
 
 from trimaran.errors import StorageFullError
+from trimaran.node.logs import SLOW_WRITE_S, event
 from trimaran.node.stats import FSYNC_BUCKETS_S, Buckets
 from trimaran.storage import BootState, LmdbStorage, WriteBatch
 
@@ -179,7 +180,12 @@ class StorageWriter:
         try:
             storage.write(batches)
         finally:
-            self.write_seconds.observe(time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.write_seconds.observe(seconds)
+            if seconds > SLOW_WRITE_S:
+                entries = sum(len(b.entries) for b in batches)
+                event(log, logging.WARNING, "slow_write", "a group commit of %d entries took %.3f s (LMDB write and fsync)", entries, seconds,
+                      seconds=round(seconds, 3), entries=entries)  # fmt: skip
 
     def _call_soon(self, fn: Callable[..., object], *args: object) -> None:
         assert self._token is not None

@@ -124,8 +124,11 @@ class HttpEdge:
         authoriser: Authoriser,
         status: Callable[[], dict[str, Any]],
         tls: bool = False,
+        edge_name: str = "http",
     ) -> None:
         # No assert on http_listen: the RESP listener drives the node through an edge of its own.
+        #: The edge its requests are counted under (``RequestStats.edge_outcomes``): http or resp.
+        self.edge_name = edge_name
         self.config = config
         self.driver = driver
         self.authoriser = authoriser

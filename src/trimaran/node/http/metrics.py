@@ -33,6 +33,9 @@ family                                  what
                                         ``ok`` or the error code (KV ops: ``service="kv"``)
 ``request_duration_seconds``            histogram per ``service`` and ``kind`` (command, read, other):
                                         from the driver taking a request to answering it
+``edge_requests_total{edge,outcome}``,  the same requests by the edge they came in on at this node:
+``edge_request_duration_seconds{edge}`` ``native`` (the client port; a follower's forwarded requests
+                                        too), ``http``, ``resp``
 ``kv_keys``, ``kv_used_bytes``,         the KV service's ``stats``
 ``kv_maxmemory_bytes``,
 ``kv_expired_keys_total``,
@@ -221,6 +224,18 @@ class NodeCollector(Collector):
             "From the driver taking a request to answering it.",
             ["service", "kind"],
             [([s, k], h) for (s, k), h in sorted(stats.latency.items())],
+        )
+        edges = CounterMetricFamily(
+            "trimaran_edge_requests", "The same requests by the edge they came in on at this node.", labels=["edge", "outcome"]
+        )
+        for (edge, outcome), n in sorted(stats.edge_outcomes.items()):
+            edges.add_metric([edge, outcome], n)
+        yield edges
+        yield _histogram(
+            "trimaran_edge_request_duration_seconds",
+            "From the driver taking a request to answering it, by the edge it came in on.",
+            ["edge"],
+            [([edge], h) for edge, h in sorted(stats.edge_latency.items())],
         )
         yield _counter("trimaran_jobs_claims", "Claim requests answered.", claims)
         yield _counter("trimaran_chat_publishes", "Publishes answered.", publishes)
