@@ -111,6 +111,13 @@ _LOG_LEVEL_ENV = "TRIMARAN_LOG_LEVEL"
 _LOG_FORMAT_ENV = "TRIMARAN_LOG_FORMAT"
 
 
+def _log_level_option(help_text: str, **extra: Any) -> Any:
+    """--log-level, shared by `up`, `node run` and `worker`."""
+    return click.option(
+        "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True, help=help_text, **extra
+    )
+
+
 def _kv_node_options(fn: Any) -> Any:
     """--kv-maxmemory-bytes and --kv-eviction, shared by `up` and `node run` (with env fallbacks,
     which is also how `up` hands them to its `node run` children)."""
@@ -190,13 +197,7 @@ def _connection_bound_options(fn: Any) -> Any:
     is_flag=True,
     help="Let nodes listen beyond loopback (--host) without TLS and auth (anyone who reaches them may do anything).",
 )
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
-    show_default=True,
-    help="Least severe log lines each node writes to its log file (DATA_DIR/nodeN.log).",
-)
+@_log_level_option("Least severe log lines each node writes to its log file (DATA_DIR/nodeN.log).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Each node's log lines: text or JSON.")
 @_kv_node_options
 def up_command(
@@ -314,14 +315,7 @@ def node_group() -> None:
     help="Refuse leadership while this node's clock is further than this from a majority of the voters "
     "(a leader's clock stamps TTLs); 0: off.",
 )
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
-    show_default=True,
-    envvar=_LOG_LEVEL_ENV,
-    help="Least severe log lines written (to stderr; `trimaran up` sends them to each node's log file).",
-)
+@_log_level_option("Least severe log lines written (to stderr; `trimaran up` sends them to each node's log file).", envvar=_LOG_LEVEL_ENV)
 @click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
@@ -940,13 +934,7 @@ def chat_subscribe_command(
 @click.option("--cluster-id", envvar="TRIMARAN_CLUSTER_ID", help="Refuse nodes of any other cluster [env TRIMARAN_CLUSTER_ID].")
 @click.option("--token", envvar="TRIMARAN_TOKEN", help="Auth token for the handshake [env TRIMARAN_TOKEN].")
 @click.option("--timeout-ms", type=click.IntRange(min=1), default=5_000, show_default=True, help="Deadline of each call to the cluster.")
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
-    show_default=True,
-    help="Log level (to stderr).",
-)
+@_log_level_option("Log level (to stderr).")
 def worker_command(
     app: str,
     queues: str | None,
