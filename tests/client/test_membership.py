@@ -24,21 +24,23 @@ TIMEOUT_MS = 20_000
 
 
 class GrowingCluster(RealCluster):
-    """Nodes 1..3 know each other from their flags; nodes 4 and 5 start with --join and know only
-    nodes 1..3: the others learn where they listen from `trimaran member add`."""
+    """Nodes 1..3 know each other from their flags; nodes 4 and 5 start with `--join ENDPOINTS`
+    (node 1..3's client ports) and no --peer flag at all: they learn the founders' addresses from
+    the cluster, and the founders learn theirs from `trimaran member add`."""
 
     def command(self, node_id: int) -> list[str]:
         cmd = super().command(node_id)
         founders = (1, 2, 3)
+        joining = node_id not in founders
         keep: list[str] = []
         i = 0
         while i < len(cmd):
-            if cmd[i] in ("--peer", "--peer-client") and int(cmd[i + 1].split("=")[0]) not in founders:
+            if cmd[i] in ("--peer", "--peer-client") and (joining or int(cmd[i + 1].split("=")[0]) not in founders):
                 i += 2
                 continue
             keep.append(cmd[i])
             i += 1
-        return keep + (["--join"] if node_id not in founders else [])
+        return keep + (["--join", ",".join(self.endpoints[:3])] if joining else [])
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -284,7 +284,16 @@ def node_group() -> None:
 @click.option("--data-dir", required=True, help="Directory of this node's LMDB store (created if missing).")
 @click.option("--cluster-id", default="trimaran", show_default=True, help="Name checked in every handshake.")
 @click.option("--tick-ms", type=click.IntRange(1, 10_000), default=50, show_default=True, help="Raft tick.")
-@click.option("--join", is_flag=True, help="Start with no membership and wait for a leader to add this node.")
+@click.option(
+    "--join",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[ENDPOINTS]",
+    help="Start with no membership and wait for a leader to add this node (`trimaran member add`). With "
+    "ENDPOINTS (the cluster's client HOST:PORTs, comma-separated), learn every member's peer and client "
+    "address from it instead of --peer flags (with auth on, TRIMARAN_TOKEN needs cluster:read).",
+)
 @click.option("--lease-reads", is_flag=True, help="Allow lease reads (assumes bounded clock drift).")
 @click.option(
     "--snapshot-interval-entries",
@@ -369,7 +378,7 @@ def node_run_command(
     data_dir: str,
     cluster_id: str,
     tick_ms: int,
-    join: bool,
+    join: str | None,
     lease_reads: bool,
     snapshot_interval_entries: int,
     request_timeout_ms: int,
@@ -396,6 +405,8 @@ def node_run_command(
     try:  # malformed addresses are usage mistakes: exit status 2, like click's own
         listen_address = Address.parse(listen, "--listen")
         peer_listen_address = Address.parse(peer_listen, "--peer-listen")
+        if join:
+            peers, peer_clients = _joined_peers(join, node_id, cluster_id, tls_dir, peers, peer_clients)
         peer_specs = build_peers(list(peers), list(peer_clients))
         http_address = Address.parse(http_listen, "--http-listen") if http_listen else None
         resp_address = Address.parse(resp_listen, "--resp-listen") if resp_listen else None
@@ -410,7 +421,7 @@ def node_run_command(
             data_dir,
             cluster_id=cluster_id,
             tick_ms=tick_ms,
-            join=join,
+            join=join is not None,
             lease_reads=lease_reads,
             snapshot_interval_entries=snapshot_interval_entries,
             request_timeout_ms=request_timeout_ms,
@@ -430,6 +441,31 @@ def node_run_command(
         run_node_process(config, parent_pid)
     except Exception as exc:
         raise _node_error(exc) from None
+
+
+def _joined_peers(
+    endpoints: str, node_id: int, cluster_id: str, tls_dir: str | None, peers: tuple[str, ...], peer_clients: tuple[str, ...]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``--peer``/``--peer-client`` flags for every member the cluster at ``endpoints`` names (the
+    flags given win); a node with --tls-dir verifies the cluster with its CA."""
+    import os
+
+    from trimaran.client.commands import join_addresses
+    from trimaran.node.tls import CA_CERT
+
+    if tls_dir and not os.environ.get("TRIMARAN_CA_FILE"):
+        os.environ["TRIMARAN_CA_FILE"] = os.path.join(tls_dir, CA_CERT)
+    try:
+        members = _client_call(join_addresses, endpoints, cluster_id=cluster_id, token=os.environ.get("TRIMARAN_TOKEN"))
+    except click.ClickException as exc:
+        raise click.ClickException(f"--join {endpoints}: {exc.message}") from None
+    given = {text.partition("=")[0] for text in peers}
+    learned = {n: a for n, a in members.items() if n != node_id and str(n) not in given and a[0]}
+    if not learned and not given:
+        raise click.ClickException(f"--join {endpoints}: no member's peer address is known there")
+    peers += tuple(f"{n}={peer}" for n, (peer, _) in sorted(learned.items()))
+    peer_clients += tuple(f"{n}={client}" for n, (_, client) in sorted(learned.items()) if client)
+    return peers, peer_clients
 
 
 # === client commands (trimaran.client) ===========================================================

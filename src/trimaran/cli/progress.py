@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Callable
 
 import click
@@ -18,13 +19,19 @@ class ProgressBar:
         self._label = label
         self._counts = counts
         self.drawn = False
+        # Redrawn in place on a terminal; into a file or a pipe, only the last state, once, at the
+        # end (a log would otherwise hold every redraw on one line).
+        self._tty = sys.stderr.isatty()
+        self._last = ""
 
     def __call__(self, done: int, total: int) -> None:
         filled = min(BAR_WIDTH, BAR_WIDTH * done // total) if total else BAR_WIDTH
         bar = "#" * filled + "." * (BAR_WIDTH - filled)
-        click.echo(f"\r{self._label}[{bar}] {self._counts(done, total)}", err=True, nl=False)
+        self._last = f"{self._label}[{bar}] {self._counts(done, total)}"
+        if self._tty:
+            click.echo("\r" + self._last, err=True, nl=False)
         self.drawn = True
 
     def end(self) -> None:
         if self.drawn:
-            click.echo("", err=True)
+            click.echo("" if self._tty else self._last, err=True)

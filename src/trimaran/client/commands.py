@@ -33,6 +33,20 @@ def cluster_status(
     return trio.run(run)
 
 
+def join_addresses(
+    endpoints: str, *, cluster_id: str | None = None, token: str | None = None, timeout_ms: int = 10_000
+) -> dict[int, tuple[str | None, str | None]]:
+    """Every member's (peer address, client address), as the node of ``endpoints`` that answers
+    knows them: what ``trimaran node run --join ENDPOINTS`` dials (needs ``cluster:read``)."""
+
+    async def run() -> dict[int, tuple[str | None, str | None]]:
+        async with Client(endpoints, cluster_id=cluster_id, token=token, timeout_ms=timeout_ms) as c:
+            status = await c.status()
+        return {m["node_id"]: (m.get("peer_address"), m.get("address")) for m in status["members"]}
+
+    return trio.run(run)
+
+
 def service_call(
     endpoints: str,
     service: str,

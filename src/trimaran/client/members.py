@@ -83,7 +83,7 @@ class MembersClient:
                     n,
                     "leader" if leader else m["role"],
                     client or m["address"],
-                    peer,
+                    peer or m.get("peer_address"),
                     status["last_index"] if leader else (pr["match"] if pr else 0),
                     0 if leader else (pr["lag"] if pr else status["last_index"]),
                     leader or bool(pr and pr["recent_active"]),

@@ -115,6 +115,11 @@ class Node:
         assert self.driver is not None and self.transport is not None and self.client_server is not None
         out = self.driver.status()
         out["address"] = str(self.client_address)
+        out["peer_address"] = str(self.peer_address) if self.peer_address else None
+        for member in out["members"]:  # where each member listens for peers (--join ENDPOINTS reads it)
+            n = member["node_id"]
+            address = self.peer_address if n == self.config.node_id else self.transport.peer_address(n)
+            member["peer_address"] = str(address) if address else None
         out["http_address"] = str(self.http_address) if self.http_address else None
         out["resp_address"] = str(self.resp_address) if self.resp_address else None
         out["metrics"] = {

@@ -399,6 +399,10 @@ class PeerTransport:
             await nursery.start(trio.serve_listeners, self._handle_inbound, listeners)
             task_status.started(self.address)
 
+    def peer_address(self, peer_id: int) -> Address | None:
+        """Where this node dials ``peer_id`` (its flags, or the members directory)."""
+        return self._addresses.get(peer_id)
+
     def add_peer(self, peer_id: int, address: Address) -> None:
         """A member learned from the members directory (``trimaran member add``): dial it at
         ``address`` from now on (a known peer's next reconnect uses the new address), and accept
