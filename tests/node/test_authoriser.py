@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trimaran.errors import InvalidArgument, PermissionDenied
+from trimaran.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from trimaran.node.authoriser import Authoriser, requirements, whole_kv_ops
 from trimaran.node.clock import wall_clock_ms
 from trimaran.protocols import scopes
@@ -99,7 +99,7 @@ def test_a_whole_grant_still_lapses_and_still_stops_at_other_services() -> None:
     auth = authoriser()
     expired = grant(["kv:*"])
     expired.expires_after_ms = 0
-    with pytest.raises(Exception, match="token expired"):
+    with pytest.raises(Unauthenticated, match="token expired"):
         auth.check(expired, "read", {"service": "kv", "query": ["get", b"a"]})
     with pytest.raises(PermissionDenied, match="admin"):
         auth.check(grant(["kv:*"]), "read", {"service": "auth", "query": ["keys"]})
