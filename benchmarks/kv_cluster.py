@@ -97,9 +97,11 @@ class Result:
     p50_ms: float
     p99_ms: float
     failed: int = 0
-    #: CPU seconds per 1000 ops: of the load generator, and of each node (trimaran only).
+    #: CPU seconds per 1000 ops: of the load generator, and of each node (trimaran only) by its role
+    #: in the run: "leader", then "f1", "f2", ... the followers, busiest first (a median per node id
+    #: over repeats would mix leaders and followers, as each repeat elects its own leader).
     client_cpu_ms_per_kop: float = 0.0
-    node_cpu_ms_per_kop: dict[int, float] | None = None
+    node_cpu_ms_per_kop: dict[str, float] | None = None
 
 
 # --- the trimaran cluster ------------------------------------------------------------------------
@@ -234,6 +236,7 @@ async def trimaran_load(cluster: TrimaranCluster, row: Row, value: bytes, profil
         if profiler is not None:
             profiler.disable()
         client_cpu, nodes_after = time.process_time() - client_before, cluster.cpu_s()
+        leader_id = conns[0].leader_id  # where the client sent its commands and reads
     latencies_s.sort()
     kops = max(1, len(latencies_s)) / 1000
     return Result(
@@ -242,8 +245,17 @@ async def trimaran_load(cluster: TrimaranCluster, row: Row, value: bytes, profil
         percentile_ms(latencies_s, 0.99),
         failed,
         client_cpu * 1000 / kops,
-        {n: (nodes_after[n] - nodes_before[n]) * 1000 / kops for n in nodes_after},
+        by_role({n: (nodes_after[n] - nodes_before[n]) * 1000 / kops for n in nodes_after}, leader_id),
     )
+
+
+def by_role(cpu_by_node: dict[int, float], leader_id: int | None) -> dict[str, float]:
+    """Per node CPU keyed by role: "leader" (the busiest node if the client knew no leader), then
+    "f1", "f2", ... the followers, busiest first."""
+    if leader_id not in cpu_by_node:
+        leader_id = max(cpu_by_node, key=cpu_by_node.__getitem__)
+    followers = sorted((v for n, v in cpu_by_node.items() if n != leader_id), reverse=True)
+    return {"leader": cpu_by_node[leader_id]} | {f"f{i}": v for i, v in enumerate(followers, 1)}
 
 
 async def wait_ready(cluster: TrimaranCluster, timeout_s: float = 60.0) -> None:
@@ -265,7 +277,8 @@ def run_trimaran(
         trio.run(wait_ready, cluster)
         for row in rows:
             results[row] = trio.run(trimaran_load, cluster, row, value, profiler)
-            print(f"  {label} {describe(row)}: {format_result(results[row])}", flush=True)
+            load_1m = os.getloadavg()[0]
+            print(f"  {label} {describe(row)}: {format_result(results[row])}  load {load_1m:.1f}", flush=True)
     finally:
         cluster.stop()
         shutil.rmtree(data_root, ignore_errors=True)
@@ -562,7 +575,8 @@ def print_secured(rows: list[Row], ours: dict[Row, Result], secured: dict[Row, R
         if s is not None:
             off, on = _total_cpu(r), _total_cpu(s)
             if off:
-                print(f"  {row.op:<4}{row.clients:>4} clients: {off:.0f} -> {on:.0f} ({on / off:.2f}x); {_cpu_parts(s)}")
+                print(f"  {row.op:<4}{row.clients:>4} clients: {off:.0f} -> {on:.0f} ({on / off:.2f}x)")
+                print(f"      off: {_cpu_parts(r)}\n      on:  {_cpu_parts(s)}")
     print(f"\ntarget (issue 9): set and get at 64 clients with {label} >= 0.9x without")
     for row in rows:
         if row.op in ("set", "get") and row.clients == 64 and row in secured:
@@ -571,8 +585,8 @@ def print_secured(rows: list[Row], ours: dict[Row, Result], secured: dict[Row, R
 
 
 def _cpu_parts(r: Result) -> str:
-    nodes = "  ".join(f"n{n}={v:.0f}" for n, v in sorted((r.node_cpu_ms_per_kop or {}).items()))
-    return f"client={r.client_cpu_ms_per_kop:.0f}  {nodes}"
+    nodes = "  ".join(f"{role}={v:.1f}" for role, v in (r.node_cpu_ms_per_kop or {}).items())
+    return f"client={r.client_cpu_ms_per_kop:.1f}  {nodes}"
 
 
 def _total_cpu(r: Result) -> float:

@@ -76,3 +76,12 @@ def test_a_cut_without_close_notify_is_an_ssl_eof_error(tls_dir: Path) -> None:
     server.feed_eof()
     with pytest.raises(ssl.SSLEOFError):
         server.decrypt(b"")
+
+
+def test_bytes_that_came_with_the_handshake_are_read_by_a_decrypt_of_nothing(tls_dir: Path) -> None:
+    # run_handshake leaves what followed the last flight in the session; decrypt(b"") (which
+    # otherwise returns at once, not reading) must hand it over, and then find nothing more.
+    client, server = connected(tls_dir)
+    assert client.handshake_step(server.encrypt(b"first answer"))[1]
+    assert client.decrypt(b"") == b"first answer"
+    assert client.decrypt(b"") == b""

@@ -13,7 +13,10 @@ edges never call this module and behave as they did before auth existed.
 - :meth:`Authoriser.check` maps one client request to what it touches (:func:`requirements`) and
   checks the connection's scopes against it: ``PermissionDenied`` naming the scope needed
   (:func:`trimaran.protocols.scopes.needed`), or ``Unauthenticated`` once the token expired (two
-  integer comparisons; the client may refresh the token and reconnect).
+  integer comparisons; the client may refresh the token and reconnect). A grant that covers every
+  key for a kv op (``kv:*``, ``kv:read:*`` for reads, ``admin:*``: :func:`whole_kv_ops`, worked out
+  once per scope list) allows each such request without matching its keys; a kv command is still
+  parsed, so one that does not parse is refused here as before.
 - After each driver round, :meth:`Authoriser.generation_moved` tells whether a revocation or a key
   retirement was applied (the auth service's ``generation``); the edge then calls
   :meth:`Authoriser.recheck` for each live connection and closes those whose token no longer holds.
@@ -269,6 +272,23 @@ def requirements(op: str, body: dict[str, Any], jobs: _JobsState | None = None) 
     return ADMIN  # membership, transfer, and any op added later until it says otherwise
 
 
+#: The most any kv request of an op needs (see :func:`_kv_requirements`): a read, ``kv:read`` on
+#: some keys or a prefix; a command, ``kv:write`` on some keys and, in a ``txn``, ``kv:read``.
+_KV_NEEDS_MOST: dict[str, tuple[str, ...]] = {"read": ("read",), "command": ("read", "write")}
+#: Distinct scope lists whose whole-namespace coverage is remembered (:meth:`Authoriser.check`);
+#: only verified tokens add one, and one past this starts the memory afresh.
+WHOLE_KV_CACHE_MAX = 1024
+
+
+def whole_kv_ops(granted: tuple[scopes.Scope, ...]) -> frozenset[str]:
+    """The ops (``read``, ``command``) of which ``granted`` allows every kv request whatever it
+    names: it covers each action such a request may need on every key (``kv:*``,
+    ``kv:read:*`` for reads, ``admin:*``)."""
+    return frozenset(
+        op for op, actions in _KV_NEEDS_MOST.items() if all(scopes.allowed(granted, "kv", a, b"", True) for a in actions)
+    )
+
+
 def needed(requirement: Requirement) -> str:
     service, action, name, name_is_prefix = requirement
     return "admin:*" if service == "admin" else scopes.needed(service, action, name, name_is_prefix)
@@ -291,6 +311,8 @@ class Authoriser:
         self._jobs = _JobsState(replica)
         self._generation = self._auth.generation
         self._refusals = _RefusalLog()
+        #: A grant's scope texts -> :func:`whole_kv_ops` of its scopes (computed once per scope list).
+        self._whole_kv: dict[tuple[str, ...], frozenset[str]] = {}
         #: Counters (reported by the status op).
         self.unauthenticated = 0
         self.permission_denied = 0
@@ -339,13 +361,30 @@ class Authoriser:
                 "node %d: sub=%r: token %s", self._node_id, grant.claims.sub, "key retired" if retired else "expired"
             )
             raise lapsed
-        granted = grant.claims.scopes
+        claims = grant.claims
+        if op == "read" or op == "command":
+            if body["service"] == "kv" and op in self._whole_kv_ops(claims.scope_texts, claims.scopes):
+                # The grant covers every key for this op: no per-request match. A command is still
+                # parsed, so one that does not parse is refused here and never reaches the log; a
+                # read never reaches it, and the service's query answers the same typed error.
+                if op == "command":
+                    kv_args.parse_command(body["command"])
+                return
+        granted = claims.scopes
         for requirement in requirements(op, body, self._jobs):
             if not scopes.allowed(granted, *requirement):
                 self.permission_denied += 1
                 scope = needed(requirement)
                 self._refusals.info("node %d: sub=%r may not %s: needs %s", self._node_id, grant.claims.sub, op, scope)
                 raise PermissionDenied(f"this token does not grant {scope!r}", scope=scope)
+
+    def _whole_kv_ops(self, texts: tuple[str, ...], granted: tuple[scopes.Scope, ...]) -> frozenset[str]:
+        ops = self._whole_kv.get(texts)
+        if ops is None:
+            if len(self._whole_kv) >= WHOLE_KV_CACHE_MAX:
+                self._whole_kv.clear()
+            ops = self._whole_kv[texts] = whole_kv_ops(granted)
+        return ops
 
     # ------------------------------------------------------------------ after each apply round
 

@@ -36,6 +36,8 @@ class TlsSession:
         self._outgoing = ssl.MemoryBIO()
         self._obj = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side, server_hostname=server_hostname)
         self.handshake_done = False
+        #: The peer's close_notify was read: every later :meth:`decrypt` raises ``TlsClosed``.
+        self._peer_closed = False
 
     def handshake_step(self, received: bytes = b"") -> tuple[bytes, bool]:
         """Feed bytes received during the handshake; return (bytes to send now, done). Raises
@@ -51,19 +53,27 @@ class TlsSession:
 
     def encrypt(self, data: bytes | bytearray | memoryview) -> bytes:
         """The ciphertext of ``data`` (and of anything the session had left to send before it)."""
-        view = memoryview(data)
-        while view:
-            written = self._obj.write(view)
-            view = view[written:]
+        # One write takes it all (OpenSSL's default mode, no partial writes): the loop is a guard,
+        # kept off the hot path, which runs once per record the node or the client sends.
+        written = self._obj.write(data) if data else 0
+        if written < len(data):
+            view = memoryview(data)[written:]
+            while view:
+                view = view[self._obj.write(view) :]
         return self._outgoing.read()
 
     def decrypt(self, received: bytes | bytearray) -> bytes:
         """The plaintext that ``received`` completes (b"" if it completes none). Raises
         ``TlsClosed`` when the peer ended the session, ``ssl.SSLError`` for corrupt input."""
-        if received:
-            self._incoming.write(received)
-        out: list[bytes] = []
         obj, incoming = self._obj, self._incoming
+        if received:
+            incoming.write(received)
+        elif not (incoming.pending or obj.pending() or incoming.eof or self._peer_closed):
+            # Nothing to read (the usual call before a receive, for what a handshake or an earlier
+            # read left): spare the read that would only raise SSLWantReadError, an exception per
+            # receive on every TLS connection.
+            return b""
+        out: list[bytes] = []
         while True:
             if out and not incoming.pending and not obj.pending():
                 break  # all of it read: spare the read that would only raise SSLWantReadError
@@ -72,10 +82,12 @@ class TlsSession:
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
+                self._peer_closed = True
                 if out:
                     break  # hand over what came before the close; the next call raises
                 raise TlsClosed("the peer closed the TLS session") from None
-            if not chunk:
+            if not chunk:  # what ``read`` makes of the peer's close_notify, once it is read
+                self._peer_closed = True
                 if out:
                     break
                 raise TlsClosed("the TLS session ended")
