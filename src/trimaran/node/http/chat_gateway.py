@@ -54,7 +54,7 @@ import base64
 import json
 import logging
 from collections import deque
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Protocol
 
 import trio
 
@@ -102,15 +102,39 @@ def error_frame(request_id: Any, exc: TrimaranError) -> dict[str, Any]:
     return {"id": request_id, "type": "error", "error": error_json(exc)}
 
 
+class Subscriber(Protocol):
+    """What the hub pushes to: a WebSocket connection, or a RESP connection's subscriptions
+    (:mod:`trimaran.node.resp.pubsub`)."""
+
+    def on_event(self, event: list[Any], encoded: dict[Any, Any] | None = None) -> None: ...
+
+    def resync_all(self) -> None: ...
+
+    def recheck_token(self) -> None: ...
+
+
+class PatternSubscriber(Subscriber, Protocol):
+    """A subscriber that is handed every event (RESP ``PSUBSCRIBE``: it matches channel names itself)."""
+
+    def on_any_event(self, event: list[Any], encoded: dict[Any, Any]) -> None: ...
+
+    def patterns_matching(self, channel: str) -> int: ...
+
+
 class ChatHub:
-    """Every WebSocket connection of this node, by the channels they follow; pushes what the node
-    applied after each driver round (a hook the driver calls; quick, never raises)."""
+    """The node's one hub: every subscriber of this node (WebSocket connections, and RESP
+    connections in pub/sub mode), by the channels they follow; pushes what the node applied after
+    each driver round (a hook the driver calls; quick, never raises)."""
 
     def __init__(self, service: ChatService, edge: HttpEdge) -> None:
         self.service = service
         self.edge = edge
+        #: WebSocket connections (counted against ``WS_CONNECTIONS_MAX``) and the other subscribers.
         self.connections: set[WsConnection] = set()
-        self.by_channel: dict[str, set[WsConnection]] = {}
+        self.others: set[Subscriber] = set()
+        self.by_channel: dict[str, set[Subscriber]] = {}
+        #: Subscribers handed every event (pattern subscriptions).
+        self.every_channel: set[PatternSubscriber] = set()
         #: The last event of the window pushed.
         self.seq = service.events_seq
         self._generation = edge.authoriser.generation
@@ -121,35 +145,42 @@ class ChatHub:
     def after_round(self) -> None:
         if self.edge.authoriser.enabled and self.edge.authoriser.generation != self._generation:
             self._generation = self.edge.authoriser.generation
-            for conn in list(self.connections):
-                conn.recheck_token()
-        if not self.by_channel or self.seq == self.service.events_seq:
+            for sub in [*self.connections, *self.others]:
+                sub.recheck_token()
+        if (not self.by_channel and not self.every_channel) or self.seq == self.service.events_seq:
             self.seq = self.service.events_seq  # nothing to push (an int compare every round)
             return
         while True:
             page = self.service.events_after(self.seq)
             if page["gap"]:
-                for conn in list(self.connections):
-                    conn.resync_all()
+                for sub in [*self.connections, *self.others]:
+                    sub.resync_all()
             for event in page["events"]:
                 conns = self.by_channel.get(event[2])
+                encoded: dict[Any, Any] = {}  # the event's frame, encoded once for all of them
                 if conns:
-                    encoded: dict[str, str] = {}  # the event's frame, encoded once for all of them
                     for conn in list(conns):
                         conn.on_event(event, encoded)
+                for watcher in list(self.every_channel):
+                    watcher.on_any_event(event, encoded)
             self.seq = page["next"]
             if self.seq >= page["seq"]:
                 return
 
-    def follow(self, conn: WsConnection, channel: str) -> None:
+    def follow(self, conn: Subscriber, channel: str) -> None:
         self.by_channel.setdefault(channel, set()).add(conn)
 
-    def unfollow(self, conn: WsConnection, channel: str) -> None:
+    def unfollow(self, conn: Subscriber, channel: str) -> None:
         conns = self.by_channel.get(channel)
         if conns is not None:
             conns.discard(conn)
             if not conns:
                 del self.by_channel[channel]
+
+    def receivers(self, channel: str) -> int:
+        """This node's subscriptions a message of ``channel`` goes to (a connection subscribed by
+        name and by two matching patterns counts three times, as Redis counts)."""
+        return len(self.by_channel.get(channel, ())) + sum(w.patterns_matching(channel) for w in self.every_channel)
 
 
 class WsConnection:
@@ -229,12 +260,12 @@ class WsConnection:
 
     # ------------------------------------------------------------------ live events
 
-    def on_event(self, event: list[Any], encoded: dict[str, str] | None = None) -> None:
+    def on_event(self, event: list[Any], encoded: dict[Any, Any] | None = None) -> None:
         feed = self.subscriptions.get(event[2])
         if feed is not None:
             self._send_pushes(feed, feed.on_event(event), encoded)
 
-    def _send_pushes(self, feed: Feed, pushes: list[Push], encoded: dict[str, str] | None = None) -> None:
+    def _send_pushes(self, feed: Feed, pushes: list[Push], encoded: dict[Any, Any] | None = None) -> None:
         """Queue what the feed decided (a live event's frame is encoded once for all subscribers)."""
         for push in pushes:
             what = push[0]
@@ -278,20 +309,16 @@ class WsConnection:
     async def _catch_up(self, feed: Feed, consistency: str) -> dict[str, Any]:
         """Read ``feed``'s channel from history after its last offset (pages), push it, then the
         live events held meanwhile; the first page's answer."""
-        first: dict[str, Any] | None = None
-        while True:
-            query: list[Any] = ["history", feed.channel, feed.history_options()]
-            page = await self._request("read", {"service": "chat", "query": query, "consistency": consistency})
-            consistency = "stale"  # later pages: offsets keep them exact
-            first = first or page
-            pushes, done = feed.on_page(page)
-            for push in pushes:
-                if push[0] == "message" and not self._has_room():
-                    await self._room()  # a replay goes at the pace the client reads
-                self._send_pushes(feed, [push])
-            if done:
-                self._send_pushes(feed, feed.go_live())
-                return first
+
+        async def read_page(query: list[Any], consistency: str) -> Any:
+            return await self._request("read", {"service": "chat", "query": query, "consistency": consistency})
+
+        async def replay(push: Push) -> None:
+            if push[0] == "message" and not self._has_room():
+                await self._room()  # a replay goes at the pace the client reads
+            self._send_pushes(feed, [push])
+
+        return await catch_up(feed, consistency, read_page, replay, lambda pushes: self._send_pushes(feed, pushes))
 
     # ------------------------------------------------------------------ requests
 
@@ -514,7 +541,33 @@ class WsConnection:
         cancel.cancel()
 
 
-def _cached(encoded: dict[str, str] | None, frame: Callable[[], dict[str, Any]]) -> str:
+async def catch_up(
+    feed: Feed,
+    consistency: str,
+    read_page: Callable[[list[Any], str], Awaitable[Any]],
+    replay: Callable[[Push], Awaitable[None]],
+    deliver: Callable[[list[Push]], None],
+) -> dict[str, Any]:
+    """The edge's history loop of a :class:`Feed` (its step 1), for every edge that pushes
+    (WebSocket here, RESP in :mod:`trimaran.node.resp.pubsub`): read the channel's history after
+    the feed's last offset, page by page (the first read at ``consistency``, later ones stale:
+    offsets keep them exact), ``replay`` each push (it may wait for room), then ``deliver`` the
+    live events held meanwhile (at once: nothing may come between going live and them). The first
+    page's answer."""
+    first: dict[str, Any] | None = None
+    while True:
+        page = await read_page(["history", feed.channel, feed.history_options()], consistency)
+        consistency = "stale"
+        first = first or page
+        pushes, done = feed.on_page(page)
+        for push in pushes:
+            await replay(push)
+        if done:
+            deliver(feed.go_live())
+            return first
+
+
+def _cached(encoded: dict[Any, Any] | None, frame: Callable[[], dict[str, Any]]) -> str:
     """The event's frame, encoded at the first subscriber and reused by the others."""
     if encoded is None:
         return encode(frame())
