@@ -6,6 +6,7 @@ subscriber cut off with its reason."""
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 import redis
 
 from tests.node.helpers import HOST, in_process_cluster
-from tests.node.test_resp_server import client, in_thread, resp_address
+from tests.node.test_resp_server import client, in_thread, redis_tool, resp_address
 from trimaran.node.config import Address
 from trimaran.protocols import tokens
 from trimaran.protocols.tokens import TrustedKey
@@ -199,3 +200,57 @@ async def test_a_subscriber_that_does_not_read_is_cut_off_with_its_reason(tmp_pa
                 publisher.close()
 
         await in_thread(scenario)
+
+
+async def test_redis_cli_subscribe(tmp_path: Path) -> None:
+    cli = redis_tool("redis-cli")
+    async with in_process_cluster(tmp_path, 1, resp_listen=Address(HOST, 0)) as cluster:
+        await cluster.leader()
+        address = resp_address(cluster, 1)
+        hub = cluster.nodes[1].chat_hub
+        assert hub is not None
+
+        def scenario() -> str:
+            process = subprocess.Popen(
+                [cli, "-h", address.host, "-p", str(address.port), "SUBSCRIBE", "room.1"], stdout=subprocess.PIPE, text=True
+            )
+            try:
+                deadline = time.monotonic() + 10
+                while "room.1" not in hub.by_channel and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                publisher = client(address)
+                assert publisher.publish("room.1", "hello from redis-py") == 1
+                publisher.close()
+                assert process.stdout is not None
+                lines = [process.stdout.readline().strip() for _ in range(6)]
+                return "\n".join(lines)
+            finally:
+                process.terminate()  # this test's own child, by its handle
+                process.wait(timeout=10)
+
+        assert await in_thread(scenario) == "subscribe\nroom.1\n1\nmessage\nroom.1\nhello from redis-py"
+
+
+async def test_a_subscriber_that_missed_live_events_gets_them_from_history_in_order(tmp_path: Path) -> None:
+    async with in_process_cluster(tmp_path, 3, resp_listen=Address(HOST, 0)) as cluster:
+        leader = await cluster.leader()
+        follower = next(n for n in (1, 2, 3) if n != leader)
+        hub = cluster.nodes[follower].chat_hub
+        assert hub is not None
+        publisher = client(resp_address(cluster, leader))
+        subscriber = client(resp_address(cluster, follower)).pubsub()
+        await in_thread(lambda: subscriber.subscribe("room.1"))
+        assert (await in_thread(lambda: _next_message(subscriber)))["type"] == "subscribe"
+        (subs,) = hub.others
+        # The hub stops handing it the channel's events (as if the events window lost them) ...
+        hub.unfollow(subs, "room.1")
+        for i in range(3):
+            await in_thread(lambda: publisher.publish("room.1", f"missed {i}"))
+        # ... then follows again and says the window had a gap: the feed reads the history.
+        hub.follow(subs, "room.1")
+        subs.resync_all()
+        await in_thread(lambda: publisher.publish("room.1", "live"))
+        got = [(await in_thread(lambda: _next_message(subscriber)))["data"] for _ in range(4)]
+        assert got == [b"missed 0", b"missed 1", b"missed 2", b"live"]
+        for c in (publisher, subscriber):
+            await in_thread(c.close)
