@@ -415,6 +415,15 @@ async def test_multi_exec_is_one_entry_applied_on_every_replica_and_watch_fails_
             assert answers[:3] == [True, 2, answers[2]] and isinstance(answers[2], redis.ResponseError)
             assert answers[3:] == [b"2", True, True, 100, 2]
             assert r.get("text") == b"abc"
+            # SET XX/KEEPTTL, APPEND and MSETNX are steps of the one entry too.
+            r.set("kt", "v", ex=100)
+            p = r.pipeline(transaction=True)
+            p.set("kt", "w", xx=True, keepttl=True).set("nokey", "x", xx=True).append("kt", "!").append("fresh", "ab").ttl("kt")
+            p.msetnx({"m1": "1", "m2": "2"}).msetnx({"m2": "x", "m3": "3"}).set("kt", "new", get=True, xx=True).ttl("kt")
+            p.set("fresh", "old?", get=True, nx=True)
+            # KEEPTTL and APPEND kept the TTL; a SET without KEEPTTL drops it; SET NX GET answers the old value.
+            assert p.execute() == [True, None, 2, 2, 100, True, False, b"w!", -1, b"ab"]
+            assert r.mget("kt", "nokey", "fresh", "m1", "m2", "m3") == [b"new", None, b"ab", b"1", b"2", None]
             # Errors found while queueing discard the whole transaction (one raw connection:
             # redis-py's reply callbacks would turn +QUEUED into False).
             raw = redis.Connection(host=resp_address(cluster, follower).host, port=resp_address(cluster, follower).port)
@@ -429,7 +438,7 @@ async def test_multi_exec_is_one_entry_applied_on_every_replica_and_watch_fails_
             assert call("MULTI") == b"OK"
             assert call("SET", "d", "1") == b"QUEUED"
             assert "wrong number of arguments" in str(call("SET", "d"))
-            assert "not served inside MULTI" in str(call("APPEND", "d", "x"))
+            assert "not served inside MULTI" in str(call("PERSIST", "d"))
             assert str(call("EXEC")).startswith("Transaction discarded")
             assert call("GET", "d") is None
             assert "EXEC without MULTI" in str(call("EXEC"))
@@ -451,6 +460,16 @@ async def test_multi_exec_is_one_entry_applied_on_every_replica_and_watch_fails_
                 with pytest.raises(redis.WatchError):
                     pipe.execute()
             assert r.get("a") == b"changed" and r.get("e") is None
+            # EXPIRE, PEXPIRE or PERSIST of a watched key fails the EXEC, as in Redis.
+            for change in (lambda: other.expire("a", 50), lambda: other.pexpire("a", 60_000), lambda: other.persist("a")):
+                with r.pipeline() as pipe:
+                    pipe.watch("a")
+                    change()
+                    pipe.multi()
+                    pipe.set("e", "1")
+                    with pytest.raises(redis.WatchError):
+                        pipe.execute()
+            assert r.get("e") is None and r.ttl("a") == -1
             with r.pipeline() as pipe:  # unchanged: applied
                 pipe.watch("a")
                 pipe.multi()

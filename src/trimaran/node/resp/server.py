@@ -113,10 +113,10 @@ class _Connection:
         #: How its reads are served: "linearizable", or "lease" after READONLY (see that command).
         self.consistency = "linearizable"
         #: The plans queued since MULTI (None: not in a transaction), whether one was refused,
-        #: and the watched keys' revisions (see :mod:`.transactions`).
+        #: and the watched keys' (revision, expires_at_ms) (see :mod:`.transactions`).
         self.transaction: list[Write | Read] | None = None
         self.transaction_failed = False
-        self.watched: dict[bytes, int] = {}
+        self.watched: dict[bytes, tuple[int, int]] = {}
         #: Its pub/sub state, from its first SUBSCRIBE or PSUBSCRIBE (see :mod:`.pubsub`); its tasks
         #: run in the connection's nursery.
         self.pubsub: pubsub.Subscriptions | None = None
