@@ -299,14 +299,53 @@ async def test_clients_that_vanish_mid_pipeline_leave_the_node_up(tmp_path: Path
         await in_thread(scenario)
 
 
-def test_a_resp_port_beyond_loopback_needs_insecure(tmp_path: Path) -> None:
+def test_a_resp_port_beyond_loopback_needs_tls_and_auth_or_insecure(tmp_path: Path) -> None:
     from tests.node.helpers import cluster_configs
     from trimaran.errors import ConfigError
 
     config = cluster_configs(tmp_path, 1)[0]
-    with pytest.raises(ConfigError, match="no TLS yet"):
+    with pytest.raises(ConfigError, match=r"refusing to listen on 0.0.0.0:6381 without TLS \(--tls-dir\) and auth"):
         config.replace(resp_listen=Address("0.0.0.0", 6381)).validate()
     config.replace(resp_listen=Address("0.0.0.0", 6381), insecure=True).validate()
+    key = TrustedKey(tokens.key_id(tokens.public_key_of(tokens.new_private_key())), b"\x00" * 32)
+    config.replace(resp_listen=Address("0.0.0.0", 6381), tls_dir=str(tmp_path), auth_keys=(key,)).validate()
+
+
+async def test_tls_on_the_resp_port_with_the_nodes_certificates(tmp_path: Path) -> None:
+    from trimaran.node.tls import CA_CERT, init_certs
+
+    tls = tmp_path / "tls"
+    init_certs(tls, [1])
+    ca = str(tls / CA_CERT)
+    async with in_process_cluster(tmp_path / "data", 1, resp_listen=Address(HOST, 0), tls_dir=str(tls)) as cluster:
+        await cluster.leader()
+        address = resp_address(cluster, 1)
+
+        def scenario() -> None:
+            for protocol in (2, 3):
+                r = client(address, ssl=True, ssl_ca_certs=ca, protocol=protocol)
+                assert r.set("over", "tls") is True and r.get("over") == b"tls"
+                p = r.pubsub()
+                p.subscribe("room.1")
+                assert p.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
+                assert client(address, ssl=True, ssl_ca_certs=ca).publish("room.1", "hi") == 1
+                deadline = time.monotonic() + 10
+                while (message := p.get_message(timeout=0.5)) is None and time.monotonic() < deadline:
+                    pass
+                assert message is not None and message["data"] == b"hi"
+                p.close()
+                r.close()
+            with pytest.raises(redis.ConnectionError):  # no plain text on a TLS port
+                client(address).ping()
+            cli = shutil.which("redis-cli")
+            if cli is not None:
+                done = subprocess.run(
+                    [cli, "--tls", "--cacert", ca, "-h", address.host, "-p", str(address.port), "GET", "over"],
+                    capture_output=True, text=True, timeout=30,
+                )  # fmt: skip
+                assert done.stdout.strip() == "tls", done.stderr
+
+        await in_thread(scenario)
 
 
 async def test_each_connection_writes_through_a_session_of_its_own(tmp_path: Path) -> None:

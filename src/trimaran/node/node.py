@@ -266,7 +266,7 @@ class Node:
                 self.http_address = await nursery.start(edge.serve, RestApp(edge, self.chat_hub, operator_routes(self)))
                 log.info("node %d: HTTP on %s", cfg.node_id, self.http_address)
             if resp_edge is not None:
-                self.resp_server = RespServer(cfg, resp_edge, self._wall_clock_ms, self.chat_hub)
+                self.resp_server = RespServer(cfg, resp_edge, self._wall_clock_ms, self.chat_hub, self._tls.client_server if self._tls else None)
                 self.resp_address = await nursery.start(self.resp_server.serve)
                 log.info("node %d: RESP (Redis protocol) on %s", cfg.node_id, self.resp_address)
             log.info("node %d: clients on %s, peers on %s", cfg.node_id, self.client_address, self.peer_address)

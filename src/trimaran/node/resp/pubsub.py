@@ -203,7 +203,12 @@ class Subscriptions:
 
     async def _send(self, unsent: _Unsent) -> None:
         """Write to the socket (non-blocking writes, waiting while it is full); ``unsent`` keeps
-        what is left if cancelled, so a cut knows whether it stopped mid-message."""
+        what is left if cancelled, so a cut knows whether it stopped mid-message (over TLS, a
+        cancelled write counts as stopped mid-message: the stream cannot say)."""
+        if self.conn.fd is None:
+            await self.conn.stream.send_all(unsent.view)
+            unsent.view = unsent.view[len(unsent.view) :]
+            return
         while unsent.view:
             try:
                 written = os.write(self.conn.fd, unsent.view)
@@ -213,7 +218,7 @@ class Subscriptions:
                 raise trio.BrokenResourceError(str(exc)) from exc
             unsent.view = unsent.view[written:]
             if unsent.view:
-                await trio.lowlevel.wait_writable(self.conn.stream.socket)
+                await trio.lowlevel.wait_writable(self.conn.fd)
 
     # ------------------------------------------------------------------ from the hub
 

@@ -39,7 +39,12 @@ session seq and its own answer, in order; one read point for a run of reads. MUL
 
 Reads are linearizable; ``READONLY`` switches a connection to lease reads (a leader answers from
 its lease without a heartbeat round when the cluster allows lease reads; otherwise they are
-linearizable reads as before), ``READWRITE`` back. Pub/sub on chat channels: :mod:`.pubsub`. Not yet: no TLS on this port.
+linearizable reads as before), ``READWRITE`` back. Pub/sub on chat channels: :mod:`.pubsub`.
+
+TLS: when the node runs with ``--tls-dir``, this port serves TLS only, with the client port's
+context (the node's certificate, no client certificate asked: the token says who the client is):
+``redis-cli --tls --cacert DIR/ca.pem``, ``redis.Redis(ssl=True, ssl_ca_certs=...)``. Answers then
+go through the TLS stream rather than straight to the socket.
 
 Command handlers live in :mod:`.connection_commands`, :mod:`.strings`, :mod:`.keyspace` and
 :mod:`.transactions`, :mod:`.pubsub` (see :data:`COMMANDS`).
@@ -50,6 +55,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import ssl
 import time
 from typing import Any, Awaitable, Callable
 
@@ -94,10 +100,11 @@ UNAUTHENTICATED_BUFFER_BYTES_MAX = limits.resp_receive_bytes_max + UNAUTHENTICAT
 class _Connection:
     """One client's state: protocol version, name, grant."""
 
-    def __init__(self, server: RespServer, stream: trio.SocketStream, connection_id: int) -> None:
+    def __init__(self, server: RespServer, stream: trio.abc.Stream, connection_id: int) -> None:
         self.server = server
         self.stream = stream
-        self.fd = stream.socket.fileno()
+        #: The socket, written straight to (None over TLS: every write goes through the stream).
+        self.fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
         self.id = connection_id
         self.protocol = 2
         self.name = b""
@@ -127,11 +134,18 @@ class RespServer:
     """See the module docstring. ``status``: the node's status (for INFO)."""
 
     def __init__(
-        self, config: NodeConfig, edge: HttpEdge, wall_clock_ms: Callable[[], int] | None = None, hub: ChatHub | None = None
+        self,
+        config: NodeConfig,
+        edge: HttpEdge,
+        wall_clock_ms: Callable[[], int] | None = None,
+        hub: ChatHub | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         assert config.resp_listen is not None
         self.config = config
         self.edge = edge
+        #: The node's client-port TLS context (``--tls-dir``): the listener then serves TLS only.
+        self.tls = tls
         #: The node's chat hub (pub/sub); None: the node runs no chat service.
         self.hub = hub
         self.wall_clock_ms = wall_clock_ms or (lambda: time.time_ns() // 1_000_000)
@@ -152,14 +166,17 @@ class RespServer:
         """Listen on ``resp_listen`` until cancelled; ``task_status`` gets the bound address."""
         cfg = self.config
         assert cfg.resp_listen is not None
-        listeners = await trio.open_tcp_listeners(cfg.resp_listen.port, host=cfg.resp_listen.host)
-        host, port = listeners[0].socket.getsockname()[:2]
+        tcp = await trio.open_tcp_listeners(cfg.resp_listen.port, host=cfg.resp_listen.host)
+        host, port = tcp[0].socket.getsockname()[:2]
         self.address = Address(host, port)
+        listeners: list[trio.abc.Listener[Any]] = list(tcp)
+        if self.tls is not None:  # the handshake happens on the connection's first read or write
+            listeners = [trio.SSLListener(listener, self.tls) for listener in tcp]
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio.serve_listeners, self._handle, listeners)
             task_status.started(self.address)
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _handle(self, stream: trio.abc.Stream) -> None:
         async with stream:
             try:
                 self._slots.acquire_nowait()
@@ -316,12 +333,14 @@ class RespServer:
         try:
             # Straight to the socket when it takes it all (the common case): no pass through trio's
             # scheduler per answer; what it does not take goes through send_all, which waits.
-            try:
-                written = os.write(conn.fd, data)
-            except BlockingIOError:
-                written = 0
-            except OSError as exc:
-                raise trio.BrokenResourceError(str(exc)) from exc
+            written = 0
+            if conn.fd is not None:
+                try:
+                    written = os.write(conn.fd, data)
+                except BlockingIOError:
+                    pass
+                except OSError as exc:
+                    raise trio.BrokenResourceError(str(exc)) from exc
             if written < len(data):
                 await conn.stream.send_all(memoryview(data)[written:])
         finally:
