@@ -5,20 +5,30 @@ subscriber cut off with its reason."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 import pytest
 import redis
 
-from tests.node.helpers import HOST, in_process_cluster
+from tests.node.helpers import HOST, TokenSigner, in_process_cluster
 from tests.node.test_resp_server import client, in_thread, redis_tool, resp_address
 from trimaran.node.config import Address
-from trimaran.protocols import tokens
-from trimaran.protocols.tokens import TrustedKey
+from trimaran.node.http.chat_gateway import ChatHub
+
+
+@contextlib.asynccontextmanager
+async def _one_node(tmp_path: Path, **overrides: Any) -> AsyncIterator[tuple[Any, Address, ChatHub]]:
+    """A one-node cluster with a RESP port, its leader elected: (the cluster, the port, its hub)."""
+    async with in_process_cluster(tmp_path, 1, resp_listen=Address(HOST, 0), **overrides) as cluster:
+        await cluster.leader()
+        hub = cluster.nodes[1].chat_hub
+        assert hub is not None
+        yield cluster, resp_address(cluster, 1), hub
 
 
 def _next_message(p: Any, timeout_s: float = 10.0) -> dict[str, Any]:
@@ -93,9 +103,7 @@ def _exchange(sock: socket.socket, payload: bytes, expected: bytes) -> None:
 
 
 async def test_resp2_subscribed_mode_allows_only_the_subscribe_family(tmp_path: Path) -> None:
-    async with in_process_cluster(tmp_path, 1, resp_listen=Address(HOST, 0)) as cluster:
-        await cluster.leader()
-        address = resp_address(cluster, 1)
+    async with _one_node(tmp_path) as (cluster, address, hub):
 
         def scenario() -> None:
             with socket.create_connection((address.host, address.port), timeout=10) as sock:
@@ -121,19 +129,10 @@ async def test_resp2_subscribed_mode_allows_only_the_subscribe_family(tmp_path: 
 
 
 async def test_scopes_with_auth_on(tmp_path: Path) -> None:
-    private = tokens.new_private_key()
-    public = tokens.public_key_of(private)
-    kid = tokens.key_id(public)
-    now_ms = int(time.time() * 1000)
-
-    def token(scopes: list[str], jti: str) -> str:
-        return tokens.sign(private, kid=kid, sub="app", scopes=scopes, audience="trimaran", now_ms=now_ms, ttl_ms=600_000, jti=jti)
-
-    reader = token(["chat:subscribe:room.*"], "r")
-    writer = token(["chat:publish:room.1"], "w")
-    async with in_process_cluster(tmp_path, 1, resp_listen=Address(HOST, 0), auth_keys=(TrustedKey(kid, public),)) as cluster:
-        await cluster.leader()
-        address = resp_address(cluster, 1)
+    signer = TokenSigner()
+    reader = signer.token(["chat:subscribe:room.*"], "r")
+    writer = signer.token(["chat:publish:room.1"], "w")
+    async with _one_node(tmp_path, auth_keys=(signer.trusted,)) as (cluster, address, hub):
 
         def scenario() -> None:
             anonymous = client(address)
@@ -170,11 +169,7 @@ async def test_a_subscriber_that_does_not_read_is_cut_off_with_its_reason(tmp_pa
     from trimaran.node.resp import pubsub
 
     monkeypatch.setattr(pubsub, "WS_QUEUE_FRAMES_MAX", 50)
-    async with in_process_cluster(tmp_path, 1, resp_listen=Address(HOST, 0)) as cluster:
-        await cluster.leader()
-        address = resp_address(cluster, 1)
-        hub = cluster.nodes[1].chat_hub
-        assert hub is not None
+    async with _one_node(tmp_path) as (cluster, address, hub):
 
         def scenario() -> None:
             with socket.create_connection((address.host, address.port), timeout=10) as slow:
@@ -204,11 +199,7 @@ async def test_a_subscriber_that_does_not_read_is_cut_off_with_its_reason(tmp_pa
 
 async def test_redis_cli_subscribe(tmp_path: Path) -> None:
     cli = redis_tool("redis-cli")
-    async with in_process_cluster(tmp_path, 1, resp_listen=Address(HOST, 0)) as cluster:
-        await cluster.leader()
-        address = resp_address(cluster, 1)
-        hub = cluster.nodes[1].chat_hub
-        assert hub is not None
+    async with _one_node(tmp_path) as (cluster, address, hub):
 
         def scenario() -> str:
             process = subprocess.Popen(

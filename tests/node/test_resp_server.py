@@ -18,11 +18,9 @@ import pytest
 import redis
 import trio
 
-from tests.node.helpers import HOST, in_process_cluster
+from tests.node.helpers import HOST, TokenSigner, in_process_cluster
 from trimaran.node.config import Address
-from trimaran.protocols import tokens
 from trimaran.protocols.service import ApplyContext
-from trimaran.protocols.tokens import TrustedKey
 
 
 def resp_address(cluster: Any, node_id: int) -> Address:
@@ -138,16 +136,9 @@ async def test_a_follower_forwards_writes_and_reads(tmp_path: Path) -> None:
 
 
 async def test_auth_with_tokens_and_scopes(tmp_path: Path) -> None:
-    private = tokens.new_private_key()
-    public = tokens.public_key_of(private)
-    kid = tokens.key_id(public)
-    now_ms = int(time.time() * 1000)
-
-    def token(scopes: list[str], jti: str) -> str:
-        return tokens.sign(private, kid=kid, sub="app", scopes=scopes, audience="trimaran", now_ms=now_ms, ttl_ms=600_000, jti=jti)
-
-    writer, reader = token(["kv:write:user:*", "kv:read:user:*"], "w"), token(["kv:read:user:*"], "r")
-    async with in_process_cluster(tmp_path, 3, resp_listen=Address(HOST, 0), auth_keys=(TrustedKey(kid, public),)) as cluster:
+    signer = TokenSigner()
+    writer, reader = signer.token(["kv:write:user:*", "kv:read:user:*"], "w"), signer.token(["kv:read:user:*"], "r")
+    async with in_process_cluster(tmp_path, 3, resp_listen=Address(HOST, 0), auth_keys=(signer.trusted,)) as cluster:
         leader = await cluster.leader()
         follower = next(n for n in (1, 2, 3) if n != leader)
 
@@ -307,8 +298,7 @@ def test_a_resp_port_beyond_loopback_needs_tls_and_auth_or_insecure(tmp_path: Pa
     with pytest.raises(ConfigError, match=r"refusing to listen on 0.0.0.0:6381 without TLS \(--tls-dir\) and auth"):
         config.replace(resp_listen=Address("0.0.0.0", 6381)).validate()
     config.replace(resp_listen=Address("0.0.0.0", 6381), insecure=True).validate()
-    key = TrustedKey(tokens.key_id(tokens.public_key_of(tokens.new_private_key())), b"\x00" * 32)
-    config.replace(resp_listen=Address("0.0.0.0", 6381), tls_dir=str(tmp_path), auth_keys=(key,)).validate()
+    config.replace(resp_listen=Address("0.0.0.0", 6381), tls_dir=str(tmp_path), auth_keys=(TokenSigner().trusted,)).validate()
 
 
 async def test_tls_on_the_resp_port_with_the_nodes_certificates(tmp_path: Path) -> None:
@@ -327,7 +317,7 @@ async def test_tls_on_the_resp_port_with_the_nodes_certificates(tmp_path: Path) 
                 assert r.set("over", "tls") is True and r.get("over") == b"tls"
                 p = r.pubsub()
                 p.subscribe("room.1")
-                assert p.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
+                assert p.get_message(timeout=5)["type"] == "subscribe"
                 assert client(address, ssl=True, ssl_ca_certs=ca).publish("room.1", "hi") == 1
                 deadline = time.monotonic() + 10
                 while (message := p.get_message(timeout=0.5)) is None and time.monotonic() < deadline:

@@ -200,8 +200,7 @@ class WsConnection:
         self._queue_lot = trio.lowlevel.ParkingLot()
         #: Readers of history waiting for the queue to drain (see _room).
         self._room_lot = trio.lowlevel.ParkingLot()
-        self._resync: set[str] = set()
-        self._resync_lot = trio.lowlevel.ParkingLot()
+        self._resyncs = Resyncs()
         self.closing: Closing | None = None
         self._cancel: trio.CancelScope | None = None
         self._session_id: int | None = None
@@ -234,7 +233,7 @@ class WsConnection:
         if self.closing is None:
             self.closing = closing
             self._queue_lot.unpark_all()
-            self._resync_lot.unpark_all()
+            self._resyncs.wake()
             self._room_lot.unpark_all()
 
     async def _writer(self) -> None:
@@ -279,14 +278,10 @@ class WsConnection:
                     frame["recovered"] = False
                 self.push(frame)
             else:  # resync: read the missing range from history
-                self._resync.add(feed.channel)
-                self._resync_lot.unpark_all()
+                self._resyncs.add(feed.channel)
 
     def resync_all(self) -> None:
-        for feed in self.subscriptions.values():
-            if feed.resync():
-                self._resync.add(feed.channel)
-        self._resync_lot.unpark_all()
+        self._resyncs.add_all(self.subscriptions)
 
     def recheck_token(self) -> None:
         if self.grant is None:
@@ -296,15 +291,7 @@ class WsConnection:
             self.close(Closing(CLOSE_UNAUTHENTICATED, refusal.message))
 
     async def _resyncer(self) -> None:
-        while True:
-            while not self._resync and self.closing is None:
-                await self._resync_lot.park()
-            if self.closing is not None:
-                return
-            channel = self._resync.pop()
-            feed = self.subscriptions.get(channel)
-            if feed is not None:
-                await self._catch_up(feed, "stale")
+        await self._resyncs.run(self.subscriptions, lambda feed: self._catch_up(feed, "stale"), lambda: self.closing is not None)
 
     async def _catch_up(self, feed: Feed, consistency: str) -> dict[str, Any]:
         """Read ``feed``'s channel from history after its last offset (pages), push it, then the
@@ -539,6 +526,61 @@ class WsConnection:
             await self._queue_lot.park()
         await self._flush_then_close()
         cancel.cancel()
+
+
+class Resyncs:
+    """The channels of one connection whose feeds must read their history again (a ``resync``
+    push, or a gap in the events window), and the task that reads them one at a time: the
+    gateway's, and the RESP port's (:mod:`trimaran.node.resp.pubsub`)."""
+
+    def __init__(self) -> None:
+        self.channels: set[str] = set()
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def add(self, channel: str) -> None:
+        self.channels.add(channel)
+        self._lot.unpark_all()
+
+    def add_all(self, feeds: dict[str, Feed]) -> None:
+        """The events window lost events: every feed not reading already reads again."""
+        for feed in feeds.values():
+            if feed.resync():
+                self.channels.add(feed.channel)
+        self._lot.unpark_all()
+
+    def wake(self) -> None:
+        """The connection is closing: :meth:`run` returns."""
+        self._lot.unpark_all()
+
+    async def run(
+        self,
+        feeds: dict[str, Feed],
+        catch_up: Callable[[Feed], Awaitable[Any]],
+        closing: Callable[[], bool],
+        retry_s: float | None = None,
+    ) -> None:
+        """Until ``closing()``: ``catch_up`` each channel added that is still in ``feeds``. A
+        failure ends the task (and so the connection), or with ``retry_s`` is logged and the
+        channel read again after that long."""
+        while True:
+            while not self.channels and not closing():
+                await self._lot.park()
+            if closing():
+                return
+            channel = self.channels.pop()
+            feed = feeds.get(channel)
+            if feed is None:
+                continue
+            if retry_s is None:
+                await catch_up(feed)
+                continue
+            try:
+                await catch_up(feed)
+            except TrimaranError as exc:  # an election, a token that lapsed: try again shortly
+                log.info("reading %s's history for a subscriber failed: %s", channel, exc.message)
+                if channel in feeds:
+                    self.channels.add(channel)
+                await trio.sleep(retry_s)
 
 
 async def catch_up(

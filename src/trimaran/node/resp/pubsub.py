@@ -52,8 +52,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import trio
 
 from trimaran import limits
-from trimaran.errors import InvalidArgument, PermissionDenied, TrimaranError, Unauthenticated
-from trimaran.node.http.chat_gateway import WS_QUEUE_BYTES_MAX, WS_QUEUE_FRAMES_MAX, ChatHub, catch_up
+from trimaran.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from trimaran.node.http.chat_gateway import WS_QUEUE_BYTES_MAX, WS_QUEUE_FRAMES_MAX, ChatHub, Resyncs, catch_up
 from trimaran.node.resp.base import ANSWERED, Handler, RespError, arity_error, error_reply
 from trimaran.node.resp.keyspace import glob_regex, literal_prefix
 from trimaran.protocols import resp, scopes
@@ -102,8 +102,7 @@ class Subscriptions:
         self._written = 0  # of them, written to the socket
         self._wake = trio.lowlevel.ParkingLot()  # the writer waits for wires
         self._drained = trio.lowlevel.ParkingLot()  # answers wait to be written
-        self._resync: set[str] = set()
-        self._resync_lot = trio.lowlevel.ParkingLot()
+        self._resyncs = Resyncs()
         self._sending: trio.CancelScope | None = None
         self.closing: ErrorReply | None = None
         self._nursery = nursery
@@ -164,7 +163,7 @@ class Subscriptions:
             self._sending.deadline = min(self._sending.deadline, trio.current_time() + CLOSE_REASON_S)
         self._wake.unpark_all()
         self._drained.unpark_all()
-        self._resync_lot.unpark_all()
+        self._resyncs.wake()
 
     async def flush(self) -> None:
         """Wait until everything queued so far is written (the runner's pace: at most its batch of
@@ -240,10 +239,7 @@ class Subscriptions:
         return sum(1 for regex in self.patterns.values() if regex.match(name))
 
     def resync_all(self) -> None:
-        for feed in self.channels.values():
-            if feed.resync():
-                self._resync.add(feed.channel)
-        self._resync_lot.unpark_all()
+        self._resyncs.add_all(self.channels)
 
     def recheck_token(self) -> None:
         if self.conn.token is None or not self.server.edge.authoriser.enabled:
@@ -264,27 +260,11 @@ class Subscriptions:
             elif what == "message":
                 self._push(resp.encode(Push([b"message", feed.channel.encode(), push[3]]), protocol))
             elif what == "resync":
-                self._resync.add(feed.channel)
-                self._resync_lot.unpark_all()
+                self._resyncs.add(feed.channel)
             # An epoch change has no word in Redis's protocol: the messages just go on.
 
     async def _resyncer(self) -> None:
-        while True:
-            while not self._resync and self.closing is None:
-                await self._resync_lot.park()
-            if self.closing is not None:
-                return
-            channel = self._resync.pop()
-            feed = self.channels.get(channel)
-            if feed is None:
-                continue
-            try:
-                await self.catch_up(feed, "stale")
-            except TrimaranError as exc:  # an election, a token that lapsed: try again shortly
-                log.info("RESP connection %d: reading %s's history failed: %s", self.conn.id, channel, exc.message)
-                if channel in self.channels:
-                    self._resync.add(channel)
-                await trio.sleep(RESYNC_RETRY_S)
+        await self._resyncs.run(self.channels, lambda feed: self.catch_up(feed, "stale"), lambda: self.closing is not None, RESYNC_RETRY_S)
 
     async def catch_up(self, feed: Feed, consistency: str) -> dict[str, Any]:
         async def read_page(query: list[Any], consistency: str) -> Any:
