@@ -163,6 +163,24 @@ async def test_scopes_with_auth_on(tmp_path: Path) -> None:
                 c.close()
 
         await in_thread(scenario)
+        # A revocation applied while subscribed: -NOAUTH, and the connection is closed.
+        sock = socket.create_connection((address.host, address.port), timeout=10)
+        with sock:
+            auth = b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(reader), reader.encode())
+            await in_thread(lambda: _exchange(sock, auth + b"SUBSCRIBE room.1\r\n", b"+OK\r\n*3\r\n$9\r\nsubscribe\r\n$6\r\nroom.1\r\n:1\r\n"))
+            resp_server = cluster.nodes[1].resp_server
+            assert resp_server is not None
+            admin = signer.token(["admin:*"], "admin")
+            await resp_server.edge.command("auth", ["revoke", "r", int(time.time() * 1000) + 600_000], 0, admin)
+
+            def rest() -> bytes:
+                data = b""
+                while chunk := sock.recv(65536):
+                    data += chunk
+                return data
+
+            closing = await in_thread(rest)
+            assert closing.startswith(b"-NOAUTH ") and closing.endswith(b"\r\n") and closing.count(b"\r\n") == 1
 
 
 async def test_a_subscriber_that_does_not_read_is_cut_off_with_its_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
