@@ -263,3 +263,30 @@ async def test_a_subscriber_that_missed_live_events_gets_them_from_history_in_or
         assert got == [b"missed 0", b"missed 1", b"missed 2", b"live"]
         for c in (publisher, subscriber):
             await in_thread(c.close)
+
+
+async def test_redis_py_asyncio_pubsub_resp3(tmp_path: Path) -> None:
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    async with _one_node(tmp_path) as (cluster, address, hub):
+
+        async def scenario() -> list[Any]:
+            r = aioredis.Redis(host=address.host, port=address.port, protocol=3, socket_timeout=10)
+            p = r.pubsub()
+            await p.subscribe("room.1")
+            await p.psubscribe("room.*")
+            got = []
+            for _ in range(2):
+                got.append(await p.get_message(timeout=5))
+            assert await r.publish("room.1", "hi") == 2
+            for _ in range(2):
+                got.append(await p.get_message(timeout=5))
+            await p.aclose()
+            await r.aclose()
+            return [(m["type"], m["channel"], m["data"]) for m in got if m is not None]
+
+        got = await in_thread(lambda: asyncio.run(scenario()))
+        assert got[:2] == [("subscribe", b"room.1", 1), ("psubscribe", b"room.*", 2)]
+        assert sorted(got[2:]) == [("message", b"room.1", b"hi"), ("pmessage", b"room.1", b"hi")]
