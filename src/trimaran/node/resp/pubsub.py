@@ -152,8 +152,8 @@ class Subscriptions:
         self._append(wire)
 
     def close(self, reason: ErrorReply) -> None:
-        """Cut the connection: drop what is queued, send ``reason`` if the socket is between
-        messages, close."""
+        """Cut the connection: drop what is queued, give the write under way ``CLOSE_REASON_S`` to
+        finish, then send ``reason`` (unless that write was cut mid-message) and close."""
         if self.closing is not None:
             return
         self.closing = reason
