@@ -137,6 +137,11 @@ resp_buffer_bytes_max = resp_command_bytes_max + resp_receive_bytes_max
 resp_keys_scanned_max = 100_000
 #: Rounds (a scan page, then a txn deleting it) of one RESP ``FLUSHDB`` at most.
 resp_flush_rounds_max = 100_000
+#: Channels one RESP connection may SUBSCRIBE to at once (the WebSocket gateway's bound too).
+resp_channels_per_connection_max = 1_000
+#: Patterns one RESP connection may PSUBSCRIBE to at once: each is matched against every chat event
+#: this node applies, so they are few.
+resp_patterns_per_connection_max = 64
 
 # --- Raft ------------------------------------------------------------------------------------------
 #: Hard ceiling on entries bytes carried by one AppendEntries (RaftConfig may pick less).

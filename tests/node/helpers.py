@@ -254,3 +254,22 @@ def bare_transport() -> PeerTransport:
     """A PeerTransport for node 1 of cluster "trimaran" with no peers, no sockets, and a driver
     that ignores what it is handed (tests set its queues and monitor as they need)."""
     return PeerTransport(_BareTransportConfig(), _ignore_message)  # type: ignore[arg-type]
+
+
+class TokenSigner:
+    """A signing key the test's cluster trusts (``trusted``), and tokens signed with it."""
+
+    def __init__(self) -> None:
+        from trimaran.protocols import tokens
+
+        self._tokens = tokens
+        self._private = tokens.new_private_key()
+        public = tokens.public_key_of(self._private)
+        self._kid = tokens.key_id(public)
+        self.trusted = tokens.TrustedKey(self._kid, public)
+
+    def token(self, scopes: list[str], jti: str, ttl_ms: int = 600_000) -> str:
+        import time
+
+        now_ms = int(time.time() * 1000)
+        return self._tokens.sign(self._private, kid=self._kid, sub="app", scopes=scopes, audience="trimaran", now_ms=now_ms, ttl_ms=ttl_ms, jti=jti)

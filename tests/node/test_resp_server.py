@@ -18,11 +18,9 @@ import pytest
 import redis
 import trio
 
-from tests.node.helpers import HOST, in_process_cluster
+from tests.node.helpers import HOST, TokenSigner, in_process_cluster
 from trimaran.node.config import Address
-from trimaran.protocols import tokens
 from trimaran.protocols.service import ApplyContext
-from trimaran.protocols.tokens import TrustedKey
 
 
 def resp_address(cluster: Any, node_id: int) -> Address:
@@ -138,16 +136,9 @@ async def test_a_follower_forwards_writes_and_reads(tmp_path: Path) -> None:
 
 
 async def test_auth_with_tokens_and_scopes(tmp_path: Path) -> None:
-    private = tokens.new_private_key()
-    public = tokens.public_key_of(private)
-    kid = tokens.key_id(public)
-    now_ms = int(time.time() * 1000)
-
-    def token(scopes: list[str], jti: str) -> str:
-        return tokens.sign(private, kid=kid, sub="app", scopes=scopes, audience="trimaran", now_ms=now_ms, ttl_ms=600_000, jti=jti)
-
-    writer, reader = token(["kv:write:user:*", "kv:read:user:*"], "w"), token(["kv:read:user:*"], "r")
-    async with in_process_cluster(tmp_path, 3, resp_listen=Address(HOST, 0), auth_keys=(TrustedKey(kid, public),)) as cluster:
+    signer = TokenSigner()
+    writer, reader = signer.token(["kv:write:user:*", "kv:read:user:*"], "w"), signer.token(["kv:read:user:*"], "r")
+    async with in_process_cluster(tmp_path, 3, resp_listen=Address(HOST, 0), auth_keys=(signer.trusted,)) as cluster:
         leader = await cluster.leader()
         follower = next(n for n in (1, 2, 3) if n != leader)
 
@@ -299,14 +290,52 @@ async def test_clients_that_vanish_mid_pipeline_leave_the_node_up(tmp_path: Path
         await in_thread(scenario)
 
 
-def test_a_resp_port_beyond_loopback_needs_insecure(tmp_path: Path) -> None:
+def test_a_resp_port_beyond_loopback_needs_tls_and_auth_or_insecure(tmp_path: Path) -> None:
     from tests.node.helpers import cluster_configs
     from trimaran.errors import ConfigError
 
     config = cluster_configs(tmp_path, 1)[0]
-    with pytest.raises(ConfigError, match="no TLS yet"):
+    with pytest.raises(ConfigError, match=r"refusing to listen on 0.0.0.0:6381 without TLS \(--tls-dir\) and auth"):
         config.replace(resp_listen=Address("0.0.0.0", 6381)).validate()
     config.replace(resp_listen=Address("0.0.0.0", 6381), insecure=True).validate()
+    config.replace(resp_listen=Address("0.0.0.0", 6381), tls_dir=str(tmp_path), auth_keys=(TokenSigner().trusted,)).validate()
+
+
+async def test_tls_on_the_resp_port_with_the_nodes_certificates(tmp_path: Path) -> None:
+    from trimaran.node.tls import CA_CERT, init_certs
+
+    tls = tmp_path / "tls"
+    init_certs(tls, [1])
+    ca = str(tls / CA_CERT)
+    async with in_process_cluster(tmp_path / "data", 1, resp_listen=Address(HOST, 0), tls_dir=str(tls)) as cluster:
+        await cluster.leader()
+        address = resp_address(cluster, 1)
+
+        def scenario() -> None:
+            for protocol in (2, 3):
+                r = client(address, ssl=True, ssl_ca_certs=ca, protocol=protocol)
+                assert r.set("over", "tls") is True and r.get("over") == b"tls"
+                p = r.pubsub()
+                p.subscribe("room.1")
+                assert p.get_message(timeout=5)["type"] == "subscribe"
+                assert client(address, ssl=True, ssl_ca_certs=ca).publish("room.1", "hi") == 1
+                deadline = time.monotonic() + 10
+                while (message := p.get_message(timeout=0.5)) is None and time.monotonic() < deadline:
+                    pass
+                assert message is not None and message["data"] == b"hi"
+                p.close()
+                r.close()
+            with pytest.raises(redis.ConnectionError):  # no plain text on a TLS port
+                client(address).ping()
+            cli = shutil.which("redis-cli")
+            if cli is not None:
+                done = subprocess.run(
+                    [cli, "--tls", "--cacert", ca, "-h", address.host, "-p", str(address.port), "GET", "over"],
+                    capture_output=True, text=True, timeout=30,
+                )  # fmt: skip
+                assert done.stdout.strip() == "tls", done.stderr
+
+        await in_thread(scenario)
 
 
 async def test_each_connection_writes_through_a_session_of_its_own(tmp_path: Path) -> None:
@@ -415,6 +444,15 @@ async def test_multi_exec_is_one_entry_applied_on_every_replica_and_watch_fails_
             assert answers[:3] == [True, 2, answers[2]] and isinstance(answers[2], redis.ResponseError)
             assert answers[3:] == [b"2", True, True, 100, 2]
             assert r.get("text") == b"abc"
+            # SET XX/KEEPTTL, APPEND and MSETNX are steps of the one entry too.
+            r.set("kt", "v", ex=100)
+            p = r.pipeline(transaction=True)
+            p.set("kt", "w", xx=True, keepttl=True).set("nokey", "x", xx=True).append("kt", "!").append("fresh", "ab").ttl("kt")
+            p.msetnx({"m1": "1", "m2": "2"}).msetnx({"m2": "x", "m3": "3"}).set("kt", "new", get=True, xx=True).ttl("kt")
+            p.set("fresh", "old?", get=True, nx=True)
+            # KEEPTTL and APPEND kept the TTL; a SET without KEEPTTL drops it; SET NX GET answers the old value.
+            assert p.execute() == [True, None, 2, 2, 100, True, False, b"w!", -1, b"ab"]
+            assert r.mget("kt", "nokey", "fresh", "m1", "m2", "m3") == [b"new", None, b"ab", b"1", b"2", None]
             # Errors found while queueing discard the whole transaction (one raw connection:
             # redis-py's reply callbacks would turn +QUEUED into False).
             raw = redis.Connection(host=resp_address(cluster, follower).host, port=resp_address(cluster, follower).port)
@@ -429,7 +467,7 @@ async def test_multi_exec_is_one_entry_applied_on_every_replica_and_watch_fails_
             assert call("MULTI") == b"OK"
             assert call("SET", "d", "1") == b"QUEUED"
             assert "wrong number of arguments" in str(call("SET", "d"))
-            assert "not served inside MULTI" in str(call("APPEND", "d", "x"))
+            assert "not served inside MULTI" in str(call("PERSIST", "d"))
             assert str(call("EXEC")).startswith("Transaction discarded")
             assert call("GET", "d") is None
             assert "EXEC without MULTI" in str(call("EXEC"))
@@ -451,6 +489,16 @@ async def test_multi_exec_is_one_entry_applied_on_every_replica_and_watch_fails_
                 with pytest.raises(redis.WatchError):
                     pipe.execute()
             assert r.get("a") == b"changed" and r.get("e") is None
+            # EXPIRE, PEXPIRE or PERSIST of a watched key fails the EXEC, as in Redis.
+            for change in (lambda: other.expire("a", 50), lambda: other.pexpire("a", 60_000), lambda: other.persist("a")):
+                with r.pipeline() as pipe:
+                    pipe.watch("a")
+                    change()
+                    pipe.multi()
+                    pipe.set("e", "1")
+                    with pytest.raises(redis.WatchError):
+                        pipe.execute()
+            assert r.get("e") is None and r.ttl("a") == -1
             with r.pipeline() as pipe:  # unchanged: applied
                 pipe.watch("a")
                 pipe.multi()

@@ -740,6 +740,36 @@ def test_txn_if_revisions_are_all_or_nothing(log: Log) -> None:
         log.do(["txn", [], {"if_revisions": [[b"t", 4]]}])
 
 
+def test_the_redis_shaped_writes_if_exists_keep_ttl_append_and_mset_if_absent(log: Log) -> None:
+    with pytest.raises(ConditionFailed):
+        log.do(["set", b"a", b"1", {"if_exists": True}])  # SET XX of a missing key
+    assert log.get(b"a") is None
+    log.do(["set", b"a", b"1", {"ttl_ms": 100}])  # revision 2, expires at 1100
+    assert log.do(["set", b"a", b"2", {"if_exists": True, "keep_ttl": True}]) == 3
+    assert log.get(b"a") == [b"2", 3, 100] and log.ask(["mget", [b"a", b"z"], {"expires_at": True}]) == [[b"2", 3, 100, 1_100], None]
+    assert log.do(["append", b"a", b"34"]) == 3 and log.get(b"a") == [b"234", 4, 100]  # the expiry kept
+    assert log.do(["append", b"new", b"x"]) == 1 and log.get(b"new") == [b"x", 5, None]
+    with pytest.raises(InvalidArgument):
+        log.do(["set", b"a", b"1", {"ttl_ms": 5, "keep_ttl": True}])
+    with pytest.raises(ConditionFailed) as caught:  # MSETNX: one key exists, nothing written
+        log.do(["mset", [[b"m", b"1"], [b"new", b"2"]], {"if_absent": True}])
+    assert caught.value.details == {"key": b"new", "revision": 5} and log.get(b"m") is None
+    assert log.do(["mset", [[b"m", b"1"], [b"n", b"2"]], {"if_absent": True}]) == 8
+
+
+def test_txn_if_expiries_fail_when_an_expiry_moved(log: Log) -> None:
+    log.do(["set", b"w", b"1"])  # revision 1, no expiry
+    watched = {"if_revisions": [[b"w", 1]], "if_expiries": [[b"w", 0]]}
+    log.do(["expire", b"w", 50])  # the revision stays; the expiry moves
+    with pytest.raises(ConditionFailed):
+        log.do(["txn", [["set", b"x", b"1"]], watched])
+    assert log.get(b"x") is None
+    log.do(["expire", b"w", None])
+    assert log.do(["txn", [["set", b"x", b"1"]], watched]) == [[True, 5]]
+    with pytest.raises(InvalidArgument):  # an expiry condition needs the key's revision condition
+        log.do(["txn", [], {"if_expiries": [[b"w", 0]]}])
+
+
 @pytest.mark.parametrize(
     "txn, error",
     [

@@ -211,6 +211,15 @@ SnapshotMachine.TestCase.settings = settings(
 TestSnapshotMachine = SnapshotMachine.TestCase
 
 
+#: The steps the RESP port puts in a MULTI's txn beyond the model's commands: SET XX / KEEPTTL,
+#: APPEND, MSETNX.
+redis_steps = st.one_of(
+    st.builds(lambda k, v, o: ["set", k, v, o], keys, values, st.sampled_from([{"if_exists": True}, {"keep_ttl": True}, {"if_exists": True, "keep_ttl": True}])),
+    st.builds(lambda k, v: ["append", k, v], keys, values),
+    st.builds(lambda pairs: ["mset", [[k, v] for k, v in pairs.items()], {"if_absent": True}], st.dictionaries(keys, values, min_size=1, max_size=3)),
+)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_a_txn_is_its_steps_applied_in_one_entry(data: st.DataObject) -> None:
@@ -222,7 +231,7 @@ def test_a_txn_is_its_steps_applied_in_one_entry(data: st.DataObject) -> None:
     for index in range(1, data.draw(st.integers(2, 6))):
         now_ms += data.draw(st.integers(0, 20))
         ctx = ApplyContext(index, now_ms)
-        steps = data.draw(st.lists(commands(model) | st.builds(lambda k: ["get", k], keys), max_size=6))
+        steps = data.draw(st.lists(commands(model) | redis_steps | st.builds(lambda k: ["get", k], keys), max_size=6))
         a.on_time(ctx)
         b.on_time(ctx)
         alone = []

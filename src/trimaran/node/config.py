@@ -308,12 +308,6 @@ class NodeConfig:
         tokens cannot be read off the wire) and auth (who may do what), unless ``insecure``."""
         exposed = [str(a) for a in (self.listen, self.peer_listen, self.http_listen, self.resp_listen) if a is not None and not a.is_loopback()]
         missing = [what for what, on in (("TLS (--tls-dir)", self.tls_dir), ("auth (--auth-public-key)", self.auth_enabled)) if not on]
-        if self.resp_listen is not None and not self.resp_listen.is_loopback() and not self.insecure:
-            # Before the TLS check below: the RESP listener has no TLS yet, so --tls-dir is no help.
-            return (
-                f"refusing to serve the Redis protocol on {self.resp_listen}: it has no TLS yet, so tokens would "
-                "cross the network in clear; listen on 127.0.0.1, or pass --insecure to accept the risk"
-            )
         if not exposed or not missing or self.insecure:
             return ""
         return (

@@ -250,19 +250,23 @@ class Node:
             self.peer_address = await nursery.start(transport.serve)
             nursery.start_soon(clock.run)
             self.client_address = await nursery.start(client_server.serve)
-            if cfg.http_listen is not None:
-                edge = HttpEdge(cfg, driver, client_server.authoriser, self.status, self._tls is not None)
+            # The RESP listener has an edge of its own: its session, slots and counters are its own.
+            edge = HttpEdge(cfg, driver, client_server.authoriser, self.status, self._tls is not None) if cfg.http_listen else None
+            resp_edge = (
+                HttpEdge(cfg, driver, client_server.authoriser, self.status, self._tls is not None, edge_name="resp") if cfg.resp_listen else None
+            )
+            chat = replica.services.get("chat")
+            hub_edge = edge or resp_edge
+            if isinstance(chat, ChatService) and hub_edge is not None:
+                # One hub per node: WebSocket and RESP subscribers are pushed from the same pass.
+                self.chat_hub = ChatHub(chat, hub_edge)
+                driver.after_round_hooks.append(self.chat_hub.after_round)
+            if edge is not None:
                 self.http_edge = edge
-                chat = replica.services.get("chat")
-                if isinstance(chat, ChatService):
-                    self.chat_hub = ChatHub(chat, edge)
-                    driver.after_round_hooks.append(self.chat_hub.after_round)
                 self.http_address = await nursery.start(edge.serve, RestApp(edge, self.chat_hub, operator_routes(self)))
                 log.info("node %d: HTTP on %s", cfg.node_id, self.http_address)
-            if cfg.resp_listen is not None:
-                # An edge of its own: its session, slots and counters are the RESP listener's.
-                resp_edge = HttpEdge(cfg, driver, client_server.authoriser, self.status, self._tls is not None, edge_name="resp")
-                self.resp_server = RespServer(cfg, resp_edge, self._wall_clock_ms)
+            if resp_edge is not None:
+                self.resp_server = RespServer(cfg, resp_edge, self._wall_clock_ms, self.chat_hub, self._tls.client_server if self._tls else None)
                 self.resp_address = await nursery.start(self.resp_server.serve)
                 log.info("node %d: RESP (Redis protocol) on %s", cfg.node_id, self.resp_address)
             log.info("node %d: clients on %s, peers on %s", cfg.node_id, self.client_address, self.peer_address)

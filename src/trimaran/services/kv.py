@@ -17,16 +17,21 @@ refused command changes nothing):
 ==========  ===========================================================  ==========================
 op          arguments / {options}                                        result
 ==========  ===========================================================  ==========================
-``set``     key, value / {ttl_ms, if_absent, if_revision, if_value}      revision (int)
+``set``     key, value / {ttl_ms | keep_ttl, if_absent, if_exists,         revision (int)
+            if_revision, if_value}
 ``delete``  key / {if_revision, if_value}                                True if the key existed
 ``incr``    key, delta (int64)                                           [new value (int), revision]
 ``decr``    key, delta (int64)                                           [new value (int), revision]
 ``mset``    [[key, value] or [key, value, ttl_ms], ...] (distinct keys)  revision (int)
+            / {if_absent: every key absent, else nothing written}
+``append``  key, suffix (the value grows; a missing key is empty; the    the value's new length
+            expiry is kept)
 ``touch``   key (marks it most recently used)                            True if the key exists
 ``expire``  key, ttl_ms | None (None: no expiry; revision unchanged)     True if the key exists
-``txn``     [step, ...] / {if_revisions: [[key, revision], ...]}         [[True, result] or
-            (a step: any command above but ``txn``, or a ``get`` or      [False, error], ...] per
-            ``mget`` query; at most ``txn_steps_max`` steps)             step, in order
+``txn``     [step, ...] / {if_revisions: [[key, revision], ...],         [[True, result] or
+            if_expiries: [[key, expires_at_ms], ...]} (a step: any       [False, error], ...] per
+            command above but ``txn``, or a ``get`` or ``mget`` query;   step, in order
+            at most ``txn_steps_max`` steps)
 ==========  ===========================================================  ==========================
 
 Queries (read-only, against the applied state at the last applied entry's log time):
@@ -36,7 +41,9 @@ op          arguments / {options}                          result
 ==========  =============================================  ===========================================
 ``get``     key                                            [value, revision, ttl_remaining_ms | None]
                                                            or None
-``mget``    [key, ...] (at most ``mget_keys_max``)         [get result, ...] in the order asked
+``mget``    [key, ...] (at most ``mget_keys_max``) /       [get result, ...] in the order asked;
+            {expires_at}                                   ``expires_at``: each found one has its
+                                                           absolute ``expires_at_ms`` (0: none) 4th
 ``scan``    prefix (b"" = all) / {start_after, limit}      {"items": [[key, value, revision,
                                                            ttl_remaining_ms | None], ...] (key order),
                                                            "next": start_after of the next page or
@@ -65,7 +72,9 @@ Semantics, and the choices behind them:
   replica; the RESP port's MULTI/EXEC). Every step is validated before anything applies (a
   malformed step refuses the whole ``txn``). ``if_revisions`` are checked first, all-or-nothing:
   a key whose current revision differs (0: absent; an expired key is absent) raises
-  ``ConditionFailed`` (details ``key``, ``revision``) and no step applies (WATCH). Then each step
+  ``ConditionFailed`` (details ``key``, ``revision``) and no step applies (WATCH); so does a key of
+  ``if_expiries`` whose expiry moved (``expire`` changes no revision, but Redis's WATCH fails on
+  it; the expiry to compare comes from ``mget`` with ``expires_at``). Then each step
   runs as it would alone, seeing the steps before it: a step that fails (its own condition,
   ``incr`` of a non-integer, ``OutOfMemory``) changes nothing, its error is its result as
   ``[False, {"code", "message", "details"}]``, and the other steps still apply (as Redis's EXEC).
@@ -217,6 +226,7 @@ class KvService:
             args.MsetCmd: self._mset,
             args.TouchCmd: self._touch,
             args.ExpireCmd: self._expire,
+            args.AppendCmd: self._append,
             args.TxnCmd: self._txn,
         }
         self._queries: dict[type, Callable[[Any, int], Any]] = {
@@ -342,6 +352,7 @@ class KvService:
             (not cond.if_absent or cur is None)
             and (cond.if_revision is None or cond.if_revision == revision)
             and (cond.if_value is None or (cur is not None and cur[0] == cond.if_value))
+            and (not cond.if_exists or cur is not None)
         )
         if not holds:
             raise ConditionFailed(
@@ -355,10 +366,24 @@ class KvService:
         self._check(c.key, cur, c.cond)
         size = entry_bytes(c.key, c.value)
         self._reserve(size - (entry_bytes(c.key, cur[0]) if cur is not None else 0), size)
-        expires_at_ms = ctx.timestamp_ms + c.ttl_ms if c.ttl_ms is not None else 0
+        if c.keep_ttl:
+            expires_at_ms = cur[2] if cur is not None else 0
+        else:
+            expires_at_ms = ctx.timestamp_ms + c.ttl_ms if c.ttl_ms is not None else 0
         self._put(c.key, c.value, ctx.index, expires_at_ms, cur)
         self._evict(ctx.index)
         return ctx.index
+
+    def _append(self, c: args.AppendCmd, ctx: ApplyContext) -> int:
+        cur = self._data.get(c.key)
+        value = (cur[0] if cur is not None else b"") + c.suffix
+        if len(value) > limits.value_bytes_max:
+            raise TooLarge(f"appending makes a value of {len(value)} bytes, over value_bytes_max={limits.value_bytes_max}", key=c.key)
+        size = entry_bytes(c.key, value)
+        self._reserve(size - (entry_bytes(c.key, cur[0]) if cur is not None else 0), size)
+        self._put(c.key, value, ctx.index, cur[2] if cur is not None else 0, cur)
+        self._evict(ctx.index)
+        return len(value)
 
     def _delete(self, c: args.DeleteCmd, ctx: ApplyContext) -> bool:
         cur = self._data.get(c.key)
@@ -383,6 +408,11 @@ class KvService:
 
     def _mset(self, c: args.MsetCmd, ctx: ApplyContext) -> int:
         data = self._data
+        if c.if_absent:
+            for key, _, _ in c.items:
+                if key in data:
+                    revision = data[key][1]
+                    raise ConditionFailed(f"{show_bytes(key)} exists (revision {revision})", key=key, revision=revision)
         written_bytes = growth_bytes = 0
         for key, value, _ in c.items:
             size = entry_bytes(key, value)
@@ -424,6 +454,14 @@ class KvService:
                 raise ConditionFailed(
                     f"{show_bytes(key)} is at revision {current}, not {revision} (0 = absent)", key=key, revision=current
                 )
+        for key, expires_at_ms in c.if_expiries:
+            entry = self._data.get(key) if self._view(key, ctx.timestamp_ms) is not None else None
+            current = entry[2] if entry is not None else 0
+            if current != expires_at_ms:
+                revision = entry[1] if entry is not None else 0
+                raise ConditionFailed(
+                    f"{show_bytes(key)} expires at {current}, not {expires_at_ms} (0 = never or absent)", key=key, revision=revision
+                )
         results: list[list[Any]] = []
         for step in c.steps:
             query = self._queries.get(type(step))
@@ -452,6 +490,10 @@ class KvService:
 
     def _mget(self, q: args.MgetQuery, now_ms: int) -> list[list[Any] | None]:
         found = [self._view(key, now_ms) for key in q.keys]
+        if q.expires_at:
+            for key, view in zip(q.keys, found):
+                if view is not None:
+                    view.append(self._data[key][2])
         size_bytes = sum(len(v[0]) for v in found if v is not None)
         if size_bytes > self.query_result_bytes_max:
             raise TooLarge(

@@ -51,6 +51,8 @@ class Conditions(NamedTuple):
     if_revision: int | None = None
     #: The key must exist with exactly this value.
     if_value: bytes | None = None
+    #: The key must exist (Redis's ``SET ... XX``).
+    if_exists: bool = False
 
 
 NO_CONDITIONS = Conditions()
@@ -61,6 +63,8 @@ class SetCmd(NamedTuple):
     value: bytes
     ttl_ms: int | None
     cond: Conditions
+    #: Keep the key's expiry (Redis's ``KEEPTTL``); exclusive with ``ttl_ms``.
+    keep_ttl: bool = False
 
 
 class DeleteCmd(NamedTuple):
@@ -77,6 +81,14 @@ class IncrCmd(NamedTuple):
 class MsetCmd(NamedTuple):
     #: (key, value, ttl_ms | None), keys distinct, in command order.
     items: tuple[tuple[bytes, bytes, int | None], ...]
+    #: Every key must be absent, else nothing is written (Redis's ``MSETNX``).
+    if_absent: bool = False
+
+
+class AppendCmd(NamedTuple):
+    key: bytes
+    #: Added to the end of the value (a missing key counts as empty); the expiry is kept.
+    suffix: bytes
 
 
 class TouchCmd(NamedTuple):
@@ -94,6 +106,9 @@ class TxnCmd(NamedTuple):
     steps: tuple[Any, ...]
     #: (key, revision): every key's current revision must equal its revision (0: absent).
     if_revisions: tuple[tuple[bytes, int], ...]
+    #: (key, expires_at_ms): every key's expiry must equal it (0: none, or absent); each key must
+    #: be in ``if_revisions`` too (so its read scope is checked). Redis's WATCH fails on EXPIRE.
+    if_expiries: tuple[tuple[bytes, int], ...] = ()
 
 
 # --- parsed queries ------------------------------------------------------------------------------
@@ -105,6 +120,8 @@ class GetQuery(NamedTuple):
 
 class MgetQuery(NamedTuple):
     keys: tuple[bytes, ...]
+    #: Each found key's answer also carries its absolute ``expires_at_ms`` (0: none).
+    expires_at: bool = False
 
 
 class ScanQuery(NamedTuple):
@@ -193,6 +210,7 @@ def conditions(opts: dict[str, Any], allow_absent: bool) -> Conditions:
         if_absent=bool_arg(opts.get("if_absent"), "if_absent") if allow_absent else False,
         if_revision=None if if_revision is None else int_arg(if_revision, "if_revision", 0),
         if_value=None if if_value is None else value_arg(if_value, "if_value"),
+        if_exists=bool_arg(opts.get("if_exists"), "if_exists") if allow_absent else False,
     )
 
 
@@ -200,8 +218,16 @@ def conditions(opts: dict[str, Any], allow_absent: bool) -> Conditions:
 
 
 def _set(c: list[Any]) -> SetCmd:
-    (key, value), opts = split(c, "command", 2, ("ttl_ms", "if_absent", "if_revision", "if_value"))
-    return SetCmd(key_arg(key), value_arg(value), ttl_arg(opts.get("ttl_ms")), conditions(opts, True))
+    (key, value), opts = split(c, "command", 2, ("ttl_ms", "if_absent", "if_revision", "if_value", "if_exists", "keep_ttl"))
+    ttl_ms, keep_ttl = ttl_arg(opts.get("ttl_ms")), bool_arg(opts.get("keep_ttl"), "keep_ttl")
+    if ttl_ms is not None and keep_ttl:
+        raise InvalidArgument("set takes ttl_ms or keep_ttl, not both")
+    return SetCmd(key_arg(key), value_arg(value), ttl_ms, conditions(opts, True), keep_ttl)
+
+
+def _append(c: list[Any]) -> AppendCmd:
+    (key, suffix), _ = split(c, "command", 2, ())
+    return AppendCmd(key_arg(key), value_arg(suffix, "suffix"))
 
 
 def _delete(c: list[Any]) -> DeleteCmd:
@@ -216,7 +242,7 @@ def _incr(c: list[Any]) -> IncrCmd:
 
 
 def _mset(c: list[Any]) -> MsetCmd:
-    (pairs,), _ = split(c, "command", 1, ())
+    (pairs,), opts = split(c, "command", 1, ("if_absent",))
     if type(pairs) is not list or not pairs:
         raise InvalidArgument("mset takes a non-empty list of [key, value] or [key, value, ttl_ms]")
     if len(pairs) > mset_keys_max:
@@ -231,7 +257,7 @@ def _mset(c: list[Any]) -> MsetCmd:
             raise InvalidArgument(f"mset names key {show_bytes(key)} twice")
         seen.add(key)
         items.append((key, value_arg(pair[1]), ttl_arg(pair[2] if len(pair) == 3 else None)))
-    return MsetCmd(tuple(items))
+    return MsetCmd(tuple(items), bool_arg(opts.get("if_absent"), "if_absent"))
 
 
 def _touch(c: list[Any]) -> TouchCmd:
@@ -245,7 +271,7 @@ def _expire(c: list[Any]) -> ExpireCmd:
 
 
 def _txn(c: list[Any]) -> TxnCmd:
-    (steps,), opts = split(c, "command", 1, ("if_revisions",))
+    (steps,), opts = split(c, "command", 1, ("if_revisions", "if_expiries"))
     if type(steps) is not list:
         raise InvalidArgument("txn takes a list of steps (kv commands, or get/mget queries)")
     if len(steps) > txn_steps_max:
@@ -270,10 +296,19 @@ def _txn(c: list[Any]) -> TxnCmd:
         if type(item) is not list or len(item) != 2:
             raise InvalidArgument("each if_revisions item is [key, revision]")
         if_revisions.append((key_arg(item[0]), int_arg(item[1], "revision", 0)))
-    return TxnCmd(tuple(parsed), tuple(if_revisions))
+    expiries_raw = opts.get("if_expiries", [])
+    if type(expiries_raw) is not list or len(expiries_raw) > len(if_revisions):
+        raise InvalidArgument("if_expiries is a list of [key, expires_at_ms], each key also in if_revisions")
+    revision_keys = {key for key, _ in if_revisions}  # membership only; never iterated
+    if_expiries = []
+    for item in expiries_raw:
+        if type(item) is not list or len(item) != 2 or item[0] not in revision_keys:
+            raise InvalidArgument("each if_expiries item is [key, expires_at_ms] of a key in if_revisions")
+        if_expiries.append((key_arg(item[0]), int_arg(item[1], "expires_at_ms", 0)))
+    return TxnCmd(tuple(parsed), tuple(if_revisions), tuple(if_expiries))
 
 
-Command = SetCmd | DeleteCmd | IncrCmd | MsetCmd | TouchCmd | ExpireCmd | TxnCmd
+Command = SetCmd | DeleteCmd | IncrCmd | MsetCmd | TouchCmd | ExpireCmd | AppendCmd | TxnCmd
 
 _COMMAND_PARSERS: dict[str, Callable[[list[Any]], Command]] = {
     "set": _set,
@@ -283,6 +318,7 @@ _COMMAND_PARSERS: dict[str, Callable[[list[Any]], Command]] = {
     "mset": _mset,
     "touch": _touch,
     "expire": _expire,
+    "append": _append,
     "txn": _txn,
 }
 
@@ -301,12 +337,12 @@ def _get(q: list[Any]) -> GetQuery:
 
 
 def _mget(q: list[Any]) -> MgetQuery:
-    (keys,), _ = split(q, "query", 1, ())
+    (keys,), opts = split(q, "query", 1, ("expires_at",))
     if type(keys) is not list:
         raise InvalidArgument("mget takes a list of keys")
     if len(keys) > mget_keys_max:
         raise TooLarge(f"mget of {len(keys)} keys is over mget_keys_max={mget_keys_max}")
-    return MgetQuery(tuple(key_arg(k) for k in keys))
+    return MgetQuery(tuple(key_arg(k) for k in keys), bool_arg(opts.get("expires_at"), "expires_at"))
 
 
 def _scan(q: list[Any]) -> ScanQuery:

@@ -54,7 +54,7 @@ import base64
 import json
 import logging
 from collections import deque
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Protocol
 
 import trio
 
@@ -102,15 +102,39 @@ def error_frame(request_id: Any, exc: TrimaranError) -> dict[str, Any]:
     return {"id": request_id, "type": "error", "error": error_json(exc)}
 
 
+class Subscriber(Protocol):
+    """What the hub pushes to: a WebSocket connection, or a RESP connection's subscriptions
+    (:mod:`trimaran.node.resp.pubsub`)."""
+
+    def on_event(self, event: list[Any], encoded: dict[Any, Any] | None = None) -> None: ...
+
+    def resync_all(self) -> None: ...
+
+    def recheck_token(self) -> None: ...
+
+
+class PatternSubscriber(Subscriber, Protocol):
+    """A subscriber that is handed every event (RESP ``PSUBSCRIBE``: it matches channel names itself)."""
+
+    def on_any_event(self, event: list[Any], encoded: dict[Any, Any]) -> None: ...
+
+    def patterns_matching(self, channel: str) -> int: ...
+
+
 class ChatHub:
-    """Every WebSocket connection of this node, by the channels they follow; pushes what the node
-    applied after each driver round (a hook the driver calls; quick, never raises)."""
+    """The node's one hub: every subscriber of this node (WebSocket connections, and RESP
+    connections in pub/sub mode), by the channels they follow; pushes what the node applied after
+    each driver round (a hook the driver calls; quick, never raises)."""
 
     def __init__(self, service: ChatService, edge: HttpEdge) -> None:
         self.service = service
         self.edge = edge
+        #: WebSocket connections (counted against ``WS_CONNECTIONS_MAX``) and the other subscribers.
         self.connections: set[WsConnection] = set()
-        self.by_channel: dict[str, set[WsConnection]] = {}
+        self.others: set[Subscriber] = set()
+        self.by_channel: dict[str, set[Subscriber]] = {}
+        #: Subscribers handed every event (pattern subscriptions).
+        self.every_channel: set[PatternSubscriber] = set()
         #: The last event of the window pushed.
         self.seq = service.events_seq
         self._generation = edge.authoriser.generation
@@ -121,35 +145,42 @@ class ChatHub:
     def after_round(self) -> None:
         if self.edge.authoriser.enabled and self.edge.authoriser.generation != self._generation:
             self._generation = self.edge.authoriser.generation
-            for conn in list(self.connections):
-                conn.recheck_token()
-        if not self.by_channel or self.seq == self.service.events_seq:
+            for sub in [*self.connections, *self.others]:
+                sub.recheck_token()
+        if (not self.by_channel and not self.every_channel) or self.seq == self.service.events_seq:
             self.seq = self.service.events_seq  # nothing to push (an int compare every round)
             return
         while True:
             page = self.service.events_after(self.seq)
             if page["gap"]:
-                for conn in list(self.connections):
-                    conn.resync_all()
+                for sub in [*self.connections, *self.others]:
+                    sub.resync_all()
             for event in page["events"]:
                 conns = self.by_channel.get(event[2])
+                encoded: dict[Any, Any] = {}  # the event's frame, encoded once for all of them
                 if conns:
-                    encoded: dict[str, str] = {}  # the event's frame, encoded once for all of them
                     for conn in list(conns):
                         conn.on_event(event, encoded)
+                for watcher in list(self.every_channel):
+                    watcher.on_any_event(event, encoded)
             self.seq = page["next"]
             if self.seq >= page["seq"]:
                 return
 
-    def follow(self, conn: WsConnection, channel: str) -> None:
+    def follow(self, conn: Subscriber, channel: str) -> None:
         self.by_channel.setdefault(channel, set()).add(conn)
 
-    def unfollow(self, conn: WsConnection, channel: str) -> None:
+    def unfollow(self, conn: Subscriber, channel: str) -> None:
         conns = self.by_channel.get(channel)
         if conns is not None:
             conns.discard(conn)
             if not conns:
                 del self.by_channel[channel]
+
+    def receivers(self, channel: str) -> int:
+        """This node's subscriptions a message of ``channel`` goes to (a connection subscribed by
+        name and by two matching patterns counts three times, as Redis counts)."""
+        return len(self.by_channel.get(channel, ())) + sum(w.patterns_matching(channel) for w in self.every_channel)
 
 
 class WsConnection:
@@ -169,8 +200,7 @@ class WsConnection:
         self._queue_lot = trio.lowlevel.ParkingLot()
         #: Readers of history waiting for the queue to drain (see _room).
         self._room_lot = trio.lowlevel.ParkingLot()
-        self._resync: set[str] = set()
-        self._resync_lot = trio.lowlevel.ParkingLot()
+        self._resyncs = Resyncs()
         self.closing: Closing | None = None
         self._cancel: trio.CancelScope | None = None
         self._session_id: int | None = None
@@ -203,7 +233,7 @@ class WsConnection:
         if self.closing is None:
             self.closing = closing
             self._queue_lot.unpark_all()
-            self._resync_lot.unpark_all()
+            self._resyncs.wake()
             self._room_lot.unpark_all()
 
     async def _writer(self) -> None:
@@ -229,12 +259,12 @@ class WsConnection:
 
     # ------------------------------------------------------------------ live events
 
-    def on_event(self, event: list[Any], encoded: dict[str, str] | None = None) -> None:
+    def on_event(self, event: list[Any], encoded: dict[Any, Any] | None = None) -> None:
         feed = self.subscriptions.get(event[2])
         if feed is not None:
             self._send_pushes(feed, feed.on_event(event), encoded)
 
-    def _send_pushes(self, feed: Feed, pushes: list[Push], encoded: dict[str, str] | None = None) -> None:
+    def _send_pushes(self, feed: Feed, pushes: list[Push], encoded: dict[Any, Any] | None = None) -> None:
         """Queue what the feed decided (a live event's frame is encoded once for all subscribers)."""
         for push in pushes:
             what = push[0]
@@ -248,14 +278,10 @@ class WsConnection:
                     frame["recovered"] = False
                 self.push(frame)
             else:  # resync: read the missing range from history
-                self._resync.add(feed.channel)
-                self._resync_lot.unpark_all()
+                self._resyncs.add(feed.channel)
 
     def resync_all(self) -> None:
-        for feed in self.subscriptions.values():
-            if feed.resync():
-                self._resync.add(feed.channel)
-        self._resync_lot.unpark_all()
+        self._resyncs.add_all(self.subscriptions)
 
     def recheck_token(self) -> None:
         if self.grant is None:
@@ -265,33 +291,21 @@ class WsConnection:
             self.close(Closing(CLOSE_UNAUTHENTICATED, refusal.message))
 
     async def _resyncer(self) -> None:
-        while True:
-            while not self._resync and self.closing is None:
-                await self._resync_lot.park()
-            if self.closing is not None:
-                return
-            channel = self._resync.pop()
-            feed = self.subscriptions.get(channel)
-            if feed is not None:
-                await self._catch_up(feed, "stale")
+        await self._resyncs.run(self.subscriptions, lambda feed: self._catch_up(feed, "stale"), lambda: self.closing is not None)
 
     async def _catch_up(self, feed: Feed, consistency: str) -> dict[str, Any]:
         """Read ``feed``'s channel from history after its last offset (pages), push it, then the
         live events held meanwhile; the first page's answer."""
-        first: dict[str, Any] | None = None
-        while True:
-            query: list[Any] = ["history", feed.channel, feed.history_options()]
-            page = await self._request("read", {"service": "chat", "query": query, "consistency": consistency})
-            consistency = "stale"  # later pages: offsets keep them exact
-            first = first or page
-            pushes, done = feed.on_page(page)
-            for push in pushes:
-                if push[0] == "message" and not self._has_room():
-                    await self._room()  # a replay goes at the pace the client reads
-                self._send_pushes(feed, [push])
-            if done:
-                self._send_pushes(feed, feed.go_live())
-                return first
+
+        async def read_page(query: list[Any], consistency: str) -> Any:
+            return await self._request("read", {"service": "chat", "query": query, "consistency": consistency})
+
+        async def replay(push: Push) -> None:
+            if push[0] == "message" and not self._has_room():
+                await self._room()  # a replay goes at the pace the client reads
+            self._send_pushes(feed, [push])
+
+        return await catch_up(feed, consistency, read_page, replay, lambda pushes: self._send_pushes(feed, pushes))
 
     # ------------------------------------------------------------------ requests
 
@@ -514,7 +528,88 @@ class WsConnection:
         cancel.cancel()
 
 
-def _cached(encoded: dict[str, str] | None, frame: Callable[[], dict[str, Any]]) -> str:
+class Resyncs:
+    """The channels of one connection whose feeds must read their history again (a ``resync``
+    push, or a gap in the events window), and the task that reads them one at a time: the
+    gateway's, and the RESP port's (:mod:`trimaran.node.resp.pubsub`)."""
+
+    def __init__(self) -> None:
+        self.channels: set[str] = set()
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def add(self, channel: str) -> None:
+        self.channels.add(channel)
+        self._lot.unpark_all()
+
+    def add_all(self, feeds: dict[str, Feed]) -> None:
+        """The events window lost events: every feed not reading already reads again."""
+        for feed in feeds.values():
+            if feed.resync():
+                self.channels.add(feed.channel)
+        self._lot.unpark_all()
+
+    def wake(self) -> None:
+        """The connection is closing: :meth:`run` returns."""
+        self._lot.unpark_all()
+
+    async def run(
+        self,
+        feeds: dict[str, Feed],
+        catch_up: Callable[[Feed], Awaitable[Any]],
+        closing: Callable[[], bool],
+        retry_s: float | None = None,
+    ) -> None:
+        """Until ``closing()``: ``catch_up`` each channel added that is still in ``feeds``. A
+        failure ends the task (and so the connection), or with ``retry_s`` is logged and the
+        channel read again after that long."""
+        while True:
+            while not self.channels and not closing():
+                await self._lot.park()
+            if closing():
+                return
+            channel = self.channels.pop()
+            feed = feeds.get(channel)
+            if feed is None:
+                continue
+            if retry_s is None:
+                await catch_up(feed)
+                continue
+            try:
+                await catch_up(feed)
+            except TrimaranError as exc:  # an election, a token that lapsed: try again shortly
+                log.info("reading %s's history for a subscriber failed: %s", channel, exc.message)
+                if channel in feeds:
+                    self.channels.add(channel)
+                await trio.sleep(retry_s)
+
+
+async def catch_up(
+    feed: Feed,
+    consistency: str,
+    read_page: Callable[[list[Any], str], Awaitable[Any]],
+    replay: Callable[[Push], Awaitable[None]],
+    deliver: Callable[[list[Push]], None],
+) -> dict[str, Any]:
+    """The edge's history loop of a :class:`Feed` (its step 1), for every edge that pushes
+    (WebSocket here, RESP in :mod:`trimaran.node.resp.pubsub`): read the channel's history after
+    the feed's last offset, page by page (the first read at ``consistency``, later ones stale:
+    offsets keep them exact), ``replay`` each push (it may wait for room), then ``deliver`` the
+    live events held meanwhile (at once: nothing may come between going live and them). The first
+    page's answer."""
+    first: dict[str, Any] | None = None
+    while True:
+        page = await read_page(["history", feed.channel, feed.history_options()], consistency)
+        consistency = "stale"
+        first = first or page
+        pushes, done = feed.on_page(page)
+        for push in pushes:
+            await replay(push)
+        if done:
+            deliver(feed.go_live())
+            return first
+
+
+def _cached(encoded: dict[Any, Any] | None, frame: Callable[[], dict[str, Any]]) -> str:
     """The event's frame, encoded at the first subscriber and reused by the others."""
     if encoded is None:
         return encode(frame())

@@ -7,11 +7,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from trimaran.errors import NotLeader, OutOfMemory, PermissionDenied, TrimaranError, Unauthenticated, Unavailable
-from trimaran.protocols.resp import NOT_AN_INTEGER, OOM, ErrorReply, Reply
+from trimaran.protocols.resp import NOT_AN_INTEGER, OOM, ErrorReply, Reply, SimpleString
 from trimaran.services.kv_args import INT64_MAX, INT64_MIN
 
 if TYPE_CHECKING:
     from trimaran.node.resp.server import RespServer, _Connection
+
+#: A handler's reply when it queued its answers itself (SUBSCRIBE's one per channel, through the
+#: connection's pub/sub outbox): nothing more to write. Compared by identity.
+ANSWERED = SimpleString("(answered)")
+
 
 class Quit(Exception):
     """Close the connection after this answer."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from trimaran.errors import NotLeader, PermissionDenied, Unavailable
-from trimaran.node.resp import transactions
+from trimaran.node.resp import pubsub, transactions
 from trimaran.node.resp.base import Handler, Quit, RespError, arity_error, parse_int
 from trimaran.protocols.resp import OK, PONG, ErrorReply, Reply, SimpleString, Verbatim
 
@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 async def _ping(s: RespServer, c: _Connection, a: list[bytes]) -> Reply:
     if len(a) > 2:
         raise arity_error(a[0])
+    if pubsub.in_subscribed_mode(c):  # Redis's answer while subscribed (RESP2)
+        return [b"pong", a[1] if len(a) == 2 else b""]
     return a[1] if len(a) == 2 else PONG
 
 
@@ -32,6 +34,7 @@ async def _quit(s: RespServer, c: _Connection, a: list[bytes]) -> Reply:
 async def _reset(s: RespServer, c: _Connection, a: list[bytes]) -> Reply:
     c.protocol, c.name = 2, b""
     transactions.end(c)
+    pubsub.reset(c)
     c.consistency = "linearizable"
     if s.edge.authoriser.enabled:
         c.token, c.authenticated = None, False

@@ -39,10 +39,15 @@ session seq and its own answer, in order; one read point for a run of reads. MUL
 
 Reads are linearizable; ``READONLY`` switches a connection to lease reads (a leader answers from
 its lease without a heartbeat round when the cluster allows lease reads; otherwise they are
-linearizable reads as before), ``READWRITE`` back. Not yet: no TLS on this port, no pub/sub.
+linearizable reads as before), ``READWRITE`` back. Pub/sub on chat channels: :mod:`.pubsub`.
+
+TLS: when the node runs with ``--tls-dir``, this port serves TLS only, with the client port's
+context (the node's certificate, no client certificate asked: the token says who the client is):
+``redis-cli --tls --cacert DIR/ca.pem``, ``redis.Redis(ssl=True, ssl_ca_certs=...)``. Answers then
+go through the TLS stream rather than straight to the socket.
 
 Command handlers live in :mod:`.connection_commands`, :mod:`.strings`, :mod:`.keyspace` and
-:mod:`.transactions` (see :data:`COMMANDS`).
+:mod:`.transactions`, :mod:`.pubsub` (see :data:`COMMANDS`).
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import ssl
 import time
 from typing import Any, Awaitable, Callable
 
@@ -58,9 +64,10 @@ import trio
 from trimaran import limits
 from trimaran.errors import ProtocolError, TrimaranError, Unauthenticated
 from trimaran.node.config import Address, NodeConfig
+from trimaran.node.http.chat_gateway import ChatHub
 from trimaran.node.http.edge import HttpEdge
-from trimaran.node.resp import connection_commands, keyspace, strings, transactions
-from trimaran.node.resp.base import Handler, Planned, Quit, Read, RespError, Write, error_reply, unknown_command
+from trimaran.node.resp import connection_commands, keyspace, pubsub, strings, transactions
+from trimaran.node.resp.base import ANSWERED, Handler, Planned, Quit, Read, RespError, Write, error_reply, unknown_command
 from trimaran.node.resp.groups import RespSession, submit_or_forward
 from trimaran.protocols import resp
 from trimaran.protocols.resp import NOAUTH, ErrorReply, Reply, RespParser
@@ -73,6 +80,7 @@ COMMANDS: dict[bytes, Handler] = {
     **strings.COMMANDS,
     **keyspace.COMMANDS,
     **transactions.COMMANDS,
+    **pubsub.COMMANDS,
 }
 
 #: Redis's reply to a client with no slot left.
@@ -92,10 +100,11 @@ UNAUTHENTICATED_BUFFER_BYTES_MAX = limits.resp_receive_bytes_max + UNAUTHENTICAT
 class _Connection:
     """One client's state: protocol version, name, grant."""
 
-    def __init__(self, server: RespServer, stream: trio.SocketStream, connection_id: int) -> None:
+    def __init__(self, server: RespServer, stream: trio.abc.Stream, connection_id: int) -> None:
         self.server = server
         self.stream = stream
-        self.fd = stream.socket.fileno()
+        #: The socket, written straight to (None over TLS: every write goes through the stream).
+        self.fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
         self.id = connection_id
         self.protocol = 2
         self.name = b""
@@ -111,19 +120,34 @@ class _Connection:
         #: How its reads are served: "linearizable", or "lease" after READONLY (see that command).
         self.consistency = "linearizable"
         #: The plans queued since MULTI (None: not in a transaction), whether one was refused,
-        #: and the watched keys' revisions (see :mod:`.transactions`).
+        #: and the watched keys' (revision, expires_at_ms) (see :mod:`.transactions`).
         self.transaction: list[Write | Read] | None = None
         self.transaction_failed = False
-        self.watched: dict[bytes, int] = {}
+        self.watched: dict[bytes, tuple[int, int]] = {}
+        #: Its pub/sub state, from its first SUBSCRIBE or PSUBSCRIBE (see :mod:`.pubsub`); its tasks
+        #: run in the connection's nursery.
+        self.pubsub: pubsub.Subscriptions | None = None
+        self.nursery: trio.Nursery | None = None
 
 
 class RespServer:
     """See the module docstring. ``status``: the node's status (for INFO)."""
 
-    def __init__(self, config: NodeConfig, edge: HttpEdge, wall_clock_ms: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        edge: HttpEdge,
+        wall_clock_ms: Callable[[], int] | None = None,
+        hub: ChatHub | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         assert config.resp_listen is not None
         self.config = config
         self.edge = edge
+        #: The node's client-port TLS context (``--tls-dir``): the listener then serves TLS only.
+        self.tls = tls
+        #: The node's chat hub (pub/sub); None: the node runs no chat service.
+        self.hub = hub
         self.wall_clock_ms = wall_clock_ms or (lambda: time.time_ns() // 1_000_000)
         self.address: Address | None = None
         self._slots = trio.Semaphore(config.resp_connections_max)
@@ -142,14 +166,17 @@ class RespServer:
         """Listen on ``resp_listen`` until cancelled; ``task_status`` gets the bound address."""
         cfg = self.config
         assert cfg.resp_listen is not None
-        listeners = await trio.open_tcp_listeners(cfg.resp_listen.port, host=cfg.resp_listen.host)
-        host, port = listeners[0].socket.getsockname()[:2]
+        tcp = await trio.open_tcp_listeners(cfg.resp_listen.port, host=cfg.resp_listen.host)
+        host, port = tcp[0].socket.getsockname()[:2]
         self.address = Address(host, port)
+        listeners: list[trio.abc.Listener[Any]] = list(tcp)
+        if self.tls is not None:  # the handshake happens on the connection's first read or write
+            listeners = [trio.SSLListener(listener, self.tls) for listener in tcp]
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio.serve_listeners, self._handle, listeners)
             task_status.started(self.address)
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _handle(self, stream: trio.abc.Stream) -> None:
         async with stream:
             try:
                 self._slots.acquire_nowait()
@@ -170,10 +197,15 @@ class RespServer:
 
     async def _serve_connection(self, conn: _Connection) -> None:
         send, receive = trio.open_memory_channel[Any](self.config.resp_inflight_commands_max)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_until_gone, self._read, conn, send)
-            await _until_gone(self._run, conn, receive)
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                conn.nursery = nursery
+                nursery.start_soon(_until_gone, self._read, conn, send)
+                await _until_gone(self._run, conn, receive)
+                nursery.cancel_scope.cancel()
+        finally:
+            if conn.pubsub is not None:
+                conn.pubsub.detach()
 
     async def _read(self, conn: _Connection, send: trio.MemorySendChannel[Any]) -> None:
         """Parse commands onto ``send``; a ProtocolError is queued too (answered after the commands
@@ -251,8 +283,8 @@ class RespServer:
         """The one write or read of ``command`` if it may join a group (or its refusal before any:
         a syntax error); None: it runs alone."""
         handler = COMMANDS.get(command[0].upper())
-        if not isinstance(handler, Planned) or not conn.authenticated or conn.transaction is not None:
-            return None
+        if not isinstance(handler, Planned) or not conn.authenticated or conn.transaction is not None or conn.pubsub is not None:
+            return None  # (with pub/sub, every answer goes through its outbox: one at a time)
         try:
             return handler.plan(self, conn, command)
         except RespError as exc:
@@ -263,7 +295,7 @@ class RespServer:
     async def _run_planned(self, conn: _Connection, group: list[Write | Read | ErrorReply]) -> None:
         self.commands += len(group)
         replies = await self.run_group(conn, group)
-        await self._write(conn, [self._wire(reply, conn.protocol) for reply in replies])
+        await self._write(conn, [self.wire(reply, conn.protocol) for reply in replies])
 
     async def _run_one(self, conn: _Connection, command: list[bytes]) -> bool:
         """Run one command and write its answer; False: close the connection now."""
@@ -274,34 +306,50 @@ class RespServer:
             reply = await self.execute(conn, command)
         except Quit as quit:
             reply, close = quit.reply, True
+        if reply is ANSWERED:  # queued by the handler (SUBSCRIBE and family): wait until written
+            assert conn.pubsub is not None
+            await conn.pubsub.flush()
+            self._answered(conn, 1)
+            return not close
         # HELLO answers in the protocol it switches to; everything else in the one in force.
-        await self._write(conn, [self._wire(reply, conn.protocol if command[0].upper() == b"HELLO" else protocol)])
+        await self._write(conn, [self.wire(reply, conn.protocol if command[0].upper() == b"HELLO" else protocol)])
         return not close
 
-    def _wire(self, reply: Reply, protocol: int) -> bytes:
+    def wire(self, reply: Reply, protocol: int) -> bytes:
         wire = resp.encode(reply, protocol)
         if len(wire) > self.config.resp_answer_bytes_max:
             wire = resp.encode(ErrorReply(f"the answer of {len(wire)} bytes is over resp_answer_bytes_max={self.config.resp_answer_bytes_max}"))
         return wire
 
     async def _write(self, conn: _Connection, wires: list[bytes]) -> None:
+        if conn.pubsub is not None:  # one writer for answers and pushes, in order
+            conn.pubsub.append_wires(wires)
+            await conn.pubsub.flush()
+            self._answered(conn, len(wires))
+            return
         size = sum(len(w) for w in wires)
         conn.answer_bytes_queued += size
         data = b"".join(wires) if len(wires) > 1 else wires[0]
         try:
             # Straight to the socket when it takes it all (the common case): no pass through trio's
             # scheduler per answer; what it does not take goes through send_all, which waits.
-            try:
-                written = os.write(conn.fd, data)
-            except BlockingIOError:
-                written = 0
-            except OSError as exc:
-                raise trio.BrokenResourceError(str(exc)) from exc
+            written = 0
+            if conn.fd is not None:
+                try:
+                    written = os.write(conn.fd, data)
+                except BlockingIOError:
+                    pass
+                except OSError as exc:
+                    raise trio.BrokenResourceError(str(exc)) from exc
             if written < len(data):
                 await conn.stream.send_all(memoryview(data)[written:])
         finally:
             conn.answer_bytes_queued -= size
-        conn.answered += len(wires)
+        self._answered(conn, len(wires))
+
+    @staticmethod
+    def _answered(conn: _Connection, count: int) -> None:
+        conn.answered += count
         conn.progress.set()
         conn.progress = trio.Event()
 
@@ -315,6 +363,8 @@ class RespServer:
             return unknown_command(args)
         if not conn.authenticated and name not in _BEFORE_AUTH:
             return NOAUTH
+        if pubsub.in_subscribed_mode(conn) and name not in pubsub.SUBSCRIBED_MODE_COMMANDS:
+            return pubsub.subscribed_mode_refusal(name)
         if conn.transaction is not None and name not in transactions.IMMEDIATE:
             return transactions.queue(self, conn, args, handler)
         try:

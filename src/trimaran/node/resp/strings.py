@@ -1,8 +1,10 @@
 """String and key commands, mapped onto the KV service (:mod:`trimaran.services.kv`); see
 :data:`COMMANDS` and each handler. A command that is one KV step has a planner (it joins its
-pipeline's group, :mod:`.groups`); GETSET, GETDEL, GETEX, SET ... GET, MSETNX and DEL of several keys
-are one ``txn`` entry; SET ... XX/KEEPTTL and APPEND are compare-and-set loops on the key's
-revision (atomic: the write applies only if the key is unchanged since the read)."""
+pipeline's group, :mod:`.groups`, and may be queued inside MULTI): SET with any of its options
+(``XX`` is the service's ``if_exists``, ``KEEPTTL`` its ``keep_ttl``), APPEND (its ``append``),
+MSETNX (``mset`` with ``if_absent``); GETSET, GETDEL, GETEX, SET ... GET and DEL of several keys
+are one ``txn`` entry. Only SET with an expiry already past and ``XX`` or ``GET`` (a read, then a
+delete) is a compare-and-set loop on the key's revision, not served inside MULTI."""
 
 from __future__ import annotations
 
@@ -113,8 +115,10 @@ def _parse_set(s: RespServer, a: list[bytes]) -> tuple[int | None, bool, bool, b
     return ttl_ms, nx, xx, get, keepttl
 
 
-def _set_write(key: bytes, value: bytes, ttl_ms: int | None, nx: bool, reply: Callable[[bool], Reply]) -> Write | None:
-    """A plain or NX set as one write (None: an already expired TTL, two writes)."""
+def _set_write(
+    key: bytes, value: bytes, ttl_ms: int | None, nx: bool, reply: Callable[[bool], Reply], xx: bool = False, keepttl: bool = False
+) -> Write | None:
+    """A set with its conditions as one write (None: an already expired TTL, two writes)."""
     if ttl_ms is not None and ttl_ms <= 0:
         return None
     options: dict[str, Any] = {}
@@ -122,6 +126,10 @@ def _set_write(key: bytes, value: bytes, ttl_ms: int | None, nx: bool, reply: Ca
         options["ttl_ms"] = ttl_ms
     if nx:
         options["if_absent"] = True
+    if xx:
+        options["if_exists"] = True
+    if keepttl:
+        options["keep_ttl"] = True
 
     def answer(ok: bool, result: Any) -> Reply:
         if ok or isinstance(result, ConditionFailed):
@@ -133,14 +141,27 @@ def _set_write(key: bytes, value: bytes, ttl_ms: int | None, nx: bool, reply: Ca
 
 def _plan_set(s: RespServer, c: _Connection, a: list[bytes]) -> Write | None:
     ttl_ms, nx, xx, get, keepttl = _parse_set(s, a)
-    if xx or keepttl:
-        return None
+    write = _set_write(a[1], a[2], ttl_ms, nx, lambda applied: OK if applied else None, xx, keepttl)
     if get:  # read and write in one entry: [get, set]
-        write = _set_write(a[1], a[2], ttl_ms, nx, lambda applied: OK)
-        if write is None:  # already expired: [get, delete]
+        if write is None:  # already expired: [get, delete] (with XX or NX: the loop of _set_with)
+            if xx or nx:
+                return None
             return _txn_write([["get", a[1]], ["delete", a[1]]], len(a[1]), lambda results: _value(results[0]))
-        return _txn_write([["get", a[1]], write.command], write.size_bytes, lambda results: _value(results[0]))
-    return _set_write(a[1], a[2], ttl_ms, nx, lambda applied: OK if applied else None)
+        return _txn_write([["get", a[1]], write.command], write.size_bytes, _old_value_unless_failed)
+    if write is None and xx:
+        return None  # an expired SET XX deletes the key if it exists: _set_with's read and delete
+    return write
+
+
+def _old_value_unless_failed(results: list[list[Any]]) -> Reply:
+    """SET ... GET: the old value, whether the set applied or its NX/XX condition did not hold
+    (Redis answers the old value either way); another failure of the set is the error."""
+    ok, error = results[1]
+    if not ok:
+        failure = error_from_wire(error)
+        if not isinstance(failure, ConditionFailed):
+            return error_reply(failure)
+    return _value(results[0])
 
 
 async def _set(s: RespServer, c: _Connection, a: list[bytes]) -> Reply:
@@ -167,13 +188,14 @@ def _plan_setex(s: RespServer, c: _Connection, a: list[bytes]) -> Write | None:
 
 def _txn_write(steps: list[list[Any]], size_bytes: int, answer: Callable[[list[list[Any]]], Reply]) -> Write:
     """A command that is several KV steps in one entry (a ``txn``): ``answer`` gets the steps'
-    results ([ok, result or error on the wire], ...); a step's error is the command's error."""
+    results ([ok, result or error on the wire], ...); a step's error is the command's error, but
+    for a failed condition of the last step, which ``answer`` judges."""
 
     def reply(ok: bool, result: Any) -> Reply:
         if not ok:
             return error_reply(result)
-        for step_ok, step_result in result:
-            if not step_ok:
+        for index, (step_ok, step_result) in enumerate(result):
+            if not step_ok and not (index == len(result) - 1 and step_result.get("code") == "condition_failed"):
                 return error_reply(error_from_wire(step_result))
         return answer(result)
 
@@ -220,23 +242,11 @@ def _plan_strlen(s: RespServer, c: _Connection, a: list[bytes]) -> Read:
     return Read(["get", a[1]], lambda found: 0 if found is None else len(found[0]))
 
 
-async def _append(s: RespServer, c: _Connection, a: list[bytes]) -> Reply:
-    """A compare-and-set loop; the TTL kept as in SET KEEPTTL (see :func:`_set_with`)."""
+def _plan_append(s: RespServer, c: _Connection, a: list[bytes]) -> Write:
+    """The service's ``append`` (the TTL kept); its answer the value's new length."""
     if len(a) != 3:
         raise arity_error(a[0])
-    key = a[1]
-    for _ in range(CAS_ATTEMPTS_MAX):
-        found = await s.read(c, ["get", key])
-        value = (b"" if found is None else found[0]) + a[2]
-        options: dict[str, Any] = {"if_revision": 0 if found is None else found[1]}
-        if found is not None and found[2] is not None:
-            options["ttl_ms"] = max(1, int(found[2]))
-        try:
-            await s.write(c, ["set", key, value, options], len(key) + len(value))
-        except ConditionFailed:
-            continue
-        return len(value)
-    raise RespError(ErrorReply("the key changed under every try; try again", "TRYAGAIN"))
+    return Write(["append", a[1], a[2]], len(a[1]) + len(a[2]), lambda ok, result: int(result) if ok else error_reply(result))
 
 
 def _plan_mget(s: RespServer, c: _Connection, a: list[bytes]) -> Read:
@@ -257,16 +267,15 @@ def _plan_mset(s: RespServer, c: _Connection, a: list[bytes]) -> Write:
 
 
 def _plan_msetnx(s: RespServer, c: _Connection, a: list[bytes]) -> Write:
-    """MSET if none of the keys exists: a ``txn`` whose ``if_revisions`` say "absent" for each."""
+    """MSET if none of the keys exists: the service's ``mset`` with ``if_absent``."""
     mset = _plan_mset(s, c, a)
-    keys = [pair[0] for pair in mset.command[1]]
 
     def answer(ok: bool, result: Any) -> Reply:
         if ok:
             return 1
         return 0 if isinstance(result, ConditionFailed) else error_reply(result)
 
-    return Write(["txn", [mset.command], {"if_revisions": [[key, 0] for key in keys]}], mset.size_bytes, answer)
+    return Write([*mset.command, {"if_absent": True}], mset.size_bytes, answer)
 
 
 def _plan_del(s: RespServer, c: _Connection, a: list[bytes]) -> Write:
@@ -358,7 +367,7 @@ COMMANDS: dict[bytes, Handler] = {
     b"GETSET": Planned(_plan_getset),
     b"GETEX": Planned(_plan_getex),
     b"STRLEN": Planned(_plan_strlen),
-    b"APPEND": _append,
+    b"APPEND": Planned(_plan_append),
     b"MSETNX": Planned(_plan_msetnx),
     b"MGET": Planned(_plan_mget),
     b"MSET": Planned(_plan_mset),

@@ -2,20 +2,23 @@
 replica, applied once through the connection's session).
 
 - ``MULTI`` starts queueing: each command after it is planned (:class:`~trimaran.node.resp.base.Planned`:
-  KV write or read, or a few steps such as GETSET's get and set), authorised, and answered
-  ``+QUEUED``. A command that needs a read before its write (``SET ... XX``/``KEEPTTL``,
-  ``APPEND``), conditions (``MSETNX``), connection commands, or that is refused
-  (arity, syntax, scope) is answered its error and marks the transaction failed: ``EXEC`` then
-  answers ``-EXECABORT`` and applies nothing, as Redis does for errors found while queueing.
-- ``EXEC`` sends ``["txn", steps, {"if_revisions": watched}]``; its answer is each command's reply,
+  KV write or read, or a few steps such as GETSET's get and set; ``SET ... XX``/``KEEPTTL``,
+  ``APPEND`` and ``MSETNX`` are one step each), authorised, and answered ``+QUEUED``. A command
+  with no plan (connection commands, ``PERSIST``, a ``SET`` with ``XX`` or ``GET`` and an expiry
+  already past), or that is refused (arity, syntax, scope) is answered its error and marks the
+  transaction failed: ``EXEC`` then answers ``-EXECABORT`` and applies nothing, as Redis does for
+  errors found while queueing.
+- ``EXEC`` sends ``["txn", steps, {"if_revisions": ..., "if_expiries": ...}]`` (the watched keys);
+  its answer is each command's reply,
   built from its step's result exactly as the command alone would build it (a step that failed
   at apply time, e.g. INCR of a non-integer, is an error in the array and the others apply, as
   Redis's EXEC). A watched key whose revision moved makes EXEC answer the null array and apply
   nothing. ``DISCARD`` drops the queue. Both end the watch.
-- ``WATCH key...`` records each key's revision (0: absent) with a linearizable read; ``UNWATCH``
-  forgets them. A watched key counts as changed when it was written, deleted or expired (its
-  revision moves or it disappears); ``EXPIRE``/``PERSIST`` and ``touch`` do not move a revision, so
-  unlike Redis they do not fail a watch.
+- ``WATCH key...`` records each key's revision (0: absent) and expiry (``mget`` with
+  ``expires_at``; 0: none) with a linearizable read; ``UNWATCH`` forgets them. A watched key counts
+  as changed when it was written, deleted or expired (its revision moves or it disappears) or its
+  expiry was set or removed (``EXPIRE``/``PEXPIRE``/``PERSIST``... move no revision: the txn's
+  ``if_expiries`` catch them), as in Redis; ``touch`` does not count.
 """
 
 from __future__ import annotations
@@ -116,8 +119,13 @@ async def _exec(s: RespServer, c: _Connection, a: list[bytes]) -> Reply:
         else:
             steps.append(plan.query)
         spans.append((start, len(steps)))
-    size_bytes = sum(plan.size_bytes if isinstance(plan, Write) else 0 for plan in queued) + sum(map(len, watched))
-    options = {"if_revisions": [[key, revision] for key, revision in watched.items()]} if watched else None
+    size_bytes = sum(plan.size_bytes if isinstance(plan, Write) else 0 for plan in queued) + 2 * sum(map(len, watched))
+    options = None
+    if watched:
+        options = {
+            "if_revisions": [[key, revision] for key, (revision, _) in watched.items()],
+            "if_expiries": [[key, expires_at_ms] for key, (_, expires_at_ms) in watched.items()],
+        }
     try:
         results = await s.write(c, ["txn", steps, options], size_bytes)
     except ConditionFailed:
@@ -145,9 +153,9 @@ async def _watch(s: RespServer, c: _Connection, a: list[bytes]) -> Reply:
     if len(c.watched) + len(keys) > txn_conditions_max:
         return ErrorReply(f"at most {txn_conditions_max} keys may be watched")
     if keys:
-        found = await s.read(c, ["mget", keys])
+        found = await s.read(c, ["mget", keys, {"expires_at": True}])
         for key, view in zip(keys, found):
-            c.watched[key] = 0 if view is None else view[1]
+            c.watched[key] = (0, 0) if view is None else (view[1], view[3])
     return OK
 
 
