@@ -15,7 +15,7 @@ replicated; its window is deliveries outstanding per subscriber), and the ratio.
 
     python benchmarks/chat.py                       # 10 and 100 subscribers
     python benchmarks/chat.py --subs 1,10,100 --repeat 3
-    python benchmarks/chat.py --subs 100 --no-nats --profile build/prof   # cProfile of each node
+    python benchmarks/chat.py --subs 100 --no-nats --profile build/prof   # cProfile of every process
 
 Fairness: the subscriber workers and the publisher share the 2 cores with the nodes (their CPU share
 is printed); NATS's load generator is Go. Every process this starts is stopped by PID.
@@ -176,7 +176,6 @@ def subscribers_worker(spec: dict[str, Any]) -> None:
     subscriber is subscribed, then one JSON line with what they received."""
     channel, total, deadline_s = spec["channel"], spec["total"], spec["deadline_s"]
     subs = [RawSubscriber(port, channel) for port in spec["ports"]]
-    by_fd = {s.sock.fileno(): s for s in subs}
     sel = selectors.DefaultSelector()
     for s in subs:
         sel.register(s.sock, selectors.EVENT_READ, s)
@@ -233,8 +232,6 @@ def subscribers_worker(spec: dict[str, Any]) -> None:
                             print("ready", flush=True)
                     elif kind == "error":
                         s.errors.append(json.dumps(push["error"])[:200])
-            if s.errors and key.fileobj in sel.get_map().values():
-                pass
         if pending_ready and now() > give_up:
             break
     cpu_end = os.times()
@@ -247,7 +244,6 @@ def subscribers_worker(spec: dict[str, Any]) -> None:
     print(json.dumps({"delivered": sum(s.got for s in subs), "last_at": last_at, "cpu_s": cpu,
                       "errors": errors[:20] + ([f"... {len(errors) - 20} more"] if len(errors) > 20 else []),
                       "latencies": [round(x, 6) for x in latencies]}), flush=True)  # fmt: skip
-    _ = by_fd
 
 
 # ---------------------------------------------------------------------------------- one row
@@ -266,6 +262,8 @@ def fanout(cluster: Cluster, subs: int, total: int, window: int, procs: int) -> 
     for w in range(procs):
         spec = {"ports": ports[w::procs], "channel": channel, "total": total, "deadline_s": 180}
         cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
+        if cluster.profile_dir is not None:
+            cmd[1:1] = ["-m", "cProfile", "-o", str(cluster.profile_dir / f"subscribers{subs}-{w}.prof")]
         workers.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True))
     try:
         for worker in workers:
@@ -275,6 +273,8 @@ def fanout(cluster: Cluster, subs: int, total: int, window: int, procs: int) -> 
         node_cpu0 = {i: cpu_s(p.pid) for i, p in cluster.procs.items()}
         me0 = resource.getrusage(resource.RUSAGE_SELF)
 
+        acks_s: list[float] = []  # publish -> acknowledged (committed on a majority, applied)
+
         async def publish_all() -> float:
             async with trimaran.connect(cluster.endpoints, timeout_ms=30_000) as c, trio.open_nursery() as nursery:
                 slots = trio.Semaphore(window)
@@ -282,7 +282,9 @@ def fanout(cluster: Cluster, subs: int, total: int, window: int, procs: int) -> 
 
                 async def publish_one() -> None:
                     try:
-                        await c.chat.publish(channel, repr(time.monotonic()))
+                        at = time.monotonic()
+                        await c.chat.publish(channel, repr(at))
+                        acks_s.append(time.monotonic() - at)
                     finally:
                         slots.release()
 
@@ -313,7 +315,7 @@ def fanout(cluster: Cluster, subs: int, total: int, window: int, procs: int) -> 
     cpu["subscribers"] = sum(r["cpu_s"] for r in results) * per_k
     return {
         "rate": delivered / elapsed if elapsed > 0 and delivered == subs * total else 0.0,
-        "p50": percentile_ms(latencies, 0.5), "p99": percentile_ms(latencies, 0.99),
+        "p50": percentile_ms(latencies, 0.5), "p99": percentile_ms(latencies, 0.99), "ack_p50": percentile_ms(sorted(acks_s), 0.5),
         "delivered": delivered, "expected": subs * total, "errors": errors, "cpu_ms_per_k": {k: v * 1000 for k, v in cpu.items()},
     }  # fmt: skip
 
@@ -336,12 +338,12 @@ def run_trimaran(subs_list: list[int], total: int, window: int, procs: int, prof
         trio.run(wait_ready, cluster)
         for subs in subs_list:
             row = out[subs] = fanout(cluster, subs, total, window, procs)
-            cpu = " ".join(f"{k} {v:.0f}" for k, v in row["cpu_ms_per_k"].items())
+            cpu = " ".join(f"{k} {v:.1f}" for k, v in row["cpu_ms_per_k"].items())
             load_generator = row["cpu_ms_per_k"]["publisher"] + row["cpu_ms_per_k"]["subscribers"]
             share = load_generator / sum(row["cpu_ms_per_k"].values()) if row["delivered"] else 0.0
             print(
                 f"  trimaran subs={subs}: {row['rate']:.0f} deliveries/s p50 {row['p50']:.2f} ms p99 {row['p99']:.2f} ms"
-                f" ({row['delivered']}/{row['expected']} delivered and checked)\n"
+                f" ({row['delivered']}/{row['expected']} delivered and checked; publish acknowledged p50 {row['ack_p50']:.1f} ms)\n"
                 f"    CPU ms per 1000 deliveries: {cpu} (load generator {share:.0%} of the CPU)",
                 flush=True,
             )
@@ -383,7 +385,7 @@ def main() -> None:
     p.add_argument("--procs", type=int, default=2, help="subscriber worker processes")
     p.add_argument("--repeat", type=int, default=1, help="runs per system; medians are printed")
     p.add_argument("--no-nats", action="store_true", help="skip the NATS comparison")
-    p.add_argument("--profile", type=Path, help="run each node under cProfile, writing DIR/nodeN.prof")
+    p.add_argument("--profile", type=Path, help="run each node and subscriber worker under cProfile, writing DIR/*.prof")
     args = p.parse_args()
     subs_list = [int(s) for s in args.subs.split(",")]
     with_nats = not args.no_nats and NATS_SH.exists() and shutil.which("go") is not None
@@ -414,7 +416,7 @@ def main() -> None:
         print(f"{subs:>5} | {m[0]:>10.0f}{m[1]:>8.2f}{m[2]:>8.2f} | {cells} | {ratio}")
         if mine:
             cpu = {k: statistics.median(x["cpu_ms_per_k"][k] for x in mine) for k in mine[0]["cpu_ms_per_k"]}
-            print(f"{'':>5}   CPU ms per 1000 deliveries: " + " ".join(f"{k} {v:.0f}" for k, v in cpu.items()))
+            print(f"{'':>5}   CPU ms per 1000 deliveries: " + " ".join(f"{k} {v:.1f}" for k, v in cpu.items()))
     print("\ntarget (issue 11): deliveries/s >= 1.0x NATS at 100 subscribers")
 
 

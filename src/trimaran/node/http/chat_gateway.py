@@ -202,10 +202,14 @@ class WsConnection:
             self.hub.slow_closed += 1
             self.close(Closing(CLOSE_SLOW, "slow consumer: reconnect and resume from the last offset received"))
             return
-        self._queue.append(text)
+        queue = self._queue
+        queue.append(text)
         self._queue_bytes += len(text)
         self.hub.pushed += 1
-        self._queue_lot.unpark_all()
+        if len(queue) == 1:
+            # The writer parks only on an empty queue: wake it when this push made it non-empty,
+            # not on every push (a wake-up per push was a task switch per delivery in a fan-out).
+            self._queue_lot.unpark_all()
 
     def close(self, closing: Closing) -> None:
         if self.closing is None:
@@ -243,14 +247,16 @@ class WsConnection:
     def on_event(self, event: list[Any], encoded: dict[str, str] | None = None) -> None:
         feed = self.subscriptions.get(event[2])
         if feed is not None:
-            self._send_pushes(feed, feed.on_event(event), encoded)
+            pushes = feed.on_event(event)
+            if pushes:
+                self._send_pushes(feed, pushes, encoded)
 
     def _send_pushes(self, feed: Feed, pushes: list[Push], encoded: dict[str, str] | None = None) -> None:
         """Queue what the feed decided (a live event's frame is encoded once for all subscribers)."""
         for push in pushes:
             what = push[0]
             if what == "event":
-                self.push_text(_cached(encoded, lambda: _event_frame(push[1])))
+                self.push_text(_encoded_event(encoded, push[1]))
             elif what == "message":
                 self.push(_message_frame(feed.channel, push[1], push[2], push[3], push[4]))
             elif what == "epoch":
@@ -541,13 +547,13 @@ def take_frame(queue: deque[str], bytes_max: int) -> tuple[str, int]:
     return "\n".join(parts), size - (len(parts) - 1)
 
 
-def _cached(encoded: dict[str, str] | None, frame: Callable[[], dict[str, Any]]) -> str:
-    """The event's frame, encoded at the first subscriber and reused by the others."""
+def _encoded_event(encoded: dict[str, str] | None, event: list[Any]) -> str:
+    """The event's push, encoded at the first subscriber and reused by the others."""
     if encoded is None:
-        return encode(frame())
+        return encode(_event_frame(event))
     text = encoded.get("frame")
     if text is None:
-        text = encoded["frame"] = encode(frame())
+        text = encoded["frame"] = encode(_event_frame(event))
     return text
 
 
