@@ -266,7 +266,7 @@ def frame_objects(text: str | bytes) -> list[dict[str, Any]]:
     objects = json.loads("[" + text.replace("\n", ",") + "]")
     if not all(isinstance(o, dict) for o in objects):
         raise InvalidArgument("a gateway frame holds something that is not a JSON object")
-    return objects  # type: ignore[no-any-return]
+    return objects
 
 
 def _event(frame: dict[str, Any]) -> ChatEvent:
