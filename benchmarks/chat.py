@@ -244,6 +244,8 @@ def subscribers_worker(spec: dict[str, Any]) -> None:
                             print("ready", flush=True)
                     elif kind == "error":
                         s.errors.append(json.dumps(push["error"])[:200])
+                        if not s.subscribed:
+                            give_up = now()  # a subscribe refused: this row cannot be measured
         if pending_ready and now() > give_up:
             break
     cpu_end = os.times()
@@ -252,7 +254,7 @@ def subscribers_worker(spec: dict[str, Any]) -> None:
     for s in subs:
         s.sock.close()
     if pending_ready:
-        print("ready", flush=True)  # so the parent does not wait for ever; its errors say why
+        print("not subscribed", flush=True)  # the parent stops waiting; the errors say why
     print(json.dumps({"delivered": sum(s.got for s in subs), "last_at": last_at, "cpu_s": cpu,
                       "errors": errors[:20] + ([f"... {len(errors) - 20} more"] if len(errors) > 20 else []),
                       "latencies": [round(x, 6) for x in latencies]}), flush=True)  # fmt: skip
@@ -281,7 +283,8 @@ def fanout(cluster: Cluster, subs: int, total: int, window: int, procs: int) -> 
         for worker in workers:
             assert worker.stdout is not None
             if worker.stdout.readline().strip() != "ready":
-                raise RuntimeError("a subscriber worker did not start")
+                result = worker.stdout.read().strip().splitlines()
+                raise RuntimeError(f"a subscriber worker did not subscribe: {result[-1][:1000] if result else worker.wait()}")
         node_cpu0 = {i: cpu_s(p.pid) for i, p in cluster.procs.items()}
         me0 = resource.getrusage(resource.RUSAGE_SELF)
 
@@ -309,8 +312,11 @@ def fanout(cluster: Cluster, subs: int, total: int, window: int, procs: int) -> 
         me1 = resource.getrusage(resource.RUSAGE_SELF)
         results = []
         for worker in workers:
-            out, _ = worker.communicate(timeout=240)
-            lines = out.strip().splitlines()
+            assert worker.stdout is not None
+            # Read through the file object: readline() above may hold the start of this already
+            # (communicate() would read the pipe past it).
+            lines = worker.stdout.read().strip().splitlines()
+            worker.wait(timeout=30)
             if not lines:
                 raise RuntimeError(f"a subscriber worker ended (status {worker.returncode}) without its result")
             results.append(json.loads(lines[-1]))
