@@ -2,70 +2,90 @@
 
 One publisher (the native client: every publish is committed on a majority, fsynced, before it is
 acknowledged) and S WebSocket subscribers spread round-robin over the three nodes' gateways
-(``/v1/ws``), all in this process (trio + trio-websocket). The publisher keeps at most ``--window``
-publishes in flight. Prints deliveries per second over all subscribers and the publish→delivery
-latency (p50, p99), then the same for NATS core fan-out over WebSocket (``../shared/peers/nats.sh
-load --mode fanout --transport ws``: at-most-once, neither persisted nor replicated; its window is
-deliveries outstanding per subscriber), and the ratio.
+(``/v1/ws``). The subscribers live in ``--procs`` worker processes, each a plain selector loop over
+raw sockets with a minimal WebSocket reader (no framework: the load generator should cost as little
+CPU as it can), and every subscriber checks every message's offset: offsets 1..total in order, no
+gap, no duplicate (a delivery that is not checked is not counted). The publisher keeps at most
+``--window`` publishes in flight. Prints deliveries per second over all subscribers (first publish
+to last delivery) and the publish→delivery latency (p50, p99), the CPU seconds each process spent
+per 1000 deliveries (nodes, publisher, subscriber workers; the machine is shared, so CPU per
+delivery is steadier than deliveries/s), then the same fan-out for NATS core over WebSocket
+(``../shared/peers/nats.sh load --mode fanout --transport ws``: at-most-once, neither persisted nor
+replicated; its window is deliveries outstanding per subscriber), and the ratio.
 
     python benchmarks/chat.py                       # 10 and 100 subscribers
     python benchmarks/chat.py --subs 1,10,100 --repeat 3
+    python benchmarks/chat.py --subs 100 --no-nats --profile build/prof   # cProfile of every process
 
-Fairness: the Python subscribers share the 2 cores with the nodes; NATS's load generator is Go. Every
-process this starts is stopped by PID.
+Fairness: the subscriber workers and the publisher share the 2 cores with the nodes (their CPU share
+is printed); NATS's load generator is Go. Every process this starts is stopped by PID.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
+import os
 import re
+import resource
+import selectors
 import shutil
+import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.client.real_cluster
 sys.path.insert(0, str(ROOT / "src"))  # the package, uninstalled too
 
-import trio  # noqa: E402
-from trio_websocket import open_websocket_url  # noqa: E402
-
-import trimaran  # noqa: E402
-from tests.client.real_cluster import free_ports  # noqa: E402
-
 NATS_SH = ROOT.parent / "shared" / "peers" / "nats.sh"
 _NATS_LINE = re.compile(r"ok=(\d+) failed=(\d+) ops/s=([\d.]+) p50_ms=([\d.]+) p99_ms=([\d.]+)")
+_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a live process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
 
 
 class Cluster:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, profile_dir: Path | None = None) -> None:
+        from tests.client.real_cluster import free_ports
+
         ports = free_ports(9)
         self.root = root
+        self.profile_dir = profile_dir
         self.client = {i: ports[i - 1] for i in (1, 2, 3)}
         self.peer = {i: ports[2 + i] for i in (1, 2, 3)}
         self.http = {i: ports[5 + i] for i in (1, 2, 3)}
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
 
     def start(self) -> None:
         for i in (1, 2, 3):
-            cmd = [sys.executable, "-m", "trimaran", "node", "run", "--id", str(i), "--log-level", "warning"]
+            cmd = [sys.executable]
+            if self.profile_dir is not None:  # cProfile writes its file when the node exits (SIGTERM)
+                cmd += ["-m", "cProfile", "-o", str(self.profile_dir / f"node{i}.prof")]
+            cmd += ["-m", "trimaran", "node", "run", "--id", str(i), "--log-level", "warning"]
             cmd += ["--listen", f"127.0.0.1:{self.client[i]}", "--peer-listen", f"127.0.0.1:{self.peer[i]}"]
             cmd += ["--http-listen", f"127.0.0.1:{self.http[i]}", "--data-dir", str(self.root / f"node{i}")]
             for j in (1, 2, 3):
                 if j != i:
                     cmd += ["--peer", f"{j}=127.0.0.1:{self.peer[j]}", "--peer-client", f"{j}=127.0.0.1:{self.client[j]}"]
             with open(self.root / f"node{i}.log", "ab") as log:
-                self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+                self.procs[i] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
     def stop(self) -> None:
-        for proc in self.procs:
+        for proc in self.procs.values():
             proc.terminate()
-        for proc in self.procs:
+        for proc in self.procs.values():
             try:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
@@ -81,74 +101,275 @@ def percentile_ms(sorted_s: list[float], p: float) -> float:
     return sorted_s[int(p * (len(sorted_s) - 1))] * 1000 if sorted_s else 0.0
 
 
-async def fanout(cluster: Cluster, subs: int, total: int, window: int) -> tuple[float, float, float]:
-    """(deliveries/s, p50 ms, p99 ms) of ``total`` publishes to ``subs`` subscribers."""
-    channel = f"bench.{subs}.{time.monotonic_ns()}"
-    latencies_s: list[float] = []
-    delivered = 0
-    all_in = trio.Event()
-    subscribed = 0
-    ready = trio.Event()
+# ---------------------------------------------------------------------------------- subscriber worker
 
-    async def subscriber(index: int) -> None:
-        nonlocal delivered, subscribed
-        port = cluster.http[1 + index % 3]
-        async with open_websocket_url(f"ws://127.0.0.1:{port}/v1/ws") as ws:
-            await ws.send_message(json.dumps({"id": 1, "type": "subscribe", "channel": channel}))
-            got = 0
-            while got < total:
-                frame = json.loads(await ws.get_message())
-                if frame["type"] == "subscribed":
-                    subscribed += 1
-                    if subscribed == subs:
-                        ready.set()
-                elif frame["type"] == "message":
-                    latencies_s.append(time.perf_counter() - float(frame["data"]))
-                    got += 1
-                    delivered += 1
-            if delivered == subs * total:
-                all_in.set()
 
-    async with trimaran.connect(cluster.endpoints, timeout_ms=30_000) as c, trio.open_nursery() as nursery:
-        for i in range(subs):
-            nursery.start_soon(subscriber, i)
-        with trio.fail_after(60):
-            await ready.wait()
-        slots = trio.Semaphore(window)
-        started = time.perf_counter()
+class RawSubscriber:
+    """One WebSocket subscriber on a raw socket: the upgrade by hand, unmasked server frames parsed
+    in place, each frame's pushes (newline-delimited JSON) decoded with one ``json.loads``."""
 
-        async def publish_one() -> None:
+    __slots__ = ("sock", "buf", "expect", "got", "subscribed", "errors")
+
+    def __init__(self, port: int, channel: str) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        key = base64.b64encode(os.urandom(16)).decode()
+        upgrade = (
+            f"GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        self.sock.sendall(upgrade.encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise ConnectionError("closed during the WebSocket upgrade")
+            head += chunk
+        head, _, rest = head.partition(b"\r\n\r\n")
+        if b" 101 " not in head.split(b"\r\n", 1)[0]:
+            raise ConnectionError(f"upgrade refused: {head[:200]!r}")
+        self.sock.setblocking(False)
+        self.buf = bytearray(rest)
+        self.expect = 1  # the next offset wanted (a fresh channel: offsets start at 1)
+        self.got = 0
+        self.subscribed = False
+        self.errors: list[str] = []
+        self.send_text(json.dumps({"id": 1, "type": "subscribe", "channel": channel}))
+
+    def send_text(self, text: str, opcode: int = 0x1) -> None:
+        payload = text.encode()
+        mask = os.urandom(4)
+        n = len(payload)
+        head = bytes([0x80 | opcode]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack("!H", n))
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.sock.setblocking(True)
+        self.sock.sendall(head + mask + masked)
+        self.sock.setblocking(False)
+
+    def frames(self) -> list[tuple[int, bytes]]:
+        """The whole frames in the buffer (taken out of it)."""
+        buf, pos, out = self.buf, 0, []
+        size = len(buf)
+        while size - pos >= 2:
+            b0, n = buf[pos], buf[pos + 1] & 0x7F
+            start = pos + 2
+            if n == 126:
+                if size - pos < 4:
+                    break
+                n, start = (buf[pos + 2] << 8) | buf[pos + 3], pos + 4
+            elif n == 127:
+                if size - pos < 10:
+                    break
+                n, start = int.from_bytes(buf[pos + 2 : pos + 10], "big"), pos + 10
+            if size - start < n:
+                break
+            if not b0 & 0x80:
+                raise ConnectionError("a fragmented frame (the gateway sends whole frames)")
+            out.append((b0 & 0x0F, bytes(buf[start : start + n])))
+            pos = start + n
+        del buf[:pos]
+        return out
+
+
+def subscribers_worker(spec: dict[str, Any]) -> None:
+    """A worker process: ``spec`` says which ports, channel and how many; prints ``ready`` once every
+    subscriber is subscribed, then one JSON line with what they received."""
+    channel, total, deadline_s = spec["channel"], spec["total"], spec["deadline_s"]
+    subs = [RawSubscriber(port, channel) for port in spec["ports"]]
+    sel = selectors.DefaultSelector()
+    for s in subs:
+        sel.register(s.sock, selectors.EVENT_READ, s)
+    latencies: list[float] = []
+    pending_ready = len(subs)
+    done = 0
+    last_at = 0.0
+    cpu_start = None
+    loads = json.loads
+    now = time.monotonic
+    give_up = now() + deadline_s
+    while done < len(subs) and now() < give_up:
+        for key, _ in sel.select(timeout=1.0):
+            s = key.data
             try:
-                await c.chat.publish(channel, repr(time.perf_counter()))
-            finally:
-                slots.release()
+                chunk = s.sock.recv(1 << 18)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                s.errors.append("connection closed")
+                sel.unregister(s.sock)
+                done += 1
+                continue
+            s.buf += chunk
+            for opcode, payload in s.frames():
+                if opcode == 0x9:
+                    s.send_text(payload.decode("latin-1"), opcode=0xA)
+                    continue
+                if opcode == 0x8:
+                    code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 0
+                    s.errors.append(f"closed by the gateway: {code} {payload[2:].decode(errors='replace')}")
+                    continue
+                # One frame: pushes as newline-delimited JSON (a JSON text has no raw newline).
+                at = now()
+                pushes = loads(b"[" + payload.replace(b"\n", b",") + b"]")
+                # The common case, checked in bulk: only messages, offsets exactly the next ones.
+                n = len(pushes)
+                offsets = [p.get("offset") for p in pushes if p["type"] == "message"]
+                if len(offsets) == n and offsets == list(range(s.expect, s.expect + n)):
+                    s.expect += n
+                    s.got += n
+                    latencies.extend([at - float(p["data"]) for p in pushes])
+                    if s.got - n < total <= s.got:
+                        done += 1
+                        last_at = at
+                    continue
+                for push in pushes:  # one by one: answers, or an offset out of order (an error)
+                    kind = push["type"]
+                    if kind == "message":
+                        offset = push["offset"]
+                        if offset != s.expect:
+                            s.errors.append(f"offset {offset} where {s.expect} was due")
+                            s.expect = max(s.expect, offset + 1)
+                            continue
+                        s.expect += 1
+                        s.got += 1
+                        latencies.append(at - float(push["data"]))
+                        if s.got == total:
+                            done += 1
+                            last_at = at
+                    elif kind == "subscribed":
+                        s.subscribed = True
+                        pending_ready -= 1
+                        if pending_ready == 0:
+                            cpu_start = os.times()
+                            print("ready", flush=True)
+                    elif kind == "error":
+                        s.errors.append(json.dumps(push["error"])[:200])
+                        if not s.subscribed:
+                            give_up = now()  # a subscribe refused: this row cannot be measured
+        if pending_ready and now() > give_up:
+            break
+    cpu_end = os.times()
+    cpu = (cpu_end.user + cpu_end.system - cpu_start.user - cpu_start.system) if cpu_start else 0.0
+    errors = [e for s in subs for e in s.errors]
+    for s in subs:
+        s.sock.close()
+    if pending_ready:
+        print("not subscribed", flush=True)  # the parent stops waiting; the errors say why
+    print(json.dumps({"delivered": sum(s.got for s in subs), "last_at": last_at, "cpu_s": cpu,
+                      "errors": errors[:20] + ([f"... {len(errors) - 20} more"] if len(errors) > 20 else []),
+                      "latencies": [round(x, 6) for x in latencies]}), flush=True)  # fmt: skip
 
-        async with trio.open_nursery() as publishers:
-            for _ in range(total):
-                await slots.acquire()
-                publishers.start_soon(publish_one)
-        with trio.fail_after(120):
-            await all_in.wait()
-        elapsed = time.perf_counter() - started
-    latencies_s.sort()
-    return delivered / elapsed, percentile_ms(latencies_s, 0.5), percentile_ms(latencies_s, 0.99)
+
+# ---------------------------------------------------------------------------------- one row
+
+
+def fanout(cluster: Cluster, subs: int, total: int, window: int, procs: int) -> dict[str, Any]:
+    """Run ``total`` publishes to ``subs`` subscribers; the row's figures."""
+    import trio
+
+    import trimaran
+
+    channel = f"bench.{subs}.{time.monotonic_ns()}"
+    ports = [cluster.http[1 + i % 3] for i in range(subs)]
+    procs = max(1, min(procs, subs))
+    workers = []
+    for w in range(procs):
+        spec = {"ports": ports[w::procs], "channel": channel, "total": total, "deadline_s": 180}
+        cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
+        if cluster.profile_dir is not None:
+            cmd[1:1] = ["-m", "cProfile", "-o", str(cluster.profile_dir / f"subscribers{subs}-{w}.prof")]
+        workers.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True))
+    try:
+        for worker in workers:
+            assert worker.stdout is not None
+            if worker.stdout.readline().strip() != "ready":
+                result = worker.stdout.read().strip().splitlines()
+                raise RuntimeError(f"a subscriber worker did not subscribe: {result[-1][:1000] if result else worker.wait()}")
+        node_cpu0 = {i: cpu_s(p.pid) for i, p in cluster.procs.items()}
+        me0 = resource.getrusage(resource.RUSAGE_SELF)
+
+        acks_s: list[float] = []  # publish -> acknowledged (committed on a majority, applied)
+
+        async def publish_all() -> float:
+            async with trimaran.connect(cluster.endpoints, timeout_ms=30_000) as c, trio.open_nursery() as nursery:
+                slots = trio.Semaphore(window)
+                started = time.monotonic()
+
+                async def publish_one() -> None:
+                    try:
+                        at = time.monotonic()
+                        await c.chat.publish(channel, repr(at))
+                        acks_s.append(time.monotonic() - at)
+                    finally:
+                        slots.release()
+
+                for _ in range(total):
+                    await slots.acquire()
+                    nursery.start_soon(publish_one)
+            return started
+
+        started = trio.run(publish_all)
+        me1 = resource.getrusage(resource.RUSAGE_SELF)
+        results = []
+        for worker in workers:
+            assert worker.stdout is not None
+            # Read through the file object: readline() above may hold the start of this already
+            # (communicate() would read the pipe past it).
+            lines = worker.stdout.read().strip().splitlines()
+            worker.wait(timeout=30)
+            if not lines:
+                raise RuntimeError(f"a subscriber worker ended (status {worker.returncode}) without its result")
+            results.append(json.loads(lines[-1]))
+        node_cpu1 = {i: cpu_s(p.pid) for i, p in cluster.procs.items()}
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait(timeout=10)
+    delivered = sum(r["delivered"] for r in results)
+    errors = [e for r in results for e in r["errors"]]
+    latencies = sorted(x for r in results for x in r["latencies"])
+    elapsed = max(r["last_at"] for r in results) - started
+    per_k = 1000 / delivered if delivered else 0.0
+    cpu = {f"node{i}": (node_cpu1[i] - node_cpu0[i]) * per_k for i in cluster.procs}
+    cpu["publisher"] = (me1.ru_utime + me1.ru_stime - me0.ru_utime - me0.ru_stime) * per_k
+    cpu["subscribers"] = sum(r["cpu_s"] for r in results) * per_k
+    return {
+        "rate": delivered / elapsed if elapsed > 0 and delivered == subs * total else 0.0,
+        "p50": percentile_ms(latencies, 0.5), "p99": percentile_ms(latencies, 0.99), "ack_p50": percentile_ms(sorted(acks_s), 0.5),
+        "delivered": delivered, "expected": subs * total, "errors": errors, "cpu_ms_per_k": {k: v * 1000 for k, v in cpu.items()},
+    }  # fmt: skip
 
 
 async def wait_ready(cluster: Cluster) -> None:
+    import trimaran
+
     async with trimaran.connect(cluster.endpoints, timeout_ms=60_000) as c:
         await c.chat.publish("warmup", "x")
 
 
-def run_trimaran(subs_list: list[int], total: int, window: int) -> dict[int, tuple[float, float, float]]:
+def run_trimaran(subs_list: list[int], total: int, window: int, procs: int, profile_dir: Path | None) -> dict[int, dict[str, Any]]:
+    import trio
+
     root = Path(tempfile.mkdtemp(prefix="trimaran-chat-bench-"))
-    cluster = Cluster(root)
-    out: dict[int, tuple[float, float, float]] = {}
+    cluster = Cluster(root, profile_dir)
+    out: dict[int, dict[str, Any]] = {}
     try:
         cluster.start()
         trio.run(wait_ready, cluster)
         for subs in subs_list:
-            out[subs] = trio.run(fanout, cluster, subs, total, window)
-            print(f"  trimaran subs={subs}: {out[subs][0]:.0f} deliveries/s p50 {out[subs][1]:.2f} ms p99 {out[subs][2]:.2f} ms", flush=True)
+            row = out[subs] = fanout(cluster, subs, total, window, procs)
+            cpu = " ".join(f"{k} {v:.1f}" for k, v in row["cpu_ms_per_k"].items())
+            load_generator = row["cpu_ms_per_k"]["publisher"] + row["cpu_ms_per_k"]["subscribers"]
+            share = load_generator / sum(row["cpu_ms_per_k"].values()) if row["delivered"] else 0.0
+            print(
+                f"  trimaran subs={subs}: {row['rate']:.0f} deliveries/s p50 {row['p50']:.2f} ms p99 {row['p99']:.2f} ms"
+                f" ({row['delivered']}/{row['expected']} delivered and checked; publish acknowledged p50 {row['ack_p50']:.1f} ms)\n"
+                f"    CPU ms per 1000 deliveries: {cpu} (load generator {share:.0%} of the CPU)",
+                flush=True,
+            )
+            for error in row["errors"][:5]:
+                print(f"    ERROR {error}", flush=True)
     finally:
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
@@ -159,51 +380,64 @@ def nats_sh(*args: str) -> str:
     return subprocess.run(["bash", str(NATS_SH), *args], capture_output=True, text=True, timeout=900, check=True).stdout
 
 
-def run_nats(subs_list: list[int], total: int, window: int) -> dict[int, tuple[float, float, float]]:
-    out: dict[int, tuple[float, float, float]] = {}
+def run_nats(subs_list: list[int], total: int, window: int) -> dict[int, dict[str, Any]]:
+    out: dict[int, dict[str, Any]] = {}
     nats_sh("start")
     try:
         for subs in subs_list:
             line = nats_sh("load", "--mode", "fanout", "--transport", "ws", "--subs", str(subs), "--total", str(total), "--window", str(window))
             m = _NATS_LINE.search(line)
             if m:
-                out[subs] = (float(m.group(3)), float(m.group(4)), float(m.group(5)))
-                print(f"  nats subs={subs}: {out[subs][0]:.0f} deliveries/s p50 {out[subs][1]:.2f} ms p99 {out[subs][2]:.2f} ms", flush=True)
+                out[subs] = {"rate": float(m.group(3)), "p50": float(m.group(4)), "p99": float(m.group(5))}
+                print(f"  nats subs={subs}: {out[subs]['rate']:.0f} deliveries/s p50 {out[subs]['p50']:.2f} ms p99 {out[subs]['p99']:.2f} ms", flush=True)
     finally:
         nats_sh("stop")
     return out
 
 
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        subscribers_worker(json.loads(sys.argv[2]))
+        return
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--subs", default="10,100", help="comma-separated subscriber counts")
     p.add_argument("--total", type=int, default=1000, help="publishes per row")
     p.add_argument("--window", type=int, default=16, help="publishes in flight (NATS: deliveries outstanding per subscriber)")
+    p.add_argument("--procs", type=int, default=2, help="subscriber worker processes")
     p.add_argument("--repeat", type=int, default=1, help="runs per system; medians are printed")
     p.add_argument("--no-nats", action="store_true", help="skip the NATS comparison")
+    p.add_argument("--profile", type=Path, help="run each node and subscriber worker under cProfile, writing DIR/*.prof")
     args = p.parse_args()
     subs_list = [int(s) for s in args.subs.split(",")]
     with_nats = not args.no_nats and NATS_SH.exists() and shutil.which("go") is not None
-    ours: list[dict[int, tuple[float, float, float]]] = []
-    theirs: list[dict[int, tuple[float, float, float]]] = []
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    ours: list[dict[int, dict[str, Any]]] = []
+    theirs: list[dict[int, dict[str, Any]]] = []
     for r in range(args.repeat):
-        print(f"run {r + 1}/{args.repeat}", flush=True)
-        ours.append(run_trimaran(subs_list, args.total, args.window))
+        print(f"run {r + 1}/{args.repeat} (load average {os.getloadavg()[0]:.2f})", flush=True)
+        ours.append(run_trimaran(subs_list, args.total, args.window, args.procs, args.profile))
         if with_nats:
             try:
                 theirs.append(run_nats(subs_list, args.total, args.window))
             except subprocess.CalledProcessError as exc:
                 print(f"  nats: {exc.stderr.strip()[-300:]}")
-    print(f"\nmedians of {args.repeat} run(s); {args.total} publishes, window {args.window}; trimaran: every publish committed on a majority")
+    print(
+        f"\nmedians of {args.repeat} run(s); {args.total} publishes, window {args.window}, {args.procs} subscriber processes;"
+        f" load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; trimaran: every publish committed on a majority"
+    )
     print(f"{'subs':>5} | {'trimaran/s':>10}{'p50 ms':>8}{'p99 ms':>8} | {'nats ws/s':>10}{'p50 ms':>8}{'p99 ms':>8} | {'ratio':>6}")
     for subs in subs_list:
         mine = [run[subs] for run in ours if subs in run]
         other = [run[subs] for run in theirs if subs in run]
-        m = tuple(statistics.median(x[k] for x in mine) for k in range(3)) if mine else (0.0, 0.0, 0.0)
-        o = tuple(statistics.median(x[k] for x in other) for k in range(3)) if other else None
+        m = tuple(statistics.median(x[k] for x in mine) for k in ("rate", "p50", "p99")) if mine else (0.0, 0.0, 0.0)
+        o = tuple(statistics.median(x[k] for x in other) for k in ("rate", "p50", "p99")) if other else None
         ratio = f"{m[0] / o[0]:>6.2f}" if o and o[0] else f"{'-':>6}"
         cells = f"{o[0]:>10.0f}{o[1]:>8.2f}{o[2]:>8.2f}" if o else f"{'-':>10}{'-':>8}{'-':>8}"
         print(f"{subs:>5} | {m[0]:>10.0f}{m[1]:>8.2f}{m[2]:>8.2f} | {cells} | {ratio}")
+        if mine:
+            cpu = {k: statistics.median(x["cpu_ms_per_k"][k] for x in mine) for k in mine[0]["cpu_ms_per_k"]}
+            print(f"{'':>5}   CPU ms per 1000 deliveries: " + " ".join(f"{k} {v:.1f}" for k, v in cpu.items()))
     print("\ntarget (issue 11): deliveries/s >= 1.0x NATS at 100 subscribers")
 
 

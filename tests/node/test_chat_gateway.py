@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from tests.node.helpers import HOST, in_process_cluster
+from trimaran.client.chat import frame_objects
 from trimaran.node.config import Address
 from trimaran.node.node import default_services
 from trimaran.services.chat import ChatService
@@ -30,9 +32,18 @@ class Ws:
         self.ws = ws
         self.next_id = 0
         self.pushes: list[dict[str, Any]] = []
+        #: Objects of the last frame not taken yet (a frame carries one or more).
+        self.unread: deque[dict[str, Any]] = deque()
+        #: How many objects each frame carried.
+        self.frame_sizes: list[int] = []
 
     async def frame(self) -> dict[str, Any]:
-        return json.loads(await self.ws.get_message())
+        """The next JSON object the gateway sent."""
+        while not self.unread:
+            objects = frame_objects(await self.ws.get_message())
+            self.frame_sizes.append(len(objects))
+            self.unread.extend(objects)
+        return self.unread.popleft()
 
     async def call(self, **frame: Any) -> dict[str, Any]:
         self.next_id += 1
@@ -108,6 +119,8 @@ async def test_subscribers_on_every_node_get_every_message_once_in_order_and_res
                     assert answer["recovered"] is True
                     got = await again.messages(7, "room.1")
                     assert [m["offset"] for m in got] == list(range(8, 15))
+                    # The replay was queued at once, so it travelled in one frame (newline-delimited).
+                    assert max(again.frame_sizes) >= 7, again.frame_sizes
                     # Another epoch than the channel's: told it did not recover.
                     answer = await again.call(type="subscribe", channel="room.live", since=1, epoch="not-its-epoch")
                     assert answer["recovered"] is False

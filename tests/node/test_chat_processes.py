@@ -14,6 +14,7 @@ from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 from tests.node.procs import ProcessCluster
 from trimaran.client import Client
+from trimaran.client.chat import frame_objects
 from trimaran.node.config import Address
 
 pytestmark = pytest.mark.slow
@@ -36,11 +37,11 @@ async def follow(cluster: ProcessCluster, first: int, channel: str, want: int, g
                 since = got[-1] if got else 0
                 await ws.send_message(json.dumps({"id": 1, "type": "subscribe", "channel": channel, "since": since}))
                 while len(got) < want:
-                    frame = json.loads(await ws.get_message())
-                    if frame.get("type") == "error":
-                        raise ConnectionClosed(None)  # not servable right now (no leader): elsewhere
-                    if frame.get("type") == "message":
-                        got.append(frame["offset"])
+                    for frame in frame_objects(await ws.get_message()):
+                        if frame.get("type") == "error":
+                            raise ConnectionClosed(None)  # not servable right now (no leader): elsewhere
+                        if frame.get("type") == "message":
+                            got.append(frame["offset"])
         except (ConnectionClosed, HandshakeError, OSError):
             attempt += 1
             await trio.sleep(0.2)

@@ -193,17 +193,15 @@ class ChatClient:
                     async with open_websocket_url(url, self._client.ssl_context, max_message_size=WS_MESSAGE_BYTES_MAX) as ws:
                         await self._start(ws, channel, last, epoch)
                         while True:
-                            event = await self._next_event(ws, channel)
-                            if event is None:
-                                continue
-                            delay_s = RESUBSCRIBE_S_MIN
-                            if event.kind == "message":
-                                last, epoch = event.offset, event.epoch
-                            elif event.kind == "epoch":
-                                epoch, last = event.epoch, 0
-                            if event.kind in ("join", "leave") and not presence:
-                                continue
-                            await send.send(event)
+                            for event in await self._next_events(ws, channel):
+                                delay_s = RESUBSCRIBE_S_MIN
+                                if event.kind == "message":
+                                    last, epoch = event.offset, event.epoch
+                                elif event.kind == "epoch":
+                                    epoch, last = event.epoch, 0
+                                if event.kind in ("join", "leave") and not presence:
+                                    continue
+                                await send.send(event)
                 except (ConnectionClosed, HandshakeError, OSError, trio.BrokenResourceError, ClusterError):
                     # The gateway went away, or the cluster cannot serve the subscription right now
                     # (no leader yet for its linearizable read): reconnect, maybe elsewhere, resume.
@@ -225,17 +223,20 @@ class ChatClient:
             request["epoch"] = epoch
         await ws.send_message(json.dumps(request))
 
-    async def _next_event(self, ws: WebSocketConnection, channel: str) -> ChatEvent | None:
-        """The next push of ``channel`` (None: a frame that is not one); raises the gateway's error."""
-        frame = json.loads(await ws.get_message())
-        kind = frame.get("type")
-        if kind == "error":
-            raise error_from_wire(frame.get("error"))
-        if kind == "subscribed":
-            return None if frame.get("recovered", True) else ChatEvent("epoch", channel, epoch=frame.get("epoch"), recovered=False)
-        if kind in ("ready", "pong") or frame.get("channel") != channel:
-            return None
-        return _event(frame)
+    async def _next_events(self, ws: WebSocketConnection, channel: str) -> list[ChatEvent]:
+        """The events of ``channel`` in the next frame (none when it holds only answers); raises
+        the gateway's error."""
+        events: list[ChatEvent] = []
+        for frame in frame_objects(await ws.get_message()):
+            kind = frame.get("type")
+            if kind == "error":
+                raise error_from_wire(frame.get("error"))
+            if kind == "subscribed":
+                if not frame.get("recovered", True):
+                    events.append(ChatEvent("epoch", channel, epoch=frame.get("epoch"), recovered=False))
+            elif kind not in ("ready", "pong") and frame.get("channel") == channel:
+                events.append(_event(frame))
+        return events
 
 
 class Subscription:
@@ -255,6 +256,17 @@ class Subscription:
         if isinstance(item, TrimaranError):
             raise item
         return item
+
+
+def frame_objects(text: str | bytes) -> list[dict[str, Any]]:
+    """The JSON objects one gateway frame carries: one or more, newline-delimited (a JSON text
+    never holds a raw newline, so the lines are the objects: one parse for the whole frame)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    objects = json.loads("[" + text.replace("\n", ",") + "]")
+    if not all(isinstance(o, dict) for o in objects):
+        raise InvalidArgument("a gateway frame holds something that is not a JSON object")
+    return objects
 
 
 def _event(frame: dict[str, Any]) -> ChatEvent:
