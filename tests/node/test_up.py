@@ -210,6 +210,13 @@ async def test_up_with_tls_serves_tls_and_no_auth_serves_anyone(tmp_path: Path, 
         endpoints = [f"{HOST}:{base + i}" for i in (1, 2, 3)]
         async with Client(endpoints, token=up.token, ca_file=str(ca_file), timeout_ms=10_000) as c:
             await c.kv.set("over", "tls")
+        # The Redis port serves TLS too, and the banner's redis-cli line says how.
+        assert f"redis-cli -p {base + RESP_OFFSET + 1} --tls --cacert {ca_file}" in up.output()
+        r = redis.Redis(host=HOST, port=base + RESP_OFFSET + 1, password=up.token, ssl=True, ssl_ca_certs=str(ca_file), socket_timeout=10)
+        try:
+            assert await trio.to_thread.run_sync(r.get, "over") == b"tls"
+        finally:
+            r.close()
         assert await up.interrupt() == 0, up.output()
     finally:
         up.kill()

@@ -175,7 +175,7 @@ def _connection_bound_options(fn: Any) -> Any:
     type=click.IntRange(1, 65000),
     default=6380,
     show_default=True,
-    help="Node i serves the Redis protocol (redis-cli, redis-py) on RESP_BASE_PORT+i (loopback only unless --insecure).",
+    help="Node i serves the Redis protocol (redis-cli, redis-py) on RESP_BASE_PORT+i (TLS only with --tls).",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address every node listens on.")
 @click.option(

@@ -176,7 +176,7 @@ class LocalNode:
     log_path: Path
     #: The REST API (and the WebSocket gateway to come).
     http: Address
-    #: The Redis protocol (None: not served; it has no TLS yet, so only on loopback or --insecure).
+    #: The Redis protocol (None: not served; with TLS on, it serves TLS only, as every port does).
     resp: Address | None = None
 
 
@@ -486,7 +486,8 @@ def _redis_cli_line(resp: Address, security: LocalSecurity) -> str:
     """The Redis protocol from a shell (the token is the password; any user name)."""
     auth = ' -a "$TRIMARAN_TOKEN" --no-auth-warning' if security.token_path is not None else ""
     host = "" if resp.host == "127.0.0.1" else f" -h {resp.host}"
-    return f"redis-cli{host} -p {resp.port}{auth} set greeting hello"
+    tls = f" --tls --cacert {security.ca_file}" if security.ca_file is not None else ""
+    return f"redis-cli{host} -p {resp.port}{tls}{auth} set greeting hello"
 
 
 async def _supervise(supervisor: Supervisor, echo: Callable[[str], None]) -> int:
@@ -596,6 +597,4 @@ def run_local_cluster(
         )
     local_nodes(data_dir, base_port, host, size, resp_base_port=resp_base_port)  # refuse a bad size before making keys
     security = prepare_security(data_dir, cluster_id, auth=auth, tls=tls, hosts=(host,), insecure=insecure, size=size)
-    if not Address(host, base_port).is_loopback() and not insecure:
-        resp_base_port = None  # the RESP listener has no TLS yet: not beyond loopback unless --insecure
     return trio.run(run_local_cluster_async, data_dir, base_port, cluster_id, tick_ms, echo, host, security, resp_base_port, size)
