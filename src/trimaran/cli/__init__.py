@@ -546,6 +546,23 @@ def _client_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
         raise click.ClickException(f"{exc.code}: {exc.message}".splitlines()[0]) from None
 
 
+def _stream_lines(
+    follow: Any, endpoints: str, name: str, *, line: Any, to_json: Any, as_json: bool, **options: Any
+) -> None:
+    """Run ``follow(endpoints, name, show, **options)`` (a watch or a subscription), printing each
+    item it hands ``show`` as a line (or a JSON line); Ctrl-C, how such a command ends, exits 130
+    without a traceback."""
+    import json
+
+    def show(item: Any) -> None:
+        click.echo(json.dumps(to_json(item)) if as_json else line(item))
+
+    try:
+        _client_call(follow, endpoints, name, show, **options)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
 @main.command("status")
 @_client_options(default_timeout_ms=2_000)
 def status_command(endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool) -> None:
@@ -663,20 +680,12 @@ def chat_subscribe_command(
     """Print CHANNEL's messages as they come: OFFSET MESSAGE per line; '~' ephemeral, '+'/'-'
     presence, '#' a new epoch (JSON lines with --json). Through a node's WebSocket gateway;
     reconnects and resumes without a gap or a repeat."""
-    import json
-
     from trimaran.client.commands import chat_event_line, chat_event_to_json, chat_subscribe
 
-    def show(event: Any) -> None:
-        click.echo(json.dumps(chat_event_to_json(event)) if as_json else chat_event_line(event))
-
-    try:
-        _client_call(
-            chat_subscribe, endpoints, channel, show, since=since, epoch=epoch, count=count,
-            cluster_id=cluster_id, token=token, timeout_ms=timeout_ms,
-        )  # fmt: skip
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
+    _stream_lines(
+        chat_subscribe, endpoints, channel, line=chat_event_line, to_json=chat_event_to_json, as_json=as_json,
+        since=since, epoch=epoch, count=count, cluster_id=cluster_id, token=token, timeout_ms=timeout_ms,
+    )  # fmt: skip
 
 
 # === jobs and worker (c.jobs; trimaran.client.worker) ===========================================

@@ -6,7 +6,7 @@ from typing import Any, BinaryIO
 
 import click
 
-from trimaran.cli import _client_call, _client_options, _service, main
+from trimaran.cli import _client_call, _client_options, _service, _stream_lines, main
 
 
 @main.group("kv")
@@ -193,17 +193,9 @@ def kv_watch_command(
     Follows leader changes and reconnects without losing or repeating a change; exits 1
     (compacted) if the history it needs is gone. --timeout-ms bounds each poll.
     """
-    import json
-
     from trimaran.client.commands import event_line, event_to_json, kv_watch
 
-    def show(event: Any) -> None:
-        click.echo(json.dumps(event_to_json(event)) if as_json else event_line(event))
-
-    try:
-        _client_call(
-            kv_watch, endpoints, key, show, prefix=is_prefix, from_revision=from_revision, count=count,
-            cluster_id=cluster_id, token=token, timeout_ms=timeout_ms,
-        )  # fmt: skip
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None  # Ctrl-C is how a watch ends: no traceback
+    _stream_lines(
+        kv_watch, endpoints, key, line=event_line, to_json=event_to_json, as_json=as_json,
+        prefix=is_prefix, from_revision=from_revision, count=count, cluster_id=cluster_id, token=token, timeout_ms=timeout_ms,
+    )  # fmt: skip
