@@ -7,7 +7,7 @@ STAMP_RUN := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 PYTEST_ARGS ?=
 
-.PHONY: run test test-quick fuzz sim bench typecheck clean
+.PHONY: run test test-quick fuzz sim chaos bench typecheck clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,16 @@ fuzz: $(STAMP_TEST)
 # A long simulation sweep, beyond what CI runs.
 sim: $(STAMP_TEST)
 	$(BIN)/trimaran simulate --seeds 1..5000 --jobs 2
+
+# Chaos on real processes (tests/chaos): kill -9, SIGSTOP and restarts under KV, job and chat load,
+# CHAOS_RUNS runs of CHAOS_SECONDS each, a new fault schedule each run (its seed is in the test id;
+# TRIMARAN_CHAOS_SEED=N replays one). `make test` runs one of 10 seconds.
+CHAOS_SECONDS ?= 300
+CHAOS_RUNS ?= 3
+chaos: $(STAMP_TEST)
+	for run in $$(seq $(CHAOS_RUNS)); do \
+		TRIMARAN_CHAOS_SECONDS=$(CHAOS_SECONDS) $(BIN)/python -m pytest tests/chaos -v $(PYTEST_ARGS) || exit 1; \
+	done
 
 bench: $(STAMP_TEST)
 	$(BIN)/python benchmarks/raft_core.py

@@ -1,6 +1,6 @@
 """Suite-wide markers: ``make test-quick`` runs ``-m "not slow"``, the unit and property tests.
 
-Tests that start real nodes, sockets or processes (``tests/node``, ``tests/client``), the type
+Tests that start real nodes, sockets or processes (``tests/node``, ``tests/client``, ``tests/chaos``), the type
 check, and the mutant matrix (a simulated run per planted bug: CI's proof that the checkers can
 fail, not the edit-test loop's) are slow by where they live; elsewhere a test is marked
 ``@pytest.mark.slow`` by hand.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-_SLOW_PLACES = ("node", "client", "test_typecheck.py", "simulations/test_mutants.py")
+_SLOW_PLACES = ("node", "client", "chaos", "test_typecheck.py", "simulations/test_mutants.py")
 _TESTS = Path(__file__).parent
 
 

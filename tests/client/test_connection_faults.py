@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import signal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +123,33 @@ async def test_writers_on_an_open_connection_move_on_from_a_stopped_leader(tmp_p
             assert (await c.node_read(str(cluster.client[leader]), "kv", ["get", b"k9"]))[0] == b"v9"
     finally:
         cluster.close()
+
+
+async def test_a_node_that_resets_the_connection_mid_handshake_is_just_a_failed_attempt(tmp_path: Path) -> None:
+    """Found by the chaos test: a node killed while a client's hello was on its way reset the
+    connection, and the client let trio's BrokenResourceError out of the call instead of trying
+    the next endpoint. Here a listener takes the hello and answers with a reset (RST)."""
+    import socket
+    import struct
+
+    from trimaran.client.connection import ConnectionLost, open_connection
+    from trimaran.node.config import Address
+
+    async def reset_after_hello(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        stream.socket.close()
+
+    async with in_process_cluster(tmp_path, size=1, **FAST) as cluster, trio.open_nursery() as nursery:
+        await cluster.leader()
+        (listener,) = await nursery.start(partial(trio.serve_tcp, reset_after_hello, 0, host="127.0.0.1"))
+        resetting = Address("127.0.0.1", listener.socket.getsockname()[1])
+        with pytest.raises(ConnectionLost, match="broke the connection during the handshake"):
+            await open_connection(nursery, resetting, cluster_id=None, token=None)
+        # The client moves on to the next endpoint, every time.
+        async with trimaran.connect([str(resetting), str(cluster.client_address(1))]) as c:
+            for i in range(5):
+                await c.kv.set(f"k{i}", "v")
+                assert c._conn is not None
+                c._conn.close()  # the next call connects again, trying the resetting node first
+        nursery.cancel_scope.cancel()

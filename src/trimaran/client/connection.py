@@ -498,9 +498,10 @@ async def open_connection(
     frame_bytes_max: int = limits.frame_bytes_max,
 ) -> Connection:
     """Connect to ``address``, do the hello/welcome handshake, and start the connection's tasks in
-    ``nursery``. Raises ``OSError`` if the node cannot be reached, ``RequestTimeout`` if it does not
-    answer the hello in time, ``TlsError`` if ``ssl_context`` is given and the TLS handshake fails,
-    or the node's typed refusal (e.g. ``AuthError``)."""
+    ``nursery``. Raises ``OSError`` if the node cannot be reached, ``ConnectionLost`` if it breaks
+    the connection during the handshake, ``RequestTimeout`` if it does not answer the hello in time,
+    ``TlsError`` if ``ssl_context`` is given and the TLS handshake fails, or the node's typed
+    refusal (e.g. ``AuthError``)."""
     with trio.move_on_after(handshake_timeout_ms / 1000) as scope:
         stream = await trio.open_tcp_stream(address.host, address.port)
         tls: TlsSession | None = None
@@ -523,6 +524,12 @@ async def open_connection(
                     )
                 _feed(decoder, tls, await stream.receive_some(RECEIVE_BYTES))
             welcome = _parse_welcome(unpack(frame), cluster_id)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            # The node went away mid-handshake (killed, restarting: a reset): a failed attempt at
+            # this address like any other, never a bare trio error to the caller.
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
+            raise ConnectionLost(f"{address} broke the connection during the handshake: {exc}", maybe_sent=False) from None
         except BaseException:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
