@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import redis
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -42,7 +43,7 @@ async def scrape(address: Address, token: str) -> dict[Any, float]:
 async def test_metrics_need_cluster_read_and_move_with_the_cluster(tmp_path: Path) -> None:
     admin, user = Signer("admin-key"), Signer("user-key")
     async with in_process_cluster(
-        tmp_path, 3, http_listen=Address(HOST, 0), auth_keys=(admin.trusted, user.trusted)
+        tmp_path, 3, http_listen=Address(HOST, 0), resp_listen=Address(HOST, 0), auth_keys=(admin.trusted, user.trusted)
     ) as cluster:
         with trio.fail_after(TIMEOUT_S * 2):
             leader = await cluster.leader(timeout_s=TIMEOUT_S)
@@ -90,6 +91,14 @@ async def test_metrics_need_cluster_read_and_move_with_the_cluster(tmp_path: Pat
             # One write through the HTTP edge: counted under edge="http", the rest under "native".
             put = await call(http[leader], "PUT", "/v1/kv/by-http", body=b"x", token=admin.token(["admin:*"]))
             assert put.status == 200, put.body
+            # And a read through the Redis port: counted under edge="resp".
+            resp_at = cluster.nodes[leader].resp_address
+            assert resp_at is not None
+            r = redis.Redis(host=resp_at.host, port=resp_at.port, password=admin.token(["admin:*"]), socket_timeout=10)
+            try:
+                assert await trio.to_thread.run_sync(r.get, "by-http") == b"x"
+            finally:
+                r.close()
             after = await scrape(http[leader], reader)
 
             kv_set = "trimaran_requests_total"
@@ -100,6 +109,8 @@ async def test_metrics_need_cluster_read_and_move_with_the_cluster(tmp_path: Pat
             # The sets, the job, and the client's register, all through the client port.
             assert value(after, native, edge="native", outcome="ok") - value(before, native, edge="native", outcome="ok") == WRITES + 2
             assert value(after, native, edge="http", outcome="ok") - value(before, native, edge="http", outcome="ok") >= 1
+            assert value(after, native, edge="resp", outcome="ok") - value(before, native, edge="resp", outcome="ok") >= 1
+            assert not [k for k in after if k[0] == native and ("edge", "other") in k[1]]  # every request has its edge
             assert value(after, "trimaran_edge_request_duration_seconds_count", edge="native") >= WRITES + 2
             assert value(after, "trimaran_kv_used_bytes") >= WRITES * 100
             assert value(after, "trimaran_jobs", queue="mail", state="ready") == 1

@@ -35,7 +35,9 @@ Outcome = tuple[bool, Any]
 class _Answers:
     """The driver's reply target for one group: the outcome of each write, by its index."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, edge_name: str) -> None:
+        #: The edge the group's requests are counted under (``RequestStats.edge_outcomes``).
+        self.edge_name = edge_name
         self.outcomes: list[Outcome | None] = [None] * count
         self.left = count
         self.done = trio.Event()
@@ -51,7 +53,7 @@ class _Answers:
 async def submit_group(edge: HttpEdge, op: str, bodies: list[dict[str, Any]], sizes_bytes: list[int]) -> list[Outcome]:
     """Submit requests to the local driver in order, in one round; their outcomes in that order
     (``RequestTimeout`` for any not answered within ``request_timeout_ms``)."""
-    answers = _Answers(len(bodies))
+    answers = _Answers(len(bodies), edge.edge_name)
     driver = edge.driver
     timeout_s = edge.config.request_timeout_ms / 1000
     with trio.move_on_after(timeout_s):
