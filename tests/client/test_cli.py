@@ -178,6 +178,16 @@ def test_status_shows_a_silent_node_as_down(cluster: FakeCluster) -> None:
     assert nodes[1]["up"] and nodes[2]["up"]
 
 
+def test_status_with_a_refused_token_names_the_refusal_not_a_dead_cluster(cluster: FakeCluster) -> None:
+    from trimaran.errors import Unauthenticated
+
+    for node in cluster.nodes.values():
+        node.refuse_hello = Unauthenticated("the token was revoked", reason="revoked")
+    code, _, err = run("status", "--endpoints", ",".join(cluster.addresses()))
+    assert code == 1 and "unauthenticated: the token was revoked" in err and "every node refused the token" in err, err
+    assert "no leader" not in err
+
+
 def test_every_client_command_has_help() -> None:
     for args in (["status"], ["kv"], *(["kv", cmd] for cmd in ("get", "set", "del", "incr", "scan", "watch"))):
         code, out, _ = run(*args, "--help")

@@ -577,6 +577,9 @@ def status_command(endpoints: str, cluster_id: str | None, token: str | None, ti
 
     status = _client_call(cluster_status, endpoints, cluster_id=cluster_id, token=token, timeout_ms=timeout_ms)
     click.echo(json.dumps(status.to_json(), indent=2) if as_json else status.format_table())
+    refused = status.refused()
+    if refused is not None:
+        raise click.ClickException(f"{refused} (every node refused the token; the cluster itself may be fine)")
     if status.leader_id is None:
         raise click.ClickException("no leader: the cluster cannot serve writes right now")
 

@@ -27,6 +27,8 @@ class NodeStatus:
     node_id: int | None = None
     up: bool = False
     error: str | None = None
+    #: The typed error's code when the node refused the call (``unauthenticated``, ...).
+    error_code: str | None = None
     role: str | None = None
     term: int | None = None
     leader_id: int | None = None
@@ -44,6 +46,14 @@ class ClusterStatus:
     term: int | None
     voters: list[int]
     learners: list[int]
+
+    def refused(self) -> str | None:
+        """The refusal when every node answered but refused the call for the caller's token
+        (``unauthenticated``, ``permission_denied``): the cluster may be healthy, the token is not."""
+        codes = {n.error_code for n in self.nodes}
+        if self.nodes and not any(n.up for n in self.nodes) and codes <= {"unauthenticated", "permission_denied"}:
+            return next(n.error for n in self.nodes if n.error)
+        return None
 
     def leader(self) -> NodeStatus | None:
         return next((n for n in self.nodes if n.up and n.node_id == self.leader_id), None)
@@ -242,7 +252,7 @@ async def fetch_cluster_status(client: Client, *, timeout_ms: int | None = None)
         try:
             status = await client.node_status(address, timeout_ms=timeout_ms)
         except TrimaranError as exc:
-            results[address] = NodeStatus(address, up=False, error=f"{exc.code}: {exc.message}")
+            results[address] = NodeStatus(address, up=False, error=f"{exc.code}: {exc.message}", error_code=exc.code)
             return
         if not isinstance(status, dict):
             results[address] = NodeStatus(address, up=False, error="status answer is not a map")

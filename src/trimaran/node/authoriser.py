@@ -329,7 +329,7 @@ class Authoriser:
         sub = None
         try:
             if token is None:
-                raise Unauthenticated("this node requires a token in the hello (the client's token: --token or TRIMARAN_TOKEN)", reason="missing")
+                raise Unauthenticated("this node requires a token: the client's --token or TRIMARAN_TOKEN (over HTTP, an 'Authorization: Bearer' header; over RESP, AUTH)", reason="missing")
             if not isinstance(token, str):
                 raise Unauthenticated("the token must be a string of ASCII text")
             now_ms = self.now_ms()
