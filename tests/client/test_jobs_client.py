@@ -15,8 +15,9 @@ import trio
 
 from tests.node.helpers import in_process_cluster
 from trimaran.client import Client, JobError, Jobs, JobsClient, NewJob, SyncJobsClient, Worker, connect_sync, current_job
-from trimaran.client.jobs import decode, encode
-from trimaran.errors import InvalidArgument, JobFailed, NotFound, StaleLease
+from trimaran import limits
+from trimaran.client.jobs import Completion, decode, encode
+from trimaran.errors import InvalidArgument, JobFailed, NotFound, StaleLease, TooLarge
 
 TIMEOUT_S = 20
 #: Short sessions, so heartbeats (every TTL/3) carry cancellations within a test's patience.
@@ -172,6 +173,41 @@ async def test_a_stale_token_is_refused(tmp_path: Path) -> None:
             outcome = await c.jobs.result(job_id)
             assert outcome is not None and outcome.value == "ok" and outcome.attempt == 1
             assert await c.jobs.close_session(session.session) == []
+
+
+async def test_jobs_finishing_together_are_completed_in_few_batches_each_fenced(tmp_path: Path) -> None:
+    with trio.fail_after(TIMEOUT_S):
+        async with cluster_client(tmp_path) as (c, _):
+            app = Jobs(client=c)
+            started, go = [], trio.Event()
+
+            @app.task("together")
+            async def wait_then_echo(n: int) -> int:
+                started.append(n)
+                await go.wait()
+                return n
+
+            ids = await c.jobs.enqueue_batch([NewJob("together", {"n": n}) for n in range(16)])
+            async with running(app.worker(concurrency=16, **FAST)) as worker:
+                while len(started) < 16:
+                    await trio.sleep(0.01)
+                go.set()  # all 16 finish at once: the first goes alone, the rest wait for it
+                outcomes = [await c.jobs.result(i, wait_ms=10_000) for i in ids]
+                assert [o.value for o in outcomes if o is not None] == list(range(16))
+                assert worker.completions is not None
+                assert worker.completions.jobs == 16 and worker.completions.batches <= 3
+            # A batch refuses a stale token alone; the client checks results before sending.
+            job_id = await c.jobs.enqueue("q", 1)
+            session = await c.jobs.open_session("w1", 10_000)
+            (lease,) = (await c.jobs.claim(session.session, ["q"], 1)).jobs
+            stale = Completion.of(job_id, lease.token - 1, "late")
+            assert await c.jobs.complete_batch([stale, Completion.of(job_id, lease.token, "ok")]) == ["stale_lease", "completed"]
+            assert (await c.jobs.result(job_id)).value == "ok"  # type: ignore[union-attr]
+            with pytest.raises(InvalidArgument, match="msgpack"):
+                Completion.of(job_id, lease.token, object())
+            with pytest.raises(TooLarge):
+                Completion.of(job_id, lease.token, b"x" * limits.job_result_bytes_max)
+            assert await c.jobs.complete_batch([]) == []
 
 
 async def test_a_graceful_stop_gives_in_flight_jobs_back(tmp_path: Path) -> None:

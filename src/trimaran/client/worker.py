@@ -29,6 +29,10 @@ The worker (:class:`Worker`, run by :meth:`Jobs.run_worker` and ``trimaran worke
 - runs **each job in its own cancel scope** bounded by its lease (``lease_until_ms``, by this
   host's clock); ``complete``/``fail`` carry the job's fencing token, so a late outcome from a
   lapsed lease is refused (``StaleLease``) and dropped;
+- **reports completions together**: one ``complete_batch`` command in flight at a time carries
+  every job that finished meanwhile (group commit: a lone job goes at once, alone; under load a
+  worker's completions share one request and one log entry), each job still fenced by its own
+  token;
 - records a task's exception as ``"Type: message"``; an exception with ``retry = False`` (such
   as :class:`JobError` ``(..., retry=False)``) sends the job straight to the dead-letter list; a
   timeout is a failed attempt;
@@ -73,7 +77,7 @@ from trimaran.errors import (
 )
 
 from .client import Client, Endpoints
-from .jobs import JobInfo, JobsClient, Lease, NewJob, encode
+from .jobs import Completion, JobInfo, JobsClient, Lease, NewJob, encode
 
 log = logging.getLogger("trimaran.worker")
 
@@ -270,6 +274,66 @@ class Jobs:
             await self.worker(**options).run(task_status=task_status)
 
 
+@dataclass(slots=True, eq=False)
+class _Pending:
+    completion: Completion
+    #: "completed", "stale_lease", or the error that refused its batch; None: not sent yet.
+    outcome: str | TrimaranError | None = None
+
+
+class _Completions:
+    """Group commit of one worker's completions: at most one ``complete_batch`` in flight; a job
+    that finishes meanwhile waits for it and goes in the next one, with every other job that
+    finished by then (up to ``job_complete_batch_max`` jobs and ``job_result_bytes_max`` of results)."""
+
+    def __init__(self, jobs: JobsClient) -> None:
+        self._jobs = jobs
+        self._pending: list[_Pending] = []
+        self._lock = trio.Lock()  # held by the task sending a batch; fair, so waiters go in order
+        #: Counters: batches sent, jobs in them.
+        self.batches = 0
+        self.jobs = 0
+
+    async def complete(self, completion: Completion) -> str:
+        """"completed" or "stale_lease" for this job; raises what refused its batch."""
+        mine = _Pending(completion)
+        self._pending.append(mine)
+        async with self._lock:
+            while mine.outcome is None:  # not sent by the previous holder: send what is pending
+                await self._send(self._take())
+        if isinstance(mine.outcome, TrimaranError):
+            raise mine.outcome
+        return mine.outcome
+
+    def _take(self) -> list[_Pending]:
+        count, size_bytes = 0, 0
+        for p in self._pending:
+            size_bytes += len(p.completion.result)
+            if count and (count >= limits.job_complete_batch_max or size_bytes > limits.job_result_bytes_max):
+                break
+            count += 1
+        batch, self._pending = self._pending[:count], self._pending[count:]
+        return batch
+
+    async def _send(self, batch: list[_Pending]) -> None:
+        try:
+            outcomes: list[str] | None = None
+            try:
+                outcomes = await self._jobs.complete_batch([p.completion for p in batch], timeout_ms=REPORT_TIMEOUT_MS)
+            except TrimaranError as exc:
+                for p in batch:
+                    p.outcome = exc
+            else:
+                for p, outcome in zip(batch, outcomes):
+                    p.outcome = outcome
+                self.batches += 1
+                self.jobs += len(batch)
+        finally:
+            for p in batch:  # (cancelled: nobody learns more than that the report failed)
+                if p.outcome is None:
+                    p.outcome = RequestTimeout("the complete_batch carrying this job was cancelled")
+
+
 @dataclass
 class _Running:
     lease: Lease
@@ -326,6 +390,8 @@ class Worker:
         self._stopping = trio.Event()
         self._changed = trio.Event()  # a slot freed, or stop asked: the claim loop looks again
         self._session_lock = trio.Lock()
+        #: The group commit of completions (made when the worker runs: the app's client is open then).
+        self.completions: _Completions | None = None
 
     def stop(self) -> None:
         """Stop claiming; running jobs get ``grace_ms`` to finish, the rest are given back."""
@@ -339,6 +405,7 @@ class Worker:
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         jobs = self.app.jobs
+        self.completions = _Completions(jobs)
         await self._open_session(None)
         task_status.started()
         try:
@@ -527,9 +594,13 @@ class Worker:
                     return
                 elif outcome[0] == "complete":
                     try:
-                        await jobs.complete(lease.id, lease.token, outcome[1], timeout_ms=REPORT_TIMEOUT_MS)
+                        completion = Completion.of(lease.id, lease.token, outcome[1])
                     except InvalidArgument as exc:  # the result cannot be stored: no retry helps
                         await jobs.fail(lease.id, lease.token, f"InvalidArgument: {exc.message}", retry=False, timeout_ms=REPORT_TIMEOUT_MS)
+                        return
+                    assert self.completions is not None
+                    if await self.completions.complete(completion) == StaleLease.code:
+                        raise StaleLease(f"token {lease.token} is not the current lease of job {lease.id}")
                 else:
                     state = await jobs.fail(lease.id, lease.token, outcome[1], retry=outcome[2], timeout_ms=REPORT_TIMEOUT_MS)
                     log.info("job %s attempt %d failed (%s): now %s", lease.id, lease.attempt, outcome[1], state)

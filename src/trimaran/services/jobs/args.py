@@ -107,6 +107,13 @@ class CompleteCmd(NamedTuple):
     result: bytes | None
 
 
+class CompleteBatchCmd(NamedTuple):
+    """Several ``complete``s in one command, each applied as its own in order (one stale token
+    refuses that job alone)."""
+
+    items: tuple[CompleteCmd, ...]
+
+
 class FailCmd(NamedTuple):
     job: str
     token: int
@@ -390,6 +397,20 @@ def _complete(c: list[Any]) -> CompleteCmd:
     )
 
 
+def _complete_batch(c: list[Any]) -> CompleteBatchCmd:
+    (items,), _ = split(c, "command", 1, ())
+    if type(items) is not list or not items:
+        raise InvalidArgument("complete_batch takes a non-empty list of [job, token, {result}?]")
+    if len(items) > limits.job_complete_batch_max:
+        raise TooLarge(f"complete_batch of {len(items)} jobs is over job_complete_batch_max={limits.job_complete_batch_max}")
+    out = []
+    for item in items:
+        if type(item) is not list or len(item) not in (2, 3):
+            raise InvalidArgument("each complete_batch item is [job, token, {result}?]")
+        out.append(_complete(["complete", *item]))
+    return CompleteBatchCmd(tuple(out))
+
+
 def _fail(c: list[Any]) -> FailCmd:
     (job, token), opts = split(c, "command", 2, ("error", "retry"))
     error = opts.get("error", "")
@@ -479,7 +500,7 @@ def _unschedule(c: list[Any]) -> UnscheduleCmd:
 
 
 Command = (
-    EnqueueCmd | ClaimCmd | SessionOpenCmd | HeartbeatCmd | SessionCloseCmd | CompleteCmd | FailCmd | ReleaseCmd
+    EnqueueCmd | ClaimCmd | SessionOpenCmd | HeartbeatCmd | SessionCloseCmd | CompleteCmd | CompleteBatchCmd | FailCmd | ReleaseCmd
     | AckCancelCmd | CancelCmd | DlqCmd | PauseCmd | QueueConfigCmd | ScheduleCmd | UnscheduleCmd
 )  # fmt: skip
 
@@ -491,6 +512,7 @@ _COMMAND_PARSERS: dict[str, Callable[[list[Any]], Command]] = {
     "heartbeat": _heartbeat,
     "session_close": _session_close,
     "complete": _complete,
+    "complete_batch": _complete_batch,
     "fail": _fail,
     "release": _release,
     "ack_cancel": _ack_cancel,
