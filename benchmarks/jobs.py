@@ -230,6 +230,7 @@ def trimaran_roundtrip(root: Path, cluster: TrimaranCluster, producers: int, tot
         workers.wait_ready()
         nodes_cpu, workers_cpu, producer_cpu = cluster.cpu_s(), [proc_cpu_s(p.pid) for p in workers.procs], time.process_time()
         enq, _ = trio.run(produce, cluster.endpoints, queue, producers, total)
+        print(f"    enqueues meanwhile: {fmt(enq)}", flush=True)
         completed = trio.run(wait_completed, cluster.endpoints, queue, total - enq.failed, 120.0)
         # CPU per job: where the 2 cores went (the nodes, the worker processes, this producer).
         kjobs = max(1, completed) / 1000

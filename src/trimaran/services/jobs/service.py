@@ -495,9 +495,11 @@ class JobsService:
         state = job.state
         q.counts[state] -= 1
         if state == READY:
-            group = q.ready[job.group]
-            group.remove(self._ready_key(job))
-            self._refresh_head(q, job.group)
+            key = self._ready_key(job)
+            q.ready[job.group].remove(key)
+            head = q.head_of.get(job.group)
+            if head is None or head == key:  # (another job left: the group's head stays)
+                self._refresh_head(q, job.group)
         elif state == DELAYED:
             self._timers.remove((job.run_at_ms, T_RUN, job.id))
             q.delayed.remove((job.run_at_ms, job.index, job.seq))
@@ -527,8 +529,11 @@ class JobsService:
             group = q.ready.get(job.group)
             if group is None:
                 group = q.ready[job.group] = SortedList()
-            group.add(self._ready_key(job))
-            self._refresh_head(q, job.group)
+            key = self._ready_key(job)
+            group.add(key)
+            head = q.head_of.get(job.group)
+            if head is None or key < head:  # (a job behind the head, as most are: the head stays)
+                self._refresh_head(q, job.group)
         elif state == DELAYED:
             self._timers.add((job.run_at_ms, T_RUN, job.id))
             q.delayed.add((job.run_at_ms, job.index, job.seq))
