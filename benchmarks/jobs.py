@@ -98,21 +98,27 @@ async def worker_proc(endpoints: str, queue: str, workers: int, concurrency: int
     claims = [0, 0]  # claim answers, jobs in them
     complete_batch, claim = JobsClient.complete_batch, JobsClient.claim
 
-    async def timed_claim(self: JobsClient, *args: Any, **kw: Any) -> Any:
-        answer = await claim(self, *args, **kw)
+    def claimed(answer: Any) -> None:
         now = time.time()
         claims[0] += 1
         claims[1] += len(answer.jobs)
         for lease in answer.jobs:
             claimed_at[lease.id] = now
-        return answer
 
-    async def timed_complete_batch(self: JobsClient, completions: Any, **kw: Any) -> list[str]:
-        answers = await complete_batch(self, completions, **kw)
+    def completed(completions: Any, answers: list[str]) -> None:
         now = time.time()
         for c, answer in zip(completions, answers):
             if answer == "completed":  # (enqueued at: the task's result, claim answered at, complete acknowledged at)
                 done.append((unpack(c.result), claimed_at.pop(c.job, 0.0), now))
+
+    async def timed_claim(self: JobsClient, *args: Any, **kw: Any) -> Any:
+        answer = await claim(self, *args, **kw)
+        claimed(answer)
+        return answer
+
+    async def timed_complete_batch(self: JobsClient, completions: Any, **kw: Any) -> list[str]:
+        answers = await complete_batch(self, completions, **kw)
+        completed(completions, answers)
         return answers
 
     JobsClient.complete_batch = timed_complete_batch  # type: ignore[method-assign]
@@ -223,11 +229,28 @@ async def wait_completed(endpoints: list[str], queue: str, total: int, timeout_s
         return (await c.jobs.stats(queue)).counts["completed"]
 
 
+async def leader_counters(endpoints: list[str]) -> dict[str, int]:
+    """The leader's log index, driver rounds and peer socket writes (what a job costs the log)."""
+    async with Client(endpoints, timeout_ms=10_000) as c:
+        for address in endpoints:
+            status = await c.node_status(address)
+            if status["role"] == "leader":
+                m = status["metrics"]
+                return {"entries": status["last_index"], "rounds": m["driver_rounds"], "peer writes": m["peer_socket_writes"]}
+    return {}
+
+
+def print_log_cost(before: dict[str, int], after: dict[str, int], jobs: int) -> None:
+    if before and after:
+        print("    leader per 1000 jobs: " + ", ".join(f"{k} {(after[k] - before[k]) * 1000 / max(1, jobs):.0f}" for k in before), flush=True)
+
+
 def trimaran_roundtrip(root: Path, cluster: TrimaranCluster, producers: int, total: int, worker_procs: int, profile_dir: Path | None = None) -> Result:
     queue = f"rt{producers}"
     workers = WorkerProcs(root, cluster.endpoints, queue, worker_procs, WORKERS // worker_procs, profile_dir)
     try:
         workers.wait_ready()
+        counters = trio.run(leader_counters, cluster.endpoints)
         nodes_cpu, workers_cpu, producer_cpu = cluster.cpu_s(), [proc_cpu_s(p.pid) for p in workers.procs], time.process_time()
         enq, _ = trio.run(produce, cluster.endpoints, queue, producers, total)
         print(f"    enqueues meanwhile: {fmt(enq)}", flush=True)
@@ -238,6 +261,7 @@ def trimaran_roundtrip(root: Path, cluster: TrimaranCluster, producers: int, tot
         node_ms = f"nodes={sum(nodes_after[n] - nodes_cpu[n] for n in nodes_after) / kjobs:.2f}"
         workers_ms = sum(proc_cpu_s(p.pid) - c for p, c in zip(workers.procs, workers_cpu)) / kjobs
         print(f"    cpu ms/job: {node_ms} workers={workers_ms:.2f} producer={(time.process_time() - producer_cpu) / kjobs:.2f}", flush=True)
+        print_log_cost(counters, trio.run(leader_counters, cluster.endpoints), completed)
     finally:
         done, claims = workers.stop()
     if not done:
@@ -271,8 +295,10 @@ def run_trimaran(
         trio.run(wait_ready, cluster)
         for producers in producers_list:
             if "enqueue" in modes:
+                counters = trio.run(leader_counters, cluster.endpoints)
                 nodes_cpu, producer_cpu = cluster.cpu_s(), time.process_time()
                 out["enqueue", producers] = trio.run(produce, cluster.endpoints, f"enq{producers}", producers, totals[producers])[0]
+                print_log_cost(counters, trio.run(leader_counters, cluster.endpoints), totals[producers])
                 kjobs = totals[producers] / 1000
                 nodes_ms = sum(cluster.cpu_s().values()) - sum(nodes_cpu.values())
                 print(f"    cpu ms/job: nodes={nodes_ms / kjobs:.2f} producer={(time.process_time() - producer_cpu) / kjobs:.2f}", flush=True)

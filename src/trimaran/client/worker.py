@@ -32,7 +32,8 @@ The worker (:class:`Worker`, run by :meth:`Jobs.run_worker` and ``trimaran worke
 - **reports completions together**: one ``complete_batch`` command in flight at a time carries
   every job that finished meanwhile (group commit: a lone job goes at once, alone; under load a
   worker's completions share one request and one log entry), each job still fenced by its own
-  token;
+  token (claiming the freed slots in that same command was tried, and measured slower than the
+  separate long-polling claims below);
 - records a task's exception as ``"Type: message"``; an exception with ``retry = False`` (such
   as :class:`JobError` ``(..., retry=False)``) sends the job straight to the dead-letter list; a
   timeout is a failed attempt;
@@ -289,7 +290,8 @@ class _Completions:
     def __init__(self, jobs: JobsClient) -> None:
         self._jobs = jobs
         self._pending: list[_Pending] = []
-        self._lock = trio.Lock()  # held by the task sending a batch; fair, so waiters go in order
+        #: Set when the batch in flight is answered (None: none in flight).
+        self._in_flight: trio.Event | None = None
         #: Counters: batches sent, jobs in them.
         self.batches = 0
         self.jobs = 0
@@ -298,9 +300,16 @@ class _Completions:
         """"completed" or "stale_lease" for this job; raises what refused its batch."""
         mine = _Pending(completion)
         self._pending.append(mine)
-        async with self._lock:
-            while mine.outcome is None:  # not sent by the previous holder: send what is pending
+        while mine.outcome is None:
+            if self._in_flight is not None:
+                await self._in_flight.wait()  # (every waiter wakes at once; one sends the next batch)
+                continue
+            self._in_flight = done = trio.Event()
+            try:
                 await self._send(self._take())
+            finally:
+                self._in_flight = None
+                done.set()
         if isinstance(mine.outcome, TrimaranError):
             raise mine.outcome
         return mine.outcome
