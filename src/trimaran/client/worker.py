@@ -20,7 +20,8 @@ The worker (:class:`Worker`, run by :meth:`Jobs.run_worker` and ``trimaran worke
 - opens **one worker session** and keeps it alive with **one heartbeat task** (every TTL/3) that
   also carries each running job's progress (:func:`current_job`) and learns which jobs were
   cancelled or lost; a lost session (``WorkerSessionLost``) stops its jobs and opens a new one;
-- **claims in batches** up to its concurrency limit, **long-polling**: each claim carries
+- **claims in batches** up to its concurrency limit (jobs whose task runs: a job whose task ended
+  frees its slot while its outcome is reported, up to ``concurrency`` such jobs), **long-polling**: each claim carries
   ``wait_ms`` (``claim_wait_ms``), so with nothing to take the leader holds it, without a log
   entry or a busy wait, until a job of its queues becomes claimable (an enqueue, a retry, a
   delayed job's run time, a slot freed under a concurrency limit), and answers at once then
@@ -326,7 +327,6 @@ class _Completions:
 
     async def _send(self, batch: list[_Pending]) -> None:
         try:
-            outcomes: list[str] | None = None
             try:
                 outcomes = await self._jobs.complete_batch([p.completion for p in batch], timeout_ms=REPORT_TIMEOUT_MS)
             except TrimaranError as exc:
@@ -399,6 +399,8 @@ class Worker:
         self._stopping = trio.Event()
         self._changed = trio.Event()  # a slot freed, or stop asked: the claim loop looks again
         self._session_lock = trio.Lock()
+        #: Jobs whose task ended and whose outcome is being reported (their slots are free).
+        self._reporting = 0
         #: The group commit of completions (made when the worker runs: the app's client is open then).
         self.completions: _Completions | None = None
 
@@ -568,11 +570,24 @@ class Worker:
                         outcome = ("fail", f"{type(exc).__name__}: {exc}", getattr(exc, "retry", True) is not False)
                 if timer.cancelled_caught:
                     outcome = ("fail", f"TimeoutError: the job ran past its lease ({timeout_s * 1000:.0f} ms)", True)
-            await self._report(running, outcome)
+            if running.reason is None and self._reporting < self.concurrency:
+                # The task is done: its slot takes a new job while the outcome goes out (at most
+                # ``concurrency`` outcomes in flight, so at most twice that many jobs leased).
+                self._free(running)
+                self._reporting += 1
+                try:
+                    await self._report(running, outcome)
+                finally:
+                    self._reporting -= 1
+            else:
+                await self._report(running, outcome)
         finally:
-            if self.running.get(lease.id) is running:  # (a new lease of the same job may have replaced it)
-                del self.running[lease.id]
-            self._poke()
+            self._free(running)
+
+    def _free(self, running: _Running) -> None:
+        if self.running.get(running.lease.id) is running:  # (a new lease of the same job may have replaced it)
+            del self.running[running.lease.id]
+        self._poke()
 
     async def _call(self, task: Task, payload: Any) -> Any:
         if isinstance(payload, dict):
