@@ -266,6 +266,19 @@ async def test_a_finished_job_frees_its_slot_while_its_completion_is_in_flight()
             assert fake.completed == ["1-0", "1-1", "1-2"] and fake.claims == [1, 1, 1, 1] and not worker.running
 
 
+async def test_a_worker_keeps_two_claims_in_flight_each_for_its_share_of_the_slots() -> None:
+    fake = HeldCompletions([])  # nothing to hand out: every claim waits, as a long poll does
+    app = Jobs(client=SimpleNamespace(jobs=fake))  # type: ignore[arg-type]
+
+    @app.task("q")
+    async def done() -> None: ...
+
+    with trio.fail_after(TIMEOUT_S):
+        async with running(app.worker(concurrency=5, **FAST)):
+            await wait_all_tasks_blocked()
+            assert fake.claims == [3, 2]  # both wait at once; together never more than the concurrency
+
+
 async def test_a_graceful_stop_gives_in_flight_jobs_back(tmp_path: Path) -> None:
     with trio.fail_after(TIMEOUT_S):
         async with cluster_client(tmp_path) as (c, _):

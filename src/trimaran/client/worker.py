@@ -21,7 +21,8 @@ The worker (:class:`Worker`, run by :meth:`Jobs.run_worker` and ``trimaran worke
   also carries each running job's progress (:func:`current_job`) and learns which jobs were
   cancelled or lost; a lost session (``WorkerSessionLost``) stops its jobs and opens a new one;
 - **claims in batches** up to its concurrency limit (jobs whose task runs: a job whose task ended
-  frees its slot while its outcome is reported, up to ``concurrency`` such jobs), **long-polling**: each claim carries
+  frees its slot while its outcome is reported, up to ``concurrency`` such jobs), with two claims
+  in flight (``CLAIMS_IN_FLIGHT``) each for up to half the slots, **long-polling**: each claim carries
   ``wait_ms`` (``claim_wait_ms``), so with nothing to take the leader holds it, without a log
   entry or a busy wait, until a job of its queues becomes claimable (an enqueue, a retry, a
   delayed job's run time, a slot freed under a concurrency limit), and answers at once then
@@ -90,6 +91,9 @@ POLL_MS_MIN_DEFAULT = 20
 POLL_MS_MAX_DEFAULT = 500
 #: How long each claim may wait on the leader for a job (the node cuts it to half its request timeout).
 CLAIM_WAIT_MS_DEFAULT = 4_000
+#: Claims a worker keeps in flight, each for up to its share of the concurrency: while one waits for
+#: its entry, the other's jobs run (with one, a worker takes at most its concurrency per commit).
+CLAIMS_IN_FLIGHT = 2
 #: Deadline of each outcome report (complete, fail, release...) and of the final session close.
 REPORT_TIMEOUT_MS = 5_000
 #: A job is stopped this much (at most a tenth of its lease) before its lease ends.
@@ -389,9 +393,11 @@ class Worker:
         self.grace_ms = grace_ms
         self.poll_ms = (poll_ms_min, poll_ms_max)
         self.claim_wait_ms = claim_wait_ms
-        #: The waiting claim's scope: stop() cancels it (a claim proposed anyway leases jobs to a
+        #: The waiting claims' scopes: stop() cancels them (a claim proposed anyway leases jobs to a
         #: session that is about to close, which gives them back unrun).
-        self._claim_scope = trio.CancelScope()
+        self._claim_scopes: set[trio.CancelScope] = set()
+        #: Jobs asked for by the claims in flight (their slots are spoken for).
+        self._asked = 0
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         #: The current worker session's id (None before it opens and after it closes).
         self.session: str | None = None
@@ -407,8 +413,9 @@ class Worker:
     def stop(self) -> None:
         """Stop claiming; running jobs get ``grace_ms`` to finish, the rest are given back."""
         self._stopping.set()
-        self._changed.set()
-        self._claim_scope.cancel()
+        self._poke()
+        for scope in self._claim_scopes:
+            scope.cancel()
 
     @property
     def stopping(self) -> bool:
@@ -423,7 +430,9 @@ class Worker:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._heartbeats)
                 async with trio.open_nursery() as job_nursery:
-                    await self._claim_loop(job_nursery)
+                    async with trio.open_nursery() as claimers:
+                        for _ in range(CLAIMS_IN_FLIGHT):
+                            claimers.start_soon(self._claim_loop, job_nursery)
                     with trio.move_on_after(self.grace_ms / 1000):
                         while self.running:
                             await self._wait_changed()
@@ -444,11 +453,11 @@ class Worker:
                         log.warning("closing worker session %s failed (%s: %s); its jobs come back when it lapses", session, exc.code, exc.message)
 
     async def _wait_changed(self) -> None:
-        await self._changed.wait()
-        self._changed = trio.Event()
+        await self._changed.wait()  # (nothing runs between a caller's look and this wait)
 
     def _poke(self) -> None:
         self._changed.set()
+        self._changed = trio.Event()
 
     async def _open_session(self, lost: str | None) -> str:
         async with self._session_lock:
@@ -467,22 +476,29 @@ class Worker:
     async def _claim_loop(self, nursery: trio.Nursery) -> None:
         pause_ms = self.poll_ms[0]
         while not self.stopping:
-            free = self.concurrency - len(self.running)
+            free = self.concurrency - len(self.running) - self._asked
             if free <= 0:
                 await self._wait_changed()
                 continue
+            n = min(free, -(-self.concurrency // CLAIMS_IN_FLIGHT))  # (so the other claim gets slots too)
             started_s = trio.current_time()
             claimed = -1  # no answer
+            self._asked += n
             try:
-                with trio.CancelScope() as self._claim_scope:
+                with trio.CancelScope() as scope:
+                    self._claim_scopes.add(scope)
                     if self.stopping:
                         break
-                    claimed = await self._claim(nursery, free)
+                    claimed = await self._claim(nursery, n)
             except WorkerSessionLost:
                 await self._reopen()
                 continue
             except (RequestTimeout, Unavailable, NotLeader) as exc:  # the cluster, for a moment
                 log.warning("worker %s: %s: %s; trying again", self.name, exc.code, exc.message)
+            finally:
+                self._asked -= n  # (the jobs it got are in self.running by now)
+                self._claim_scopes.discard(scope)
+                self._poke()
             waited_s = trio.current_time() - started_s
             if claimed > 0 or (claimed == 0 and self.claim_wait_ms and waited_s * 1000 >= self.claim_wait_ms / 2):
                 pause_ms = self.poll_ms[0]
