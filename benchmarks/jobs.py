@@ -5,10 +5,13 @@ queues in the same run, and the queue's scale (memory per job, claim latency at 
    committed on a majority, fsynced and applied before it is acknowledged. ops/s and the latency
    enqueue -> acknowledgement (p50, p99).
 2. Round trip: the same producers, and 8 workers (the worker runtime, ``trimaran.client.Worker``:
-   one session and heartbeat each, long-polling claims in batches, concurrency 32) in separate
-   processes (``--worker-procs``, 4 workers each by default); every claim and every complete is a
-   log entry too. ops/s = completed jobs/s; latency enqueue -> the worker's ``complete``
-   acknowledged (wall clock, one host).
+   one session and heartbeat each, two long-polling claims in flight, completions reported together
+   in ``complete_batch`` commands, concurrency 32) in separate processes (``--worker-procs``, 4
+   workers each by default); claims and completions go through the log too. ops/s = completed
+   jobs/s; latency enqueue -> the worker's completion acknowledged (wall clock, one host). It also
+   prints where a job's cost goes: CPU per job of the nodes, the worker processes and the producer
+   process; the leader's log entries, rounds and peer writes per 1000 jobs; claims and batches per
+   job; and the producers' enqueue rate during the round trip (64 closed-loop producers bound it).
 3. RabbitMQ 3.10 quorum queue, R3 (``../shared/peers/rabbitmq.sh``): publisher confirms (window 1),
    8 consumers with manual acks and prefetch 32; latency publish -> confirm / publish -> ack.
    NATS JetStream WorkQueue stream, R3 (``../shared/peers/nats.sh``, started with ``--sync always``:
@@ -25,6 +28,8 @@ queues in the same run, and the queue's scale (memory per job, claim latency at 
     python benchmarks/jobs.py --repeat 3              # medians of 3
     python benchmarks/jobs.py --quick --no-rabbitmq   # smaller totals, no RabbitMQ
     python benchmarks/jobs.py --only scale --scale 1000,1000000
+    python benchmarks/jobs.py --quick --only roundtrip --producers 64 --no-rabbitmq --no-nats --profile /tmp/p
+                                                      # cProfile the nodes and the worker processes
 
 Each system runs alone (never two at once); each repeat starts fresh clusters. Everything this
 starts is stopped by PID (the peers by their scripts, which stop what they started by PID).
@@ -57,10 +62,11 @@ sys.path.insert(0, str(ROOT / "src"))  # the package, uninstalled too
 
 import trio  # noqa: E402
 
-from benchmarks.kv_cluster import TrimaranCluster, percentile_ms, proc_cpu_s, stop_pid  # noqa: E402
+from benchmarks.kv_cluster import TrimaranCluster, percentile_ms, print_profile, proc_cpu_s, stop_pid  # noqa: E402
 from trimaran.client import Client, Jobs, Worker  # noqa: E402
 from trimaran.client.jobs import JobsClient  # noqa: E402
 from trimaran.errors import TrimaranError  # noqa: E402
+from trimaran.protocols.codec import unpack  # noqa: E402
 from trimaran.protocols.service import ApplyContext  # noqa: E402
 from trimaran.services.jobs import JobsService  # noqa: E402
 
@@ -92,22 +98,33 @@ async def worker_proc(endpoints: str, queue: str, workers: int, concurrency: int
     SIGTERM; then writes each completion's (enqueued at, acknowledged at) wall times to ``out``."""
     done: list[tuple[float, float, float]] = []
     claimed_at: dict[str, float] = {}
-    complete, claim = JobsClient.complete, JobsClient.claim
+    claims = [0, 0]  # claim answers, jobs in them
+    complete_batch, claim = JobsClient.complete_batch, JobsClient.claim
+
+    def claimed(answer: Any) -> None:
+        now = time.time()
+        claims[0] += 1
+        claims[1] += len(answer.jobs)
+        for lease in answer.jobs:
+            claimed_at[lease.id] = now
+
+    def completed(completions: Any, answers: list[str]) -> None:
+        now = time.time()
+        for c, answer in zip(completions, answers):
+            if answer == "completed":  # (enqueued at: the task's result, claim answered at, complete acknowledged at)
+                done.append((unpack(c.result), claimed_at.pop(c.job, 0.0), now))
 
     async def timed_claim(self: JobsClient, *args: Any, **kw: Any) -> Any:
         answer = await claim(self, *args, **kw)
-        now = time.time()
-        for lease in answer.jobs:
-            claimed_at[lease.id] = now
+        claimed(answer)
         return answer
 
-    async def timed_complete(self: JobsClient, job: str, token: int, result: Any = None, **kw: Any) -> str:
-        answer = await complete(self, job, token, result, **kw)
-        # (enqueued at: the task's result, claim answered at, complete acknowledged at)
-        done.append((result, claimed_at.pop(job, 0.0), time.time()))
-        return answer
+    async def timed_complete_batch(self: JobsClient, completions: Any, **kw: Any) -> list[str]:
+        answers = await complete_batch(self, completions, **kw)
+        completed(completions, answers)
+        return answers
 
-    JobsClient.complete = timed_complete  # type: ignore[method-assign]
+    JobsClient.complete_batch = timed_complete_batch  # type: ignore[method-assign]
     JobsClient.claim = timed_claim  # type: ignore[method-assign]
     with trio.open_signal_receiver(signal.SIGTERM) as signals:
         async with contextlib.AsyncExitStack() as stack:
@@ -129,15 +146,19 @@ async def worker_proc(endpoints: str, queue: str, workers: int, concurrency: int
                     for runtime in runtimes:
                         runtime.stop()
                     break
-    out.write_text(json.dumps(done))
+    batches = [sum(r.completions.batches for r in runtimes if r.completions), sum(r.completions.jobs for r in runtimes if r.completions)]
+    out.write_text(json.dumps({"done": done, "claims": claims, "batches": batches}))
 
 
 class WorkerProcs:
-    def __init__(self, root: Path, endpoints: list[str], queue: str, procs: int, per_proc: int) -> None:
+    def __init__(self, root: Path, endpoints: list[str], queue: str, procs: int, per_proc: int, profile_dir: Path | None = None) -> None:
         self.outs = [root / f"{queue}-w{i}.json" for i in range(procs)]
         self.procs = []
-        for out in self.outs:
-            argv = [sys.executable, __file__, "--worker-proc", "--endpoints", ",".join(endpoints), "--queue", queue]
+        for i, out in enumerate(self.outs):
+            runner = [sys.executable]
+            if profile_dir is not None:
+                runner += ["-m", "cProfile", "-o", str(profile_dir / f"{queue}-worker{i}.prof")]
+            argv = runner + [__file__, "--worker-proc", "--endpoints", ",".join(endpoints), "--queue", queue]
             argv += ["--workers-per-proc", str(per_proc), "--out", str(out)]
             log = open(root / f"{out.stem}.log", "ab")
             self.procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, cwd=ROOT))
@@ -150,14 +171,19 @@ class WorkerProcs:
             if line.strip() != b"ready":
                 raise RuntimeError(f"a worker process did not start (exit {proc.poll()}); see its log")
 
-    def stop(self) -> list[tuple[float, float, float]]:
+    def stop(self) -> tuple[list[tuple[float, float, float]], list[int]]:
+        """Each completion's (enqueued at, claim answered at, complete acknowledged at), and
+        [claim answers, jobs in them, complete_batch answers, jobs in them] over all the worker processes."""
         for proc in self.procs:
             stop_pid(proc, timeout_s=30)
         done: list[tuple[float, float, float]] = []
+        claims = [0, 0, 0, 0]
         for out in self.outs:
             if out.exists():
-                done += [tuple(x) for x in json.loads(out.read_text())]
-        return done
+                data = json.loads(out.read_text())
+                done += [tuple(x) for x in data["done"]]
+                claims = [a + b for a, b in zip(claims, data["claims"] + data["batches"])]
+        return done, claims
 
 
 # --- trimaran producers --------------------------------------------------------------------------------
@@ -206,13 +232,31 @@ async def wait_completed(endpoints: list[str], queue: str, total: int, timeout_s
         return (await c.jobs.stats(queue)).counts["completed"]
 
 
-def trimaran_roundtrip(root: Path, cluster: TrimaranCluster, producers: int, total: int, worker_procs: int) -> Result:
+async def leader_counters(endpoints: list[str]) -> dict[str, int]:
+    """The leader's log index, driver rounds and peer socket writes (what a job costs the log)."""
+    async with Client(endpoints, timeout_ms=10_000) as c:
+        for address in endpoints:
+            status = await c.node_status(address)
+            if status["role"] == "leader":
+                m = status["metrics"]
+                return {"entries": status["last_index"], "rounds": m["driver_rounds"], "peer writes": m["peer_socket_writes"]}
+    return {}
+
+
+def print_log_cost(before: dict[str, int], after: dict[str, int], jobs: int) -> None:
+    if before and after:
+        print("    leader per 1000 jobs: " + ", ".join(f"{k} {(after[k] - before[k]) * 1000 / max(1, jobs):.0f}" for k in before), flush=True)
+
+
+def trimaran_roundtrip(root: Path, cluster: TrimaranCluster, producers: int, total: int, worker_procs: int, profile_dir: Path | None = None) -> Result:
     queue = f"rt{producers}"
-    workers = WorkerProcs(root, cluster.endpoints, queue, worker_procs, WORKERS // worker_procs)
+    workers = WorkerProcs(root, cluster.endpoints, queue, worker_procs, WORKERS // worker_procs, profile_dir)
     try:
         workers.wait_ready()
+        counters = trio.run(leader_counters, cluster.endpoints)
         nodes_cpu, workers_cpu, producer_cpu = cluster.cpu_s(), [proc_cpu_s(p.pid) for p in workers.procs], time.process_time()
         enq, _ = trio.run(produce, cluster.endpoints, queue, producers, total)
+        print(f"    enqueues meanwhile: {fmt(enq)}", flush=True)
         completed = trio.run(wait_completed, cluster.endpoints, queue, total - enq.failed, 120.0)
         # CPU per job: where the 2 cores went (the nodes, the worker processes, this producer).
         kjobs = max(1, completed) / 1000
@@ -220,10 +264,16 @@ def trimaran_roundtrip(root: Path, cluster: TrimaranCluster, producers: int, tot
         node_ms = f"nodes={sum(nodes_after[n] - nodes_cpu[n] for n in nodes_after) / kjobs:.2f}"
         workers_ms = sum(proc_cpu_s(p.pid) - c for p, c in zip(workers.procs, workers_cpu)) / kjobs
         print(f"    cpu ms/job: {node_ms} workers={workers_ms:.2f} producer={(time.process_time() - producer_cpu) / kjobs:.2f}", flush=True)
+        print_log_cost(counters, trio.run(leader_counters, cluster.endpoints), completed)
     finally:
-        done = workers.stop()
+        done, claims = workers.stop()
     if not done:
         return Result(0, 0, 0, total)
+    print(
+        f"    claims: {claims[0]} answered, {claims[1] / max(1, claims[0]):.1f} jobs per claim, {claims[0] / len(done):.2f} claims per job;"
+        f" complete_batch: {claims[2]}, {claims[3] / max(1, claims[2]):.1f} jobs per batch",
+        flush=True,
+    )
     first_t0 = min(t0 for t0, _, _ in done)
     last = max(t for _, _, t in done)
     latencies = sorted(t - t0 for t0, _, t in done)
@@ -237,23 +287,27 @@ def trimaran_roundtrip(root: Path, cluster: TrimaranCluster, producers: int, tot
     return Result(len(done) / (last - first_t0), percentile_ms(latencies, 0.5), percentile_ms(latencies, 0.99), total - completed)
 
 
-def run_trimaran(producers_list: list[int], totals: dict[int, int], worker_procs: int, modes: set[str]) -> dict[tuple[str, int], Result]:
+def run_trimaran(
+    producers_list: list[int], totals: dict[int, int], worker_procs: int, modes: set[str], profile_dir: Path | None = None
+) -> dict[tuple[str, int], Result]:
     root = Path(tempfile.mkdtemp(prefix="trimaran-jobs-bench-"))
-    cluster = TrimaranCluster(root)
+    cluster = TrimaranCluster(root, profile_dir=profile_dir)
     out: dict[tuple[str, int], Result] = {}
     try:
         cluster.start()
         trio.run(wait_ready, cluster)
         for producers in producers_list:
             if "enqueue" in modes:
+                counters = trio.run(leader_counters, cluster.endpoints)
                 nodes_cpu, producer_cpu = cluster.cpu_s(), time.process_time()
                 out["enqueue", producers] = trio.run(produce, cluster.endpoints, f"enq{producers}", producers, totals[producers])[0]
+                print_log_cost(counters, trio.run(leader_counters, cluster.endpoints), totals[producers])
                 kjobs = totals[producers] / 1000
                 nodes_ms = sum(cluster.cpu_s().values()) - sum(nodes_cpu.values())
                 print(f"    cpu ms/job: nodes={nodes_ms / kjobs:.2f} producer={(time.process_time() - producer_cpu) / kjobs:.2f}", flush=True)
                 print(f"  trimaran enqueue   P={producers:<3} {fmt(out['enqueue', producers])}", flush=True)
             if "roundtrip" in modes:
-                out["roundtrip", producers] = trimaran_roundtrip(root, cluster, producers, totals[producers], worker_procs)
+                out["roundtrip", producers] = trimaran_roundtrip(root, cluster, producers, totals[producers], worker_procs, profile_dir)
                 print(f"  trimaran roundtrip P={producers:<3} {fmt(out['roundtrip', producers])}", flush=True)
     finally:
         cluster.stop()
@@ -422,6 +476,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--nats-sync", choices=("always", "default"), default="always")
     ap.add_argument("--worker-procs", type=int, default=2, help=f"processes hosting the {WORKERS} workers")
     ap.add_argument("--scale", default="1000,1000000", help="queued job counts of the scale part")
+    ap.add_argument("--profile", type=Path, default=None, help="cProfile the nodes and worker processes of the first repeat into DIR")
+    ap.add_argument("--profile-top", type=int, default=25, help="functions printed per profile")
     # (internal) one worker process of the round trip
     ap.add_argument("--worker-proc", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--endpoints", help=argparse.SUPPRESS)
@@ -448,7 +504,10 @@ def main(argv: list[str] | None = None) -> None:
             runs["nats"] = []
         for repeat in range(args.repeat):
             print(f"repeat {repeat + 1}/{args.repeat}", flush=True)
-            runs["trimaran"].append(run_trimaran(producers_list, totals, args.worker_procs, modes))
+            profile_dir = args.profile if repeat == 0 else None
+            if profile_dir is not None:
+                profile_dir.mkdir(parents=True, exist_ok=True)
+            runs["trimaran"].append(run_trimaran(producers_list, totals, args.worker_procs, modes, profile_dir))
             for name in list(runs)[1:]:
                 runs[name].append(run_peer(name, producers_list, totals, modes, args.nats_sync))
         systems = {
@@ -457,6 +516,8 @@ def main(argv: list[str] | None = None) -> None:
         }
         print(f"\nmedians of {args.repeat}; ops/s = acknowledged enqueues/s (enqueue) or completed jobs/s (roundtrip)")
         print_table(producers_list, [m for m in ("enqueue", "roundtrip") if m in modes], systems)
+        if args.profile is not None:
+            print_profile(args.profile, args.profile_top)
     if args.only in (None, "scale"):
         print("\nscale (the service alone, one queue):")
         print(f"{'queued':>10}  {'bytes/job':>10}  {'claim µs':>9}  {'complete µs':>11}")

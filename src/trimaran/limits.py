@@ -82,6 +82,8 @@ job_attempts_default = 20
 job_enqueue_batch_max = 1_000
 job_claim_queues_max = 32
 job_claim_jobs_max = 1_000
+#: Jobs one complete_batch reports (a worker's completions gathered into one command).
+job_complete_batch_max = 1_000
 #: A long-polling claim (``wait_ms``) waits at most this long on the node (which also cuts it to
 #: half its request timeout); parked claims per client connection and per node (past either, a
 #: claim is proposed at once). See trimaran.node.claim_waits.
@@ -241,6 +243,7 @@ assert 0 < chat_presence_ttl_ms_min <= chat_presence_ttl_ms_max
 assert job_payload_bytes_max < command_bytes_max and job_result_bytes_max < command_bytes_max
 assert job_claim_payload_bytes_max + 64 * KIB < frame_bytes_max, "a claim answer fits a frame"
 assert job_claim_jobs_max <= job_session_jobs_max <= msgpack_array_len_max
+assert job_complete_batch_max <= msgpack_array_len_max
 assert job_enqueue_batch_max <= job_queue_jobs_max
 assert 1 <= job_attempts_default <= job_attempts_max
 assert job_schedule_catch_up_slots_max <= job_enqueue_batch_max

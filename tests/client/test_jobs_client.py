@@ -14,9 +14,15 @@ import pytest
 import trio
 
 from tests.node.helpers import in_process_cluster
+import time
+from types import SimpleNamespace
+
+from trio.testing import wait_all_tasks_blocked
+
+from trimaran import limits
 from trimaran.client import Client, JobError, Jobs, JobsClient, NewJob, SyncJobsClient, Worker, connect_sync, current_job
-from trimaran.client.jobs import decode, encode
-from trimaran.errors import InvalidArgument, JobFailed, NotFound, StaleLease
+from trimaran.client.jobs import Claim, Completion, Heartbeat, Lease, WorkerSession, decode, encode
+from trimaran.errors import InvalidArgument, JobFailed, NotFound, StaleLease, TooLarge
 
 TIMEOUT_S = 20
 #: Short sessions, so heartbeats (every TTL/3) carry cancellations within a test's patience.
@@ -172,6 +178,105 @@ async def test_a_stale_token_is_refused(tmp_path: Path) -> None:
             outcome = await c.jobs.result(job_id)
             assert outcome is not None and outcome.value == "ok" and outcome.attempt == 1
             assert await c.jobs.close_session(session.session) == []
+
+
+async def test_jobs_finishing_together_are_completed_in_few_batches_each_fenced(tmp_path: Path) -> None:
+    with trio.fail_after(TIMEOUT_S):
+        async with cluster_client(tmp_path) as (c, _):
+            app = Jobs(client=c)
+            started, go = [], trio.Event()
+
+            @app.task("together")
+            async def wait_then_echo(n: int) -> int:
+                started.append(n)
+                await go.wait()
+                return n
+
+            ids = await c.jobs.enqueue_batch([NewJob("together", {"n": n}) for n in range(16)])
+            async with running(app.worker(concurrency=16, **FAST)) as worker:
+                while len(started) < 16:
+                    await trio.sleep(0.01)
+                go.set()  # all 16 finish at once: the first goes alone, the rest wait for it
+                outcomes = [await c.jobs.result(i, wait_ms=10_000) for i in ids]
+                assert [o.value for o in outcomes if o is not None] == list(range(16))
+                assert worker.completions is not None
+                assert worker.completions.jobs == 16 and worker.completions.batches <= 3
+            # A batch refuses a stale token alone; the client checks results before sending.
+            job_id = await c.jobs.enqueue("q", 1)
+            session = await c.jobs.open_session("w1", 10_000)
+            (lease,) = (await c.jobs.claim(session.session, ["q"], 1)).jobs
+            stale = Completion.of(job_id, lease.token - 1, "late")
+            assert await c.jobs.complete_batch([stale, Completion.of(job_id, lease.token, "ok")]) == ["stale_lease", "completed"]
+            assert (await c.jobs.result(job_id)).value == "ok"  # type: ignore[union-attr]
+            with pytest.raises(InvalidArgument, match="msgpack"):
+                Completion.of(job_id, lease.token, object())
+            with pytest.raises(TooLarge):
+                Completion.of(job_id, lease.token, b"x" * limits.job_result_bytes_max)
+            assert await c.jobs.complete_batch([]) == []
+
+
+class HeldCompletions:
+    """A jobs client whose ``complete_batch`` answers only when the test lets it, and whose claims
+    hand out ``ids`` one lease at a time (then wait, like a long poll)."""
+
+    def __init__(self, ids: list[str]) -> None:
+        self.ids = ids
+        self.claims: list[int] = []
+        self.completed: list[str] = []
+        self.answer = trio.Event()
+
+    async def open_session(self, worker: str, ttl_ms: int, **_: Any) -> WorkerSession:
+        return WorkerSession("s1-0", 0)
+
+    async def claim(self, session: str, queues: list[str], n: int, **_: Any) -> Claim:
+        self.claims.append(n)
+        if not self.ids:
+            await trio.sleep_forever()
+        lease_until_ms = int(time.time() * 1000) + 60_000
+        return Claim([Lease(self.ids.pop(0), "q", None, 1, 1, lease_until_ms, 0, "", None)], [])
+
+    async def complete_batch(self, completions: list[Completion], *, timeout_ms: int) -> list[str]:
+        with trio.fail_after(timeout_ms / 1000):  # (the worker's reports are shielded: bounded, as on the wire)
+            await self.answer.wait()
+        self.completed += [c.job for c in completions]
+        return ["completed"] * len(completions)
+
+    async def heartbeat(self, *_: Any, **__: Any) -> Heartbeat:
+        return Heartbeat(0, [], [])
+
+    async def close_session(self, session: str, **_: Any) -> list[str]:
+        return []
+
+
+async def test_a_finished_job_frees_its_slot_while_its_completion_is_in_flight() -> None:
+    fake = HeldCompletions(["1-0", "1-1", "1-2"])
+    app = Jobs(client=SimpleNamespace(jobs=fake))  # type: ignore[arg-type]
+
+    @app.task("q")
+    async def done() -> None: ...
+
+    with trio.fail_after(TIMEOUT_S):
+        async with running(app.worker(concurrency=1, **FAST)) as worker:
+            await wait_all_tasks_blocked()
+            # 1-0 ran and its completion hangs: its slot took 1-1, which ran too and, with one
+            # outcome already in flight (the bound is the concurrency), waits in its slot.
+            assert fake.claims == [1, 1] and fake.completed == [] and list(worker.running) == ["1-1"]
+            fake.answer.set()
+            await wait_all_tasks_blocked()
+            assert fake.completed == ["1-0", "1-1", "1-2"] and fake.claims == [1, 1, 1, 1] and not worker.running
+
+
+async def test_a_worker_keeps_two_claims_in_flight_each_for_its_share_of_the_slots() -> None:
+    fake = HeldCompletions([])  # nothing to hand out: every claim waits, as a long poll does
+    app = Jobs(client=SimpleNamespace(jobs=fake))  # type: ignore[arg-type]
+
+    @app.task("q")
+    async def done() -> None: ...
+
+    with trio.fail_after(TIMEOUT_S):
+        async with running(app.worker(concurrency=5, **FAST)):
+            await wait_all_tasks_blocked()
+            assert fake.claims == [3, 2]  # both wait at once; together never more than the concurrency
 
 
 async def test_a_graceful_stop_gives_in_flight_jobs_back(tmp_path: Path) -> None:

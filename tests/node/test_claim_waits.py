@@ -6,14 +6,17 @@ wakes only as many waiters as there are jobs, and is bounded per connection."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import pytest
 import trio
 
 from trimaran import limits
 from trimaran.client import Client
+from trimaran.node.claim_waits import ClaimWaits
 from trimaran.node.node import Node
+from trimaran.protocols.service import ApplyContext
+from trimaran.services.jobs import JobsService
 
 from tests.node.helpers import in_process_cluster
 
@@ -116,3 +119,57 @@ async def test_waiters_are_bounded_per_connection(node: Node, monkeypatch: pytes
                 start = trio.current_time()
                 assert (await c.jobs.claim(session, ["q"], wait_ms=5_000)).jobs == []  # over the bound: at once
                 assert trio.current_time() - start < 2.5 and waits(node) == 2  # (its wait was 5 s)
+
+
+class Answers:
+    """A connection's side of the edge: the answers it got."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[int, bool, Any]] = []
+
+    def on_reply(self, seq: int, ok: bool, value: Any) -> None:
+        self.got.append((seq, ok, value))
+
+
+class Edge:
+    """What ClaimWaits needs of a driver and its replica, around a real JobsService."""
+
+    def __init__(self) -> None:
+        self.jobs = JobsService()
+        self.services = {"jobs": self.jobs}
+        self.is_leader = True
+        self.applied_index = 0
+        self.replica = self
+        self.after_round_hooks: list[Any] = []
+        self.proposed: list[tuple[Any, int]] = []
+
+    def submit_client_nowait(self, op: str, body: dict[str, Any], token: tuple[Any, int], size_bytes: int) -> None:
+        self.proposed.append(token)
+
+    def apply(self, command: list[Any]) -> Any:
+        self.applied_index += 1
+        return self.jobs.apply(command, ApplyContext(self.applied_index, 1_000))
+
+
+async def test_a_job_promised_to_a_woken_claim_wakes_no_second_waiter_until_that_claim_is_answered() -> None:
+    edge = Edge()
+    waits = ClaimWaits(edge, lambda: 1_000, request_timeout_ms=10_000)  # type: ignore[arg-type]
+    session = edge.apply(["session_open", "w", 60_000])["session"]
+    conns = [Answers(), Answers()]
+    for seq, conn in enumerate(conns):
+        body = {"service": "jobs", "command": ["claim", session, ["q"], 1, {"wait_ms": 4_000}]}
+        assert waits.park(conn, seq, "command", body, 100)  # type: ignore[arg-type]
+    edge.apply(["enqueue", "q", b"job"])
+    waits.after_round()
+    assert len(edge.proposed) == 1 and len(waits) == 1  # one job: one waiter
+    edge.apply(["heartbeat", session])  # an entry applied before the woken claim's
+    waits.after_round()
+    assert len(edge.proposed) == 1 and len(waits) == 1, "the job is promised: the other waiter waits"
+    body = {"service": "jobs", "command": ["claim", session, ["q"], 1, {"wait_ms": 4_000}]}
+    assert waits.park(Answers(), 9, "command", body, 100)  # type: ignore[arg-type]  # a new claim parks too
+    target, seq = edge.proposed[0]
+    target.on_reply(seq, True, "leased")  # the woken claim is answered (here without taking the job)
+    assert conns[0].got == [(0, True, "leased")]
+    edge.apply(["heartbeat", session])
+    waits.after_round()
+    assert len(edge.proposed) == 2, "no longer promised: the job wakes the next waiter"

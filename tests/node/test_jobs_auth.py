@@ -14,6 +14,7 @@ import trio
 import trimaran
 from trimaran import errors
 from trimaran.client.client import Client
+from trimaran.client.jobs import Completion
 from trimaran.node.node import Node
 
 from tests.node.helpers import in_process_cluster
@@ -70,6 +71,8 @@ async def test_each_action_is_scoped_to_its_queue(node: Node, key: Signer) -> No
         assert {lease.id for lease in claim.jobs} >= {email}
         lease = next(lease for lease in claim.jobs if lease.id == email)
         await denied(node, worker.jobs.complete(sms, 1), "jobs:work:sms")  # another queue's job
+        both = [Completion.of(email, lease.token, "sent"), Completion.of(sms, 1)]
+        await denied(node, worker.jobs.complete_batch(both), "jobs:work:sms")  # refused whole: email still runs
         await denied(node, worker.jobs.result(sms), "jobs:read:sms")
         await denied(node, worker.jobs.schedules(), "jobs:read:*")
         await denied(node, worker.jobs.cancel(email), "jobs:manage:emails")
@@ -79,6 +82,7 @@ async def test_each_action_is_scoped_to_its_queue(node: Node, key: Signer) -> No
         # Unknown ids need the action on some queue: the service answers, telling nothing more.
         with pytest.raises(errors.StaleLease):
             await worker.jobs.complete("1-999", 5)
+        assert await worker.jobs.complete_batch([Completion.of("1-999", 5), Completion.of(email, lease.token)]) == ["stale_lease"] * 2
         assert await worker.jobs.job("2-999") is None
     async with connect(node, key, "jobs:manage:emails") as manager:
         assert await manager.jobs.pause("emails") is True  # (the client's first command registers it)

@@ -29,7 +29,7 @@ from typing import Any, Callable, Protocol
 import trio
 
 from trimaran import limits
-from trimaran.errors import InvalidArgument, ProtocolError, TrimaranError
+from trimaran.errors import InvalidArgument, ProtocolError, StaleLease, TooLarge, TrimaranError
 from trimaran.protocols.codec import pack, unpack
 
 SERVICE = "jobs"
@@ -149,6 +149,27 @@ class Claim:
     jobs: list[Lease]
     #: Jobs of this session whose cancellation was asked: stop them and ``ack_cancel``.
     cancel: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """One job for :meth:`JobsClient.complete_batch`, its result already packed: make it with
+    :meth:`of`, which refuses a result msgpack cannot carry (``InvalidArgument``) or one over
+    ``job_result_bytes_max`` (``TooLarge``), so one bad result never refuses a whole batch."""
+
+    job: str
+    token: int
+    result: bytes
+
+    @classmethod
+    def of(cls, job: str, token: int, result: Any = None) -> Completion:
+        data = encode(result, "result")
+        if len(data) > limits.job_result_bytes_max:
+            raise TooLarge(f"a result of {len(data)} bytes is over job_result_bytes_max={limits.job_result_bytes_max}")
+        return cls(job, token, data)
+
+    def wire(self) -> list[Any]:
+        return [self.job, self.token, {"result": self.result}]
 
 
 @dataclass(frozen=True, slots=True)
@@ -481,6 +502,20 @@ class JobsClient:
         """The job completed with ``result``; ``StaleLease`` if ``token`` is not its current lease."""
         return str(await self._command(["complete", job, token, {"result": encode(result, "result")}], timeout_ms))
 
+    async def complete_batch(self, completions: Sequence[Completion], *, timeout_ms: int | None = None) -> list[str]:
+        """Several jobs completed, in one command (one log entry, one round trip): for each, in
+        order, "completed" or "stale_lease" (its token is not its current lease: refused alone,
+        nothing changed for it). At most ``job_complete_batch_max`` jobs; keep the results' sum
+        well under ``command_bytes_max`` (the request must fit a frame)."""
+        if not completions:
+            return []
+        if len(completions) > limits.job_complete_batch_max:
+            raise InvalidArgument(f"a batch holds at most job_complete_batch_max={limits.job_complete_batch_max} jobs")
+        answer = await self._command(["complete_batch", [c.wire() for c in completions]], timeout_ms)
+        if type(answer) is not list or len(answer) != len(completions) or any(a not in ("completed", StaleLease.code) for a in answer):
+            raise ProtocolError(f"the jobs service answered complete_batch with {answer!r:.80}")
+        return [str(a) for a in answer]
+
     async def fail(self, job: str, token: int, error: str = "", *, retry: bool = True, timeout_ms: int | None = None) -> str:
         """The attempt failed: retried after the backoff, or dead (no attempts left, or ``retry=False``).
         The job's state after."""
@@ -628,6 +663,11 @@ class SyncJobsClient:
         answer: str = self._call(self._inner.complete, job, token, result, **options)
         return answer
 
+    def complete_batch(self, completions: Sequence[Completion], **options: Any) -> list[str]:
+        """Blocking :meth:`JobsClient.complete_batch`."""
+        answer: list[str] = self._call(self._inner.complete_batch, completions, **options)
+        return answer
+
     def fail(self, job: str, token: int, error: str = "", **options: Any) -> str:
         """Blocking :meth:`JobsClient.fail`."""
         answer: str = self._call(self._inner.fail, job, token, error, **options)
@@ -645,6 +685,6 @@ class SyncJobsClient:
 
 
 __all__ = [
-    "Claim", "Heartbeat", "JobInfo", "JobPage", "JobResult", "JobsClient", "Lease", "NewJob", "QueueStats",
+    "Claim", "Completion", "Heartbeat", "JobInfo", "JobPage", "JobResult", "JobsClient", "Lease", "NewJob", "QueueStats",
     "ReadyInfo", "ScheduleInfo", "SyncJobsClient", "WorkerSession", "decode", "encode",
 ]  # fmt: skip

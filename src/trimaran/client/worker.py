@@ -20,7 +20,9 @@ The worker (:class:`Worker`, run by :meth:`Jobs.run_worker` and ``trimaran worke
 - opens **one worker session** and keeps it alive with **one heartbeat task** (every TTL/3) that
   also carries each running job's progress (:func:`current_job`) and learns which jobs were
   cancelled or lost; a lost session (``WorkerSessionLost``) stops its jobs and opens a new one;
-- **claims in batches** up to its concurrency limit, **long-polling**: each claim carries
+- **claims in batches** up to its concurrency limit (jobs whose task runs: a job whose task ended
+  frees its slot while its outcome is reported, up to ``concurrency`` such jobs), with two claims
+  in flight (``CLAIMS_IN_FLIGHT``) each for up to half the slots, **long-polling**: each claim carries
   ``wait_ms`` (``claim_wait_ms``), so with nothing to take the leader holds it, without a log
   entry or a busy wait, until a job of its queues becomes claimable (an enqueue, a retry, a
   delayed job's run time, a slot freed under a concurrency limit), and answers at once then
@@ -29,6 +31,11 @@ The worker (:class:`Worker`, run by :meth:`Jobs.run_worker` and ``trimaran worke
 - runs **each job in its own cancel scope** bounded by its lease (``lease_until_ms``, by this
   host's clock); ``complete``/``fail`` carry the job's fencing token, so a late outcome from a
   lapsed lease is refused (``StaleLease``) and dropped;
+- **reports completions together**: one ``complete_batch`` command in flight at a time carries
+  every job that finished meanwhile (group commit: a lone job goes at once, alone; under load a
+  worker's completions share one request and one log entry), each job still fenced by its own
+  token (claiming the freed slots in that same command was tried, and measured slower than the
+  separate long-polling claims below);
 - records a task's exception as ``"Type: message"``; an exception with ``retry = False`` (such
   as :class:`JobError` ``(..., retry=False)``) sends the job straight to the dead-letter list; a
   timeout is a failed attempt;
@@ -73,7 +80,7 @@ from trimaran.errors import (
 )
 
 from .client import Client, Endpoints
-from .jobs import JobInfo, JobsClient, Lease, NewJob, encode
+from .jobs import Completion, JobInfo, JobsClient, Lease, NewJob, encode
 
 log = logging.getLogger("trimaran.worker")
 
@@ -84,6 +91,9 @@ POLL_MS_MIN_DEFAULT = 20
 POLL_MS_MAX_DEFAULT = 500
 #: How long each claim may wait on the leader for a job (the node cuts it to half its request timeout).
 CLAIM_WAIT_MS_DEFAULT = 4_000
+#: Claims a worker keeps in flight, each for up to its share of the concurrency: while one waits for
+#: its entry, the other's jobs run (with one, a worker takes at most its concurrency per commit).
+CLAIMS_IN_FLIGHT = 2
 #: Deadline of each outcome report (complete, fail, release...) and of the final session close.
 REPORT_TIMEOUT_MS = 5_000
 #: A job is stopped this much (at most a tenth of its lease) before its lease ends.
@@ -270,6 +280,73 @@ class Jobs:
             await self.worker(**options).run(task_status=task_status)
 
 
+@dataclass(slots=True, eq=False)
+class _Pending:
+    completion: Completion
+    #: "completed", "stale_lease", or the error that refused its batch; None: not sent yet.
+    outcome: str | TrimaranError | None = None
+
+
+class _Completions:
+    """Group commit of one worker's completions: at most one ``complete_batch`` in flight; a job
+    that finishes meanwhile waits for it and goes in the next one, with every other job that
+    finished by then (up to ``job_complete_batch_max`` jobs and ``job_result_bytes_max`` of results)."""
+
+    def __init__(self, jobs: JobsClient) -> None:
+        self._jobs = jobs
+        self._pending: list[_Pending] = []
+        #: Set when the batch in flight is answered (None: none in flight).
+        self._in_flight: trio.Event | None = None
+        #: Counters: batches sent, jobs in them.
+        self.batches = 0
+        self.jobs = 0
+
+    async def complete(self, completion: Completion) -> str:
+        """"completed" or "stale_lease" for this job; raises what refused its batch."""
+        mine = _Pending(completion)
+        self._pending.append(mine)
+        while mine.outcome is None:
+            if self._in_flight is not None:
+                await self._in_flight.wait()  # (every waiter wakes at once; one sends the next batch)
+                continue
+            self._in_flight = done = trio.Event()
+            try:
+                await self._send(self._take())
+            finally:
+                self._in_flight = None
+                done.set()
+        if isinstance(mine.outcome, TrimaranError):
+            raise mine.outcome
+        return mine.outcome
+
+    def _take(self) -> list[_Pending]:
+        count, size_bytes = 0, 0
+        for p in self._pending:
+            size_bytes += len(p.completion.result)
+            if count and (count >= limits.job_complete_batch_max or size_bytes > limits.job_result_bytes_max):
+                break
+            count += 1
+        batch, self._pending = self._pending[:count], self._pending[count:]
+        return batch
+
+    async def _send(self, batch: list[_Pending]) -> None:
+        try:
+            try:
+                outcomes = await self._jobs.complete_batch([p.completion for p in batch], timeout_ms=REPORT_TIMEOUT_MS)
+            except TrimaranError as exc:
+                for p in batch:
+                    p.outcome = exc
+            else:
+                for p, outcome in zip(batch, outcomes):
+                    p.outcome = outcome
+                self.batches += 1
+                self.jobs += len(batch)
+        finally:
+            for p in batch:  # (cancelled: nobody learns more than that the report failed)
+                if p.outcome is None:
+                    p.outcome = RequestTimeout("the complete_batch carrying this job was cancelled")
+
+
 @dataclass
 class _Running:
     lease: Lease
@@ -316,9 +393,11 @@ class Worker:
         self.grace_ms = grace_ms
         self.poll_ms = (poll_ms_min, poll_ms_max)
         self.claim_wait_ms = claim_wait_ms
-        #: The waiting claim's scope: stop() cancels it (a claim proposed anyway leases jobs to a
+        #: The waiting claims' scopes: stop() cancels them (a claim proposed anyway leases jobs to a
         #: session that is about to close, which gives them back unrun).
-        self._claim_scope = trio.CancelScope()
+        self._claim_scopes: set[trio.CancelScope] = set()
+        #: Jobs asked for by the claims in flight (their slots are spoken for).
+        self._asked = 0
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         #: The current worker session's id (None before it opens and after it closes).
         self.session: str | None = None
@@ -326,12 +405,17 @@ class Worker:
         self._stopping = trio.Event()
         self._changed = trio.Event()  # a slot freed, or stop asked: the claim loop looks again
         self._session_lock = trio.Lock()
+        #: Jobs whose task ended and whose outcome is being reported (their slots are free).
+        self._reporting = 0
+        #: The group commit of completions (made when the worker runs: the app's client is open then).
+        self.completions: _Completions | None = None
 
     def stop(self) -> None:
         """Stop claiming; running jobs get ``grace_ms`` to finish, the rest are given back."""
         self._stopping.set()
-        self._changed.set()
-        self._claim_scope.cancel()
+        self._poke()
+        for scope in self._claim_scopes:
+            scope.cancel()
 
     @property
     def stopping(self) -> bool:
@@ -339,13 +423,16 @@ class Worker:
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         jobs = self.app.jobs
+        self.completions = _Completions(jobs)
         await self._open_session(None)
         task_status.started()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._heartbeats)
                 async with trio.open_nursery() as job_nursery:
-                    await self._claim_loop(job_nursery)
+                    async with trio.open_nursery() as claimers:
+                        for _ in range(CLAIMS_IN_FLIGHT):
+                            claimers.start_soon(self._claim_loop, job_nursery)
                     with trio.move_on_after(self.grace_ms / 1000):
                         while self.running:
                             await self._wait_changed()
@@ -366,11 +453,11 @@ class Worker:
                         log.warning("closing worker session %s failed (%s: %s); its jobs come back when it lapses", session, exc.code, exc.message)
 
     async def _wait_changed(self) -> None:
-        await self._changed.wait()
-        self._changed = trio.Event()
+        await self._changed.wait()  # (nothing runs between a caller's look and this wait)
 
     def _poke(self) -> None:
         self._changed.set()
+        self._changed = trio.Event()
 
     async def _open_session(self, lost: str | None) -> str:
         async with self._session_lock:
@@ -389,22 +476,29 @@ class Worker:
     async def _claim_loop(self, nursery: trio.Nursery) -> None:
         pause_ms = self.poll_ms[0]
         while not self.stopping:
-            free = self.concurrency - len(self.running)
+            free = self.concurrency - len(self.running) - self._asked
             if free <= 0:
                 await self._wait_changed()
                 continue
+            n = min(free, -(-self.concurrency // CLAIMS_IN_FLIGHT))  # (so the other claim gets slots too)
             started_s = trio.current_time()
             claimed = -1  # no answer
+            self._asked += n
             try:
-                with trio.CancelScope() as self._claim_scope:
+                with trio.CancelScope() as scope:
+                    self._claim_scopes.add(scope)
                     if self.stopping:
                         break
-                    claimed = await self._claim(nursery, free)
+                    claimed = await self._claim(nursery, n)
             except WorkerSessionLost:
                 await self._reopen()
                 continue
             except (RequestTimeout, Unavailable, NotLeader) as exc:  # the cluster, for a moment
                 log.warning("worker %s: %s: %s; trying again", self.name, exc.code, exc.message)
+            finally:
+                self._asked -= n  # (the jobs it got are in self.running by now)
+                self._claim_scopes.discard(scope)
+                self._poke()
             waited_s = trio.current_time() - started_s
             if claimed > 0 or (claimed == 0 and self.claim_wait_ms and waited_s * 1000 >= self.claim_wait_ms / 2):
                 pause_ms = self.poll_ms[0]
@@ -492,11 +586,24 @@ class Worker:
                         outcome = ("fail", f"{type(exc).__name__}: {exc}", getattr(exc, "retry", True) is not False)
                 if timer.cancelled_caught:
                     outcome = ("fail", f"TimeoutError: the job ran past its lease ({timeout_s * 1000:.0f} ms)", True)
-            await self._report(running, outcome)
+            if running.reason is None and self._reporting < self.concurrency:
+                # The task is done: its slot takes a new job while the outcome goes out (at most
+                # ``concurrency`` outcomes in flight, so at most twice that many jobs leased).
+                self._free(running)
+                self._reporting += 1
+                try:
+                    await self._report(running, outcome)
+                finally:
+                    self._reporting -= 1
+            else:
+                await self._report(running, outcome)
         finally:
-            if self.running.get(lease.id) is running:  # (a new lease of the same job may have replaced it)
-                del self.running[lease.id]
-            self._poke()
+            self._free(running)
+
+    def _free(self, running: _Running) -> None:
+        if self.running.get(running.lease.id) is running:  # (a new lease of the same job may have replaced it)
+            del self.running[running.lease.id]
+        self._poke()
 
     async def _call(self, task: Task, payload: Any) -> Any:
         if isinstance(payload, dict):
@@ -527,9 +634,13 @@ class Worker:
                     return
                 elif outcome[0] == "complete":
                     try:
-                        await jobs.complete(lease.id, lease.token, outcome[1], timeout_ms=REPORT_TIMEOUT_MS)
+                        completion = Completion.of(lease.id, lease.token, outcome[1])
                     except InvalidArgument as exc:  # the result cannot be stored: no retry helps
                         await jobs.fail(lease.id, lease.token, f"InvalidArgument: {exc.message}", retry=False, timeout_ms=REPORT_TIMEOUT_MS)
+                        return
+                    assert self.completions is not None
+                    if await self.completions.complete(completion) == StaleLease.code:
+                        raise StaleLease(f"token {lease.token} is not the current lease of job {lease.id}")
                 else:
                     state = await jobs.fail(lease.id, lease.token, outcome[1], retry=outcome[2], timeout_ms=REPORT_TIMEOUT_MS)
                     log.info("job %s attempt %d failed (%s): now %s", lease.id, lease.attempt, outcome[1], state)

@@ -55,7 +55,8 @@ other service                   and names no service has)
 A kv, chat or jobs command or query that does not parse cannot be authorised: it is answered with
 the service's own ``invalid_argument``/``too_large`` at the edge, and never reaches the log.
 
-Jobs. Most job commands name a job (``complete``, ``cancel``, the ``result`` query), a worker
+Jobs. Most job commands name a job (``complete``, ``cancel``, the ``result`` query; each job of a
+``complete_batch``, which needs ``jobs:work`` on every queue they belong to), a worker
 session (``heartbeat``, ``session_close``) or a schedule (``unschedule``), not a queue: the
 authoriser asks the local replica's jobs service which queue that is (``queue_of_job``,
 ``session_queues``, ``queue_of_schedule``: dict lookups). A job's queue never changes, and a
@@ -224,6 +225,8 @@ def _jobs_requirements(op: str, body: dict[str, Any], state: _JobsState) -> tupl
             return _queues("work", cmd.queues)
         if isinstance(cmd, (jobs_args.CompleteCmd, jobs_args.FailCmd, jobs_args.ReleaseCmd, jobs_args.AckCancelCmd)):
             return (state.job("work", cmd.job),)
+        if isinstance(cmd, jobs_args.CompleteBatchCmd):
+            return tuple(dict.fromkeys(state.job("work", item.job) for item in cmd.items))
         if isinstance(cmd, jobs_args.HeartbeatCmd):
             return state.session("work", cmd.session) + tuple(state.job("work", beat.job) for beat in cmd.jobs)
         if isinstance(cmd, jobs_args.SessionCloseCmd):

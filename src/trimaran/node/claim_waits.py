@@ -17,7 +17,10 @@ arrived: same client session and sequence number) when
 No task and no timer per waiter: one pass over the waiters per round that applied something (or
 reached the earliest due time), one ``ready`` lookup per distinct queue list. Several waiters on the
 same queues are woken only as many as the ready jobs can serve (each takes up to its ``n``), so one
-new job does not wake every idle worker. Bounds: ``limits.job_claim_waiters_connection_max`` per
+new job does not wake every idle worker; and a woken claim keeps the jobs it was woken for
+promised until its answer (or, at most, the node's request timeout), so an entry applied before
+it (a completion, a heartbeat) does not wake another waiter for the same job, whose claim would
+then find nothing and cost an entry for it. Bounds: ``limits.job_claim_waiters_connection_max`` per
 connection and ``limits.job_claim_waiters_node_max`` per node; past either, and for a claim that
 is malformed (the service refuses it when applied), the claim is proposed at once. A wait is cut
 to ``job_claim_wait_ms_max`` and to half the node's request timeout, so it is answered before the
@@ -36,6 +39,27 @@ from trimaran.errors import TrimaranError
 from trimaran.node.driver import Driver, ReplyTarget
 from trimaran.services.jobs import args as jobs_args
 from trimaran.services.jobs.service import JobsService
+
+
+@dataclass(slots=True, eq=False)
+class _Woken:
+    """A woken claim on its way through the log: the driver answers it here (its reply target),
+    which ends its promise and hands the answer to its connection."""
+
+    waits: ClaimWaits
+    target: ReplyTarget
+    queues: tuple[str, ...]
+    n: int
+    until_s: float
+
+    def on_reply(self, seq: int, ok: bool, value: Any) -> None:
+        self.waits._promises.pop(self, None)
+        self.target.on_reply(seq, ok, value)
+
+    def flush_replies(self) -> None:
+        flush = getattr(self.target, "flush_replies", None)
+        if flush is not None:
+            flush()
 
 
 @dataclass(slots=True, eq=False)
@@ -59,6 +83,9 @@ class ClaimWaits:
         self._jobs = service if isinstance(service, JobsService) else None
         self._wall_clock_ms = wall_clock_ms
         self._wait_ms_max = min(limits.job_claim_wait_ms_max, request_timeout_ms // 2)
+        self._request_timeout_s = request_timeout_ms / 1000
+        #: Woken claims not answered yet (a dict: ordered, O(1) removal), each promised its ``n`` jobs.
+        self._promises: dict[_Woken, None] = {}
         #: Parked claims in arrival order (a dict: ordered, O(1) removal).
         self._waiters: dict[_Waiter, None] = {}
         self._per_target: dict[int, int] = {}
@@ -94,10 +121,11 @@ class ClaimWaits:
             self.refused_full += 1
             return False
         now_ms = self._wall_clock_ms()
+        now_s = trio.current_time()
         ready, next_ms = self._jobs.ready_in(cmd.queues, now_ms)
+        ready -= sum(w.n for w in self._promises if w.queues == cmd.queues and now_s < w.until_s)
         if ready > 0 or (next_ms is not None and next_ms <= now_ms):
             return False
-        now_s = trio.current_time()
         waiter = _Waiter(target, seq, body, size_bytes, cmd.queues, cmd.n, now_s + min(cmd.wait_ms, self._wait_ms_max) / 1000)
         self._waiters[waiter] = None
         self._per_target[id(target)] = self._per_target.get(id(target), 0) + 1
@@ -126,6 +154,12 @@ class ClaimWaits:
         now_ms = self._wall_clock_ms()
         #: queue list -> [ready jobs not yet promised to a woken waiter, next_ms]
         looked: dict[tuple[str, ...], list[Any]] = {}
+        promised: dict[tuple[str, ...], int] = {}
+        for woken_claim in list(self._promises):
+            if now_s >= woken_claim.until_s or not leader:
+                del self._promises[woken_claim]  # (never answered in time: promise no longer)
+            else:
+                promised[woken_claim.queues] = promised.get(woken_claim.queues, 0) + woken_claim.n
         due_s = float("inf")
         woken: list[_Waiter] = []
         for waiter in self._waiters:
@@ -135,7 +169,8 @@ class ClaimWaits:
                 continue
             seen = looked.get(waiter.queues)
             if seen is None:
-                seen = looked[waiter.queues] = list(self._jobs.ready_in(waiter.queues, now_ms))
+                ready, next_ms = self._jobs.ready_in(waiter.queues, now_ms)
+                seen = looked[waiter.queues] = [ready - promised.get(waiter.queues, 0), next_ms]
             ready, next_ms = seen
             if ready > 0 or (next_ms is not None and next_ms <= now_ms):
                 seen[0] = ready - waiter.n
@@ -152,7 +187,11 @@ class ClaimWaits:
                 self._per_target[key] = left
             else:
                 del self._per_target[key]
-            self._driver.submit_client_nowait("command", waiter.body, (waiter.target, waiter.seq), waiter.size_bytes)
+            target: ReplyTarget = waiter.target
+            if leader and now_s < waiter.deadline_s:  # woken for jobs: they are promised to it
+                target = woken_claim = _Woken(self, waiter.target, waiter.queues, waiter.n, now_s + self._request_timeout_s)
+                self._promises[woken_claim] = None
+            self._driver.submit_client_nowait("command", waiter.body, (target, waiter.seq), waiter.size_bytes)
 
 
 def _due_s(next_ms: int | None, now_ms: int, now_s: float) -> float:

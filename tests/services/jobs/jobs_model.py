@@ -410,6 +410,15 @@ class ModelJobs:
         self.end(job, "completed")
         return "completed"
 
+    def do_complete_batch(self, items: list[list[Any]]) -> list[str]:
+        out = []
+        for item in items:
+            try:
+                out.append(self.do_complete(*item))
+            except Fail:
+                out.append("stale_lease")
+        return out
+
     def do_fail(self, jid: str, token: int, opts: dict[str, Any] | None = None) -> str:
         job = self.lease(jid, token)
         opts = opts or {}

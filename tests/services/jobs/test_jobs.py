@@ -150,6 +150,32 @@ def test_a_stale_token_is_refused_and_changes_nothing(log: Log) -> None:
         log.do(["complete", job, second["token"]])  # ended: no lease is current
 
 
+def test_complete_batch_fences_each_job_alone_like_completes_in_order(log: Log) -> None:
+    jobs = [log.enqueue(timeout_ms=100) for _ in range(3)]
+    s1 = log.session(ttl_ms=60_000)
+    a, b, c = log.claim(s1, n=3)
+    log.tick(100)  # every lease lapses in log time; b and c are claimed again
+    s2 = log.session(ttl_ms=60_000)
+    b2, c2 = log.claim(s2, n=2)
+    assert (b2["id"], c2["id"]) == (jobs[0], jobs[1]) and b2["token"] > b["token"]
+    (a2,) = log.claim(s2)
+    batch = [
+        [b2["id"], b2["token"], {"result": b"one"}],
+        [c2["id"], c["token"]],  # the lapsed lease's token: refused alone
+        [a2["id"], a2["token"], {"result": b"three"}],
+        [b2["id"], b2["token"]],  # the same job again, ended by the first item: no lease is current
+        ["9-9", 3],  # a job nobody holds
+    ]
+    twin = Log()
+    twin.svc.restore(log.svc.snapshot())
+    twin.index, twin.now_ms = log.index, log.now_ms
+    assert log.do(["complete_batch", batch]) == ["completed", "stale_lease", "completed", "stale_lease", "stale_lease"]
+    singles = twin.entry(*(["complete", *item] for item in batch))  # the same jobs one by one, in one entry
+    assert [x if isinstance(x, str) else x.code for x in singles] == ["completed", "stale_lease", "completed", "stale_lease", "stale_lease"]
+    assert digest(log.svc) == digest(twin.svc)
+    assert log.ask(["result", b2["id"]])["result"] == b"one" and log.state(c2["id"]) == "running"
+
+
 def test_unknown_job_token_is_stale(log: Log) -> None:
     with pytest.raises(StaleLease):
         log.do(["complete", "9-9", 3])
@@ -655,6 +681,11 @@ def test_a_slot_of_a_full_queue_is_skipped_and_counted() -> None:
         ["claim", "s1-0", ["q"], 0],
         ["session_open", "w", 0],
         ["complete", "1-0", 0],
+        ["complete_batch", []],
+        ["complete_batch", [["1-0"]]],
+        ["complete_batch", [["1-0", 1, {"result": "text"}]]],
+        ["complete_batch", [["1-0", 1], ["1-1", 0]]],
+        ["complete_batch", "1-0"],
         ["schedule", "s", "q", b"", {}],
         ["schedule", "s", "q", b"", {"every_ms": 5, "cron": "* * * * *"}],
         ["schedule", "s", "q", b"", {"every_ms": 5, "job": {"delay_ms": 5}}],
@@ -675,6 +706,10 @@ def test_size_limits_are_too_large(log: Log) -> None:
         log.do(["enqueue", "q" * (limits.job_name_chars_max + 1), b""])
     with pytest.raises(TooLarge):
         log.do(["enqueue_batch", [["q", b""]] * (limits.job_enqueue_batch_max + 1)])
+    with pytest.raises(TooLarge):
+        log.do(["complete_batch", [["1-0", 1]] * (limits.job_complete_batch_max + 1)])
+    with pytest.raises(TooLarge):
+        log.do(["complete_batch", [["1-0", 1, {"result": b"x" * (limits.job_result_bytes_max + 1)}]]])
 
 
 def test_config_is_checked() -> None:

@@ -16,7 +16,7 @@ from trimaran.services.jobs.args import ENQUEUE_OPTIONS, QUEUE_SETTINGS, SCHEDUL
 from trimaran.services.jobs.backoff import retry_delay_ms
 
 OPS = [
-    "enqueue", "enqueue_batch", "claim", "session_open", "heartbeat", "session_close", "complete", "fail",
+    "enqueue", "enqueue_batch", "claim", "session_open", "heartbeat", "session_close", "complete", "complete_batch", "fail",
     "release", "ack_cancel", "cancel", "dlq_requeue", "dlq_purge", "pause", "resume", "queue_config",
     "schedule", "unschedule", "job", "result", "stats", "ready", "dlq", "list", "schedules", "session",
 ]  # fmt: skip

@@ -62,7 +62,7 @@ def commands(draw: st.DrawFn, model: ModelJobs, sessions: list[str], tokens: lis
     running = [j for j in model.jobs.values() if j["state"] == "running"]
     ops = ["enqueue"] * 4 + ["enqueue_batch", "session_open", "claim", "claim", "claim", "heartbeat", "cancel", "pause", "queue_config", "dlq"]
     if running:
-        ops += ["complete", "complete", "fail", "fail", "release", "ack_cancel", "stale"]
+        ops += ["complete", "complete", "complete_batch", "fail", "fail", "release", "ack_cancel", "stale"]
     if model.sessions:
         ops += ["claim", "claim", "session_close"]
     else:
@@ -106,6 +106,9 @@ def commands(draw: st.DrawFn, model: ModelJobs, sessions: list[str], tokens: lis
         elif op == "fail":
             args.append({"error": "e", "retry": draw(st.sampled_from([None, True, False]))})
         return args
+    if op == "complete_batch":  # current leases, stale tokens and repeats, in any order
+        picks = draw(st.lists(st.sampled_from([(j["id"], j["token"]) for j in running] + tokens), min_size=1, max_size=4))
+        return ["complete_batch", [[job_id, token, {"result": b"b"}] if draw(st.booleans()) else [job_id, token] for job_id, token in picks]]
     if op == "stale":
         job_id, token = draw(st.sampled_from(tokens)) if tokens else ("1-0", 1)
         return [draw(st.sampled_from(["complete", "fail", "release", "ack_cancel"])), job_id, token]

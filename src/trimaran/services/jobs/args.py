@@ -107,6 +107,13 @@ class CompleteCmd(NamedTuple):
     result: bytes | None
 
 
+class CompleteBatchCmd(NamedTuple):
+    """Several ``complete``s in one command, each applied as its own in order (one stale token
+    refuses that job alone)."""
+
+    items: tuple[CompleteCmd, ...]
+
+
 class FailCmd(NamedTuple):
     job: str
     token: int
@@ -318,15 +325,24 @@ def _enqueue(c: list[Any]) -> EnqueueCmd:
     return EnqueueCmd((job_spec(queue, payload, opts),), batch=False)
 
 
-def _enqueue_batch(c: list[Any]) -> EnqueueCmd:
+def _batch_items(c: list[Any], shape: str, limit: str) -> list[list[Any]]:
+    """The items of a batch command ``[op, [item, ...]]``: a non-empty list of at most ``limits.<limit>``
+    lists of 2 or 3 elements (``shape`` names them, for the error)."""
     (items,), _ = split(c, "command", 1, ())
     if type(items) is not list or not items:
-        raise InvalidArgument("enqueue_batch takes a non-empty list of [queue, payload, {options}?]")
-    if len(items) > limits.job_enqueue_batch_max:
-        raise TooLarge(f"enqueue_batch of {len(items)} jobs is over job_enqueue_batch_max={limits.job_enqueue_batch_max}")
-    specs = []
+        raise InvalidArgument(f"{c[0]} takes a non-empty list of {shape}")
+    if len(items) > getattr(limits, limit):
+        raise TooLarge(f"{c[0]} of {len(items)} jobs is over {limit}={getattr(limits, limit)}")
     for item in items:
-        if type(item) is not list or len(item) not in (2, 3) or (len(item) == 3 and item[2] is not None and type(item[2]) is not dict):
+        if type(item) is not list or len(item) not in (2, 3):
+            raise InvalidArgument(f"each {c[0]} item is {shape}")
+    return items
+
+
+def _enqueue_batch(c: list[Any]) -> EnqueueCmd:
+    specs = []
+    for item in _batch_items(c, "[queue, payload, {options}?]", "job_enqueue_batch_max"):
+        if len(item) == 3 and item[2] is not None and type(item[2]) is not dict:
             raise InvalidArgument("each enqueue_batch item is [queue, payload, {options}?]")
         opts = {k: v for k, v in (item[2] or {}).items() if v is not None} if len(item) == 3 else {}
         specs.append(job_spec(item[0], item[1], opts))
@@ -388,6 +404,11 @@ def _complete(c: list[Any]) -> CompleteCmd:
         token_arg(token),
         None if result is None else bytes_arg(result, "result", limits.job_result_bytes_max, "job_result_bytes_max"),
     )
+
+
+def _complete_batch(c: list[Any]) -> CompleteBatchCmd:
+    items = _batch_items(c, "[job, token, {result}?]", "job_complete_batch_max")
+    return CompleteBatchCmd(tuple(_complete(["complete", *item]) for item in items))
 
 
 def _fail(c: list[Any]) -> FailCmd:
@@ -479,7 +500,7 @@ def _unschedule(c: list[Any]) -> UnscheduleCmd:
 
 
 Command = (
-    EnqueueCmd | ClaimCmd | SessionOpenCmd | HeartbeatCmd | SessionCloseCmd | CompleteCmd | FailCmd | ReleaseCmd
+    EnqueueCmd | ClaimCmd | SessionOpenCmd | HeartbeatCmd | SessionCloseCmd | CompleteCmd | CompleteBatchCmd | FailCmd | ReleaseCmd
     | AckCancelCmd | CancelCmd | DlqCmd | PauseCmd | QueueConfigCmd | ScheduleCmd | UnscheduleCmd
 )  # fmt: skip
 
@@ -491,6 +512,7 @@ _COMMAND_PARSERS: dict[str, Callable[[list[Any]], Command]] = {
     "heartbeat": _heartbeat,
     "session_close": _session_close,
     "complete": _complete,
+    "complete_batch": _complete_batch,
     "fail": _fail,
     "release": _release,
     "ack_cancel": _ack_cancel,

@@ -12,53 +12,56 @@ a list ``[op, required arguments..., {options}?]`` (see :mod:`trimaran.services.
 Commands (through the log, exactly-once; validated before anything changes, so a refused command
 changes nothing):
 
-=================  ============================================================  ==========================
-op                 arguments / {options}                                         result / errors
-=================  ============================================================  ==========================
-``enqueue``        queue, payload / {priority, delay_ms | run_at_ms, unique_key,  job id; ``QueueFull``,
-                   unique_window_ms, max_attempts, backoff, timeout_ms,           ``NotFound`` (a
-                   expires_at_ms, depends_on, group, result_ttl_ms}               dependency), ``TooLarge``
-``enqueue_batch``  [[queue, payload, {options}?], ...] (all or nothing)           [job id, ...]; as enqueue
-``session_open``   worker, ttl_ms                                                 {"session",
-                                                                                  "expires_at_ms"}
-``heartbeat``      session / {jobs: [[job, token, {extend_ms, progress}?], ...]}  {"expires_at_ms",
-                                                                                  "cancel": [job], "lost":
-                                                                                  [job]};
-                                                                                  ``WorkerSessionLost``
-``session_close``  session                                                        [released job ids];
-                                                                                  ``WorkerSessionLost``
-``claim``          session, [queue, ...], n / {wait_ms (the node may hold it      {"jobs": [{"id", "queue",
-                   until a job is claimable; ignored here)}                       "payload", "attempt",
-                                                                                  "token", "lease_until_ms",
-                                                                                  "priority", "group",
-                                                                                  "progress"}], "cancel":
-                                                                                  [job]};
-                                                                                  ``WorkerSessionLost``
-``complete``       job, token / {result}                                          "completed"; ``StaleLease``
-``fail``           job, token / {error, retry (default true)}                     the job's state after
-                                                                                  ("delayed", "ready",
-                                                                                  "dead", "cancelled");
-                                                                                  ``StaleLease``
-``release``        job, token (given back unrun: the attempt is not counted)      the state after;
-                                                                                  ``StaleLease``
-``ack_cancel``     job, token (the worker stopped the job)                        "cancelled"; ``StaleLease``
-``cancel``         job                                                            "cancelled", "cancelling"
-                                                                                  (running: its worker is
-                                                                                  told), or the terminal
-                                                                                  state it had; ``NotFound``
-``dlq_requeue``    queue / {jobs: [job, ...]} (none: the oldest                   [job id, ...]; ``NotFound``
-                   ``job_dlq_batch_max``)                                         (a job not dead there)
-``dlq_purge``      queue / {jobs: [job, ...]}                                     count purged; ``NotFound``
-``pause``          queue (claims hand out nothing from it)                        True if it changed
-``resume``         queue                                                          True if it changed
-``queue_config``   queue / {concurrency, rate_max, rate_window_ms,                the queue's settings
-                   group_concurrency, group_rate_max, group_rate_window_ms}
-                   (0 = no limit; a 0 window is 1 s)
-``schedule``       name, queue, payload / {cron | every_ms, start_ms, catch_up,   next slot (ms);
-                   job: {enqueue options but delay, run_at, depends_on,           ``TooLarge`` (too many
-                   expires_at}} (replaces a schedule of that name)                schedules)
-``unschedule``     name                                                           True if it existed
-=================  ============================================================  ==========================
+==================  ============================================================  ==========================
+op                  arguments / {options}                                         result / errors
+==================  ============================================================  ==========================
+``enqueue``         queue, payload / {priority, delay_ms | run_at_ms, unique_key,  job id; ``QueueFull``,
+                    unique_window_ms, max_attempts, backoff, timeout_ms,           ``NotFound`` (a
+                    expires_at_ms, depends_on, group, result_ttl_ms}               dependency), ``TooLarge``
+``enqueue_batch``   [[queue, payload, {options}?], ...] (all or nothing)           [job id, ...]; as enqueue
+``session_open``    worker, ttl_ms                                                 {"session",
+                                                                                   "expires_at_ms"}
+``heartbeat``       session / {jobs: [[job, token, {extend_ms, progress}?], ...]}  {"expires_at_ms",
+                                                                                   "cancel": [job], "lost":
+                                                                                   [job]};
+                                                                                   ``WorkerSessionLost``
+``session_close``   session                                                        [released job ids];
+                                                                                   ``WorkerSessionLost``
+``claim``           session, [queue, ...], n / {wait_ms (the node may hold it      {"jobs": [{"id", "queue",
+                    until a job is claimable; ignored here)}                       "payload", "attempt",
+                                                                                   "token", "lease_until_ms",
+                                                                                   "priority", "group",
+                                                                                   "progress"}], "cancel":
+                                                                                   [job]};
+                                                                                   ``WorkerSessionLost``
+``complete``        job, token / {result}                                          "completed"; ``StaleLease``
+``complete_batch``  [[job, token, {result}?], ...]: each a ``complete`` of its     ["completed" or
+                    own, in order (a worker's completions in one command; a        "stale_lease", ...]
+                    stale token refuses that job alone, the others complete)       one per job, in order
+``fail``            job, token / {error, retry (default true)}                     the job's state after
+                                                                                   ("delayed", "ready",
+                                                                                   "dead", "cancelled");
+                                                                                   ``StaleLease``
+``release``         job, token (given back unrun: the attempt is not counted)      the state after;
+                                                                                   ``StaleLease``
+``ack_cancel``      job, token (the worker stopped the job)                        "cancelled"; ``StaleLease``
+``cancel``          job                                                            "cancelled", "cancelling"
+                                                                                   (running: its worker is
+                                                                                   told), or the terminal
+                                                                                   state it had; ``NotFound``
+``dlq_requeue``     queue / {jobs: [job, ...]} (none: the oldest                   [job id, ...]; ``NotFound``
+                    ``job_dlq_batch_max``)                                         (a job not dead there)
+``dlq_purge``       queue / {jobs: [job, ...]}                                     count purged; ``NotFound``
+``pause``           queue (claims hand out nothing from it)                        True if it changed
+``resume``          queue                                                          True if it changed
+``queue_config``    queue / {concurrency, rate_max, rate_window_ms,                the queue's settings
+                    group_concurrency, group_rate_max, group_rate_window_ms}
+                    (0 = no limit; a 0 window is 1 s)
+``schedule``        name, queue, payload / {cron | every_ms, start_ms, catch_up,   next slot (ms);
+                    job: {enqueue options but delay, run_at, depends_on,           ``TooLarge`` (too many
+                    expires_at}} (replaces a schedule of that name)                schedules)
+``unschedule``      name                                                           True if it existed
+==================  ============================================================  ==========================
 
 Queries (read-only, at the last applied entry's log time):
 
@@ -350,6 +353,7 @@ class JobsService:
             args.HeartbeatCmd: self._heartbeat,
             args.SessionCloseCmd: self._session_close,
             args.CompleteCmd: self._complete,
+            args.CompleteBatchCmd: self._complete_batch,
             args.FailCmd: self._fail,
             args.ReleaseCmd: self._release,
             args.AckCancelCmd: self._ack_cancel,
@@ -491,9 +495,11 @@ class JobsService:
         state = job.state
         q.counts[state] -= 1
         if state == READY:
-            group = q.ready[job.group]
-            group.remove(self._ready_key(job))
-            self._refresh_head(q, job.group)
+            key = self._ready_key(job)
+            q.ready[job.group].remove(key)
+            head = q.head_of.get(job.group)
+            if head is None or head == key:  # (another job left: the group's head stays)
+                self._refresh_head(q, job.group)
         elif state == DELAYED:
             self._timers.remove((job.run_at_ms, T_RUN, job.id))
             q.delayed.remove((job.run_at_ms, job.index, job.seq))
@@ -523,8 +529,11 @@ class JobsService:
             group = q.ready.get(job.group)
             if group is None:
                 group = q.ready[job.group] = SortedList()
-            group.add(self._ready_key(job))
-            self._refresh_head(q, job.group)
+            key = self._ready_key(job)
+            group.add(key)
+            head = q.head_of.get(job.group)
+            if head is None or key < head:  # (a job behind the head, as most are: the head stays)
+                self._refresh_head(q, job.group)
         elif state == DELAYED:
             self._timers.add((job.run_at_ms, T_RUN, job.id))
             q.delayed.add((job.run_at_ms, job.index, job.seq))
@@ -967,6 +976,15 @@ class JobsService:
         job.error = None
         self._end(job, COMPLETED, ctx)
         return COMPLETED
+
+    def _complete_batch(self, c: args.CompleteBatchCmd, ctx: ApplyContext) -> list[str]:
+        out = []
+        for item in c.items:
+            try:
+                out.append(self._complete(item, ctx))
+            except StaleLease:  # raised before the job changed: this one refused, the rest go on
+                out.append(StaleLease.code)
+        return out
 
     def _fail(self, c: args.FailCmd, ctx: ApplyContext) -> str:
         job = self._lease(c.job, c.token)
