@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 import trimaran
 from tests.client.fake_server import FakeNode, cluster_in_thread
@@ -96,3 +97,24 @@ def test_readme_python_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
     with cluster_in_thread() as cluster:
         exec(example.replace(default, ",".join(cluster.addresses())), {})
     assert capsys.readouterr().out == "b'hello'\n"
+
+
+async def test_the_blocking_client_has_the_members_methods(tmp_path: Any) -> None:
+    """c.members on connect_sync: the same list and transfer as the async client (the README's
+    "From Python" line for membership failed on a blocking client before)."""
+    from tests.node.helpers import in_process_cluster
+
+    async with in_process_cluster(tmp_path, tick_ms=10) as cluster:
+        leader = await cluster.leader()
+        endpoints = [str(cluster.client_address(n)) for n in (1, 2, 3)]
+
+        def operate() -> tuple[list[Any], int]:
+            with trimaran.connect_sync(endpoints, timeout_ms=10_000) as c:
+                members = c.members.list()
+                return members, c.members.transfer()
+
+        members, target = await trio.to_thread.run_sync(operate)
+        assert sorted(m.node_id for m in members) == [1, 2, 3]
+        assert [m.node_id for m in members if m.role == "leader"] == [leader]
+        assert target != leader and target in (1, 2, 3)
+        await cluster.wait_for(lambda: cluster.status(target)["role"] == "leader", what="the transfer")

@@ -184,3 +184,34 @@ class MembersClient:
             await trio.sleep(CATCH_UP_POLL_S)  # an election is under way
             status = await self._client.status(timeout_ms=timeout_ms)
         raise MembershipChangeRejected("no leader answered; is a majority of the voters up?", reason="no_leader")
+
+
+class SyncMembersClient:
+    """``c.members`` on a blocking client: the same methods, each run to completion."""
+
+    def __init__(self, inner: MembersClient, call: Callable[..., Any]) -> None:
+        self._inner = inner
+        self._call = call
+
+    def list(self, *, timeout_ms: int | None = None) -> list[MemberInfo]:
+        members: list[MemberInfo] = self._call(self._inner.list, timeout_ms=timeout_ms)
+        return members
+
+    def add(self, node_id: int, peer_address: str | None = None, client_address: str | None = None, **options: Any) -> dict[str, Any]:
+        """Blocking :meth:`MembersClient.add` (``voter=True`` blocks until the node caught up)."""
+        return dict(self._call(self._inner.add, node_id, peer_address, client_address, **options))
+
+    def wait_caught_up(self, node_id: int, **options: Any) -> None:
+        self._call(self._inner.wait_caught_up, node_id, **options)
+
+    def promote(self, node_id: int, *, timeout_ms: int | None = None) -> dict[str, Any]:
+        return dict(self._call(self._inner.promote, node_id, timeout_ms=timeout_ms))
+
+    def remove(self, node_id: int, *, force: bool = False, timeout_ms: int | None = None) -> dict[str, Any]:
+        return dict(self._call(self._inner.remove, node_id, force=force, timeout_ms=timeout_ms))
+
+    def record(self, node_id: int, peer_address: str, client_address: str | None = None, *, timeout_ms: int | None = None) -> bool:
+        return bool(self._call(self._inner.record, node_id, peer_address, client_address, timeout_ms=timeout_ms))
+
+    def transfer(self, to: int | None = None, *, timeout_ms: int | None = None) -> int:
+        return int(self._call(self._inner.transfer, to, timeout_ms=timeout_ms))

@@ -22,6 +22,7 @@ from .auth import SyncAuthClient
 from .chat import SyncChatClient
 from .jobs import SyncJobsClient
 from .kv import SyncKvClient
+from .members import SyncMembersClient
 from .register import BytesLike
 
 #: How long closing waits for the trio thread (it only has to cancel its tasks).
@@ -48,6 +49,8 @@ class SyncClient:
         self.chat = SyncChatClient(self._client.chat, self._call)
         #: The job queue's methods, blocking: ``c.jobs.enqueue("emails", {"to": "a@b.c"})``.
         self.jobs = SyncJobsClient(self._client.jobs, self._call)
+        #: Membership and leadership, blocking: ``c.members.list()``, ``c.members.transfer(2)``.
+        self.members = SyncMembersClient(self._client.members, self._call)
 
     # ------------------------------------------------------------------ lifetime
 
