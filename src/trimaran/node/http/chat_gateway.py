@@ -13,11 +13,11 @@ client sends                                                server answers
 ==========================================================  ==========================================
 ``{"type": "auth", "token"}`` (first frame, when the        ``{"type": "ready", "node_id"}``; without
 upgrade carried no ``Authorization: Bearer``)               auth the server sends ``ready`` at once
-``{"id", "type": "subscribe", "channel", "since"?,          ``{"id", "type": "subscribed", "channel",
-"epoch"?}``                                                 "epoch", "top", "oldest", "recovered"}``,
-                                                            then ``message`` pushes: the history after
-                                                            ``since`` (none without ``since``), then
-                                                            live, gap- and duplicate-free
+``{"id", "type": "subscribe", "channel", "since"?,          ``message`` pushes of the history after
+"epoch"?}``                                                 ``since`` (none without ``since``), then
+                                                            ``{"id", "type": "subscribed", "channel",
+                                                            "epoch", "top", "oldest", "recovered"}``,
+                                                            then live pushes, gap- and duplicate-free
 ``{"id", "type": "unsubscribe", "channel"}``                ``{"id", "type": "unsubscribed"}``
 ``{"id", "type": "publish", "channel", "data" |             ``{"id", "type": "published", "offset",
 "data_base64", "ephemeral"?}``                              "epoch"}`` (offset null if ephemeral)
