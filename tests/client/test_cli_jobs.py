@@ -5,6 +5,7 @@ enqueued through the CLI, and exits 0 on SIGTERM with a job still running (given
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -89,6 +90,10 @@ async def test_jobs_commands(tmp_path: Path) -> None:
             assert code == 0 and json.loads(out)["next_ms"] > 0
             code, out = await cli("jobs", "schedules", "--json", *e)
             assert code == 0 and json.loads(out)["cron"] == "0 3 * * *"
+            code, out = await cli("jobs", "schedules", *e)
+            assert code == 0 and re.search(r"^nightly\tmail\t0 3 \* \* \*\t\d{4}-\d\d-\d\dT03:00:00Z\t0$", out.strip()), out
+            code, out = await cli("jobs", "schedule", "nightly", "mail", "{}", "--cron", "0 3 * * *", *e)
+            assert code == 0 and re.fullmatch(r"next: \d{4}-\d\d-\d\dT03:00:00Z \(\d+\)", out.strip()), out
             code, out = await cli("jobs", "unschedule", "nightly", *e)
             assert code == 0 and out.strip() == "removed"
             code, out = await cli("jobs", "schedule", "x", "mail", *e)

@@ -781,6 +781,13 @@ def _json_arg(text: str | None, what: str) -> Any:
         raise click.BadParameter(f"{what} is not JSON: {exc}") from None
 
 
+def _utc(ms: int) -> str:
+    """A log-time instant (ms since the epoch) as RFC 3339 UTC, to the second."""
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+
+
 def _dumps(value: Any, **options: Any) -> str:
     import json
 
@@ -884,7 +891,9 @@ def jobs_stats_command(queue: str, endpoints: str, cluster_id: str | None, token
 def jobs_queues_command(
     limit: int | None, start_after: str | None, endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool
 ) -> None:
-    """Print every queue: NAME READY DELAYED RUNNING DEAD HELD, and (paused) (JSON lines with --json)."""
+    """Print every queue: NAME READY DELAYED RUNNING DEAD HELD (every job the queue still holds:
+    waiting, delayed, ready, running, dead, and ended ones kept for their result), and (paused)
+    (JSON lines with --json)."""
     page = _jobs(endpoints, cluster_id, token, timeout_ms, "queues", limit=limit, start_after=start_after)
     if not as_json and page.items:
         click.echo(f"{'QUEUE':24} {'READY':>7} {'DELAYED':>7} {'RUNNING':>7} {'DEAD':>7} {'HELD':>7}")
@@ -976,12 +985,12 @@ def jobs_schedule_command(
     endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool,
 ) -> None:  # fmt: skip
     """Enqueue PAYLOAD (JSON) to QUEUE at every slot of schedule NAME (replaces one of that name);
-    prints the next slot's time (ms since the epoch)."""
+    prints the next slot's time (UTC, and ms since the epoch; --json: next_ms)."""
     if (cron is None) == (every_ms is None):
         raise click.UsageError("give exactly one of --cron and --every-ms")
     value = _json_arg(payload, "PAYLOAD")
     next_ms = _jobs(endpoints, cluster_id, token, timeout_ms, "schedule", name, queue, value, cron=cron, every_ms=every_ms, catch_up=catch_up or None)
-    click.echo(_dumps({"name": name, "next_ms": next_ms}) if as_json else str(next_ms))
+    click.echo(_dumps({"name": name, "next_ms": next_ms}) if as_json else f"next: {_utc(next_ms)} ({next_ms})")
 
 
 @jobs_group.command("unschedule")
@@ -996,12 +1005,12 @@ def jobs_unschedule_command(name: str, endpoints: str, cluster_id: str | None, t
 @jobs_group.command("schedules")
 @_client_options(default_timeout_ms=5_000)
 def jobs_schedules_command(endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool) -> None:
-    """Print the schedules: NAME QUEUE CRON|EVERY NEXT_MS FIRED (JSON lines with --json)."""
+    """Print the schedules: NAME QUEUE CRON|EVERY NEXT (UTC) FIRED (JSON lines with --json)."""
     import dataclasses
 
     for s in _jobs(endpoints, cluster_id, token, timeout_ms, "schedules"):
         every = s.cron if s.cron is not None else f"every {s.every_ms} ms"
-        click.echo(_dumps(dataclasses.asdict(s)) if as_json else f"{s.name}\t{s.queue}\t{every}\t{s.next_ms}\t{s.fired}")
+        click.echo(_dumps(dataclasses.asdict(s)) if as_json else f"{s.name}\t{s.queue}\t{every}\t{_utc(s.next_ms)}\t{s.fired}")
 
 
 from trimaran.cli import auth as _auth  # noqa: E402,F401
