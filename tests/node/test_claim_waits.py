@@ -173,3 +173,27 @@ async def test_a_job_promised_to_a_woken_claim_wakes_no_second_waiter_until_that
     edge.apply(["heartbeat", session])
     waits.after_round()
     assert len(edge.proposed) == 2, "no longer promised: the job wakes the next waiter"
+
+
+async def test_a_promise_whose_claim_is_never_answered_lapses_after_the_request_timeout(mock_clock: trio.testing.MockClock) -> None:
+    """A woken claim whose answer never comes (a lost connection, a log entry that never commits)
+    keeps its job promised for the node's request timeout at most; then the job wakes another."""
+    edge = Edge()
+    waits = ClaimWaits(edge, lambda: 1_000, request_timeout_ms=2_000)  # type: ignore[arg-type]
+    session = edge.apply(["session_open", "w", 60_000])["session"]
+    body = {"service": "jobs", "command": ["claim", session, ["q"], 1, {"wait_ms": 60_000}]}
+    assert waits.park(Answers(), 0, "command", body, 100)  # type: ignore[arg-type]
+    edge.apply(["enqueue", "q", b"job"])
+    waits.after_round()
+    assert len(edge.proposed) == 1  # woken, and now never answered
+    mock_clock.jump(1.5)
+    later = Answers()
+    assert waits.park(later, 1, "command", body, 100)  # type: ignore[arg-type]  # the job is promised: it parks
+    mock_clock.jump(0.4)  # 1.9 s: still promised
+    edge.apply(["heartbeat", session])
+    waits.after_round()
+    assert len(edge.proposed) == 1 and len(waits) == 1
+    mock_clock.jump(0.2)  # 2.1 s: past the request timeout, the promise is gone
+    edge.apply(["heartbeat", session])
+    waits.after_round()
+    assert len(edge.proposed) == 2 and edge.proposed[1][1] == 1 and len(waits) == 0
