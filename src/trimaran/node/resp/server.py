@@ -57,6 +57,7 @@ import os
 import platform
 import ssl
 import time
+from collections import deque
 from typing import Any, Awaitable, Callable
 
 import trio
@@ -196,88 +197,73 @@ class RespServer:
                 self._slots.release()
 
     async def _serve_connection(self, conn: _Connection) -> None:
-        send, receive = trio.open_memory_channel[Any](self.config.resp_inflight_commands_max)
         try:
-            async with trio.open_nursery() as nursery:
+            async with trio.open_nursery() as nursery:  # (pub/sub's tasks run in it)
                 conn.nursery = nursery
-                nursery.start_soon(_until_gone, self._read, conn, send)
-                await _until_gone(self._run, conn, receive)
+                await _until_gone(self._loop, conn)
                 nursery.cancel_scope.cancel()
         finally:
             if conn.pubsub is not None:
                 conn.pubsub.detach()
 
-    async def _read(self, conn: _Connection, send: trio.MemorySendChannel[Any]) -> None:
-        """Parse commands onto ``send``; a ProtocolError is queued too (answered after the commands
-        before it); the end of the stream closes ``send``."""
+    async def _loop(self, conn: _Connection) -> None:
+        """Read, parse and run the connection's commands, one task per connection: a command
+        waiting for its answer holds the next ones in the parser (and the socket) rather than in a
+        channel to a second task, which cost a task switch per command. What a read brings is run
+        in order; writes (or reads) back to back go to the driver together."""
         parser = RespParser()
-        queued = 0
-        async with send:
-            while True:
+        pending: deque[Any] = deque()  # commands parsed and not yet run, a ProtocolError last
+        while True:
+            if not pending:
                 data = await conn.stream.receive_some(limits.resp_receive_bytes_max)
                 if not data:
                     return
-                try:
-                    parser.feed(data)
-                    while (command := parser.next_command()) is not None:
-                        if not conn.authenticated:
-                            _check_unauthenticated(command)
-                        try:  # no checkpoint per command: the runner finds a pipeline whole
-                            send.send_nowait(command)
-                        except trio.WouldBlock:
-                            await send.send(command)
-                        queued += 1
-                        if not conn.authenticated and command[0].upper() in _BEFORE_AUTH:
-                            while conn.answered < queued:  # did it authenticate?
-                                await conn.progress.wait()
-                    if not conn.authenticated and parser.buffered_bytes > UNAUTHENTICATED_BUFFER_BYTES_MAX:
-                        raise ProtocolError("Protocol error: unauthenticated bulk length")
-                except ProtocolError as exc:
-                    await send.send(exc)
-                    return
-
-    async def _run(self, conn: _Connection, receive: trio.MemoryReceiveChannel[Any]) -> None:
-        held: Any = None  # taken from the channel while gathering reads or writes, run next
-        async with receive:
-            while True:
-                if held is not None:
-                    item, held = held, None
-                else:
-                    try:
-                        item = await receive.receive()
-                    except trio.EndOfChannel:
-                        return
-                if isinstance(item, ProtocolError):
-                    self.protocol_errors += 1
-                    await conn.stream.send_all(resp.encode(resp.protocol_error_reply(item), conn.protocol))
-                    return
-                first = self._plan(conn, item)
-                if first is not None:
-                    # Writes (or reads) waiting back to back go to the driver together: one commit
-                    # round (one read point); their answers go out in order, in one write.
-                    kind = type(first)
-                    group, held = self._gather(receive, [first], lambda c: self._plan(conn, c), kind)
-                    await self._run_planned(conn, group)
+                self._parse(conn, parser, pending, data)
+                if not pending:
                     continue
-                if not await self._run_one(conn, item):
-                    return
+            item = pending.popleft()
+            if isinstance(item, ProtocolError):
+                self.protocol_errors += 1
+                await conn.stream.send_all(resp.encode(resp.protocol_error_reply(item), conn.protocol))
+                return
+            first = self._plan(conn, item)
+            if first is not None:
+                group = self._gather(conn, pending, [first], type(first))
+                await self._run_planned(conn, group)
+            elif not await self._run_one(conn, item):
+                return
+            if not pending:
+                self._parse(conn, parser, pending, b"")  # what the last read brought beyond that
 
-    def _gather(
-        self, receive: trio.MemoryReceiveChannel[Any], batch: list[Any], plan: Callable[[list[bytes]], Any], kind: type
-    ) -> tuple[list[Any], Any]:
-        """Add to ``batch`` the plans of the commands already waiting while they are of ``kind`` (or
-        refusals: answered in place), up to ``resp_inflight_commands_max``; (the batch, the first
-        command not taken or None)."""
-        while len(batch) < self.config.resp_inflight_commands_max:
-            try:
-                following = receive.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
-            planned = plan(following) if isinstance(following, list) else None
+    def _parse(self, conn: _Connection, parser: RespParser, pending: deque[Any], data: bytes | bytearray) -> None:
+        """Feed ``data`` and parse commands onto ``pending``: up to ``resp_inflight_commands_max``
+        at a time, one at a time before the connection authenticates (an AUTH must take effect
+        before the next command is held to a stranger's bounds or not). A ProtocolError goes on
+        last (answered after the commands before it); nothing after it is parsed."""
+        limit = self.config.resp_inflight_commands_max if conn.authenticated else 1
+        try:
+            if data:
+                parser.feed(data)
+            while len(pending) < limit and (command := parser.next_command()) is not None:
+                if not conn.authenticated:
+                    _check_unauthenticated(command)
+                pending.append(command)
+            if not conn.authenticated and parser.buffered_bytes > UNAUTHENTICATED_BUFFER_BYTES_MAX:
+                raise ProtocolError("Protocol error: unauthenticated bulk length")
+        except ProtocolError as exc:
+            pending.append(exc)
+
+    def _gather(self, conn: _Connection, pending: deque[Any], batch: list[Any], kind: type) -> list[Any]:
+        """Add to ``batch`` the plans of the parsed commands that follow while they are of ``kind``
+        (or refusals: answered in place), up to ``resp_inflight_commands_max``."""
+        while pending and len(batch) < self.config.resp_inflight_commands_max:
+            following = pending[0]
+            planned = self._plan(conn, following) if isinstance(following, list) else None
             if planned is None or not isinstance(planned, (kind, ErrorReply)):
-                return batch, following
+                break
+            pending.popleft()
             batch.append(planned)
-        return batch, None
+        return batch
 
     def _plan(self, conn: _Connection, command: list[bytes]) -> Write | Read | ErrorReply | None:
         """The one write or read of ``command`` if it may join a group (or its refusal before any:
