@@ -23,6 +23,7 @@ from trimaran.node.clock import ClockMonitor, wall_clock_ms as system_wall_clock
 from trimaran.errors import ConfigError
 from trimaran.node.config import Address, NodeConfig
 from trimaran.node.driver import Driver
+from trimaran.node.forwarding import LeaderLinks
 from trimaran.node.http.chat_gateway import ChatHub
 from trimaran.node.http.dashboard import operator_routes
 from trimaran.node.http.edge import HttpEdge
@@ -255,6 +256,13 @@ class Node:
             resp_edge = (
                 HttpEdge(cfg, driver, client_server.authoriser, self.status, self._tls is not None, edge_name="resp") if cfg.resp_listen else None
             )
+            if edge is not None or resp_edge is not None:
+                # What the edges forward to the leader goes over kept-open connections, shared.
+                links = LeaderLinks(cfg.cluster_id, (edge or resp_edge).forward_tls)  # type: ignore[union-attr]
+                await nursery.start(links.run)
+                for each in (edge, resp_edge):
+                    if each is not None:
+                        each.links = links
             chat = replica.services.get("chat")
             hub_edge = edge or resp_edge
             if isinstance(chat, ChatService) and hub_edge is not None:

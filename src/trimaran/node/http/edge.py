@@ -39,6 +39,7 @@ from trimaran.errors import NotLeader, RequestTimeout, SessionExpired, TrimaranE
 from trimaran.node.authoriser import Authoriser, Grant
 from trimaran.node.config import Address, NodeConfig
 from trimaran.node.driver import Driver
+from trimaran.node.forwarding import LeaderLinks
 from trimaran.node.probe import request_once
 from trimaran.node.tls import CA_CERT, client_context, node_cert_name, node_key_name
 
@@ -147,6 +148,9 @@ class HttpEdge:
         self.requests = 0
         self.errors = 0
         self.forwarded = 0
+        #: Kept-open connections to the leader for what this edge forwards (the node sets them;
+        #: None: a connection per forwarded request).
+        self.links: LeaderLinks | None = None
 
     @property
     def forward_tls(self) -> ssl.SSLContext | None:
@@ -179,7 +183,12 @@ class HttpEdge:
         self.forwarded += 1
         with trio.move_on_after(self._timeout_s) as scope:
             try:
-                return await request_once(leader, op, body, self.config.cluster_id, token, self._forward_tls)
+                if self.links is None:
+                    return await request_once(leader, op, body, self.config.cluster_id, token, self._forward_tls)
+                ((ok, value),) = await self.links.request_many(leader, [(op, body)], token)
+                if ok:
+                    return value
+                raise value
             except (OSError, trio.BrokenResourceError) as exc:
                 raise Unavailable(f"cannot reach the leader at {leader}: {exc}") from None
         assert scope.cancelled_caught

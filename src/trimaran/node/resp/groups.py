@@ -115,6 +115,8 @@ async def _forward(
     edge.forwarded += len(bodies)
     with trio.move_on_at(give_up_at):
         try:
+            if edge.links is not None:
+                return await edge.links.request_many(leader, [(op, body) for body in bodies], token)
             tls = client_context(f"{edge.config.tls_dir}/{CA_CERT}") if edge.config.tls_dir else None
             return await request_many(leader, [(op, body) for body in bodies], edge.config.cluster_id, token, tls)
         except (OSError, trio.BrokenResourceError):
