@@ -213,7 +213,7 @@ class Driver:
         self.peer_contact_at: dict[int, float] = {}
         # What the log events last saw (see _count_ready): an election and a membership change are
         # logged once each.
-        self._seen_role: tuple[int, Role] = (0, Role.FOLLOWER)
+        self._seen_candidate_term = 0
         self._seen_membership: Membership | None = None
 
     # ------------------------------------------------------------------ inputs (any task)
@@ -572,15 +572,15 @@ class Driver:
             event(log, logging.INFO, "snapshot_taken", "node %d: took a snapshot at index %d", node_id, meta.last_index,
                   index=meta.last_index, bytes=len(out.local_snapshot.data))  # fmt: skip
         raft = self.replica.raft
-        if raft.role == Role.CANDIDATE and (raft.term, Role.CANDIDATE) != self._seen_role:
+        if raft.role == Role.CANDIDATE and raft.term != self._seen_candidate_term:
+            self._seen_candidate_term = raft.term
             event(log, logging.INFO, "election", "node %d: standing for election in term %d", node_id, raft.term)
-        self._seen_role = (raft.term, raft.role)
         if raft.leader_id and (not self.leader_history or self.leader_history[-1][1:] != (raft.term, raft.leader_id)):
             self.leader_changes += 1
             self.leader_history.append((self._wall_clock_ms(), raft.term, raft.leader_id))
             event(log, logging.INFO, "leader_elected", "node %d: node %d leads term %d", node_id, raft.leader_id, raft.term, leader=raft.leader_id)
         membership = raft.membership
-        if membership != self._seen_membership:
+        if membership is not self._seen_membership and membership != self._seen_membership:  # (identity: most rounds)
             if self._seen_membership is not None:
                 event(log, logging.INFO, "membership", "node %d: members now voters %s, learners %s", node_id,
                       sorted(membership.voters), sorted(membership.learners) or "none",
