@@ -171,10 +171,6 @@ async def test_acknowledged_work_survives_kills_pauses_and_restarts(tmp_path: Pa
 
             stop = trio.Event()
             async with trio.open_nursery() as nursery:
-                for w in range(KV_WRITERS):
-                    nursery.start_soon(_kv_writer, c, w, ledger, stop)
-                nursery.start_soon(_producer, c, ledger, stop)
-                nursery.start_soon(_publisher, c, ledger, stop)
                 worker_scope = trio.CancelScope()
 
                 async def work() -> None:
@@ -182,8 +178,15 @@ async def test_acknowledged_work_survives_kills_pauses_and_restarts(tmp_path: Pa
                         await app.run_worker(concurrency=8, session_ttl_ms=3_000)
 
                 nursery.start_soon(work)
-                await _faults(cluster, rng, ledger, trio.current_time() + CHAOS_SECONDS)
-                stop.set()  # the load stops; the worker goes on until every job ended
+                async with trio.open_nursery() as load:
+                    for w in range(KV_WRITERS):
+                        load.start_soon(_kv_writer, c, w, ledger, stop)
+                    load.start_soon(_producer, c, ledger, stop)
+                    load.start_soon(_publisher, c, ledger, stop)
+                    await _faults(cluster, rng, ledger, trio.current_time() + CHAOS_SECONDS)
+                    stop.set()
+                # The load has ended, each task's last call answered: the ledger is complete. The
+                # worker goes on until every job ended.
 
                 for n in cluster.ids:  # every node back and running
                     if not cluster.alive(n):
