@@ -220,6 +220,9 @@ async def produce(endpoints: list[str], queue: str, producers: int, total: int) 
             for p in range(producers):
                 nursery.start_soon(producer, p)
         elapsed = perf() - started
+        groups = [g for c in conns for g in c.jobs.enqueues.values()]
+        batches, jobs = sum(g.batches for g in groups), sum(g.jobs for g in groups)
+        print(f"    enqueue commands: {batches}, {jobs / max(1, batches):.1f} jobs per command (concurrent enqueues of a client share one)", flush=True)
     latencies_s.sort()
     return Result(len(latencies_s) / elapsed, percentile_ms(latencies_s, 0.5), percentile_ms(latencies_s, 0.99), failed), latencies_s
 

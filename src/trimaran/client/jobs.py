@@ -22,14 +22,14 @@ polls the ``result`` query with a short doubling pause (bounded by ``RESULT_POLL
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import trio
 
 from trimaran import limits
-from trimaran.errors import InvalidArgument, ProtocolError, StaleLease, TooLarge, TrimaranError
+from trimaran.errors import InvalidArgument, PermissionDenied, ProtocolError, RequestTimeout, ServiceError, StaleLease, TooLarge, TrimaranError
 from trimaran.protocols.codec import pack, unpack
 
 SERVICE = "jobs"
@@ -297,11 +297,108 @@ def _page(answer: dict[str, Any]) -> JobPage:
     return JobPage([JobInfo.from_wire(v) for v in answer["items"]], answer.get("next"))
 
 
+class _Unanswered:
+    """The outcome of an item whose batch has not been answered yet."""
+
+
+_UNANSWERED = _Unanswered()
+#: The answer to each item of an enqueue batch refused as a whole (nothing enqueued): send it alone.
+_ALONE = _Unanswered()
+
+
+@dataclass(slots=True, eq=False)
+class _Item:
+    value: Any
+    size_bytes: int
+    #: The item's answer, or the error that refused its batch.
+    outcome: Any = _UNANSWERED
+
+
+class GroupCommit:
+    """Group commit of one kind of command: at most one request in flight; the items that arrive
+    meanwhile wait for it and go together in the next one (up to ``items_max`` items and
+    ``bytes_max`` bytes; a lone item goes at once, alone). ``send`` answers a batch with one
+    outcome per item, in order. Used for a worker's completions and for a client's enqueues: under
+    load one request, one session number and one log command carry many, and each caller still
+    gets its own answer."""
+
+    def __init__(self, send: Callable[[list[Any]], Awaitable[list[Any]]], items_max: int, bytes_max: int) -> None:
+        self._send_batch = send
+        self._items_max = items_max
+        self._bytes_max = bytes_max
+        self._pending: list[_Item] = []
+        #: Set when the batch in flight is answered (None: none in flight).
+        self._in_flight: trio.Event | None = None
+        #: Counters: batches answered, jobs in them.
+        self.batches = 0
+        self.jobs = 0
+
+    async def submit(self, value: Any, size_bytes: int) -> Any:
+        """The answer to ``value``; raises what refused its batch (``RequestTimeout`` if the batch
+        carrying it was cancelled). A caller cancelled before its item was sent takes it back; the
+        caller sending a batch waits for its answer even if cancelled (the others need it), which
+        the command's deadline bounds."""
+        mine = _Item(value, size_bytes)
+        self._pending.append(mine)
+        try:
+            while mine.outcome is _UNANSWERED:
+                if self._in_flight is not None:
+                    await self._in_flight.wait()  # (every waiter wakes at once; one sends the next batch)
+                    continue
+                self._in_flight = done = trio.Event()
+                try:
+                    with trio.CancelScope(shield=True):
+                        # Let the tasks already runnable add theirs first (those woken by the last
+                        # answer: two passes whatever order trio runs them in), so a burst goes in
+                        # one batch rather than as a lone first item and then the rest.
+                        for _ in range(2):
+                            await trio.lowlevel.checkpoint()
+                        await self._send(self._take())
+                finally:
+                    self._in_flight = None
+                    done.set()
+        finally:
+            if mine.outcome is _UNANSWERED and mine in self._pending:
+                self._pending.remove(mine)  # cancelled before it was sent: never sent
+        if isinstance(mine.outcome, TrimaranError):
+            raise mine.outcome
+        return mine.outcome
+
+    def _take(self) -> list[_Item]:
+        count, size_bytes = 0, 0
+        for item in self._pending:
+            size_bytes += item.size_bytes
+            if count and (count >= self._items_max or size_bytes > self._bytes_max):
+                break
+            count += 1
+        batch, self._pending = self._pending[:count], self._pending[count:]
+        return batch
+
+    async def _send(self, batch: list[_Item]) -> None:
+        try:
+            try:
+                outcomes = await self._send_batch([item.value for item in batch])
+            except TrimaranError as exc:
+                for item in batch:
+                    item.outcome = exc
+            else:
+                for item, outcome in zip(batch, outcomes, strict=True):
+                    item.outcome = outcome
+                self.batches += 1
+                self.jobs += len(batch)
+        finally:
+            for item in batch:  # (cancelled: nobody learns more than that the request failed)
+                if item.outcome is _UNANSWERED:
+                    item.outcome = RequestTimeout("the request carrying this item was cancelled; it may or may not have been applied")
+
+
 class JobsClient:
     """``c.jobs`` on an async client."""
 
     def __init__(self, client: _Calls) -> None:
         self._client = client
+        #: Concurrent enqueues (one group commit per call deadline) go in shared commands.
+        self.enqueues: dict[int | None, GroupCommit] = {}
 
     async def _command(self, command: list[Any], timeout_ms: int | None) -> Any:
         return await self._client.command(SERVICE, command, timeout_ms=timeout_ms)
@@ -315,14 +412,39 @@ class JobsClient:
         """Enqueue one job; its id (with ``unique_key``: the live job's id if there is one).
         Options: those of :class:`NewJob`, except that the job's own timeout is ``job_timeout_ms``
         here (``timeout_ms`` is this call's deadline, as everywhere in the client). ``QueueFull``
-        if the queue is full (nothing enqueued)."""
+        if the queue is full (nothing enqueued). Enqueues made at the same time on one client
+        (several tasks) share commands (:class:`GroupCommit`): one in flight, the others go
+        together in the next, each still acknowledged only once its job is committed and applied."""
         if "job_timeout_ms" in options:
             options["timeout_ms"] = options.pop("job_timeout_ms")
         unknown = sorted(set(options) - set(_ENQUEUE_OPTIONS))
         if unknown:
             raise InvalidArgument(f"enqueue: unknown option(s) {', '.join(unknown)} (allowed: {', '.join(_ENQUEUE_OPTIONS)})")
-        job_id = await self._command(["enqueue", *NewJob(queue, payload, **options).wire()], timeout_ms)
+        item = NewJob(queue, payload, **options).wire()
+        group = self.enqueues.get(timeout_ms)
+        if group is None:
+            group = self.enqueues[timeout_ms] = GroupCommit(
+                lambda items: self._enqueue_together(items, timeout_ms), limits.job_enqueue_batch_max, limits.job_payload_bytes_max
+            )
+        job_id = await group.submit(item, len(pack(item)))
+        if job_id is _ALONE:
+            job_id = await self._command(["enqueue", *item], timeout_ms)
         return str(job_id)
+
+    async def _enqueue_together(self, items: list[list[Any]], timeout_ms: int | None) -> list[Any]:
+        """Concurrent enqueues in one command: ``enqueue`` for one, ``enqueue_batch`` for more. A batch
+        is all or nothing, so when the service refuses it (one job's error: a full queue, a missing
+        dependency, a queue out of the token's scope...) nothing was enqueued and each job goes
+        again alone, to get its own answer."""
+        if len(items) == 1:
+            return [await self._command(["enqueue", *items[0]], timeout_ms)]
+        try:
+            answer = await self._command(["enqueue_batch", items], timeout_ms)
+        except (ServiceError, InvalidArgument, PermissionDenied):
+            return [_ALONE] * len(items)
+        if type(answer) is not list or len(answer) != len(items):
+            raise ProtocolError(f"the jobs service answered enqueue_batch with {answer!r:.80}")
+        return answer
 
     async def enqueue_batch(self, jobs: Iterable[NewJob], *, timeout_ms: int | None = None) -> list[str]:
         """Enqueue several jobs in one log entry, all or none; their ids in order."""

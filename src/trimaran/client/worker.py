@@ -80,7 +80,7 @@ from trimaran.errors import (
 )
 
 from .client import Client, Endpoints
-from .jobs import Completion, JobInfo, JobsClient, Lease, NewJob, encode
+from .jobs import Completion, GroupCommit, JobInfo, JobsClient, Lease, NewJob, encode
 
 log = logging.getLogger("trimaran.worker")
 
@@ -280,73 +280,6 @@ class Jobs:
             await self.worker(**options).run(task_status=task_status)
 
 
-@dataclass(slots=True, eq=False)
-class _Pending:
-    completion: Completion
-    #: "completed", "stale_lease", or the error that refused its batch; None: not sent yet.
-    outcome: str | TrimaranError | None = None
-
-
-class _Completions:
-    """Group commit of one worker's completions: at most one ``complete_batch`` in flight; a job
-    that finishes meanwhile waits for it and goes in the next one, with every other job that
-    finished by then (up to ``job_complete_batch_max`` jobs and ``job_result_bytes_max`` of results)."""
-
-    def __init__(self, jobs: JobsClient) -> None:
-        self._jobs = jobs
-        self._pending: list[_Pending] = []
-        #: Set when the batch in flight is answered (None: none in flight).
-        self._in_flight: trio.Event | None = None
-        #: Counters: batches sent, jobs in them.
-        self.batches = 0
-        self.jobs = 0
-
-    async def complete(self, completion: Completion) -> str:
-        """"completed" or "stale_lease" for this job; raises what refused its batch."""
-        mine = _Pending(completion)
-        self._pending.append(mine)
-        while mine.outcome is None:
-            if self._in_flight is not None:
-                await self._in_flight.wait()  # (every waiter wakes at once; one sends the next batch)
-                continue
-            self._in_flight = done = trio.Event()
-            try:
-                await self._send(self._take())
-            finally:
-                self._in_flight = None
-                done.set()
-        if isinstance(mine.outcome, TrimaranError):
-            raise mine.outcome
-        return mine.outcome
-
-    def _take(self) -> list[_Pending]:
-        count, size_bytes = 0, 0
-        for p in self._pending:
-            size_bytes += len(p.completion.result)
-            if count and (count >= limits.job_complete_batch_max or size_bytes > limits.job_result_bytes_max):
-                break
-            count += 1
-        batch, self._pending = self._pending[:count], self._pending[count:]
-        return batch
-
-    async def _send(self, batch: list[_Pending]) -> None:
-        try:
-            try:
-                outcomes = await self._jobs.complete_batch([p.completion for p in batch], timeout_ms=REPORT_TIMEOUT_MS)
-            except TrimaranError as exc:
-                for p in batch:
-                    p.outcome = exc
-            else:
-                for p, outcome in zip(batch, outcomes):
-                    p.outcome = outcome
-                self.batches += 1
-                self.jobs += len(batch)
-        finally:
-            for p in batch:  # (cancelled: nobody learns more than that the report failed)
-                if p.outcome is None:
-                    p.outcome = RequestTimeout("the complete_batch carrying this job was cancelled")
-
-
 @dataclass
 class _Running:
     lease: Lease
@@ -407,8 +340,9 @@ class Worker:
         self._session_lock = trio.Lock()
         #: Jobs whose task ended and whose outcome is being reported (their slots are free).
         self._reporting = 0
-        #: The group commit of completions (made when the worker runs: the app's client is open then).
-        self.completions: _Completions | None = None
+        #: The group commit of completions, one ``complete_batch`` in flight (made when the worker
+        #: runs: the app's client is open then).
+        self.completions: GroupCommit | None = None
 
     def stop(self) -> None:
         """Stop claiming; running jobs get ``grace_ms`` to finish, the rest are given back."""
@@ -423,7 +357,11 @@ class Worker:
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         jobs = self.app.jobs
-        self.completions = _Completions(jobs)
+
+        async def complete_batch(completions: list[Completion]) -> list[str]:
+            return await jobs.complete_batch(completions, timeout_ms=REPORT_TIMEOUT_MS)
+
+        self.completions = GroupCommit(complete_batch, limits.job_complete_batch_max, limits.job_result_bytes_max)
         await self._open_session(None)
         task_status.started()
         try:
@@ -639,7 +577,7 @@ class Worker:
                         await jobs.fail(lease.id, lease.token, f"InvalidArgument: {exc.message}", retry=False, timeout_ms=REPORT_TIMEOUT_MS)
                         return
                     assert self.completions is not None
-                    if await self.completions.complete(completion) == StaleLease.code:
+                    if await self.completions.submit(completion, len(completion.result)) == StaleLease.code:
                         raise StaleLease(f"token {lease.token} is not the current lease of job {lease.id}")
                 else:
                     state = await jobs.fail(lease.id, lease.token, outcome[1], retry=outcome[2], timeout_ms=REPORT_TIMEOUT_MS)
