@@ -514,16 +514,19 @@ class Worker:
         left_ms = lease.lease_until_ms - time.time() * 1000
         timeout_s = max(left_ms - min(LEASE_MARGIN_MS_MAX, left_ms / 10), 1) / 1000
         _current.set(running.context)
+        # One cancel scope per job (trio's scopes are most of a job's cost to this runtime): its
+        # deadline is the lease's, and a cancel, a lost session or a stop sets ``reason`` first.
+        scope = running.scope
+        scope.deadline = trio.current_time() + timeout_s
         try:
-            with running.scope:
-                with trio.move_on_after(timeout_s) as timer:
-                    try:
-                        result = await self._call(task, lease.payload)
-                        outcome = ("complete", result, False)
-                    except Exception as exc:
-                        outcome = ("fail", f"{type(exc).__name__}: {exc}", getattr(exc, "retry", True) is not False)
-                if timer.cancelled_caught:
-                    outcome = ("fail", f"TimeoutError: the job ran past its lease ({timeout_s * 1000:.0f} ms)", True)
+            with scope:
+                try:
+                    result = await self._call(task, lease.payload)
+                    outcome = ("complete", result, False)
+                except Exception as exc:
+                    outcome = ("fail", f"{type(exc).__name__}: {exc}", getattr(exc, "retry", True) is not False)
+            if scope.cancelled_caught and running.reason is None:
+                outcome = ("fail", f"TimeoutError: the job ran past its lease ({timeout_s * 1000:.0f} ms)", True)
             if running.reason is None and self._reporting < self.concurrency:
                 # The task is done: its slot takes a new job while the outcome goes out (at most
                 # ``concurrency`` outcomes in flight, so at most twice that many jobs leased).
@@ -541,7 +544,7 @@ class Worker:
     def _free(self, running: _Running) -> None:
         if self.running.get(running.lease.id) is running:  # (a new lease of the same job may have replaced it)
             del self.running[running.lease.id]
-        self._poke()
+            self._poke()
 
     async def _call(self, task: Task, payload: Any) -> Any:
         if isinstance(payload, dict):

@@ -677,6 +677,8 @@ def test_a_slot_of_a_full_queue_is_skipped_and_counted() -> None:
         ["enqueue", "q", b"", {"depends_on": ["1-0", "1-0"]}],
         ["enqueue", "q", b"", {"colour": "red"}],
         ["enqueue_batch", []],
+        ["enqueue_batch", [["q", "text"]]],  # (a job without options takes a shorter path: same checks)
+        ["enqueue_batch", [["", b""]]],
         ["claim", "s1-0", [], 1],
         ["claim", "s1-0", ["q"], 0],
         ["session_open", "w", 0],
@@ -684,6 +686,9 @@ def test_a_slot_of_a_full_queue_is_skipped_and_counted() -> None:
         ["complete_batch", []],
         ["complete_batch", [["1-0"]]],
         ["complete_batch", [["1-0", 1, {"result": "text"}]]],
+        ["complete_batch", [["1-0", "1", {"result": b""}]]],  # (a worker's item shape: a shorter path)
+        ["complete_batch", [[7, 1, {"result": b""}]]],
+        ["complete_batch", [["1-0", 1, {"result": b"", "extra": 1}]]],
         ["complete_batch", [["1-0", 1], ["1-1", 0]]],
         ["complete_batch", "1-0"],
         ["schedule", "s", "q", b"", {}],

@@ -292,6 +292,8 @@ ENQUEUE_OPTIONS = (
 
 def job_spec(queue: Any, payload: Any, opts: dict[str, Any]) -> JobSpec:
     """One job's validated fields (``opts`` already stripped of None values)."""
+    if not opts:  # (most jobs: every option its default, checked once here rather than per job)
+        return JobSpec(name_arg(queue, "queue"), bytes_arg(payload, "payload", limits.job_payload_bytes_max, "job_payload_bytes_max"))
     unknown = sorted(str(k) for k in opts if k not in ENQUEUE_OPTIONS)
     if unknown:
         raise InvalidArgument(f"enqueue: unknown option(s) {', '.join(unknown)} (allowed: {', '.join(ENQUEUE_OPTIONS)})")
@@ -408,7 +410,21 @@ def _complete(c: list[Any]) -> CompleteCmd:
 
 def _complete_batch(c: list[Any]) -> CompleteBatchCmd:
     items = _batch_items(c, "[job, token, {result}?]", "job_complete_batch_max")
-    return CompleteBatchCmd(tuple(_complete(["complete", *item]) for item in items))
+    return CompleteBatchCmd(tuple(_completion(item) for item in items))
+
+
+def _completion(item: list[Any]) -> CompleteCmd:
+    """One ``complete_batch`` item: ``_complete``'s checks, without rebuilding the command for the
+    shape a worker sends (``[job, token, {"result": bytes}]``)."""
+    opts = item[2] if len(item) == 3 else None
+    if type(opts) is not dict or len(opts) != 1 or "result" not in opts:
+        return _complete(["complete", *item])
+    result = opts["result"]
+    return CompleteCmd(
+        name_arg(item[0], "job"),
+        token_arg(item[1]),
+        None if result is None else bytes_arg(result, "result", limits.job_result_bytes_max, "job_result_bytes_max"),
+    )
 
 
 def _fail(c: list[Any]) -> FailCmd:
