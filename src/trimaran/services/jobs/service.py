@@ -496,8 +496,12 @@ class JobsService:
         q.counts[state] -= 1
         if state == READY:
             key = self._ready_key(job)
-            q.ready[job.group].remove(key)
             head = q.head_of.get(job.group)
+            if head == key:  # the group's first job, as every claimed one is: no search
+                taken = q.ready[job.group].pop(0)
+                assert taken == key
+            else:
+                q.ready[job.group].remove(key)
             if head is None or head == key:  # (another job left: the group's head stays)
                 self._refresh_head(q, job.group)
         elif state == DELAYED:
@@ -515,7 +519,7 @@ class JobsService:
             q.dead.remove(self._dead_key(job))
         elif state in ENDED:
             self._timers.remove((job.purge_at_ms, T_PURGE, job.id))
-        if state in PENDING and job.expires_at_ms:
+        if job.expires_at_ms and state in PENDING:  # (most jobs never expire: checked first)
             self._timers.remove((job.expires_at_ms, T_EXPIRE, job.id))
         job.state = ""
 
@@ -546,7 +550,7 @@ class JobsService:
             q.dead.add(self._dead_key(job))
         elif state in ENDED:
             self._timers.add((job.purge_at_ms, T_PURGE, job.id))
-        if state in PENDING and job.expires_at_ms:
+        if job.expires_at_ms and state in PENDING:  # (most jobs never expire: checked first)
             self._timers.add((job.expires_at_ms, T_EXPIRE, job.id))
 
     def _refresh_head(self, q: Queue, group: str) -> None:
