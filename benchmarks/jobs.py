@@ -1,9 +1,10 @@
 """The job queue through a real 3-node cluster, beside RabbitMQ quorum queues and NATS JetStream work
 queues in the same run, and the queue's scale (memory per job, claim latency at 1k vs 1M queued).
 
-1. Enqueue rate: P closed-loop producers (1, 64, 256) enqueue 256-byte jobs; each enqueue is
-   committed on a majority, fsynced and applied before it is acknowledged. ops/s and the latency
-   enqueue -> acknowledgement (p50, p99).
+1. Enqueue rate: P closed-loop producers (1, 64, 256) enqueue 256-byte jobs over P/8 clients (1 to
+   8); each enqueue is committed on a majority, fsynced and applied before it is acknowledged (the
+   enqueues waiting on one client at once share a command: ``enqueue_batch``, one in flight per
+   client; it prints the jobs per command). ops/s and the latency enqueue -> acknowledgement (p50, p99).
 2. Round trip: the same producers, and 8 workers (the worker runtime, ``trimaran.client.Worker``:
    one session and heartbeat each, two long-polling claims in flight, completions reported together
    in ``complete_batch`` commands, concurrency 32) in separate processes (``--worker-procs``, 4
