@@ -279,6 +279,51 @@ async def test_a_worker_keeps_two_claims_in_flight_each_for_its_share_of_the_slo
             assert fake.claims == [3, 2]  # both wait at once; together never more than the concurrency
 
 
+class Outcomes(HeldCompletions):
+    """Hands out ``ids`` with leases ending ``lease_ms`` from now (wall clock, as the worker reads
+    it) and records every outcome reported."""
+
+    def __init__(self, ids: list[str], lease_ms: int) -> None:
+        super().__init__(ids)
+        self.lease_ms = lease_ms
+        self.answer.set()
+        self.reported: list[tuple[str, str, Any]] = []
+
+    async def claim(self, session: str, queues: list[str], n: int, **_: Any) -> Claim:
+        while not self.ids:  # (a long poll, in mock time)
+            await trio.sleep(0.05)
+        lease_until_ms = int(time.time() * 1000) + self.lease_ms
+        return Claim([Lease(self.ids.pop(0), "q", None, 1, 1, lease_until_ms, 0, "", None)], [])
+
+    async def fail(self, job: str, token: int, error: str = "", *, retry: bool = True, **_: Any) -> str:
+        self.reported.append(("fail", job, (error, retry)))
+        return "ready"
+
+    async def ack_cancel(self, job: str, token: int, **_: Any) -> str:
+        self.reported.append(("ack_cancel", job, None))
+        return "cancelled"
+
+
+async def test_a_job_past_its_lease_fails_as_a_timeout_and_a_cancelled_one_is_acknowledged(autojump_clock: Any) -> None:
+    fake = Outcomes(["1-0"], lease_ms=60_000)
+    app = Jobs(client=SimpleNamespace(jobs=fake))  # type: ignore[arg-type]
+
+    @app.task("q")
+    async def forever() -> None:
+        await trio.sleep_forever()
+
+    async with running(app.worker(concurrency=1, **FAST)) as worker:
+        await wait_all_tasks_blocked()
+        worker._cancel_asked(["1-0"])  # as a heartbeat or claim answer would say
+        await wait_all_tasks_blocked()
+        assert fake.reported == [("ack_cancel", "1-0", None)]
+        fake.lease_ms, fake.ids = 2_000, ["2-0"]
+        await trio.sleep(5)  # (mock time: the lease's deadline passes)
+        assert fake.reported[1:] and fake.reported[1][:2] == ("fail", "2-0")
+        error, retry = fake.reported[1][2]
+        assert error.startswith("TimeoutError: the job ran past its lease") and retry is True
+
+
 async def test_a_graceful_stop_gives_in_flight_jobs_back(tmp_path: Path) -> None:
     with trio.fail_after(TIMEOUT_S):
         async with cluster_client(tmp_path) as (c, _):
