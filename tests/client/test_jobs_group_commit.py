@@ -11,7 +11,7 @@ import pytest
 import trio
 from trio.testing import wait_all_tasks_blocked
 
-from trimaran.client.jobs import JobsClient
+from trimaran.client.jobs import GroupCommit, JobsClient
 from trimaran.errors import NotFound, QueueFull, RequestTimeout
 from trimaran.protocols.service import ApplyContext
 from trimaran.services.jobs import JobsService
@@ -174,3 +174,75 @@ async def test_a_batch_whose_request_fails_gives_every_caller_that_error() -> No
             for _ in range(3):
                 nursery.start_soon(enqueue)
     assert fake.ops() == [("enqueue_batch", 3)] and len(errors) == 3  # outcome unknown: not resent alone
+
+
+class HeldSend:
+    """A group commit's ``send``: records each batch and, while ``hold`` is set, waits for the test."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Any]] = []
+        self.hold: trio.Event | None = None
+
+    async def __call__(self, items: list[Any]) -> list[Any]:
+        self.batches.append(items)
+        if self.hold is not None:
+            await self.hold.wait()
+        return [f"ok {item}" for item in items]
+
+
+async def test_posted_items_go_with_the_next_batch_and_their_callbacks_get_the_answers() -> None:
+    send = HeldSend()
+    group = GroupCommit(send, 100, 1_000)
+    answers: dict[str, Any] = {}
+    send.hold = trio.Event()
+    with trio.fail_after(TIMEOUT_S):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(group.post, "first", 1, lambda a: answers.__setitem__("first", a))
+            await wait_all_tasks_blocked()  # "first" is in flight: its poster sends it
+            for name in ("a", "b"):  # returns at once, without a checkpoint
+                with trio.CancelScope() as scope:
+                    scope.cancel()  # (a cancelled caller: nothing here may wait)
+                    await group.post(name, 1, lambda a, name=name: answers.__setitem__(name, a))
+            assert answers == {} and send.batches == [["first"]]
+            send.hold.set()  # the poster of "first" goes on: only posted items are left
+        assert send.batches == [["first"], ["a", "b"]]
+        assert answers == {"first": "ok first", "a": "ok a", "b": "ok b"}
+        assert (group.batches, group.jobs) == (2, 3)
+
+
+async def test_a_waiter_taken_back_leaves_no_posted_item_unsent() -> None:
+    send = HeldSend()
+    group = GroupCommit(send, 100, 1_000)
+    answers: list[Any] = []
+    send.hold = trio.Event()
+    with trio.fail_after(TIMEOUT_S):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(group.submit, "sender", 1)
+            await wait_all_tasks_blocked()
+            quitter = trio.CancelScope()
+
+            async def waiter() -> None:
+                with quitter:
+                    await group.submit("quitter", 1)
+
+            nursery.start_soon(waiter)
+            await wait_all_tasks_blocked()
+            await group.post("posted", 1, answers.append)  # in flight: returns at once
+            # Together: whichever runs first, the posted item is sent and the quitter's is not. If
+            # the sender does, it sees a waiting caller left and returns; the quitter, taking its
+            # item back, finds nobody sending and sends the posted one. If the quitter does, the
+            # sender finds only the posted item left and sends it.
+            quitter.cancel()
+            send.hold.set()
+    assert send.batches[0] == ["sender"] and ["posted"] in send.batches[1:] and all("quitter" not in b for b in send.batches)
+    assert answers == ["ok posted"]
+
+
+async def test_a_full_batch_leaves_the_rest_for_the_next_one() -> None:
+    send = HeldSend()
+    group = GroupCommit(send, 2, 1_000)
+    with trio.fail_after(TIMEOUT_S):
+        async with trio.open_nursery() as nursery:
+            for n in range(5):
+                nursery.start_soon(group.submit, n, 1)
+    assert [len(b) for b in send.batches] == [2, 2, 1] and sorted(x for b in send.batches for x in b) == list(range(5))

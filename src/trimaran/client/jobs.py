@@ -310,17 +310,23 @@ _ALONE = _Unanswered()
 class _Item:
     value: Any
     size_bytes: int
+    #: Called with the outcome of a posted item (None: its caller waits for it).
+    then: Callable[[Any], None] | None = None
     #: The item's answer, or the error that refused its batch.
     outcome: Any = _UNANSWERED
 
 
 class GroupCommit:
     """Group commit of one kind of command: at most one request in flight; the items that arrive
-    meanwhile wait for it and go together in the next one (up to ``items_max`` items and
-    ``bytes_max`` bytes; a lone item goes at once, alone). ``send`` answers a batch with one
-    outcome per item, in order. Used for a worker's completions and for a client's enqueues: under
-    load one request, one session number and one log command carry many, and each caller still
-    gets its own answer."""
+    meanwhile go together in the next one (up to ``items_max`` items and ``bytes_max`` bytes; a
+    lone item goes at once, alone). ``send`` answers a batch with one outcome per item, in order.
+    Used for a client's enqueues and a worker's completions: under load one request, one session
+    number and one log command carry many, and each item still gets its own answer.
+
+    The caller that finds no batch in flight sends one, shielded (the others need its answer; the
+    command's deadline bounds it), and goes on sending while items are left that no waiting caller
+    would send: a :meth:`submit` waits for its item's answer, a :meth:`post` (a worker's completion)
+    hands it to a callback and returns at once when a batch is in flight."""
 
     def __init__(self, send: Callable[[list[Any]], Awaitable[list[Any]]], items_max: int, bytes_max: int) -> None:
         self._send_batch = send
@@ -335,9 +341,7 @@ class GroupCommit:
 
     async def submit(self, value: Any, size_bytes: int) -> Any:
         """The answer to ``value``; raises what refused its batch (``RequestTimeout`` if the batch
-        carrying it was cancelled). A caller cancelled before its item was sent takes it back; the
-        caller sending a batch waits for its answer even if cancelled (the others need it), which
-        the command's deadline bounds."""
+        carrying it was cancelled). A caller cancelled before its item was sent takes it back."""
         mine = _Item(value, size_bytes)
         self._pending.append(mine)
         try:
@@ -345,26 +349,50 @@ class GroupCommit:
                 if self._in_flight is not None:
                     await self._in_flight.wait()  # (every waiter wakes at once; one sends the next batch)
                     continue
-                self._in_flight = done = trio.Event()
-                try:
-                    with trio.CancelScope(shield=True):
-                        # Let the tasks already runnable add theirs first (those woken by the last
-                        # answer: two passes whatever order trio runs them in), so a burst goes in
-                        # one batch rather than as a lone first item and then the rest.
-                        for _ in range(2):
-                            await trio.lowlevel.checkpoint()
-                        await self._send(self._take())
-                finally:
-                    self._in_flight = None
-                    done.set()
+                await self._send_batches(mine)
         finally:
             if mine.outcome is _UNANSWERED and mine in self._pending:
                 self._pending.remove(mine)  # cancelled before it was sent: never sent
+                if self._pending and self._in_flight is None:
+                    await self._send_batches(None)  # (posted items that were waiting on this caller)
         if isinstance(mine.outcome, TrimaranError):
             raise mine.outcome
         return mine.outcome
 
+    async def post(self, value: Any, size_bytes: int, then: Callable[[Any], None]) -> None:
+        """Queue ``value``; ``then`` gets its outcome (the answer, or the error that refused its
+        batch) from whichever caller sends it. Returns at once, without a checkpoint, while a batch
+        is in flight; otherwise sends batches until none is left for it to send."""
+        self._pending.append(_Item(value, size_bytes, then))
+        if self._in_flight is None:
+            await self._send_batches(None)
+
+    async def _send_batches(self, mine: _Item | None) -> None:
+        """Send batches until ``mine`` (if any) is answered and every item left, if any, has a
+        waiting caller to send it."""
+        with trio.CancelScope(shield=True):
+            while True:
+                self._in_flight = done = trio.Event()
+                try:
+                    # Let the tasks already runnable add theirs first (those woken by the last
+                    # answer: two passes whatever order trio runs them in), so a burst goes in
+                    # one batch rather than as a lone first item and then the rest.
+                    for _ in range(2):
+                        await trio.lowlevel.checkpoint()
+                    batch = self._take()
+                    if batch:  # (empty if every item left was taken back meanwhile)
+                        await self._send(batch)
+                finally:
+                    self._in_flight = None
+                    done.set()
+                if not self._pending:
+                    return
+                if (mine is None or mine.outcome is not _UNANSWERED) and any(item.then is None for item in self._pending):
+                    return  # a waiting caller (woken by ``done``) sends the rest
+                # Mine is still to go (the batch was full), or only posted items are left.
+
     def _take(self) -> list[_Item]:
+        """The next batch: the oldest pending items, up to the bounds (always at least one)."""
         count, size_bytes = 0, 0
         for item in self._pending:
             size_bytes += item.size_bytes
@@ -390,6 +418,8 @@ class GroupCommit:
             for item in batch:  # (cancelled: nobody learns more than that the request failed)
                 if item.outcome is _UNANSWERED:
                     item.outcome = RequestTimeout("the request carrying this item was cancelled; it may or may not have been applied")
+                if item.then is not None:
+                    item.then(item.outcome)
 
 
 class JobsClient:

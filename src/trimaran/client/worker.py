@@ -33,8 +33,9 @@ The worker (:class:`Worker`, run by :meth:`Jobs.run_worker` and ``trimaran worke
   lapsed lease is refused (``StaleLease``) and dropped;
 - **reports completions together**: one ``complete_batch`` command in flight at a time carries
   every job that finished meanwhile (group commit: a lone job goes at once, alone; under load a
-  worker's completions share one request and one log entry), each job still fenced by its own
-  token (claiming the freed slots in that same command was tried, and measured slower than the
+  worker's completions share one request and one log entry, and a job's task ends as soon as its
+  completion is queued: the task sending the batch in flight sends it next), each job still
+  fenced by its own token (claiming the freed slots in that same command was tried, and measured slower than the
   separate long-polling claims below);
 - records a task's exception as ``"Type: message"``; an exception with ``retry = False`` (such
   as :class:`JobError` ``(..., retry=False)``) sends the job straight to the dead-letter list; a
@@ -532,12 +533,9 @@ class Worker:
                 # ``concurrency`` outcomes in flight, so at most twice that many jobs leased).
                 self._free(running)
                 self._reporting += 1
-                try:
-                    await self._report(running, outcome)
-                finally:
-                    self._reporting -= 1
+                await self._report(running, outcome, self._reported)
             else:
-                await self._report(running, outcome)
+                await self._report(running, outcome, None)
         finally:
             self._free(running)
 
@@ -561,34 +559,64 @@ class Worker:
         context = contextvars.copy_context()
         return await trio.to_thread.run_sync(lambda: context.run(task.fn, *args, **kwargs), abandon_on_cancel=True)
 
-    async def _report(self, running: _Running, outcome: tuple[str, Any, bool] | None) -> None:
-        """Tell the service how the attempt ended, with the lease's token (shielded: a stop does not
-        cut it short). A refusal as stale means another attempt owns the job now: dropped."""
-        jobs, lease = self.app.jobs, running.lease
-        with trio.CancelScope(shield=True):
+    def _reported(self) -> None:
+        """An outcome reported while its job's slot was already free is settled."""
+        self._reporting -= 1
+
+    async def _report(self, running: _Running, outcome: tuple[str, Any, bool] | None, settled: Callable[[], None] | None) -> None:
+        """Tell the service how the attempt ended, with the lease's token. A refusal as stale means
+        another attempt owns the job now: dropped. With ``settled``, a completion is posted to the
+        group commit, which calls ``settled`` once it is answered (so this returns at once while a
+        batch is in flight: no wait, no wakeup per job); any other outcome is settled here.
+
+        A stop of the worker does not cut a report short: the group commit shields the batches it
+        sends and a post does not wait; everything else waits in a shielded scope here."""
+        lease = running.lease
+        completion = None
+        if running.reason is None and outcome is not None and outcome[0] == "complete":
             try:
-                if running.reason == "cancel":
-                    await jobs.ack_cancel(lease.id, lease.token, timeout_ms=REPORT_TIMEOUT_MS)
-                elif running.reason is not None:
-                    return  # lost: not ours any more; stop: the session close gives it back
-                elif outcome is None:
-                    return
-                elif outcome[0] == "complete":
+                completion = Completion.of(lease.id, lease.token, outcome[1])
+            except InvalidArgument as exc:  # the result cannot be stored: no retry helps
+                outcome = ("fail", f"InvalidArgument: {exc.message}", False)
+        assert self.completions is not None
+        if completion is not None and settled is not None:
+            await self.completions.post(completion, len(completion.result), lambda answer: self._answered(lease, answer, settled))
+            return
+        try:
+            with trio.CancelScope(shield=True):
+                if completion is not None:
                     try:
-                        completion = Completion.of(lease.id, lease.token, outcome[1])
-                    except InvalidArgument as exc:  # the result cannot be stored: no retry helps
-                        await jobs.fail(lease.id, lease.token, f"InvalidArgument: {exc.message}", retry=False, timeout_ms=REPORT_TIMEOUT_MS)
-                        return
-                    assert self.completions is not None
-                    if await self.completions.submit(completion, len(completion.result)) == StaleLease.code:
-                        raise StaleLease(f"token {lease.token} is not the current lease of job {lease.id}")
+                        self._answered(lease, await self.completions.submit(completion, len(completion.result)), None)
+                    except TrimaranError as exc:
+                        self._answered(lease, exc, None)
                 else:
-                    state = await jobs.fail(lease.id, lease.token, outcome[1], retry=outcome[2], timeout_ms=REPORT_TIMEOUT_MS)
-                    log.info("job %s attempt %d failed (%s): now %s", lease.id, lease.attempt, outcome[1], state)
-            except StaleLease:
-                log.warning("job %s: the lease of attempt %d ended before its outcome arrived; dropped", lease.id, lease.attempt)
-            except TrimaranError as exc:
-                log.warning("job %s: reporting its outcome failed (%s: %s); its lease will lapse", lease.id, exc.code, exc.message)
+                    await self._report_other(running, outcome)
+        finally:
+            if settled is not None:
+                settled()
+
+    async def _report_other(self, running: _Running, outcome: tuple[str, Any, bool] | None) -> None:
+        """Report an outcome other than a completion and wait for its answer."""
+        jobs, lease = self.app.jobs, running.lease
+        try:
+            if running.reason == "cancel":
+                await jobs.ack_cancel(lease.id, lease.token, timeout_ms=REPORT_TIMEOUT_MS)
+            elif running.reason is None and outcome is not None:
+                state = await jobs.fail(lease.id, lease.token, outcome[1], retry=outcome[2], timeout_ms=REPORT_TIMEOUT_MS)
+                log.info("job %s attempt %d failed (%s): now %s", lease.id, lease.attempt, outcome[1], state)
+            # (else lost: not ours any more; stopped: the session close gives it back)
+        except TrimaranError as exc:
+            self._answered(lease, exc, None)
+
+    @staticmethod
+    def _answered(lease: Lease, answer: Any, settled: Callable[[], None] | None) -> None:
+        """A report's answer: "completed", "stale_lease" or the error that refused it."""
+        if answer == StaleLease.code or isinstance(answer, StaleLease):
+            log.warning("job %s: the lease of attempt %d ended before its outcome arrived; dropped", lease.id, lease.attempt)
+        elif isinstance(answer, TrimaranError):
+            log.warning("job %s: reporting its outcome failed (%s: %s); its lease will lapse", lease.id, answer.code, answer.message)
+        if settled is not None:
+            settled()
 
 
 __all__ = ["JobContext", "JobError", "JobHandle", "Jobs", "Task", "Worker", "current_job"]
