@@ -11,7 +11,7 @@ import pytest
 import trio
 from trio.testing import wait_all_tasks_blocked
 
-from trimaran.client.jobs import GroupCommit, JobsClient
+from trimaran.client.jobs import ENQUEUE_GROUPS_MAX, GroupCommit, JobsClient
 from trimaran.errors import NotFound, QueueFull, RequestTimeout
 from trimaran.protocols.service import ApplyContext
 from trimaran.services.jobs import JobsService
@@ -246,3 +246,11 @@ async def test_a_full_batch_leaves_the_rest_for_the_next_one() -> None:
             for n in range(5):
                 nursery.start_soon(group.submit, n, 1)
     assert [len(b) for b in send.batches] == [2, 2, 1] and sorted(x for b in send.batches for x in b) == list(range(5))
+
+
+async def test_a_client_keeps_few_enqueue_groups_whatever_deadlines_its_callers_pass() -> None:
+    fake = HeldService()
+    jobs = JobsClient(fake)
+    ids = [await jobs.enqueue("q", n, timeout_ms=1_000 + n) for n in range(40)]  # one deadline each
+    assert len(set(ids)) == 40 and len(jobs.enqueues) <= ENQUEUE_GROUPS_MAX
+    assert (await jobs.stats("q")).counts["ready"] == 40

@@ -40,6 +40,8 @@ RESULT_POLL_MS_MIN = 10
 RESULT_POLL_MS_MAX = 250
 #: The deadline past a long-polling claim's wait when the client has no timeout of its own.
 CLAIM_TIMEOUT_MS_MIN = 5_000
+#: Group commits of enqueues a client keeps, one per call deadline (``timeout_ms``) in use.
+ENQUEUE_GROUPS_MAX = 16
 
 _ENQUEUE_OPTIONS = (
     "priority", "delay_ms", "run_at_ms", "unique_key", "unique_window_ms", "max_attempts", "backoff",
@@ -339,6 +341,11 @@ class GroupCommit:
         self.batches = 0
         self.jobs = 0
 
+    @property
+    def idle(self) -> bool:
+        """Nothing pending and nothing in flight."""
+        return not self._pending and self._in_flight is None
+
     async def submit(self, value: Any, size_bytes: int) -> Any:
         """The answer to ``value``; raises what refused its batch (``RequestTimeout`` if the batch
         carrying it was cancelled). A caller cancelled before its item was sent takes it back."""
@@ -451,15 +458,22 @@ class JobsClient:
         if unknown:
             raise InvalidArgument(f"enqueue: unknown option(s) {', '.join(unknown)} (allowed: {', '.join(_ENQUEUE_OPTIONS)})")
         item = NewJob(queue, payload, **options).wire()
-        group = self.enqueues.get(timeout_ms)
-        if group is None:
-            group = self.enqueues[timeout_ms] = GroupCommit(
-                lambda items: self._enqueue_together(items, timeout_ms), limits.job_enqueue_batch_max, limits.job_payload_bytes_max
-            )
-        job_id = await group.submit(item, len(pack(item)))
+        job_id = await self._enqueue_group(timeout_ms).submit(item, len(pack(item)))
         if job_id is _ALONE:
             job_id = await self._command(["enqueue", *item], timeout_ms)
         return str(job_id)
+
+    def _enqueue_group(self, timeout_ms: int | None) -> GroupCommit:
+        """The group commit of enqueues with this deadline; at most ``ENQUEUE_GROUPS_MAX`` are kept
+        (idle ones are dropped first: a caller may pass a different deadline on every call)."""
+        group = self.enqueues.get(timeout_ms)
+        if group is None:
+            if len(self.enqueues) >= ENQUEUE_GROUPS_MAX:
+                self.enqueues = {t: g for t, g in self.enqueues.items() if not g.idle}
+            group = GroupCommit(lambda items: self._enqueue_together(items, timeout_ms), limits.job_enqueue_batch_max, limits.job_payload_bytes_max)
+            if len(self.enqueues) < ENQUEUE_GROUPS_MAX:
+                self.enqueues[timeout_ms] = group  # (else this one serves this call alone)
+        return group
 
     async def _enqueue_together(self, items: list[list[Any]], timeout_ms: int | None) -> list[Any]:
         """Concurrent enqueues in one command: ``enqueue`` for one, ``enqueue_batch`` for more. A batch
