@@ -102,9 +102,11 @@ class Result:
     #: over repeats would mix leaders and followers, as each repeat elects its own leader).
     client_cpu_ms_per_kop: float = 0.0
     node_cpu_ms_per_kop: dict[str, float] | None = None
-    #: Read and write system calls per 1000 ops (from /proc/PID/io), keyed "client" and by role like
-    #: the CPU: unlike CPU time they do not move with the neighbours' load, so a change in batching
-    #: (frames, TLS records, heartbeat rounds per op) shows here even on a busy machine.
+    #: read() and write() system calls per 1000 ops (/proc/PID/io's syscr + syscw: send and recv
+    #: are not counted there, but the client and the nodes read and write their sockets with
+    #: os.read and os.write), keyed "client" and by role like the CPU. Unlike CPU time they do not
+    #: move with the neighbours' load, so a change in batching (frames, TLS records, read rounds
+    #: per op) shows here even on a busy machine.
     syscalls_per_kop: dict[str, float] | None = None
 
 
