@@ -101,7 +101,8 @@ def test_kv_scan(cluster: FakeCluster) -> None:
     assert code == 0 and [line["key"] for line in lines] == ["user:0", "user:1"]
     assert lines[0] == {"key": "user:0", "value": "name 0", "revision": lines[0]["revision"], "ttl_remaining_ms": None}
     assert len(run("kv", "scan", *endpoints)[1].splitlines()) == 6  # no prefix: every key
-    assert run("kv", "scan", "nothing", *endpoints) == (0, "", "")
+    assert run("kv", "scan", "nothing", *endpoints) == (0, "", "no keys starting with nothing\n")
+    assert run("kv", "scan", "nothing", "--json", *endpoints) == (0, "", "")
 
 
 def test_kv_watch_replays_and_follows(cluster: FakeCluster) -> None:

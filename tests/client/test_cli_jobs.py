@@ -25,9 +25,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 async def cli(*args: str) -> tuple[int, str]:
-    def run() -> tuple[int, str]:
+    code, out, err = await cli_streams(*args)
+    return code, out + err
+
+
+async def cli_streams(*args: str) -> tuple[int, str, str]:
+    def run() -> tuple[int, str, str]:
         result = CliRunner().invoke(main, list(args))
-        return result.exit_code, result.output
+        return result.exit_code, result.stdout, result.stderr
 
     return await trio.to_thread.run_sync(run)
 
@@ -37,6 +42,13 @@ async def test_jobs_commands(tmp_path: Path) -> None:
         with trio.fail_after(TIMEOUT_S):
             await cluster.leader(timeout_s=TIMEOUT_S)
             e = ["--endpoints", str(cluster.client_address(1))]
+            # Nothing to list is said on stderr (stdout stays empty for scripts), in text mode only.
+            assert await cli_streams("jobs", "queues", *e) == (0, "", "no queues (a queue exists once a job is enqueued to it)\n")
+            assert await cli_streams("jobs", "queues", "--json", *e) == (0, "", "")
+            assert await cli_streams("jobs", "list", "mail", *e) == (0, "", "no jobs in mail\n")
+            assert await cli_streams("jobs", "list", "mail", "--state", "dead", *e) == (0, "", "no dead jobs in mail\n")
+            assert await cli_streams("jobs", "dlq", "mail", *e) == (0, "", "no dead jobs in mail\n")
+            assert await cli_streams("jobs", "schedules", *e) == (0, "", "no schedules\n")
             code, out = await cli("jobs", "enqueue", "mail", '{"to": "a@b.c"}', "--priority", "3", "--json", *e)
             assert code == 0, out
             job_id = json.loads(out)["id"]

@@ -118,6 +118,14 @@ def _client_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
         raise click.ClickException(f"{exc.code}: {exc.message}".splitlines()[0]) from None
 
 
+def _none_found(what: str, as_json: bool) -> None:
+    """Say that a list command found nothing, as ``what`` (text mode only, on stderr like the
+    "more:" hint): an empty answer and an answer that never came look alike otherwise, and stdout
+    stays empty for a script that counts lines."""
+    if not as_json:
+        click.echo(what, err=True)
+
+
 def _stream_lines(
     follow: Any, endpoints: str, name: str, *, line: Any, to_json: Any, as_json: bool, **options: Any
 ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from trimaran.cli import _client_options, _service, _stream_lines, main
+from trimaran.cli import _client_options, _none_found, _service, _stream_lines, main
 
 
 @main.group("chat")
@@ -53,6 +53,8 @@ def chat_history_command(
     page = _service("chat", endpoints, cluster_id, token, timeout_ms, "history", channel, since=since, epoch=epoch, limit=limit)
     for m in page.messages:
         click.echo(json.dumps({"offset": m.offset, **bytes_to_json("data", m.data), "at_ms": m.at_ms}) if as_json else f"{m.offset} {text(m.data)}")
+    if not page.messages and page.recovered:
+        _none_found(f"no messages on {channel}" + ("" if since is None else f" after {since}"), as_json)
     if not page.recovered:
         click.echo(f"history no longer reaches back to {since}: it starts at {page.oldest} (epoch {page.epoch})", err=True)
 
@@ -63,14 +65,17 @@ def chat_history_command(
 def chat_presence_command(
     channel: str, endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool
 ) -> None:
-    """Print who is present in CHANNEL: SESSION INFO per line."""
+    """Print who is present in CHANNEL: SESSION INFO per line (JSON lines with --json)."""
     import json
 
     from trimaran.client.commands import bytes_to_json, text
 
-    for session, info, joined_at_ms in _service("chat", endpoints, cluster_id, token, timeout_ms, "presence", channel):
+    present = _service("chat", endpoints, cluster_id, token, timeout_ms, "presence", channel)
+    for session, info, joined_at_ms in present:
         line = json.dumps({"session": session, **bytes_to_json("info", info), "joined_at_ms": joined_at_ms})
         click.echo(line if as_json else f"{session} {text(info)}")
+    if not present:
+        _none_found(f"no one present on {channel}", as_json)
 
 
 @chat_group.command("subscribe")

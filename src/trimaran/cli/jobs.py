@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from trimaran.cli import _DEFAULT_ENDPOINTS, _check_endpoints, _client_call, _client_options, _log_level_option, _service, main
+from trimaran.cli import _DEFAULT_ENDPOINTS, _check_endpoints, _client_call, _client_options, _log_level_option, _none_found, _service, main
 
 
 @main.command("worker")
@@ -183,6 +183,8 @@ def jobs_list_command(
     page = _jobs(endpoints, cluster_id, token, timeout_ms, "list_jobs", queue, state=state, limit=limit, start_after=start_after)
     for info in page.items:
         click.echo(_dumps(info.to_json()) if as_json else _job_line(info))
+    if not page.items:
+        _none_found(f"no {state + ' ' if state else ''}jobs in {queue}" + (f" after {start_after}" if start_after else ""), as_json)
     if page.next is not None:
         click.echo(f"more: --start-after {page.next}", err=True)
 
@@ -219,6 +221,8 @@ def jobs_queues_command(
             continue
         paused = "  (paused)" if item["paused"] else ""
         click.echo(f"{item['queue']:24} {item['ready']:>7} {item['delayed']:>7} {item['running']:>7} {item['dead']:>7} {item['held']:>7}{paused}")
+    if not page.items:
+        _none_found("no queues" + (f" after {start_after}" if start_after else "") + " (a queue exists once a job is enqueued to it)", as_json)
     if page.next is not None:
         click.echo(f"more: --start-after {page.next}", err=True)
 
@@ -268,6 +272,8 @@ def jobs_dlq_command(
     page = _jobs(endpoints, cluster_id, token, timeout_ms, "dlq", queue, limit=limit)
     for info in page.items:
         click.echo(_dumps(info.to_json()) if as_json else f"{_job_line(info)}\n    {info.error}")
+    if not page.items:
+        _none_found(f"no dead jobs in {queue}", as_json)
 
 
 @jobs_group.command("pause")
@@ -324,7 +330,10 @@ def jobs_schedules_command(endpoints: str, cluster_id: str | None, token: str | 
     """Print the schedules: NAME QUEUE CRON|EVERY NEXT (UTC) FIRED (JSON lines with --json)."""
     import dataclasses
 
-    for s in _jobs(endpoints, cluster_id, token, timeout_ms, "schedules"):
+    schedules = _jobs(endpoints, cluster_id, token, timeout_ms, "schedules")
+    for s in schedules:
         every = s.cron if s.cron is not None else f"every {s.every_ms} ms"
         click.echo(_dumps(dataclasses.asdict(s)) if as_json else f"{s.name}\t{s.queue}\t{every}\t{_utc(s.next_ms)}\t{s.fired}")
+    if not schedules:
+        _none_found("no schedules", as_json)
 
