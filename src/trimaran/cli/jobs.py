@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from trimaran import limits
 from trimaran.cli import _DEFAULT_ENDPOINTS, _check_endpoints, _client_call, _client_options, _log_level_option, _none_found, _service, main
 
 
@@ -116,15 +117,43 @@ def _job_line(info: Any) -> str:
     return f"{info.id}\t{info.state}\t{info.attempt}/{info.max_attempts}\t{_dumps(info.payload)}"
 
 
+def _task_options(app_target: str, queue: str) -> dict[str, Any]:
+    """The job options of the task for ``queue`` in the app ``MODULE:APP``, named as ``c.jobs.enqueue``
+    takes them (a task's ``timeout_ms`` is the job's: ``job_timeout_ms`` there)."""
+    from trimaran.client.commands import load_app
+
+    jobs_app = _client_call(load_app, app_target)
+    task = jobs_app.tasks.get(queue)
+    if task is None:
+        tasks = ", ".join(sorted(jobs_app.tasks)) or "none"
+        raise click.BadParameter(f"{app_target} has no task for queue {queue} (its queues: {tasks})", param_hint="--app")
+    options = dict(task.defaults)
+    if "timeout_ms" in options:
+        options["job_timeout_ms"] = options.pop("timeout_ms")
+    return options
+
+
 @jobs_group.command("enqueue")
 @click.argument("queue")
 @click.argument("payload", required=False)
 @click.option("--priority", type=click.IntRange(-1000, 1000), help="Higher is claimed first (default 0).")
 @click.option("--delay-ms", type=click.IntRange(min=0), help="Not claimable before this many milliseconds from now.")
 @click.option("--unique-key", help="At most one live job per key in the queue: a second enqueue returns the first job's id.")
-@click.option("--max-attempts", type=click.IntRange(1, 1000), help="Attempts before the job is dead-lettered (default 20).")
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(1, limits.job_attempts_max),
+    help="Attempts before the job is dead-lettered [default: the --app task's max_attempts, else the "
+    f"cluster's, {limits.job_attempts_default}].",
+)
 @click.option("--job-timeout-ms", type=click.IntRange(min=1), help="The job's lease: how long one attempt may run.")
 @click.option("--group", help="The job's group (per-group concurrency and rate limits).")
+@click.option(
+    "--app",
+    "app_target",
+    metavar="MODULE:APP",
+    help="Enqueue with the options of APP's task for QUEUE (max attempts, job timeout, priority, "
+    "backoff, result TTL, group), as the task's own enqueue does; the flags given win.",
+)
 @_client_options(default_timeout_ms=5_000)
 def jobs_enqueue_command(
     queue: str,
@@ -135,16 +164,24 @@ def jobs_enqueue_command(
     max_attempts: int | None,
     job_timeout_ms: int | None,
     group: str | None,
+    app_target: str | None,
     endpoints: str,
     cluster_id: str | None,
     token: str | None,
     timeout_ms: int,
     as_json: bool,
 ) -> None:
-    """Enqueue a job with PAYLOAD (JSON; default null) to QUEUE; prints its id."""
+    """Enqueue a job with PAYLOAD (JSON; default null) to QUEUE; prints its id.
+
+    An option not given is not sent (the cluster's default applies) unless --app names the task
+    whose options to take: a task's options (`@app.task(QUEUE, max_attempts=5)`) live in its app,
+    which the cluster does not know."""
     options = dict(priority=priority, delay_ms=delay_ms, unique_key=unique_key, max_attempts=max_attempts, job_timeout_ms=job_timeout_ms, group=group)
     value = _json_arg(payload, "PAYLOAD")
-    job_id = _jobs(endpoints, cluster_id, token, timeout_ms, "enqueue", queue, value, **{k: v for k, v in options.items() if v is not None})
+    given = {k: v for k, v in options.items() if v is not None}
+    if app_target is not None:
+        given = _task_options(app_target, queue) | given
+    job_id = _jobs(endpoints, cluster_id, token, timeout_ms, "enqueue", queue, value, **given)
     click.echo(_dumps({"id": job_id}) if as_json else job_id)
 
 
