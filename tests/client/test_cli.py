@@ -189,6 +189,17 @@ def test_status_with_a_refused_token_names_the_refusal_not_a_dead_cluster(cluste
     assert "no leader" not in err
 
 
+def test_status_with_no_node_answering_says_so_not_no_leader() -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"127.0.0.1:{s.getsockname()[1]}"
+    code, out, err = run("status", "--endpoints", endpoint)
+    assert code == 1 and endpoint in out and "down" in out
+    assert err.endswith("Error: no node answered: is the cluster running at --endpoints (and, for a TLS cluster, given --ca-file)?\n"), err
+
+
 def test_every_client_command_has_help() -> None:
     for args in (["status"], ["kv"], *(["kv", cmd] for cmd in ("get", "set", "del", "incr", "scan", "watch"))):
         code, out, _ = run(*args, "--help")

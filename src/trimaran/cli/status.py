@@ -13,7 +13,8 @@ def status_command(endpoints: str, cluster_id: str | None, token: str | None, ti
     """Members, leader, term, commit and applied index, and lag of every node.
 
     Asks each endpoint (and each member it learns of) for its own status; a node that does not
-    answer within --timeout-ms is shown as down. Exit status 1 if no leader is known.
+    answer within --timeout-ms is shown as down. Exit status 1 if no leader is known (or no node
+    answered).
     """
     import json
 
@@ -24,6 +25,8 @@ def status_command(endpoints: str, cluster_id: str | None, token: str | None, ti
     refused = status.refused()
     if refused is not None:
         raise click.ClickException(f"{refused} (every node refused the token; the cluster itself may be fine)")
+    if not any(node.up for node in status.nodes):  # not even a follower: "no leader" would mislead
+        raise click.ClickException("no node answered: is the cluster running at --endpoints (and, for a TLS cluster, given --ca-file)?")
     if status.leader_id is None:
         raise click.ClickException("no leader: the cluster cannot serve writes right now")
 
