@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from trimaran.cli.members import SILENT_NODE_HINT_S, catch_up_counts
 from trimaran.cli.progress import ProgressBar, byte_size, transfer_bar
 
 
@@ -45,3 +46,12 @@ def test_a_small_snapshot_transfer_reads_in_kib_not_zero_mb(monkeypatch: pytest.
     bar(6_144, 12_288)
     bar.end()
     assert capsys.readouterr().err == "[" + "#" * 15 + "." * 15 + "] 6.0 KiB/12.0 KiB 3.0 KiB/s\n"
+
+
+def test_the_catch_up_bar_asks_whether_a_node_that_got_nothing_runs() -> None:
+    now = [0.0]
+    counts = catch_up_counts(4, "127.0.0.1:7104", clock=lambda: now[0])
+    assert counts(0, 300) == "0/300"  # just started: no verdict yet
+    now[0] += SILENT_NODE_HINT_S
+    assert counts(0, 300) == "0/300 (node 4 acknowledged nothing yet: installing a snapshot, or not running at 127.0.0.1:7104?)"
+    assert counts(120, 300) == "120/300"  # it is catching up: nothing to ask
