@@ -136,7 +136,7 @@ def _task_options(app_target: str, queue: str) -> dict[str, Any]:
 @jobs_group.command("enqueue")
 @click.argument("queue")
 @click.argument("payload", required=False)
-@click.option("--priority", type=click.IntRange(-1000, 1000), help="Higher is claimed first (default 0).")
+@click.option("--priority", type=click.IntRange(-limits.job_priority_max, limits.job_priority_max), help="Higher is claimed first (default 0).")
 @click.option("--delay-ms", type=click.IntRange(min=0), help="Not claimable before this many milliseconds from now.")
 @click.option("--unique-key", help="At most one live job per key in the queue: a second enqueue returns the first job's id.")
 @click.option(
