@@ -56,7 +56,9 @@ async def test_make_run_stops_cleanly_on_sigterm_to_the_pid_its_banner_shows(tmp
     up_args = f"--base-port {base} --resp-base-port {base + RESP_OFFSET} --data-dir {tmp_path / 'data'}"
     out_path = tmp_path / "make-run.out"
     with open(out_path, "wb") as out:
-        make = subprocess.Popen(["make", "--no-print-directory", "-C", str(ROOT), "run", f"UP_ARGS={up_args}"], stdout=out, stderr=subprocess.STDOUT)
+        # -o: never (re)install .venv from a test; the one running the tests is used as it is.
+        argv = ["make", "--no-print-directory", "-C", str(ROOT), "-o", ".venv/.installed-run", "run", f"UP_ARGS={up_args}"]
+        make = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
     try:
         with trio.fail_after(START_WAIT_S):
             while "stops the cluster" not in out_path.read_text():
