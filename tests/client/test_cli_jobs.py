@@ -140,6 +140,8 @@ async def test_jobs_commands(tmp_path: Path) -> None:
             assert code == 0 and json.loads(out) == {"requeued": [job_id]}
             code, out = await cli("jobs", "dlq", "mail", "--purge", *e)
             assert code == 0 and out.strip() == "purged 0"
+            assert await cli_streams("jobs", "dlq", "mail", "--requeue", *e) == (0, "", "no dead jobs in mail\n")
+            assert await cli_streams("jobs", "dlq", "mail", "--requeue", "--json", *e) == (0, '{"requeued": []}\n', "")
 
             code, out = await cli("jobs", "schedule", "nightly", "mail", "{}", "--cron", "0 3 * * *", "--json", *e)
             assert code == 0 and json.loads(out)["next_ms"] > 0

@@ -273,6 +273,16 @@ def jobs_cancel_command(job: str, endpoints: str, cluster_id: str | None, token:
     click.echo(_dumps({"id": job, "state": state}) if as_json else state)
 
 
+def _echo_requeued(ids: list[str], as_json: bool, none_found: str) -> None:
+    """The ids requeued, one per line (an empty list printed a blank line), or one JSON object."""
+    if as_json:
+        click.echo(_dumps({"requeued": ids}))
+    elif ids:
+        click.echo("\n".join(ids))
+    else:
+        _none_found(none_found, as_json)
+
+
 @jobs_group.command("retry")
 @click.argument("jobs", nargs=-1, required=True)
 @_client_options(default_timeout_ms=5_000)
@@ -281,7 +291,7 @@ def jobs_retry_command(
 ) -> None:
     """Requeue dead JOBS from their dead-letter list, attempts reset; prints each id requeued."""
     requeued = [i for job in jobs for i in _jobs(endpoints, cluster_id, token, timeout_ms, "retry", job)]
-    click.echo(_dumps({"requeued": requeued}) if as_json else "\n".join(requeued))
+    _echo_requeued(requeued, as_json, "nothing requeued")
 
 
 @jobs_group.command("dlq")
@@ -304,7 +314,7 @@ def jobs_dlq_command(
         return
     if requeue:
         ids = _jobs(endpoints, cluster_id, token, timeout_ms, "dlq_requeue", queue)
-        click.echo(_dumps({"requeued": ids}) if as_json else "\n".join(ids))
+        _echo_requeued(ids, as_json, f"no dead jobs in {queue}")
         return
     page = _jobs(endpoints, cluster_id, token, timeout_ms, "dlq", queue, limit=limit)
     for info in page.items:
