@@ -67,6 +67,7 @@ from trimaran import limits
 from trimaran.errors import AuthError, InvalidArgument, TrimaranError, Unauthenticated
 from trimaran.node.authoriser import Grant
 from trimaran.node.http.edge import HttpEdge
+from trimaran.node.http.front import DIRECT_EXTENSION, DirectWebSocket, text_frame
 from trimaran.node.http.json_body import data_fields, encode, error_json
 from trimaran.services.chat import ChatService
 from trimaran.services.chat.feed import Feed, Push
@@ -149,6 +150,9 @@ class ChatHub:
         #: Counters (reported by the status op).
         self.slow_closed = 0
         self.pushed = 0
+        #: While the hub pushes a round: the connections with frames to write at its end (None:
+        #: not pushing; pushes then wake each connection's writer).
+        self.to_flush: list[WsConnection] | None = None
 
     def after_round(self) -> None:
         if self.edge.authoriser.enabled and self.edge.authoriser.generation != self._generation:
@@ -158,6 +162,15 @@ class ChatHub:
         if (not self.by_channel and not self.every_channel) or self.seq == self.service.events_seq:
             self.seq = self.service.events_seq  # nothing to push (an int compare every round)
             return
+        self.to_flush = []
+        try:
+            self._push_new_events()
+        finally:
+            to_flush, self.to_flush = self.to_flush, None
+            for conn in to_flush:
+                conn.flush_now()
+
+    def _push_new_events(self) -> None:
         while True:
             page = self.service.events_after(self.seq)
             if page["gap"]:
@@ -198,6 +211,9 @@ class WsConnection:
         self.hub = hub
         self.edge = hub.edge
         self._scope = scope
+        #: The port's own listener serves this connection: frames are written at the end of the
+        #: hub's pass, without waking the writer task (see :meth:`flush_now`).
+        self._direct: DirectWebSocket | None = scope.get("extensions", {}).get(DIRECT_EXTENSION)
         self._receive = receive
         self._send = send
         self.token = token
@@ -237,9 +253,25 @@ class WsConnection:
         self._queue_bytes += len(text)
         self.hub.pushed += 1
         if len(queue) == 1:
-            # The writer parks only on an empty queue: wake it when this push made it non-empty,
-            # not on every push (a wake-up per push was a task switch per delivery in a fan-out).
+            to_flush = self.hub.to_flush
+            if to_flush is not None and self._direct is not None:
+                to_flush.append(self)  # written at the end of the hub's pass
+            else:
+                # The writer parks only on an empty queue: wake it when this push made it
+                # non-empty, not on every push (a wake-up per push was a task switch per delivery).
+                self._queue_lot.unpark_all()
+
+    def flush_now(self) -> None:
+        """Write what is queued at once, frame by frame, while the socket is free; what is left
+        wakes the writer task (it waits for the socket)."""
+        direct = self._direct
+        assert direct is not None
+        while self._queue and self.closing is None and direct.ready():
+            direct.write_now(text_frame(self._next_frame_text().encode()))
+        if self._queue:
             self._queue_lot.unpark_all()
+        elif len(self._room_lot) and self._has_room():
+            self._room_lot.unpark_all()
 
     def close(self, closing: Closing) -> None:
         if self.closing is None:

@@ -16,9 +16,11 @@ both: it sees an ASGI ``websocket`` scope either way (the client protocol, URL a
 unchanged). With TLS (``--tls-dir``) the node serves the port with hypercorn alone.
 
 trio-websocket does the handshake, reads and answers control frames (ping, close) and closes with
-1009 a message over ``edge.WS_FRAME_BYTES_MAX``; its private send lock is taken around each
-direct write so a pong or close frame never lands inside a data frame (trio-websocket is pinned
-to a minor series in setup.cfg for that).
+1009 a message over ``edge.WS_FRAME_BYTES_MAX``; its own writes reach the socket through the
+:class:`DirectWebSocket`, so they never land inside one of the gateway's frames. The gateway finds
+the DirectWebSocket in the scope's extensions (``DIRECT_EXTENSION``) and, after each driver
+round, writes each connection's frame at once from the hub's pass (no task switch per connection);
+only what a full socket does not take waits for the connection's own writer task.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ HEAD_WAIT_S = 10.0
 FRAME_STALL_S = 5.0
 #: How long trio-websocket may take to parse a head already received.
 HANDSHAKE_S = 10.0
+#: The ASGI scope extension that hands the gateway the connection's DirectWebSocket.
+DIRECT_EXTENSION = "trimaran.direct_websocket"
 _WS_HEAD = re.compile(rb"GET /v1/ws(?:\?[^ \r\n]*)? HTTP/1\.1\r\n(?:[^\r\n]*\r\n)*?upgrade:[ \t]*websocket[ \t]*\r\n", re.IGNORECASE)
 
 
@@ -70,17 +74,30 @@ def frame_header(size: int, opcode: int = 0x1) -> bytes:
 
 class DirectWebSocket:
     """One accepted chat WebSocket as the ASGI ``receive``/``send`` pair the gateway expects, with
-    data frames written to the socket directly (see the module docstring)."""
+    data frames written to the socket directly (see the module docstring).
 
-    def __init__(self, request: WebSocketRequest, stream: trio.SocketStream) -> None:
-        self._request = request
+    Every byte written to the socket goes through it, in order: the gateway's frames (at once
+    with :meth:`write_now` from the hub's pass, or awaited with ``send``) and trio-websocket's own
+    (handshake answer, pongs, close), which reach it through :class:`_FrameStream`. One lock
+    serialises the awaited writes; a frame the socket took only part of is finished (its
+    ``_rest``) before anything else is written.
+    """
+
+    def __init__(self, stream: trio.SocketStream) -> None:
         self._stream = stream
         self._fd = stream.socket.fileno()
+        self._request: WebSocketRequest | None = None
         self.conn: WebSocketConnection | None = None
         self._connected = False
-        #: The socket failed: what is sent from now on is dropped (the reader sees the end).
+        self._lock = trio.Lock()
+        #: The unsent tail of a frame :meth:`write_now` began (finished by :meth:`drain`).
+        self._rest: memoryview | None = None
+        self._rest_lot = trio.lowlevel.ParkingLot()
+        #: The socket failed or stalled: what is sent from now on is dropped (the reader sees the end).
         self.broken = False
         self.closed = False
+
+    # ------------------------------------------------------------------ ASGI
 
     async def receive(self) -> dict[str, Any]:
         if not self._connected:
@@ -99,15 +116,17 @@ class DirectWebSocket:
     async def send(self, message: dict[str, Any]) -> None:
         kind = message["type"]
         if kind == "websocket.send":
+            if self.conn is None or self.closed or self.conn.closed is not None:
+                return  # as hypercorn does, sends after the end are dropped
             text = message.get("text")
             if text is not None:
-                payload = text.encode()
-                await self.send_frame(frame_header(len(payload)) + payload)
+                await self.send_bytes(text_frame(text.encode()))
             else:
                 data = bytes(message["bytes"])
-                await self.send_frame(frame_header(len(data), 0x2) + data)
+                await self.send_bytes(frame_header(len(data), 0x2) + data)
         elif kind == "websocket.accept":
             if self.conn is None:
+                assert self._request is not None
                 self.conn = await self._request.accept(subprotocol=message.get("subprotocol"))
         elif kind == "websocket.close":
             await self.close(int(message.get("code", 1000)), message.get("reason"))
@@ -117,40 +136,71 @@ class DirectWebSocket:
             return
         self.closed = True
         if self.conn is None:
+            assert self._request is not None
             await self._request.reject(403)  # closed before accept: refused, as ASGI says
         elif self.broken:
             await self._stream.aclose()  # mid-frame or dead: no close frame can follow
         else:
             await self.conn.aclose(code, reason)
 
-    async def send_frame(self, frame: bytes) -> None:
-        """Write one whole frame: at once when the socket takes it, else as it drains."""
-        conn = self.conn
-        if conn is None or self.broken or self.closed or conn.closed is not None:
-            return  # as hypercorn does, sends after the end are dropped
-        lock = conn._stream_lock  # noqa: SLF001 (trio-websocket's writes of pongs and closes)
-        if lock.locked():
-            async with lock:
-                await self._write(memoryview(frame))
+    # ------------------------------------------------------------------ writing
+
+    def ready(self) -> bool:
+        """:meth:`write_now` may write (no write under way, nothing begun unfinished)."""
+        return self._rest is None and not self._lock.locked()
+
+    def write_now(self, frame: bytes) -> None:
+        """Write a whole frame without waiting (only when :meth:`ready`); what the socket does not
+        take now is finished by :meth:`drain` before anything else."""
+        assert self.ready()
+        if self.broken or self.closed:
             return
-        lock.acquire_nowait()
         try:
+            written = os.write(self._fd, frame)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            self.broken = True
+            return
+        if written < len(frame):
+            self._rest = memoryview(frame)[written:]
+            self._rest_lot.unpark_all()
+
+    async def send_bytes(self, data: bytes) -> None:
+        """Write bytes (whole frames), after whatever was begun; at once when the socket takes them."""
+        async with self._lock:
+            if self._rest is not None:
+                await self._finish_rest()
+            if self.broken:
+                return
             try:
-                written = os.write(self._fd, frame)
+                written = os.write(self._fd, data)
             except BlockingIOError:
                 written = 0
             except OSError:
                 self.broken = True
                 return
-            if written < len(frame):
-                await self._write(memoryview(frame)[written:])
-        finally:
-            lock.release()
+            if written < len(data):
+                await self._write(memoryview(data)[written:])
+
+    async def drain(self) -> None:
+        """The connection's task that finishes frames :meth:`write_now` began."""
+        while not self.broken:
+            while self._rest is None:
+                await self._rest_lot.park()
+            async with self._lock:
+                if self._rest is not None:
+                    await self._finish_rest()
+
+    async def _finish_rest(self) -> None:
+        rest, self._rest = self._rest, None
+        assert rest is not None
+        await self._write(rest)
 
     async def _write(self, view: memoryview) -> None:
-        """The rest of a frame begun (or waited for): shielded, as hypercorn's sends are, so a
-        connection cut meanwhile still ends on a frame boundary and its close frame is readable;
-        a socket that takes none of it for ``FRAME_STALL_S`` is given up (the client resumes)."""
+        """The rest of a frame begun: shielded, as hypercorn's sends are, so a connection cut
+        meanwhile still ends on a frame boundary and its close frame is readable; a socket that
+        takes none of it for ``FRAME_STALL_S`` is given up (the client resumes)."""
         with trio.CancelScope(shield=True):
             with trio.move_on_after(FRAME_STALL_S):
                 while view and not self.broken:
@@ -166,6 +216,36 @@ class DirectWebSocket:
                 return
         self.broken = True
         log.info("a chat WebSocket took no bytes for %g s: dropped", FRAME_STALL_S)
+
+
+class _FrameStream(trio.abc.Stream):
+    """The socket as trio-websocket sees it: reads go to the socket, writes through the
+    :class:`DirectWebSocket` (so they never land inside one of its frames)."""
+
+    def __init__(self, stream: trio.SocketStream, ws: DirectWebSocket) -> None:
+        self.stream, self.ws = stream, ws
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.ws.broken:
+            raise trio.BrokenResourceError("the WebSocket's socket failed")
+        await self.ws.send_bytes(bytes(data))
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.stream.receive_some(max_bytes)
+
+    async def send_eof(self) -> None:
+        await self.stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A whole text frame of ``payload`` (UTF-8), as a server sends it."""
+    return frame_header(len(payload)) + payload
 
 
 class HttpFront:
@@ -204,27 +284,24 @@ class HttpFront:
 
     async def _websocket(self, stream: trio.SocketStream) -> None:
         sock = stream.socket
-        try:
-            client, server = sock.getpeername()[:2], sock.getsockname()[:2]
-        except OSError:
-            await stream.aclose()
-            return
+        client, server = sock.getpeername()[:2], sock.getsockname()[:2]
+        ws = DirectWebSocket(stream)
         async with trio.open_nursery() as nursery:
             with trio.move_on_after(HANDSHAKE_S) as handshake:
-                request = await wrap_server_stream(nursery, stream, max_message_size=self.frame_bytes_max)
+                ws._request = request = await wrap_server_stream(nursery, _FrameStream(stream, ws), max_message_size=self.frame_bytes_max)  # noqa: SLF001
             if handshake.cancelled_caught:
                 await stream.aclose()
                 nursery.cancel_scope.cancel()
                 return
-            target = request.path
-            path, _, query = target.partition("?")
+            nursery.start_soon(ws.drain)
+            path, _, query = request.path.partition("?")
             scope = {
                 "type": "websocket", "asgi": {"version": "3.0"}, "http_version": "1.1", "scheme": "ws",
                 "path": unquote(path), "raw_path": path.encode(), "query_string": query.encode(), "root_path": "",
                 "headers": [(name.lower(), value) for name, value in request.headers],
-                "client": client, "server": server, "subprotocols": [], "extensions": {},
+                "client": client, "server": server, "subprotocols": [],
+                "extensions": {DIRECT_EXTENSION: ws},
             }  # fmt: skip
-            ws = DirectWebSocket(request, stream)
             try:
                 await self.app(scope, ws.receive, ws.send)
             except Exception:  # noqa: BLE001 (one connection's failure is logged, the port serves on)
