@@ -48,6 +48,11 @@ sys.path.insert(0, str(ROOT / "src"))  # the package, uninstalled too
 NATS_SH = ROOT.parent / "shared" / "peers" / "nats.sh"
 _NATS_LINE = re.compile(r"ok=(\d+) failed=(\d+) ops/s=([\d.]+) p50_ms=([\d.]+) p99_ms=([\d.]+)")
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+#: One message push as the gateway encodes it (compact JSON, its key order, text data without
+#: escapes), a whole line: the subscriber workers' fast check (offset and data captured).
+_MESSAGE_LINE = re.compile(
+    rb'^\{"type":"message","channel":"[^"\\]*","offset":(\d+),"epoch":"[^"\\]*","data":"([^"\\]*)","at_ms":\d+\}$', re.MULTILINE
+)
 
 
 def cpu_s(pid: int) -> float:
@@ -189,6 +194,7 @@ def subscribers_worker(spec: dict[str, Any]) -> None:
     last_at = 0.0
     cpu_start = None
     loads = json.loads
+    message_lines = _MESSAGE_LINE.findall
     now = time.monotonic
     give_up = now() + deadline_s
     while done < len(subs) and now() < give_up:
@@ -216,6 +222,19 @@ def subscribers_worker(spec: dict[str, Any]) -> None:
                 # One frame: pushes as newline-delimited JSON (a JSON text has no raw newline).
                 frames += 1
                 at = now()
+                # The common case, checked in bulk: every line a message push in the gateway's
+                # exact form (read with one regex, half the CPU of json.loads), offsets exactly
+                # the next ones. Anything else is parsed as JSON below.
+                found = message_lines(payload)
+                n = len(found)
+                if n == payload.count(b"\n") + 1 and [int(o) for o, _ in found] == list(range(s.expect, s.expect + n)):
+                    s.expect += n
+                    s.got += n
+                    latencies.extend([at - float(d) for _, d in found])
+                    if s.got - n < total <= s.got:
+                        done += 1
+                        last_at = at
+                    continue
                 pushes = loads(b"[" + payload.replace(b"\n", b",") + b"]")
                 # The common case, checked in bulk: only messages, offsets exactly the next ones.
                 n = len(pushes)
