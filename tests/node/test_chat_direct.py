@@ -73,6 +73,7 @@ async def test_chat_websockets_go_direct_and_the_rest_to_hypercorn(tmp_path: Pat
         with trio.fail_after(TIMEOUT_S):
             await cluster.leader(timeout_s=TIMEOUT_S)
             node = cluster.nodes[1]
+            assert node.http_edge is not None and node.http_address is not None
             front = node.http_edge.front
             assert front is not None
             address = node.http_address
@@ -98,7 +99,7 @@ async def test_chat_websockets_go_direct_and_the_rest_to_hypercorn(tmp_path: Pat
                     await other.get_message()
                 raise AssertionError("a WebSocket on /v1/other was served")
             except ConnectionClosed as exc:
-                assert exc.reason.code == 1008
+                assert exc.reason is not None and exc.reason.code == 1008
             except Exception as exc:  # noqa: BLE001 (refused during the handshake)
                 assert "403" in str(exc) or "1008" in str(exc), exc
             assert (front.direct_connections, front.hypercorn_connections) == (1, 2)

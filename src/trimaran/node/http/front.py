@@ -108,7 +108,7 @@ class DirectWebSocket:
         try:
             message = await self.conn.get_message()
         except ConnectionClosed as exc:
-            return {"type": "websocket.disconnect", "code": exc.reason.code}
+            return {"type": "websocket.disconnect", "code": exc.reason.code if exc.reason is not None else 1006}
         if isinstance(message, str):
             return {"type": "websocket.receive", "text": message}
         return {"type": "websocket.receive", "bytes": message}
