@@ -48,7 +48,7 @@ App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 #: How long a new connection may take to send its request head before hypercorn is given it (it
 #: applies its own timeouts from there).
 HEAD_WAIT_S = 10.0
-#: How long the rest of a frame begun may wait for the socket to take it (see DirectWebSocket._write).
+#: How long the socket may take to accept the rest of a frame begun (see DirectWebSocket._write).
 FRAME_STALL_S = 5.0
 #: How long trio-websocket may take to parse a head already received.
 HANDSHAKE_S = 10.0
@@ -155,14 +155,8 @@ class DirectWebSocket:
         assert self.ready()
         if self.broken or self.closed:
             return
-        try:
-            written = os.write(self._fd, frame)
-        except BlockingIOError:
-            written = 0
-        except OSError:
-            self.broken = True
-            return
-        if written < len(frame):
+        written = self._write_some(frame)
+        if written < len(frame) and not self.broken:
             self._rest = memoryview(frame)[written:]
             self._rest_lot.unpark_all()
 
@@ -173,14 +167,8 @@ class DirectWebSocket:
                 await self._finish_rest()
             if self.broken:
                 return
-            try:
-                written = os.write(self._fd, data)
-            except BlockingIOError:
-                written = 0
-            except OSError:
-                self.broken = True
-                return
-            if written < len(data):
+            written = self._write_some(data)
+            if written < len(data) and not self.broken:
                 await self._write(memoryview(data)[written:])
 
     async def drain(self) -> None:
@@ -192,6 +180,17 @@ class DirectWebSocket:
                 if self._rest is not None:
                     await self._finish_rest()
 
+    def _write_some(self, data: bytes | memoryview) -> int:
+        """The bytes the socket takes of ``data`` now (0 when it is full; a failure marks the
+        connection broken)."""
+        try:
+            return os.write(self._fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            self.broken = True
+            return 0
+
     async def _finish_rest(self) -> None:
         rest, self._rest = self._rest, None
         assert rest is not None
@@ -199,20 +198,13 @@ class DirectWebSocket:
 
     async def _write(self, view: memoryview) -> None:
         """The rest of a frame begun: shielded, as hypercorn's sends are, so a connection cut
-        meanwhile still ends on a frame boundary and its close frame is readable; a socket that
-        takes none of it for ``FRAME_STALL_S`` is given up (the client resumes)."""
+        meanwhile still ends on a frame boundary and its close frame is readable; a socket that does
+        not take it all within ``FRAME_STALL_S`` is given up (the client resumes)."""
         with trio.CancelScope(shield=True):
             with trio.move_on_after(FRAME_STALL_S):
                 while view and not self.broken:
                     await trio.lowlevel.wait_writable(self._fd)
-                    try:
-                        written = os.write(self._fd, view)
-                    except BlockingIOError:
-                        continue
-                    except OSError:
-                        self.broken = True
-                        return
-                    view = view[written:]
+                    view = view[self._write_some(view) :]
                 return
         self.broken = True
         log.info("a chat WebSocket took no bytes for %g s: dropped", FRAME_STALL_S)
