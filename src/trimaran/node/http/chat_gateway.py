@@ -51,6 +51,13 @@ faults): it first reads the history with a linearizable read (so it sees every p
 acknowledged before it subscribed, on any node), then goes live; it keeps the last offset
 delivered, so a live message it already has is skipped and one that skips ahead makes it read the
 missing range from history first.
+
+What a fan-out costs: the hub hands each subscriber a page's consecutive events of a channel as
+one run; a subscriber in step (live, the run's messages the next ones) takes it whole
+(:meth:`Feed.take_run`) and queues one entry whose text is joined once for all of them. On the
+port's own listener (:mod:`~trimaran.node.http.front`) each connection's frame is written at the
+end of the hub's pass, framed once for every connection sending the same text, without waking
+its writer task; the writer only takes over what a full socket did not.
 """
 
 from __future__ import annotations

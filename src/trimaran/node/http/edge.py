@@ -1,5 +1,6 @@
 """The HTTP edge's link to the node: requests to the driver, one client session, cached tokens, and
-the hypercorn server.
+the server of its port (:mod:`~trimaran.node.http.front`'s listener over hypercorn; hypercorn alone
+with TLS).
 
 - **Requests** go to the driver exactly as the client port's do (``submit_client`` with this edge as
   the reply target), so they are batched into the same group proposals, bounded by the same driver
@@ -54,7 +55,7 @@ SESSION_INFLIGHT_MAX = limits.session_responses_max // 2
 HEADER_BYTES_MAX = 16 * limits.KIB
 #: An idle keep-alive connection is closed after this.
 KEEP_ALIVE_S = 60
-#: Largest WebSocket frame a client may send (hypercorn closes with 1009 beyond it): a chat message
+#: Largest WebSocket frame a client may send (trio-websocket or hypercorn closes with 1009 beyond it): a chat message
 #: with room for its JSON, base64 and the frame's other fields.
 WS_FRAME_BYTES_MAX = 2 * limits.chat_message_bytes_max
 
