@@ -9,6 +9,8 @@ import copy
 import json
 import socket
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import trio
 from hypothesis import given
@@ -17,7 +19,9 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 from tests.node.helpers import HOST, in_process_cluster
 from tests.node.test_chat_gateway import TIMEOUT_S, ready, url
+from trimaran.client.chat import frame_objects
 from trimaran.node.config import Address
+from trimaran.node.http.chat_gateway import WS_FRAME_PUSH_BYTES_MAX, WsConnection, _Run
 from trimaran.node.http.front import DirectWebSocket, frame_header, is_chat_upgrade, text_frame
 from trimaran.services.chat.feed import Feed
 
@@ -45,6 +49,42 @@ def test_take_run_is_on_event_one_by_one_in_the_common_case(feed_state: tuple[bo
         assert (feed.last, feed.epoch, feed.syncing, feed.pending) == (one_by_one.last, one_by_one.epoch, one_by_one.syncing, one_by_one.pending)
     else:  # untouched: the events then go through on_event
         assert (feed.last, feed.epoch, feed.syncing, feed.pending) == before
+
+
+def _message(offset: int, epoch: str = "e1", data: bytes = b"x", channel: str = "c") -> list[Any]:
+    return [offset, "message", channel, offset, epoch, 0, data]
+
+
+def test_a_run_is_taken_whole_only_when_its_messages_are_consecutive_in_one_epoch() -> None:
+    run = _Run([_message(4), _message(5), _message(6)])
+    assert (run.first, run.last, run.epoch) == (4, 6, "e1")
+    assert _Run([_message(4), _message(6)]).first is None  # a gap
+    assert _Run([_message(4), _message(5, "e2")]).first is None  # another epoch
+    assert _Run([_message(4), [5, "ephemeral", "c", None, "e1", 0, b"t"]]).first is None
+    assert _Run([[5, "reset", "c", None, "e2", 0, None]]).first is None
+
+
+async def test_a_subscriber_in_step_queues_a_run_as_one_entry_and_a_large_one_push_by_push() -> None:
+    hub = SimpleNamespace(edge=None, to_flush=None, pushed=0, slow_closed=0)
+
+    async def never() -> dict[str, Any]:
+        raise AssertionError("not read")
+
+    async def unused(_: dict[str, Any]) -> None:
+        raise AssertionError("not written")
+
+    conn = WsConnection(hub, {}, never, unused, None)  # type: ignore[arg-type]
+    feed = conn.subscriptions["c"] = Feed("c", 0, "e1")
+    feed.syncing = False
+    conn.on_run(_Run([_message(1), _message(2), _message(3)]))
+    assert feed.last == 3 and hub.pushed == 3 and len(conn._queue) == 1
+    assert [p["offset"] for p in frame_objects(conn._queue[0])] == [1, 2, 3]
+    big = b"y" * (WS_FRAME_PUSH_BYTES_MAX // 2)
+    conn.on_run(_Run([_message(4, data=big), _message(5, data=big)]))  # over a frame together
+    assert feed.last == 5 and hub.pushed == 5 and len(conn._queue) == 3
+    assert [frame_objects(text)[0]["offset"] for text in list(conn._queue)[1:]] == [4, 5]
+    conn.on_run(_Run([_message(7), _message(8)]))  # skips 6: not in step, so read from history
+    assert feed.last == 5 and feed.syncing and len(conn._queue) == 3
 
 
 # ---------------------------------------------------------------------------------- routing
