@@ -95,6 +95,7 @@ def test_only_a_whole_upgrade_of_v1_ws_is_taken_by_the_listener() -> None:
     assert is_chat_upgrade(head)
     assert is_chat_upgrade(b"GET /v1/ws?x=1 HTTP/1.1\r\nupgrade: WebSocket\r\n\r\n")
     assert not is_chat_upgrade(head[:-2])  # not whole yet: hypercorn reads the rest
+    assert not is_chat_upgrade(head + b"\x81\x80")  # a frame sent before the answer: hypercorn's
     assert not is_chat_upgrade(head.replace(b"/v1/ws", b"/v1/wsx"))
     assert not is_chat_upgrade(head.replace(b"/v1/ws", b"/v1/status"))
     assert not is_chat_upgrade(head.replace(b"GET", b"POST"))

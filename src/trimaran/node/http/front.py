@@ -58,9 +58,11 @@ _WS_HEAD = re.compile(rb"GET /v1/ws(?:\?[^ \r\n]*)? HTTP/1\.1\r\n(?:[^\r\n]*\r\n
 
 
 def is_chat_upgrade(head: bytes) -> bool:
-    """A whole HTTP/1.1 request head asking to upgrade ``/v1/ws`` to a WebSocket."""
+    """A whole HTTP/1.1 request head asking to upgrade ``/v1/ws`` to a WebSocket, and nothing after
+    it: trio-websocket reads the frames a client sends before the 101 answer only once more bytes
+    arrive, so such a client is left to hypercorn, which reads them at once."""
     end = head.find(b"\r\n\r\n")
-    return end >= 0 and _WS_HEAD.match(head[: end + 2]) is not None
+    return end >= 0 and end + 4 == len(head) and _WS_HEAD.match(head[: end + 2]) is not None
 
 
 def frame_header(size: int, opcode: int = 0x1) -> bytes:
