@@ -121,18 +121,31 @@ async def test_a_follower_forwards_writes_and_reads(tmp_path: Path) -> None:
         leader = await cluster.leader()
         follower = next(n for n in (1, 2, 3) if n != leader)
 
+        outcomes = cluster.nodes[follower].driver.requests.edge_outcomes
+        refused: list[int] = []
+
         def scenario() -> None:
             r = client(resp_address(cluster, follower))
             assert r.info()["role"] == "slave"
             assert r.set("k", "from a follower") is True
+            # (registering the connection's session asked the follower's driver once)
+            refused.append(outcomes.get(("resp", "not_leader"), 0))
             assert r.incr("n") == 1
+            pipe = r.pipeline(transaction=False)
+            for i in range(5):
+                pipe.set(f"p{i}", i)
+            assert pipe.execute() == [True] * 5
+            refused.append(outcomes.get(("resp", "not_leader"), 0))
             assert r.get("k") == b"from a follower"
             r.close()
             on_leader = client(resp_address(cluster, leader))
-            assert on_leader.get("k") == b"from a follower"
+            assert on_leader.get("k") == b"from a follower" and on_leader.get("p4") == b"4"
             on_leader.close()
 
         await in_thread(scenario)
+        # A follower that knows the leader sends writes there at once: its own driver never
+        # answered them not_leader (each such round cost it a pass through its loop).
+        assert refused[1] == refused[0], f"writes asked the follower's driver first: {refused}"
 
 
 async def test_auth_with_tokens_and_scopes(tmp_path: Path) -> None:

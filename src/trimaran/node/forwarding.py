@@ -104,6 +104,13 @@ class LeaderLinks:
         self._nursery: trio.Nursery | None = None
         #: Links opened since the node started (each a connect, a hello and a token check).
         self.opened = 0
+        #: Requests sent or about to be, not answered yet, over every link (see :meth:`busy`).
+        self.in_flight = 0
+
+    def busy(self) -> bool:
+        """Requests are being relayed to the leader: the node's driver then keeps its own log
+        writes off its loop (an inline fsync would hold every relayed answer behind it)."""
+        return self.in_flight > 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -115,6 +122,13 @@ class LeaderLinks:
         """Each request's (ok, result or typed error), in order. Raises ``OSError`` if the leader
         cannot be reached or the link broke before every answer came (some may have been
         applied), and the typed refusal of the hello (a token the leader does not accept)."""
+        self.in_flight += len(requests)
+        try:
+            return await self._request_many(address, requests, token)
+        finally:
+            self.in_flight -= len(requests)
+
+    async def _request_many(self, address: Address, requests: list[tuple[str, dict[str, Any]]], token: str | None) -> list[Outcome]:
         link = await self._link(address, token)
         ids: list[int] = []
         boxes: list[tuple[trio.Event, list[Outcome | None]]] = []

@@ -8,7 +8,8 @@ It numbers them in the connection's client session in pipeline order and submits
 driver as the native client port does with the requests of one read (``submit_client`` with
 ``more=True``, then one ``start_round``): the driver takes them in that order into one group
 proposal (one log entry), so they are applied in order, each once (its own session seq), and each
-gets its own answer. A node that is not the leader answers ``not_leader``; those requests are then
+gets its own answer. A follower that knows the leader sends a group of writes straight there; a
+node that turns out not to be the leader answers ``not_leader``, and those requests are then
 forwarded to the leader together on one connection (:func:`~trimaran.node.probe.request_many`, over
 TLS when the node has ``--tls-dir``, with the caller's token), in pipeline order and with the seqs
 they already have, so a write the old leader did commit is not applied twice.
@@ -87,7 +88,16 @@ async def submit_or_forward(
     ``TRYAGAIN``. Only a refused tail of the group is asked again (it still comes after the
     requests applied); otherwise the error is the answer."""
     give_up_at = trio.current_time() + edge.config.request_timeout_ms / 1000
-    got = await submit_group(edge, op, bodies, sizes_bytes)
+    got: list[Outcome] | None = None
+    leader = _other_leader(edge) if op != "read" else None
+    if leader is not None:
+        # A follower that knows who leads sends writes there at once: asking its own driver first
+        # only cost a round (and a pass through the loop) to learn not_leader. Reads stay here (a
+        # follower serves them at a read point it asks the leader for). If the leader cannot be
+        # reached, its own node is asked as below (same seqs: applied once).
+        got = await _forward(edge, leader, op, bodies, token, give_up_at)
+    if got is None:
+        got = await submit_group(edge, op, bodies, sizes_bytes)
     while True:
         refused = [i for i, (ok, value) in enumerate(got) if not ok and isinstance(value, NotLeader)]
         if not refused:
@@ -105,6 +115,16 @@ async def submit_or_forward(
         again = await submit_group(edge, op, [bodies[i] for i in refused], [sizes_bytes[i] for i in refused])
         for index, outcome in zip(refused, again):
             got[index] = outcome
+
+
+def _other_leader(edge: HttpEdge) -> Address | None:
+    """The client address of the leader when this node knows it is another node (None: this node
+    leads, or thinks it does, or knows no leader or no address for it)."""
+    leader_id = edge.driver.replica.leader_id
+    if not leader_id or leader_id == edge.config.node_id:
+        return None
+    address = edge.driver.client_address_of(leader_id)
+    return Address.parse(address, "leader address") if address else None
 
 
 async def _forward(
