@@ -17,6 +17,7 @@ from typing import Any, Callable
 import pytest
 import redis
 import trio
+import trio.testing
 
 from tests.node.helpers import HOST, TokenSigner, in_process_cluster
 from trimaran.node.config import Address
@@ -655,3 +656,44 @@ async def test_writes_sent_to_a_follower_during_an_election_wait_for_the_new_lea
         # each write once.
         assert await in_thread(lambda: during(registered)) == list(range(2, 22)) + [True]
         assert await in_thread(lambda: during(fresh)) == list(range(22, 42)) + [True]  # registers in the election
+
+
+class _SilentDriver:
+    """A driver that takes requests and never answers them."""
+
+    def __init__(self) -> None:
+        self.taken: list[str] = []
+
+    async def submit_client(self, op: str, body: Any, token: Any, size_bytes: int, *, more: bool = False) -> None:
+        self.taken.append(op)
+
+    def wake(self) -> None:
+        pass
+
+    def start_round(self, *, client: bool = False) -> None:
+        pass
+
+
+async def test_a_group_the_driver_never_answers_times_out_through_the_listeners_lapses(mock_clock: trio.testing.MockClock) -> None:
+    """One task times out every connection's groups (no timeout per command): an unanswered group
+    ends with RequestTimeout after request_timeout_ms, within one check interval."""
+    from types import SimpleNamespace
+
+    from trimaran.errors import RequestTimeout
+    from trimaran.node.resp.groups import LAPSE_CHECK_S, Lapses, submit_group
+
+    mock_clock.autojump_threshold = 0
+    timeout_s = 2.0
+    driver = _SilentDriver()
+    edge: Any = SimpleNamespace(edge_name="resp", driver=driver, config=SimpleNamespace(request_timeout_ms=int(timeout_s * 1000)))
+    lapses = Lapses(timeout_s)
+    with trio.fail_after(timeout_s * 5):  # (without lapses: no end)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lapses.run)
+            started = trio.current_time()
+            got = await submit_group(edge, "read", [{"q": 1}, {"q": 2}], [0, 0], lapses)
+            waited_s = trio.current_time() - started
+            nursery.cancel_scope.cancel()
+    assert [ok for ok, _ in got] == [False, False] and all(isinstance(v, RequestTimeout) for _, v in got)
+    assert timeout_s <= waited_s <= timeout_s + LAPSE_CHECK_S + 1e-6, waited_s
+    assert driver.taken == ["read", "read"] and lapses.lapsed == 1

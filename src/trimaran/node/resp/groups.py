@@ -17,6 +17,8 @@ they already have, so a write the old leader did commit is not applied twice.
 
 from __future__ import annotations
 
+from collections import deque
+from contextlib import nullcontext
 from typing import Any
 
 import trio
@@ -33,6 +35,10 @@ NO_LEADER_WAIT_S = 0.05
 Outcome = tuple[bool, Any]
 
 
+#: How often :class:`Lapses` looks for groups not answered in time.
+LAPSE_CHECK_S = 0.1
+
+
 class _Answers:
     """The driver's reply target for one group: the outcome of each write, by its index."""
 
@@ -42,6 +48,8 @@ class _Answers:
         self.outcomes: list[Outcome | None] = [None] * count
         self.left = count
         self.done = trio.Event()
+        #: When it stops waiting (trio time; see :class:`Lapses`).
+        self.give_up_at = 0.0
 
     def on_reply(self, index: int, ok: bool, value: Any) -> None:
         if self.outcomes[index] is None:
@@ -51,13 +59,53 @@ class _Answers:
                 self.done.set()
 
 
-async def submit_group(edge: HttpEdge, op: str, bodies: list[dict[str, Any]], sizes_bytes: list[int]) -> list[Outcome]:
+class Lapses:
+    """The groups waiting for the driver's answers, oldest first, and a task that ends the wait of
+    any not answered within ``request_timeout_ms`` (checked every :data:`LAPSE_CHECK_S`, so the
+    wait lasts up to that much longer). A timeout per group (a cancel scope, a deadline in trio's
+    heap) cost several microseconds of every command; every group has the same timeout, so the
+    oldest are always first."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._waiting: deque[_Answers] = deque()
+        self.lapsed = 0
+
+    def add(self, answers: _Answers) -> None:
+        answers.give_up_at = trio.current_time() + self.timeout_s
+        self._waiting.append(answers)
+
+    def drop_answered(self) -> None:
+        waiting = self._waiting
+        while waiting and waiting[0].done.is_set():
+            waiting.popleft()
+
+    def lapse_overdue(self, now: float) -> None:
+        waiting = self._waiting
+        while waiting and (waiting[0].done.is_set() or waiting[0].give_up_at <= now):
+            answers = waiting.popleft()
+            if not answers.done.is_set():
+                self.lapsed += 1
+                answers.done.set()  # the outcomes still None are answered RequestTimeout
+
+    async def run(self) -> None:
+        while True:
+            await trio.sleep(LAPSE_CHECK_S)
+            self.lapse_overdue(trio.current_time())
+
+
+async def submit_group(
+    edge: HttpEdge, op: str, bodies: list[dict[str, Any]], sizes_bytes: list[int], lapses: Lapses | None = None
+) -> list[Outcome]:
     """Submit requests to the local driver in order, in one round; their outcomes in that order
-    (``RequestTimeout`` for any not answered within ``request_timeout_ms``)."""
+    (``RequestTimeout`` for any not answered within ``request_timeout_ms``: by ``lapses``, when
+    given, else by a timeout of its own)."""
     answers = _Answers(len(bodies), edge.edge_name)
     driver = edge.driver
     timeout_s = edge.config.request_timeout_ms / 1000
-    with trio.move_on_after(timeout_s):
+    with trio.move_on_after(timeout_s) if lapses is None else nullcontext():
+        if lapses is not None:
+            lapses.add(answers)
         submitted = 0
         try:
             for index, (body, size_bytes) in enumerate(zip(bodies, sizes_bytes)):
@@ -73,11 +121,15 @@ async def submit_group(edge: HttpEdge, op: str, bodies: list[dict[str, Any]], si
                 driver.start_round(client=True)
         await answers.done.wait()
     late = RequestTimeout(f"no answer within {timeout_s:g} s; the outcome is unknown")
-    return [outcome if outcome is not None else (False, late) for outcome in answers.outcomes]
+    got = [outcome if outcome is not None else (False, late) for outcome in answers.outcomes]
+    if lapses is not None:
+        answers.outcomes = []  # (it may wait in the lapses' queue behind an older group: keep no values)
+        lapses.drop_answered()
+    return got
 
 
 async def submit_or_forward(
-    edge: HttpEdge, op: str, bodies: list[dict[str, Any]], sizes_bytes: list[int], token: str | None
+    edge: HttpEdge, op: str, bodies: list[dict[str, Any]], sizes_bytes: list[int], token: str | None, lapses: Lapses | None = None
 ) -> list[Outcome]:
     """:func:`submit_group`; the requests this node refused as not the leader then go to the leader
     as they are (a write keeps its session seq), together on one connection, in order.
@@ -97,7 +149,7 @@ async def submit_or_forward(
         # reached, its own node is asked as below (same seqs: applied once).
         got = await _forward(edge, leader, op, bodies, token, give_up_at)
     if got is None:
-        got = await submit_group(edge, op, bodies, sizes_bytes)
+        got = await submit_group(edge, op, bodies, sizes_bytes, lapses)
     while True:
         refused = [i for i, (ok, value) in enumerate(got) if not ok and isinstance(value, NotLeader)]
         if not refused:
@@ -112,7 +164,7 @@ async def submit_or_forward(
         if refused != list(range(refused[0], len(got))) or trio.current_time() + NO_LEADER_WAIT_S > give_up_at:
             return got
         await trio.sleep(NO_LEADER_WAIT_S)
-        again = await submit_group(edge, op, [bodies[i] for i in refused], [sizes_bytes[i] for i in refused])
+        again = await submit_group(edge, op, [bodies[i] for i in refused], [sizes_bytes[i] for i in refused], lapses)
         for index, outcome in zip(refused, again):
             got[index] = outcome
 
@@ -149,7 +201,12 @@ async def _forward(
 
 class RespSession(EdgeSession):
     """A RESP connection's client session: an :class:`EdgeSession` that can also number and submit
-    a group of writes at once (the connection's runner sends one group at a time)."""
+    a group of writes at once (the connection's runner sends one group at a time); ``lapses``: the
+    listener's, which times its groups out."""
+
+    def __init__(self, edge: HttpEdge, inflight_max: int, lapses: Lapses | None = None) -> None:
+        super().__init__(edge, inflight_max)
+        self.lapses = lapses
 
     async def _register(self, token: str | None) -> int:
         # Registered already (every write but the first): no lock, so no pass through trio's
@@ -181,7 +238,7 @@ class RespSession(EdgeSession):
             ]
             sizes_bytes = [commands[i][1] for i in todo]
             try:
-                got = await submit_or_forward(self.edge, "command", bodies, sizes_bytes, token)
+                got = await submit_or_forward(self.edge, "command", bodies, sizes_bytes, token, self.lapses)
             finally:
                 self._unanswered.difference_update(seqs)
             expired = []

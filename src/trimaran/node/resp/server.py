@@ -69,7 +69,7 @@ from trimaran.node.http.chat_gateway import ChatHub
 from trimaran.node.http.edge import HttpEdge
 from trimaran.node.resp import connection_commands, keyspace, pubsub, strings, transactions
 from trimaran.node.resp.base import ANSWERED, Handler, Planned, Quit, Read, RespError, Write, error_reply, unknown_command
-from trimaran.node.resp.groups import RespSession, submit_or_forward
+from trimaran.node.resp.groups import Lapses, RespSession, submit_or_forward
 from trimaran.protocols import resp
 from trimaran.protocols.resp import NOAUTH, ErrorReply, Reply, RespParser
 
@@ -117,7 +117,7 @@ class _Connection:
         self.answered = 0
         self.progress = trio.Event()
         #: Registered on the connection's first write (a read-only client costs the log nothing).
-        self.session = RespSession(server.edge, server.config.resp_inflight_commands_max)
+        self.session = RespSession(server.edge, server.config.resp_inflight_commands_max, server.lapses)
         #: How its reads are served: "linearizable", or "lease" after READONLY (see that command).
         self.consistency = "linearizable"
         #: The plans queued since MULTI (None: not in a transaction), whether one was refused,
@@ -155,6 +155,8 @@ class RespServer:
         self._next_id = 0
         self.started_at_s = time.monotonic()
         self.scan_cursors = keyspace.Cursors()
+        #: Times out the groups of every connection (one task, not a timeout per command).
+        self.lapses = Lapses(config.request_timeout_ms / 1000)
         #: Counters (reported in the node's status metrics).
         self.connections = 0
         self.connections_refused = 0
@@ -174,6 +176,7 @@ class RespServer:
         if self.tls is not None:  # the handshake happens on the connection's first read or write
             listeners = [trio.SSLListener(listener, self.tls) for listener in tcp]
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.lapses.run)
             nursery.start_soon(trio.serve_listeners, self._handle, listeners)
             task_status.started(self.address)
 
@@ -215,7 +218,7 @@ class RespServer:
         pending: deque[Any] = deque()  # commands parsed and not yet run, a ProtocolError last
         while True:
             if not pending:
-                data = await conn.stream.receive_some(limits.resp_receive_bytes_max)
+                data = await _receive(conn)
                 if not data:
                     return
                 self._parse(conn, parser, pending, data)
@@ -409,7 +412,7 @@ class RespServer:
                 outcomes = await conn.session.command_group("kv", [(w.command, w.size_bytes) for w in writes], conn.token)
             else:
                 bodies = [{"service": "kv", "query": r.query, "consistency": conn.consistency} for r in reads]
-                outcomes = await submit_or_forward(self.edge, "read", bodies, [0] * len(bodies), conn.token)
+                outcomes = await submit_or_forward(self.edge, "read", bodies, [0] * len(bodies), conn.token, self.lapses)
         except TrimaranError as exc:  # the session could not be registered: nothing was sent
             outcomes = [(False, exc)] * len(sent)
         for index, (ok, value) in zip(sent, outcomes):
@@ -461,6 +464,29 @@ class RespServer:
             "",
         ]
         return "\r\n".join(lines)
+
+
+async def _receive(conn: _Connection) -> bytes | bytearray:
+    """What the client sent next (empty: it closed). On a plain socket, read straight from it and
+    wait for it to be readable only if it has nothing: one pass through trio's scheduler per read,
+    where ``receive_some`` takes two when it has to wait (the common case: a client waiting for its
+    last answer); a read that finds data still yields once, so a flooding client cannot hold the
+    loop."""
+    if conn.fd is None:
+        return await conn.stream.receive_some(limits.resp_receive_bytes_max)
+    try:
+        try:
+            data = os.read(conn.fd, limits.resp_receive_bytes_max)
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(conn.fd)
+            try:
+                return os.read(conn.fd, limits.resp_receive_bytes_max)
+            except BlockingIOError:  # (woken with nothing to read after all)
+                return await conn.stream.receive_some(limits.resp_receive_bytes_max)
+    except OSError as exc:
+        raise trio.BrokenResourceError(str(exc)) from exc
+    await trio.lowlevel.checkpoint()
+    return data
 
 
 def _check_unauthenticated(command: list[bytes]) -> None:
