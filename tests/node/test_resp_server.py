@@ -671,10 +671,10 @@ class _SilentDriver:
         self.taken.append(op)
 
     def wake(self) -> None:
-        pass
+        self.taken.append("wake")
 
     def start_round(self, *, client: bool = False) -> None:
-        pass
+        self.taken.append("start_round")
 
 
 async def test_a_group_the_driver_never_answers_times_out_through_the_listeners_lapses(mock_clock: trio.testing.MockClock) -> None:
@@ -699,4 +699,30 @@ async def test_a_group_the_driver_never_answers_times_out_through_the_listeners_
             nursery.cancel_scope.cancel()
     assert [ok for ok, _ in got] == [False, False] and all(isinstance(v, RequestTimeout) for _, v in got)
     assert timeout_s <= waited_s <= timeout_s + LAPSE_CHECK_S + 1e-6, waited_s
-    assert driver.taken == ["read", "read"] and lapses.lapsed == 1
+    assert driver.taken == ["read", "read", "start_round"] and lapses.lapsed == 1 and lapses.open == 0
+
+
+async def test_a_read_alone_starts_its_round_and_reads_of_several_connections_share_the_next(mock_clock: trio.testing.MockClock) -> None:
+    """A connection's read group with no other group waiting starts the driver's round at once
+    (no pass through the loop first); while another connection's group waits, it wakes the loop,
+    whose next round takes the reads of every connection (one read point)."""
+    from types import SimpleNamespace
+
+    from trimaran.node.resp.groups import Lapses, submit_group
+
+    mock_clock.autojump_threshold = 0
+    driver = _SilentDriver()
+    edge: Any = SimpleNamespace(edge_name="resp", driver=driver, config=SimpleNamespace(request_timeout_ms=1000))
+    lapses = Lapses(1.0)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lapses.run)
+            nursery.start_soon(submit_group, edge, "read", [{"q": 1}], [0], lapses)
+            await trio.testing.wait_all_tasks_blocked()
+            assert driver.taken == ["read", "start_round"] and lapses.open == 1
+            nursery.start_soon(submit_group, edge, "read", [{"q": 2}], [0], lapses)
+            await trio.testing.wait_all_tasks_blocked()
+            assert driver.taken == ["read", "start_round", "read", "wake"] and lapses.open == 2
+            await trio.sleep(1.5)  # (the driver never answers: both lapse)
+            assert lapses.open == 0
+            nursery.cancel_scope.cancel()

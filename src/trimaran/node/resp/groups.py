@@ -70,6 +70,8 @@ class Lapses:
         self.timeout_s = timeout_s
         self._waiting: deque[_Answers] = deque()
         self.lapsed = 0
+        #: Groups submitted and not yet answered (or lapsed), of every connection.
+        self.open = 0
 
     def add(self, answers: _Answers) -> None:
         answers.give_up_at = trio.current_time() + self.timeout_s
@@ -106,20 +108,26 @@ async def submit_group(
     with trio.move_on_after(timeout_s) if lapses is None else nullcontext():
         if lapses is not None:
             lapses.add(answers)
-        submitted = 0
+            lapses.open += 1
         try:
-            for index, (body, size_bytes) in enumerate(zip(bodies, sizes_bytes)):
-                await driver.submit_client(op, body, (answers, index), size_bytes, more=True)
-                submitted += 1
+            submitted = 0
+            try:
+                for index, (body, size_bytes) in enumerate(zip(bodies, sizes_bytes)):
+                    await driver.submit_client(op, body, (answers, index), size_bytes, more=True)
+                    submitted += 1
+            finally:
+                if submitted and op == "read" and (lapses is None or lapses.open > 1):
+                    # Reads wait for the loop's next round rather than starting one here: the other
+                    # connections' reads of this scheduler pass join it, and share one read point
+                    # (one heartbeat round), where a round per connection would ask for one each.
+                    # A group alone (no other connection waits) starts its round at once.
+                    driver.wake()
+                elif submitted:
+                    driver.start_round(client=True)
+            await answers.done.wait()
         finally:
-            if submitted and op == "read":
-                # Reads wait for the loop's next round rather than starting one here: the other
-                # connections' reads of this scheduler pass join it, and share one read point
-                # (one heartbeat round), where a round per connection would ask for one each.
-                driver.wake()
-            elif submitted:
-                driver.start_round(client=True)
-        await answers.done.wait()
+            if lapses is not None:
+                lapses.open -= 1
     late = RequestTimeout(f"no answer within {timeout_s:g} s; the outcome is unknown")
     got = [outcome if outcome is not None else (False, late) for outcome in answers.outcomes]
     if lapses is not None:
