@@ -40,23 +40,48 @@ LAPSE_CHECK_S = 0.1
 
 
 class _Answers:
-    """The driver's reply target for one group: the outcome of each write, by its index."""
+    """The driver's reply target for one group: the outcome of each write, by its index. Its
+    caller waits for them all by parking its task (:meth:`wait`), woken by the last answer: a
+    ``trio.Event`` per group cost its allocation and a parking lot each time."""
+
+    __slots__ = ("edge_name", "outcomes", "left", "finished", "give_up_at", "_task")
 
     def __init__(self, count: int, edge_name: str) -> None:
         #: The edge the group's requests are counted under (``RequestStats.edge_outcomes``).
         self.edge_name = edge_name
         self.outcomes: list[Outcome | None] = [None] * count
         self.left = count
-        self.done = trio.Event()
+        #: Every answer came, or the wait lapsed (see :class:`Lapses`).
+        self.finished = False
         #: When it stops waiting (trio time; see :class:`Lapses`).
         self.give_up_at = 0.0
+        self._task: trio.lowlevel.Task | None = None
 
     def on_reply(self, index: int, ok: bool, value: Any) -> None:
         if self.outcomes[index] is None:
             self.outcomes[index] = (ok, value)
             self.left -= 1
             if not self.left:
-                self.done.set()
+                self.finish()
+
+    def finish(self) -> None:
+        """Stop waiting (the outcomes still None are the caller's to call lapsed)."""
+        if not self.finished:
+            self.finished = True
+            task, self._task = self._task, None
+            if task is not None:
+                trio.lowlevel.reschedule(task)
+
+    async def wait(self) -> None:
+        if self.finished:
+            await trio.lowlevel.checkpoint()
+            return
+        self._task = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort)
+
+    def _abort(self, _: Any) -> trio.lowlevel.Abort:
+        self._task = None  # cancelled: the answers that still come are dropped
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
 class Lapses:
@@ -79,16 +104,16 @@ class Lapses:
 
     def drop_answered(self) -> None:
         waiting = self._waiting
-        while waiting and waiting[0].done.is_set():
+        while waiting and waiting[0].finished:
             waiting.popleft()
 
     def lapse_overdue(self, now: float) -> None:
         waiting = self._waiting
-        while waiting and (waiting[0].done.is_set() or waiting[0].give_up_at <= now):
+        while waiting and (waiting[0].finished or waiting[0].give_up_at <= now):
             answers = waiting.popleft()
-            if not answers.done.is_set():
+            if not answers.finished:
                 self.lapsed += 1
-                answers.done.set()  # the outcomes still None are answered RequestTimeout
+                answers.finish()  # the outcomes still None are answered RequestTimeout
 
     async def run(self) -> None:
         while True:
@@ -124,7 +149,7 @@ async def submit_group(
                     driver.wake()
                 elif submitted:
                     driver.start_round(client=True)
-            await answers.done.wait()
+            await answers.wait()
         finally:
             if lapses is not None:
                 lapses.open -= 1
