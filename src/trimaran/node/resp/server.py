@@ -212,11 +212,9 @@ class RespServer:
         in order; writes (or reads) back to back go to the driver together."""
         parser = RespParser()
         pending: deque[Any] = deque()  # commands parsed and not yet run, a ProtocolError last
-        waited = False
         while True:
             if not pending:
-                data = await _receive(conn, waited)
-                waited = conn.waited
+                data = await _receive(conn)
                 if not data:
                     return
                 self._parse(conn, parser, pending, data)
@@ -450,15 +448,15 @@ class RespServer:
         return "\r\n".join(lines)
 
 
-async def _receive(conn: _Connection, wait_first: bool) -> bytes | bytearray:
+async def _receive(conn: _Connection) -> bytes | bytearray:
     """What the client sent next (empty: it closed). On a plain socket, read straight from it and
     wait for it to be readable only if it has nothing: one pass through trio's scheduler per read,
     where ``receive_some`` takes two when it has to wait (the common case: a client waiting for its
     last answer); a read that finds data still yields once, so a flooding client cannot hold the
-    loop. ``wait_first``: the last read had to wait (a client that sends a command, then waits for
-    its answer): wait for readability before reading, not after a read that finds nothing
-    (``conn.waited`` says whether this one waited)."""
-    conn.waited = False
+    loop. When the last read had to wait (``conn.waited``: a client that sends a command, then
+    waits for its answer), wait for readability before reading, not after a read that finds
+    nothing."""
+    wait_first, conn.waited = conn.waited, False
     if conn.fd is None:
         return await conn.stream.receive_some(limits.resp_receive_bytes_max)
     try:
