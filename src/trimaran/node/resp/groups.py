@@ -58,6 +58,8 @@ class _Answers:
         self._task: trio.lowlevel.Task | None = None
 
     def on_reply(self, index: int, ok: bool, value: Any) -> None:
+        if self.finished:
+            return  # lapsed (its caller answered RequestTimeout and kept no outcomes): too late
         if self.outcomes[index] is None:
             self.outcomes[index] = (ok, value)
             self.left -= 1
