@@ -22,8 +22,12 @@ $(STAMP_TEST): setup.cfg pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@ $(STAMP_RUN)
 
+# `make run UP_ARGS="--base-port 34000 --data-dir /tmp/d"` passes flags to `trimaran up`. `exec`:
+# no shell stays between make and `trimaran up` (a shell would not pass SIGTERM on), so a kill of
+# make's pid (GNU make hands SIGTERM to its recipe) or of the pid the banner shows stops the cluster.
+UP_ARGS ?=
 run: $(STAMP_RUN)
-	$(BIN)/trimaran up
+	exec $(BIN)/trimaran up $(UP_ARGS)
 
 test: $(STAMP_TEST)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

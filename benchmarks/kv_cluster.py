@@ -102,6 +102,12 @@ class Result:
     #: over repeats would mix leaders and followers, as each repeat elects its own leader).
     client_cpu_ms_per_kop: float = 0.0
     node_cpu_ms_per_kop: dict[str, float] | None = None
+    #: read() and write() system calls per 1000 ops (/proc/PID/io's syscr + syscw: send and recv
+    #: are not counted there, but the client and the nodes read and write their sockets with
+    #: os.read and os.write), keyed "client" and by role like the CPU. Unlike CPU time they do not
+    #: move with the neighbours' load, so a change in batching (frames, TLS records, read rounds
+    #: per op) shows here even on a busy machine.
+    syscalls_per_kop: dict[str, float] | None = None
 
 
 # --- the trimaran cluster ------------------------------------------------------------------------
@@ -174,6 +180,9 @@ class TrimaranCluster:
     def cpu_s(self) -> dict[int, float]:
         return {node_id: proc_cpu_s(proc.pid) for node_id, proc in self.processes.items()}
 
+    def syscalls(self) -> dict[int, int]:
+        return {node_id: proc_syscalls(proc.pid) for node_id, proc in self.processes.items()}
+
 
 def proc_cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process, from /proc (0 where unavailable)."""
@@ -182,6 +191,15 @@ def proc_cpu_s(pid: int) -> float:
         return (int(fields[11]) + int(fields[12])) / CLK_TCK
     except (OSError, IndexError, ValueError):
         return 0.0
+
+
+def proc_syscalls(pid: int | str) -> int:
+    """Read plus write system calls a process made so far, from /proc (0 where unavailable)."""
+    try:
+        fields = dict(line.split(": ", 1) for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+        return int(fields["syscr"]) + int(fields["syscw"])
+    except (OSError, KeyError, ValueError):
+        return 0
 
 
 # --- the trimaran load -----------------------------------------------------------------------------
@@ -226,6 +244,7 @@ async def trimaran_load(cluster: TrimaranCluster, row: Row, value: bytes, profil
                 latencies_s.append(perf() - started)
 
         nodes_before, client_before = cluster.cpu_s(), time.process_time()
+        calls_before, client_calls_before = cluster.syscalls(), proc_syscalls("self")
         if profiler is not None:
             profiler.enable()
         started = perf()
@@ -236,6 +255,7 @@ async def trimaran_load(cluster: TrimaranCluster, row: Row, value: bytes, profil
         if profiler is not None:
             profiler.disable()
         client_cpu, nodes_after = time.process_time() - client_before, cluster.cpu_s()
+        calls_after, client_calls = cluster.syscalls(), proc_syscalls("self") - client_calls_before
         leader_id = conns[0].leader_id  # where the client sent its commands and reads
     latencies_s.sort()
     kops = max(1, len(latencies_s)) / 1000
@@ -246,6 +266,8 @@ async def trimaran_load(cluster: TrimaranCluster, row: Row, value: bytes, profil
         failed,
         client_cpu * 1000 / kops,
         by_role({n: (nodes_after[n] - nodes_before[n]) * 1000 / kops for n in nodes_after}, leader_id),
+        {"client": client_calls / kops}
+        | by_role({n: (calls_after[n] - calls_before[n]) / kops for n in calls_after}, leader_id),
     )
 
 
@@ -500,6 +522,10 @@ def median_result(results: list[Result]) -> Result:
     per_node = [r.node_cpu_ms_per_kop for r in results if r.node_cpu_ms_per_kop]
     if per_node:
         nodes = {n: statistics.median(p.get(n, 0.0) for p in per_node) for n in per_node[0]}
+    calls = None
+    per_process = [r.syscalls_per_kop for r in results if r.syscalls_per_kop]
+    if per_process:
+        calls = {n: statistics.median(p.get(n, 0.0) for p in per_process) for n in per_process[0]}
     return Result(
         statistics.median(r.ops_per_s for r in results),
         statistics.median(r.p50_ms for r in results),
@@ -507,6 +533,7 @@ def median_result(results: list[Result]) -> Result:
         sum(r.failed for r in results),
         statistics.median(r.client_cpu_ms_per_kop for r in results),
         nodes,
+        calls,
     )
 
 
@@ -586,7 +613,10 @@ def print_secured(rows: list[Row], ours: dict[Row, Result], secured: dict[Row, R
 
 def _cpu_parts(r: Result) -> str:
     nodes = "  ".join(f"{role}={v:.1f}" for role, v in (r.node_cpu_ms_per_kop or {}).items())
-    return f"client={r.client_cpu_ms_per_kop:.1f}  {nodes}"
+    text = f"client={r.client_cpu_ms_per_kop:.1f}  {nodes}"
+    if r.syscalls_per_kop:
+        text += "   syscalls per 1000 ops: " + " ".join(f"{k}={v:.0f}" for k, v in r.syscalls_per_kop.items())
+    return text
 
 
 def _total_cpu(r: Result) -> float:

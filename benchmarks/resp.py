@@ -19,6 +19,13 @@ of ``--repeat`` runs are printed, each run starting a fresh cluster.
 
     python benchmarks/resp.py --repeat 3
     python benchmarks/resp.py --quick --no-redis
+    python benchmarks/resp.py --quick --no-native --target follower --conns 50 --pipelines 1
+
+Each redis-benchmark test runs alone so the nodes' CPU per command (µs, from /proc: steadier
+than ops/s on a shared machine) is measured per op, for the leader and the busiest follower
+(``cpu`` columns: leader/follower); the load average is printed with the table.
+``--target follower`` points redis-benchmark at a follower's RESP port (its writes are forwarded to
+the leader). ``--base-port``: the cluster's ports from there (9 in a row) instead of free ones.
 
 Everything it starts is stopped by PID (SIGTERM, then SIGKILL), also on Ctrl-C.
 """
@@ -26,6 +33,7 @@ Everything it starts is stopped by PID (SIGTERM, then SIGKILL), also on Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -78,9 +86,37 @@ def redis_benchmark(port: int, conns: int, pipeline: int, total: int, value_byte
     return parse_redis_csv(out.stdout)
 
 
-def run_trimaran(shapes: list[tuple[int, int]], quick: bool, value_bytes: int, native_conns: int) -> dict[Key, Result]:
+def follower_id(cluster: TrimaranCluster, leader: int) -> int:
+    return min(n for n in cluster.client_ports if n != leader)
+
+
+def place_ports(cluster: TrimaranCluster, base_port: int) -> None:
+    """Client, peer and RESP ports from ``base_port`` on (a range agreed with other users of the machine)."""
+    size = len(cluster.client_ports)
+    for i in range(1, size + 1):
+        cluster.client_ports[i] = base_port + i - 1
+        cluster.peer_ports[i] = base_port + size + i - 1
+        cluster.resp_ports[i] = base_port + 2 * size + i - 1
+
+
+def resp_op(cluster: TrimaranCluster, leader: int, port: int, op: str, conns: int, pipeline: int, total: int, value_bytes: int) -> Result:
+    """One redis-benchmark test, with each node's CPU per 1000 commands (leader, f1, f2)."""
+    before = cluster.cpu_s()
+    result = redis_benchmark(port, conns, pipeline, total, value_bytes, (op,))[op]
+    after = cluster.cpu_s()
+    kops = total / 1000
+    result.node_cpu_ms_per_kop = kv_cluster.by_role({n: (after[n] - before[n]) * 1000 / kops for n in after}, leader)
+    return result
+
+
+def run_trimaran(
+    shapes: list[tuple[int, int]], quick: bool, value_bytes: int, native_conns: int,
+    target: str = "leader", base_port: int | None = None, native: bool = True,
+) -> dict[Key, Result]:  # fmt: skip
     data_root = Path(tempfile.mkdtemp(prefix="trimaran-bench-resp-"))
     cluster = TrimaranCluster(data_root, resp=True)
+    if base_port is not None:
+        place_ports(cluster, base_port)
     value = b"v" * value_bytes
     results: dict[Key, Result] = {}
     try:
@@ -89,23 +125,26 @@ def run_trimaran(shapes: list[tuple[int, int]], quick: bool, value_bytes: int, n
         leader = trio.run(leader_id, cluster)
         for conns, pipeline in shapes:
             total = totals(quick, conns, pipeline)
-            measured: dict[str, Result] = {}
-            for attempt in range(ATTEMPTS):
-                try:
-                    measured = redis_benchmark(cluster.resp_ports[leader], conns, pipeline, total, value_bytes)
+            for op in OPS:
+                for attempt in range(ATTEMPTS):
+                    port = cluster.resp_ports[leader if target == "leader" else follower_id(cluster, leader)]
+                    try:
+                        result = resp_op(cluster, leader, port, op, conns, pipeline, total, value_bytes)
+                    except RuntimeError as exc:  # a leader change on a busy machine: find it, measure again
+                        print(f"  resp   {op:<4} conns={conns} P={pipeline}: {exc}; {'again' if attempt < ATTEMPTS - 1 else 'no result'}", flush=True)
+                        leader = trio.run(leader_id, cluster)
+                        continue
+                    results[("resp", op, conns, pipeline)] = result
+                    print(f"  resp   {op:<4} conns={conns:<3} P={pipeline:<2}: {format_result(result)}  cpu {_cpu(result)} us/op", flush=True)
                     break
-                except RuntimeError as exc:  # a leader change on a busy machine: find it, measure again
-                    print(f"  resp   conns={conns} P={pipeline}: {exc}; {'again' if attempt < ATTEMPTS - 1 else 'no result'}", flush=True)
-                    leader = trio.run(leader_id, cluster)
-            for op, result in measured.items():
-                results[("resp", op, conns, pipeline)] = result
-                print(f"  resp   {op:<4} conns={conns:<3} P={pipeline:<2}: {format_result(result)}", flush=True)
+            if not native:
+                continue
             workers = min(conns * pipeline, NATIVE_WORKERS_MAX)
             for op in OPS:
                 row = Row(op, workers, min(native_conns, workers), total)
                 result = trio.run(kv_cluster.trimaran_load, cluster, row, value, None)
                 results[("native", op, conns, pipeline)] = result
-                print(f"  native {op:<4} conns={conns:<3} P={pipeline:<2}: {format_result(result)}", flush=True)
+                print(f"  native {op:<4} conns={conns:<3} P={pipeline:<2}: {format_result(result)}  cpu {_cpu(result)} us/op", flush=True)
     finally:
         cluster.stop()
         shutil.rmtree(data_root, ignore_errors=True)
@@ -121,20 +160,27 @@ def _ops(r: Result | None) -> str:
     return f"{r.ops_per_s:>9.0f}" if r is not None else f"{'-':>9}"
 
 
+def _cpu(r: Result | None) -> str:
+    """The leader's and the busiest follower's CPU per command, in µs."""
+    cpu = r.node_cpu_ms_per_kop if r is not None else None
+    return f"{cpu.get('leader', 0):.0f}/{cpu.get('f1', 0):.0f}" if cpu else "-"
+
+
 def _ratio(a: Result | None, b: Result | None) -> str:
     return f"{a.ops_per_s / b.ops_per_s:>7.2f}" if a is not None and b is not None and b.ops_per_s else f"{'-':>7}"
 
 
 def print_table(results: dict[Key, Result], shapes: list[tuple[int, int]], repeat: int) -> None:
     print(f"\nmedians of {repeat} run(s), ops/s (p50 ms); trimaran: 3 nodes, SET/INCR durable, GET linearizable;")
-    print("redis: 1 node, appendfsync always; native: trimaran client library, conns x P workers\n")
-    head = f"{'op':<5}{'conns':>6}{'P':>4} | {'resp/s':>9}{'p50':>7} | {'native/s':>9}{'p50':>7} | {'redis/s':>9}{'p50':>7} | {'resp/nat':>7} | {'resp/red':>7}"
+    print("redis: 1 node, appendfsync always; native: trimaran client library, conns x P workers")
+    print(f"cpu: node CPU per command in us, leader/busiest follower; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
+    head = f"{'op':<5}{'conns':>6}{'P':>4} | {'resp/s':>9}{'p50':>7}{'cpu':>9} | {'native/s':>9}{'p50':>7}{'cpu':>9} | {'redis/s':>9}{'p50':>7} | {'resp/nat':>7} | {'resp/red':>7}"
     print(head)
     print("-" * len(head))
     for op in OPS:
         for conns, pipeline in shapes:
             r, n, d = (results.get((s, op, conns, pipeline)) for s in ("resp", "native", "redis"))
-            cells = "".join(f" | {_ops(x)}{(x.p50_ms if x else 0):>7.2f}" for x in (r, n, d))
+            cells = "".join(f" | {_ops(x)}{(x.p50_ms if x else 0):>7.2f}{_cpu(x) if s != 'redis' else '':>{9 if s != 'redis' else 0}}" for s, x in (("resp", r), ("native", n), ("redis", d)))
             print(f"{op:<5}{conns:>6}{pipeline:>4}{cells} | {_ratio(r, n)} | {_ratio(r, d)}")
     print("\ntargets: RESP >= 0.9x native on the same op and shape; SET at 50 connections >= 0.5x Redis (P=1)")
     below = [(op, c, p) for op in OPS for c, p in shapes if (r := results.get(("resp", op, c, p))) and (n := results.get(("native", op, c, p))) and r.ops_per_s < 0.9 * n.ops_per_s]
@@ -154,6 +200,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--value-bytes", type=int, default=3, help="-d (redis-benchmark's default is 3)")
     p.add_argument("--native-conns", type=int, default=8, help="native client connections at most")
     p.add_argument("--no-redis", action="store_true", help="skip Redis")
+    p.add_argument("--no-native", action="store_true", help="skip the native client port")
+    p.add_argument("--target", choices=("leader", "follower"), default="leader", help="whose RESP port redis-benchmark drives")
+    p.add_argument("--base-port", type=int, default=None, help="the cluster's 9 ports from here (default: free ports)")
     args = p.parse_args(argv)
     if shutil.which("redis-benchmark") is None:
         raise SystemExit("redis-benchmark not found (Debian: apt-get install redis-tools)")
@@ -162,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     runs: list[dict[Key, Result]] = []
     for i in range(args.repeat):
         print(f"run {i + 1}/{args.repeat}", flush=True)
-        run = run_trimaran(shapes, args.quick, args.value_bytes, args.native_conns)
+        run = run_trimaran(shapes, args.quick, args.value_bytes, args.native_conns, args.target, args.base_port, not args.no_native)
         if with_redis:
             run.update(run_redis(shapes, args.quick, args.value_bytes))
         runs.append(run)

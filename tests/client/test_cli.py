@@ -101,7 +101,8 @@ def test_kv_scan(cluster: FakeCluster) -> None:
     assert code == 0 and [line["key"] for line in lines] == ["user:0", "user:1"]
     assert lines[0] == {"key": "user:0", "value": "name 0", "revision": lines[0]["revision"], "ttl_remaining_ms": None}
     assert len(run("kv", "scan", *endpoints)[1].splitlines()) == 6  # no prefix: every key
-    assert run("kv", "scan", "nothing", *endpoints) == (0, "", "")
+    assert run("kv", "scan", "nothing", *endpoints) == (0, "", "no keys starting with nothing\n")
+    assert run("kv", "scan", "nothing", "--json", *endpoints) == (0, "", "")
 
 
 def test_kv_watch_replays_and_follows(cluster: FakeCluster) -> None:
@@ -186,6 +187,17 @@ def test_status_with_a_refused_token_names_the_refusal_not_a_dead_cluster(cluste
     code, _, err = run("status", "--endpoints", ",".join(cluster.addresses()))
     assert code == 1 and "unauthenticated: the token was revoked" in err and "every node refused the token" in err, err
     assert "no leader" not in err
+
+
+def test_status_with_no_node_answering_says_so_not_no_leader() -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"127.0.0.1:{s.getsockname()[1]}"
+    code, out, err = run("status", "--endpoints", endpoint)
+    assert code == 1 and endpoint in out and "down" in out
+    assert err.endswith("Error: no node answered: is the cluster running at --endpoints (and, for a TLS cluster, given --ca-file)?\n"), err
 
 
 def test_every_client_command_has_help() -> None:

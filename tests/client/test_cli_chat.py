@@ -17,9 +17,14 @@ TIMEOUT_S = 30
 
 
 async def cli(*args: str) -> tuple[int, str]:
-    def run() -> tuple[int, str]:
+    code, out, err = await cli_streams(*args)
+    return code, out + err
+
+
+async def cli_streams(*args: str) -> tuple[int, str, str]:
+    def run() -> tuple[int, str, str]:
         result = CliRunner().invoke(main, list(args))
-        return result.exit_code, result.output
+        return result.exit_code, result.stdout, result.stderr
 
     return await trio.to_thread.run_sync(run)
 
@@ -40,7 +45,9 @@ async def test_chat_commands(tmp_path: Path) -> None:
             assert code == 0, out
             event = json.loads(out.splitlines()[-1])
             assert event["kind"] == "message" and event["offset"] == 2 and event["data"] == "world"
-            code, out = await cli("chat", "presence", "room", "--endpoints", endpoints)
-            assert code == 0 and out == ""
+            # Nothing to list is said on stderr (stdout stays empty for scripts), in text mode only.
+            assert await cli_streams("chat", "presence", "room", "--endpoints", endpoints) == (0, "", "no one present on room\n")
+            assert await cli_streams("chat", "presence", "room", "--json", "--endpoints", endpoints) == (0, "", "")
+            assert await cli_streams("chat", "history", "empty", "--endpoints", endpoints) == (0, "", "no messages on empty\n")
             code, out = await cli("chat", "publish", "bad name", "x", "--endpoints", endpoints)
             assert code == 1 and "invalid_argument" in out

@@ -13,10 +13,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import trio
 from click.testing import CliRunner
 
 from tests.node.helpers import in_process_cluster
+from trimaran import limits
 from trimaran.cli import main
 from trimaran.client import Client
 
@@ -25,11 +27,57 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 async def cli(*args: str) -> tuple[int, str]:
-    def run() -> tuple[int, str]:
+    code, out, err = await cli_streams(*args)
+    return code, out + err
+
+
+async def cli_streams(*args: str) -> tuple[int, str, str]:
+    def run() -> tuple[int, str, str]:
         result = CliRunner().invoke(main, list(args))
-        return result.exit_code, result.output
+        return result.exit_code, result.stdout, result.stderr
 
     return await trio.to_thread.run_sync(run)
+
+
+ENQUEUE_APP = """
+import trimaran
+
+app = trimaran.Jobs()
+
+@app.task("mail", max_attempts=5, timeout_ms=30_000, priority=2, group="tenant")
+def send(to: str) -> None:
+    pass
+"""
+
+
+async def test_enqueue_takes_the_task_options_only_with_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "s7_enqueue_app.py").write_text(ENQUEUE_APP)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    async with in_process_cluster(tmp_path / "cluster", 1) as cluster:
+        with trio.fail_after(TIMEOUT_S):
+            await cluster.leader(timeout_s=TIMEOUT_S)
+            e = ["--endpoints", str(cluster.client_address(1))]
+
+            async def enqueued(*flags: str) -> dict:
+                code, out = await cli("jobs", "enqueue", "mail", '{"to": "a@b.c"}', *flags, *e)
+                assert code == 0, out
+                code, out = await cli("jobs", "show", out.strip(), "--json", *e)
+                assert code == 0, out
+                return json.loads(out)
+
+            bare = await enqueued()  # nothing sent: the cluster's defaults
+            assert (bare["max_attempts"], bare["priority"]) == (limits.job_attempts_default, 0)
+            from_app = await enqueued("--app", "s7_enqueue_app:app")
+            assert (from_app["max_attempts"], from_app["priority"], from_app["group"]) == (5, 2, "tenant")
+            flag_wins = await enqueued("--app", "s7_enqueue_app:app", "--max-attempts", "3", "--priority", "1")
+            assert (flag_wins["max_attempts"], flag_wins["priority"], flag_wins["group"]) == (3, 1, "tenant")
+            async with Client(e[1:], timeout_ms=10_000) as c:  # the task's timeout is the job's lease
+                session = await c.jobs.open_session("t", 10_000)
+                lease = (await c.jobs.claim(session.session, ["mail"], 1)).jobs[0]
+                info = await c.jobs.job(lease.id)
+                assert lease.id == from_app["id"] and info is not None and info.lease_until_ms - info.started_at_ms == 30_000
+            code, out = await cli("jobs", "enqueue", "sms", "--app", "s7_enqueue_app:app", *e)
+            assert code == 2 and "no task for queue sms (its queues: mail)" in out, out
 
 
 async def test_jobs_commands(tmp_path: Path) -> None:
@@ -37,6 +85,13 @@ async def test_jobs_commands(tmp_path: Path) -> None:
         with trio.fail_after(TIMEOUT_S):
             await cluster.leader(timeout_s=TIMEOUT_S)
             e = ["--endpoints", str(cluster.client_address(1))]
+            # Nothing to list is said on stderr (stdout stays empty for scripts), in text mode only.
+            assert await cli_streams("jobs", "queues", *e) == (0, "", "no queues (a queue exists once a job is enqueued to it)\n")
+            assert await cli_streams("jobs", "queues", "--json", *e) == (0, "", "")
+            assert await cli_streams("jobs", "list", "mail", *e) == (0, "", "no jobs in mail\n")
+            assert await cli_streams("jobs", "list", "mail", "--state", "dead", *e) == (0, "", "no dead jobs in mail\n")
+            assert await cli_streams("jobs", "dlq", "mail", *e) == (0, "", "no dead jobs in mail\n")
+            assert await cli_streams("jobs", "schedules", *e) == (0, "", "no schedules\n")
             code, out = await cli("jobs", "enqueue", "mail", '{"to": "a@b.c"}', "--priority", "3", "--json", *e)
             assert code == 0, out
             job_id = json.loads(out)["id"]
@@ -85,6 +140,8 @@ async def test_jobs_commands(tmp_path: Path) -> None:
             assert code == 0 and json.loads(out) == {"requeued": [job_id]}
             code, out = await cli("jobs", "dlq", "mail", "--purge", *e)
             assert code == 0 and out.strip() == "purged 0"
+            assert await cli_streams("jobs", "dlq", "mail", "--requeue", *e) == (0, "", "no dead jobs in mail\n")
+            assert await cli_streams("jobs", "dlq", "mail", "--requeue", "--json", *e) == (0, '{"requeued": []}\n', "")
 
             code, out = await cli("jobs", "schedule", "nightly", "mail", "{}", "--cron", "0 3 * * *", "--json", *e)
             assert code == 0 and json.loads(out)["next_ms"] > 0

@@ -404,6 +404,61 @@ def test_follower_forwards_read_index_to_the_leader() -> None:
     assert [(r.token, r.value) for r in h.replies(3)] == [("r", b"2")]
 
 
+def _round_heartbeats(h: Harness) -> list[int]:
+    """Who the leader's read-round heartbeats in flight go to."""
+    return sorted(m.recipient for m in h.network if isinstance(m, Heartbeat) and m.read_seq)
+
+
+def test_a_read_round_asks_only_the_followers_that_confirmed_the_last_one() -> None:
+    """Thesis §6.4 needs a majority's answers, not everyone's: once node 2's answer confirmed a
+    round, the next round's heartbeat goes to node 2 alone and node 3 is not woken for it."""
+    h = Harness(3, seed=1)
+    h.elect(1)
+    write(h, 1, 2)
+    h.nodes[1].replica.read("first", "register", ["get", b"k"])
+    h.process()
+    assert _round_heartbeats(h) == [2, 3]  # no round confirmed yet: everyone is asked
+    h.settle()
+    assert [(r.token, r.value) for r in h.replies(1)] == [("first", b"2")]
+    h.nodes[1].replica.read("second", "register", ["get", b"k"])
+    h.process()
+    assert _round_heartbeats(h) == [2]
+    h.settle()
+    assert [(r.token, r.value) for r in h.replies(1)] == [("second", b"2")]
+
+
+def test_a_read_round_the_chosen_follower_ignores_is_asked_of_all_a_tick_later() -> None:
+    """Node 2 confirmed the last round, then stops answering: the round waits one tick, not a
+    heartbeat interval, is then asked of every follower, node 3 confirms it, and the next round
+    goes to node 3."""
+    h = Harness(3, seed=1, heartbeat_interval_ticks=4, election_timeout_ticks_min=10, election_timeout_ticks_max=20)
+    h.elect(1)
+    write(h, 1, 2)
+    h.nodes[1].replica.read("first", "register", ["get", b"k"])
+    h.process()
+    h.settle()
+    h.replies(1)
+    h.raft(1).heartbeat_elapsed = 0  # the next periodic heartbeat is a whole interval away
+
+    def cut_node_2() -> None:
+        h.network = [m for m in h.network if m.recipient != 2]
+
+    h.nodes[1].replica.read("second", "register", ["get", b"k"])
+    h.process()
+    assert _round_heartbeats(h) == [2]
+    cut_node_2()
+    h.tick(1)  # the round began before this tick: it may still be answered
+    assert _round_heartbeats(h) == []
+    h.tick(1)
+    assert _round_heartbeats(h) == [2, 3]
+    cut_node_2()
+    h.settle()
+    assert [(r.token, r.value) for r in h.replies(1)] == [("second", b"2")]
+    h.nodes[1].replica.read("third", "register", ["get", b"k"])
+    h.process()
+    assert _round_heartbeats(h) == [3]
+
+
 def test_lease_read_skips_the_round_only_when_enabled() -> None:
     """Thesis §6.4.1: with lease reads on, a leader within its lease answers without a round."""
     h = Harness(3, seed=1, lease_reads=True)

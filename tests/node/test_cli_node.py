@@ -87,7 +87,7 @@ def test_a_taken_client_port_is_one_line_and_exit_1(tmp_path: Path) -> None:
 
 
 def test_the_connection_bound_flags_default_to_nodeconfigs_defaults() -> None:
-    from trimaran.cli import _CONNECTION_BOUNDS
+    from trimaran.cli.node import _CONNECTION_BOUNDS
     from trimaran.node.config import NodeConfig
 
     defaults = {f.name: f.default for f in dataclasses.fields(NodeConfig)}

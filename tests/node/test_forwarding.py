@@ -7,11 +7,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
+import trio.testing
 
 from tests.node.helpers import HOST, in_process_cluster
 from tests.node.test_auth_edge import Signer
+from tests.node.test_fast_path import InlineWriter, acks, append_from_leader, make_driver
 from tests.node.test_http_rest import call
 from trimaran.node.config import Address
+from trimaran.node.forwarding import LeaderLinks
+from trimaran.node.writer import WriteResult
 
 TIMEOUT_S = 20
 
@@ -50,3 +54,43 @@ async def test_a_followers_forwarded_writes_share_one_connection_per_token(tmp_p
                         break
                     assert answer.status in (503, 504), answer.body
                     await trio.sleep(0.2)
+
+
+async def test_a_follower_relaying_requests_to_the_leader_writes_off_its_loop(tmp_path: Path) -> None:
+    """While its edges wait for the leader's answers, a follower hands appends to its writer
+    thread: an inline fsync would hold every relayed answer behind it. Idle again: inline."""
+    relaying = [True]
+    writer = InlineWriter()
+    driver, sent = make_driver(tmp_path, writer)
+    driver.relaying = lambda: relaying[0]
+    await driver.deliver_peer(append_from_leader(1))
+    driver._round()
+    assert writer.inline == [] and [seq for seq, _ in writer.submitted] == [1]
+    driver.on_write_result(WriteResult(1))
+    driver._round()
+    assert acks(sent) == [1]
+    relaying[0] = False
+    await driver.deliver_peer(append_from_leader(2))
+    driver._round()
+    assert len(writer.inline) == 1 and acks(sent) == [1, 2]
+
+
+async def test_leader_links_are_busy_exactly_while_a_request_waits(tmp_path: Path) -> None:
+    """``busy`` (what a follower's driver asks, wired by the node) is true while a relayed request
+    waits for its answer (here a leader that never answers), and false once it ended."""
+    async with in_process_cluster(tmp_path, 3, http_listen=Address(HOST, 0)) as cluster:
+        leader = await cluster.leader()
+        node = cluster.nodes[next(n for n in (1, 2, 3) if n != leader)]
+        assert node.http_edge is not None and node.driver is not None
+        assert node.driver.relaying == node.http_edge.links.busy  # type: ignore[union-attr]
+    links = LeaderLinks("c")
+    [silent] = await trio.open_tcp_listeners(0, host=HOST)
+    async with silent, trio.open_nursery() as nursery:
+        await nursery.start(links.run)
+        address = Address(HOST, silent.socket.getsockname()[1])
+        with trio.move_on_after(0.5):
+            nursery.start_soon(links.request_many, address, [("status", {}), ("status", {})], None)
+            await trio.testing.wait_all_tasks_blocked()
+            assert links.busy() and links.in_flight == 2
+            nursery.cancel_scope.cancel()
+    assert not links.busy() and links.in_flight == 0

@@ -246,6 +246,25 @@ def test_up_beyond_loopback_refuses_without_tls_in_one_line(tmp_path: Path) -> N
     assert "--insecure" in lines[0] and not (tmp_path / "d").exists()
 
 
+#: How long every node of a fresh cluster may take to log the leader the status names.
+LOG_WAIT_S = 15.0
+
+
+def _json_log(data: Path, node_id: int) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (data / f"node{node_id}.log").read_text().splitlines() if line.strip()]
+
+
+def _logged_leader(data: Path, node_id: int, status: dict[str, Any]) -> bool:
+    try:
+        lines = _json_log(data, node_id)
+    except ValueError:  # read while a line was being written: not yet
+        return False
+    return any(
+        line.get("event") == "leader_elected" and line["leader"] == status["leader_id"] and line["term"] == status["term"]
+        for line in lines
+    )
+
+
 async def test_up_with_five_nodes_and_its_data_dir_keeps_its_size(tmp_path: Path) -> None:
     from trimaran.client.client import Client
 
@@ -258,16 +277,19 @@ async def test_up_with_five_nodes_and_its_data_dir_keeps_its_size(tmp_path: Path
             await c.kv.set("five", "nodes")
             status = await c.status()
             assert status["voters"] == [1, 2, 3, 4, 5]
+            # A write needs 3 of the 5: a node may learn of the leader a heartbeat later (bounded wait).
+            with trio.move_on_after(LOG_WAIT_S):
+                while not all(_logged_leader(up.data, i, status) for i in (1, 2, 3, 4, 5)):
+                    await trio.sleep(0.1)
         assert await up.interrupt() == 0, up.output()
     finally:
         up.kill()
     # --log-format reached every node: each log line is one JSON object naming its node, and every
     # node logged the leader it learned of, with the term (issue 13's logs).
     for i in (1, 2, 3, 4, 5):
-        lines = [json.loads(line) for line in (up.data / f"node{i}.log").read_text().splitlines() if line.strip()]
+        lines = _json_log(up.data, i)
         assert lines and all(line["node"] == i for line in lines)
-        elected = [line for line in lines if line.get("event") == "leader_elected"]
-        assert any(line["leader"] == status["leader_id"] and line["term"] == status["term"] for line in elected), elected
+        assert _logged_leader(up.data, i, status), [line for line in lines if line.get("event") == "leader_elected"]
     again = Up(tmp_path, base, "--nodes", "3")
     try:
         again.proc.wait(timeout=STOP_WAIT_S)

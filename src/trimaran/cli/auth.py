@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from trimaran.cli import _client_options, _service, main
+from trimaran.cli import _client_options, _none_found, _service, main
 
 
 @main.group("auth")
@@ -201,6 +201,8 @@ def auth_keys_command(endpoints: str, cluster_id: str | None, token: str | None,
         return
     for row in rows:
         click.echo(f"{row['kid']}\t{row['source']}\t{row['not_after'] or '-'}")
+    if not rows:
+        _none_found("no keys trusted", as_json)
 
 
 # Command groups kept in modules of their own; they register on `main` as they are imported.

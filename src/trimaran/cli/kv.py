@@ -6,7 +6,7 @@ from typing import Any, BinaryIO
 
 import click
 
-from trimaran.cli import _client_call, _client_options, _service, _stream_lines, main
+from trimaran.cli import _client_call, _client_options, _none_found, _service, _stream_lines, main
 
 
 @main.group("kv")
@@ -164,10 +164,12 @@ def kv_scan_command(
     def show(item: Any) -> None:
         click.echo(json.dumps(item_to_json(item)) if as_json else item_line(item))
 
-    _client_call(
+    found = _client_call(
         kv_scan, endpoints, prefix, show, limit=limit, consistency=consistency,
         cluster_id=cluster_id, token=token, timeout_ms=timeout_ms,
     )  # fmt: skip
+    if not found:
+        _none_found(f"no keys starting with {prefix}" if prefix else "no keys", as_json)
 
 
 @kv_group.command("watch")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+import time
+from typing import Any, Callable
 
 import click
 
@@ -65,6 +66,25 @@ def member_list_command(endpoints: str, cluster_id: str | None, token: str | Non
     click.echo(f"failure tolerance: {_tolerance(voters)} of {voters} voters may fail")
 
 
+#: After this long with nothing replicated to a node being added, its bar says the node may not run
+#: (the leader would otherwise wait the whole --catch-up-timeout-s, 300 s, at 0 without a word).
+SILENT_NODE_HINT_S = 10.0
+
+
+def catch_up_counts(node_id: int, peer_address: str | None, clock: Callable[[], float] = time.monotonic) -> Callable[[int, int], str]:
+    """The numbers after the catch-up bar: "MATCH/LAST", and a hint once the node acknowledged nothing
+    for a while (a learner installing a snapshot shows no progress either, then jumps)."""
+    started = clock()
+
+    def counts(match: int, last: int) -> str:
+        if match == 0 and clock() - started >= SILENT_NODE_HINT_S:
+            where = f" at {peer_address}" if peer_address else ""
+            return f"{match}/{last} (node {node_id} acknowledged nothing yet: installing a snapshot, or not running{where}?)"
+        return f"{match}/{last}"
+
+    return counts
+
+
 @member_group.command("add")
 @click.argument("node_id", type=click.IntRange(min=1))
 @click.option("--peer-address", metavar="HOST:PORT", help="Where the new node's peer port listens (its --peer-listen).")
@@ -92,7 +112,7 @@ def member_add_command(
     if client_address and not peer_address:
         raise click.UsageError("--client-address needs --peer-address")
     before = _service("members", endpoints, cluster_id, token, timeout_ms, "list")
-    bar = ProgressBar("catching up ", lambda match, last: f"{match}/{last}")
+    bar = ProgressBar("catching up ", catch_up_counts(node_id, peer_address))
     try:
         after = _service(
             "members", endpoints, cluster_id, token, timeout_ms + int(catch_up_timeout_s * 1000), "add", node_id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import Callable
 
 import click
@@ -35,3 +36,29 @@ class ProgressBar:
     def end(self) -> None:
         if self.drawn:
             click.echo("" if self._tty else self._last, err=True)
+
+
+_BYTE_UNITS = ("KiB", "MiB", "GiB", "TiB")
+
+
+def byte_size(size_bytes: float) -> str:
+    """``size_bytes`` in the unit that fits: "512 B", "12.3 KiB", "4.0 MiB" (a small cluster's
+    snapshot is a few KiB: in MB it read "0.0")."""
+    if size_bytes < 1024:
+        return f"{size_bytes:.0f} B"
+    for unit in _BYTE_UNITS:
+        size_bytes /= 1024
+        if size_bytes < 1024 or unit == _BYTE_UNITS[-1]:
+            break
+    return f"{size_bytes:.1f} {unit}"
+
+
+def transfer_bar(clock: Callable[[], float] = time.monotonic) -> ProgressBar:
+    """A bar of bytes received: "done/total" and the rate so far, each in the unit that fits."""
+    started = clock()
+
+    def counts(done: int, total: int) -> str:
+        rate_bytes_s = done / max(clock() - started, 1e-6)
+        return f"{byte_size(done)}/{byte_size(total)} {byte_size(rate_bytes_s)}/s"
+
+    return ProgressBar("", counts)

@@ -8,7 +8,7 @@ import time
 import click
 
 from trimaran.cli import _client_call, _client_options, main
-from trimaran.cli.progress import ProgressBar
+from trimaran.cli.progress import byte_size, transfer_bar
 
 
 @main.group("snapshot")
@@ -21,17 +21,6 @@ def snapshot_group() -> None:
     """
 
 
-def _transfer_bar() -> ProgressBar:
-    """The bytes received, their total and the rate so far."""
-    started = time.monotonic()
-
-    def counts(done: int, total: int) -> str:
-        rate_mb_s = done / 1e6 / max(time.monotonic() - started, 1e-6)
-        return f"{done / 1e6:.1f}/{total / 1e6:.1f} MB {rate_mb_s:.1f} MB/s"
-
-    return ProgressBar("", counts)
-
-
 @snapshot_group.command("save")
 @click.argument("file", type=click.Path(dir_okay=False, writable=True))
 @_client_options(default_timeout_ms=600_000)
@@ -42,7 +31,7 @@ def snapshot_save_command(file: str, endpoints: str, cluster_id: str | None, tok
     """
     from trimaran.client.commands import save_backup
 
-    bar = _transfer_bar()
+    bar = transfer_bar()
     try:
         header = _client_call(
             save_backup, endpoints, file, progress=None if as_json else bar, cluster_id=cluster_id, token=token, timeout_ms=timeout_ms
@@ -53,8 +42,8 @@ def snapshot_save_command(file: str, endpoints: str, cluster_id: str | None, tok
         click.echo(json.dumps(header | {"file": file}))
     else:
         click.echo(
-            f"saved {file}: index {header['index']}, term {header['term']}, {header['size_bytes']} bytes, "
-            f"sha256 {header['sha256']}"
+            f"saved {file}: index {header['index']}, term {header['term']}, {_size(header['size_bytes'])}, "
+            f"crc32 {_crc(header['crc32'])}, sha256 {header['sha256']}"
         )
 
 
@@ -62,7 +51,8 @@ def snapshot_save_command(file: str, endpoints: str, cluster_id: str | None, tok
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def snapshot_inspect_command(file: str, as_json: bool) -> None:
-    """Print what the backup FILE holds: index, term, members, checksums and the size of each service."""
+    """Print what the backup FILE holds, one labelled line each: cluster, index, term, log time, voters,
+    learners, size, CRC-32 (the checksum the cluster itself checks), SHA-256, and the size of each part."""
     from trimaran.errors import TrimaranError
     from trimaran.node.backup_restore import read_backup
     from trimaran.protocols.backup_file import describe
@@ -76,12 +66,32 @@ def snapshot_inspect_command(file: str, as_json: bool) -> None:
         click.echo(json.dumps(info))
         return
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(info["log_time_ms"] / 1000))
-    click.echo(f"cluster   {header.cluster_id}")
-    click.echo(f"index     {header.index} (term {header.term}), log time {when}")
-    click.echo(f"voters    {list(header.voters)}" + (f", learners {list(header.learners)}" if header.learners else ""))
-    click.echo(f"size      {header.size_bytes} bytes, sha256 {header.sha256}")
+    rows = [
+        ("file", file),
+        ("cluster", header.cluster_id),
+        ("index", header.index),
+        ("term", header.term),
+        ("log time", f"{when} (the leader's clock at the snapshot)"),
+        ("voters", ", ".join(map(str, header.voters))),
+        ("learners", ", ".join(map(str, header.learners)) or "none"),
+        ("size", _size(header.size_bytes)),
+        ("crc32", f"{_crc(header.crc32)} (the checksum a node checks on every snapshot it installs or loads)"),
+        ("sha256", header.sha256),
+    ]
+    for label, value in rows:
+        click.echo(f"{label:<9} {value}")
+    click.echo("parts     (bytes each takes, packed)")
     for name, size_bytes in info["parts_bytes"].items():
         click.echo(f"  {name:<12} {size_bytes:>12} bytes")
+
+
+def _size(size_bytes: int) -> str:
+    return f"{size_bytes} bytes" + ("" if size_bytes < 1024 else f" ({byte_size(size_bytes)})")
+
+
+def _crc(crc32: int) -> str:
+    """A CRC-32 as zlib and most tools print it: 8 hex digits."""
+    return f"0x{crc32:08x}"
 
 
 def _voters(value: str | None) -> tuple[int, ...] | None:

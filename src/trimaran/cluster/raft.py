@@ -135,6 +135,14 @@ class Raft:
         self._read_rounds: list[_ReadRound] = []
         self._reads_new: list[tuple[int, int]] = []
         self._reads_waiting_commit: list[tuple[int, int]] = []
+        #: The followers whose acks confirmed the last read round. A round needs only a majority
+        #: (thesis §6.4), so the next round's heartbeats go to them alone while they keep answering:
+        #: the other followers are not woken for every round (they still get the periodic
+        #: heartbeat), which halves the messages a round costs in a 3-node cluster. Empty: all.
+        self._read_quorum: frozenset[int] = frozenset()
+        #: The newest read round at the last tick: a round still waiting one tick later is asked
+        #: of every follower (one of the chosen few is slow or gone).
+        self._read_seq_at_tick = 0
         #: Reads forwarded to the leader: request id -> (context, tick sent).
         self._forwarded_reads: dict[int, tuple[int, int]] = {}
         self._forward_seq = 0
@@ -666,6 +674,12 @@ class Raft:
             # leadership after that round began, so a round whose own heartbeats were lost is still
             # confirmed (thesis §6.4 step 3).
             self._broadcast_heartbeat(self._read_seq if self._read_rounds else 0)
+        elif self._read_rounds and self._read_rounds[0].seq <= self._read_seq_at_tick and self._read_quorum:
+            # A round sent to the last round's quorum alone is still unconfirmed a tick later: ask
+            # everyone, and choose again from whoever answers first.
+            self._read_quorum = frozenset()
+            self._broadcast_heartbeat(self._read_seq)
+        self._read_seq_at_tick = self._read_seq
 
     def _append(self, entries: list[Entry]) -> None:
         self.log.append(entries)
@@ -679,8 +693,11 @@ class Raft:
         for peer in self.progress:
             self._send_append(peer, allow_empty=True)
 
-    def _broadcast_heartbeat(self, read_seq: int) -> None:
+    def _broadcast_heartbeat(self, read_seq: int, only: frozenset[int] = frozenset()) -> None:
+        """A heartbeat to every follower, or to those in ``only`` when it is not empty."""
         for peer, pr in self.progress.items():
+            if only and peer not in only:
+                continue
             commit = self.log.commit_index
             if "heartbeat_commit_unbounded" not in self._mutants:
                 commit = min(commit, pr.match)
@@ -890,7 +907,13 @@ class Raft:
         round_ = _ReadRound(self._read_seq, self.log.commit_index, self._reads_new, self.id)
         self._reads_new = []
         self._read_rounds.append(round_)
-        self._broadcast_heartbeat(round_.seq)
+        only = self._read_quorum
+        if only:
+            # Still a majority with the leader (a member may have been removed since)?
+            voters = self.membership.voters
+            if not has_quorum(voters, {n: n in only or n == self.id for n in voters}):
+                only = self._read_quorum = frozenset()
+        self._broadcast_heartbeat(round_.seq, only)
 
     def _ack_read_round(self, sender: int, seq: int) -> None:
         if sender not in self.membership.voters:
@@ -907,6 +930,8 @@ class Raft:
         # A confirmed round also confirms every earlier one.
         while self._read_rounds and self._read_rounds[0].seq <= confirmed:
             round_ = self._read_rounds.pop(0)
+            if round_.seq == confirmed:
+                self._read_quorum = frozenset(round_.acks - {self.id})
             for requester, context in round_.contexts:
                 self._deliver_read(requester, context, round_.index)
 
@@ -944,6 +969,7 @@ class Raft:
         for round_ in self._read_rounds:
             pending.extend(round_.contexts)
         self._reads_waiting_commit, self._reads_new, self._read_rounds = [], [], []
+        self._read_quorum = frozenset()
         for requester, context in pending:
             self._deliver_read(requester, context, 0, ok=False)
         for context, _ in self._forwarded_reads.values():

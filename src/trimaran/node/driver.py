@@ -30,7 +30,8 @@ The round's batches are written after its messages are sent (a leader's appends 
 its own fsync, thesis §10.2.1), in submission order, in one of two ways:
 
 - handed to the writer thread;
-- or, on a follower (``write_inline_bytes_max``; a leader if ``write_inline_leader_bytes_max``, or
+- or, on a follower (``write_inline_bytes_max``; not while its edges relay client requests to the
+  leader, see ``relaying``; a leader if ``write_inline_leader_bytes_max``, or
   while its clients come one at a time, ``write_inline_leader_serial_requests``) and only when the
   thread has nothing outstanding, written inline on this thread. The batch is then durable before
   the round ends: its held messages are released and ``on_persisted`` called in the same round, so
@@ -191,6 +192,10 @@ class Driver:
         self._disk_space: Callable[[], tuple[int, int] | None] | None = getattr(writer, "disk_space", None)
         #: Client command bytes accepted since the last disk space check (they may not be on disk yet).
         self._accepted_bytes = 0
+        #: True while the node's edges relay clients' requests to the leader (wired by the node;
+        #: None: never): a follower then hands its writes to the writer thread, never inline, so
+        #: its loop keeps relaying requests and answers during the fsync.
+        self.relaying: Callable[[], bool] | None = None
         #: Called at the end of every round, once its entries are applied and its answers flushed:
         #: the client edge re-checks live connections when the auth service changed, the chat
         #: gateway pushes what was applied. Each must be quick and must not raise.
@@ -621,6 +626,8 @@ class Driver:
         if self.replica.raft.role == Role.LEADER:
             serial = 0 < cfg.write_inline_leader_serial_requests <= self._serial_requests
             bytes_max = cfg.write_inline_leader_bytes_max or (bytes_max if serial else 0)
+        elif self.relaying is not None and self.relaying():
+            return False
         size_bytes = 0
         for _, batch in batches:
             if batch.snapshot is not None:

@@ -7,8 +7,9 @@ a handshake: a RESP client on a follower wrote at a quarter of the rate it got o
 
 :class:`LeaderLinks` keeps one connection per (leader address, token) — a hello says who speaks,
 so callers with different tokens cannot share one — and multiplexes every request on it with the
-client protocol's request ids: the requests of one call go out in one write, in order (the leader
-reads them together: one driver round), and the answers come back by id to whoever waits.
+client protocol's request ids: the requests of one call go out in order, with those of every other
+call made in the same pass of trio's scheduler, in one write (the leader reads them together: one
+driver round), and the answers come back by id to whoever waits.
 
 Bounds: :data:`LINKS_MAX` links (the least recently used is closed past it) and
 :data:`LINK_INFLIGHT_MAX` requests in flight on one link (callers wait for room, under the
@@ -50,7 +51,9 @@ class _Link:
         self.next_id = 0
         #: request id -> (set when answered, the answer once it came; None: the link broke).
         self.waiting: dict[int, tuple[trio.Event, list[Outcome | None]]] = {}
-        self.send_lock = trio.Lock()
+        #: Frames to send, and the event that wakes the task sending them (see :meth:`write`).
+        self.outbox: list[bytes] = []
+        self.wanted = trio.Event()
         self.room = trio.Semaphore(LINK_INFLIGHT_MAX)
         #: Why it can no longer be used (None: usable), and the leader's refusal of its hello.
         self.broken: str | None = None
@@ -82,11 +85,30 @@ class _Link:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self.stream)
 
+    async def write(self) -> None:
+        """Send what the callers queued, until the link breaks. Callers queue their frames and wake
+        this task, which runs after every task of the scheduler's current pass: the requests of
+        many connections read in one pass leave in one write, and the leader reads them together
+        (one driver round, one log entry) where a write per caller cost a send each and split
+        them over several rounds."""
+        try:
+            while self.broken is None:
+                await self.wanted.wait()
+                self.wanted = trio.Event()
+                if self.outbox and self.broken is None:
+                    data = b"".join(self.outbox)
+                    self.outbox.clear()
+                    await self.stream.send_all(data)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.fail(f"sending: {exc}")
+
     def fail(self, why: str) -> None:
         """No more use of this link: every waiter learns it broke (its answer is None)."""
         if self.broken is None:
             self.broken = why
         self.welcomed.set()
+        self.wanted.set()  # (the writer ends)
+        self.outbox.clear()
         for event, box in self.waiting.values():
             box.append(None)
             event.set()
@@ -104,6 +126,13 @@ class LeaderLinks:
         self._nursery: trio.Nursery | None = None
         #: Links opened since the node started (each a connect, a hello and a token check).
         self.opened = 0
+        #: Requests sent or about to be, not answered yet, over every link (see :meth:`busy`).
+        self.in_flight = 0
+
+    def busy(self) -> bool:
+        """Requests are being relayed to the leader: the node's driver then keeps its own log
+        writes off its loop (an inline fsync would hold every relayed answer behind it)."""
+        return self.in_flight > 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -115,13 +144,23 @@ class LeaderLinks:
         """Each request's (ok, result or typed error), in order. Raises ``OSError`` if the leader
         cannot be reached or the link broke before every answer came (some may have been
         applied), and the typed refusal of the hello (a token the leader does not accept)."""
+        self.in_flight += len(requests)
+        try:
+            return await self._request_many(address, requests, token)
+        finally:
+            self.in_flight -= len(requests)
+
+    async def _request_many(self, address: Address, requests: list[tuple[str, dict[str, Any]]], token: str | None) -> list[Outcome]:
         link = await self._link(address, token)
         ids: list[int] = []
         boxes: list[tuple[trio.Event, list[Outcome | None]]] = []
         taken = 0
         try:
             for _ in requests:
-                await link.room.acquire()
+                try:  # (acquire() would pass through the scheduler even with room)
+                    link.room.acquire_nowait()
+                except trio.WouldBlock:
+                    await link.room.acquire()
                 taken += 1
             frames = []
             for op, body in requests:
@@ -131,14 +170,10 @@ class LeaderLinks:
                 link.waiting[link.next_id] = box
                 boxes.append(box)
                 frames.append(encode_frame(pack([link.next_id, op, body])))
-            async with link.send_lock:
-                if link.broken is not None:
-                    raise OSError(link.broken)
-                try:
-                    await link.stream.send_all(b"".join(frames))
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    link.fail(f"sending: {exc}")
-                    raise OSError(f"the link to the leader at {address} broke: {exc}") from None
+            if link.broken is not None:
+                raise OSError(link.broken)
+            link.outbox.extend(frames)
+            link.wanted.set()
             outcomes: list[Outcome] = []
             for event, box_outcomes in boxes:
                 await event.wait()
@@ -169,7 +204,8 @@ class LeaderLinks:
                     del self._opening[key]
         else:
             self._links.move_to_end(key)
-        await link.welcomed.wait()
+        if not link.welcomed.is_set():
+            await link.welcomed.wait()
         if link.refusal is not None:
             raise link.refusal
         if link.broken is not None:
@@ -187,10 +223,8 @@ class LeaderLinks:
             _, old = self._links.popitem(last=False)
             old.fail("closed: too many links")
             self._nursery.start_soon(trio.aclose_forcefully, old.stream)
+        link.outbox.append(encode_frame(pack(hello(self.cluster_id, token))))  # first
+        link.wanted.set()
         self._nursery.start_soon(link.read)
-        try:
-            async with link.send_lock:
-                await stream.send_all(encode_frame(pack(hello(self.cluster_id, token))))
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            link.fail(f"the leader at {address} broke the connection: {exc}")
+        self._nursery.start_soon(link.write)
         return link

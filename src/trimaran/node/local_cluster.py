@@ -470,7 +470,8 @@ def _banner(
         '      c.kv.set("greeting", "hello", ttl_ms=60_000)',
         '      print(c.kv.get("greeting").value)',
         "",
-        f"Ctrl-C stops the cluster; `trimaran up` again comes back from {data_dir}.",
+        # The pid is this process's: under `make run` the one a script started is make's.
+        f"Ctrl-C or `kill {os.getpid()}` stops the cluster; `trimaran up` again comes back from {data_dir}.",
     ]
     return "\n".join(lines)
 

@@ -260,6 +260,7 @@ class Node:
                 # What the edges forward to the leader goes over kept-open connections, shared.
                 links = LeaderLinks(cfg.cluster_id, (edge or resp_edge).forward_tls)  # type: ignore[union-attr]
                 await nursery.start(links.run)
+                driver.relaying = links.busy
                 for each in (edge, resp_edge):
                     if each is not None:
                         each.links = links

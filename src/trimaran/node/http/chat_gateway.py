@@ -39,7 +39,7 @@ A request that fails gets ``{"id", "type": "error", "error": {"code", "name", "m
 
 Close codes: 1001 the node is shutting down; 4001 no, bad, expired or revoked token (also when a
 revocation is applied while connected); 4002 a frame that is not the protocol; 4008 a slow consumer
-(more than ``WS_QUEUE_FRAMES_MAX`` pushes or ``WS_QUEUE_BYTES_MAX`` bytes unsent: resume from the
+(more than ``WS_QUEUE_FRAMES_MAX`` queued entries or ``WS_QUEUE_BYTES_MAX`` bytes unsent: resume from the
 last offset received, nothing stored is lost); 4029 over ``WS_FRAMES_PER_S_MAX`` frames a second;
 1009 a frame over ``edge.WS_FRAME_BYTES_MAX``.
 
@@ -51,6 +51,13 @@ faults): it first reads the history with a linearizable read (so it sees every p
 acknowledged before it subscribed, on any node), then goes live; it keeps the last offset
 delivered, so a live message it already has is skipped and one that skips ahead makes it read the
 missing range from history first.
+
+What a fan-out costs: the hub hands each subscriber a page's consecutive events of a channel as
+one run; a subscriber in step (live, the run's messages the next ones) takes it whole
+(:meth:`Feed.take_run`) and queues one entry whose text is joined once for all of them. On the
+port's own listener (:mod:`~trimaran.node.http.front`) each connection's frame is written at the
+end of the hub's pass, framed once for every connection sending the same text, without waking
+its writer task; the writer only takes over what a full socket did not.
 """
 
 from __future__ import annotations
@@ -67,14 +74,15 @@ from trimaran import limits
 from trimaran.errors import AuthError, InvalidArgument, TrimaranError, Unauthenticated
 from trimaran.node.authoriser import Grant
 from trimaran.node.http.edge import HttpEdge
+from trimaran.node.http.front import DIRECT_EXTENSION, DirectWebSocket, text_frame
 from trimaran.node.http.json_body import data_fields, encode, error_json
 from trimaran.services.chat import ChatService
 from trimaran.services.chat.feed import Feed, Push
 
 log = logging.getLogger("trimaran.node.http.chat")
 
-#: Pushes (answers too) and bytes queued for one connection and not yet sent; beyond either it is
-#: cut off (4008).
+#: Queue entries (a push or an answer, or a run of live messages of one channel pushed in one
+#: pass) and bytes queued for one connection and not yet sent; beyond either it is cut off (4008).
 WS_QUEUE_FRAMES_MAX = 10_000
 WS_QUEUE_BYTES_MAX = 16 * limits.MIB
 #: Bytes of pushes one frame carries (newline-delimited); a single larger push goes alone.
@@ -149,6 +157,11 @@ class ChatHub:
         #: Counters (reported by the status op).
         self.slow_closed = 0
         self.pushed = 0
+        #: While the hub pushes a round: the connections with frames to write at its end (None:
+        #: not pushing; pushes then wake each connection's writer).
+        self.to_flush: list[WsConnection] | None = None
+        #: This pass's frames by the id of their text (kept with it, so the id stays its own).
+        self._frames: dict[int, tuple[str, bytes]] = {}
 
     def after_round(self) -> None:
         if self.edge.authoriser.enabled and self.edge.authoriser.generation != self._generation:
@@ -158,22 +171,62 @@ class ChatHub:
         if (not self.by_channel and not self.every_channel) or self.seq == self.service.events_seq:
             self.seq = self.service.events_seq  # nothing to push (an int compare every round)
             return
+        self.to_flush = []
+        try:
+            self._push_new_events()
+        finally:
+            to_flush, self.to_flush = self.to_flush, None
+            for conn in to_flush:
+                conn.flush_now()
+            self._frames.clear()
+
+    def _push_new_events(self) -> None:
         while True:
             page = self.service.events_after(self.seq)
             if page["gap"]:
                 for sub in [*self.connections, *self.others]:
                     sub.resync_all()
-            for event in page["events"]:
-                conns = self.by_channel.get(event[2])
-                encoded: dict[Any, Any] = {}  # the event's frame, encoded once for all of them
-                if conns:
-                    for conn in list(conns):
-                        conn.on_event(event, encoded)
-                for watcher in list(self.every_channel):
-                    watcher.on_any_event(event, encoded)
+            events = page["events"]
+            if self.every_channel:
+                # Pattern subscribers get each event right after the channel's own (Redis sends
+                # message, then pmessage), so events go one at a time.
+                for event in events:
+                    self._push_run(_Run([event]))
+            else:
+                start, count = 0, len(events)
+                while start < count:  # runs of consecutive events of one channel
+                    channel, end = events[start][2], start + 1
+                    while end < count and events[end][2] == channel:
+                        end += 1
+                    self._push_run(_Run(events[start:end]))
+                    start = end
             self.seq = page["next"]
             if self.seq >= page["seq"]:
                 return
+
+    def _push_run(self, run: _Run) -> None:
+        conns = self.by_channel.get(run.channel)
+        if conns:
+            for conn in list(conns):
+                if type(conn) is WsConnection:
+                    conn.on_run(run)
+                else:
+                    for event, encoded in zip(run.events, run.encoded):
+                        conn.on_event(event, encoded)
+        for watcher in list(self.every_channel):
+            for event, encoded in zip(run.events, run.encoded):
+                watcher.on_any_event(event, encoded)
+
+    def frame_of(self, text: str) -> bytes:
+        """The WebSocket frame of a frame's text; a text shared by several connections (a run's,
+        in this pass) is framed once for all of them."""
+        frames = self._frames
+        hit = frames.get(id(text))
+        if hit is not None and hit[0] is text:
+            return hit[1]
+        frame = text_frame(text.encode())
+        frames[id(text)] = (text, frame)
+        return frame
 
     def follow(self, conn: Subscriber, channel: str) -> None:
         self.by_channel.setdefault(channel, set()).add(conn)
@@ -198,6 +251,9 @@ class WsConnection:
         self.hub = hub
         self.edge = hub.edge
         self._scope = scope
+        #: The port's own listener serves this connection: frames are written at the end of the
+        #: hub's pass, without waking the writer task (see :meth:`flush_now`).
+        self._direct: DirectWebSocket | None = scope.get("extensions", {}).get(DIRECT_EXTENSION)
         self._receive = receive
         self._send = send
         self.token = token
@@ -224,8 +280,9 @@ class WsConnection:
             return
         self.push_text(encode(frame))
 
-    def push_text(self, text: str) -> None:
-        """Queue a frame already encoded (a live event is encoded once for all its subscribers)."""
+    def push_text(self, text: str, pushes: int = 1) -> None:
+        """Queue a frame already encoded (a live event is encoded once for all its subscribers;
+        a run of ``pushes`` live messages is one entry, their lines joined)."""
         if self.closing is not None:
             return
         if len(self._queue) >= WS_QUEUE_FRAMES_MAX or self._queue_bytes + len(text) > WS_QUEUE_BYTES_MAX:
@@ -235,11 +292,27 @@ class WsConnection:
         queue = self._queue
         queue.append(text)
         self._queue_bytes += len(text)
-        self.hub.pushed += 1
+        self.hub.pushed += pushes
         if len(queue) == 1:
-            # The writer parks only on an empty queue: wake it when this push made it non-empty,
-            # not on every push (a wake-up per push was a task switch per delivery in a fan-out).
+            to_flush = self.hub.to_flush
+            if to_flush is not None and self._direct is not None:
+                to_flush.append(self)  # written at the end of the hub's pass
+            else:
+                # The writer parks only on an empty queue: wake it when this push made it
+                # non-empty, not on every push (a wake-up per push was a task switch per delivery).
+                self._queue_lot.unpark_all()
+
+    def flush_now(self) -> None:
+        """Write what is queued at once, frame by frame, while the socket is free; what is left
+        wakes the writer task (it waits for the socket)."""
+        direct = self._direct
+        assert direct is not None
+        while self._queue and self.closing is None and direct.ready():
+            direct.write_now(self.hub.frame_of(self._next_frame_text()))
+        if self._queue:
             self._queue_lot.unpark_all()
+        elif len(self._room_lot) and self._has_room():
+            self._room_lot.unpark_all()
 
     def close(self, closing: Closing) -> None:
         if self.closing is None:
@@ -277,6 +350,25 @@ class WsConnection:
     def on_event(self, event: list[Any], encoded: dict[Any, Any] | None = None) -> None:
         feed = self.subscriptions.get(event[2])
         if feed is not None:
+            pushes = feed.on_event(event)
+            if pushes:
+                self._send_pushes(feed, pushes, encoded)
+
+    def on_run(self, run: _Run) -> None:
+        """A run of live events of one channel: in the common case (live, the run's messages are
+        the next ones) one queue entry shared with every subscriber in step, else event by event."""
+        feed = self.subscriptions.get(run.channel)
+        if feed is None:
+            return
+        if run.first is not None and feed.take_run(run.first, run.last, run.epoch):
+            text = run.text()
+            if len(text) <= WS_FRAME_PUSH_BYTES_MAX:
+                self.push_text(text, len(run.events))
+            else:  # more than a frame: push by push, so take_frame can cut it into frames
+                for event, encoded in zip(run.events, run.encoded):
+                    self.push_text(_encoded_event(encoded, event))
+            return
+        for event, encoded in zip(run.events, run.encoded):
             pushes = feed.on_event(event)
             if pushes:
                 self._send_pushes(feed, pushes, encoded)
@@ -623,6 +715,39 @@ async def catch_up(
         if done:
             deliver(feed.go_live())
             return first
+
+
+class _Run:
+    """Consecutive events of one channel from one page of the events window, handed to each of
+    its subscribers at once. When they are messages of one epoch with consecutive offsets
+    (``first``..``last``; else ``first`` is None), a subscriber in step takes them whole
+    (:meth:`Feed.take_run`) and queues :meth:`text`, joined once for all."""
+
+    __slots__ = ("channel", "events", "encoded", "first", "last", "epoch", "_text")
+
+    def __init__(self, events: list[list[Any]]) -> None:
+        self.channel: str = events[0][2]
+        self.events = events
+        #: Each event's encodings, made at the first subscriber that needs one.
+        self.encoded: list[dict[Any, Any]] = [{} for _ in events]
+        self.first: int | None = None
+        self.last = 0
+        self.epoch = ""
+        self._text: str | None = None
+        head = events[0]
+        if head[1] == "message":
+            offset, epoch = head[3], head[4]
+            for event in events:
+                if event[1] != "message" or event[3] != offset or event[4] != epoch:
+                    return
+                offset += 1
+            self.first, self.last, self.epoch = head[3], offset - 1, epoch
+
+    def text(self) -> str:
+        """The run's pushes, newline-delimited (one frame's text, or part of one)."""
+        if self._text is None:
+            self._text = "\n".join(_encoded_event(encoded, event) for event, encoded in zip(self.events, self.encoded))
+        return self._text
 
 
 def take_frame(queue: deque[str], bytes_max: int) -> tuple[str, int]:

@@ -1,5 +1,6 @@
 """The HTTP edge's link to the node: requests to the driver, one client session, cached tokens, and
-the hypercorn server.
+the server of its port (:mod:`~trimaran.node.http.front`'s listener over hypercorn; hypercorn alone
+with TLS).
 
 - **Requests** go to the driver exactly as the client port's do (``submit_client`` with this edge as
   the reply target), so they are batched into the same group proposals, bounded by the same driver
@@ -40,6 +41,7 @@ from trimaran.node.authoriser import Authoriser, Grant
 from trimaran.node.config import Address, NodeConfig
 from trimaran.node.driver import Driver
 from trimaran.node.forwarding import LeaderLinks
+from trimaran.node.http.front import HttpFront, serve_front
 from trimaran.node.probe import request_once
 from trimaran.node.tls import CA_CERT, client_context, node_cert_name, node_key_name
 
@@ -53,7 +55,7 @@ SESSION_INFLIGHT_MAX = limits.session_responses_max // 2
 HEADER_BYTES_MAX = 16 * limits.KIB
 #: An idle keep-alive connection is closed after this.
 KEEP_ALIVE_S = 60
-#: Largest WebSocket frame a client may send (hypercorn closes with 1009 beyond it): a chat message
+#: Largest WebSocket frame a client may send (trio-websocket or hypercorn closes with 1009 beyond it): a chat message
 #: with room for its JSON, base64 and the frame's other fields.
 WS_FRAME_BYTES_MAX = 2 * limits.chat_message_bytes_max
 
@@ -151,6 +153,8 @@ class HttpEdge:
         #: Kept-open connections to the leader for what this edge forwards (the node sets them;
         #: None: a connection per forwarded request).
         self.links: LeaderLinks | None = None
+        #: The port's own listener (plain TCP; None before serve or with TLS).
+        self.front: HttpFront | None = None
 
     @property
     def forward_tls(self) -> ssl.SSLContext | None:
@@ -259,7 +263,18 @@ class HttpEdge:
         return hc
 
     async def serve(self, app: Any, *, task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve ``app`` on ``http_listen`` until cancelled; ``task_status`` gets the bound address."""
+        """Serve ``app`` on ``http_listen`` until cancelled; ``task_status`` gets the bound address.
+        Plain TCP: through the port's own listener (:mod:`~trimaran.node.http.front`: chat
+        WebSockets written to directly, the rest handed to hypercorn); TLS: hypercorn alone."""
+        cfg = self.config
+        assert cfg.http_listen is not None
+        if cfg.tls_dir is None:
+            self.front = HttpFront(app, self.hypercorn_config(), WS_FRAME_BYTES_MAX)
+            async with trio.open_nursery() as nursery:
+                host, port = await nursery.start(serve_front, self.front, cfg.http_listen.host, cfg.http_listen.port)
+                self.address = Address(host, port)
+                task_status.started(self.address)
+            return
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(functools.partial(hypercorn_serve, app, self.hypercorn_config(), mode="asgi"))
             self.address = Address.parse(binds[0].split("://", 1)[-1], "http address")

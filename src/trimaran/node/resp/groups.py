@@ -8,7 +8,8 @@ It numbers them in the connection's client session in pipeline order and submits
 driver as the native client port does with the requests of one read (``submit_client`` with
 ``more=True``, then one ``start_round``): the driver takes them in that order into one group
 proposal (one log entry), so they are applied in order, each once (its own session seq), and each
-gets its own answer. A node that is not the leader answers ``not_leader``; those requests are then
+gets its own answer. A follower that knows the leader sends a group of writes straight there; a
+node that turns out not to be the leader answers ``not_leader``, and those requests are then
 forwarded to the leader together on one connection (:func:`~trimaran.node.probe.request_many`, over
 TLS when the node has ``--tls-dir``, with the caller's token), in pipeline order and with the seqs
 they already have, so a write the old leader did commit is not applied twice.
@@ -16,6 +17,8 @@ they already have, so a write the old leader did commit is not applied twice.
 
 from __future__ import annotations
 
+from collections import deque
+from contextlib import nullcontext
 from typing import Any
 
 import trio
@@ -32,51 +35,136 @@ NO_LEADER_WAIT_S = 0.05
 Outcome = tuple[bool, Any]
 
 
+#: How often :class:`Lapses` looks for groups not answered in time.
+LAPSE_CHECK_S = 0.1
+
+
 class _Answers:
-    """The driver's reply target for one group: the outcome of each write, by its index."""
+    """The driver's reply target for one group: the outcome of each write, by its index. Its
+    caller waits for them all by parking its task (:meth:`wait`), woken by the last answer: a
+    ``trio.Event`` per group cost its allocation and a parking lot each time."""
+
+    __slots__ = ("edge_name", "outcomes", "left", "finished", "give_up_at", "_task")
 
     def __init__(self, count: int, edge_name: str) -> None:
         #: The edge the group's requests are counted under (``RequestStats.edge_outcomes``).
         self.edge_name = edge_name
         self.outcomes: list[Outcome | None] = [None] * count
         self.left = count
-        self.done = trio.Event()
+        #: Every answer came, or the wait lapsed (see :class:`Lapses`).
+        self.finished = False
+        #: When it stops waiting (trio time; see :class:`Lapses`).
+        self.give_up_at = 0.0
+        self._task: trio.lowlevel.Task | None = None
 
     def on_reply(self, index: int, ok: bool, value: Any) -> None:
+        if self.finished:
+            return  # lapsed (its caller answered RequestTimeout and kept no outcomes): too late
         if self.outcomes[index] is None:
             self.outcomes[index] = (ok, value)
             self.left -= 1
             if not self.left:
-                self.done.set()
+                self.finish()
+
+    def finish(self) -> None:
+        """Stop waiting (the outcomes still None are the caller's to call lapsed)."""
+        if not self.finished:
+            self.finished = True
+            task, self._task = self._task, None
+            if task is not None:
+                trio.lowlevel.reschedule(task)
+
+    async def wait(self) -> None:
+        if self.finished:
+            await trio.lowlevel.checkpoint()
+            return
+        self._task = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort)
+
+    def _abort(self, _: Any) -> trio.lowlevel.Abort:
+        self._task = None  # cancelled: the answers that still come are dropped
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
-async def submit_group(edge: HttpEdge, op: str, bodies: list[dict[str, Any]], sizes_bytes: list[int]) -> list[Outcome]:
+class Lapses:
+    """The groups waiting for the driver's answers, oldest first, and a task that ends the wait of
+    any not answered within ``request_timeout_ms`` (checked every :data:`LAPSE_CHECK_S`, so the
+    wait lasts up to that much longer). A timeout per group (a cancel scope, a deadline in trio's
+    heap) cost several microseconds of every command; every group has the same timeout, so the
+    oldest are always first."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._waiting: deque[_Answers] = deque()
+        self.lapsed = 0
+        #: Groups submitted and not yet answered (or lapsed), of every connection.
+        self.open = 0
+
+    def add(self, answers: _Answers) -> None:
+        answers.give_up_at = trio.current_time() + self.timeout_s
+        self._waiting.append(answers)
+
+    def drop_answered(self) -> None:
+        waiting = self._waiting
+        while waiting and waiting[0].finished:
+            waiting.popleft()
+
+    def lapse_overdue(self, now: float) -> None:
+        waiting = self._waiting
+        while waiting and (waiting[0].finished or waiting[0].give_up_at <= now):
+            answers = waiting.popleft()
+            if not answers.finished:
+                self.lapsed += 1
+                answers.finish()  # the outcomes still None are answered RequestTimeout
+
+    async def run(self) -> None:
+        while True:
+            await trio.sleep(LAPSE_CHECK_S)
+            self.lapse_overdue(trio.current_time())
+
+
+async def submit_group(
+    edge: HttpEdge, op: str, bodies: list[dict[str, Any]], sizes_bytes: list[int], lapses: Lapses | None = None
+) -> list[Outcome]:
     """Submit requests to the local driver in order, in one round; their outcomes in that order
-    (``RequestTimeout`` for any not answered within ``request_timeout_ms``)."""
+    (``RequestTimeout`` for any not answered within ``request_timeout_ms``: by ``lapses``, when
+    given, else by a timeout of its own)."""
     answers = _Answers(len(bodies), edge.edge_name)
     driver = edge.driver
     timeout_s = edge.config.request_timeout_ms / 1000
-    with trio.move_on_after(timeout_s):
-        submitted = 0
+    with trio.move_on_after(timeout_s) if lapses is None else nullcontext():
+        if lapses is not None:
+            lapses.add(answers)
+            lapses.open += 1
         try:
-            for index, (body, size_bytes) in enumerate(zip(bodies, sizes_bytes)):
-                await driver.submit_client(op, body, (answers, index), size_bytes, more=True)
-                submitted += 1
+            submitted = 0
+            try:
+                for index, (body, size_bytes) in enumerate(zip(bodies, sizes_bytes)):
+                    await driver.submit_client(op, body, (answers, index), size_bytes, more=True)
+                    submitted += 1
+            finally:
+                if submitted and op == "read" and (lapses is None or lapses.open > 1):
+                    # Reads wait for the loop's next round rather than starting one here: the other
+                    # connections' reads of this scheduler pass join it, and share one read point
+                    # (one heartbeat round), where a round per connection would ask for one each.
+                    # A group alone (no other connection waits) starts its round at once.
+                    driver.wake()
+                elif submitted:
+                    driver.start_round(client=True)
+            await answers.wait()
         finally:
-            if submitted and op == "read":
-                # Reads wait for the loop's next round rather than starting one here: the other
-                # connections' reads of this scheduler pass join it, and share one read point
-                # (one heartbeat round), where a round per connection would ask for one each.
-                driver.wake()
-            elif submitted:
-                driver.start_round(client=True)
-        await answers.done.wait()
+            if lapses is not None:
+                lapses.open -= 1
     late = RequestTimeout(f"no answer within {timeout_s:g} s; the outcome is unknown")
-    return [outcome if outcome is not None else (False, late) for outcome in answers.outcomes]
+    got = [outcome if outcome is not None else (False, late) for outcome in answers.outcomes]
+    if lapses is not None:
+        answers.outcomes = []  # (it may wait in the lapses' queue behind an older group: keep no values)
+        lapses.drop_answered()
+    return got
 
 
 async def submit_or_forward(
-    edge: HttpEdge, op: str, bodies: list[dict[str, Any]], sizes_bytes: list[int], token: str | None
+    edge: HttpEdge, op: str, bodies: list[dict[str, Any]], sizes_bytes: list[int], token: str | None, lapses: Lapses | None = None
 ) -> list[Outcome]:
     """:func:`submit_group`; the requests this node refused as not the leader then go to the leader
     as they are (a write keeps its session seq), together on one connection, in order.
@@ -87,7 +175,16 @@ async def submit_or_forward(
     ``TRYAGAIN``. Only a refused tail of the group is asked again (it still comes after the
     requests applied); otherwise the error is the answer."""
     give_up_at = trio.current_time() + edge.config.request_timeout_ms / 1000
-    got = await submit_group(edge, op, bodies, sizes_bytes)
+    got: list[Outcome] | None = None
+    leader = _other_leader(edge) if op != "read" else None
+    if leader is not None:
+        # A follower that knows who leads sends writes there at once: asking its own driver first
+        # only cost a round (and a pass through the loop) to learn not_leader. Reads stay here (a
+        # follower serves them at a read point it asks the leader for). If the leader cannot be
+        # reached, its own node is asked as below (same seqs: applied once).
+        got = await _forward(edge, leader, op, bodies, token, give_up_at)
+    if got is None:
+        got = await submit_group(edge, op, bodies, sizes_bytes, lapses)
     while True:
         refused = [i for i, (ok, value) in enumerate(got) if not ok and isinstance(value, NotLeader)]
         if not refused:
@@ -102,9 +199,19 @@ async def submit_or_forward(
         if refused != list(range(refused[0], len(got))) or trio.current_time() + NO_LEADER_WAIT_S > give_up_at:
             return got
         await trio.sleep(NO_LEADER_WAIT_S)
-        again = await submit_group(edge, op, [bodies[i] for i in refused], [sizes_bytes[i] for i in refused])
+        again = await submit_group(edge, op, [bodies[i] for i in refused], [sizes_bytes[i] for i in refused], lapses)
         for index, outcome in zip(refused, again):
             got[index] = outcome
+
+
+def _other_leader(edge: HttpEdge) -> Address | None:
+    """The client address of the leader when this node knows it is another node (None: this node
+    leads, or thinks it does, or knows no leader or no address for it)."""
+    leader_id = edge.driver.replica.leader_id
+    if not leader_id or leader_id == edge.config.node_id:
+        return None
+    address = edge.driver.client_address_of(leader_id)
+    return Address.parse(address, "leader address") if address else None
 
 
 async def _forward(
@@ -129,7 +236,12 @@ async def _forward(
 
 class RespSession(EdgeSession):
     """A RESP connection's client session: an :class:`EdgeSession` that can also number and submit
-    a group of writes at once (the connection's runner sends one group at a time)."""
+    a group of writes at once (the connection's runner sends one group at a time); ``lapses``: the
+    listener's, which times its groups out."""
+
+    def __init__(self, edge: HttpEdge, inflight_max: int, lapses: Lapses | None = None) -> None:
+        super().__init__(edge, inflight_max)
+        self.lapses = lapses
 
     async def _register(self, token: str | None) -> int:
         # Registered already (every write but the first): no lock, so no pass through trio's
@@ -161,7 +273,7 @@ class RespSession(EdgeSession):
             ]
             sizes_bytes = [commands[i][1] for i in todo]
             try:
-                got = await submit_or_forward(self.edge, "command", bodies, sizes_bytes, token)
+                got = await submit_or_forward(self.edge, "command", bodies, sizes_bytes, token, self.lapses)
             finally:
                 self._unanswered.difference_update(seqs)
             expired = []

@@ -1,16 +1,15 @@
 """The RESP listener's connections.
 
-Each connection is parsed by the sans-IO :class:`~trimaran.protocols.resp.RespParser` and served
-by two tasks:
-
-- the **reader** feeds received bytes to the parser and queues each whole command on a bounded
-  channel (``resp_inflight_commands_max``: pipelining reads ahead that far, then stops reading);
-- the **runner** takes the commands in order, runs each to its end, and writes its answer, so a
-  pipeline's answers come back in the order sent and a write is applied before a later read of the
-  same connection runs (Redis's order). Reads or writes waiting back to back go to the driver
-  together (:mod:`.groups`), their answers written together in order. The runner takes more commands only once the answers
-  before are written (straight to the socket, ``send_all`` for what it does not take), so at most ``resp_inflight_commands_max`` answers wait for the
-  socket; an answer over ``resp_answer_bytes_max`` is replaced by an error.
+Each connection is served by one task that reads (straight from a plain socket, waiting for it
+only when it has nothing), parses with the sans-IO :class:`~trimaran.protocols.resp.RespParser`
+(``resp_inflight_commands_max`` commands at a time: pipelining reads ahead that far, then stops
+reading), runs the commands in order and writes their answers, so a pipeline's answers come back
+in the order sent and a write is applied before a later read of the same connection runs (Redis's
+order). Reads or writes waiting back to back go to the driver together (:mod:`.groups`), their
+answers written together in order, straight to the socket (``send_all`` for what it does not
+take) before more commands are taken; an answer over ``resp_answer_bytes_max`` is replaced by an
+error. Every connection's groups are timed out by the listener's one :class:`~.groups.Lapses`
+task, not a timeout per command.
 
 A protocol error is answered ``-ERR Protocol error: ...`` (after the answers to the commands before
 it) and the connection closed, as Redis does; the node is unaffected. At most
@@ -69,7 +68,7 @@ from trimaran.node.http.chat_gateway import ChatHub
 from trimaran.node.http.edge import HttpEdge
 from trimaran.node.resp import connection_commands, keyspace, pubsub, strings, transactions
 from trimaran.node.resp.base import ANSWERED, Handler, Planned, Quit, Read, RespError, Write, error_reply, unknown_command
-from trimaran.node.resp.groups import RespSession, submit_or_forward
+from trimaran.node.resp.groups import Lapses, RespSession, submit_or_forward
 from trimaran.protocols import resp
 from trimaran.protocols.resp import NOAUTH, ErrorReply, Reply, RespParser
 
@@ -104,20 +103,17 @@ class _Connection:
     def __init__(self, server: RespServer, stream: trio.abc.Stream, connection_id: int) -> None:
         self.server = server
         self.stream = stream
-        #: The socket, written straight to (None over TLS: every write goes through the stream).
+        #: The socket, written straight to (None over TLS: every write goes through the stream),
+        #: and whether its last read had to wait for it to be readable.
         self.fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
+        self.waited = False
         self.id = connection_id
         self.protocol = 2
         self.name = b""
         self.token: str | None = None
         self.authenticated = not server.edge.authoriser.enabled
-        self.answer_bytes_queued = 0
-        #: Commands the runner has answered, and an event set at each (the reader waits on it for
-        #: an AUTH to take effect before it reads on as a stranger or as a known client).
-        self.answered = 0
-        self.progress = trio.Event()
         #: Registered on the connection's first write (a read-only client costs the log nothing).
-        self.session = RespSession(server.edge, server.config.resp_inflight_commands_max)
+        self.session = RespSession(server.edge, server.config.resp_inflight_commands_max, server.lapses)
         #: How its reads are served: "linearizable", or "lease" after READONLY (see that command).
         self.consistency = "linearizable"
         #: The plans queued since MULTI (None: not in a transaction), whether one was refused,
@@ -155,6 +151,8 @@ class RespServer:
         self._next_id = 0
         self.started_at_s = time.monotonic()
         self.scan_cursors = keyspace.Cursors()
+        #: Times out the groups of every connection (one task, not a timeout per command).
+        self.lapses = Lapses(config.request_timeout_ms / 1000)
         #: Counters (reported in the node's status metrics).
         self.connections = 0
         self.connections_refused = 0
@@ -174,6 +172,7 @@ class RespServer:
         if self.tls is not None:  # the handshake happens on the connection's first read or write
             listeners = [trio.SSLListener(listener, self.tls) for listener in tcp]
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.lapses.run)
             nursery.start_soon(trio.serve_listeners, self._handle, listeners)
             task_status.started(self.address)
 
@@ -215,7 +214,7 @@ class RespServer:
         pending: deque[Any] = deque()  # commands parsed and not yet run, a ProtocolError last
         while True:
             if not pending:
-                data = await conn.stream.receive_some(limits.resp_receive_bytes_max)
+                data = await _receive(conn)
                 if not data:
                     return
                 self._parse(conn, parser, pending, data)
@@ -295,7 +294,6 @@ class RespServer:
         if reply is ANSWERED:  # queued by the handler (SUBSCRIBE and family): wait until written
             assert conn.pubsub is not None
             await conn.pubsub.flush()
-            self._answered(conn, 1)
             return not close
         # HELLO answers in the protocol it switches to; everything else in the one in force.
         await self._write(conn, [self.wire(reply, conn.protocol if command[0].upper() == b"HELLO" else protocol)])
@@ -311,33 +309,20 @@ class RespServer:
         if conn.pubsub is not None:  # one writer for answers and pushes, in order
             conn.pubsub.append_wires(wires)
             await conn.pubsub.flush()
-            self._answered(conn, len(wires))
             return
-        size = sum(len(w) for w in wires)
-        conn.answer_bytes_queued += size
         data = b"".join(wires) if len(wires) > 1 else wires[0]
-        try:
-            # Straight to the socket when it takes it all (the common case): no pass through trio's
-            # scheduler per answer; what it does not take goes through send_all, which waits.
-            written = 0
-            if conn.fd is not None:
-                try:
-                    written = os.write(conn.fd, data)
-                except BlockingIOError:
-                    pass
-                except OSError as exc:
-                    raise trio.BrokenResourceError(str(exc)) from exc
-            if written < len(data):
-                await conn.stream.send_all(memoryview(data)[written:])
-        finally:
-            conn.answer_bytes_queued -= size
-        self._answered(conn, len(wires))
-
-    @staticmethod
-    def _answered(conn: _Connection, count: int) -> None:
-        conn.answered += count
-        conn.progress.set()
-        conn.progress = trio.Event()
+        # Straight to the socket when it takes it all (the common case): no pass through trio's
+        # scheduler per answer; what it does not take goes through send_all, which waits.
+        written = 0
+        if conn.fd is not None:
+            try:
+                written = os.write(conn.fd, data)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise trio.BrokenResourceError(str(exc)) from exc
+        if written < len(data):
+            await conn.stream.send_all(memoryview(data)[written:])
 
     async def execute(self, conn: _Connection, args: list[bytes]) -> Reply:
         """One command's answer (errors as ErrorReply); raises Quit to close after it."""
@@ -389,6 +374,7 @@ class RespServer:
         read point (see :mod:`.groups`); an ErrorReply stands for itself. Their replies, in order."""
         replies: list[Reply] = [g if isinstance(g, ErrorReply) else None for g in group]
         sent = []
+        bodies = []  # (a read's is what is submitted; a write's only what is authorised)
         for index, plan in enumerate(group):
             if isinstance(plan, ErrorReply):
                 continue
@@ -399,17 +385,16 @@ class RespServer:
                 replies[index] = error_reply(exc)  # refused here: nothing of it reaches the log
             else:
                 sent.append(index)
+                bodies.append(body)
         if not sent:
             return replies
         writes = [plan for i in sent if isinstance(plan := group[i], Write)]
-        reads = [plan for i in sent if isinstance(plan := group[i], Read)]
-        assert not (writes and reads), "a group is of one kind"
+        assert not writes or len(writes) == len(sent), "a group is of one kind"
         try:
             if writes:
                 outcomes = await conn.session.command_group("kv", [(w.command, w.size_bytes) for w in writes], conn.token)
             else:
-                bodies = [{"service": "kv", "query": r.query, "consistency": conn.consistency} for r in reads]
-                outcomes = await submit_or_forward(self.edge, "read", bodies, [0] * len(bodies), conn.token)
+                outcomes = await submit_or_forward(self.edge, "read", bodies, [0] * len(bodies), conn.token, self.lapses)
         except TrimaranError as exc:  # the session could not be registered: nothing was sent
             outcomes = [(False, exc)] * len(sent)
         for index, (ok, value) in zip(sent, outcomes):
@@ -461,6 +446,35 @@ class RespServer:
             "",
         ]
         return "\r\n".join(lines)
+
+
+async def _receive(conn: _Connection) -> bytes | bytearray:
+    """What the client sent next (empty: it closed). On a plain socket, read straight from it and
+    wait for it to be readable only if it has nothing: one pass through trio's scheduler per read,
+    where ``receive_some`` takes two when it has to wait (the common case: a client waiting for its
+    last answer); a read that finds data still yields once, so a flooding client cannot hold the
+    loop. When the last read had to wait (``conn.waited``: a client that sends a command, then
+    waits for its answer), wait for readability before reading, not after a read that finds
+    nothing."""
+    wait_first, conn.waited = conn.waited, False
+    if conn.fd is None:
+        return await conn.stream.receive_some(limits.resp_receive_bytes_max)
+    try:
+        try:
+            if wait_first:
+                raise BlockingIOError
+            data = os.read(conn.fd, limits.resp_receive_bytes_max)
+        except BlockingIOError:
+            conn.waited = True
+            await trio.lowlevel.wait_readable(conn.fd)
+            try:
+                return os.read(conn.fd, limits.resp_receive_bytes_max)
+            except BlockingIOError:  # (woken with nothing to read after all)
+                return await conn.stream.receive_some(limits.resp_receive_bytes_max)
+    except OSError as exc:
+        raise trio.BrokenResourceError(str(exc)) from exc
+    await trio.lowlevel.checkpoint()
+    return data
 
 
 def _check_unauthenticated(command: list[bytes]) -> None:

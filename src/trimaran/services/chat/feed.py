@@ -147,6 +147,18 @@ class Feed:
             return []
         return self._deliver(event)
 
+    def take_run(self, first: int, last: int, epoch: str) -> bool:
+        """The common case of :meth:`on_event` for a run of live messages in one step: the edge
+        found the run to be messages of ``epoch`` with offsets exactly ``first..last``. If the
+        feed is live in that epoch and ``first`` follows ``last`` delivered, it advances past them
+        and says True (deliver them as they are: :meth:`on_event` would have returned
+        ``[("event", e)]`` for each); otherwise it changes nothing and says False (hand them to
+        :meth:`on_event` one by one)."""
+        if self.syncing or epoch != self.epoch or first != self.last + 1:
+            return False
+        self.last = last
+        return True
+
     def _deliver(self, event: list[Any]) -> list[Push]:
         kind, offset, epoch = event[1], event[3], event[4]
         if kind == "message":
