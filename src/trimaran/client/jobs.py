@@ -399,7 +399,7 @@ class GroupCommit:
                 # Mine is still to go (the batch was full), or only posted items are left.
 
     def _take(self) -> list[_Item]:
-        """The next batch: the oldest pending items, up to the bounds (always at least one)."""
+        """The next batch: the oldest pending items, up to the bounds (the first one whatever its size)."""
         count, size_bytes = 0, 0
         for item in self._pending:
             size_bytes += item.size_bytes
