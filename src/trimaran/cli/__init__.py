@@ -8,6 +8,8 @@ worker); auth; certs; members (member, leader); snapshot. Keep groups independen
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Any
 
 import click
@@ -67,10 +69,33 @@ def _use_ca_file(ctx: click.Context, param: click.Parameter, value: str | None) 
         os.environ["TRIMARAN_CA_FILE"] = value
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClientArgs:
+    """What a client command's shared options say (--endpoints, --cluster-id, --token,
+    --timeout-ms), handed to it as one ``client`` argument by :func:`_client_options`."""
+
+    endpoints: str
+    cluster_id: str | None
+    token: str | None
+    timeout_ms: int
+
+    def call_options(self) -> dict[str, Any]:
+        """The keyword arguments of the client's one-call helpers (all but the endpoints)."""
+        return {"cluster_id": self.cluster_id, "token": self.token, "timeout_ms": self.timeout_ms}
+
+    def with_timeout(self, timeout_ms: int) -> ClientArgs:
+        return dataclasses.replace(self, timeout_ms=timeout_ms)
+
+
 def _client_options(default_timeout_ms: int) -> Any:
-    """--endpoints, --cluster-id, --token, --timeout-ms and --json, shared by every client command."""
+    """--endpoints, --cluster-id, --token, --timeout-ms and --json, shared by every client command:
+    the command gets the first four as one ``client: ClientArgs`` argument, and ``as_json``."""
 
     def decorate(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def command(*args: Any, endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, **kwargs: Any) -> Any:
+            return fn(*args, client=ClientArgs(endpoints, cluster_id, token, timeout_ms), **kwargs)
+
         options = [
             click.option(
                 "--endpoints",
@@ -102,8 +127,8 @@ def _client_options(default_timeout_ms: int) -> Any:
             click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text."),
         ]
         for option in reversed(options):
-            fn = option(fn)
-        return fn
+            command = option(command)
+        return command
 
     return decorate
 
@@ -143,15 +168,11 @@ def _stream_lines(
         raise SystemExit(130) from None
 
 
-def _service(
-    service: str, endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, method: str, *args: Any, **options: Any
-) -> Any:
+def _service(service: str, client: ClientArgs, method: str, *args: Any, **options: Any) -> Any:
     """One ``c.<service>`` call with the shared client options; errors become one line and exit 1."""
     from trimaran.client.commands import service_call
 
-    return _client_call(
-        service_call, endpoints, service, method, *args, options=options, cluster_id=cluster_id, token=token, timeout_ms=timeout_ms
-    )
+    return _client_call(service_call, client.endpoints, service, method, *args, options=options, **client.call_options())
 
 
 # === registration: each module's groups register on `main` as it is imported ====================

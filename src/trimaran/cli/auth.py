@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from trimaran.cli import _client_options, _none_found, _service, main
+from trimaran.cli import ClientArgs, _client_options, _none_found, _service, main
 
 
 @main.group("auth")
@@ -116,8 +116,8 @@ def auth_whoami_command(token: str, as_json: bool) -> None:
         click.echo(f"{name:7} {' '.join(value) if isinstance(value, list) else value}")
 
 
-def _auth(endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, method: str, *args: Any, **options: Any) -> Any:
-    return _service("auth", endpoints, cluster_id, token, timeout_ms, method, *args, **options)
+def _auth(client: ClientArgs, method: str, *args: Any, **options: Any) -> Any:
+    return _service("auth", client, method, *args, **options)
 
 
 @auth_group.command("trust")
@@ -125,7 +125,7 @@ def _auth(endpoints: str, cluster_id: str | None, token: str | None, timeout_ms:
 @click.option("--kid", help="Key id tokens will name (default: the key's id, as `auth keygen` printed).")
 @_client_options(default_timeout_ms=5_000)
 def auth_trust_command(
-    public_key: Any, kid: str | None, endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool
+    public_key: Any, kid: str | None, client: ClientArgs, as_json: bool
 ) -> None:
     """Trust PUBLIC_KEY (a .pub file from `auth keygen`) on every node, through the log."""
     import json
@@ -138,18 +138,18 @@ def auth_trust_command(
     except TrimaranError as exc:
         raise click.UsageError(exc.message) from None
     kid = kid or tokens.key_id(raw)
-    added = _auth(endpoints, cluster_id, token, timeout_ms, "trust", kid, raw)
+    added = _auth(client, "trust", kid, raw)
     click.echo(json.dumps({"kid": kid, "added": added}) if as_json else (f"trusted {kid}" if added else f"{kid} was already trusted"))
 
 
 @auth_group.command("retire")
 @click.argument("kid")
 @_client_options(default_timeout_ms=5_000)
-def auth_retire_command(kid: str, endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool) -> None:
+def auth_retire_command(kid: str, client: ClientArgs, as_json: bool) -> None:
     """Stop trusting KID from now: its tokens are refused and connections resting on them closed."""
     import json
 
-    retired = _auth(endpoints, cluster_id, token, timeout_ms, "retire", kid)
+    retired = _auth(client, "retire", kid)
     click.echo(json.dumps({"kid": kid, "retired": retired}) if as_json else ("retired" if retired else f"{kid} was not trusted"))
 
 
@@ -157,7 +157,7 @@ def auth_retire_command(kid: str, endpoints: str, cluster_id: str | None, token:
 @click.argument("jti_or_token")
 @_client_options(default_timeout_ms=5_000)
 def auth_revoke_command(
-    jti_or_token: str, endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool
+    jti_or_token: str, client: ClientArgs, as_json: bool
 ) -> None:
     """Revoke a token by its id (jti), or give the whole token (its jti and exp are read from it, so
     the cluster forgets the revocation once the token would have expired anyway)."""
@@ -174,19 +174,19 @@ def auth_revoke_command(
             raise click.UsageError(exc.message) from None
         jti = str(claims.get("jti", ""))
         exp_ms = tokens.parse_rfc3339_ms(str(claims.get("exp", ""))) or 0
-    revoked = _auth(endpoints, cluster_id, token, timeout_ms, "revoke", jti, exp_ms=exp_ms)
+    revoked = _auth(client, "revoke", jti, exp_ms=exp_ms)
     click.echo(json.dumps({"jti": jti, "revoked": revoked}) if as_json else ("revoked" if revoked else f"{jti} was already revoked"))
 
 
 @auth_group.command("keys")
 @_client_options(default_timeout_ms=5_000)
-def auth_keys_command(endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool) -> None:
+def auth_keys_command(client: ClientArgs, as_json: bool) -> None:
     """The keys the cluster trusts (and recently retired): kid, source, end."""
     import json
 
     from trimaran.protocols import tokens
 
-    keys = _auth(endpoints, cluster_id, token, timeout_ms, "keys")
+    keys = _auth(client, "keys")
     rows = [
         {
             "kid": k.kid,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from trimaran.cli import _client_options, _none_found, _service, _stream_lines, main
+from trimaran.cli import ClientArgs, _client_options, _none_found, _service, _stream_lines, main
 
 
 @main.group("chat")
@@ -19,12 +19,12 @@ def chat_group() -> None:
 @click.option("--ephemeral", is_flag=True, help="Deliver live only: not kept in history, no offset (typing indicators).")
 @_client_options(default_timeout_ms=5_000)
 def chat_publish_command(
-    channel: str, message: str, ephemeral: bool, endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool
+    channel: str, message: str, ephemeral: bool, client: ClientArgs, as_json: bool
 ) -> None:
     """Publish MESSAGE to CHANNEL; prints its offset and the channel's epoch once committed."""
     import json
 
-    offset, epoch = _service("chat", endpoints, cluster_id, token, timeout_ms, "publish", channel, message, ephemeral=ephemeral)
+    offset, epoch = _service("chat", client, "publish", channel, message, ephemeral=ephemeral)
     click.echo(json.dumps({"offset": offset, "epoch": epoch}) if as_json else f"{offset} {epoch}")
 
 
@@ -39,10 +39,7 @@ def chat_history_command(
     since: int | None,
     epoch: str | None,
     limit: int | None,
-    endpoints: str,
-    cluster_id: str | None,
-    token: str | None,
-    timeout_ms: int,
+    client: ClientArgs,
     as_json: bool,
 ) -> None:
     """Print CHANNEL's messages after --since, one per line: OFFSET MESSAGE (JSON lines with --json)."""
@@ -50,7 +47,7 @@ def chat_history_command(
 
     from trimaran.client.commands import bytes_to_json, text
 
-    page = _service("chat", endpoints, cluster_id, token, timeout_ms, "history", channel, since=since, epoch=epoch, limit=limit)
+    page = _service("chat", client, "history", channel, since=since, epoch=epoch, limit=limit)
     for m in page.messages:
         click.echo(json.dumps({"offset": m.offset, **bytes_to_json("data", m.data), "at_ms": m.at_ms}) if as_json else f"{m.offset} {text(m.data)}")
     if not page.messages and page.recovered:
@@ -63,14 +60,14 @@ def chat_history_command(
 @click.argument("channel")
 @_client_options(default_timeout_ms=5_000)
 def chat_presence_command(
-    channel: str, endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool
+    channel: str, client: ClientArgs, as_json: bool
 ) -> None:
     """Print who is present in CHANNEL: SESSION INFO per line (JSON lines with --json)."""
     import json
 
     from trimaran.client.commands import bytes_to_json, text
 
-    present = _service("chat", endpoints, cluster_id, token, timeout_ms, "presence", channel)
+    present = _service("chat", client, "presence", channel)
     for session, info, joined_at_ms in present:
         line = json.dumps({"session": session, **bytes_to_json("info", info), "joined_at_ms": joined_at_ms})
         click.echo(line if as_json else f"{session} {text(info)}")
@@ -89,10 +86,7 @@ def chat_subscribe_command(
     since: int | None,
     epoch: str | None,
     count: int | None,
-    endpoints: str,
-    cluster_id: str | None,
-    token: str | None,
-    timeout_ms: int,
+    client: ClientArgs,
     as_json: bool,
 ) -> None:
     """Print CHANNEL's messages as they come: OFFSET MESSAGE per line; '~' ephemeral, '+'/'-'
@@ -101,7 +95,7 @@ def chat_subscribe_command(
     from trimaran.client.commands import chat_event_line, chat_event_to_json, chat_subscribe
 
     _stream_lines(
-        chat_subscribe, endpoints, channel, line=chat_event_line, to_json=chat_event_to_json, as_json=as_json,
-        since=since, epoch=epoch, count=count, cluster_id=cluster_id, token=token, timeout_ms=timeout_ms,
+        chat_subscribe, client.endpoints, channel, line=chat_event_line, to_json=chat_event_to_json, as_json=as_json,
+        since=since, epoch=epoch, count=count, **client.call_options(),
     )  # fmt: skip
 

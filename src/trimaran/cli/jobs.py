@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from trimaran import limits
-from trimaran.cli import _DEFAULT_ENDPOINTS, _check_endpoints, _client_call, _client_options, _log_level_option, _none_found, _service, main
+from trimaran.cli import ClientArgs, _DEFAULT_ENDPOINTS, _check_endpoints, _client_call, _client_options, _log_level_option, _none_found, _service, main
 
 
 @main.command("worker")
@@ -83,8 +83,8 @@ def jobs_group() -> None:
     """
 
 
-def _jobs(endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, method: str, *args: Any, **options: Any) -> Any:
-    return _service("jobs", endpoints, cluster_id, token, timeout_ms, method, *args, **options)
+def _jobs(client: ClientArgs, method: str, *args: Any, **options: Any) -> Any:
+    return _service("jobs", client, method, *args, **options)
 
 
 def _json_arg(text: str | None, what: str) -> Any:
@@ -165,10 +165,7 @@ def jobs_enqueue_command(
     job_timeout_ms: int | None,
     group: str | None,
     app_target: str | None,
-    endpoints: str,
-    cluster_id: str | None,
-    token: str | None,
-    timeout_ms: int,
+    client: ClientArgs,
     as_json: bool,
 ) -> None:
     """Enqueue a job with PAYLOAD (JSON; default null) to QUEUE; prints its id.
@@ -181,7 +178,7 @@ def jobs_enqueue_command(
     given = {k: v for k, v in options.items() if v is not None}
     if app_target is not None:
         given = _task_options(app_target, queue) | given
-    job_id = _jobs(endpoints, cluster_id, token, timeout_ms, "enqueue", queue, value, **given)
+    job_id = _jobs(client, "enqueue", queue, value, **given)
     click.echo(_dumps({"id": job_id}) if as_json else job_id)
 
 
@@ -190,12 +187,12 @@ def jobs_enqueue_command(
 @click.option("--wait-ms", type=click.IntRange(min=0), default=0, show_default=True, help="Wait up to this long for the job to end.")
 @_client_options(default_timeout_ms=5_000)
 def jobs_show_command(
-    job: str, wait_ms: int, endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool
+    job: str, wait_ms: int, client: ClientArgs, as_json: bool
 ) -> None:
     """Print JOB's fields (state, attempts, payload, result, error...); exit status 1 if unknown."""
     if wait_ms:
-        _jobs(endpoints, cluster_id, token, max(timeout_ms, wait_ms + timeout_ms), "result", job, wait_ms=wait_ms)
-    info = _jobs(endpoints, cluster_id, token, timeout_ms, "job", job)
+        _jobs(client.with_timeout(max(client.timeout_ms, wait_ms + client.timeout_ms)), "result", job, wait_ms=wait_ms)
+    info = _jobs(client, "job", job)
     if info is None:
         raise click.ClickException(f"job not found: {job}")
     fields = info.to_json()
@@ -214,10 +211,10 @@ def jobs_show_command(
 @_client_options(default_timeout_ms=5_000)
 def jobs_list_command(
     queue: str, state: str | None, limit: int | None, start_after: str | None,
-    endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool,
+    client: ClientArgs, as_json: bool,
 ) -> None:  # fmt: skip
     """Print QUEUE's jobs in creation order: ID STATE ATTEMPT/MAX PAYLOAD (JSON lines with --json)."""
-    page = _jobs(endpoints, cluster_id, token, timeout_ms, "list_jobs", queue, state=state, limit=limit, start_after=start_after)
+    page = _jobs(client, "list_jobs", queue, state=state, limit=limit, start_after=start_after)
     for info in page.items:
         click.echo(_dumps(info.to_json()) if as_json else _job_line(info))
     if not page.items:
@@ -229,9 +226,9 @@ def jobs_list_command(
 @jobs_group.command("stats")
 @click.argument("queue")
 @_client_options(default_timeout_ms=5_000)
-def jobs_stats_command(queue: str, endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool) -> None:
+def jobs_stats_command(queue: str, client: ClientArgs, as_json: bool) -> None:
     """Print how many of QUEUE's jobs are in each state, whether it is paused, and its limits."""
-    stats = _jobs(endpoints, cluster_id, token, timeout_ms, "stats", queue).to_json()
+    stats = _jobs(client, "stats", queue).to_json()
     if as_json:
         click.echo(_dumps(stats))
         return
@@ -244,12 +241,12 @@ def jobs_stats_command(queue: str, endpoints: str, cluster_id: str | None, token
 @click.option("--start-after", help="The queue name the page starts after (the previous page's next).")
 @_client_options(default_timeout_ms=5_000)
 def jobs_queues_command(
-    limit: int | None, start_after: str | None, endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool
+    limit: int | None, start_after: str | None, client: ClientArgs, as_json: bool
 ) -> None:
     """Print every queue: NAME READY DELAYED RUNNING DEAD HELD (every job the queue still holds:
     waiting, delayed, ready, running, dead, and ended ones kept for their result), and (paused)
     (JSON lines with --json)."""
-    page = _jobs(endpoints, cluster_id, token, timeout_ms, "queues", limit=limit, start_after=start_after)
+    page = _jobs(client, "queues", limit=limit, start_after=start_after)
     if not as_json and page.items:
         click.echo(f"{'QUEUE':24} {'READY':>7} {'DELAYED':>7} {'RUNNING':>7} {'DEAD':>7} {'HELD':>7}")
     for item in page.items:
@@ -267,9 +264,9 @@ def jobs_queues_command(
 @jobs_group.command("cancel")
 @click.argument("job")
 @_client_options(default_timeout_ms=5_000)
-def jobs_cancel_command(job: str, endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool) -> None:
+def jobs_cancel_command(job: str, client: ClientArgs, as_json: bool) -> None:
     """Cancel JOB: "cancelled", "cancelling" (running: its worker stops it), or the state it ended in."""
-    state = _jobs(endpoints, cluster_id, token, timeout_ms, "cancel", job)
+    state = _jobs(client, "cancel", job)
     click.echo(_dumps({"id": job, "state": state}) if as_json else state)
 
 
@@ -287,10 +284,10 @@ def _echo_requeued(ids: list[str], as_json: bool, none_found: str) -> None:
 @click.argument("jobs", nargs=-1, required=True)
 @_client_options(default_timeout_ms=5_000)
 def jobs_retry_command(
-    jobs: tuple[str, ...], endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool
+    jobs: tuple[str, ...], client: ClientArgs, as_json: bool
 ) -> None:
     """Requeue dead JOBS from their dead-letter list, attempts reset; prints each id requeued."""
-    requeued = [i for job in jobs for i in _jobs(endpoints, cluster_id, token, timeout_ms, "retry", job)]
+    requeued = [i for job in jobs for i in _jobs(client, "retry", job)]
     _echo_requeued(requeued, as_json, "nothing requeued")
 
 
@@ -302,21 +299,21 @@ def jobs_retry_command(
 @_client_options(default_timeout_ms=5_000)
 def jobs_dlq_command(
     queue: str, limit: int | None, purge: bool, requeue: bool,
-    endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool,
+    client: ClientArgs, as_json: bool,
 ) -> None:  # fmt: skip
     """Print QUEUE's dead-letter list, oldest death first: ID STATE ATTEMPT/MAX PAYLOAD, then the
     error indented (JSON lines with --json); or purge or requeue it."""
     if purge and requeue:
         raise click.UsageError("--purge or --requeue, not both")
     if purge:
-        count = _jobs(endpoints, cluster_id, token, timeout_ms, "dlq_purge", queue)
+        count = _jobs(client, "dlq_purge", queue)
         click.echo(_dumps({"purged": count}) if as_json else f"purged {count}")
         return
     if requeue:
-        ids = _jobs(endpoints, cluster_id, token, timeout_ms, "dlq_requeue", queue)
+        ids = _jobs(client, "dlq_requeue", queue)
         _echo_requeued(ids, as_json, f"no dead jobs in {queue}")
         return
-    page = _jobs(endpoints, cluster_id, token, timeout_ms, "dlq", queue, limit=limit)
+    page = _jobs(client, "dlq", queue, limit=limit)
     for info in page.items:
         click.echo(_dumps(info.to_json()) if as_json else f"{_job_line(info)}\n    {info.error}")
     if not page.items:
@@ -326,18 +323,18 @@ def jobs_dlq_command(
 @jobs_group.command("pause")
 @click.argument("queue")
 @_client_options(default_timeout_ms=5_000)
-def jobs_pause_command(queue: str, endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool) -> None:
+def jobs_pause_command(queue: str, client: ClientArgs, as_json: bool) -> None:
     """Pause QUEUE: workers claim nothing from it until it is resumed (running jobs go on)."""
-    changed = _jobs(endpoints, cluster_id, token, timeout_ms, "pause", queue)
+    changed = _jobs(client, "pause", queue)
     click.echo(_dumps({"queue": queue, "paused": True, "changed": changed}) if as_json else ("paused" if changed else "already paused"))
 
 
 @jobs_group.command("resume")
 @click.argument("queue")
 @_client_options(default_timeout_ms=5_000)
-def jobs_resume_command(queue: str, endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool) -> None:
+def jobs_resume_command(queue: str, client: ClientArgs, as_json: bool) -> None:
     """Resume a paused QUEUE."""
-    changed = _jobs(endpoints, cluster_id, token, timeout_ms, "resume", queue)
+    changed = _jobs(client, "resume", queue)
     click.echo(_dumps({"queue": queue, "paused": False, "changed": changed}) if as_json else ("resumed" if changed else "not paused"))
 
 
@@ -351,33 +348,33 @@ def jobs_resume_command(queue: str, endpoints: str, cluster_id: str | None, toke
 @_client_options(default_timeout_ms=5_000)
 def jobs_schedule_command(
     name: str, queue: str, payload: str | None, cron: str | None, every_ms: int | None, catch_up: bool,
-    endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool,
+    client: ClientArgs, as_json: bool,
 ) -> None:  # fmt: skip
     """Enqueue PAYLOAD (JSON) to QUEUE at every slot of schedule NAME (replaces one of that name);
     prints the next slot's time (UTC, and ms since the epoch; --json: next_ms)."""
     if (cron is None) == (every_ms is None):
         raise click.UsageError("give exactly one of --cron and --every-ms")
     value = _json_arg(payload, "PAYLOAD")
-    next_ms = _jobs(endpoints, cluster_id, token, timeout_ms, "schedule", name, queue, value, cron=cron, every_ms=every_ms, catch_up=catch_up or None)
+    next_ms = _jobs(client, "schedule", name, queue, value, cron=cron, every_ms=every_ms, catch_up=catch_up or None)
     click.echo(_dumps({"name": name, "next_ms": next_ms}) if as_json else f"next: {_utc(next_ms)} ({next_ms})")
 
 
 @jobs_group.command("unschedule")
 @click.argument("name")
 @_client_options(default_timeout_ms=5_000)
-def jobs_unschedule_command(name: str, endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool) -> None:
+def jobs_unschedule_command(name: str, client: ClientArgs, as_json: bool) -> None:
     """Remove schedule NAME (jobs it enqueued stay)."""
-    removed = _jobs(endpoints, cluster_id, token, timeout_ms, "unschedule", name)
+    removed = _jobs(client, "unschedule", name)
     click.echo(_dumps({"name": name, "removed": removed}) if as_json else ("removed" if removed else f"no schedule {name}"))
 
 
 @jobs_group.command("schedules")
 @_client_options(default_timeout_ms=5_000)
-def jobs_schedules_command(endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool) -> None:
+def jobs_schedules_command(client: ClientArgs, as_json: bool) -> None:
     """Print the schedules: NAME QUEUE CRON|EVERY NEXT (UTC) FIRED (JSON lines with --json)."""
     import dataclasses
 
-    schedules = _jobs(endpoints, cluster_id, token, timeout_ms, "schedules")
+    schedules = _jobs(client, "schedules")
     for s in schedules:
         every = s.cron if s.cron is not None else f"every {s.every_ms} ms"
         click.echo(_dumps(dataclasses.asdict(s)) if as_json else f"{s.name}\t{s.queue}\t{every}\t{_utc(s.next_ms)}\t{s.fired}")

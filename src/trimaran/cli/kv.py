@@ -6,7 +6,7 @@ from typing import Any, BinaryIO
 
 import click
 
-from trimaran.cli import _client_call, _client_options, _none_found, _service, _stream_lines, main
+from trimaran.cli import ClientArgs, _client_call, _client_options, _none_found, _service, _stream_lines, main
 
 
 @main.group("kv")
@@ -28,8 +28,8 @@ _CONSISTENCY_OPTION = click.option(
 
 
 
-def _kv(endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, method: str, *args: Any, **options: Any) -> Any:
-    return _service("kv", endpoints, cluster_id, token, timeout_ms, method, *args, **options)
+def _kv(client: ClientArgs, method: str, *args: Any, **options: Any) -> Any:
+    return _service("kv", client, method, *args, **options)
 
 
 @kv_group.command("get")
@@ -37,7 +37,7 @@ def _kv(endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: i
 @_CONSISTENCY_OPTION
 @_client_options(default_timeout_ms=5_000)
 def kv_get_command(
-    key: str, consistency: str, endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool
+    key: str, consistency: str, client: ClientArgs, as_json: bool
 ) -> None:
     """Print the value of KEY; exit status 1 if it is absent or expired.
 
@@ -49,7 +49,7 @@ def kv_get_command(
 
     from trimaran.client.commands import entry_to_json
 
-    entry = _kv(endpoints, cluster_id, token, timeout_ms, "get", key, consistency)
+    entry = _kv(client, "get", key, consistency)
     if as_json:
         click.echo(json.dumps(entry_to_json(key, entry)))
         if entry is None:
@@ -79,10 +79,7 @@ def kv_set_command(
     ttl_ms: int | None,
     if_absent: bool,
     if_revision: int | None,
-    endpoints: str,
-    cluster_id: str | None,
-    token: str | None,
-    timeout_ms: int,
+    client: ClientArgs,
     as_json: bool,
 ) -> None:
     """Set KEY to VALUE, or to the bytes of --value-file (VALUE '-' reads standard input), for values
@@ -107,7 +104,7 @@ def kv_set_command(
         assert value is not None
         data = value
     revision = _kv(
-        endpoints, cluster_id, token, timeout_ms, "set", key, data, ttl_ms=ttl_ms, if_absent=if_absent, if_revision=if_revision
+        client, "set", key, data, ttl_ms=ttl_ms, if_absent=if_absent, if_revision=if_revision
     )
     click.echo(json.dumps({"key": key, "ok": True, "revision": revision}) if as_json else "OK")
 
@@ -117,12 +114,12 @@ def kv_set_command(
 @click.option("--if-revision", type=click.IntRange(min=0), help="Only if KEY's revision is this.")
 @_client_options(default_timeout_ms=5_000)
 def kv_del_command(
-    key: str, if_revision: int | None, endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool
+    key: str, if_revision: int | None, client: ClientArgs, as_json: bool
 ) -> None:
     """Delete KEY; prints whether it existed."""
     import json
 
-    existed = _kv(endpoints, cluster_id, token, timeout_ms, "delete", key, if_revision=if_revision)
+    existed = _kv(client, "delete", key, if_revision=if_revision)
     click.echo(json.dumps({"key": key, "deleted": existed}) if as_json else ("deleted" if existed else "not found"))
 
 
@@ -131,12 +128,12 @@ def kv_del_command(
 @click.option("--by", "delta", type=int, default=1, show_default=True, help="Amount added (negative: subtract).")
 @_client_options(default_timeout_ms=5_000)
 def kv_incr_command(
-    key: str, delta: int, endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool
+    key: str, delta: int, client: ClientArgs, as_json: bool
 ) -> None:
     """Add to the integer stored under KEY (absent counts as 0); prints the new value."""
     import json
 
-    value = _kv(endpoints, cluster_id, token, timeout_ms, "incr", key, delta)
+    value = _kv(client, "incr", key, delta)
     click.echo(json.dumps({"key": key, "value": value}) if as_json else str(value))
 
 
@@ -149,10 +146,7 @@ def kv_scan_command(
     prefix: str,
     limit: int | None,
     consistency: str,
-    endpoints: str,
-    cluster_id: str | None,
-    token: str | None,
-    timeout_ms: int,
+    client: ClientArgs,
     as_json: bool,
 ) -> None:
     """Print the live keys starting with PREFIX (all keys without one) in key order: KEY<TAB>VALUE
@@ -165,8 +159,8 @@ def kv_scan_command(
         click.echo(json.dumps(item_to_json(item)) if as_json else item_line(item))
 
     found = _client_call(
-        kv_scan, endpoints, prefix, show, limit=limit, consistency=consistency,
-        cluster_id=cluster_id, token=token, timeout_ms=timeout_ms,
+        kv_scan, client.endpoints, prefix, show, limit=limit, consistency=consistency,
+        **client.call_options(),
     )  # fmt: skip
     if not found:
         _none_found(f"no keys starting with {prefix}" if prefix else "no keys", as_json)
@@ -183,10 +177,7 @@ def kv_watch_command(
     is_prefix: bool,
     from_revision: int | None,
     count: int | None,
-    endpoints: str,
-    cluster_id: str | None,
-    token: str | None,
-    timeout_ms: int,
+    client: ClientArgs,
     as_json: bool,
 ) -> None:
     """Print the changes to KEY as they happen, one per line: REVISION put KEY VALUE, or
@@ -198,6 +189,6 @@ def kv_watch_command(
     from trimaran.client.commands import event_line, event_to_json, kv_watch
 
     _stream_lines(
-        kv_watch, endpoints, key, line=event_line, to_json=event_to_json, as_json=as_json,
-        prefix=is_prefix, from_revision=from_revision, count=count, cluster_id=cluster_id, token=token, timeout_ms=timeout_ms,
+        kv_watch, client.endpoints, key, line=event_line, to_json=event_to_json, as_json=as_json,
+        prefix=is_prefix, from_revision=from_revision, count=count, **client.call_options(),
     )  # fmt: skip

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import click
 
-from trimaran.cli import _client_options, _service, main
+from trimaran.cli import ClientArgs, _client_options, _service, main
 from trimaran.cli.progress import ProgressBar
 
 
@@ -49,9 +49,9 @@ def _report(before: list[Any], after: dict[str, Any], as_json: bool, what: str) 
 
 @member_group.command("list")
 @_client_options(default_timeout_ms=5_000)
-def member_list_command(endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool) -> None:
+def member_list_command(client: ClientArgs, as_json: bool) -> None:
     """Every member as the leader sees it: role, addresses, match index, lag, and whether it answers."""
-    members = _service("members", endpoints, cluster_id, token, timeout_ms, "list")
+    members = _service("members", client, "list")
     voters = sum(1 for m in members if m.role in ("leader", "voter"))
     if as_json:
         click.echo(json.dumps({"members": [dataclasses.asdict(m) for m in members], "failure_tolerance": _tolerance(voters)}))
@@ -101,21 +101,18 @@ def member_add_command(
     client_address: str | None,
     voter: bool,
     catch_up_timeout_s: float,
-    endpoints: str,
-    cluster_id: str | None,
-    token: str | None,
-    timeout_ms: int,
+    client: ClientArgs,
     as_json: bool,
 ) -> None:
     """Add NODE_ID, started with `trimaran node run --join ...`, as a learner (and with --voter,
     as a voter once caught up). Give its addresses unless every member has it in its --peer flags."""
     if client_address and not peer_address:
         raise click.UsageError("--client-address needs --peer-address")
-    before = _service("members", endpoints, cluster_id, token, timeout_ms, "list")
+    before = _service("members", client, "list")
     bar = ProgressBar("catching up ", catch_up_counts(node_id, peer_address))
     try:
         after = _service(
-            "members", endpoints, cluster_id, token, timeout_ms + int(catch_up_timeout_s * 1000), "add", node_id,
+            "members", client.with_timeout(client.timeout_ms + int(catch_up_timeout_s * 1000)), "add", node_id,
             peer_address, client_address, voter=voter, catch_up_timeout_s=catch_up_timeout_s,
             progress=None if as_json else bar,
         )  # fmt: skip
@@ -127,10 +124,10 @@ def member_add_command(
 @member_group.command("promote")
 @click.argument("node_id", type=click.IntRange(min=1))
 @_client_options(default_timeout_ms=10_000)
-def member_promote_command(node_id: int, endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool) -> None:
+def member_promote_command(node_id: int, client: ClientArgs, as_json: bool) -> None:
     """Make learner NODE_ID a voter (refused until it has caught up)."""
-    before = _service("members", endpoints, cluster_id, token, timeout_ms, "list")
-    after = _service("members", endpoints, cluster_id, token, timeout_ms, "promote", node_id)
+    before = _service("members", client, "list")
+    after = _service("members", client, "promote", node_id)
     _report(before, after, as_json, f"promoted node {node_id}")
 
 
@@ -139,18 +136,18 @@ def member_promote_command(node_id: int, endpoints: str, cluster_id: str | None,
 @click.option("--force", is_flag=True, help="Remove even the leader, or a voter of a 2-voter cluster.")
 @_client_options(default_timeout_ms=10_000)
 def member_remove_command(
-    node_id: int, force: bool, endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool
+    node_id: int, force: bool, client: ClientArgs, as_json: bool
 ) -> None:
     """Take NODE_ID out of the cluster (stop its process afterwards)."""
-    before = _service("members", endpoints, cluster_id, token, timeout_ms, "list")
-    after = _service("members", endpoints, cluster_id, token, timeout_ms, "remove", node_id, force=force)
+    before = _service("members", client, "list")
+    after = _service("members", client, "remove", node_id, force=force)
     _report(before, after, as_json, f"removed node {node_id}")
 
 
 @leader_group.command("transfer")
 @click.option("--to", "to", type=click.IntRange(min=1), help="The voter to hand leadership to [default: the most caught-up].")
 @_client_options(default_timeout_ms=10_000)
-def leader_transfer_command(to: int | None, endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool) -> None:
+def leader_transfer_command(to: int | None, client: ClientArgs, as_json: bool) -> None:
     """Hand leadership to another voter (e.g. before stopping or removing the leader)."""
-    target = _service("members", endpoints, cluster_id, token, timeout_ms, "transfer", to)
+    target = _service("members", client, "transfer", to)
     click.echo(json.dumps({"to": target}) if as_json else f"leadership handed to node {target}")

@@ -7,7 +7,7 @@ import time
 
 import click
 
-from trimaran.cli import _client_call, _client_options, main
+from trimaran.cli import ClientArgs, _client_call, _client_options, main
 from trimaran.cli.progress import byte_size, transfer_bar
 
 
@@ -24,7 +24,7 @@ def snapshot_group() -> None:
 @snapshot_group.command("save")
 @click.argument("file", type=click.Path(dir_okay=False, writable=True))
 @_client_options(default_timeout_ms=600_000)
-def snapshot_save_command(file: str, endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool) -> None:
+def snapshot_save_command(file: str, client: ClientArgs, as_json: bool) -> None:
     """Save a consistent snapshot of the cluster to FILE (needs an admin:* token).
 
     The file appears only once it is complete and checked (it is written to FILE.part first).
@@ -34,7 +34,7 @@ def snapshot_save_command(file: str, endpoints: str, cluster_id: str | None, tok
     bar = transfer_bar()
     try:
         header = _client_call(
-            save_backup, endpoints, file, progress=None if as_json else bar, cluster_id=cluster_id, token=token, timeout_ms=timeout_ms
+            save_backup, client.endpoints, file, progress=None if as_json else bar, **client.call_options()
         )
     finally:
         bar.end()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import click
 
-from trimaran.cli import _client_call, _client_options, main
+from trimaran.cli import ClientArgs, _client_call, _client_options, main
 
 
 @main.command("status")
 @_client_options(default_timeout_ms=2_000)
-def status_command(endpoints: str, cluster_id: str | None, token: str | None, timeout_ms: int, as_json: bool) -> None:
+def status_command(client: ClientArgs, as_json: bool) -> None:
     """Members, leader, term, commit and applied index, and lag of every node.
 
     Asks each endpoint (and each member it learns of) for its own status; a node that does not
@@ -20,7 +20,7 @@ def status_command(endpoints: str, cluster_id: str | None, token: str | None, ti
 
     from trimaran.client.commands import cluster_status
 
-    status = _client_call(cluster_status, endpoints, cluster_id=cluster_id, token=token, timeout_ms=timeout_ms)
+    status = _client_call(cluster_status, client.endpoints, **client.call_options())
     click.echo(json.dumps(status.to_json(), indent=2) if as_json else status.format_table())
     refused = status.refused()
     if refused is not None:
