@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -50,7 +49,6 @@ def _free_base() -> int:
     raise AssertionError(f"no base port in {BASE_PORTS} with all its ports free")
 
 
-@pytest.mark.skipif(shutil.which("make") is None, reason="`make run` needs make")
 async def test_make_run_stops_cleanly_on_sigterm_to_the_pid_its_banner_shows(tmp_path: Path) -> None:
     base = _free_base()
     up_args = f"--base-port {base} --resp-base-port {base + RESP_OFFSET} --data-dir {tmp_path / 'data'}"
