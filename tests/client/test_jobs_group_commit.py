@@ -9,9 +9,13 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 from trio.testing import wait_all_tasks_blocked
 
-from trimaran.client.jobs import ENQUEUE_GROUPS_MAX, GroupCommit, JobsClient
+from trimaran import limits
+from trimaran.client.jobs import ENQUEUE_GROUPS_MAX, Completion, GroupCommit, JobsClient
+from trimaran.protocols.codec import pack
 from trimaran.errors import NotFound, QueueFull, RequestTimeout
 from trimaran.protocols.service import ApplyContext
 from trimaran.services.jobs import JobsService
@@ -254,3 +258,37 @@ async def test_a_client_keeps_few_enqueue_groups_whatever_deadlines_its_callers_
     ids = [await jobs.enqueue("q", n, timeout_ms=1_000 + n) for n in range(40)]  # one deadline each
     assert len(set(ids)) == 40 and len(jobs.enqueues) <= ENQUEUE_GROUPS_MAX
     assert (await jobs.stats("q")).counts["ready"] == 40
+
+
+# --------------------------------------------------------------------------- completions' size
+
+
+@given(
+    job=st.text(min_size=1, max_size=limits.job_name_chars_max),
+    token=st.integers(min_value=0, max_value=2**63 - 1),
+    result=st.binary(max_size=70_000),
+)
+def test_a_completions_size_is_at_least_its_encoding(job: str, token: int, result: bytes) -> None:
+    completion = Completion(job, token, result)
+    assert len(pack(completion.wire())) <= completion.size_bytes
+
+
+async def test_a_full_batch_of_completions_fits_one_command() -> None:
+    """A worker bounds its batches of completions by ``size_bytes``: a thousand completions whose
+    results alone fill the batch's byte bound still leave in commands that fit. (Bounded by the
+    results' bytes alone, the batch overflowed command_bytes_max by the jobs' framing.)"""
+    sizes: list[int] = []
+
+    async def send(items: list[Completion]) -> list[str]:
+        sizes.append(len(pack([1, "command", {"service": "jobs", "command": ["complete_batch", [c.wire() for c in items]]}])))
+        await trio.lowlevel.checkpoint()
+        return ["completed"] * len(items)
+
+    commit = GroupCommit(send, limits.job_complete_batch_max, limits.job_result_bytes_max)
+    result_bytes = limits.job_result_bytes_max // limits.job_complete_batch_max
+    completions = [Completion.of(f"{index}-0" * 20, 2**40 + index, b"x" * result_bytes) for index in range(2 * limits.job_complete_batch_max)]
+    with trio.fail_after(TIMEOUT_S):
+        async with trio.open_nursery() as nursery:
+            for completion in completions:
+                nursery.start_soon(commit.submit, completion, completion.size_bytes)
+    assert len(sizes) >= 2 and max(sizes) <= limits.command_bytes_max, (len(sizes), max(sizes))

@@ -153,6 +153,11 @@ class Claim:
     cancel: list[str]
 
 
+#: msgpack's framing of one completion at most: the 3-element array (1), the job id's str header
+#: (3), the token as an int (9), the 1-entry map (1), its "result" key (7), the bin header (5).
+_COMPLETION_FRAMING_BYTES_MAX = 26
+
+
 @dataclass(frozen=True, slots=True)
 class Completion:
     """One job for :meth:`JobsClient.complete_batch`, its result already packed: make it with
@@ -172,6 +177,13 @@ class Completion:
 
     def wire(self) -> list[Any]:
         return [self.job, self.token, {"result": self.result}]
+
+    @property
+    def size_bytes(self) -> int:
+        """At least the bytes of :meth:`wire` packed, without packing it: what a batch of
+        completions is bounded by, so that a full batch still fits one command (the result alone
+        would leave out a few dozen bytes per job, a thousand of which overflow the command)."""
+        return len(self.result) + len(self.job.encode()) + _COMPLETION_FRAMING_BYTES_MAX
 
 
 @dataclass(frozen=True, slots=True)

@@ -580,13 +580,13 @@ class Worker:
                 outcome = ("fail", f"InvalidArgument: {exc.message}", False)
         assert self.completions is not None
         if completion is not None and settled is not None:
-            await self.completions.post(completion, len(completion.result), lambda answer: self._answered(lease, answer, settled))
+            await self.completions.post(completion, completion.size_bytes, lambda answer: self._answered(lease, answer, settled))
             return
         try:
             with trio.CancelScope(shield=True):
                 if completion is not None:
                     try:
-                        self._answered(lease, await self.completions.submit(completion, len(completion.result)), None)
+                        self._answered(lease, await self.completions.submit(completion, completion.size_bytes), None)
                     except TrimaranError as exc:
                         self._answered(lease, exc, None)
                 else:
