@@ -10,15 +10,15 @@ driver as the native client port does with the requests of one read (``submit_cl
 proposal (one log entry), so they are applied in order, each once (its own session seq), and each
 gets its own answer. A follower that knows the leader sends a group of writes straight there; a
 node that turns out not to be the leader answers ``not_leader``, and those requests are then
-forwarded to the leader together on one connection (:func:`~trimaran.node.probe.request_many`, over
-TLS when the node has ``--tls-dir``, with the caller's token), in pipeline order and with the seqs
-they already have, so a write the old leader did commit is not applied twice.
+forwarded to the leader together over the node's kept-open link for the caller's token
+(:mod:`trimaran.node.forwarding`; TLS when the node has ``--tls-dir``), in pipeline order and with
+the seqs they already have, so a write the old leader did commit is not applied twice. Each group
+waits for its answers until the listener's :class:`Lapses` ends it (``request_timeout_ms``).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from contextlib import nullcontext
 from typing import Any
 
 import trio
@@ -123,48 +123,40 @@ class Lapses:
             self.lapse_overdue(trio.current_time())
 
 
-async def submit_group(
-    edge: HttpEdge, op: str, bodies: list[dict[str, Any]], sizes_bytes: list[int], lapses: Lapses | None = None
-) -> list[Outcome]:
+async def submit_group(edge: HttpEdge, op: str, bodies: list[dict[str, Any]], sizes_bytes: list[int], lapses: Lapses) -> list[Outcome]:
     """Submit requests to the local driver in order, in one round; their outcomes in that order
-    (``RequestTimeout`` for any not answered within ``request_timeout_ms``: by ``lapses``, when
-    given, else by a timeout of its own)."""
+    (``RequestTimeout`` for any not answered within ``request_timeout_ms``, ended by ``lapses``)."""
     answers = _Answers(len(bodies), edge.edge_name)
     driver = edge.driver
-    timeout_s = edge.config.request_timeout_ms / 1000
-    with trio.move_on_after(timeout_s) if lapses is None else nullcontext():
-        if lapses is not None:
-            lapses.add(answers)
-            lapses.open += 1
+    lapses.add(answers)
+    lapses.open += 1
+    try:
+        submitted = 0
         try:
-            submitted = 0
-            try:
-                for index, (body, size_bytes) in enumerate(zip(bodies, sizes_bytes)):
-                    await driver.submit_client(op, body, (answers, index), size_bytes, more=True)
-                    submitted += 1
-            finally:
-                if submitted and op == "read" and (lapses is None or lapses.open > 1):
-                    # Reads wait for the loop's next round rather than starting one here: the other
-                    # connections' reads of this scheduler pass join it, and share one read point
-                    # (one heartbeat round), where a round per connection would ask for one each.
-                    # A group alone (no other connection waits) starts its round at once.
-                    driver.wake()
-                elif submitted:
-                    driver.start_round(client=True)
-            await answers.wait()
+            for index, (body, size_bytes) in enumerate(zip(bodies, sizes_bytes)):
+                await driver.submit_client(op, body, (answers, index), size_bytes, more=True)
+                submitted += 1
         finally:
-            if lapses is not None:
-                lapses.open -= 1
-    late = RequestTimeout(f"no answer within {timeout_s:g} s; the outcome is unknown")
+            if submitted and op == "read" and lapses.open > 1:
+                # Reads wait for the loop's next round rather than starting one here: the other
+                # connections' reads of this scheduler pass join it, and share one read point
+                # (one heartbeat round), where a round per connection would ask for one each.
+                # A group alone (no other connection waits) starts its round at once.
+                driver.wake()
+            elif submitted:
+                driver.start_round(client=True)
+        await answers.wait()
+    finally:
+        lapses.open -= 1
+    late = RequestTimeout(f"no answer within {lapses.timeout_s:g} s; the outcome is unknown")
     got = [outcome if outcome is not None else (False, late) for outcome in answers.outcomes]
-    if lapses is not None:
-        answers.outcomes = []  # (it may wait in the lapses' queue behind an older group: keep no values)
-        lapses.drop_answered()
+    answers.outcomes = []  # (it may wait in the lapses' queue behind an older group: keep no values)
+    lapses.drop_answered()
     return got
 
 
 async def submit_or_forward(
-    edge: HttpEdge, op: str, bodies: list[dict[str, Any]], sizes_bytes: list[int], token: str | None, lapses: Lapses | None = None
+    edge: HttpEdge, op: str, bodies: list[dict[str, Any]], sizes_bytes: list[int], token: str | None, lapses: Lapses
 ) -> list[Outcome]:
     """:func:`submit_group`; the requests this node refused as not the leader then go to the leader
     as they are (a write keeps its session seq), together on one connection, in order.
@@ -239,7 +231,7 @@ class RespSession(EdgeSession):
     a group of writes at once (the connection's runner sends one group at a time); ``lapses``: the
     listener's, which times its groups out."""
 
-    def __init__(self, edge: HttpEdge, inflight_max: int, lapses: Lapses | None = None) -> None:
+    def __init__(self, edge: HttpEdge, inflight_max: int, lapses: Lapses) -> None:
         super().__init__(edge, inflight_max)
         self.lapses = lapses
 
