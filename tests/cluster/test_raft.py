@@ -409,22 +409,30 @@ def _round_heartbeats(h: Harness) -> list[int]:
     return sorted(m.recipient for m in h.network if isinstance(m, Heartbeat) and m.read_seq)
 
 
+def _ask_read(h: Harness, token: str) -> None:
+    """Node 1 (the leader) reads ``k`` for ``token`` and sends what that starts."""
+    h.nodes[1].replica.read(token, "register", ["get", b"k"])
+    h.process()
+
+
+def _answers(h: Harness) -> list[tuple[str, object]]:
+    return [(r.token, r.value) for r in h.replies(1)]
+
+
 def test_a_read_round_asks_only_the_followers_that_confirmed_the_last_one() -> None:
     """Thesis §6.4 needs a majority's answers, not everyone's: once node 2's answer confirmed a
     round, the next round's heartbeat goes to node 2 alone and node 3 is not woken for it."""
     h = Harness(3, seed=1)
     h.elect(1)
     write(h, 1, 2)
-    h.nodes[1].replica.read("first", "register", ["get", b"k"])
-    h.process()
+    _ask_read(h, "first")
     assert _round_heartbeats(h) == [2, 3]  # no round confirmed yet: everyone is asked
     h.settle()
-    assert [(r.token, r.value) for r in h.replies(1)] == [("first", b"2")]
-    h.nodes[1].replica.read("second", "register", ["get", b"k"])
-    h.process()
+    assert _answers(h) == [("first", b"2")]
+    _ask_read(h, "second")
     assert _round_heartbeats(h) == [2]
     h.settle()
-    assert [(r.token, r.value) for r in h.replies(1)] == [("second", b"2")]
+    assert _answers(h) == [("second", b"2")]
 
 
 def test_a_read_round_the_chosen_follower_ignores_is_asked_of_all_a_tick_later() -> None:
@@ -434,17 +442,15 @@ def test_a_read_round_the_chosen_follower_ignores_is_asked_of_all_a_tick_later()
     h = Harness(3, seed=1, heartbeat_interval_ticks=4, election_timeout_ticks_min=10, election_timeout_ticks_max=20)
     h.elect(1)
     write(h, 1, 2)
-    h.nodes[1].replica.read("first", "register", ["get", b"k"])
-    h.process()
+    _ask_read(h, "first")
     h.settle()
-    h.replies(1)
+    assert _answers(h) == [("first", b"2")]
     h.raft(1).heartbeat_elapsed = 0  # the next periodic heartbeat is a whole interval away
 
     def cut_node_2() -> None:
         h.network = [m for m in h.network if m.recipient != 2]
 
-    h.nodes[1].replica.read("second", "register", ["get", b"k"])
-    h.process()
+    _ask_read(h, "second")
     assert _round_heartbeats(h) == [2]
     cut_node_2()
     h.tick(1)  # the round began before this tick: it may still be answered
@@ -453,9 +459,8 @@ def test_a_read_round_the_chosen_follower_ignores_is_asked_of_all_a_tick_later()
     assert _round_heartbeats(h) == [2, 3]
     cut_node_2()
     h.settle()
-    assert [(r.token, r.value) for r in h.replies(1)] == [("second", b"2")]
-    h.nodes[1].replica.read("third", "register", ["get", b"k"])
-    h.process()
+    assert _answers(h) == [("second", b"2")]
+    _ask_read(h, "third")
     assert _round_heartbeats(h) == [3]
 
 
