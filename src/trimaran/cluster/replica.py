@@ -188,6 +188,11 @@ class Replica:
     def applied_index(self) -> int:
         return self.raft.log.applied_index
 
+    @property
+    def reads_asked(self) -> int:
+        """Reads (and backup points) asked of this node (a counter for the node's metrics)."""
+        return self._read_seq
+
     def has_ready(self) -> bool:
         return bool(self._batch or self._replies) or self.raft.has_ready()
 
