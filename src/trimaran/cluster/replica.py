@@ -446,7 +446,7 @@ class Replica:
             raise  # a bug or this machine, not the command: another replica might not fail
         except Exception:  # noqa: BLE001 - deterministic for the same command on every replica
             outcome = _err(TrimaranError(SERVICE_FAILED_TEXT))
-        session.responses[seq] = outcome
+        session.keep(seq, outcome)
         if self.observer is not None:
             self.observer(index, pos, client_id, seq, service, command, outcome)
         return outcome
