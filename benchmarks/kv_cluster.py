@@ -108,6 +108,10 @@ class Result:
     #: move with the neighbours' load, so a change in batching (frames, TLS records, read rounds
     #: per op) shows here even on a busy machine.
     syscalls_per_kop: dict[str, float] | None = None
+    #: Linearizable reads the leader served per ReadIndex round it started (its status metrics):
+    #: each round costs a heartbeat to a quorum and their answers, so more reads per round is
+    #: fewer peer messages (and TLS records) per read. None: no read rounds in the run.
+    reads_per_round: float | None = None
 
 
 # --- the trimaran cluster ------------------------------------------------------------------------
@@ -245,6 +249,7 @@ async def trimaran_load(cluster: TrimaranCluster, row: Row, value: bytes, profil
 
         nodes_before, client_before = cluster.cpu_s(), time.process_time()
         calls_before, client_calls_before = cluster.syscalls(), proc_syscalls("self")
+        reads_before = await read_counters(conns[0])
         if profiler is not None:
             profiler.enable()
         started = perf()
@@ -257,6 +262,8 @@ async def trimaran_load(cluster: TrimaranCluster, row: Row, value: bytes, profil
         client_cpu, nodes_after = time.process_time() - client_before, cluster.cpu_s()
         calls_after, client_calls = cluster.syscalls(), proc_syscalls("self") - client_calls_before
         leader_id = conns[0].leader_id  # where the client sent its commands and reads
+        reads_after = await read_counters(conns[0])
+    rounds = reads_after[1] - reads_before[1]
     latencies_s.sort()
     kops = max(1, len(latencies_s)) / 1000
     return Result(
@@ -268,7 +275,14 @@ async def trimaran_load(cluster: TrimaranCluster, row: Row, value: bytes, profil
         by_role({n: (nodes_after[n] - nodes_before[n]) * 1000 / kops for n in nodes_after}, leader_id),
         {"client": client_calls / kops}
         | by_role({n: (calls_after[n] - calls_before[n]) / kops for n in calls_after}, leader_id),
+        (reads_after[0] - reads_before[0]) / rounds if rounds > 0 else None,
     )
+
+
+async def read_counters(conn: Any) -> tuple[int, int]:
+    """(reads asked, read rounds started) of the node ``conn`` talks to (the leader)."""
+    metrics = (await conn.status()).get("metrics", {})
+    return metrics.get("reads_asked", 0), metrics.get("read_rounds_started", 0)
 
 
 def by_role(cpu_by_node: dict[int, float], leader_id: int | None) -> dict[str, float]:
@@ -526,6 +540,7 @@ def median_result(results: list[Result]) -> Result:
     per_process = [r.syscalls_per_kop for r in results if r.syscalls_per_kop]
     if per_process:
         calls = {n: statistics.median(p.get(n, 0.0) for p in per_process) for n in per_process[0]}
+    per_round = [r.reads_per_round for r in results if r.reads_per_round is not None]
     return Result(
         statistics.median(r.ops_per_s for r in results),
         statistics.median(r.p50_ms for r in results),
@@ -534,6 +549,7 @@ def median_result(results: list[Result]) -> Result:
         statistics.median(r.client_cpu_ms_per_kop for r in results),
         nodes,
         calls,
+        statistics.median(per_round) if per_round else None,
     )
 
 
@@ -616,6 +632,8 @@ def _cpu_parts(r: Result) -> str:
     text = f"client={r.client_cpu_ms_per_kop:.1f}  {nodes}"
     if r.syscalls_per_kop:
         text += "   syscalls per 1000 ops: " + " ".join(f"{k}={v:.0f}" for k, v in r.syscalls_per_kop.items())
+    if r.reads_per_round is not None:
+        text += f"   reads per read round: {r.reads_per_round:.1f}"
     return text
 
 

@@ -20,9 +20,11 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 START_WAIT_S = 60.0
 STOP_WAIT_S = 30.0
-#: Ports of this test: clients BASE+1.., peers BASE+101.., RESP BASE+501.. (all in 34000-34999,
-#: away from the other suites' ranges); HTTP is BASE+1001.. (`up` has no flag to move it alone).
-BASE_PORTS = range(34_000, 34_400)
+#: Ports of this test: clients BASE+1.., peers BASE+101.., RESP BASE+501.., HTTP BASE+1001.. (`up`
+#: has no flag to move it alone): all in 30001-31702, away from test_up's bases and below Linux's
+#: ephemeral range (32768-60999 by default), where an outgoing connection could take a port
+#: between the check that it is free and `up` binding it.
+BASE_PORTS = range(30_000, 30_700)
 RESP_OFFSET = 500
 OFFSETS = tuple(step + i for step in (0, 100, RESP_OFFSET, 1000) for i in (1, 2, 3))
 

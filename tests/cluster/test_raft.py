@@ -650,3 +650,20 @@ def test_a_forged_term_jump_is_dropped_and_no_term_passes_the_counter_bound() ->
     for _ in range(30):
         r.tick()
     assert r.term == limits.raft_counter_max and r.role != Role.LEADER
+
+
+def test_reads_asked_together_share_one_round_and_the_counters_say_so() -> None:
+    """The node's metrics count reads asked and rounds started (reads per round is what the kv
+    benchmark prints): three reads asked before the leader's next ready share one round."""
+    h = Harness(3, seed=1)
+    h.elect(1)
+    write(h, 1, 2)
+    replica = h.nodes[1].replica
+    reads_before, rounds_before = replica.reads_asked, replica.raft.read_rounds_started
+    for token in ("a", "b", "c"):
+        replica.read(token, "register", ["get", b"k"])
+    h.process()
+    h.settle()
+    assert sorted(_answers(h)) == [("a", b"2"), ("b", b"2"), ("c", b"2")]
+    assert replica.reads_asked - reads_before == 3
+    assert replica.raft.read_rounds_started - rounds_before == 1

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from trimaran.cluster.replica import ReplicaConfig
 from trimaran.cluster.sessions import SessionTable
 from trimaran.errors import SessionExpired, Unavailable
@@ -55,7 +58,7 @@ def test_acknowledged_answers_are_discarded_and_not_replayed() -> None:
     table.register(7, now_ms=0)
     session, saved = table.lookup(7, 1, 0, now_ms=1)
     assert session is not None and saved is None
-    session.responses[1] = ("ok", 1)
+    session.keep(1, ("ok", 1))
     session, saved = table.lookup(7, 2, 1, now_ms=2)  # client acknowledged seq 1
     assert session is not None and saved is None and 1 not in session.responses
 
@@ -91,7 +94,7 @@ def test_session_table_is_part_of_the_snapshot() -> None:
     table.register(5, 10)
     session, _ = table.lookup(5, 1, 0, 11)
     assert session is not None
-    session.responses[1] = ("ok", b"x")
+    session.keep(1, ("ok", b"x"))
     copy = SessionTable(timeout_ms=1000)
     copy.restore(table.snapshot())
     assert copy.snapshot() == table.snapshot()
@@ -116,3 +119,32 @@ def test_overwritten_proposal_is_answered_as_unavailable() -> None:
     h.settle()
     replies = h.replies(1)
     assert [(r.token, type(r.value)) for r in replies] == [("lost", Unavailable)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.tuples(st.just("keep"), st.integers(1, 40)), st.tuples(st.just("ack"), st.integers(0, 45))), max_size=80))
+def test_acknowledging_drops_exactly_the_answers_up_to_it_in_or_out_of_seq_order(steps: list[tuple[str, int]]) -> None:
+    """Answers kept in ascending seq order are dropped from the front (the common case), out of
+    order by a scan: either way every answer at or below the acknowledgement goes and every other
+    stays, as with a plain dict, also after a snapshot restore."""
+    table = SessionTable(60_000)
+    table.register(7, 0)
+    model: dict[int, tuple[str, int]] = {}
+    ack = 0
+    for action, seq in steps:
+        session, saved = table.lookup(7, seq, ack, 0)
+        assert session is not None
+        if action == "keep" and seq not in model and seq > ack:
+            assert saved is None
+            session.keep(seq, ("ok", seq))
+            model[seq] = ("ok", seq)
+        elif action == "ack" and seq > ack:
+            ack = seq
+            table.lookup(7, seq + 1, ack, 0)
+            model = {q: o for q, o in model.items() if q > ack}
+        assert session.responses == model
+    restored = SessionTable(60_000)
+    restored.restore(table.snapshot())
+    assert restored.snapshot() == table.snapshot()
+    again, _ = restored.lookup(7, 99, ack + 5, 0)
+    assert again is not None and again.responses == {q: o for q, o in model.items() if q > ack + 5}

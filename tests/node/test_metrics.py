@@ -105,6 +105,10 @@ async def test_metrics_need_cluster_read_and_move_with_the_cluster(tmp_path: Pat
             assert value(after, kv_set, service="kv", op="set", outcome="ok") - value(before, kv_set, service="kv", op="set", outcome="ok") == WRITES + 1  # and the HTTP one
             assert value(after, "trimaran_raft_proposals_total") - value(before, "trimaran_raft_proposals_total") == WRITES + 2
             assert value(after, "trimaran_kv_keys") == WRITES + 1
+            # The RESP GET was a linearizable read on the leader: one read asked, one round at most.
+            reads = value(after, "trimaran_raft_reads_total") - value(before, "trimaran_raft_reads_total")
+            rounds = value(after, "trimaran_raft_read_rounds_total") - value(before, "trimaran_raft_read_rounds_total")
+            assert reads >= 1 and 1 <= rounds <= reads
             native = "trimaran_edge_requests_total"
             # The sets, the job, and the client's register, all through the client port.
             assert value(after, native, edge="native", outcome="ok") - value(before, native, edge="native", outcome="ok") == WRITES + 2

@@ -162,6 +162,12 @@ class Raft:
     def is_leader(self) -> bool:
         return self.role == Role.LEADER
 
+    @property
+    def read_rounds_started(self) -> int:
+        """ReadIndex rounds this node started as leader (a counter for the node's metrics: the
+        reads per round tell how well reads share a round's heartbeats)."""
+        return self._read_seq
+
     def hard_state(self) -> HardState:
         return HardState(self.term, self.vote, self.log.commit_index)
 

@@ -188,6 +188,11 @@ class Replica:
     def applied_index(self) -> int:
         return self.raft.log.applied_index
 
+    @property
+    def reads_asked(self) -> int:
+        """Reads (and backup points) asked of this node (a counter for the node's metrics)."""
+        return self._read_seq
+
     def has_ready(self) -> bool:
         return bool(self._batch or self._replies) or self.raft.has_ready()
 
@@ -441,7 +446,7 @@ class Replica:
             raise  # a bug or this machine, not the command: another replica might not fail
         except Exception:  # noqa: BLE001 - deterministic for the same command on every replica
             outcome = _err(TrimaranError(SERVICE_FAILED_TEXT))
-        session.responses[seq] = outcome
+        session.keep(seq, outcome)
         if self.observer is not None:
             self.observer(index, pos, client_id, seq, service, command, outcome)
         return outcome

@@ -11,6 +11,7 @@ replica keeps exactly the same sessions.
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,37 @@ Outcome = tuple[str, Any]
 class Session:
     last_active_ms: int
     ack_seq: int = 0
+    #: Saved answers by seq, in the order they were kept (:meth:`keep`).
     responses: dict[int, Outcome] = field(default_factory=dict)
+    #: ``responses`` holds its seqs in ascending order (each kept seq above the one before, since
+    #: it was last empty): then an acknowledgement drops them from the front, in proportion to what
+    #: it drops, not to what is kept. A client's commands can be applied out of their seq order
+    #: (a retry after a leader change), and then it is a scan until the answers are all dropped.
+    ordered: bool = True
+    last_kept: int = 0
+
+    def keep(self, seq: int, outcome: Outcome) -> None:
+        """Save the answer of ``seq`` (not saved yet) for a retry of it."""
+        responses = self.responses
+        if not responses:
+            self.ordered = True
+        elif seq < self.last_kept:
+            self.ordered = False
+        self.last_kept = seq
+        responses[seq] = outcome
+
+    def drop_through(self, ack_seq: int) -> None:
+        """Forget the answers of every seq up to ``ack_seq`` (the client has them)."""
+        responses = self.responses
+        if self.ordered:
+            # Ascending, so what goes is a prefix: the cost is what is dropped, not what is kept
+            # (a scan of every answer kept cost 7 µs a command with 512 in flight on one session,
+            # on every replica).
+            gone = list(itertools.takewhile(ack_seq.__ge__, responses))
+        else:
+            gone = [seq for seq in responses if seq <= ack_seq]
+        for seq in gone:
+            del responses[seq]
 
 
 class SessionTable:
@@ -65,8 +96,7 @@ class SessionTable:
         session.last_active_ms = now_ms
         self._sessions.move_to_end(client_id)
         if ack_seq > session.ack_seq:
-            for s in [s for s in session.responses if s <= ack_seq]:
-                del session.responses[s]
+            session.drop_through(ack_seq)
             session.ack_seq = ack_seq
         return session, session.responses.get(seq)
 
@@ -79,4 +109,5 @@ class SessionTable:
     def restore(self, data: list[Any]) -> None:
         self._sessions = OrderedDict()
         for cid, last_active_ms, ack_seq, responses in data:
-            self._sessions[cid] = Session(last_active_ms, ack_seq, {q: (o[0], o[1]) for q, o in responses})
+            kept = {q: (o[0], o[1]) for q, o in responses}  # (sorted by seq in the snapshot)
+            self._sessions[cid] = Session(last_active_ms, ack_seq, kept, last_kept=max(kept, default=0))

@@ -127,6 +127,8 @@ class Node:
             "driver_rounds": self.driver.rounds,
             "driver_readies": self.driver.readies,
             "ticks": self.driver.ticks,
+            "reads_asked": self.driver.replica.reads_asked,
+            "read_rounds_started": self.driver.replica.raft.read_rounds_started,
             "driver_inline_writes": self.driver.inline_writes,
             "commit_notices_dropped": self.driver.held_notices_dropped,
             "log_entries_malformed": self.driver.replica.bad_entries,

@@ -20,6 +20,9 @@ family                                  what
 ``raft_proposals_total``                client commands handed to the Replica
 ``raft_proposal_failures_total``        commands answered not_leader, storage_full, unavailable,
                                         too_large or timeout (they did not reach, or left, the log)
+``raft_reads_total``,                   linearizable reads (and backup points) asked of this node, and
+``raft_read_rounds_total``              the ReadIndex rounds it started as leader: reads per round is
+                                        how well reads share a round's heartbeats
 ``raft_append_batch_entries``           histogram: entries per batch appended to the log
 ``storage_write_seconds``               histogram: one group commit (LMDB transaction and fsync)
 ``raft_snapshots_total{kind}``          snapshots ``taken`` here or ``installed`` from the leader
@@ -164,6 +167,10 @@ class NodeCollector(Collector):
             yield _gauge(f"trimaran_raft_{name}_index", f"The {name} index of this node's log.", value)
         yield _counter("trimaran_raft_leader_changes", "Leaders (a new term or leader) this node has seen.", driver.leader_changes)
         yield _counter("trimaran_raft_proposals", "Client commands handed to the Replica.", driver.requests.proposals)
+        yield _counter("trimaran_raft_reads", "Reads (and backup points) asked of this node's Replica.", driver.replica.reads_asked)
+        yield _counter(
+            "trimaran_raft_read_rounds", "ReadIndex rounds started as leader.", driver.replica.raft.read_rounds_started
+        )
         yield _counter(
             "trimaran_raft_proposal_failures",
             "Commands that did not reach, or left, the log (not_leader, storage_full, unavailable, too_large, timeout).",
