@@ -100,9 +100,11 @@ class Poller:
         #: Idle connections with commands parsed and not run (after their answers were written):
         #: the next pass takes them.
         self._again: list[_Connection] = []
-        #: Counters (tests, profiles): passes run, connections handed to their task.
+        #: Counters (tests, profiles): passes run, connections handed to their task, and the most
+        #: connections whose groups went to the driver as one group.
         self.passes = 0
         self.handed = 0
+        self.widest = 0
 
     def open(self) -> None:
         self._epoll = select.epoll()
@@ -142,6 +144,11 @@ class Poller:
         finally:
             if state.mode != "task":
                 self._forget(conn)
+
+    @property
+    def connections(self) -> int:
+        """Connections the poller holds (idle or busy), not their tasks."""
+        return len(self._conns)
 
     def _eligible(self, conn: _Connection) -> bool:
         return conn.authenticated and conn.transaction is None and conn.pubsub is None and other_leader(self.server.edge) is None
@@ -265,6 +272,7 @@ class Poller:
         """Every connection's group of this pass to the driver as one group, in one round."""
         server = self.server
         edge = server.edge
+        self.widest = max(self.widest, len(entries))
         count = 0
         for entry in entries:
             entry.start = count
