@@ -1,7 +1,10 @@
 """The RESP listener's connections.
 
-Each connection is served by one task that reads (straight from a plain socket, waiting for it
-only when it has nothing), parses with the sans-IO :class:`~trimaran.protocols.resp.RespParser`
+On plain sockets the listener's poller (:mod:`.poller`) serves every connection's planned
+commands (below) in passes: one read per ready socket, every connection's writes in one group and
+its reads in another, answers written from the driver's round; a connection leaves it for its own
+task for anything else (and comes back). That task, and over TLS the one task per connection,
+reads (straight from a plain socket, waiting for it only when it has nothing), parses with the sans-IO :class:`~trimaran.protocols.resp.RespParser`
 (``resp_inflight_commands_max`` commands at a time: pipelining reads ahead that far, then stops
 reading), runs the commands in order and writes their answers, so a pipeline's answers come back
 in the order sent and a write is applied before a later read of the same connection runs (Redis's
