@@ -524,7 +524,7 @@ def _check_unauthenticated(command: list[bytes]) -> None:
         raise ProtocolError("Protocol error: unauthenticated bulk length")
 
 
-async def _until_gone(task: Callable[..., Awaitable[None]], *args: Any) -> None:
+async def _until_gone(task: Callable[..., Awaitable[object]], *args: Any) -> None:
     """Run one of a connection's tasks; the client going away (reset, closed) just ends it."""
     try:
         await task(*args)
