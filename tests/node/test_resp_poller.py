@@ -13,12 +13,14 @@ import struct
 from pathlib import Path
 from typing import AsyncIterator
 
+import pytest
 import trio
 
 from tests.node.helpers import HOST, in_process_cluster
 from tests.node.test_resp_server import resp_address
 from trimaran.node.config import Address
 from trimaran.node.resp import RespServer
+from trimaran.node.resp import poller as poller_module
 
 #: Bounds every wait of these tests (a bug shows as a timeout, not a hang).
 WAIT_S = 10
@@ -182,3 +184,31 @@ async def test_clients_closing_with_commands_in_flight(tmp_path: Path) -> None:
         await until(lambda: server.connections == 1 and poller.connections == 1, "the closed connections gone")
         await ask(keeper, command("EXISTS", *[f"l{i}" for i in range(30)]), b":30\r\n")
         await keeper.aclose()
+
+
+async def test_a_group_refused_as_not_the_leader_goes_to_the_leader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node that knew no other leader when it took a pass's commands (an election just ended)
+    and turns out not to lead: its driver refuses the group, and the connection's task sends it
+    to the leader with the seqs it has (each write applied once), then the answers in order."""
+    async with in_process_cluster(tmp_path, 3, resp_listen=Address(HOST, 0)) as cluster:
+        leader = await cluster.leader()
+        follower = next(n for n in (1, 2, 3) if n != leader)
+        server = cluster.nodes[follower].resp_server
+        assert server is not None and server.poller is not None
+        poller = server.poller
+        # (As if the follower had not heard of the leader yet when the poller took the commands.)
+        monkeypatch.setattr(poller_module, "other_leader", lambda edge: None)
+        stream = await connect(resp_address(cluster, follower))
+        await ask(stream, command("SET", "f", "0"), b"+OK\r\n")  # (its session registers)
+        await until(lambda: poller.connections == 1, "the connection in the follower's poller")
+        handed = poller.handed
+        await ask(
+            stream,
+            command("SET", "f", "1") + command("INCR", "g") + command("INCR", "g") + command("GET", "f"),
+            b"+OK\r\n:1\r\n:2\r\n" + bulk(b"1"),
+        )
+        assert poller.handed > handed  # (settled by the connection's task)
+        on_leader = await connect(resp_address(cluster, leader))
+        await ask(on_leader, command("GET", "g"), bulk(b"2"))
+        await stream.aclose()
+        await on_leader.aclose()
