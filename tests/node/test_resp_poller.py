@@ -212,3 +212,23 @@ async def test_a_group_refused_as_not_the_leader_goes_to_the_leader(tmp_path: Pa
         await ask(on_leader, command("GET", "g"), bulk(b"2"))
         await stream.aclose()
         await on_leader.aclose()
+
+
+async def test_new_connections_first_writes_register_their_sessions_together(tmp_path: Path) -> None:
+    async with one_node(tmp_path) as (server, address):
+        poller = server.poller
+        assert poller is not None
+        streams = [await connect(address) for _ in range(30)]
+        await until(lambda: poller.connections == len(streams), "every connection in the poller")
+        handed, lapsed = poller.handed, server.lapses.lapsed
+        # Each connection's first write waits for its session (registered with the others', in the
+        # poller: no connection goes to its task), then each write is applied once, in order.
+        for i, stream in enumerate(streams):
+            await stream.send_all(command("SET", f"r{i}", "a") + command("INCR", f"n{i}") + command("INCR", f"n{i}"))
+        for stream in streams:
+            assert await read_exactly(stream, len(b"+OK\r\n:1\r\n:2\r\n")) == b"+OK\r\n:1\r\n:2\r\n"
+        assert poller.handed == handed and server.lapses.lapsed == lapsed
+        client_ids = {conn.session.client_id for conn in poller._conns.values()}
+        assert None not in client_ids and len(client_ids) == len(streams)
+        for stream in streams:
+            await stream.aclose()

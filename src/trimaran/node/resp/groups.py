@@ -289,6 +289,10 @@ class RespSession(EdgeSession):
         bodies = [{"client_id": client_id, "seq": seq, "ack_seq": ack_seq, "service": service, "command": command} for command, seq in zip(commands, seqs)]
         return seqs, bodies
 
+    def registered(self, client_id: int) -> None:
+        """Registered by the listener's poller (with the first writes of other connections)."""
+        self.client_id, self._seq = client_id, 0
+
     def answered(self, seqs: list[int]) -> None:
         self._unanswered.difference_update(seqs)
 

@@ -9,7 +9,9 @@ Each pass:
 1. reads each ready socket once and parses what it brought (:meth:`RespServer._parse`: the same
    bounds as before);
 2. takes from each idle connection its run of planned commands of one kind (writes, or reads:
-   :meth:`RespServer._gather`), authorised as before (:meth:`RespServer.authorised`);
+   :meth:`RespServer._gather`), authorised as before (:meth:`RespServer.authorised`); a
+   connection's first write waits for its client session, registered together with those of the
+   other new connections of the pass (one group);
 3. submits the writes of every connection as one group (one log entry), each numbered in its own
    connection's client session (so each is applied once, per connection, as before), and the
    reads of every connection as one group (one read point);
@@ -22,7 +24,7 @@ answers stay in order and its read-ahead stays bounded); a busy socket the epoll
 is disarmed until its answers are written. Everything else goes to the connection's own task
 (:meth:`Poller.serve`), out of the poller until it is done, then back: a command without a
 planner (HELLO, AUTH, MULTI, SUBSCRIBE, CLIENT, INFO, ...), a connection not authenticated, in a
-transaction or subscribed, its first write (its session registers), a protocol error, answers the
+transaction or subscribed, a protocol error, a session the driver did not register, answers the
 socket does not take at once (the task waits for the socket; the other connections go on), a
 group this node refused as not the leader or whose session expired (:func:`~.groups.settle`), and
 every command while this node knows another node leads (a follower forwards writes, as before).
@@ -225,9 +227,10 @@ class Poller:
             ready.append(conn)
         writes: list[_Entry] = []
         reads: list[_Entry] = []
+        registers: list[_Connection] = []
         for conn in ready:
             try:
-                self._plan(conn, writes, reads)
+                self._plan(conn, writes, reads, registers)
             except Exception:  # noqa: BLE001 - a bug costs this connection, not the listener
                 log.exception("RESP poller: connection %d failed", conn.id)
                 self._close(conn)
@@ -235,8 +238,10 @@ class Poller:
             await self._submit("command", writes)
         if reads:
             await self._submit("read", reads)
+        if registers:
+            await self._register(registers)
 
-    def _plan(self, conn: _Connection, writes: list[_Entry], reads: list[_Entry]) -> None:
+    def _plan(self, conn: _Connection, writes: list[_Entry], reads: list[_Entry], registers: list[_Connection]) -> None:
         """Take ``conn``'s next run of planned commands into the pass (answered at once if all
         are refused: then the next run), or hand it to its task."""
         server = self.server
@@ -247,8 +252,12 @@ class Poller:
                 self._hand(conn)
                 return
             first = server._plan(conn, item)
-            if first is None or (isinstance(first, Write) and conn.session.client_id is None):
+            if first is None:
                 self._hand(conn)
+                return
+            if isinstance(first, Write) and conn.session.client_id is None:
+                registers.append(conn)  # (its first write: the command waits for its session)
+                state.mode = "busy"
                 return
             conn.pending.popleft()
             group = server._gather(conn, conn.pending, [first], type(first))
@@ -287,6 +296,37 @@ class Poller:
                 await driver.submit_client(op, body, (answers, index), size_bytes, more=True)
                 index += 1
         driver.start_round(client=True)
+
+    async def _register(self, conns: list[_Connection]) -> None:
+        """Register the client sessions of connections about to write for the first time, as one
+        group (a task per connection, each asking the driver alone, cost about a quarter of a
+        millisecond of the leader's time per new connection); their writes wait in the parser."""
+        edge = self.server.edge
+        answers = Answers(len(conns), edge.edge_name, lambda: self._registered(conns, answers))
+        self.server.lapses.add(answers)
+        self.server.lapses.open += 1
+        for index in range(len(conns)):
+            await edge.driver.submit_client("register", {}, (answers, index), 0, more=True)
+        edge.driver.start_round(client=True)
+
+    def _registered(self, conns: list[_Connection], answers: Answers) -> None:
+        """The sessions are registered (or refused: that connection's task registers it, as
+        before, retrying during an election); their writes go in the next pass."""
+        lapses = self.server.lapses
+        lapses.open -= 1
+        for conn, (ok, value) in zip(conns, take_outcomes(answers, lapses)):
+            try:
+                if conn.polled.mode != "busy":
+                    continue
+                if ok and type(value) is int:
+                    conn.session.registered(value)
+                    conn.polled.mode = "poll"
+                    self._idle(conn)
+                else:
+                    self._hand(conn)
+            except Exception:  # noqa: BLE001 - a bug costs this connection, not the driver's round
+                log.exception("RESP poller: registering connection %d failed", conn.id)
+                self._close(conn)
 
     # ------------------------------------------------------------------ answers
 
