@@ -21,6 +21,7 @@ from tests.node.test_resp_server import resp_address
 from trimaran.node.config import Address
 from trimaran.node.resp import RespServer
 from trimaran.node.resp import poller as poller_module
+from trimaran.node.resp.poller import Poller
 
 #: Bounds every wait of these tests (a bug shows as a timeout, not a hang).
 WAIT_S = 10
@@ -60,12 +61,13 @@ async def until(check: object, what: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def one_node(tmp_path: Path) -> AsyncIterator[tuple[RespServer, Address]]:
+async def one_node(tmp_path: Path) -> AsyncIterator[tuple[RespServer, Poller, Address]]:
+    """A one-node cluster, its leader elected: its RESP listener, that one's poller, its port."""
     async with in_process_cluster(tmp_path, 1, resp_listen=Address(HOST, 0)) as cluster:
         await cluster.leader()
         server = cluster.nodes[1].resp_server
         assert server is not None and server.poller is not None
-        yield server, resp_address(cluster, 1)
+        yield server, server.poller, resp_address(cluster, 1)
 
 
 async def connect(address: Address, receive_buffer_bytes: int = 0) -> trio.SocketStream:
@@ -77,9 +79,7 @@ async def connect(address: Address, receive_buffer_bytes: int = 0) -> trio.Socke
 
 
 async def test_answers_in_order_per_connection_when_connections_share_a_group(tmp_path: Path) -> None:
-    async with one_node(tmp_path) as (server, address):
-        poller = server.poller
-        assert poller is not None
+    async with one_node(tmp_path) as (server, poller, address):
         streams = [await connect(address) for _ in range(40)]
         for i, stream in enumerate(streams):  # (each session registers on its first write)
             await ask(stream, command("SET", f"k{i}", "start"), b"+OK\r\n")
@@ -106,9 +106,7 @@ async def test_answers_in_order_per_connection_when_connections_share_a_group(tm
 
 
 async def test_a_connection_leaves_for_its_task_and_comes_back(tmp_path: Path) -> None:
-    async with one_node(tmp_path) as (server, address):
-        poller = server.poller
-        assert poller is not None
+    async with one_node(tmp_path) as (server, poller, address):
         a, b = await connect(address), await connect(address)
         await ask(a, command("SET", "a", "1"), b"+OK\r\n")
         await ask(b, command("GET", "a"), bulk(b"1"))
@@ -139,9 +137,7 @@ async def test_a_connection_leaves_for_its_task_and_comes_back(tmp_path: Path) -
 
 
 async def test_a_client_not_reading_does_not_hold_up_the_others(tmp_path: Path) -> None:
-    async with one_node(tmp_path) as (server, address):
-        poller = server.poller
-        assert poller is not None
+    async with one_node(tmp_path) as (server, poller, address):
         value = b"x" * (512 * 1024)
         slow = await connect(address, receive_buffer_bytes=4096)
         await ask(slow, command("SET", "big", value), b"+OK\r\n")
@@ -161,9 +157,7 @@ async def test_a_client_not_reading_does_not_hold_up_the_others(tmp_path: Path) 
 
 
 async def test_clients_closing_with_commands_in_flight(tmp_path: Path) -> None:
-    async with one_node(tmp_path) as (server, address):
-        poller = server.poller
-        assert poller is not None
+    async with one_node(tmp_path) as (server, poller, address):
         keeper = await connect(address)
         await ask(keeper, command("SET", "keep", "0"), b"+OK\r\n")
         leaving = [await connect(address) for _ in range(30)]
@@ -215,9 +209,7 @@ async def test_a_group_refused_as_not_the_leader_goes_to_the_leader(tmp_path: Pa
 
 
 async def test_new_connections_first_writes_register_their_sessions_together(tmp_path: Path) -> None:
-    async with one_node(tmp_path) as (server, address):
-        poller = server.poller
-        assert poller is not None
+    async with one_node(tmp_path) as (server, poller, address):
         streams = [await connect(address) for _ in range(30)]
         await until(lambda: poller.connections == len(streams), "every connection in the poller")
         handed, lapsed = poller.handed, server.lapses.lapsed
