@@ -4,9 +4,9 @@ On plain sockets the listener's poller (:mod:`.poller`) serves every connection'
 commands (below) in passes: one read per ready socket, every connection's writes in one group and
 its reads in another, answers written from the driver's round; a connection leaves it for its own
 task for anything else (and comes back). That task, and over TLS the one task per connection,
-reads (straight from a plain socket, waiting for it only when it has nothing), parses with the sans-IO :class:`~trimaran.protocols.resp.RespParser`
-(``resp_inflight_commands_max`` commands at a time: pipelining reads ahead that far, then stops
-reading), runs the commands in order and writes their answers, so a pipeline's answers come back
+reads (straight from a plain socket, waiting for it only when it has nothing), parses with the
+sans-IO :class:`~trimaran.protocols.resp.RespParser` (``resp_inflight_commands_max`` commands
+at a time: pipelining reads ahead that far, then stops reading), runs the commands in order and writes their answers, so a pipeline's answers come back
 in the order sent and a write is applied before a later read of the same connection runs (Redis's
 order). Reads or writes waiting back to back go to the driver together (:mod:`.groups`), their
 answers written together in order, straight to the socket (``send_all`` for what it does not
@@ -71,8 +71,8 @@ from trimaran.node.http.chat_gateway import ChatHub
 from trimaran.node.http.edge import HttpEdge
 from trimaran.node.resp import connection_commands, keyspace, pubsub, strings, transactions
 from trimaran.node.resp.base import ANSWERED, Handler, Planned, Quit, Read, RespError, Write, error_reply, unknown_command
-from trimaran.node.resp.poller import PolledState, Poller
 from trimaran.node.resp.groups import Lapses, Outcome, RespSession, submit_or_forward
+from trimaran.node.resp.poller import PolledState, Poller
 from trimaran.protocols import resp
 from trimaran.protocols.resp import NOAUTH, ErrorReply, Reply, RespParser
 
@@ -146,7 +146,6 @@ class RespServer:
         wall_clock_ms: Callable[[], int] | None = None,
         hub: ChatHub | None = None,
         tls: ssl.SSLContext | None = None,
-        poller: bool = True,
     ) -> None:
         assert config.resp_listen is not None
         self.config = config
@@ -163,9 +162,9 @@ class RespServer:
         self.scan_cursors = keyspace.Cursors()
         #: Times out the groups of every connection (one task, not a timeout per command).
         self.lapses = Lapses(config.request_timeout_ms / 1000)
-        #: Serves the plain-socket connections' planned commands, all of them in one pass (None:
-        #: TLS, or ``poller`` off: a task per connection runs everything, as over TLS).
-        self.poller: Poller | None = Poller(self) if tls is None and poller else None
+        #: Serves the plain-socket connections' planned commands, all of them in one pass (None
+        #: over TLS: a task per connection runs everything).
+        self.poller: Poller | None = Poller(self) if tls is None else None
         #: Counters (reported in the node's status metrics).
         self.connections = 0
         self.connections_refused = 0
