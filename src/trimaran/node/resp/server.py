@@ -1,18 +1,18 @@
 """The RESP listener's connections.
 
-On plain sockets the listener's poller (:mod:`.poller`) serves every connection's planned
-commands (below) in passes: one read per ready socket, every connection's writes in one group and
-its reads in another, answers written from the driver's round; a connection leaves it for its own
-task for anything else (and comes back). That task, and over TLS the one task per connection,
-reads (straight from a plain socket, waiting for it only when it has nothing), parses with the
-sans-IO :class:`~trimaran.protocols.resp.RespParser` (``resp_inflight_commands_max`` commands
-at a time: pipelining reads ahead that far, then stops reading), runs the commands in order and writes their answers, so a pipeline's answers come back
-in the order sent and a write is applied before a later read of the same connection runs (Redis's
-order). Reads or writes waiting back to back go to the driver together (:mod:`.groups`), their
-answers written together in order, straight to the socket (``send_all`` for what it does not
-take) before more commands are taken; an answer over ``resp_answer_bytes_max`` is replaced by an
-error. Every connection's groups are timed out by the listener's one :class:`~.groups.Lapses`
-task, not a timeout per command.
+On plain sockets the listener's poller (:mod:`.poller`) serves every connection's planned commands
+(below) in passes: one read per ready socket, every connection's writes in one group and its reads
+in another, answers written from the driver's round; a connection leaves it for its own task for
+anything else (and comes back). That task, and over TLS the one task per connection, reads
+(straight from a plain socket, waiting for it only when it has nothing), parses with the sans-IO
+:class:`~trimaran.protocols.resp.RespParser` (``resp_inflight_commands_max`` commands at a time:
+pipelining reads ahead that far, then stops reading), runs the commands in order and writes their
+answers, so a pipeline's answers come back in the order sent and a write is applied before a later
+read of the same connection runs (Redis's order). Reads or writes waiting back to back go to the
+driver together (:mod:`.groups`), their answers written together in order, straight to the socket
+(``send_all`` for what it does not take) before more commands are taken; an answer over
+``resp_answer_bytes_max`` is replaced by an error. Every connection's groups are timed out by the
+listener's one :class:`~.groups.Lapses` task, not a timeout per command.
 
 A protocol error is answered ``-ERR Protocol error: ...`` (after the answers to the commands before
 it) and the connection closed, as Redis does; the node is unaffected. At most
