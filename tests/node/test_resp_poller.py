@@ -11,7 +11,7 @@ import contextlib
 import socket
 import struct
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import pytest
 import trio
@@ -61,9 +61,9 @@ async def until(check: object, what: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def one_node(tmp_path: Path) -> AsyncIterator[tuple[RespServer, Poller, Address]]:
+async def one_node(tmp_path: Path, **overrides: Any) -> AsyncIterator[tuple[RespServer, Poller, Address]]:
     """A one-node cluster, its leader elected: its RESP listener, that one's poller, its port."""
-    async with in_process_cluster(tmp_path, 1, resp_listen=Address(HOST, 0)) as cluster:
+    async with in_process_cluster(tmp_path, 1, resp_listen=Address(HOST, 0), **overrides) as cluster:
         await cluster.leader()
         server = cluster.nodes[1].resp_server
         assert server is not None and server.poller is not None
@@ -224,3 +224,25 @@ async def test_new_connections_first_writes_register_their_sessions_together(tmp
         assert None not in client_ids and len(client_ids) == len(streams)
         for stream in streams:
             await stream.aclose()
+
+
+async def test_a_group_the_driver_never_answers_lapses_and_the_connection_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with one_node(tmp_path, request_timeout_ms=300) as (server, poller, address):
+        driver = server.edge.driver
+        submit = driver.submit_client
+
+        async def lose_some(op: str, body: dict[str, Any], token: Any, size_bytes: int, *, more: bool = False) -> None:
+            if "lost" not in repr(body):  # (the driver never hears of the others)
+                await submit(op, body, token, size_bytes, more=more)
+
+        monkeypatch.setattr(driver, "submit_client", lose_some)
+        stream = await connect(address)
+        await ask(stream, command("SET", "kept", "1"), b"+OK\r\n")
+        await until(lambda: poller.connections == 1, "the connection in the poller")
+        lapsed = server.lapses.lapsed
+        await stream.send_all(command("GET", "lost"))
+        answer = await read_exactly(stream, len(b"-ERR no answer within 0.3 s; the outcome is unknown\r\n"))
+        assert answer == b"-ERR no answer within 0.3 s; the outcome is unknown\r\n"
+        assert server.lapses.lapsed == lapsed + 1
+        await ask(stream, command("GET", "kept"), bulk(b"1"))
+        await stream.aclose()
