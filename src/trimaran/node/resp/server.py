@@ -57,6 +57,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import select
 import ssl
 import time
 from collections import deque
@@ -163,8 +164,8 @@ class RespServer:
         #: Times out the groups of every connection (one task, not a timeout per command).
         self.lapses = Lapses(config.request_timeout_ms / 1000)
         #: Serves the plain-socket connections' planned commands, all of them in one pass (None
-        #: over TLS: a task per connection runs everything).
-        self.poller: Poller | None = Poller(self) if tls is None else None
+        #: over TLS, or without ``select.epoll`` (not Linux): a task per connection runs everything).
+        self.poller: Poller | None = Poller(self) if tls is None and hasattr(select, "epoll") else None
         #: Counters (reported in the node's status metrics).
         self.connections = 0
         self.connections_refused = 0
