@@ -19,7 +19,7 @@ waits for its answers until the listener's :class:`Lapses` ends it (``request_ti
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 import trio
 
@@ -39,14 +39,17 @@ Outcome = tuple[bool, Any]
 LAPSE_CHECK_S = 0.1
 
 
-class _Answers:
+class Answers:
     """The driver's reply target for one group: the outcome of each write, by its index. Its
     caller waits for them all by parking its task (:meth:`wait`), woken by the last answer: a
-    ``trio.Event`` per group cost its allocation and a parking lot each time."""
+    ``trio.Event`` per group cost its allocation and a parking lot each time. Or, with
+    ``on_done`` (the listener's poller, :mod:`.poller`, which waits for no group), that is called
+    once every answer came (at the end of the driver's round that gave the last one, from
+    :meth:`flush_replies`, so peer messages leave first) or the wait lapsed; no task waits."""
 
-    __slots__ = ("edge_name", "outcomes", "left", "finished", "give_up_at", "_task")
+    __slots__ = ("edge_name", "outcomes", "left", "finished", "give_up_at", "_task", "_on_done")
 
-    def __init__(self, count: int, edge_name: str) -> None:
+    def __init__(self, count: int, edge_name: str, on_done: Callable[[], None] | None = None) -> None:
         #: The edge the group's requests are counted under (``RequestStats.edge_outcomes``).
         self.edge_name = edge_name
         self.outcomes: list[Outcome | None] = [None] * count
@@ -56,6 +59,7 @@ class _Answers:
         #: When it stops waiting (trio time; see :class:`Lapses`).
         self.give_up_at = 0.0
         self._task: trio.lowlevel.Task | None = None
+        self._on_done = on_done
 
     def on_reply(self, index: int, ok: bool, value: Any) -> None:
         if self.finished:
@@ -73,6 +77,12 @@ class _Answers:
             task, self._task = self._task, None
             if task is not None:
                 trio.lowlevel.reschedule(task)
+
+    def flush_replies(self) -> None:
+        """The driver's end of a round that answered this group (see ``ReplyTarget``)."""
+        if self.finished and self._on_done is not None:
+            on_done, self._on_done = self._on_done, None
+            on_done()
 
     async def wait(self) -> None:
         if self.finished:
@@ -95,12 +105,12 @@ class Lapses:
 
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
-        self._waiting: deque[_Answers] = deque()
+        self._waiting: deque[Answers] = deque()
         self.lapsed = 0
         #: Groups submitted and not yet answered (or lapsed), of every connection.
         self.open = 0
 
-    def add(self, answers: _Answers) -> None:
+    def add(self, answers: Answers) -> None:
         answers.give_up_at = trio.current_time() + self.timeout_s
         self._waiting.append(answers)
 
@@ -116,6 +126,7 @@ class Lapses:
             if not answers.finished:
                 self.lapsed += 1
                 answers.finish()  # the outcomes still None are answered RequestTimeout
+                answers.flush_replies()
 
     async def run(self) -> None:
         while True:
@@ -126,7 +137,7 @@ class Lapses:
 async def submit_group(edge: HttpEdge, op: str, bodies: list[dict[str, Any]], sizes_bytes: list[int], lapses: Lapses) -> list[Outcome]:
     """Submit requests to the local driver in order, in one round; their outcomes in that order
     (``RequestTimeout`` for any not answered within ``request_timeout_ms``, ended by ``lapses``)."""
-    answers = _Answers(len(bodies), edge.edge_name)
+    answers = Answers(len(bodies), edge.edge_name)
     driver = edge.driver
     lapses.add(answers)
     lapses.open += 1
@@ -148,6 +159,11 @@ async def submit_group(edge: HttpEdge, op: str, bodies: list[dict[str, Any]], si
         await answers.wait()
     finally:
         lapses.open -= 1
+    return take_outcomes(answers, lapses)
+
+
+def take_outcomes(answers: Answers, lapses: Lapses) -> list[Outcome]:
+    """A finished group's outcomes (``RequestTimeout`` for those not answered in time)."""
     late = RequestTimeout(f"no answer within {lapses.timeout_s:g} s; the outcome is unknown")
     got = [outcome if outcome is not None else (False, late) for outcome in answers.outcomes]
     answers.outcomes = []  # (it may wait in the lapses' queue behind an older group: keep no values)
@@ -168,7 +184,7 @@ async def submit_or_forward(
     requests applied); otherwise the error is the answer."""
     give_up_at = trio.current_time() + edge.config.request_timeout_ms / 1000
     got: list[Outcome] | None = None
-    leader = _other_leader(edge) if op != "read" else None
+    leader = other_leader(edge) if op != "read" else None
     if leader is not None:
         # A follower that knows who leads sends writes there at once: asking its own driver first
         # only cost a round (and a pass through the loop) to learn not_leader. Reads stay here (a
@@ -177,6 +193,20 @@ async def submit_or_forward(
         got = await _forward(edge, leader, op, bodies, token, give_up_at)
     if got is None:
         got = await submit_group(edge, op, bodies, sizes_bytes, lapses)
+    return await settle(edge, op, bodies, sizes_bytes, token, lapses, got, give_up_at)
+
+
+def refused_here(got: list[Outcome]) -> bool:
+    """Whether any of a group's outcomes is this node's refusal as not the leader (:func:`settle`'s work)."""
+    return any(not ok and isinstance(value, NotLeader) for ok, value in got)
+
+
+async def settle(
+    edge: HttpEdge, op: str, bodies: list[dict[str, Any]], sizes_bytes: list[int], token: str | None, lapses: Lapses,
+    got: list[Outcome], give_up_at: float,
+) -> list[Outcome]:  # fmt: skip
+    """``got`` (a group's outcomes from this node's driver) with the requests refused as not the
+    leader sent to the leader, or asked again during an election (see :func:`submit_or_forward`)."""
     while True:
         refused = [i for i, (ok, value) in enumerate(got) if not ok and isinstance(value, NotLeader)]
         if not refused:
@@ -196,7 +226,7 @@ async def submit_or_forward(
             got[index] = outcome
 
 
-def _other_leader(edge: HttpEdge) -> Address | None:
+def other_leader(edge: HttpEdge) -> Address | None:
     """The client address of the leader when this node knows it is another node (None: this node
     leads, or thinks it does, or knows no leader or no address for it)."""
     leader_id = edge.driver.replica.leader_id
@@ -249,20 +279,30 @@ class RespSession(EdgeSession):
                     raise
                 await trio.sleep(NO_LEADER_WAIT_S)
 
+    def number(self, client_id: int, service: str, commands: list[Any]) -> tuple[list[int], list[dict[str, Any]]]:
+        """Number ``commands`` in this (registered) session, in order: their seqs (unanswered
+        until the caller takes them out of ``_unanswered``) and request bodies."""
+        seqs = list(range(self._seq + 1, self._seq + 1 + len(commands)))
+        self._seq = seqs[-1]
+        self._unanswered.update(seqs)
+        ack_seq = min(self._unanswered) - 1
+        bodies = [{"client_id": client_id, "seq": seq, "ack_seq": ack_seq, "service": service, "command": command} for command, seq in zip(commands, seqs)]
+        return seqs, bodies
+
+    def registered(self, client_id: int) -> None:
+        """Registered by the listener's poller (with the first writes of other connections)."""
+        self.client_id, self._seq = client_id, 0
+
+    def answered(self, seqs: list[int]) -> None:
+        self._unanswered.difference_update(seqs)
+
     async def command_group(self, service: str, commands: list[tuple[Any, int]], token: str | None) -> list[Outcome]:
         """Apply ``commands`` ([command, size_bytes], ...) in order, each exactly once; their outcomes."""
         outcomes: list[Outcome | None] = [None] * len(commands)
         todo = list(range(len(commands)))
         for attempt in range(2):
             client_id = await self._register(token)
-            seqs = list(range(self._seq + 1, self._seq + 1 + len(todo)))
-            self._seq = seqs[-1]
-            self._unanswered.update(seqs)
-            ack_seq = min(self._unanswered) - 1
-            bodies = [
-                {"client_id": client_id, "seq": seq, "ack_seq": ack_seq, "service": service, "command": commands[i][0]}
-                for i, seq in zip(todo, seqs)
-            ]
+            seqs, bodies = self.number(client_id, service, [commands[i][0] for i in todo])
             sizes_bytes = [commands[i][1] for i in todo]
             try:
                 got = await submit_or_forward(self.edge, "command", bodies, sizes_bytes, token, self.lapses)

@@ -1,15 +1,18 @@
 """The RESP listener's connections.
 
-Each connection is served by one task that reads (straight from a plain socket, waiting for it
-only when it has nothing), parses with the sans-IO :class:`~trimaran.protocols.resp.RespParser`
-(``resp_inflight_commands_max`` commands at a time: pipelining reads ahead that far, then stops
-reading), runs the commands in order and writes their answers, so a pipeline's answers come back
-in the order sent and a write is applied before a later read of the same connection runs (Redis's
-order). Reads or writes waiting back to back go to the driver together (:mod:`.groups`), their
-answers written together in order, straight to the socket (``send_all`` for what it does not
-take) before more commands are taken; an answer over ``resp_answer_bytes_max`` is replaced by an
-error. Every connection's groups are timed out by the listener's one :class:`~.groups.Lapses`
-task, not a timeout per command.
+On plain sockets the listener's poller (:mod:`.poller`) serves every connection's planned commands
+(below) in passes: one read per ready socket, every connection's writes in one group and its reads
+in another, answers written from the driver's round; a connection leaves it for its own task for
+anything else (and comes back). That task, and over TLS the one task per connection, reads
+(straight from a plain socket, waiting for it only when it has nothing), parses with the sans-IO
+:class:`~trimaran.protocols.resp.RespParser` (``resp_inflight_commands_max`` commands at a time:
+pipelining reads ahead that far, then stops reading), runs the commands in order and writes their
+answers, so a pipeline's answers come back in the order sent and a write is applied before a later
+read of the same connection runs (Redis's order). Reads or writes waiting back to back go to the
+driver together (:mod:`.groups`), their answers written together in order, straight to the socket
+(``send_all`` for what it does not take) before more commands are taken; an answer over
+``resp_answer_bytes_max`` is replaced by an error. Every connection's groups are timed out by the
+listener's one :class:`~.groups.Lapses` task, not a timeout per command.
 
 A protocol error is answered ``-ERR Protocol error: ...`` (after the answers to the commands before
 it) and the connection closed, as Redis does; the node is unaffected. At most
@@ -54,6 +57,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import select
 import ssl
 import time
 from collections import deque
@@ -68,7 +72,8 @@ from trimaran.node.http.chat_gateway import ChatHub
 from trimaran.node.http.edge import HttpEdge
 from trimaran.node.resp import connection_commands, keyspace, pubsub, strings, transactions
 from trimaran.node.resp.base import ANSWERED, Handler, Planned, Quit, Read, RespError, Write, error_reply, unknown_command
-from trimaran.node.resp.groups import Lapses, RespSession, submit_or_forward
+from trimaran.node.resp.groups import Lapses, Outcome, RespSession, submit_or_forward
+from trimaran.node.resp.poller import PolledState, Poller
 from trimaran.protocols import resp
 from trimaran.protocols.resp import NOAUTH, ErrorReply, Reply, RespParser
 
@@ -125,6 +130,11 @@ class _Connection:
         #: run in the connection's nursery.
         self.pubsub: pubsub.Subscriptions | None = None
         self.nursery: trio.Nursery | None = None
+        #: Its parser, and the commands parsed and not yet run (a ProtocolError last).
+        self.parser = RespParser()
+        self.pending: deque[Any] = deque()
+        #: Its state with the listener's poller (:mod:`.poller`; plain sockets only).
+        self.polled = PolledState()
 
 
 class RespServer:
@@ -153,6 +163,9 @@ class RespServer:
         self.scan_cursors = keyspace.Cursors()
         #: Times out the groups of every connection (one task, not a timeout per command).
         self.lapses = Lapses(config.request_timeout_ms / 1000)
+        #: Serves the plain-socket connections' planned commands, all of them in one pass (None
+        #: over TLS, or without ``select.epoll`` (not Linux): a task per connection runs everything).
+        self.poller: Poller | None = Poller(self) if tls is None and hasattr(select, "epoll") else None
         #: Counters (reported in the node's status metrics).
         self.connections = 0
         self.connections_refused = 0
@@ -171,10 +184,18 @@ class RespServer:
         listeners: list[trio.abc.Listener[Any]] = list(tcp)
         if self.tls is not None:  # the handshake happens on the connection's first read or write
             listeners = [trio.SSLListener(listener, self.tls) for listener in tcp]
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.lapses.run)
-            nursery.start_soon(trio.serve_listeners, self._handle, listeners)
-            task_status.started(self.address)
+        if self.poller is not None:
+            self.poller.open()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.lapses.run)
+                if self.poller is not None:
+                    nursery.start_soon(self.poller.run)
+                nursery.start_soon(trio.serve_listeners, self._handle, listeners)
+                task_status.started(self.address)
+        finally:
+            if self.poller is not None:
+                self.poller.close()
 
     async def _handle(self, stream: trio.abc.Stream) -> None:
         async with stream:
@@ -199,24 +220,30 @@ class RespServer:
         try:
             async with trio.open_nursery() as nursery:  # (pub/sub's tasks run in it)
                 conn.nursery = nursery
-                await _until_gone(self._loop, conn)
+                if self.poller is not None and conn.fd is not None:
+                    await _until_gone(self.poller.serve, conn)
+                else:
+                    await _until_gone(self._loop, conn)
                 nursery.cancel_scope.cancel()
         finally:
             if conn.pubsub is not None:
                 conn.pubsub.detach()
 
-    async def _loop(self, conn: _Connection) -> None:
+    async def _loop(self, conn: _Connection, hand_back: Callable[[_Connection], bool] | None = None) -> bool:
         """Read, parse and run the connection's commands, one task per connection: a command
         waiting for its answer holds the next ones in the parser (and the socket) rather than in a
         channel to a second task, which cost a task switch per command. What a read brings is run
-        in order; writes (or reads) back to back go to the driver together."""
-        parser = RespParser()
-        pending: deque[Any] = deque()  # commands parsed and not yet run, a ProtocolError last
+        in order; writes (or reads) back to back go to the driver together. With ``hand_back``
+        (the poller's): stop (True) when every command read is answered and it says the
+        connection may go back to the poller. False: the connection is to be closed."""
+        parser, pending = conn.parser, conn.pending
         while True:
             if not pending:
+                if hand_back is not None and hand_back(conn):
+                    return True
                 data = await _receive(conn)
                 if not data:
-                    return
+                    return False
                 self._parse(conn, parser, pending, data)
                 if not pending:
                     continue
@@ -224,13 +251,13 @@ class RespServer:
             if isinstance(item, ProtocolError):
                 self.protocol_errors += 1
                 await conn.stream.send_all(resp.encode(resp.protocol_error_reply(item), conn.protocol))
-                return
+                return False
             first = self._plan(conn, item)
             if first is not None:
                 group = self._gather(conn, pending, [first], type(first))
                 await self._run_planned(conn, group)
             elif not await self._run_one(conn, item):
-                return
+                return False
             if not pending:
                 self._parse(conn, parser, pending, b"")  # what the last read brought beyond that
 
@@ -372,20 +399,7 @@ class RespServer:
     async def run_group(self, conn: _Connection, group: list[Write | Read | ErrorReply]) -> list[Reply]:
         """Apply the writes of ``group`` in order in one commit round, or serve its reads at one
         read point (see :mod:`.groups`); an ErrorReply stands for itself. Their replies, in order."""
-        replies: list[Reply] = [g if isinstance(g, ErrorReply) else None for g in group]
-        sent = []
-        bodies = []  # (a read's is what is submitted; a write's only what is authorised)
-        for index, plan in enumerate(group):
-            if isinstance(plan, ErrorReply):
-                continue
-            op, body = ("command", {"service": "kv", "command": plan.command}) if isinstance(plan, Write) else ("read", {"service": "kv", "query": plan.query, "consistency": conn.consistency})
-            try:
-                self.authorise(conn, op, body)
-            except TrimaranError as exc:
-                replies[index] = error_reply(exc)  # refused here: nothing of it reaches the log
-            else:
-                sent.append(index)
-                bodies.append(body)
+        replies, sent, bodies = self.authorised(conn, group)
         if not sent:
             return replies
         writes = [plan for i in sent if isinstance(plan := group[i], Write)]
@@ -397,6 +411,31 @@ class RespServer:
                 outcomes = await submit_or_forward(self.edge, "read", bodies, [0] * len(bodies), conn.token, self.lapses)
         except TrimaranError as exc:  # the session could not be registered: nothing was sent
             outcomes = [(False, exc)] * len(sent)
+        return self.answer(group, replies, sent, outcomes)
+
+    def authorised(self, conn: _Connection, group: list[Write | Read | ErrorReply]) -> tuple[list[Reply], list[int], list[dict[str, Any]]]:
+        """A group's replies so far (its refusals: an ErrorReply of its own, or outside the
+        connection's token), the indexes of the plans to send, and their bodies (a read's is
+        what is submitted; a write's only what is authorised)."""
+        replies: list[Reply] = [g if isinstance(g, ErrorReply) else None for g in group]
+        sent = []
+        bodies = []
+        for index, plan in enumerate(group):
+            if isinstance(plan, ErrorReply):
+                continue
+            op, body = ("command", {"service": "kv", "command": plan.command}) if isinstance(plan, Write) else ("read", {"service": "kv", "query": plan.query, "consistency": conn.consistency})
+            try:
+                self.authorise(conn, op, body)
+            except TrimaranError as exc:
+                replies[index] = error_reply(exc)  # refused here: nothing of it reaches the log
+            else:
+                sent.append(index)
+                bodies.append(body)
+        return replies, sent, bodies
+
+    @staticmethod
+    def answer(group: list[Write | Read | ErrorReply], replies: list[Reply], sent: list[int], outcomes: list[Outcome]) -> list[Reply]:
+        """``replies`` completed with the answers of the plans sent (``sent``), from their outcomes."""
         for index, (ok, value) in zip(sent, outcomes):
             plan = group[index]
             if isinstance(plan, Write):
@@ -485,7 +524,7 @@ def _check_unauthenticated(command: list[bytes]) -> None:
         raise ProtocolError("Protocol error: unauthenticated bulk length")
 
 
-async def _until_gone(task: Callable[..., Awaitable[None]], *args: Any) -> None:
+async def _until_gone(task: Callable[..., Awaitable[object]], *args: Any) -> None:
     """Run one of a connection's tasks; the client going away (reset, closed) just ends it."""
     try:
         await task(*args)
