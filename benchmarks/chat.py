@@ -61,11 +61,27 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
 
 
+def ports_from(base: int, count: int) -> list[int]:
+    """``count`` ports from ``base`` up (within 1000) that bind now: the range overlaps the OS's
+    ephemeral ports, so one may be held by a connection's local end."""
+    ports: list[int] = []
+    for port in range(base, base + 1000):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise RuntimeError(f"fewer than {count} free ports in {base}..{base + 999}")
+
+
 class Cluster:
-    def __init__(self, root: Path, profile_dir: Path | None = None) -> None:
+    def __init__(self, root: Path, profile_dir: Path | None = None, port_base: int | None = None) -> None:
         from tests.client.real_cluster import free_ports
 
-        ports = free_ports(9)
+        ports = free_ports(9) if port_base is None else ports_from(port_base, 9)
         self.root = root
         self.profile_dir = profile_dir
         self.client = {i: ports[i - 1] for i in (1, 2, 3)}
@@ -174,6 +190,27 @@ class RawSubscriber:
             pos = start + n
         del buf[:pos]
         return out
+
+
+READER_SOURCE = ROOT / "benchmarks" / "chat_reader.c"
+READER_BINARY = ROOT / "build" / "chat_reader"
+
+
+def c_reader() -> Path | None:
+    """The C subscriber worker (``chat_reader.c``, the same check of every offset at a fraction of
+    the Python worker's CPU), built into ``build/`` with the machine's compiler when the binary is
+    missing or older than its source; None when no compiler is found or the build fails."""
+    if READER_BINARY.exists() and READER_BINARY.stat().st_mtime >= READER_SOURCE.stat().st_mtime:
+        return READER_BINARY
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None
+    READER_BINARY.parent.mkdir(parents=True, exist_ok=True)
+    built = subprocess.run([compiler, "-O2", "-o", str(READER_BINARY), str(READER_SOURCE)], capture_output=True, text=True)
+    if built.returncode != 0:
+        print(f"  the C subscriber worker did not build ({built.stderr.strip()[-300:]}); the Python worker runs", flush=True)
+        return None
+    return READER_BINARY
 
 
 def subscribers_worker(spec: dict[str, Any]) -> None:
@@ -289,8 +326,9 @@ def subscribers_worker(spec: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------- one row
 
 
-def fanout(cluster: Cluster, subs: int, total: int, window: int, procs: int) -> dict[str, Any]:
-    """Run ``total`` publishes to ``subs`` subscribers; the row's figures."""
+def fanout(cluster: Cluster, subs: int, total: int, window: int, procs: int, reader: Path | None) -> dict[str, Any]:
+    """Run ``total`` publishes to ``subs`` subscribers (the workers: ``reader``, the C one, or the
+    Python :func:`subscribers_worker` when None); the row's figures."""
     import trio
 
     import trimaran
@@ -301,6 +339,9 @@ def fanout(cluster: Cluster, subs: int, total: int, window: int, procs: int) -> 
     workers = []
     for w in range(procs):
         spec = {"ports": ports[w::procs], "channel": channel, "total": total, "deadline_s": 180}
+        if reader is not None:
+            workers.append(subprocess.Popen([str(reader), channel, str(total), "180", *map(str, spec["ports"])], stdout=subprocess.PIPE, text=True))
+            continue
         cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
         if cluster.profile_dir is not None:
             cmd[1:1] = ["-m", "cProfile", "-o", str(cluster.profile_dir / f"subscribers{subs}-{w}.prof")]
@@ -343,7 +384,14 @@ def fanout(cluster: Cluster, subs: int, total: int, window: int, procs: int) -> 
                     nursery.start_soon(publish_one)
             return started
 
-        started = trio.run(publish_all)
+        if cluster.profile_dir is None:
+            started = trio.run(publish_all)
+        else:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            started = profiler.runcall(trio.run, publish_all)
+            profiler.dump_stats(str(cluster.profile_dir / f"publisher{subs}.prof"))
         me1 = resource.getrusage(resource.RUSAGE_SELF)
         results = []
         for worker in workers:
@@ -387,17 +435,19 @@ async def wait_ready(cluster: Cluster) -> None:
         await c.chat.publish("warmup", "x")
 
 
-def run_trimaran(subs_list: list[int], total: int, window: int, procs: int, profile_dir: Path | None) -> dict[int, dict[str, Any]]:
+def run_trimaran(
+    subs_list: list[int], total: int, window: int, procs: int, profile_dir: Path | None, port_base: int | None, reader: Path | None
+) -> dict[int, dict[str, Any]]:
     import trio
 
     root = Path(tempfile.mkdtemp(prefix="trimaran-chat-bench-"))
-    cluster = Cluster(root, profile_dir)
+    cluster = Cluster(root, profile_dir, port_base)
     out: dict[int, dict[str, Any]] = {}
     try:
         cluster.start()
         trio.run(wait_ready, cluster)
         for subs in subs_list:
-            row = out[subs] = fanout(cluster, subs, total, window, procs)
+            row = out[subs] = fanout(cluster, subs, total, window, procs, reader)
             cpu = " ".join(f"{k} {v:.1f}" for k, v in row["cpu_ms_per_k"].items())
             load_generator = row["cpu_ms_per_k"]["publisher"] + row["cpu_ms_per_k"]["subscribers"]
             share = load_generator / sum(row["cpu_ms_per_k"].values()) if row["delivered"] else 0.0
@@ -445,25 +495,29 @@ def main() -> None:
     p.add_argument("--window", type=int, default=16, help="publishes in flight (NATS: deliveries outstanding per subscriber)")
     p.add_argument("--procs", type=int, default=2, help="subscriber worker processes")
     p.add_argument("--repeat", type=int, default=1, help="runs per system; medians are printed")
+    p.add_argument("--python-subscribers", action="store_true", help="the Python subscriber workers even when the C one builds")
     p.add_argument("--no-nats", action="store_true", help="skip the NATS comparison")
+    p.add_argument("--ports", type=int, help="the nodes' 9 ports: free ones from PORTS up (default: free ports the OS picks)")
     p.add_argument("--profile", type=Path, help="run each node and subscriber worker under cProfile, writing DIR/*.prof")
     args = p.parse_args()
     subs_list = [int(s) for s in args.subs.split(",")]
     with_nats = not args.no_nats and NATS_SH.exists() and shutil.which("go") is not None
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
+    reader = None if args.python_subscribers else c_reader()
+    generator = f"C ({READER_BINARY.relative_to(ROOT)})" if reader is not None else "Python"
     ours: list[dict[int, dict[str, Any]]] = []
     theirs: list[dict[int, dict[str, Any]]] = []
     for r in range(args.repeat):
         print(f"run {r + 1}/{args.repeat} (load average {os.getloadavg()[0]:.2f})", flush=True)
-        ours.append(run_trimaran(subs_list, args.total, args.window, args.procs, args.profile))
+        ours.append(run_trimaran(subs_list, args.total, args.window, args.procs, args.profile, args.ports, reader))
         if with_nats:
             try:
                 theirs.append(run_nats(subs_list, args.total, args.window))
             except subprocess.CalledProcessError as exc:
                 print(f"  nats: {exc.stderr.strip()[-300:]}")
     print(
-        f"\nmedians of {args.repeat} run(s); {args.total} publishes, window {args.window}, {args.procs} subscriber processes;"
+        f"\nmedians of {args.repeat} run(s); {args.total} publishes, window {args.window}, {args.procs} subscriber processes ({generator});"
         f" load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; trimaran: every publish committed on a majority"
     )
     print(f"{'subs':>5} | {'trimaran/s':>10}{'p50 ms':>8}{'p99 ms':>8} | {'nats ws/s':>10}{'p50 ms':>8}{'p99 ms':>8} | {'ratio':>6}")
