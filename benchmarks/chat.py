@@ -196,21 +196,29 @@ READER_SOURCE = ROOT / "benchmarks" / "chat_reader.c"
 READER_BINARY = ROOT / "build" / "chat_reader"
 
 
-def c_reader() -> Path | None:
+def c_reader(binary: Path = READER_BINARY) -> Path | None:
     """The C subscriber worker (``chat_reader.c``, the same check of every offset at a fraction of
-    the Python worker's CPU), built into ``build/`` with the machine's compiler when the binary is
-    missing or older than its source; None when no compiler is found or the build fails."""
-    if READER_BINARY.exists() and READER_BINARY.stat().st_mtime >= READER_SOURCE.stat().st_mtime:
-        return READER_BINARY
+    the Python worker's CPU), built at ``binary`` with the machine's compiler when it is missing
+    or older than its source; None when no compiler is found or the build fails."""
+    if binary.exists() and binary.stat().st_mtime >= READER_SOURCE.stat().st_mtime:
+        return binary
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         return None
-    READER_BINARY.parent.mkdir(parents=True, exist_ok=True)
-    built = subprocess.run([compiler, "-O2", "-o", str(READER_BINARY), str(READER_SOURCE)], capture_output=True, text=True)
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    built = subprocess.run([compiler, "-O2", "-o", str(binary), str(READER_SOURCE)], capture_output=True, text=True)
     if built.returncode != 0:
         print(f"  the C subscriber worker did not build ({built.stderr.strip()[-300:]}); the Python worker runs", flush=True)
         return None
-    return READER_BINARY
+    return binary
+
+
+def worker_command(reader: Path | None, channel: str, total: int, deadline_s: float, ports: list[int]) -> list[str]:
+    """The command of one subscriber worker process: the C one, or the Python one (None)."""
+    if reader is not None:
+        return [str(reader), channel, str(total), str(deadline_s), *map(str, ports)]
+    spec = {"ports": ports, "channel": channel, "total": total, "deadline_s": deadline_s}
+    return [sys.executable, __file__, "--worker", json.dumps(spec)]
 
 
 def subscribers_worker(spec: dict[str, Any]) -> None:
@@ -338,12 +346,8 @@ def fanout(cluster: Cluster, subs: int, total: int, window: int, procs: int, rea
     procs = max(1, min(procs, subs))
     workers = []
     for w in range(procs):
-        spec = {"ports": ports[w::procs], "channel": channel, "total": total, "deadline_s": 180}
-        if reader is not None:
-            workers.append(subprocess.Popen([str(reader), channel, str(total), "180", *map(str, spec["ports"])], stdout=subprocess.PIPE, text=True))
-            continue
-        cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
-        if cluster.profile_dir is not None:
+        cmd = worker_command(reader, channel, total, 180, ports[w::procs])
+        if reader is None and cluster.profile_dir is not None:
             cmd[1:1] = ["-m", "cProfile", "-o", str(cluster.profile_dir / f"subscribers{subs}-{w}.prof")]
         workers.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True))
     try:
