@@ -2,11 +2,14 @@
 
 One publisher (the native client: every publish is committed on a majority, fsynced, before it is
 acknowledged) and S WebSocket subscribers spread round-robin over the three nodes' gateways
-(``/v1/ws``). The subscribers live in ``--procs`` worker processes, each a plain selector loop over
-raw sockets with a minimal WebSocket reader (no framework: the load generator should cost as little
-CPU as it can), and every subscriber checks every message's offset: offsets 1..total in order, no
-gap, no duplicate (a delivery that is not checked is not counted). The publisher keeps at most
-``--window`` publishes in flight. Prints deliveries per second over all subscribers (first publish
+(``/v1/ws``). The subscribers live in ``--procs`` worker processes, each one loop over raw sockets
+with a minimal WebSocket reader (no framework: the load generator should cost as little CPU as it
+can): ``chat_reader.c``, which the benchmark builds into ``build/`` with the machine's C compiler
+(about a quarter of the Python worker's CPU), or the Python :func:`subscribers_worker` when there
+is no compiler (or with ``--python-subscribers``); the table says which ran. Every subscriber
+checks every message's offset: offsets 1..total in order, no gap, no duplicate (a delivery that is
+not checked is not counted). The publisher keeps at most ``--window`` publishes in flight (that
+many tasks, each publishing in turn). Prints deliveries per second over all subscribers (first publish
 to last delivery) and the publish→delivery latency (p50, p99), the CPU seconds each process spent
 per 1000 deliveries (nodes, publisher, subscriber workers; the machine is shared, so CPU per
 delivery is steadier than deliveries/s), then the same fan-out for NATS core over WebSocket
@@ -15,6 +18,7 @@ replicated; its window is deliveries outstanding per subscriber), and the ratio.
 
     python benchmarks/chat.py                       # 10 and 100 subscribers
     python benchmarks/chat.py --subs 1,10,100 --repeat 3
+    python benchmarks/chat.py --subs 100 --window 64 --ports 33000    # nodes on free ports from 33000
     python benchmarks/chat.py --subs 100 --no-nats --profile build/prof   # cProfile of every process
 
 Fairness: the subscriber workers and the publisher share the 2 cores with the nodes (their CPU share
