@@ -467,7 +467,7 @@ def run_trimaran(
                 print(f"  trimaran subs={subs}: {exc}; once more", flush=True)
                 row = fanout(cluster, subs, total, window, procs, reader)
             out[subs] = row
-            cpu = " ".join(f"{k} {v:.1f}" for k, v in row["cpu_ms_per_k"].items())
+            cpu = " ".join(f"{k} {v:.2f}" for k, v in row["cpu_ms_per_k"].items())
             load_generator = row["cpu_ms_per_k"]["publisher"] + row["cpu_ms_per_k"]["subscribers"]
             share = load_generator / sum(row["cpu_ms_per_k"].values()) if row["delivered"] else 0.0
             print(
@@ -550,7 +550,8 @@ def main() -> None:
         print(f"{subs:>5} | {m[0]:>10.0f}{m[1]:>8.2f}{m[2]:>8.2f} | {cells} | {ratio}")
         if mine:
             cpu = {k: statistics.median(x["cpu_ms_per_k"][k] for x in mine) for k in mine[0]["cpu_ms_per_k"]}
-            print(f"{'':>5}   CPU ms per 1000 deliveries: " + " ".join(f"{k} {v:.1f}" for k, v in cpu.items()))
+            ack_ms = statistics.median(x["ack_p50"] for x in mine)
+            print(f"{'':>5}   CPU ms per 1000 deliveries: " + " ".join(f"{k} {v:.2f}" for k, v in cpu.items()) + f"; publish acknowledged p50 {ack_ms:.1f} ms")
     print("\ntarget (issue 11): deliveries/s >= 1.0x NATS at 100 subscribers")
 
 
