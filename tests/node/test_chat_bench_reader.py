@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -52,8 +53,9 @@ def frame(text: str) -> bytes:
     return head + payload
 
 
-def serve_once(listener: socket.socket, frames: list[str], seen: dict[str, Any]) -> None:
-    """Accept one WebSocket upgrade, read the client's subscribe, send ``frames``, close."""
+def serve_once(listener: socket.socket, frames: list[str], seen: dict[str, Any], piece_bytes: int | None = None) -> None:
+    """Accept one WebSocket upgrade, read the client's subscribe, send ``frames`` (in pieces of
+    ``piece_bytes``, each its own segment, if given), close."""
     conn, _ = listener.accept()
     with conn:
         conn.settimeout(10)
@@ -66,16 +68,23 @@ def serve_once(listener: socket.socket, frames: list[str], seen: dict[str, Any])
         first = conn.recv(4096)  # the subscribe (one small masked frame)
         n, mask = first[1] & 0x7F, first[2:6]
         seen["subscribe"] = json.loads(bytes(b ^ mask[i % 4] for i, b in enumerate(first[6 : 6 + n])))
-        conn.sendall(b"".join(frame(text) for text in frames))
+        data = b"".join(frame(text) for text in frames)
+        if piece_bytes is None:
+            conn.sendall(data)
+            return
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for start in range(0, len(data), piece_bytes):
+            conn.sendall(data[start : start + piece_bytes])
+            time.sleep(0.001)  # (so the reader gets them in separate reads, frames cut anywhere)
 
 
-def run_worker(reader: Path | None, frames: list[str], total: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def run_worker(reader: Path | None, frames: list[str], total: int, piece_bytes: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """What one worker process with one subscriber reports after the scripted gateway's ``frames``."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
         seen: dict[str, Any] = {}
-        server = threading.Thread(target=serve_once, args=(listener, frames, seen), daemon=True)
+        server = threading.Thread(target=serve_once, args=(listener, frames, seen, piece_bytes), daemon=True)
         server.start()
         command = BENCH.worker_command(reader, CHANNEL, total, 20, [listener.getsockname()[1]])
         done = subprocess.run(command, capture_output=True, text=True, timeout=60)
@@ -110,6 +119,13 @@ def test_in_order_deliveries_all_count(reader: Path | None) -> None:
     assert result["errors"] == []
     assert result["delivered"] == 6
     assert len(result["latencies"]) == 6
+
+
+def test_frames_cut_across_reads_are_put_together(reader: Path | None) -> None:
+    long_frame = "\n".join(message(o) for o in range(2, 40))  # over 125 bytes: a 16-bit length
+    result, _ = run_worker(reader, [READY, SUBSCRIBED, message(1), long_frame, message(40)], total=40, piece_bytes=61)
+    assert result["errors"] == []
+    assert result["delivered"] == 40
 
 
 @pytest.mark.parametrize(
