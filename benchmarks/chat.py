@@ -5,12 +5,12 @@ acknowledged) and S WebSocket subscribers spread round-robin over the three node
 (``/v1/ws``). The subscribers live in ``--procs`` worker processes, each one loop over raw sockets
 with a minimal WebSocket reader (no framework: the load generator should cost as little CPU as it
 can): ``chat_reader.c``, which the benchmark builds into ``build/`` with the machine's C compiler
-(about a quarter of the Python worker's CPU), or the Python :func:`subscribers_worker` when there
-is no compiler (or with ``--python-subscribers``); the table says which ran. Every subscriber
-checks every message's offset: offsets 1..total in order, no gap, no duplicate (a delivery that is
-not checked is not counted). The publisher keeps at most ``--window`` publishes in flight (that
-many tasks, each publishing in turn). Prints deliveries per second over all subscribers (first publish
-to last delivery) and the publish→delivery latency (p50, p99), the CPU seconds each process spent
+(a quarter to a third of the Python worker's CPU), or the Python :func:`subscribers_worker` when
+there is no compiler (or with ``--python-subscribers``); the table says which ran. Every
+subscriber checks every message's offset: offsets 1..total in order, no gap, no duplicate (a
+delivery that is not checked is not counted). The publisher keeps at most ``--window`` publishes
+in flight (that many tasks, each publishing in turn). Prints deliveries per second over all
+subscribers (first publish to last delivery) and the publish→delivery latency (p50, p99), the CPU seconds each process spent
 per 1000 deliveries (nodes, publisher, subscriber workers; the machine is shared, so CPU per
 delivery is steadier than deliveries/s), then the same fan-out for NATS core over WebSocket
 (``../shared/peers/nats.sh load --mode fanout --transport ws``: at-most-once, neither persisted nor
