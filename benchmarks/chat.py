@@ -2,12 +2,15 @@
 
 One publisher (the native client: every publish is committed on a majority, fsynced, before it is
 acknowledged) and S WebSocket subscribers spread round-robin over the three nodes' gateways
-(``/v1/ws``). The subscribers live in ``--procs`` worker processes, each a plain selector loop over
-raw sockets with a minimal WebSocket reader (no framework: the load generator should cost as little
-CPU as it can), and every subscriber checks every message's offset: offsets 1..total in order, no
-gap, no duplicate (a delivery that is not checked is not counted). The publisher keeps at most
-``--window`` publishes in flight. Prints deliveries per second over all subscribers (first publish
-to last delivery) and the publish→delivery latency (p50, p99), the CPU seconds each process spent
+(``/v1/ws``). The subscribers live in ``--procs`` worker processes, each one loop over raw sockets
+with a minimal WebSocket reader (no framework: the load generator should cost as little CPU as it
+can): ``chat_reader.c``, which the benchmark builds into ``build/`` with the machine's C compiler
+(a quarter to a third of the Python worker's CPU), or the Python :func:`subscribers_worker` when
+there is no compiler (or with ``--python-subscribers``); the table says which ran. Every
+subscriber checks every message's offset: offsets 1..total in order, no gap, no duplicate (a
+delivery that is not checked is not counted). The publisher keeps at most ``--window`` publishes
+in flight (that many tasks, each publishing in turn). Prints deliveries per second over all
+subscribers (first publish to last delivery) and the publish→delivery latency (p50, p99), the CPU seconds each process spent
 per 1000 deliveries (nodes, publisher, subscriber workers; the machine is shared, so CPU per
 delivery is steadier than deliveries/s), then the same fan-out for NATS core over WebSocket
 (``../shared/peers/nats.sh load --mode fanout --transport ws``: at-most-once, neither persisted nor
@@ -15,6 +18,7 @@ replicated; its window is deliveries outstanding per subscriber), and the ratio.
 
     python benchmarks/chat.py                       # 10 and 100 subscribers
     python benchmarks/chat.py --subs 1,10,100 --repeat 3
+    python benchmarks/chat.py --subs 100 --window 64 --ports 33000    # nodes on free ports from 33000
     python benchmarks/chat.py --subs 100 --no-nats --profile build/prof   # cProfile of every process
 
 Fairness: the subscriber workers and the publisher share the 2 cores with the nodes (their CPU share
@@ -61,11 +65,27 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
 
 
+def ports_from(base: int, count: int) -> list[int]:
+    """``count`` ports from ``base`` up (within 1000) that bind now: the range overlaps the OS's
+    ephemeral ports, so one may be held by a connection's local end."""
+    ports: list[int] = []
+    for port in range(base, base + 1000):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise RuntimeError(f"fewer than {count} free ports in {base}..{base + 999}")
+
+
 class Cluster:
-    def __init__(self, root: Path, profile_dir: Path | None = None) -> None:
+    def __init__(self, root: Path, profile_dir: Path | None = None, port_base: int | None = None) -> None:
         from tests.client.real_cluster import free_ports
 
-        ports = free_ports(9)
+        ports = free_ports(9) if port_base is None else ports_from(port_base, 9)
         self.root = root
         self.profile_dir = profile_dir
         self.client = {i: ports[i - 1] for i in (1, 2, 3)}
@@ -174,6 +194,35 @@ class RawSubscriber:
             pos = start + n
         del buf[:pos]
         return out
+
+
+READER_SOURCE = ROOT / "benchmarks" / "chat_reader.c"
+READER_BINARY = ROOT / "build" / "chat_reader"
+
+
+def c_reader(binary: Path = READER_BINARY) -> Path | None:
+    """The C subscriber worker (``chat_reader.c``, the same check of every offset at a fraction of
+    the Python worker's CPU), built at ``binary`` with the machine's compiler when it is missing
+    or older than its source; None when no compiler is found or the build fails."""
+    if binary.exists() and binary.stat().st_mtime >= READER_SOURCE.stat().st_mtime:
+        return binary
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    built = subprocess.run([compiler, "-O2", "-o", str(binary), str(READER_SOURCE)], capture_output=True, text=True)
+    if built.returncode != 0:
+        print(f"  the C subscriber worker did not build ({built.stderr.strip()[-300:]}); the Python worker runs", flush=True)
+        return None
+    return binary
+
+
+def worker_command(reader: Path | None, channel: str, total: int, deadline_s: float, ports: list[int]) -> list[str]:
+    """The command of one subscriber worker process: the C one, or the Python one (None)."""
+    if reader is not None:
+        return [str(reader), channel, str(total), str(deadline_s), *map(str, ports)]
+    spec = {"ports": ports, "channel": channel, "total": total, "deadline_s": deadline_s}
+    return [sys.executable, __file__, "--worker", json.dumps(spec)]
 
 
 def subscribers_worker(spec: dict[str, Any]) -> None:
@@ -289,8 +338,13 @@ def subscribers_worker(spec: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------- one row
 
 
-def fanout(cluster: Cluster, subs: int, total: int, window: int, procs: int) -> dict[str, Any]:
-    """Run ``total`` publishes to ``subs`` subscribers; the row's figures."""
+class NotSubscribed(RuntimeError):
+    """A subscriber worker's subscribe was refused (its errors say why)."""
+
+
+def fanout(cluster: Cluster, subs: int, total: int, window: int, procs: int, reader: Path | None) -> dict[str, Any]:
+    """Run ``total`` publishes to ``subs`` subscribers (the workers: ``reader``, the C one, or the
+    Python :func:`subscribers_worker` when None); the row's figures."""
     import trio
 
     import trimaran
@@ -300,9 +354,8 @@ def fanout(cluster: Cluster, subs: int, total: int, window: int, procs: int) -> 
     procs = max(1, min(procs, subs))
     workers = []
     for w in range(procs):
-        spec = {"ports": ports[w::procs], "channel": channel, "total": total, "deadline_s": 180}
-        cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
-        if cluster.profile_dir is not None:
+        cmd = worker_command(reader, channel, total, 180, ports[w::procs])
+        if reader is None and cluster.profile_dir is not None:
             cmd[1:1] = ["-m", "cProfile", "-o", str(cluster.profile_dir / f"subscribers{subs}-{w}.prof")]
         workers.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True))
     try:
@@ -310,7 +363,7 @@ def fanout(cluster: Cluster, subs: int, total: int, window: int, procs: int) -> 
             assert worker.stdout is not None
             if worker.stdout.readline().strip() != "ready":
                 result = worker.stdout.read().strip().splitlines()
-                raise RuntimeError(f"a subscriber worker did not subscribe: {result[-1][:1000] if result else worker.wait()}")
+                raise NotSubscribed(f"a subscriber worker did not subscribe: {result[-1][:1000] if result else worker.wait()}")
         node_cpu0 = {i: cpu_s(p.pid) for i, p in cluster.procs.items()}
         me0 = resource.getrusage(resource.RUSAGE_SELF)
 
@@ -326,24 +379,31 @@ def fanout(cluster: Cluster, subs: int, total: int, window: int, procs: int) -> 
             return started
 
         async def publish_window(c: Any) -> float:
+            # ``window`` tasks publishing one after another (not a task per publish: the load
+            # generator should cost as little CPU as it can), so at most ``window`` in flight.
+            left = [total]
+
+            async def publisher() -> None:
+                while left[0] > 0:
+                    left[0] -= 1
+                    at = time.monotonic()
+                    await c.chat.publish(channel, repr(at))
+                    acks_s.append(time.monotonic() - at)
+
+            started = time.monotonic()
             async with trio.open_nursery() as nursery:
-                slots = trio.Semaphore(window)
-                started = time.monotonic()
-
-                async def publish_one() -> None:
-                    try:
-                        at = time.monotonic()
-                        await c.chat.publish(channel, repr(at))
-                        acks_s.append(time.monotonic() - at)
-                    finally:
-                        slots.release()
-
-                for _ in range(total):
-                    await slots.acquire()
-                    nursery.start_soon(publish_one)
+                for _ in range(min(window, total)):
+                    nursery.start_soon(publisher)
             return started
 
-        started = trio.run(publish_all)
+        if cluster.profile_dir is None:
+            started = trio.run(publish_all)
+        else:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            started = profiler.runcall(trio.run, publish_all)
+            profiler.dump_stats(str(cluster.profile_dir / f"publisher{subs}.prof"))
         me1 = resource.getrusage(resource.RUSAGE_SELF)
         results = []
         for worker in workers:
@@ -387,18 +447,27 @@ async def wait_ready(cluster: Cluster) -> None:
         await c.chat.publish("warmup", "x")
 
 
-def run_trimaran(subs_list: list[int], total: int, window: int, procs: int, profile_dir: Path | None) -> dict[int, dict[str, Any]]:
+def run_trimaran(
+    subs_list: list[int], total: int, window: int, procs: int, profile_dir: Path | None, port_base: int | None, reader: Path | None
+) -> dict[int, dict[str, Any]]:
     import trio
 
     root = Path(tempfile.mkdtemp(prefix="trimaran-chat-bench-"))
-    cluster = Cluster(root, profile_dir)
+    cluster = Cluster(root, profile_dir, port_base)
     out: dict[int, dict[str, Any]] = {}
     try:
         cluster.start()
         trio.run(wait_ready, cluster)
         for subs in subs_list:
-            row = out[subs] = fanout(cluster, subs, total, window, procs)
-            cpu = " ".join(f"{k} {v:.1f}" for k, v in row["cpu_ms_per_k"].items())
+            try:
+                row = fanout(cluster, subs, total, window, procs, reader)
+            except NotSubscribed as exc:
+                # A follower refuses a subscribe while it knows no leader (its read index): seen
+                # on a loaded machine right after start. The row again, once, on a fresh channel.
+                print(f"  trimaran subs={subs}: {exc}; once more", flush=True)
+                row = fanout(cluster, subs, total, window, procs, reader)
+            out[subs] = row
+            cpu = " ".join(f"{k} {v:.2f}" for k, v in row["cpu_ms_per_k"].items())
             load_generator = row["cpu_ms_per_k"]["publisher"] + row["cpu_ms_per_k"]["subscribers"]
             share = load_generator / sum(row["cpu_ms_per_k"].values()) if row["delivered"] else 0.0
             print(
@@ -443,27 +512,33 @@ def main() -> None:
     p.add_argument("--subs", default="10,100", help="comma-separated subscriber counts")
     p.add_argument("--total", type=int, default=1000, help="publishes per row")
     p.add_argument("--window", type=int, default=16, help="publishes in flight (NATS: deliveries outstanding per subscriber)")
-    p.add_argument("--procs", type=int, default=2, help="subscriber worker processes")
+    p.add_argument("--procs", type=int, help="subscriber worker processes (default: 1 for the C reader, 2 for the Python one)")
     p.add_argument("--repeat", type=int, default=1, help="runs per system; medians are printed")
+    p.add_argument("--python-subscribers", action="store_true", help="the Python subscriber workers even when the C one builds")
     p.add_argument("--no-nats", action="store_true", help="skip the NATS comparison")
+    p.add_argument("--ports", type=int, help="the nodes' 9 ports: free ones from PORTS up (default: free ports the OS picks)")
     p.add_argument("--profile", type=Path, help="run each node and subscriber worker under cProfile, writing DIR/*.prof")
     args = p.parse_args()
     subs_list = [int(s) for s in args.subs.split(",")]
     with_nats = not args.no_nats and NATS_SH.exists() and shutil.which("go") is not None
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
+    reader = None if args.python_subscribers else c_reader()
+    generator = f"C ({READER_BINARY.relative_to(ROOT)})" if reader is not None else "Python"
+    if args.procs is None:  # (one C process for 100 subscribers cost 0.23 ms per 1000 deliveries, two 0.30)
+        args.procs = 1 if reader is not None else 2
     ours: list[dict[int, dict[str, Any]]] = []
     theirs: list[dict[int, dict[str, Any]]] = []
     for r in range(args.repeat):
         print(f"run {r + 1}/{args.repeat} (load average {os.getloadavg()[0]:.2f})", flush=True)
-        ours.append(run_trimaran(subs_list, args.total, args.window, args.procs, args.profile))
+        ours.append(run_trimaran(subs_list, args.total, args.window, args.procs, args.profile, args.ports, reader))
         if with_nats:
             try:
                 theirs.append(run_nats(subs_list, args.total, args.window))
             except subprocess.CalledProcessError as exc:
                 print(f"  nats: {exc.stderr.strip()[-300:]}")
     print(
-        f"\nmedians of {args.repeat} run(s); {args.total} publishes, window {args.window}, {args.procs} subscriber processes;"
+        f"\nmedians of {args.repeat} run(s); {args.total} publishes, window {args.window}, {args.procs} subscriber processes ({generator});"
         f" load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; trimaran: every publish committed on a majority"
     )
     print(f"{'subs':>5} | {'trimaran/s':>10}{'p50 ms':>8}{'p99 ms':>8} | {'nats ws/s':>10}{'p50 ms':>8}{'p99 ms':>8} | {'ratio':>6}")
@@ -477,7 +552,8 @@ def main() -> None:
         print(f"{subs:>5} | {m[0]:>10.0f}{m[1]:>8.2f}{m[2]:>8.2f} | {cells} | {ratio}")
         if mine:
             cpu = {k: statistics.median(x["cpu_ms_per_k"][k] for x in mine) for k in mine[0]["cpu_ms_per_k"]}
-            print(f"{'':>5}   CPU ms per 1000 deliveries: " + " ".join(f"{k} {v:.1f}" for k, v in cpu.items()))
+            ack_ms = statistics.median(x["ack_p50"] for x in mine)
+            print(f"{'':>5}   CPU ms per 1000 deliveries: " + " ".join(f"{k} {v:.2f}" for k, v in cpu.items()) + f"; publish acknowledged p50 {ack_ms:.1f} ms")
     print("\ntarget (issue 11): deliveries/s >= 1.0x NATS at 100 subscribers")
 
 
