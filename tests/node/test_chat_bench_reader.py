@@ -9,6 +9,7 @@ import base64
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -97,6 +98,8 @@ def run_worker(reader: Path | None, frames: list[str], total: int, piece_bytes: 
 @pytest.fixture(scope="module")
 def c_reader(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if shutil.which("cc") is None and shutil.which("gcc") is None:
+        # .ci/run installs gcc: in CI a missing compiler is a failure, not a skip.
+        assert not os.environ.get("CI"), "no C compiler in CI: .ci/run should have installed gcc"
         pytest.skip("no C compiler: the benchmark runs its Python worker (tested below)")
     built = BENCH.c_reader(tmp_path_factory.mktemp("reader") / "chat_reader")
     assert built is not None, "cc is here but the C reader did not build"
