@@ -166,3 +166,15 @@ async def test_outside_cancellation_of_a_waiting_call(nursery: trio.Nursery, aut
             assert conn._deadlines == [] and conn.usable
             entry = await c.kv.get("k")
             assert entry is not None and entry.value == b"v"
+
+
+async def test_answered_calls_leave_no_deadlines_queued(nursery: trio.Nursery, autojump_clock: Any) -> None:
+    cluster = await start_cluster(nursery, size=1)
+    with trio.fail_after(TEST_BOUND_S):
+        async with trimaran.connect(cluster.addresses()) as c:
+            for i in range(50):
+                await c.kv.set("k", str(i))
+                assert await c.kv.get("k") is not None
+            conn = c._conn
+            assert conn is not None
+            assert len(conn._deadlines) <= 1  # dropped as new ones come, not kept for 5 s each
