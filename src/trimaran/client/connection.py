@@ -18,6 +18,10 @@ say more: a node that closes an idle connection first sends an ``idle_timeout`` 
 reads nothing after it, so the requests still waiting were certainly not processed
 (``ConnectionLost.idle``); and a request given a ``silence_timeout_s`` closes the connection when
 the node sends nothing at all for that long while it waits (a stopped or hung node).
+
+A request given a ``deadline_s`` gets :class:`DeadlinePassed` at it if no answer came: one watchdog
+task per connection sleeps until the earliest deadline queued, so a request pays a heap push, not
+a cancel scope (whose deadline registration cost ~5 us of the client's ~24 us per request).
 """
 
 from __future__ import annotations
