@@ -1,8 +1,12 @@
 """The trio-native client: leader discovery, redirects, reconnects, retries and exactly-once commands.
 
 One :class:`Client` keeps one connection, to the leader, shared by every task that calls it:
-requests are pipelined on it (see :mod:`.connection`). Every call runs under a
-deadline (a trio cancel scope); when it passes the call raises ``RequestTimeout``.
+requests are pipelined on it (see :mod:`.connection`). Every call has a deadline; when it passes
+the call raises ``RequestTimeout``. On the common path (a connection to the leader is open, the
+answer comes) the deadline costs no cancel scope: it goes down to the connection, whose one
+watchdog task wakes a request still waiting at its deadline. Whatever else a call waits on (leader
+discovery, a reconnect, a backoff sleep, a session, a full window) runs in a cancel scope with the
+same deadline, entered only then.
 
 Each attempt also has a deadline of its own, below the call's: when the node sends nothing at all
 on the connection for ``attempt_timeout_ms`` once the request has left, the connection asks it for
@@ -55,6 +59,7 @@ from .connection import (
     Address,
     Connection,
     ConnectionLost,
+    DeadlinePassed,
     NodeSilent,
     address_from_wire,
     backoff_delays_s,
@@ -235,7 +240,7 @@ class Client(RegisterMethods):
         came before the deadline (the command may or may not have been applied), ``SessionExpired``
         if the cluster forgot this client's session while the outcome was unknown.
         """
-        return await self._with_deadline(timeout_ms, self._command, service, command, unknown_outcome=True)
+        return await self._with_deadline(timeout_ms, self._command, service, command, unknown_outcome=True, passes_deadline=True)
 
     async def read(
         self, service: str, query: Any, consistency: str = "linearizable", *, timeout_ms: int | None = None
@@ -244,7 +249,7 @@ class Client(RegisterMethods):
         if consistency not in CONSISTENCIES:
             raise InvalidArgument(f"consistency must be one of {', '.join(CONSISTENCIES)}")
         body = {"service": service, "query": query, "consistency": consistency}
-        return await self._with_deadline(timeout_ms, self._idempotent, "read", body)
+        return await self._with_deadline(timeout_ms, self._idempotent, "read", body, passes_deadline=True)
 
     @property
     def token(self) -> str | None:
@@ -258,7 +263,7 @@ class Client(RegisterMethods):
 
     async def status(self, *, timeout_ms: int | None = None) -> dict[str, Any]:
         """The ``status`` dict of the node this client is connected to (normally the leader)."""
-        result = await self._with_deadline(timeout_ms, self._idempotent, "status", {})
+        result = await self._with_deadline(timeout_ms, self._idempotent, "status", {}, passes_deadline=True)
         if isinstance(result, dict):
             self._learn_from_status(result)
         return result
@@ -337,14 +342,28 @@ class Client(RegisterMethods):
     # ------------------------------------------------------------------ deadlines and retries
 
     async def _with_deadline(
-        self, timeout_ms: int | None, fn: Callable[..., Awaitable[Any]], *args: Any, unknown_outcome: bool = False
+        self,
+        timeout_ms: int | None,
+        fn: Callable[..., Awaitable[Any]],
+        *args: Any,
+        unknown_outcome: bool = False,
+        passes_deadline: bool = False,
     ) -> Any:
+        """``fn(*args)`` bounded by ``timeout_ms`` (the client's default if None); ``RequestTimeout``
+        when it passes. ``passes_deadline``: ``fn`` takes the absolute deadline (trio time) as its
+        last argument and keeps to it itself (raising ``DeadlinePassed``), so that its common path
+        enters no cancel scope; otherwise ``fn`` runs in a cancel scope with the deadline."""
         self._require_open()
         timeout_ms = self.timeout_ms if timeout_ms is None else timeout_ms
         if timeout_ms <= 0:
             raise InvalidArgument("timeout_ms must be positive")
-        with trio.move_on_after(timeout_ms / 1000):
-            return await fn(*args)
+        deadline_s = trio.current_time() + timeout_ms / 1000
+        try:
+            if passes_deadline:
+                return await fn(*args, deadline_s)
+            return await _until(deadline_s, fn, *args)
+        except DeadlinePassed:
+            pass
         outcome = "; it may or may not have been applied" if unknown_outcome else ""
         detail = f" (last: {self._last_failure})" if self._last_failure else ""
         raise RequestTimeout(f"no answer within {timeout_ms} ms{outcome}{detail}")
@@ -352,21 +371,24 @@ class Client(RegisterMethods):
     def _backoff(self) -> Iterator[float]:
         return backoff_delays_s(self._backoff_ms[0], self._backoff_ms[1], self._rng)
 
-    async def _idempotent(self, op: str, body: dict[str, Any]) -> Any:
-        """Send a request that is safe to repeat until it gets a definite answer."""
+    async def _idempotent(self, op: str, body: dict[str, Any], deadline_s: float) -> Any:
+        """Send a request that is safe to repeat until it gets a definite answer, by ``deadline_s``
+        (else ``DeadlinePassed``)."""
         delays = self._backoff()
         refreshed = False
         while True:
-            conn = await self._leader_connection()
+            conn = self._conn
+            if conn is None or not conn.usable:
+                conn = await _until(deadline_s, self._leader_connection)
             try:
-                return await conn.request(op, body, self._attempt_timeout_s)
+                return await conn.request(op, body, self._attempt_timeout_s, deadline_s)
             except _RETRYABLE as exc:
-                await self._after_refusal(conn, exc, delays)
+                await _until(deadline_s, self._after_refusal, conn, exc, delays)
             except Unauthenticated as exc:
                 refreshed = self._refresh_after(conn, exc, refreshed)
             except ConnectionLost as exc:
                 self._on_lost(conn, exc)
-                await self._pause_after_lost(exc, delays)
+                await _until(deadline_s, self._pause_after_lost, exc, delays)
 
     async def _once(self, op: str, body: dict[str, Any]) -> Any:
         """Send a request that must not be repeated once it may have arrived."""
@@ -386,20 +408,23 @@ class Client(RegisterMethods):
                     raise RequestTimeout(f"connection lost; the outcome of {op} is unknown: {exc.reason}") from None
                 await self._pause_after_lost(exc, delays)
 
-    async def _command(self, service: str, command: Any) -> Any:
+    async def _command(self, service: str, command: Any, deadline_s: float) -> Any:
         while True:
-            session = await self._current_session()
-            seq = await session.next_seq()
+            session = self._session or await _until(deadline_s, self._current_session, deadline_s)
+            if session.unacknowledged_count < session.window_max:
+                seq = await session.next_seq()  # (returns at once: it waits only for a full window)
+            else:
+                seq = await _until(deadline_s, session.next_seq)
             try:
-                return await self._command_in_session(session, seq, service, command)
+                return await self._command_in_session(session, seq, service, command, deadline_s)
             except _SessionGone:
                 # Certainly not applied: send it again as a new command of a new session.
-                await self._renew_session(session)
+                await _until(deadline_s, self._renew_session, session, deadline_s)
             finally:
                 # Answered, or abandoned (deadline, cancellation, error): this number is never re-sent.
                 session.finish(seq)
 
-    async def _command_in_session(self, session: Session, seq: int, service: str, command: Any) -> Any:
+    async def _command_in_session(self, session: Session, seq: int, service: str, command: Any, deadline_s: float) -> Any:
         """Send command ``seq`` until it gets a definite answer, always under the same number."""
         maybe_applied = False  # did an attempt end without a definite answer?
         delays = self._backoff()
@@ -412,9 +437,11 @@ class Client(RegisterMethods):
                 "service": service,
                 "command": command,
             }
-            conn = await self._leader_connection()
+            conn = self._conn
+            if conn is None or not conn.usable:
+                conn = await _until(deadline_s, self._leader_connection)
             try:
-                result = await conn.request("command", body, self._attempt_timeout_s)
+                result = await conn.request("command", body, self._attempt_timeout_s, deadline_s)
                 self.leader_id = conn.node_id  # only the leader applies commands
                 return result
             except SessionExpired:
@@ -427,14 +454,14 @@ class Client(RegisterMethods):
                 ) from None
             except _RETRYABLE as exc:
                 maybe_applied |= isinstance(exc, RequestTimeout)  # the node's deadline: unknown
-                await self._after_refusal(conn, exc, delays)
+                await _until(deadline_s, self._after_refusal, conn, exc, delays)
             except Unauthenticated as exc:
                 # Refused at the edge, before the log: the retry under the same seq is safe anyway.
                 refreshed = self._refresh_after(conn, exc, refreshed)
             except ConnectionLost as exc:
                 maybe_applied |= exc.maybe_sent
                 self._on_lost(conn, exc)
-                await self._pause_after_lost(exc, delays)
+                await _until(deadline_s, self._pause_after_lost, exc, delays)
 
     # ------------------------------------------------------------------ tokens
 
@@ -460,23 +487,23 @@ class Client(RegisterMethods):
 
     # ------------------------------------------------------------------ sessions
 
-    async def _current_session(self) -> Session:
+    async def _current_session(self, deadline_s: float) -> Session:
         if self._session is None:
             async with self._session_lock:
                 if self._session is None:
-                    self._session = await self._register()
+                    self._session = await self._register(deadline_s)
         return self._session
 
-    async def _renew_session(self, expired: Session) -> Session:
+    async def _renew_session(self, expired: Session, deadline_s: float) -> Session:
         """A new session after ``expired`` was forgotten; concurrent callers share one renewal."""
         async with self._session_lock:
             if self._session is expired or self._session is None:
-                self._session = await self._register()
+                self._session = await self._register(deadline_s)
             return self._session
 
-    async def _register(self) -> Session:
+    async def _register(self, deadline_s: float) -> Session:
         # Registering twice is harmless (the unused session expires), so it may be retried.
-        client_id = await self._idempotent("register", {})
+        client_id = await self._idempotent("register", {}, deadline_s)
         if type(client_id) is not int or client_id <= 0:
             raise ProtocolError(f"register answered {client_id!r}, not a client id")
         return Session(client_id, min(limits.session_responses_max, self.inflight_requests_max * 2))
@@ -661,6 +688,14 @@ class Client(RegisterMethods):
                 address = address_from_wire(item.get("address", item.get("client_address")))
                 if node_id and address is not None:
                     self.node_addresses[node_id] = address
+
+
+async def _until(deadline_s: float, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    """``await fn(*args)`` in a cancel scope with ``deadline_s``: the slow path of a call (see the
+    module docstring); ``DeadlinePassed`` if the deadline cuts it short."""
+    with trio.move_on_at(deadline_s):
+        return await fn(*args)
+    raise DeadlinePassed()
 
 
 def _int_or_none(value: Any) -> int | None:
