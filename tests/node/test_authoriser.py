@@ -103,3 +103,42 @@ def test_a_whole_grant_still_lapses_and_still_stops_at_other_services() -> None:
         auth.check(expired, "read", {"service": "kv", "query": ["get", b"a"]})
     with pytest.raises(PermissionDenied, match="admin"):
         auth.check(grant(["kv:*"]), "read", {"service": "auth", "query": ["keys"]})
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    now_ms=st.integers(0, 40),
+    log_ms=st.integers(0, 40),
+    expires_after_ms=st.integers(0, 40),
+    key_not_after_ms=st.integers(0, 40),
+    texts=st.sampled_from([["kv:*"], ["kv:read:a*"], ["admin:*"]]),
+)
+def test_check_refuses_exactly_when_the_grant_has_lapsed(
+    now_ms: int, log_ms: int, expires_after_ms: int, key_not_after_ms: int, texts: list[str]
+) -> None:
+    """check() tests the lapse inline (it runs per request); it must refuse exactly when
+    Grant.lapsed() does, at the later of the node's clock and the log's, with the same reason."""
+    config = SimpleNamespace(auth_enabled=True, node_id=1, cluster_id="c", auth_leeway_ms=0)
+    replica = SimpleNamespace(services={"auth": AuthService()}, last_timestamp_ms=log_ms, applied_index=0)
+    auth = Authoriser(config, replica, lambda: now_ms)  # type: ignore[arg-type]
+    g = grant(texts)
+    g.expires_after_ms, g.key_not_after_ms = expires_after_ms, key_not_after_ms
+    expected = g.lapsed(max(now_ms, log_ms))
+    body = {"service": "kv", "query": ["get", b"a"]}
+    if expected is None:
+        auth.check(g, "read", body)
+        assert auth.unauthenticated == 0
+    else:
+        with pytest.raises(Unauthenticated) as refused:
+            auth.check(g, "read", body)
+        assert refused.value.details["reason"] == expected.details["reason"]
+        assert auth.unauthenticated == 1
+
+
+def test_a_grant_keeps_its_whole_kv_ops_after_the_first_request() -> None:
+    auth, g = authoriser(), grant(["kv:read:*"])
+    assert g.whole_kv_ops is None
+    auth.check(g, "read", {"service": "kv", "query": ["get", b"a"]})
+    assert g.whole_kv_ops == frozenset({"read"})
+    with pytest.raises(PermissionDenied):
+        auth.check(g, "command", {"service": "kv", "client_id": 1, "seq": 1, "ack_seq": 0, "command": ["set", b"a", b"v"]})

@@ -356,17 +356,19 @@ class Authoriser:
         jobs request names an id this node has not applied yet."""
         if grant.refused is not None:
             raise grant.refused
-        lapsed = grant.lapsed(self.now_ms())
-        if lapsed is not None:
-            self.unauthenticated += 1
-            retired = lapsed.details["reason"] == KEY_RETIRED
-            self._refusals.info(
-                "node %d: sub=%r: token %s", self._node_id, grant.claims.sub, "key retired" if retired else "expired"
-            )
-            raise lapsed
+        # now_ms() and grant.lapsed() inline: this runs for every request of every connection.
+        now_ms = self._wall_clock_ms()
+        log_ms = self._replica.last_timestamp_ms
+        if log_ms > now_ms:
+            now_ms = log_ms
+        if now_ms > grant.expires_after_ms or (grant.key_not_after_ms and now_ms >= grant.key_not_after_ms):
+            self._refuse_lapsed(grant, now_ms)
         claims = grant.claims
         if op == "read" or op == "command":
-            if body["service"] == "kv" and op in self._whole_kv_ops(claims.scope_texts, claims.scopes):
+            whole = grant.whole_kv_ops
+            if whole is None:
+                whole = grant.whole_kv_ops = self._whole_kv_ops(claims.scope_texts, claims.scopes)
+            if op in whole and body["service"] == "kv":
                 # The grant covers every key for this op: no per-request match. A command is still
                 # parsed, so one that does not parse is refused here and never reaches the log; a
                 # read never reaches it, and the service's query answers the same typed error.
@@ -380,6 +382,18 @@ class Authoriser:
                 scope = needed(requirement)
                 self._refusals.info("node %d: sub=%r may not %s: needs %s", self._node_id, grant.claims.sub, op, scope)
                 raise PermissionDenied(f"this token does not grant {scope!r}", scope=scope)
+
+    def _refuse_lapsed(self, grant: Grant, now_ms: int) -> None:
+        """Raise the refusal of a grant past its token's exp or its key's not-after (counted, logged)."""
+        lapsed = grant.lapsed(now_ms)
+        if lapsed is None:  # the caller's inline test and Grant.lapsed agree (a test holds them to it)
+            return
+        self.unauthenticated += 1
+        retired = lapsed.details["reason"] == KEY_RETIRED
+        self._refusals.info(
+            "node %d: sub=%r: token %s", self._node_id, grant.claims.sub, "key retired" if retired else "expired"
+        )
+        raise lapsed
 
     def _whole_kv_ops(self, texts: tuple[str, ...], granted: tuple[scopes.Scope, ...]) -> frozenset[str]:
         ops = self._whole_kv.get(texts)

@@ -103,6 +103,9 @@ class Grant:
     key_not_after_ms: int
     #: Set when a revocation or a retirement took the token away: every later request gets it.
     refused: Unauthenticated | None = None
+    #: The kv ops this grant allows on every key, worked out from ``claims.scopes`` by the edge's
+    #: authoriser at the connection's first request and kept here (a cache: the scopes never change).
+    whole_kv_ops: frozenset[str] | None = None
 
     def lapsed(self, now_ms: int) -> Unauthenticated | None:
         """The per-request check (two integer comparisons, no crypto, no replica state): the
