@@ -328,14 +328,21 @@ class ChatService:
 
     def _drop_oldest(self, ch: Channel, at_ms: int) -> None:
         """Drop ``ch``'s oldest kept message (retention), and the channel if nothing is left."""
-        self._aging.remove(self._aging_key(ch))
+        old_key = self._aging_key(ch)
         m = ch.pop_oldest()
         self._history_bytes -= message_bytes(m[1])
         self._messages -= 1
-        if len(ch):
-            self._aging.add(self._aging_key(ch))
-        else:
+        if not len(ch):
+            self._aging.remove(old_key)
             self._forget_if_empty(ch, at_ms)
+            return
+        # Messages published in one log entry share its time, so the next oldest usually keeps the
+        # channel's key: the sorted list is then left alone (a remove and an add were a third of
+        # the apply of a publish into a full channel).
+        new_key = self._aging_key(ch)
+        if new_key != old_key:
+            self._aging.remove(old_key)
+            self._aging.add(new_key)
 
     def _end_session(self, session_id: int, reason: str, at_ms: int) -> int:
         session = self._presence.remove(session_id)
