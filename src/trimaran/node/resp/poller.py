@@ -14,7 +14,10 @@ Each pass:
    other new connections of the pass (one group);
 3. submits the writes of every connection as one group (one log entry), each numbered in its own
    connection's client session (so each is applied once, per connection, as before), and the
-   reads of every connection as one group (one read point);
+   reads of every connection as one group (one read point). On a follower that knows the leader,
+   the writes go to the leader instead, one group per token over the node's link for that token
+   (:func:`~.groups.submit_or_forward`, in a task of the poller's nursery; the poller goes on),
+   and the reads stay here (a follower serves them at a read point it asks the leader for);
 4. when a group's last answer comes, at the end of the driver's round that gave it
    (:class:`~.groups.Answers` ``on_done``: no task wakes), writes each connection's answers with
    one ``os.write``.
@@ -27,7 +30,7 @@ planner (HELLO, AUTH, MULTI, SUBSCRIBE, CLIENT, INFO, ...), a connection not aut
 transaction or subscribed, a protocol error, a session the driver did not register, answers the
 socket does not take at once (the task waits for the socket; the other connections go on), a
 group this node refused as not the leader or whose session expired (:func:`~.groups.settle`), and
-every command while this node knows another node leads (a follower forwards writes, as before).
+a connection's first write on a follower (its session is registered through the leader by its task).
 Groups lapse through the listener's :class:`~.groups.Lapses` as before.
 """
 
@@ -44,7 +47,15 @@ import trio
 from trimaran import limits
 from trimaran.errors import ProtocolError, SessionExpired, TrimaranError
 from trimaran.node.resp.base import Write
-from trimaran.node.resp.groups import Answers, Outcome, other_leader, refused_here, settle, take_outcomes
+from trimaran.node.resp.groups import (
+    Answers,
+    Outcome,
+    other_leader,
+    refused_here,
+    settle,
+    submit_or_forward,
+    take_outcomes,
+)
 from trimaran.protocols.resp import Reply
 
 if TYPE_CHECKING:
@@ -107,6 +118,11 @@ class Poller:
         self.passes = 0
         self.handed = 0
         self.widest = 0
+        #: Passes whose writes this node (a follower) sent to the leader, and the groups they
+        #: made: one per token among the pass's connections.
+        self.forwarded_passes = 0
+        self.forwarded_groups = 0
+        self._nursery: trio.Nursery | None = None
 
     def open(self) -> None:
         self._epoll = select.epoll()
@@ -121,10 +137,13 @@ class Poller:
             self._epoll = None
 
     async def run(self) -> None:
-        """The poller's task (the listener's)."""
-        while True:
-            await trio.lowlevel.wait_readable(self._epoll.fileno())
-            await self._pass()
+        """The poller's task (the listener's); the tasks that wait for the leader's answers to a
+        follower's forwarded writes run in its nursery."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            while True:
+                await trio.lowlevel.wait_readable(self._epoll.fileno())
+                await self._pass()
 
     # ------------------------------------------------------------------ a connection's task
 
@@ -153,7 +172,7 @@ class Poller:
         return len(self._conns)
 
     def _eligible(self, conn: _Connection) -> bool:
-        return conn.authenticated and conn.transaction is None and conn.pubsub is None and other_leader(self.server.edge) is None
+        return conn.authenticated and conn.transaction is None and conn.pubsub is None
 
     def _take(self, conn: _Connection) -> bool:
         """Take ``conn`` (every command it sent answered) from its task, if the poller may serve it."""
@@ -235,7 +254,11 @@ class Poller:
                 log.exception("RESP poller: connection %d failed", conn.id)
                 self._close(conn)
         if writes:
-            await self._submit("command", writes)
+            leader = other_leader(server.edge)
+            if leader is None:
+                await self._submit("command", writes)
+            else:
+                self._forward(writes)
         if reads:
             await self._submit("read", reads)
         if registers:
@@ -297,6 +320,38 @@ class Poller:
                 index += 1
         driver.start_round(client=True)
 
+    def _forward(self, entries: list[_Entry]) -> None:
+        """A follower's writes of a pass: to the leader, one group per token (the node's link to the
+        leader is per token), in a task each (the poller goes on). A write keeps its seq in its
+        connection's session, so a group sent again (the leader changed, or could not be reached
+        and this node was asked instead: :func:`~.groups.submit_or_forward`) is applied once."""
+        assert self._nursery is not None
+        self.forwarded_passes += 1
+        by_token: dict[str | None, list[_Entry]] = {}
+        for entry in entries:
+            by_token.setdefault(entry.conn.token, []).append(entry)
+        for token, group in by_token.items():
+            count = 0
+            for entry in group:
+                entry.start = count
+                count += len(entry.sent)
+            self.widest = max(self.widest, len(group))
+            self.forwarded_groups += 1
+            self._nursery.start_soon(self._forward_group, token, group)
+
+    async def _forward_group(self, token: str | None, entries: list[_Entry]) -> None:
+        server = self.server
+        bodies = [body for entry in entries for body in entry.bodies]
+        sizes = [size for entry in entries for size in entry.sizes]
+        try:
+            got = await submit_or_forward(server.edge, "command", bodies, sizes, token, server.lapses)
+        except Exception:  # noqa: BLE001 - a bug costs these connections, not the listener
+            log.exception("RESP poller: forwarding a group of %d writes failed", len(bodies))
+            for entry in entries:
+                self._close(entry.conn)
+            return
+        self._answer_all(entries, got)
+
     async def _register(self, conns: list[_Connection]) -> None:
         """Register the client sessions of connections about to write for the first time, as one
         group (a task per connection, each asking the driver alone, cost about a quarter of a
@@ -335,7 +390,10 @@ class Poller:
         lapses' task, so nothing may raise from here."""
         lapses = self.server.lapses
         lapses.open -= 1
-        got = take_outcomes(answers, lapses)
+        self._answer_all(entries, take_outcomes(answers, lapses))
+
+    def _answer_all(self, entries: list[_Entry], got: list[Outcome]) -> None:
+        """Each connection's answers from its slice of a group's outcomes; nothing may raise."""
         for entry in entries:
             try:
                 self._answer(entry, got[entry.start : entry.start + len(entry.sent)])
