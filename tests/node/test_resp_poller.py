@@ -8,6 +8,7 @@ commands are in flight."""
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import struct
 from pathlib import Path
@@ -246,3 +247,106 @@ async def test_a_group_the_driver_never_answers_lapses_and_the_connection_goes_o
         assert server.lapses.lapsed == lapsed + 1
         await ask(stream, command("GET", "kept"), bulk(b"1"))
         await stream.aclose()
+
+
+class _Registered:
+    """The reply target of a session registration the test slips into a group (it waits for no
+    answer): when it comes, the registration was applied."""
+
+    edge_name = "test"
+
+    def __init__(self, on_reply: Any) -> None:
+        self._on_reply = on_reply
+
+    def on_reply(self, index: int, ok: bool, value: Any) -> None:
+        self._on_reply(ok, value)
+
+
+async def test_writes_whose_session_expired_in_a_group_go_again_once_each(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two poller-served connections send a run of writes each; they go to the driver as one group
+    (one log entry), and in that entry, after the first connection's first write, the replica's
+    session table evicts both connections' sessions: nothing of their later writes is applied,
+    and those come back ``SessionExpired``. Each connection's task (:meth:`Poller._settle`) sends
+    exactly those writes again under a new registration: each write is applied once, every answer
+    comes back in order, and the connections are then served by the poller again.
+
+    The expiry is a real one, through the cluster's own mechanism (the session table's LRU bound,
+    ``limits.sessions_max``), arranged deterministically: the test wraps the driver's
+    ``submit_client`` to slip a session registration into the group right before the first write
+    named ``second:...``, with the table's bound lowered to 1 until that registration is applied
+    (so it evicts every session, as 100 000 registrations would), then put back."""
+    async with one_node(tmp_path) as (server, poller, address):
+        driver = server.edge.driver
+        sessions = driver.replica.sessions
+        bound = sessions.sessions_max
+        a, b = await connect(address), await connect(address)
+        await ask(a, command("SET", "start:a", "0"), b"+OK\r\n")  # (their sessions register)
+        await ask(b, command("SET", "start:b", "0"), b"+OK\r\n")
+        await until(lambda: poller.connections == 2, "both connections in the poller")
+        old_ids = {conn.session.client_id for conn in poller._conns.values()}
+        assert None not in old_ids and len(old_ids) == 2
+        keys = [f"{name}:{who}" for who in "ab" for name in ("first", "second", "third")]
+        # Each write's submissions to the driver, by key: the client id each was numbered in.
+        submitted: dict[str, list[int]] = {key: [] for key in keys}
+        evicted: list[Any] = []
+        submit = driver.submit_client
+
+        def registered(ok: bool, value: Any) -> None:
+            sessions.sessions_max = bound  # (before the settling tasks register again)
+            evicted.append((ok, value, len(sessions)))
+
+        async def evict_before_a_second_write(op: str, body: dict[str, Any], token: Any, size_bytes: int, *, more: bool = False) -> None:
+            if op == "command":
+                key = next((k for k in keys if k in repr(body["command"])), None)
+                if key is not None:
+                    submitted[key].append(body["client_id"])
+                    if key.startswith("second:") and not evicted and sessions.sessions_max == bound:
+                        sessions.sessions_max = 1
+                        await submit("register", {}, (_Registered(registered), 0), 0, more=True)
+            await submit(op, body, token, size_bytes, more=more)
+
+        monkeypatch.setattr(driver, "submit_client", evict_before_a_second_write)
+        handed, widest = poller.handed, poller.widest
+        try:
+            # Both pipelines reach the node before the poller's next pass (os.write does not yield
+            # to trio): their writes go to the driver as one group.
+            pipelines = {
+                stream: command("INCR", f"first:{who}") + command("INCR", f"second:{who}") + command("SET", f"third:{who}", who) + command("GET", f"third:{who}")
+                for stream, who in ((a, "a"), (b, "b"))
+            }
+            for stream, request in pipelines.items():
+                assert os.write(stream.socket.fileno(), request) == len(request)
+            for stream, who in ((a, "a"), (b, "b")):
+                expected = b":1\r\n:1\r\n+OK\r\n" + bulk(who.encode())
+                assert await read_exactly(stream, len(expected)) == expected
+        finally:
+            sessions.sessions_max = bound
+        assert poller.widest == max(widest, 2)  # (the two connections' writes were one group)
+        # The registration was applied and left itself alone in the table (both connections'
+        # sessions evicted), and the two connections were handed to their tasks to settle.
+        assert len(evicted) == 1 and evicted[0][0] is True and evicted[0][2] == 1
+        assert poller.handed == handed + 2
+        # Whichever connection's writes came first in the group had its first write applied (once:
+        # never sent again); every other write went twice, first under its old session, then under
+        # a new one (never the expired one again).
+        first = min(("a", "b"), key=lambda who: len(submitted[f"first:{who}"]))
+        assert len(submitted[f"first:{first}"]) == 1 and submitted[f"first:{first}"][0] in old_ids
+        again = [key for key in keys if key != f"first:{first}"]
+        for key in again:
+            assert len(submitted[key]) == 2, (key, submitted)
+            assert submitted[key][0] in old_ids and submitted[key][1] not in old_ids, (key, submitted)
+        # Then both are back in the poller, with their new sessions, and served by it (not their
+        # tasks): each write was applied once (the INCRs show a duplicate).
+        await until(lambda: poller.connections == 2, "both connections back in the poller")
+        new_ids = {conn.session.client_id for conn in poller._conns.values()}
+        assert None not in new_ids and len(new_ids) == 2 and not new_ids & old_ids
+        handed, passes = poller.handed, poller.passes
+        for stream, who in ((a, "a"), (b, "b")):
+            await ask(
+                stream,
+                command("GET", f"first:{who}") + command("GET", f"second:{who}") + command("GET", f"third:{who}") + command("INCR", f"second:{who}"),
+                bulk(b"1") + bulk(b"1") + bulk(who.encode()) + b":2\r\n",
+            )
+        assert poller.handed == handed and poller.passes > passes
+        await a.aclose()
+        await b.aclose()
