@@ -54,6 +54,22 @@ async def ask(stream: trio.SocketStream, request: bytes, expected: bytes) -> Non
     assert await read_exactly(stream, len(expected)) == expected
 
 
+async def send_pipelines_and_check_answers(streams: list[trio.SocketStream], rounds: int) -> None:
+    """Connection ``i`` sends ``rounds`` times SET k<i>, INCR c<i>, GET k<i> (every connection
+    before any answer is read), then each gets its answers, in its order."""
+    expected = []
+    for i, stream in enumerate(streams):
+        request, answers = b"", b""
+        for j in range(rounds):
+            value = f"v{i}-{j}".encode()
+            request += command("SET", f"k{i}", value) + command("INCR", f"c{i}") + command("GET", f"k{i}")
+            answers += b"+OK\r\n" + b":%d\r\n" % (j + 1) + bulk(value)
+        expected.append(answers)
+        await stream.send_all(request)
+    for stream, answers in zip(streams, expected):
+        assert await read_exactly(stream, len(answers)) == answers
+
+
 async def until(check: object, what: str) -> None:
     """Wait (bounded) until ``check()`` holds."""
     with trio.fail_after(WAIT_S):
@@ -88,18 +104,7 @@ async def test_answers_in_order_per_connection_when_connections_share_a_group(tm
         # Every connection sends its pipeline before any reads: writes and reads of all of them
         # are waiting together, each run of one connection's answers must land on its socket in
         # its order (a SET then an INCR then a GET that sees that SET, five times over).
-        expected = []
-        for i, stream in enumerate(streams):
-            request = b""
-            answers = b""
-            for j in range(5):
-                value = f"v{i}-{j}".encode()
-                request += command("SET", f"k{i}", value) + command("INCR", f"c{i}") + command("GET", f"k{i}")
-                answers += b"+OK\r\n" + b":%d\r\n" % (j + 1) + bulk(value)
-            expected.append(answers)
-            await stream.send_all(request)
-        for stream, answers in zip(streams, expected):
-            assert await read_exactly(stream, len(answers)) == answers
+        await send_pipelines_and_check_answers(streams, 5)
         # Not one connection at a time: several connections' groups went to the driver as one.
         assert poller.widest > 1
         for stream in streams:

@@ -9,7 +9,7 @@ from pathlib import Path
 import trio
 
 from tests.node.helpers import HOST, TokenSigner, in_process_cluster
-from tests.node.test_resp_poller import ask, bulk, command, connect, read_exactly, until
+from tests.node.test_resp_poller import ask, bulk, command, connect, read_exactly, send_pipelines_and_check_answers, until
 from tests.node.test_resp_server import resp_address
 from trimaran.node.config import Address
 from trimaran.node.resp.poller import Poller
@@ -31,17 +31,7 @@ async def test_a_followers_writes_go_to_the_leader_together_and_are_applied_once
             await ask(stream, command("SET", f"k{i}", "start"), b"+OK\r\n")
         await until(lambda: poller.connections == len(streams), "every follower connection in its poller")
         groups, passes = poller.forwarded_groups, poller.forwarded_passes
-        expected = []
-        for i, stream in enumerate(streams):
-            request, answers = b"", b""
-            for j in range(4):
-                value = f"v{i}-{j}".encode()
-                request += command("SET", f"k{i}", value) + command("INCR", f"c{i}") + command("GET", f"k{i}")
-                answers += b"+OK\r\n" + b":%d\r\n" % (j + 1) + bulk(value)
-            expected.append(answers)
-            await stream.send_all(request)
-        for stream, answers in zip(streams, expected):
-            assert await read_exactly(stream, len(answers)) == answers
+        await send_pipelines_and_check_answers(streams, 4)
         # Served by the follower's poller, several connections' writes in one forwarded group.
         assert poller.forwarded_passes > passes and poller.forwarded_groups > groups
         assert poller.widest > 1
