@@ -106,16 +106,23 @@ class Up:
 
 
 async def leader_client(base: int, token: str | None) -> RawClient:
-    """Connect to node 1 and follow the not_leader hint (leader_address) once."""
-    client = await RawClient.connect(Address(HOST, base + 1), token=token)
-    try:
-        await client.register()
-        return client
-    except NotLeader as exc:
-        await client.aclose()
-        client = await RawClient.connect(Address.parse(exc.details["leader_address"]), token=token)
-        await client.register()
-        return client
+    """Connect to node 1 and follow its not_leader hint (leader_address). `up` prints its banner
+    once a leader serves, but node 1 may not have heard of it yet (no address in the hint): then
+    ask node 1 again, for up to START_WAIT_S."""
+    with trio.fail_after(START_WAIT_S):
+        while True:
+            client = await RawClient.connect(Address(HOST, base + 1), token=token)
+            try:
+                await client.register()
+                return client
+            except NotLeader as exc:
+                await client.aclose()
+                leader_address = exc.details.get("leader_address")
+                if leader_address:
+                    client = await RawClient.connect(Address.parse(leader_address), token=token)
+                    await client.register()
+                    return client
+            await trio.sleep(0.05)
 
 
 async def test_up_serves_stops_cleanly_and_comes_back_from_its_data(tmp_path: Path) -> None:
