@@ -370,8 +370,8 @@ def run_pair(args: argparse.Namespace, rows: list[Row], value: bytes, repeat: in
         else:
             plain = stack.enter_context(trimaran_up(profile_off))
             secured = stack.enter_context(trimaran_up(profile_on, auth=auth, tls=tls))
+        label_on = _label(auth, tls) + ("(control)" if args.control else "")
         for i, row in enumerate(rows):
-            label_on = _label(auth, tls) + ("(control)" if args.control else "")
             turns = [(plain, off, profiler_off, _label(False, False)), (secured, on, profiler_on, label_on)]
             if (repeat + i) % 2:
                 turns.reverse()

@@ -254,8 +254,7 @@ class Poller:
                 log.exception("RESP poller: connection %d failed", conn.id)
                 self._close(conn)
         if writes:
-            leader = other_leader(server.edge)
-            if leader is None:
+            if other_leader(server.edge) is None:
                 await self._submit("command", writes)
             else:
                 self._forward(writes)
@@ -304,11 +303,7 @@ class Poller:
         """Every connection's group of this pass to the driver as one group, in one round."""
         server = self.server
         edge = server.edge
-        self.widest = max(self.widest, len(entries))
-        count = 0
-        for entry in entries:
-            entry.start = count
-            count += len(entry.sent)
+        count = self._place(entries)
         answers = Answers(count, edge.edge_name, lambda: self._done(entries, answers))
         server.lapses.add(answers)
         server.lapses.open += 1
@@ -319,6 +314,15 @@ class Poller:
                 await driver.submit_client(op, body, (answers, index), size_bytes, more=True)
                 index += 1
         driver.start_round(client=True)
+
+    def _place(self, entries: list[_Entry]) -> int:
+        """Where each connection's outcomes start in one group of ``entries``; the group's size."""
+        self.widest = max(self.widest, len(entries))
+        count = 0
+        for entry in entries:
+            entry.start = count
+            count += len(entry.sent)
+        return count
 
     def _forward(self, entries: list[_Entry]) -> None:
         """A follower's writes of a pass: to the leader, one group per token (the node's link to the
@@ -331,11 +335,7 @@ class Poller:
         for entry in entries:
             by_token.setdefault(entry.conn.token, []).append(entry)
         for token, group in by_token.items():
-            count = 0
-            for entry in group:
-                entry.start = count
-                count += len(entry.sent)
-            self.widest = max(self.widest, len(group))
+            self._place(group)
             self.forwarded_groups += 1
             self._nursery.start_soon(self._forward_group, token, group)
 
