@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): 2 fits the 2-core machines the time budgets are set on; the real-
+# process tests spend much of their time waiting on their nodes. PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= 2
 
 .PHONY: run test test-quick fuzz sim chaos bench typecheck clean
 
@@ -30,11 +33,11 @@ run: $(STAMP_RUN)
 	exec $(BIN)/trimaran up $(UP_ARGS)
 
 test: $(STAMP_TEST)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # The unit and property tests only (no real nodes, no long sweeps): the edit-test loop, < 1 minute.
 test-quick: $(STAMP_TEST)
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
 
 # A longer run of the fuzz tests (every decoder of outside bytes: client and peer frames, log
 # entries at apply) than the 150 examples each gets in `make test`.

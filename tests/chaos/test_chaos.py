@@ -52,7 +52,11 @@ def _seeds() -> list[int]:
     given = os.environ.get("TRIMARAN_CHAOS_SEED")
     if given:
         return [int(given)]
-    return [random.SystemRandom().randrange(1 << 31)]
+    # Under pytest-xdist every worker collects the tests and must find the same ones: the seed then
+    # comes from the run's id, which all of its workers share (and which is new for every run).
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    source = random.Random(run_id) if run_id else random.SystemRandom()
+    return [source.randrange(1 << 31)]
 
 
 @dataclass
