@@ -416,21 +416,38 @@ class RespServer:
     def authorised(self, conn: _Connection, group: list[Write | Read | ErrorReply]) -> tuple[list[Reply], list[int], list[dict[str, Any]]]:
         """A group's replies so far (its refusals: an ErrorReply of its own, or outside the
         connection's token), the indexes of the plans to send, and their bodies (a read's is
-        what is submitted; a write's only what is authorised)."""
+        what is submitted; a write's only what is authorised, empty with auth off)."""
         replies: list[Reply] = [g if isinstance(g, ErrorReply) else None for g in group]
         sent = []
         bodies = []
+        # The token's grant is looked up once per group, not per command (with auth off there is
+        # none, and nothing to check: a write's body is then not even built).
+        edge = self.edge
+        refusal: TrimaranError | None = None
+        grant = None
+        if edge.authoriser.enabled:
+            try:
+                grant = edge.grant(conn.token)
+            except TrimaranError as exc:  # no valid token: every command of the group is refused
+                refusal = exc
         for index, plan in enumerate(group):
             if isinstance(plan, ErrorReply):
                 continue
-            op, body = ("command", {"service": "kv", "command": plan.command}) if isinstance(plan, Write) else ("read", {"service": "kv", "query": plan.query, "consistency": conn.consistency})
-            try:
-                self.authorise(conn, op, body)
-            except TrimaranError as exc:
-                replies[index] = error_reply(exc)  # refused here: nothing of it reaches the log
+            if refusal is not None:
+                replies[index] = error_reply(refusal)
+                continue
+            if isinstance(plan, Write):
+                op, body = "command", ({"service": "kv", "command": plan.command} if grant is not None else {})
             else:
-                sent.append(index)
-                bodies.append(body)
+                op, body = "read", {"service": "kv", "query": plan.query, "consistency": conn.consistency}
+            if grant is not None:
+                try:
+                    edge.authoriser.check(grant, op, body)
+                except TrimaranError as exc:
+                    replies[index] = error_reply(exc)  # refused here: nothing of it reaches the log
+                    continue
+            sent.append(index)
+            bodies.append(body)
         return replies, sent, bodies
 
     @staticmethod
