@@ -21,7 +21,6 @@ from tests.node.helpers import HOST, in_process_cluster
 from tests.node.test_resp_server import resp_address
 from trimaran.node.config import Address
 from trimaran.node.resp import RespServer
-from trimaran.node.resp import poller as poller_module
 from trimaran.node.resp.poller import Poller
 
 #: Bounds every wait of these tests (a bug shows as a timeout, not a hang).
@@ -197,7 +196,7 @@ async def test_a_group_refused_as_not_the_leader_goes_to_the_leader(tmp_path: Pa
         assert server is not None and server.poller is not None
         poller = server.poller
         # (As if the follower had not heard of the leader yet when the poller took the commands.)
-        monkeypatch.setattr(poller_module, "other_leader", lambda edge: None)
+        monkeypatch.setattr(server.edge, "other_leader", lambda: None)
         stream = await connect(resp_address(cluster, follower))
         await ask(stream, command("SET", "f", "0"), b"+OK\r\n")  # (its session registers)
         await until(lambda: poller.connections == 1, "the connection in the follower's poller")

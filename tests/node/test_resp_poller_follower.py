@@ -84,3 +84,28 @@ async def read_after(stream: trio.SocketStream, request: bytes) -> bytes:
         while not data.endswith(b"\r\n"):
             data += await stream.receive_some(4096)
     return data
+
+
+async def test_a_followers_first_writes_are_handed_to_their_tasks_without_a_local_round(tmp_path: Path) -> None:
+    """A connection's first write on a follower needs its client session, which only the leader
+    registers: the poller hands the connection to its task (which registers it through the leader)
+    rather than asking its own driver first, which would only refuse it as not the leader."""
+    async with in_process_cluster(tmp_path, 3, resp_listen=Address(HOST, 0)) as cluster:
+        leader = await cluster.leader()
+        follower = next(n for n in (1, 2, 3) if n != leader)
+        poller = follower_poller(cluster, follower)
+        requests = cluster.nodes[follower].driver.requests  # type: ignore[attr-defined]
+        streams = [await connect(resp_address(cluster, follower)) for _ in range(10)]
+        for stream in streams:  # a read first: the connection then waits in the poller, no session yet
+            await ask(stream, command("GET", "nothing"), b"$-1\r\n")
+        await until(lambda: poller.connections == len(streams), "every follower connection in its poller")
+        handed = poller.handed
+        for i, stream in enumerate(streams):
+            await stream.send_all(command("SET", f"k{i}", "v"))
+        for stream in streams:
+            assert await read_exactly(stream, 5) == b"+OK\r\n"
+        assert poller.handed - handed == len(streams)
+        registers_here = {key: n for key, n in requests.outcomes.items() if key[:2] == ("cluster", "register")}
+        assert registers_here == {}, registers_here
+        for stream in streams:
+            await stream.aclose()

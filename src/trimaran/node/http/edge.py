@@ -7,10 +7,13 @@ with TLS).
   inbox, and answered with the same typed errors. At most ``http_inflight_requests_max`` are in
   flight at once; a request not answered within ``request_timeout_ms`` is ``RequestTimeout``.
 - **Forwarding.** A request only the leader can serve (a write, a session's registration, a
-  linearizable read where the follower cannot serve it) that this node answers ``not_leader`` is
-  forwarded to the leader's client port (``--peer-client``) with the caller's own token, over TLS
-  when the node has ``--tls-dir``: one connection per forwarded request (:func:`~trimaran.node.probe.request_once`),
-  so a load balancer may send anything to any node, and clients that want speed send writes to the
+  linearizable read where the follower cannot serve it) goes to the leader: a write or a
+  registration at once when this node knows another node leads (:data:`LEADER_ONLY_OPS`), anything
+  this node answers ``not_leader`` after asking its driver. It is forwarded to the leader's
+  client port (``--peer-client``) with the caller's own token, over TLS when the node has
+  ``--tls-dir``: one connection per forwarded request (:func:`~trimaran.node.probe.request_once`;
+  the node's kept-open :class:`~trimaran.node.forwarding.LeaderLinks` when it has them), so a
+  load balancer may send anything to any node, and clients that want speed send writes to the
   leader (``status`` names it). The leader's answer, error or not, is the answer.
 - **Writes** carry a client session the edge registers (lazily, on the leader) and numbers itself,
   like a client library connection: the session is replicated, so it survives leader changes; one
@@ -69,6 +72,11 @@ class _Waiter:
         self.event = trio.Event()
         self.ok = False
         self.value: Any = None
+
+
+#: Requests only a leader serves: a follower that knows the leader forwards them without asking its
+#: own driver (a read stays: a follower serves it at a read point it asks the leader for).
+LEADER_ONLY_OPS = frozenset({"command", "register"})
 
 
 class EdgeSession:
@@ -172,9 +180,28 @@ class HttpEdge:
 
     # ------------------------------------------------------------------ requests
 
+    def other_leader(self) -> Address | None:
+        """The client address of the leader when this node knows it is another node (None: this node
+        leads, or thinks it does, or knows no leader or no address for it)."""
+        leader_id = self.driver.replica.leader_id
+        if not leader_id or leader_id == self.config.node_id:
+            return None
+        address = self.driver.client_address_of(leader_id)
+        return Address.parse(address, "leader address") if address else None
+
     async def request(self, op: str, body: dict[str, Any], size_bytes: int = 0, token: str | None = None) -> Any:
         """One request, served here or forwarded to the leader; its result, or its typed error raised.
         ``token``: the caller's, presented to the leader when forwarding."""
+        leader = self.other_leader() if op in LEADER_ONLY_OPS else None
+        if leader is not None:
+            # A follower that knows who leads sends a write or a registration there at once: asking
+            # its own driver first only cost a round to learn not_leader. If that leader cannot be
+            # reached (it may be gone), this node is asked as below; a write keeps its session seq,
+            # so one that did arrive is not applied twice.
+            try:
+                return await self._forward(leader, op, body, token)
+            except Unavailable:
+                pass
         try:
             return await self._local(op, body, size_bytes)
         except NotLeader as exc:

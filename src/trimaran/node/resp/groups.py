@@ -184,7 +184,7 @@ async def submit_or_forward(
     requests applied); otherwise the error is the answer."""
     give_up_at = trio.current_time() + edge.config.request_timeout_ms / 1000
     got: list[Outcome] | None = None
-    leader = other_leader(edge) if op != "read" else None
+    leader = edge.other_leader() if op != "read" else None
     if leader is not None:
         # A follower that knows who leads sends writes there at once: asking its own driver first
         # only cost a round (and a pass through the loop) to learn not_leader. Reads stay here (a
@@ -224,16 +224,6 @@ async def settle(
         again = await submit_group(edge, op, [bodies[i] for i in refused], [sizes_bytes[i] for i in refused], lapses)
         for index, outcome in zip(refused, again):
             got[index] = outcome
-
-
-def other_leader(edge: HttpEdge) -> Address | None:
-    """The client address of the leader when this node knows it is another node (None: this node
-    leads, or thinks it does, or knows no leader or no address for it)."""
-    leader_id = edge.driver.replica.leader_id
-    if not leader_id or leader_id == edge.config.node_id:
-        return None
-    address = edge.driver.client_address_of(leader_id)
-    return Address.parse(address, "leader address") if address else None
 
 
 async def _forward(

@@ -50,7 +50,6 @@ from trimaran.node.resp.base import Write
 from trimaran.node.resp.groups import (
     Answers,
     Outcome,
-    other_leader,
     refused_here,
     settle,
     submit_or_forward,
@@ -254,14 +253,18 @@ class Poller:
                 log.exception("RESP poller: connection %d failed", conn.id)
                 self._close(conn)
         if writes:
-            if other_leader(server.edge) is None:
+            if server.edge.other_leader() is None:
                 await self._submit("command", writes)
             else:
                 self._forward(writes)
         if reads:
             await self._submit("read", reads)
         if registers:
-            await self._register(registers)
+            if server.edge.other_leader() is None:
+                await self._register(registers)
+            else:  # here they would only be refused as not the leader: their tasks register them there
+                for conn in registers:
+                    self._hand(conn)
 
     def _plan(self, conn: _Connection, writes: list[_Entry], reads: list[_Entry], registers: list[_Connection]) -> None:
         """Take ``conn``'s next run of planned commands into the pass (answered at once if all
