@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from hypothesis import given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 import pyseto
 
@@ -125,6 +126,33 @@ def test_hostile_tokens_are_refused_with_a_reason(signer: tuple[bytes, bytes, st
             tokens.verify(token, keys_of(signer), audience=CLUSTER, now_ms=NOW_MS)
         assert reason in info.value.message, (name, info.value.message)
         assert signer[1].hex() not in info.value.message and "PRIVATE" not in info.value.message
+
+
+_PRINTABLE = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=64)
+
+
+@settings(max_examples=300)
+@given(st.one_of(_PRINTABLE, st.builds(lambda v, p, rest: f"v{v}.{p}.{rest}", st.integers(0, 12), st.sampled_from(["local", "public", "secret", "pub"]), _PRINTABLE)))
+def test_nothing_of_a_credential_that_is_no_paseto_token_is_echoed(secret: str) -> None:
+    """A password sent as a token (an app's Redis password, another system's bearer token) is
+    refused without any of it in the message, which the node also logs; a PASETO token of another
+    version or purpose is named by its header alone."""
+    assume(not secret.startswith("v4.public."))
+    with pytest.raises(Unauthenticated) as info:
+        tokens.verify(secret, {}, audience=CLUSTER, now_ms=NOW_MS)
+    header = re.match(r"(v[0-9]{1,2}\.(?:local|public|secret))\.", secret)
+    if header:
+        assert info.value.message == f"not a v4.public token ({header.group(1)}); only v4.public is accepted"
+    else:
+        assert info.value.message == "not a PASETO token; only v4.public tokens are accepted"
+
+
+def test_a_password_given_as_a_token_is_not_echoed() -> None:
+    with pytest.raises(Unauthenticated) as info:
+        tokens.verify("mysecretpassword123456789", {}, audience=CLUSTER, now_ms=NOW_MS)
+    assert "mysecret" not in info.value.message and "only v4.public" in info.value.message
+    with pytest.raises(Unauthenticated, match=r"\(v2\.local\)"):
+        tokens.verify("v2.local.c2VjcmV0LXN0dWZm", {}, audience=CLUSTER, now_ms=NOW_MS)
 
 
 def test_a_retired_key_refuses_from_its_not_after(signer: tuple[bytes, bytes, str]) -> None:

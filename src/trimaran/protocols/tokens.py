@@ -268,6 +268,10 @@ def verify(
     return Claims(sub, jti, aud, kid, exp_ms, iat_ms, nbf_ms, scopes, tuple(texts))
 
 
+#: A PASETO header (version, purpose) that is not ``v4.public``: what a refusal may show of a token.
+_OTHER_PASETO_HEADER = re.compile(rb"v[0-9]{1,2}\.(?:local|public|secret)")
+
+
 def _header_checked(token: str | bytes) -> bytes:
     raw = token.encode() if isinstance(token, str) else token
     if not raw:
@@ -277,8 +281,13 @@ def _header_checked(token: str | bytes) -> bytes:
     if not raw.isascii():
         raise Unauthenticated("token is not ASCII")
     if not raw.startswith(HEADER.encode()):
-        shown = raw.split(b".")[:2]
-        raise Unauthenticated(f"not a v4.public token ({b'.'.join(shown)[:16].decode()!r}); only v4.public is accepted")
+        # A PASETO token of another version or purpose is named by its header; of anything else
+        # nothing is echoed (into the answer or the node's log): it may be a password meant for
+        # another system, sent here by mistake.
+        header = b".".join(raw.split(b".", 2)[:2])
+        if raw.count(b".") >= 2 and _OTHER_PASETO_HEADER.fullmatch(header):
+            raise Unauthenticated(f"not a v4.public token ({header.decode()}); only v4.public is accepted")
+        raise Unauthenticated("not a PASETO token; only v4.public tokens are accepted")
     return raw
 
 
