@@ -209,3 +209,15 @@ async def test_the_worker_command_runs_jobs_and_stops_on_sigterm(tmp_path: Path)
                 for stream in (proc.stdout, proc.stderr):
                     if stream is not None:
                         stream.close()
+
+
+def test_the_worker_takes_a_ca_file_as_every_client_command_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--ca-file`` is the flag form of TRIMARAN_CA_FILE, which the worker's client reads."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not read before the app loads")
+    monkeypatch.setenv("TRIMARAN_CA_FILE", "")  # (restored after the test: the flag sets it for the process)
+    result = CliRunner().invoke(main, ["worker", "no_such_module_here:app", "--ca-file", str(ca)])
+    assert result.exit_code != 0 and "no such option" not in result.output.lower()
+    assert os.environ.get("TRIMARAN_CA_FILE") == str(ca)
+    missing = CliRunner().invoke(main, ["worker", "x:app", "--ca-file", str(tmp_path / "absent.pem")])
+    assert missing.exit_code == 2 and "does not exist" in missing.output

@@ -512,3 +512,15 @@ async def test_a_leader_slow_to_commit_but_alive_is_not_left(nursery: trio.Nurse
     probes = [call for call in cluster.calls if call.op == "status" and call.node_id == 1]
     assert len(probes) >= 2  # one per silent second while the commit took 3.5 s
     assert cluster.nodes[1].connections_accepted == 1
+
+
+def test_endpoints_default_to_the_environment_then_to_make_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trimaran.cli import _DEFAULT_ENDPOINTS
+    from trimaran.client.client import DEFAULT_ENDPOINTS, ENDPOINTS_ENV
+
+    monkeypatch.delenv(ENDPOINTS_ENV, raising=False)
+    assert [str(a) for a in Client().endpoints] == DEFAULT_ENDPOINTS.split(",")
+    assert _DEFAULT_ENDPOINTS == DEFAULT_ENDPOINTS  # the CLI's default is the library's
+    monkeypatch.setenv(ENDPOINTS_ENV, "127.0.0.1:9001,127.0.0.1:9002")
+    assert [str(a) for a in trimaran.connect().endpoints] == ["127.0.0.1:9001", "127.0.0.1:9002"]
+    assert [str(a) for a in Client("127.0.0.1:9003").endpoints] == ["127.0.0.1:9003"]  # given ones win

@@ -45,7 +45,9 @@ def _log_level_option(help_text: str, **extra: Any) -> Any:
 # === client commands (trimaran.client) ===========================================================
 # Imports of trimaran.client stay inside the commands: `trimaran --help` must not pay for trio.
 
-_DEFAULT_ENDPOINTS = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"  # where `trimaran up` listens
+#: Where `trimaran up` listens: the client library's DEFAULT_ENDPOINTS, written out so that the CLI
+#: starts without importing the client (tests/client/test_client.py holds the two equal).
+_DEFAULT_ENDPOINTS = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
 _ENDPOINTS_HELP = "Comma-separated HOST:PORT client addresses [env TRIMARAN_ENDPOINTS; default: the `trimaran up` ports]."
 
 
@@ -67,6 +69,18 @@ def _use_ca_file(ctx: click.Context, param: click.Parameter, value: str | None) 
 
     if value:
         os.environ["TRIMARAN_CA_FILE"] = value
+
+
+#: --ca-file of every command that connects as a client (the worker's too).
+ca_file_option = click.option(
+    "--ca-file",
+    envvar="TRIMARAN_CA_FILE",
+    type=click.Path(exists=True, dir_okay=False),
+    expose_value=False,
+    callback=_use_ca_file,
+    help="Connect with TLS, verifying the nodes against this CA certificate (the ca.pem of "
+    "`trimaran certs init`) [env TRIMARAN_CA_FILE; default: plain TCP].",
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -108,15 +122,7 @@ def _client_options(default_timeout_ms: int) -> Any:
                 "--cluster-id", envvar="TRIMARAN_CLUSTER_ID", help="Refuse nodes of any other cluster [env TRIMARAN_CLUSTER_ID]."
             ),
             click.option("--token", envvar="TRIMARAN_TOKEN", help="Auth token for the handshake [env TRIMARAN_TOKEN]."),
-            click.option(
-                "--ca-file",
-                envvar="TRIMARAN_CA_FILE",
-                type=click.Path(exists=True, dir_okay=False),
-                expose_value=False,
-                callback=_use_ca_file,
-                help="Connect with TLS, verifying the nodes against this CA certificate (the ca.pem of "
-                "`trimaran certs init`) [env TRIMARAN_CA_FILE; default: plain TCP].",
-            ),
+            ca_file_option,
             click.option(
                 "--timeout-ms",
                 type=click.IntRange(min=1),

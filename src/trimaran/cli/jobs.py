@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from trimaran import limits
-from trimaran.cli import ClientArgs, _DEFAULT_ENDPOINTS, _check_endpoints, _client_call, _client_options, _log_level_option, _none_found, _service, main
+from trimaran.cli import ClientArgs, _DEFAULT_ENDPOINTS, ca_file_option, _check_endpoints, _client_call, _client_options, _log_level_option, _none_found, _service, main
 
 
 @main.command("worker")
@@ -37,6 +37,7 @@ from trimaran.cli import ClientArgs, _DEFAULT_ENDPOINTS, _check_endpoints, _clie
 )
 @click.option("--cluster-id", envvar="TRIMARAN_CLUSTER_ID", help="Refuse nodes of any other cluster [env TRIMARAN_CLUSTER_ID].")
 @click.option("--token", envvar="TRIMARAN_TOKEN", help="Auth token for the handshake [env TRIMARAN_TOKEN].")
+@ca_file_option
 @click.option("--timeout-ms", type=click.IntRange(min=1), default=5_000, show_default=True, help="Deadline of each call to the cluster.")
 @_log_level_option("Log level (to stderr).")
 def worker_command(

@@ -89,6 +89,10 @@ BACKOFF_MS_MAX_DEFAULT = 1_000
 TOKEN_ENV = "TRIMARAN_TOKEN"
 #: The cluster CA certificate to verify TLS nodes with, when ``ca_file`` is not given.
 CA_FILE_ENV = "TRIMARAN_CA_FILE"
+#: Where a Client finds its endpoints when none are given (the CLI's ``--endpoints`` reads it too),
+#: and the endpoints of last resort: where ``trimaran up`` (``make run``) listens.
+ENDPOINTS_ENV = "TRIMARAN_ENDPOINTS"
+DEFAULT_ENDPOINTS = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
 #: Answers that mean "this attempt was not applied; try again (elsewhere, or a bit later)".
 _RETRYABLE = (NotLeader, Unavailable, RequestTimeout)
 
@@ -138,7 +142,7 @@ class Client(RegisterMethods):
 
     def __init__(
         self,
-        endpoints: Endpoints,
+        endpoints: Endpoints | None = None,
         *,
         cluster_id: str | None = None,
         token: str | None = None,
@@ -159,6 +163,8 @@ class Client(RegisterMethods):
             raise InvalidArgument(f"inflight_requests_max must be in 1..{limits.session_responses_max}")
         if not 0 < backoff_ms_min <= backoff_ms_max:
             raise InvalidArgument("need 0 < backoff_ms_min <= backoff_ms_max")
+        if endpoints is None:
+            endpoints = os.environ.get(ENDPOINTS_ENV) or DEFAULT_ENDPOINTS
         self.endpoints = parse_endpoints(endpoints)
         self.cluster_id = cluster_id
         self.timeout_ms = timeout_ms
@@ -707,7 +713,7 @@ def _int_or_none(value: Any) -> int | None:
 
 
 def connect(
-    endpoints: Endpoints,
+    endpoints: Endpoints | None = None,
     *,
     cluster_id: str | None = None,
     token: str | None = None,
@@ -716,7 +722,8 @@ def connect(
     timeout_ms: int = TIMEOUT_MS_DEFAULT,
     **options: Any,
 ) -> Client:
-    """A client for the cluster at ``endpoints`` (``"host:port,..."`` or a list of ``"host:port"``).
+    """A client for the cluster at ``endpoints`` (``"host:port,..."`` or a list of ``"host:port"``;
+    default: ``$TRIMARAN_ENDPOINTS``, if set, else the ports ``trimaran up`` and ``make run`` use).
 
     Use it as an async context manager, inside a trio run::
 

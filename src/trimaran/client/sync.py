@@ -32,7 +32,7 @@ _JOIN_TIMEOUT_S = 10.0
 class SyncClient:
     """The blocking twin of :class:`Client`; same methods, same errors. Use ``with connect_sync(...)``."""
 
-    def __init__(self, endpoints: Endpoints, **options: Any) -> None:
+    def __init__(self, endpoints: Endpoints | None = None, **options: Any) -> None:
         # Built here so bad options fail in the caller's thread, before any thread starts.
         self._client = Client(endpoints, **options)
         self._token: trio.lowlevel.TrioToken | None = None
@@ -171,7 +171,7 @@ class SyncClient:
 
 
 def connect_sync(
-    endpoints: Endpoints,
+    endpoints: Endpoints | None = None,
     *,
     cluster_id: str | None = None,
     token: str | None = None,
@@ -184,6 +184,7 @@ def connect_sync(
             c.set("greeting", "hello")
             print(c.get("greeting"))
 
-    Same options and errors as :func:`trimaran.connect`; safe to share between threads.
+    Same options (endpoints default to ``$TRIMARAN_ENDPOINTS``, else ``make run``'s) and errors as
+    :func:`trimaran.connect`; safe to share between threads.
     """
     return SyncClient(endpoints, cluster_id=cluster_id, token=token, timeout_ms=timeout_ms, **options)
