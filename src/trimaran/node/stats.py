@@ -41,6 +41,10 @@ LEADER_HISTORY_MAX = 64
 #: of committed commands (a failed condition is an answer, not a failed proposal).
 PROPOSAL_FAILURES = frozenset({"not_leader", "storage_full", "unavailable", "too_large", "timeout"})
 
+#: Outcomes that send the client elsewhere: counted like any other, but not among the recent
+#: errors the dashboard lists (a client that met a follower first is not a failure to look into).
+REDIRECTS = frozenset({"not_leader"})
+
 assert list(LATENCY_BUCKETS_S) == sorted(LATENCY_BUCKETS_S) and list(FSYNC_BUCKETS_S) == sorted(FSYNC_BUCKETS_S)
 
 
@@ -163,6 +167,8 @@ class RequestStats:
         if not ok:
             if kind == "command" and outcome in PROPOSAL_FAILURES:
                 self.proposal_failures += 1
+            if outcome in REDIRECTS:
+                return  # counted above; not listed as an error (the client goes to the leader)
             message = str(getattr(value, "message", value))[: limits.untrusted_text_chars_max]
             self.recent_errors.append((wall_ms(), service, name, outcome, message))
 
