@@ -130,7 +130,7 @@ async def test_a_follower_forwards_writes_and_reads(tmp_path: Path) -> None:
             r = client(resp_address(cluster, follower))
             assert r.info()["role"] == "slave"
             assert r.set("k", "from a follower") is True
-            # (registering the connection's session asked the follower's driver once)
+            # (the connection's session registers through the leader: the follower's driver is not asked)
             refused.append(outcomes.get(("resp", "not_leader"), 0))
             assert r.incr("n") == 1
             pipe = r.pipeline(transaction=False)

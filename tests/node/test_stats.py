@@ -39,7 +39,7 @@ def test_request_stats_count_outcomes_latency_and_proposal_failures() -> None:
     rs.started(3, "read", {"service": "kv", "query": ["get", b"k"]})
     now[0] = 10.003
     rs.finished(1, True, 7, lambda: 0)
-    rs.finished(2, False, NotLeader(), lambda: 123)
+    rs.finished(2, False, NotLeader(leader_hint=2, leader_address="127.0.0.1:7002"), lambda: 123)
     rs.finished(3, False, ConditionFailed("no"), lambda: 124)
     rs.finished(3, True, None, lambda: 0)  # answered twice: counted once
     assert rs.outcomes == {("kv", "set", "ok"): 1, ("kv", "set", "not_leader"): 1, ("kv", "get", "condition_failed"): 1}
@@ -47,6 +47,9 @@ def test_request_stats_count_outcomes_latency_and_proposal_failures() -> None:
     assert rs.latency[("kv", "command")].count == 2 and rs.latency[("kv", "read")].count == 1
     assert abs(rs.latency[("kv", "command")].sum - 0.006) < 1e-9
     assert [e[3] for e in rs.recent_errors] == ["condition_failed"]  # a redirect is no error to list
+    rs.started(4, "command", body)
+    rs.finished(4, False, NotLeader(), lambda: 125)  # no leader to go to (an election): listed
+    assert [e[3] for e in rs.recent_errors] == ["condition_failed", "not_leader"]
 
 
 def test_request_labels_and_tracking_are_bounded() -> None:

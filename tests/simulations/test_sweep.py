@@ -47,6 +47,10 @@ REGRESSION_SEEDS = (
 
 
 def _jobs() -> int:
+    # Under pytest-xdist the other worker already uses the second core: a sweep of two processes
+    # there would put three CPU-bound processes beside real-process tests that keep time.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return 1
     return min(2, os.cpu_count() or 1)
 
 

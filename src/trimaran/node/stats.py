@@ -42,8 +42,14 @@ LEADER_HISTORY_MAX = 64
 PROPOSAL_FAILURES = frozenset({"not_leader", "storage_full", "unavailable", "too_large", "timeout"})
 
 #: Outcomes that send the client elsewhere: counted like any other, but not among the recent
-#: errors the dashboard lists (a client that met a follower first is not a failure to look into).
+#: errors the dashboard lists when they name where to go (a client that met a follower first is
+#: not a failure to look into; a not_leader that names no leader, during an election, is listed).
 REDIRECTS = frozenset({"not_leader"})
+
+
+def _names_a_leader(value: Any) -> bool:
+    details = getattr(value, "details", None)
+    return isinstance(details, dict) and bool(details.get("leader_address"))
 
 assert list(LATENCY_BUCKETS_S) == sorted(LATENCY_BUCKETS_S) and list(FSYNC_BUCKETS_S) == sorted(FSYNC_BUCKETS_S)
 
@@ -167,8 +173,8 @@ class RequestStats:
         if not ok:
             if kind == "command" and outcome in PROPOSAL_FAILURES:
                 self.proposal_failures += 1
-            if outcome in REDIRECTS:
-                return  # counted above; not listed as an error (the client goes to the leader)
+            if outcome in REDIRECTS and _names_a_leader(value):
+                return  # counted above; not listed as an error (the client goes to that leader)
             message = str(getattr(value, "message", value))[: limits.untrusted_text_chars_max]
             self.recent_errors.append((wall_ms(), service, name, outcome, message))
 

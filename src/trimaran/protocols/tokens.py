@@ -269,7 +269,7 @@ def verify(
 
 
 #: A PASETO header (version, purpose) that is not ``v4.public``: what a refusal may show of a token.
-_OTHER_PASETO_HEADER = re.compile(rb"v[0-9]{1,2}\.(?:local|public|secret)")
+_OTHER_PASETO_HEADER = re.compile(rb"v[1-4]\.(?:local|public)")
 
 
 def _header_checked(token: str | bytes) -> bytes:

@@ -74,6 +74,11 @@ class _Waiter:
         self.value: Any = None
 
 
+class _Unreachable(Unavailable):
+    """The leader's client port could not be reached (not an answer of the leader's own): the one
+    failure after which a forwarded write or registration is asked of this node instead."""
+
+
 #: Requests only a leader serves: a follower that knows the leader forwards them without asking its
 #: own driver (a read stays: a follower serves it at a read point it asks the leader for).
 LEADER_ONLY_OPS = frozenset({"command", "register"})
@@ -200,7 +205,7 @@ class HttpEdge:
             # so one that did arrive is not applied twice.
             try:
                 return await self._forward(leader, op, body, token)
-            except Unavailable:
+            except _Unreachable:
                 pass
         try:
             return await self._local(op, body, size_bytes)
@@ -221,7 +226,7 @@ class HttpEdge:
                     return value
                 raise value
             except (OSError, trio.BrokenResourceError) as exc:
-                raise Unavailable(f"cannot reach the leader at {leader}: {exc}") from None
+                raise _Unreachable(f"cannot reach the leader at {leader}: {exc}") from None
         assert scope.cancelled_caught
         raise RequestTimeout(f"the leader at {leader} did not answer within {self._timeout_s:g} s; the outcome is unknown")
 

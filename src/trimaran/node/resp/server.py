@@ -425,7 +425,7 @@ class RespServer:
         edge = self.edge
         refusal: TrimaranError | None = None
         grant = None
-        if edge.authoriser.enabled:
+        if edge.authoriser.enabled and any(not isinstance(plan, ErrorReply) for plan in group):
             try:
                 grant = edge.grant(conn.token)
             except TrimaranError as exc:  # no valid token: every command of the group is refused
