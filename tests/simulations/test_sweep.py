@@ -46,6 +46,11 @@ REGRESSION_SEEDS = (
 )
 
 
+#: The fixed band runs as this many tests (every BAND_PARTS-th seed each), the long runs and the
+#: moving bands as one test per part or node count, so that pytest-xdist spreads them over its workers.
+BAND_PARTS = 4
+
+
 def _jobs() -> int:
     # Under pytest-xdist the other worker already uses the second core: a sweep of two processes
     # there would put three CPU-bound processes beside real-process tests that keep time.
@@ -117,8 +122,10 @@ def test_moving_band_is_stable_per_label_and_moves_with_it() -> None:
 
 
 @pytest.mark.slow
-def test_ci_fixed_band_5_nodes_60_seconds() -> None:
-    assert _failures(sweep(FIXED_SEEDS, SweepSpec(nodes=5, sim_seconds=CI_SIM_SECONDS), jobs=_jobs())) == []
+@pytest.mark.parametrize("part", range(BAND_PARTS))
+def test_ci_fixed_band_5_nodes_60_seconds(part: int) -> None:
+    seeds = FIXED_SEEDS[part::BAND_PARTS]
+    assert _failures(sweep(seeds, SweepSpec(nodes=5, sim_seconds=CI_SIM_SECONDS), jobs=_jobs())) == []
 
 
 @pytest.mark.slow
@@ -130,17 +137,21 @@ def test_ci_regression_seeds() -> None:
 
 
 @pytest.mark.slow
-def test_ci_moving_band_60_seconds() -> None:
+@pytest.mark.parametrize("band", MOVING, ids=lambda band: f"{band[0]}_nodes")
+def test_ci_moving_band_60_seconds(band: tuple[int, int]) -> None:
     """New seeds every commit, over 3, 5 and 7 nodes."""
-    _check_moving(MOVING, CI_SIM_SECONDS, "ci")
+    _check_moving((band,), CI_SIM_SECONDS, "ci")
 
 
 @pytest.mark.slow
-def test_ci_fixed_long_runs_300_seconds() -> None:
+@pytest.mark.parametrize("part", range(2))
+def test_ci_fixed_long_runs_300_seconds(part: int) -> None:
     """Long histories: sessions, snapshots and faults pile up over 300 simulated seconds."""
-    assert _failures(sweep(FIXED_LONG_SEEDS, SweepSpec(nodes=5, sim_seconds=LONG_SIM_SECONDS), jobs=_jobs())) == []
+    seeds = FIXED_LONG_SEEDS[part::2]
+    assert _failures(sweep(seeds, SweepSpec(nodes=5, sim_seconds=LONG_SIM_SECONDS), jobs=_jobs())) == []
 
 
 @pytest.mark.slow
-def test_ci_moving_long_runs_300_seconds() -> None:
-    _check_moving(MOVING_LONG, LONG_SIM_SECONDS, "ci-long")
+@pytest.mark.parametrize("band", MOVING_LONG, ids=lambda band: f"{band[0]}_nodes")
+def test_ci_moving_long_runs_300_seconds(band: tuple[int, int]) -> None:
+    _check_moving((band,), LONG_SIM_SECONDS, "ci-long")
