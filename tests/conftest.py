@@ -16,8 +16,15 @@ _SLOW_PLACES = ("node", "client", "chaos", "test_typecheck.py", "simulations/tes
 _TESTS = Path(__file__).parent
 
 
+#: Tests that run longest (the simulator bands, 15-50 s each): collected first, so that under
+#: pytest-xdist they start early and the short tests fill the end, rather than one band running
+#: alone on one core at the end of the run.
+_LONG_FIRST = "simulations/test_sweep.py::test_ci_"
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         parts = Path(item.fspath).relative_to(_TESTS).parts
         if parts and (parts[0] in _SLOW_PLACES or "/".join(parts[:2]) in _SLOW_PLACES):
             item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: _LONG_FIRST not in item.nodeid)  # stable: the rest keep their order
