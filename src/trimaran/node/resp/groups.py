@@ -25,7 +25,7 @@ import trio
 
 from trimaran.errors import NotLeader, RequestTimeout, SessionExpired, TrimaranError, Unavailable
 from trimaran.node.config import Address
-from trimaran.node.http.edge import EdgeSession, HttpEdge
+from trimaran.node.http.edge import LEADER_ONLY_OPS, EdgeSession, HttpEdge
 from trimaran.node.probe import request_many
 from trimaran.node.tls import CA_CERT, client_context
 
@@ -184,7 +184,7 @@ async def submit_or_forward(
     requests applied); otherwise the error is the answer."""
     give_up_at = trio.current_time() + edge.config.request_timeout_ms / 1000
     got: list[Outcome] | None = None
-    leader = edge.other_leader() if op != "read" else None
+    leader = edge.other_leader() if op in LEADER_ONLY_OPS else None
     if leader is not None:
         # A follower that knows who leads sends writes there at once: asking its own driver first
         # only cost a round (and a pass through the loop) to learn not_leader. Reads stay here (a

@@ -252,15 +252,16 @@ class Poller:
             except Exception:  # noqa: BLE001 - a bug costs this connection, not the listener
                 log.exception("RESP poller: connection %d failed", conn.id)
                 self._close(conn)
+        leader = server.edge.other_leader() if writes or registers else None
         if writes:
-            if server.edge.other_leader() is None:
+            if leader is None:
                 await self._submit("command", writes)
             else:
                 self._forward(writes)
         if reads:
             await self._submit("read", reads)
         if registers:
-            if server.edge.other_leader() is None:
+            if leader is None:
                 await self._register(registers)
             else:  # here they would only be refused as not the leader: their tasks register them there
                 for conn in registers:
