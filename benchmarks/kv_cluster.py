@@ -61,7 +61,7 @@ import time
 import tracemalloc
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.client.real_cluster
@@ -661,15 +661,17 @@ def print_table(
     check_targets(rows, ours, etcd)
 
 
+def median_ratio(pairs: Iterable[tuple[Result | None, Result | None]]) -> float | None:
+    """The median of ops/s a / ops/s b over the pairs (a, b) where both were measured (None: none
+    were). Each pair ran back to back, so the machine's drift between pairs cancels out."""
+    ratios = [a.ops_per_s / b.ops_per_s for a, b in pairs if a is not None and b is not None and b.ops_per_s]
+    return statistics.median(ratios) if ratios else None
+
+
 def paired_ratios(rows: list[Row], ours: list[dict[Row, Result]], secured: list[dict[Row, Result]]) -> dict[Row, float]:
-    """Per row, the median over repeats of (ops/s on) / (ops/s off) of the same repeat: the two runs
-    of a repeat are back to back, so the machine's drift from one repeat to the next cancels out."""
-    ratios: dict[Row, float] = {}
-    for row in rows:
-        pairs = [on[row].ops_per_s / off[row].ops_per_s for off, on in zip(ours, secured) if row in on and off[row].ops_per_s]
-        if pairs:
-            ratios[row] = statistics.median(pairs)
-    return ratios
+    """Per row, the median over repeats of (ops/s on) / (ops/s off) of the same repeat."""
+    ratios = {row: median_ratio((on.get(row), off.get(row)) for off, on in zip(ours, secured)) for row in rows}
+    return {row: ratio for row, ratio in ratios.items() if ratio is not None}
 
 
 def print_secured(

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -171,12 +170,7 @@ def _resp_test(
 def paired(runs: list[dict[Key, Result]], op: str, conns: int, pipeline: int) -> float | None:
     """The median over runs of each run's own RESP / native ratio (its two tests ran back to back,
     so the machine's drift between runs cancels out): the measure the 0.9x target is judged on."""
-    pairs = [
-        run[("resp", op, conns, pipeline)].ops_per_s / run[("native", op, conns, pipeline)].ops_per_s
-        for run in runs
-        if ("resp", op, conns, pipeline) in run and run.get(("native", op, conns, pipeline)) and run[("native", op, conns, pipeline)].ops_per_s
-    ]
-    return statistics.median(pairs) if pairs else None
+    return kv_cluster.median_ratio((run.get(("resp", op, conns, pipeline)), run.get(("native", op, conns, pipeline))) for run in runs)
 
 
 def run_redis(shapes: list[tuple[int, int]], quick: bool, value_bytes: int) -> dict[Key, Result]:
