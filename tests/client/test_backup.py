@@ -61,6 +61,7 @@ def test_a_backup_of_a_live_cluster_restores_into_a_new_one_with_equal_state(tmp
         source.stop_all()
     assert backup.exists() and not Path(str(backup) + ".part").exists()
     assert header["voters"] == [1, 2, 3] and header["index"] >= 302 and header["size_bytes"] > 300 * 90
+    assert header["auth_required"] is False  # this cluster runs without auth: its restored nodes may too
 
     shown = cli("snapshot", "inspect", str(backup), "--json")
     assert shown.returncode == 0, shown.stderr

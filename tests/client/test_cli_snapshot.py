@@ -30,3 +30,12 @@ def test_inspect_labels_index_term_membership_size_crc_and_sha256(tmp_path: Path
     assert rows["size"] == f"{len(data)} bytes ({len(data) / 1024:.1f} KiB)"
     assert rows["crc32"].startswith(f"0x{zlib.crc32(data):08x} ") and rows["sha256"] == sha256
     assert rows["log time"].startswith("2023-11-14 22:13:20 UTC")
+    assert rows["auth"].startswith("off")
+
+    guarded = tmp_path / "g.backup"
+    guarded.write_bytes(backup_file.encode_prefix(backup_file.header_for("c1", meta, sha256, auth_required=True)) + data)
+    result = CliRunner().invoke(main, ["snapshot", "inspect", str(guarded)])
+    assert "auth      required: start the restored nodes with --auth-public-key" in result.output, result.output
+    result = CliRunner().invoke(main, ["snapshot", "restore", str(guarded), "--data-dir", str(tmp_path / "n1"), "--id", "1"])
+    assert result.exit_code == 0 and "--auth-public-key" in result.output, result.output
+    assert (tmp_path / "n1" / "AUTH_REQUIRED").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+import zlib
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -17,11 +18,15 @@ import pyseto
 import pytest
 import trio
 
-from trimaran.errors import TrimaranError, error_from_wire
+import trimaran
+from trimaran.errors import ConfigError, InvalidArgument, TrimaranError, error_from_wire
+from trimaran.node.backup_restore import read_backup, restore
 from trimaran.node.config import Address
-from trimaran.node.node import Node
-from trimaran.protocols import tokens
+from trimaran.node.data_dir import auth_required, check_auth
+from trimaran.node.node import Node, first_error
+from trimaran.protocols import backup_file, tokens
 from trimaran.protocols.client_protocol import hello
+from trimaran.protocols.messages import Membership, SnapshotMeta
 from trimaran.protocols.tokens import TrustedKey
 
 from tests.node.helpers import RawClient, in_process_cluster
@@ -356,6 +361,67 @@ async def test_a_node_without_auth_keys_behaves_as_before(tmp_path: Path) -> Non
         anonymous = await connect(node, None)
         await anonymous.call("status", {})
         await anonymous.aclose()
+
+
+async def test_data_served_with_auth_is_not_served_without_it_after_a_restart_or_a_restore(
+    tmp_path: Path, admin_key: Signer
+) -> None:
+    """Auth is a node's configuration, not the log's: a node restarted, or a cluster restored from a
+    backup, without its --auth-public-key would serve the same data to anyone. The data dir (and a
+    backup) remembers that tokens were required, and such a node refuses to start without a key
+    unless it is told --insecure."""
+    backup = tmp_path / "c.backup"
+    async with in_process_cluster(tmp_path / "source", 1, auth_keys=(admin_key.trusted,)) as cluster:
+        await cluster.leader()
+        source = cluster.nodes[1]
+        assert auth_required(source.config.data_dir)
+        async with trimaran.connect([str(address_of(source))], token=admin_key.token(["admin:*"])) as c:
+            await c.kv.set("secret", "42")
+            header = await c.backup(str(backup))
+    assert header["auth_required"] is True
+    restored, _ = read_backup(backup)
+    assert restored.auth_required and restored.index == header["index"]
+
+    # The source node's own data dir, restarted without its key; a restored one likewise.
+    restore(backup, tmp_path / "restored" / "node1", 1)
+    for root in (tmp_path / "source", tmp_path / "restored"):
+        with pytest.raises(BaseException) as refused:
+            async with in_process_cluster(root, 1):
+                pass
+        error = first_error(refused.value)
+        assert isinstance(error, ConfigError) and "without auth" in error.message, error
+        assert "--auth-public-key" in error.message and "--insecure" in error.message
+    async with in_process_cluster(tmp_path / "restored", 1, insecure=True) as cluster:  # the operator's choice
+        await cluster.leader()
+        async with trimaran.connect([str(address_of(cluster.nodes[1]))]) as c:
+            assert (await c.kv.get("secret")).value == b"42"
+    async with in_process_cluster(tmp_path / "restored", 1, auth_keys=(admin_key.trusted,)) as cluster:
+        await cluster.leader()
+        refusal = await hello_refusal(cluster.nodes[1], hello(CLUSTER, None))
+        assert refusal.code == "unauthenticated"
+
+
+def test_a_backup_header_says_whether_its_cluster_required_tokens(tmp_path: Path) -> None:
+    meta = SnapshotMeta(9, 2, Membership((1, 2, 3)), 3, zlib.crc32(b"abc"))
+    for required in (False, True):
+        header = backup_file.header_for("c1", meta, "00", required)
+        assert backup_file.header_from(header.to_dict()).auth_required is required
+    older = backup_file.header_for("c1", meta, "00").to_dict()
+    del older["auth_required"]
+    assert backup_file.header_from(older).auth_required is False
+    with pytest.raises(InvalidArgument, match="auth_required"):  # never read loosely as false
+        backup_file.header_from(older | {"auth_required": "yes"})
+
+
+def test_a_data_dir_marked_as_requiring_auth_refuses_a_node_without_it(tmp_path: Path) -> None:
+    data_dir = str(tmp_path / "n1")
+    assert check_auth(data_dir, auth_enabled=False, insecure=False) is False and not auth_required(data_dir)
+    assert check_auth(data_dir, auth_enabled=True, insecure=False) is False and auth_required(data_dir)
+    assert check_auth(data_dir, auth_enabled=True, insecure=False) is False  # again: unchanged
+    with pytest.raises(ConfigError):
+        check_auth(data_dir, auth_enabled=False, insecure=False)
+    assert check_auth(data_dir, auth_enabled=False, insecure=True) is True  # the caller logs it
+    assert auth_required(data_dir)  # --insecure is for this run only
 
 
 # ------------------------------------------------------------------------------- peers

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from tests.client.real_cluster import free_ports
 from tests.node.helpers import HOST
 from trimaran.cli import main
-from trimaran.node.node import CLUSTER_ID_FILE, claim_data_dir
+from trimaran.node.data_dir import CLUSTER_ID_FILE, claim_data_dir, mark_auth_required
 
 
 @pytest.mark.parametrize("args", [["up", "--help"], ["node", "--help"], ["node", "run", "--help"]])
@@ -93,6 +93,15 @@ def test_the_connection_bound_flags_default_to_nodeconfigs_defaults() -> None:
     defaults = {f.name: f.default for f in dataclasses.fields(NodeConfig)}
     for flag, default, _ in _CONNECTION_BOUNDS:
         assert defaults[flag.lstrip("-").replace("-", "_")] == default, flag
+
+
+def test_a_data_dir_that_required_tokens_is_refused_without_a_key(tmp_path: Path) -> None:
+    """One clear line, before the store is opened; the data dir is left as it was."""
+    mark_auth_required(str(tmp_path / "n1"))
+    before = sorted(p.name for p in (tmp_path / "n1").iterdir())
+    code, output = run(base_args(tmp_path))
+    assert code == 1 and "refusing to serve" in output and "--auth-public-key" in output and "--insecure" in output, output
+    assert sorted(p.name for p in (tmp_path / "n1").iterdir()) == sorted(before + [CLUSTER_ID_FILE])
 
 
 def test_a_data_dir_of_another_cluster_is_refused(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ import trio
 from tests.node.helpers import HOST, RawClient
 from trimaran.errors import NotLeader, Unauthenticated
 from trimaran.node.config import Address
+from trimaran.node.data_dir import mark_auth_required
 
 pytestmark = pytest.mark.slow
 
@@ -234,8 +235,9 @@ async def test_up_with_tls_serves_tls_and_no_auth_serves_anyone(tmp_path: Path, 
     finally:
         up.kill()
 
-    # The same data without auth: the nodes trust no key, so a client needs no token.
-    again = Up(tmp_path, base, "--no-auth")
+    # The same data without auth, as the operator insists (--no-auth alone refuses: the next
+    # test): the nodes trust no key, so a client needs no token.
+    again = Up(tmp_path, base, "--no-auth", "--insecure")
     try:
         await again.wait_up()
         assert "Auth is off" in again.output() and "TRIMARAN_TOKEN" not in again.output()
@@ -257,6 +259,20 @@ def test_up_beyond_loopback_refuses_without_tls_in_one_line(tmp_path: Path) -> N
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "refusing to listen on 0.0.0.0 without TLS and auth" in lines[0], result.stderr
     assert "--insecure" in lines[0] and not (tmp_path / "d").exists()
+
+
+def test_up_no_auth_on_data_that_required_tokens_refuses_in_one_line(tmp_path: Path) -> None:
+    """A cluster made by `up` (auth on) restarted with --no-auth would serve its data to anyone."""
+    data = tmp_path / "d"
+    for i in (1, 2, 3):
+        mark_auth_required(str(data / f"node{i}"))
+    result = subprocess.run(
+        [sys.executable, "-m", "trimaran", "up", "--no-auth", "--data-dir", str(data)], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "refusing --no-auth" in lines[0] and "--insecure" in lines[0], result.stderr
+    assert not (data / "node1.log").exists() and not (data / "auth").exists()  # nothing was started or made
 
 
 #: How long every node of a fresh cluster may take to log the leader the status names.

@@ -94,7 +94,8 @@ def _connection_bound_options(fn: Any) -> Any:
 @click.option(
     "--insecure",
     is_flag=True,
-    help="Let nodes listen beyond loopback (--host) without TLS and auth (anyone who reaches them may do anything).",
+    help="Let nodes listen beyond loopback (--host) without TLS and auth, or serve data made with auth "
+    "under --no-auth (anyone who reaches them may do anything).",
 )
 @_log_level_option("Least severe log lines each node writes to its log file (DATA_DIR/nodeN.log).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Each node's log lines: text or JSON.")
@@ -259,8 +260,8 @@ def node_group() -> None:
 @click.option(
     "--insecure",
     is_flag=True,
-    help="Listen on a non-loopback address even without TLS and auth (anyone who reaches the port can "
-    "read and write everything).",
+    help="Listen on a non-loopback address even without TLS and auth, or serve a data dir that required "
+    "tokens without --auth-public-key (anyone who reaches the port can read and write everything).",
 )
 @_kv_node_options
 def node_run_command(

@@ -77,12 +77,16 @@ def snapshot_inspect_command(file: str, as_json: bool) -> None:
         ("size", _size(header.size_bytes)),
         ("crc32", f"{_crc(header.crc32)} (the checksum a node checks on every snapshot it installs or loads)"),
         ("sha256", header.sha256),
+        ("auth", _AUTH_REQUIRED if header.auth_required else "off (the cluster it came from required no token)"),
     ]
     for label, value in rows:
         click.echo(f"{label:<9} {value}")
     click.echo("parts     (bytes each takes, packed)")
     for name, size_bytes in info["parts_bytes"].items():
         click.echo(f"  {name:<12} {size_bytes:>12} bytes")
+
+
+_AUTH_REQUIRED = "required: start the restored nodes with --auth-public-key (they refuse to start without it, or --insecure)"
 
 
 def _size(size_bytes: int) -> str:
@@ -116,7 +120,8 @@ def snapshot_restore_command(file: str, data_dir: str, node_id: int, voters: str
     """Seed a new node's data dir from the backup FILE.
 
     Restore the same file for every node of the new cluster, then start each with `trimaran node
-    run --data-dir DIR --id N` and its peers; the cluster starts at the backup's state.
+    run --data-dir DIR --id N` and its peers; the cluster starts at the backup's state. A backup of
+    a cluster that required tokens needs --auth-public-key on every restored node too.
     """
     from trimaran.errors import TrimaranError
     from trimaran.node.backup_restore import restore
@@ -129,3 +134,5 @@ def snapshot_restore_command(file: str, data_dir: str, node_id: int, voters: str
         click.echo(json.dumps(header.to_dict() | {"data_dir": data_dir, "node_id": node_id}))
     else:
         click.echo(f"restored {file} (index {header.index}, term {header.term}) into {data_dir} for node {node_id}")
+        if header.auth_required:
+            click.echo("auth " + _AUTH_REQUIRED)

@@ -5,6 +5,8 @@ and commit index, so ``trimaran node run --data-dir DIR`` boots from it exactly 
 from its own last snapshot (etcdutl snapshot restore does the same for etcd). Every node of the new
 cluster is restored from the same file. The membership is the source cluster's, or ``voters`` (a
 new cluster's node ids, as etcd's ``--initial-cluster``); a node id outside it would never vote.
+A backup of a cluster that required tokens marks the new data dir so (:mod:`trimaran.node.data_dir`):
+its node will not come up with auth off by accident.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 from pathlib import Path
 
 from trimaran.errors import ConfigError
+from trimaran.node.data_dir import mark_auth_required
 from trimaran.protocols import backup_file
 from trimaran.protocols.messages import NO_NODE, HardState, Snapshot
 from trimaran.storage.base import WriteBatch
@@ -49,4 +52,6 @@ def restore(
         store.write([WriteBatch(hard_state=HardState(header.term, NO_NODE, header.index), snapshot=Snapshot(meta, snapshot))])
     finally:
         store.close()
+    if header.auth_required:
+        mark_auth_required(str(target))  # its nodes refuse to start without a key (or --insecure)
     return header

@@ -201,7 +201,9 @@ class ClientConnection:
         if self._backup is None:
             server.backups_held += 1
         self._backup = snapshot.data
-        header = backup_file.header_for(server.config.cluster_id, snapshot.meta, hashlib.sha256(snapshot.data).hexdigest())
+        header = backup_file.header_for(
+            server.config.cluster_id, snapshot.meta, hashlib.sha256(snapshot.data).hexdigest(), server.config.auth_enabled
+        )
         return True, header.to_dict() | {"chunk_bytes": limits.backup_chunk_bytes}
 
     def _backup_chunk(self, offset: int) -> tuple[bool, Any]:

@@ -44,6 +44,7 @@ import trio
 from trimaran import limits
 from trimaran.errors import ConfigError
 from trimaran.node.config import DEFAULT_CLUSTER_ID, Address
+from trimaran.node.data_dir import auth_required
 from trimaran.node.probe import fetch_status
 from trimaran.node.tls import CA_CERT, DEFAULT_HOSTS, client_context, init_certs, issue_cert, node_cert_name
 from trimaran.protocols import tokens
@@ -596,6 +597,12 @@ def run_local_cluster(
             f"refusing to listen on {host} without TLS and auth: anyone who can reach it could read and write "
             "everything; pass --tls (auth is on unless --no-auth), or --insecure to accept the risk"
         )
-    local_nodes(data_dir, base_port, host, size, resp_base_port=resp_base_port)  # refuse a bad size before making keys
+    nodes = local_nodes(data_dir, base_port, host, size, resp_base_port=resp_base_port)  # refuse a bad size before making keys
+    if not auth and not insecure and any(auth_required(str(n.data_dir)) for n in nodes):
+        # The nodes would refuse too (data_dir.check_auth), each in its own log: say it once, here.
+        raise ConfigError(
+            f"refusing --no-auth on {data_dir}: its nodes' data was served with tokens required, and anyone could "
+            "now read and write it; drop --no-auth, or pass --insecure to accept the risk"
+        )
     security = prepare_security(data_dir, cluster_id, auth=auth, tls=tls, hosts=(host,), insecure=insecure, size=size)
     return trio.run(run_local_cluster_async, data_dir, base_port, cluster_id, tick_ms, echo, host, security, resp_base_port, size)

@@ -22,6 +22,7 @@ from trimaran.node.client_server import ClientServer
 from trimaran.node.clock import ClockMonitor, wall_clock_ms as system_wall_clock_ms
 from trimaran.errors import ConfigError
 from trimaran.node.config import Address, NodeConfig
+from trimaran.node.data_dir import check_auth, claim_data_dir
 from trimaran.node.driver import Driver
 from trimaran.node.forwarding import LeaderLinks
 from trimaran.node.http.chat_gateway import ChatHub
@@ -166,6 +167,11 @@ class Node:
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
         claim_data_dir(cfg.data_dir, cfg.cluster_id)
+        if check_auth(cfg.data_dir, auth_enabled=cfg.auth_enabled, insecure=cfg.insecure):
+            log.warning(
+                "node %d: serving %s without auth (--insecure), though its data was served with tokens required",
+                cfg.node_id, cfg.data_dir,
+            )
         writer = StorageWriter(
             cfg.data_dir,
             self._on_write_result,
@@ -365,33 +371,6 @@ def first_error(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     return exc
-
-
-#: The file in a data dir naming the cluster it belongs to (written at its first start).
-CLUSTER_ID_FILE = "CLUSTER_ID"
-
-
-def claim_data_dir(data_dir: str, cluster_id: str) -> None:
-    """Refuse (ConfigError) a data dir that another cluster wrote, before anything reads it: its log
-    would mix with this cluster's, and its node would vote with another cluster's history. A new
-    data dir, or one from before this file existed, is claimed for ``cluster_id``."""
-    path = os.path.join(data_dir, CLUSTER_ID_FILE)
-    try:
-        with open(path, encoding="utf-8") as f:
-            owner = f.read().strip()
-    except FileNotFoundError:
-        os.makedirs(data_dir, exist_ok=True)
-        with open(path + ".new", "w", encoding="utf-8") as f:
-            f.write(cluster_id + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(path + ".new", path)
-        return
-    if owner != cluster_id:
-        raise ConfigError(
-            f"the data dir {data_dir} belongs to cluster {owner!r}, not {cluster_id!r}: give this node a new "
-            f"--data-dir, or the --cluster-id it was made with"
-        )
 
 
 def run_node_process(config: NodeConfig, parent_pid: int | None = None) -> None:

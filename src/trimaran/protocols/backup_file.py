@@ -8,8 +8,10 @@ boot from it::
 
 The header: ``version``, ``cluster_id`` (of the cluster it came from), ``index`` and ``term`` (the
 log position it stands for), ``voters`` and ``learners`` (the membership there), ``size_bytes``,
-``crc32`` (as the snapshot's meta) and ``sha256`` (of the snapshot bytes; what ``inspect`` and
-``restore`` check before anything else). The snapshot bytes are exactly what a node stores and
+``crc32`` (as the snapshot's meta), ``sha256`` (of the snapshot bytes; what ``inspect`` and
+``restore`` check before anything else) and ``auth_required`` (the node that saved it required
+tokens: ``restore`` marks the new data dirs so, see :mod:`trimaran.node.data_dir`; absent means
+False). The snapshot bytes are exactly what a node stores and
 sends to a lagging follower, so restoring is publishing them in a new data dir.
 """
 
@@ -43,6 +45,7 @@ class BackupHeader:
     size_bytes: int
     crc32: int
     sha256: str
+    auth_required: bool = False
 
     def meta(self, voters: tuple[int, ...] | None = None) -> SnapshotMeta:
         """The snapshot meta to publish (``voters``: a new cluster's, instead of the source's)."""
@@ -53,13 +56,15 @@ class BackupHeader:
         return {
             "version": VERSION, "cluster_id": self.cluster_id, "index": self.index, "term": self.term,
             "voters": list(self.voters), "learners": list(self.learners), "size_bytes": self.size_bytes,
-            "crc32": self.crc32, "sha256": self.sha256,
+            "crc32": self.crc32, "sha256": self.sha256, "auth_required": self.auth_required,
         }  # fmt: skip
 
 
-def header_for(cluster_id: str, meta: SnapshotMeta, sha256: str) -> BackupHeader:
+def header_for(cluster_id: str, meta: SnapshotMeta, sha256: str, auth_required: bool = False) -> BackupHeader:
     m = meta.membership
-    return BackupHeader(cluster_id, meta.last_index, meta.last_term, m.voters, m.learners, meta.size_bytes, meta.checksum, sha256)
+    return BackupHeader(
+        cluster_id, meta.last_index, meta.last_term, m.voters, m.learners, meta.size_bytes, meta.checksum, sha256, auth_required
+    )
 
 
 def encode_prefix(header: BackupHeader) -> bytes:
@@ -88,9 +93,12 @@ def header_from(h: Any) -> BackupHeader:
     try:
         if h["version"] != VERSION:
             raise InvalidArgument(f"backup format version {brief(h['version'])}; this trimaran reads {VERSION}")
+        auth = h.get("auth_required", False)
+        if type(auth) is not bool:  # read strictly: a wrong False would restore data without its guard
+            raise InvalidArgument(f"the backup header's auth_required is {brief(auth)}, not true or false")
         return BackupHeader(
             str(h["cluster_id"]), int(h["index"]), int(h["term"]), tuple(int(v) for v in h["voters"]),
-            tuple(int(v) for v in h["learners"]), int(h["size_bytes"]), int(h["crc32"]), str(h["sha256"]),
+            tuple(int(v) for v in h["learners"]), int(h["size_bytes"]), int(h["crc32"]), str(h["sha256"]), auth,
         )  # fmt: skip
     except InvalidArgument:
         raise
