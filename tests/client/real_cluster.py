@@ -1,13 +1,14 @@
 """Start a real 3-node trimaran cluster as subprocesses on loopback, for integration tests.
 
-Ports are picked by binding port 0 and releasing it (the small race with another process taking the
-port in between is accepted for tests). Every process is stopped by its PID: SIGTERM, then SIGKILL
+Ports are picked by binding and releasing them, from a range no other test and no outgoing
+connection uses (see :func:`free_ports`). Every process is stopped by its PID: SIGTERM, then SIGKILL
 if it does not exit in time.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -16,15 +17,36 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.ports import worker_ports
+
+#: Where free_ports draws from (test_up and test_cli_up use 20000-31702 for their fixed offsets).
+FREE_PORTS = range(10_000, 20_000)
+FREE_PORT_TRIES_MAX = 2_000
+_MINE = worker_ports(FREE_PORTS)
+
+
 def free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    """``count`` distinct ports that are free now, from FREE_PORTS: below Linux's ephemeral range
+    (32768-60999), so no outgoing connection takes one between this check and the node's bind, and
+    from this xdist worker's share of it (tests/ports.py), so the other worker never picks one."""
+    rng = random.Random()
+    picked: list[int] = []
+    for _ in range(FREE_PORT_TRIES_MAX):
+        port = rng.choice(_MINE)
+        if port not in picked and _bindable(port):
+            picked.append(port)
+            if len(picked) == count:
+                return picked
+    raise AssertionError(f"no {count} free ports found in {FREE_PORTS}")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass

@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from tests.node.test_up import _free
+from tests.ports import worker_bases
 
 pytestmark = pytest.mark.slow
 
@@ -25,6 +26,7 @@ STOP_WAIT_S = 30.0
 #: ephemeral range (32768-60999 by default), where an outgoing connection could take a port
 #: between the check that it is free and `up` binding it.
 BASE_PORTS = range(30_000, 30_700)
+_BASES = worker_bases(BASE_PORTS, nodes_max=3)
 RESP_OFFSET = 500
 OFFSETS = tuple(step + i for step in (0, 100, RESP_OFFSET, 1000) for i in (1, 2, 3))
 
@@ -45,7 +47,7 @@ def _children_of(up_pid: int) -> list[int]:
 def _free_base() -> int:
     rng = random.Random()
     for _ in range(50):
-        base = rng.choice(BASE_PORTS)
+        base = rng.choice(_BASES)
         if all(_free(base + offset) for offset in OFFSETS):
             return base
     raise AssertionError(f"no base port in {BASE_PORTS} with all its ports free")

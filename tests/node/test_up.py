@@ -18,6 +18,7 @@ import redis
 import trio
 
 from tests.node.helpers import HOST, RawClient
+from tests.ports import worker_bases
 from trimaran.errors import NotLeader, Unauthenticated
 from trimaran.node.config import Address
 from trimaran.node.data_dir import mark_auth_required
@@ -48,6 +49,7 @@ UP_PORT_OFFSETS = (1, 2, 3, 101, 102, 103, 1001, 1002, 1003, RESP_OFFSET + 1, RE
 #: the kernel never hands a port to an outgoing connection, so a port found free stays free until
 #: `up` binds it (test_cli_up draws from just above, 30000-30699).
 BASE_PORTS = range(20_000, 27_000)
+_BASES = worker_bases(BASE_PORTS)
 
 
 def free_base_port(attempts_max: int = 50, nodes: int = 3) -> int:
@@ -55,7 +57,7 @@ def free_base_port(attempts_max: int = 50, nodes: int = 3) -> int:
     rng = random.Random()
     offsets = [step + i for step in (0, 100, 1000, RESP_OFFSET) for i in range(1, nodes + 1)]
     for _ in range(attempts_max):
-        base = rng.choice(BASE_PORTS)
+        base = rng.choice(_BASES)
         if all(_free(base + offset) for offset in offsets):
             return base
     raise AssertionError("no free base port found")
