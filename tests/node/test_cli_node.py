@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -114,3 +116,15 @@ def test_a_data_dir_of_another_cluster_is_refused(tmp_path: Path) -> None:
     code, output = run(base_args(tmp_path) + ["--cluster-id", "green"])
     assert code == 1 and "belongs to cluster 'blue', not 'green'" in output, output
     assert sorted(p.name for p in data_dir.iterdir()) == [CLUSTER_ID_FILE]  # nothing else was made
+
+
+def test_a_node_process_tunes_the_cycle_collector_and_freezes_what_exists_at_start() -> None:
+    """In a child process (the threshold and the frozen set are process-wide)."""
+    code = (
+        "import gc; from trimaran.node.node import GC_GEN0_THRESHOLD, tune_gc; "
+        "before = gc.get_threshold(); tune_gc(); "
+        "assert gc.get_threshold() == (GC_GEN0_THRESHOLD,) + before[1:], gc.get_threshold(); "
+        "assert gc.get_freeze_count() > 1000, gc.get_freeze_count(); print('ok')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

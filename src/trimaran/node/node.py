@@ -9,6 +9,7 @@ runs one node as a process that stops gracefully on SIGINT/SIGTERM and exits 0.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import random
@@ -373,11 +374,34 @@ def first_error(exc: BaseException) -> BaseException:
     return exc
 
 
+#: The cyclic garbage collector's first threshold in a node process (CPython's default: 700).
+#: A gen-0 pass runs once that many more container objects were made than freed, and a driver
+#: round over hundreds of connections makes thousands of short-lived ones before it frees them.
+#: At 700, a leader serving 100,000 RESP SETs and 100,000 GETs at 256 connections ran ~3,600
+#: gen-0, ~330 gen-1 and ~30 full passes (50 ms each, the event loop stopped), which found almost
+#: nothing (10 objects in all the full ones): 15% of its time, the objects of requests in flight
+#: promoted generation after generation. At 10,000 the same load ran ~20 gen-0 passes and no full
+#: one; the leader's CPU per SET fell 13% and per GET 20%. Cyclic garbage is still collected
+#: within 10,000 allocations (the process held as many objects at the end as at 700).
+GC_GEN0_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """For a node process (not a library's business in a user's process): freeze what exists at
+    start (modules, classes, functions, never garbage, so a full pass no longer walks them), then
+    raise the gen-0 threshold (see GC_GEN0_THRESHOLD). Freed by refcount as ever: only the
+    cycle collector's work changes."""
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
+
+
 def run_node_process(config: NodeConfig, parent_pid: int | None = None) -> None:
     """Entry point of ``trimaran node run``: blocks until the node stopped gracefully.
 
     Raises the first underlying error (not an exception group) if the node could not run.
     """
+    tune_gc()
     try:
         trio.run(serve_until_signalled, config, parent_pid)
     except BaseExceptionGroup as group:

@@ -62,6 +62,10 @@ client port's ``_total`` counters       idle closes, answers refused
 ``http_requests_total``, ...            the HTTP edge and the RESP listener
 ======================================  ====================================================================
 
+Besides these, prometheus_client's ``python_gc_collections_total{generation}`` (and objects
+collected and uncollectable): the process's cycle collector, which a node process tunes
+(:func:`trimaran.node.node.tune_gc`).
+
 Scraping needs the ``cluster:read`` scope (or ``admin:*``) when auth is on, like ``/v1/status``:
 Prometheus sends it with ``authorization: {credentials: <token>}`` in its scrape config.
 """
@@ -71,6 +75,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.gc_collector import GCCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -322,6 +327,9 @@ class NodeMetrics:
     def __init__(self, node: Node) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(NodeCollector(node))
+        # The process's cycle collector (python_gc_*: collections, collected and uncollectable
+        # objects per generation): the node process tunes it (node.tune_gc), so show its work.
+        GCCollector(registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
