@@ -339,7 +339,10 @@ class RespParser:
             self._error = error
         self._ready_bytes = unparsed_bytes - self._buffered
         if ready:
-            return self.next_command()
+            first = ready.popleft()
+            if not ready:
+                self._ready_bytes = 0
+            return first
         if self._error is not None:
             raise self._error
         return None
@@ -364,6 +367,9 @@ class RespParser:
                     piece_index += 1
                 if piece_pos == pos:  # else an inline line ended in a bare LF: not on a piece
                     piece_index, piece_pos = self._parse_whole_commands(pieces, piece_index, piece_pos)
+                    if piece_pos == len(buf):  # every byte taken (the usual case): nothing to wait on
+                        self._more(piece_pos, 1)
+                        return
             parsed = self._parse()
             if parsed is None:
                 return
