@@ -28,3 +28,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if parts and (parts[0] in _SLOW_PLACES or "/".join(parts[:2]) in _SLOW_PLACES):
             item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: _LONG_FIRST not in item.nodeid)  # stable: the rest keep their order
+
+
+@pytest.fixture(autouse=True)
+def gc_tuned(monkeypatch: pytest.MonkeyPatch) -> list[None]:
+    """`node run` invoked in-process (click's CliRunner) reaches ``run_node_process``, which tunes
+    the interpreter for a node's process (``node.tune_gc``: freezes every object, raises the gen-0
+    threshold). In a test worker that would freeze the tests' own garbage and change the collector
+    for every later test, so here it only records the call (tests assert on the list)."""
+    from trimaran.node import node
+
+    calls: list[None] = []
+    monkeypatch.setattr(node, "tune_gc", lambda: calls.append(None))
+    return calls

@@ -50,7 +50,7 @@ def _free_base() -> int:
         base = rng.choice(_BASES)
         if all(_free(base + offset) for offset in OFFSETS):
             return base
-    raise AssertionError(f"no base port in {BASE_PORTS} with all its ports free")
+    raise AssertionError(f"no base port of this worker's in {BASE_PORTS} with all its ports free")
 
 
 async def test_make_run_stops_cleanly_on_sigterm_to_the_pid_its_banner_shows(tmp_path: Path) -> None:

@@ -36,8 +36,8 @@ HOST = "127.0.0.1"
 def cluster_configs(root: Path, size: int = 3, **overrides: Any) -> list[NodeConfig]:
     """Configs for ``size`` nodes on free loopback ports, data under ``root``."""
     ids = list(range(1, size + 1))
-    # Picked together (all held open until each has its number), so no two are the same: one at a
-    # time, a port released by the last pick may be handed out again (once seen in CI).
+    # Picked together, so no two are the same (free_ports: distinct ports of this worker's share,
+    # below the ephemeral range).
     ports = iter(free_ports(2 * size))
     client = {i: Address(HOST, next(ports)) for i in ids}
     peer = {i: Address(HOST, next(ports)) for i in ids}

@@ -369,7 +369,7 @@ async def test_data_served_with_auth_is_not_served_without_it_after_a_restart_or
     """Auth is a node's configuration, not the log's: a node restarted, or a cluster restored from a
     backup, without its --auth-public-key would serve the same data to anyone. The data dir (and a
     backup) remembers that tokens were required, and such a node refuses to start without a key
-    unless it is told --insecure."""
+    unless it is told --allow-auth-off (not --insecure, which is about listening beyond loopback)."""
     backup = tmp_path / "c.backup"
     async with in_process_cluster(tmp_path / "source", 1, auth_keys=(admin_key.trusted,)) as cluster:
         await cluster.leader()
@@ -390,11 +390,17 @@ async def test_data_served_with_auth_is_not_served_without_it_after_a_restart_or
                 pass
         error = first_error(refused.value)
         assert isinstance(error, ConfigError) and "without auth" in error.message, error
-        assert "--auth-public-key" in error.message and "--insecure" in error.message
-    async with in_process_cluster(tmp_path / "restored", 1, insecure=True) as cluster:  # the operator's choice
+        assert "--auth-public-key" in error.message and "--allow-auth-off" in error.message
+    with pytest.raises(BaseException) as refused:  # --insecure does not silence it
+        async with in_process_cluster(tmp_path / "restored", 1, insecure=True):
+            pass
+    assert isinstance(first_error(refused.value), ConfigError)
+    async with in_process_cluster(tmp_path / "restored", 1, allow_auth_off=True) as cluster:  # the operator's choice
         await cluster.leader()
         async with trimaran.connect([str(address_of(cluster.nodes[1]))]) as c:
             assert (await c.kv.get("secret")).value == b"42"
+            # Its backups keep the guard, though it runs with auth off.
+            assert (await c.backup(str(tmp_path / "again.backup")))["auth_required"] is True
     async with in_process_cluster(tmp_path / "restored", 1, auth_keys=(admin_key.trusted,)) as cluster:
         await cluster.leader()
         refusal = await hello_refusal(cluster.nodes[1], hello(CLUSTER, None))
@@ -405,23 +411,29 @@ def test_a_backup_header_says_whether_its_cluster_required_tokens(tmp_path: Path
     meta = SnapshotMeta(9, 2, Membership((1, 2, 3)), 3, zlib.crc32(b"abc"))
     for required in (False, True):
         header = backup_file.header_for("c1", meta, "00", required)
+        assert header.to_dict()["version"] == 2
         assert backup_file.header_from(header.to_dict()).auth_required is required
-    older = backup_file.header_for("c1", meta, "00").to_dict()
-    del older["auth_required"]
-    assert backup_file.header_from(older).auth_required is False
-    with pytest.raises(InvalidArgument, match="auth_required"):  # never read loosely as false
-        backup_file.header_from(older | {"auth_required": "yes"})
+    current = backup_file.header_for("c1", meta, "00", True).to_dict()
+    version_1 = {k: v for k, v in current.items() if k != "auth_required"} | {"version": 1}
+    assert backup_file.header_from(version_1).auth_required is False  # it had no such field
+    # Never read loosely as false: a version-2 header must say it, as a boolean.
+    with pytest.raises(InvalidArgument, match="malformed"):
+        backup_file.header_from({k: v for k, v in current.items() if k != "auth_required"})
+    with pytest.raises(InvalidArgument, match="auth_required"):
+        backup_file.header_from(current | {"auth_required": "yes"})
+    with pytest.raises(InvalidArgument, match="version 3"):
+        backup_file.header_from(current | {"version": 3})
 
 
 def test_a_data_dir_marked_as_requiring_auth_refuses_a_node_without_it(tmp_path: Path) -> None:
     data_dir = str(tmp_path / "n1")
-    assert check_auth(data_dir, auth_enabled=False, insecure=False) is False and not auth_required(data_dir)
-    assert check_auth(data_dir, auth_enabled=True, insecure=False) is False and auth_required(data_dir)
-    assert check_auth(data_dir, auth_enabled=True, insecure=False) is False  # again: unchanged
+    assert check_auth(data_dir, auth_enabled=False, allow_auth_off=False) is False and not auth_required(data_dir)
+    assert check_auth(data_dir, auth_enabled=True, allow_auth_off=False) is False and auth_required(data_dir)
+    assert check_auth(data_dir, auth_enabled=True, allow_auth_off=False) is False  # again: unchanged
     with pytest.raises(ConfigError):
-        check_auth(data_dir, auth_enabled=False, insecure=False)
-    assert check_auth(data_dir, auth_enabled=False, insecure=True) is True  # the caller logs it
-    assert auth_required(data_dir)  # --insecure is for this run only
+        check_auth(data_dir, auth_enabled=False, allow_auth_off=False)
+    assert check_auth(data_dir, auth_enabled=False, allow_auth_off=True) is True  # the caller logs it
+    assert auth_required(data_dir)  # --allow-auth-off is for this run only
 
 
 # ------------------------------------------------------------------------------- peers

@@ -102,11 +102,11 @@ def test_a_data_dir_that_required_tokens_is_refused_without_a_key(tmp_path: Path
     mark_auth_required(str(tmp_path / "n1"))
     before = sorted(p.name for p in (tmp_path / "n1").iterdir())
     code, output = run(base_args(tmp_path))
-    assert code == 1 and "refusing to serve" in output and "--auth-public-key" in output and "--insecure" in output, output
+    assert code == 1 and "refusing to serve" in output and "--auth-public-key" in output and "--allow-auth-off" in output, output
     assert sorted(p.name for p in (tmp_path / "n1").iterdir()) == sorted(before + [CLUSTER_ID_FILE])
 
 
-def test_a_data_dir_of_another_cluster_is_refused(tmp_path: Path) -> None:
+def test_a_data_dir_of_another_cluster_is_refused(tmp_path: Path, gc_tuned: list[None]) -> None:
     """A node pointed at a data dir another cluster wrote refuses to start, before reading it (its
     log would mix with this cluster's history); a new data dir is claimed at the first start."""
     data_dir = tmp_path / "n1"
@@ -116,6 +116,7 @@ def test_a_data_dir_of_another_cluster_is_refused(tmp_path: Path) -> None:
     code, output = run(base_args(tmp_path) + ["--cluster-id", "green"])
     assert code == 1 and "belongs to cluster 'blue', not 'green'" in output, output
     assert sorted(p.name for p in data_dir.iterdir()) == [CLUSTER_ID_FILE]  # nothing else was made
+    assert len(gc_tuned) == 1  # `node run` tuned the collector before anything else (tests/conftest.py)
 
 
 def test_a_node_process_tunes_the_cycle_collector_and_freezes_what_exists_at_start() -> None:

@@ -74,9 +74,8 @@ async def test_metrics_need_cluster_read_and_move_with_the_cluster(tmp_path: Pat
                 assert value(s, "trimaran_node_info", node_id=str(n), cluster_id="trimaran") == 1
             before = scraped[leader]
             assert value(before, "trimaran_raft_leader_changes_total") >= 1
-            # The process's cycle collector (tuned in a node process): every generation is there.
-            collections = [value(before, "python_gc_collections_total", generation=str(g)) for g in (0, 1, 2)]
-            assert collections[0] >= 1 and all(c >= 0 for c in collections) and ("python_gc_collections_total", (("generation", "2"),)) in before
+            # The process's cycle collector (which a node's own process tunes): every generation.
+            assert all(("python_gc_collections_total", (("generation", str(g)),)) in before for g in (0, 1, 2))
             assert value(before, "trimaran_auth_failures_total", reason="unauthenticated") >= 1  # the bad call above
             assert value(before, "trimaran_auth_failures_total", reason="permission_denied") >= 1
 

@@ -237,9 +237,10 @@ async def test_up_with_tls_serves_tls_and_no_auth_serves_anyone(tmp_path: Path, 
     finally:
         up.kill()
 
-    # The same data without auth, as the operator insists (--no-auth alone refuses: the next
-    # test): the nodes trust no key, so a client needs no token.
-    again = Up(tmp_path, base, "--no-auth", "--insecure")
+    # The same data without auth, as the operator insists (--no-auth alone refuses: see
+    # test_up_no_auth_on_data_that_required_tokens_refuses_in_one_line): the nodes trust no key,
+    # so a client needs no token.
+    again = Up(tmp_path, base, "--no-auth", "--allow-auth-off")
     try:
         await again.wait_up()
         assert "Auth is off" in again.output() and "TRIMARAN_TOKEN" not in again.output()
@@ -268,12 +269,12 @@ def test_up_no_auth_on_data_that_required_tokens_refuses_in_one_line(tmp_path: P
     data = tmp_path / "d"
     for i in (1, 2, 3):
         mark_auth_required(str(data / f"node{i}"))
-    result = subprocess.run(
-        [sys.executable, "-m", "trimaran", "up", "--no-auth", "--data-dir", str(data)], capture_output=True, text=True, timeout=30
-    )
-    assert result.returncode == 1
+    base = free_base_port()  # should the refusal ever regress, its nodes take ports of their own
+    argv = ["up", "--no-auth", "--insecure", "--data-dir", str(data), "--base-port", str(base), "--resp-base-port", str(base + RESP_OFFSET)]
+    result = subprocess.run([sys.executable, "-m", "trimaran", *argv], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1  # (--insecure, about listening beyond loopback, does not silence it)
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "refusing --no-auth" in lines[0] and "--insecure" in lines[0], result.stderr
+    assert len(lines) == 1 and "refusing --no-auth" in lines[0] and "--allow-auth-off" in lines[0], result.stderr
     assert not (data / "node1.log").exists() and not (data / "auth").exists()  # nothing was started or made
 
 

@@ -94,8 +94,12 @@ def _connection_bound_options(fn: Any) -> Any:
 @click.option(
     "--insecure",
     is_flag=True,
-    help="Let nodes listen beyond loopback (--host) without TLS and auth, or serve data made with auth "
-    "under --no-auth (anyone who reaches them may do anything).",
+    help="Let nodes listen beyond loopback (--host) without TLS and auth (anyone who reaches them may do anything).",
+)
+@click.option(
+    "--allow-auth-off",
+    is_flag=True,
+    help="With --no-auth: serve a data dir whose data required tokens without them (anyone may then read and write it).",
 )
 @_log_level_option("Least severe log lines each node writes to its log file (DATA_DIR/nodeN.log).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Each node's log lines: text or JSON.")
@@ -111,6 +115,7 @@ def up_command(
     auth: bool,
     tls: bool,
     insecure: bool,
+    allow_auth_off: bool,
     log_level: str,
     log_format: str,
     kv_maxmemory_bytes: int | None,
@@ -141,6 +146,7 @@ def up_command(
             auth=auth,
             tls=tls,
             insecure=insecure,
+            allow_auth_off=allow_auth_off,
             resp_base_port=resp_base_port,
             size=size,
         )
@@ -260,8 +266,14 @@ def node_group() -> None:
 @click.option(
     "--insecure",
     is_flag=True,
-    help="Listen on a non-loopback address even without TLS and auth, or serve a data dir that required "
-    "tokens without --auth-public-key (anyone who reaches the port can read and write everything).",
+    help="Listen on a non-loopback address even without TLS and auth (anyone who reaches the port can "
+    "read and write everything).",
+)
+@click.option(
+    "--allow-auth-off",
+    is_flag=True,
+    help="Start without --auth-public-key on a data dir whose data required tokens (its AUTH_REQUIRED "
+    "file; anyone who reaches a port may then read and write that data).",
 )
 @_kv_node_options
 def node_run_command(
@@ -290,6 +302,7 @@ def node_run_command(
     auth_leeway_ms: int,
     tls_dir: str | None,
     insecure: bool,
+    allow_auth_off: bool,
     **connection_bounds: Any,
 ) -> None:
     """Run one node until SIGINT/SIGTERM, then stop gracefully (exit status 0)."""
@@ -330,6 +343,7 @@ def node_run_command(
             auth_leeway_ms=auth_leeway_ms,
             tls_dir=tls_dir,
             insecure=insecure,
+            allow_auth_off=allow_auth_off,
             http_listen=http_address,
             resp_listen=resp_address,
             **connection_bounds,

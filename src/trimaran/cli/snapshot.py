@@ -86,7 +86,7 @@ def snapshot_inspect_command(file: str, as_json: bool) -> None:
         click.echo(f"  {name:<12} {size_bytes:>12} bytes")
 
 
-_AUTH_REQUIRED = "required: start the restored nodes with --auth-public-key (they refuse to start without it, or --insecure)"
+_AUTH_REQUIRED = "required: start the restored nodes with --auth-public-key (they refuse to start without it, or --allow-auth-off)"
 
 
 def _size(size_bytes: int) -> str:

@@ -47,11 +47,12 @@ def restore(
     target = Path(data_dir)
     if target.exists() and any(target.iterdir()):
         raise ConfigError(f"{target} is not empty: restore only into a new data dir (it never overwrites a node's data)")
+    if header.auth_required:
+        # Before the data: a crash between the two leaves a guard without data, never data without it.
+        mark_auth_required(str(target))
     store = LmdbStorage(str(target))
     try:
         store.write([WriteBatch(hard_state=HardState(header.term, NO_NODE, header.index), snapshot=Snapshot(meta, snapshot))])
     finally:
         store.close()
-    if header.auth_required:
-        mark_auth_required(str(target))  # its nodes refuse to start without a key (or --insecure)
     return header

@@ -86,6 +86,7 @@ from trimaran.errors import (
 from trimaran.node.authoriser import Authoriser, Grant
 from trimaran.node.claim_waits import ClaimWaits
 from trimaran.node.clock import wall_clock_ms as system_wall_clock_ms
+from trimaran.node import data_dir
 from trimaran.node.config import Address, NodeConfig
 from trimaran.node.driver import Driver
 from trimaran.node.streams import PendingHandshakes, TlsStream, linger_close, open_listeners, read_frame
@@ -201,9 +202,10 @@ class ClientConnection:
         if self._backup is None:
             server.backups_held += 1
         self._backup = snapshot.data
-        header = backup_file.header_for(
-            server.config.cluster_id, snapshot.meta, hashlib.sha256(snapshot.data).hexdigest(), server.config.auth_enabled
-        )
+        # A node on guarded data keeps the guard in its backups even while it runs with auth off.
+        config = server.config
+        auth_required = config.auth_enabled or data_dir.auth_required(config.data_dir)
+        header = backup_file.header_for(config.cluster_id, snapshot.meta, hashlib.sha256(snapshot.data).hexdigest(), auth_required)
         return True, header.to_dict() | {"chunk_bytes": limits.backup_chunk_bytes}
 
     def _backup_chunk(self, offset: int) -> tuple[bool, Any]:

@@ -233,6 +233,9 @@ class NodeConfig:
     tls_dir: str | None = None
     #: Listen on a non-loopback address without TLS or without auth (see :meth:`exposure_problem`).
     insecure: bool = False
+    #: Start with auth off on a data dir whose data required tokens (see :mod:`trimaran.node.data_dir`);
+    #: a flag of its own, so that ``insecure`` (often set for years) never silences that check.
+    allow_auth_off: bool = False
 
     peer_ids: tuple[int, ...] = field(init=False)
 

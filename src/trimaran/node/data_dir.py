@@ -10,8 +10,12 @@ store is opened:
   of such a cluster. Auth is configured per node (``--auth-public-key``), not stored in the log:
   without this file, a node restarted or restored without its key would come up with auth off and
   serve the same data to anyone who reaches a port. With it, such a node refuses to start unless the
-  operator says ``--insecure``. The file is never removed by trimaran: turning auth off for good is
-  deleting it by hand, a step as explicit as the flag.
+  operator says ``--allow-auth-off`` (a flag of its own: ``--insecure``, for listening beyond
+  loopback, is often set for good and must not silence this). The file is never removed by
+  trimaran: turning auth off for good is deleting it by hand, a step as explicit as the flag.
+
+Both files are written before the data they describe (``restore`` marks a new data dir before it
+writes the store), so a crash in between leaves a marker too many, never one too few.
 """
 
 from __future__ import annotations
@@ -27,16 +31,23 @@ AUTH_REQUIRED_FILE = "AUTH_REQUIRED"
 _AUTH_REQUIRED_TEXT = (
     "The data in this directory was written by a trimaran node that required tokens (or restored from a\n"
     "backup of such a cluster). A node started on it without --auth-public-key refuses to start unless\n"
-    "given --insecure. Delete this file only to serve this data without auth for good.\n"
+    "given --allow-auth-off. Delete this file only to serve this data without auth for good.\n"
 )
 
 
 def _write_once(path: str, text: str) -> None:
+    """Write ``path`` whole or not at all, and durably: the file's bytes, then its name (the
+    directory's entry, which a power loss could otherwise take with it)."""
     with open(path + ".new", "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(path + ".new", path)
+    dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def claim_data_dir(data_dir: str, cluster_id: str) -> None:
@@ -70,20 +81,20 @@ def auth_required(data_dir: str) -> bool:
     return os.path.exists(os.path.join(data_dir, AUTH_REQUIRED_FILE))
 
 
-def check_auth(data_dir: str, *, auth_enabled: bool, insecure: bool) -> bool:
+def check_auth(data_dir: str, *, auth_enabled: bool, allow_auth_off: bool) -> bool:
     """Before a node opens its store: with auth on, mark the data dir as requiring it; with auth off
-    on a marked data dir, refuse (ConfigError) unless ``insecure``. True when the node goes on with
-    auth off on data that required it (the caller says so in its log)."""
+    on a marked data dir, refuse (ConfigError) unless ``allow_auth_off``. True when the node goes on
+    with auth off on data that required it (the caller says so in its log)."""
     if auth_enabled:
         mark_auth_required(data_dir)
         return False
     if not auth_required(data_dir):
         return False
-    if insecure:
+    if allow_auth_off:
         return True
     raise ConfigError(
         f"refusing to serve {data_dir} without auth: its data was served with tokens required (or restored "
         "from such a cluster's backup), and anyone could now read and write it; start this node with "
-        "--auth-public-key (a `trimaran up` cluster's is DATA_DIR/auth/signing-key.pub), or pass --insecure "
-        "to accept the risk"
+        "--auth-public-key (a `trimaran up` cluster's is DATA_DIR/auth/signing-key.pub), or pass "
+        "--allow-auth-off to accept the risk"
     )

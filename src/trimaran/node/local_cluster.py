@@ -21,7 +21,8 @@ Secure by default (:class:`LocalSecurity`): auth is on. ``up`` keeps an Ed25519 
 fresh admin token (``admin:*``, valid ``ADMIN_TOKEN_TTL_MS``) to ``DATA_DIR/auth/admin.token`` at
 every start; the banner says how to use it (``export TRIMARAN_TOKEN=...``). With ``--tls`` it also
 makes a cluster CA and node certificates under ``DATA_DIR/tls/`` (once) and serves TLS on every port.
-``--no-auth`` turns auth off (on loopback only; a node beyond loopback refuses without ``--insecure``).
+``--no-auth`` turns auth off (on loopback only; a node beyond loopback refuses without ``--insecure``),
+and on data that was served with auth only with ``--allow-auth-off`` too (:mod:`trimaran.node.data_dir`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import ssl
 import subprocess
 import sys
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -84,6 +86,8 @@ class LocalSecurity:
     #: Passed to every node: listen beyond loopback without TLS or auth.
     insecure: bool = False
     probe_context: ssl.SSLContext | None = field(default=None, compare=False)
+    #: Passed to every node: start with auth off on data that was served with auth.
+    allow_auth_off: bool = False
 
     def node_args(self) -> list[str]:
         argv = []
@@ -93,6 +97,8 @@ class LocalSecurity:
             argv += ["--tls-dir", str(self.tls_dir)]
         if self.insecure:
             argv.append("--insecure")
+        if self.allow_auth_off:
+            argv.append("--allow-auth-off")
         return argv
 
 
@@ -587,6 +593,7 @@ def run_local_cluster(
     auth: bool = True,
     tls: bool = False,
     insecure: bool = False,
+    allow_auth_off: bool = False,
     resp_base_port: int | None = RESP_BASE_PORT,
     size: int = 3,
 ) -> int:
@@ -598,11 +605,13 @@ def run_local_cluster(
             "everything; pass --tls (auth is on unless --no-auth), or --insecure to accept the risk"
         )
     nodes = local_nodes(data_dir, base_port, host, size, resp_base_port=resp_base_port)  # refuse a bad size before making keys
-    if not auth and not insecure and any(auth_required(str(n.data_dir)) for n in nodes):
+    if not auth and not allow_auth_off and any(auth_required(str(n.data_dir)) for n in nodes):
         # The nodes would refuse too (data_dir.check_auth), each in its own log: say it once, here.
         raise ConfigError(
             f"refusing --no-auth on {data_dir}: its nodes' data was served with tokens required, and anyone could "
-            "now read and write it; drop --no-auth, or pass --insecure to accept the risk"
+            "now read and write it; drop --no-auth, or pass --allow-auth-off to accept the risk"
         )
     security = prepare_security(data_dir, cluster_id, auth=auth, tls=tls, hosts=(host,), insecure=insecure, size=size)
+    if allow_auth_off and not auth:
+        security = dataclasses.replace(security, allow_auth_off=True)
     return trio.run(run_local_cluster_async, data_dir, base_port, cluster_id, tick_ms, echo, host, security, resp_base_port, size)

@@ -10,8 +10,7 @@ The header: ``version``, ``cluster_id`` (of the cluster it came from), ``index``
 log position it stands for), ``voters`` and ``learners`` (the membership there), ``size_bytes``,
 ``crc32`` (as the snapshot's meta), ``sha256`` (of the snapshot bytes; what ``inspect`` and
 ``restore`` check before anything else) and ``auth_required`` (the node that saved it required
-tokens: ``restore`` marks the new data dirs so, see :mod:`trimaran.node.data_dir`; absent means
-False). The snapshot bytes are exactly what a node stores and
+tokens: ``restore`` marks the new data dirs so, see :mod:`trimaran.node.data_dir`; from version 2). The snapshot bytes are exactly what a node stores and
 sends to a lagging follower, so restoring is publishing them in a new data dir.
 """
 
@@ -29,7 +28,10 @@ from trimaran.protocols.codec import brief, pack, unpack
 from trimaran.protocols.messages import Membership, SnapshotMeta
 
 MAGIC = b"TRIMARAN-BACKUP\n"
-VERSION = 1
+#: 2 added ``auth_required``. A version-1 header (which has no such field) is read as False; a
+#: trimaran that reads only version 1 refuses a version-2 file rather than drop the field unread.
+VERSION = 2
+VERSIONS_READ = (1, 2)
 _LENGTH = struct.Struct(">I")
 #: A header is a few hundred bytes; anything past this is not one of ours.
 HEADER_BYTES_MAX = 64 * limits.KIB
@@ -91,9 +93,9 @@ def header_from(h: Any) -> BackupHeader:
     """A header from its map (the file's, or a node's ``backup`` answer); InvalidArgument if it is
     not one of this version."""
     try:
-        if h["version"] != VERSION:
-            raise InvalidArgument(f"backup format version {brief(h['version'])}; this trimaran reads {VERSION}")
-        auth = h.get("auth_required", False)
+        if h["version"] not in VERSIONS_READ:
+            raise InvalidArgument(f"backup format version {brief(h['version'])}; this trimaran reads {list(VERSIONS_READ)}")
+        auth = h["auth_required"] if h["version"] >= 2 else False
         if type(auth) is not bool:  # read strictly: a wrong False would restore data without its guard
             raise InvalidArgument(f"the backup header's auth_required is {brief(auth)}, not true or false")
         return BackupHeader(
