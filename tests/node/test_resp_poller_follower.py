@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import trio
 
+from tests.client.real_cluster import free_ports
 from tests.node.helpers import HOST, TokenSigner, in_process_cluster
 from tests.node.test_resp_poller import ask, bulk, command, connect, read_exactly, send_pipelines_and_check_answers, until
 from tests.node.test_resp_server import resp_address
@@ -109,3 +111,29 @@ async def test_a_followers_first_writes_are_handed_to_their_tasks_without_a_loca
         assert registers_here == {}, registers_here
         for stream in streams:
             await stream.aclose()
+
+
+async def test_a_follower_that_cannot_reach_the_leader_it_knows_asks_its_own_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A follower sends a write or a registration straight to the leader it knows (HttpEdge.request).
+    When that address cannot be reached (the leader may be gone), it asks its own driver instead,
+    which refuses as not the leader and names the current one, and the request goes there: served
+    once, never lost to the dead address."""
+    async with in_process_cluster(tmp_path, 3, resp_listen=Address(HOST, 0)) as cluster:
+        leader = await cluster.leader()
+        follower = next(n for n in (1, 2, 3) if n != leader)
+        server = cluster.nodes[follower].resp_server  # type: ignore[attr-defined]
+        assert server is not None
+        edge = server.edge
+        (dead_port,) = free_ports(1)  # free, and nobody listens there
+        monkeypatch.setattr(edge, "other_leader", lambda: Address(HOST, dead_port))
+        requests = cluster.nodes[follower].driver.requests  # type: ignore[attr-defined]
+        forwarded = edge.forwarded
+        client_id = await edge.request("register", {})
+        assert isinstance(client_id, int) and client_id > 0
+        assert edge.forwarded - forwarded == 2  # the dead address, then the leader the driver named
+        assert requests.outcomes.get(("cluster", "register", "not_leader")) == 1  # asked here once
+        body = {"client_id": client_id, "seq": 1, "ack_seq": 0, "service": "kv", "command": ["set", b"k", b"v"]}
+        await edge.request("command", body, 10)
+        assert edge.forwarded - forwarded == 4
+        leader_edge = cluster.nodes[leader].resp_server.edge  # type: ignore[attr-defined]
+        assert (await leader_edge.request("read", {"service": "kv", "query": ["get", b"k"]}))[0] == b"v"
