@@ -19,7 +19,7 @@ waits for its answers until the listener's :class:`Lapses` ends it (``request_ti
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import trio
 
@@ -164,8 +164,12 @@ async def submit_group(edge: HttpEdge, op: str, bodies: list[dict[str, Any]], si
 
 def take_outcomes(answers: Answers, lapses: Lapses) -> list[Outcome]:
     """A finished group's outcomes (``RequestTimeout`` for those not answered in time)."""
-    late = RequestTimeout(f"no answer within {lapses.timeout_s:g} s; the outcome is unknown")
-    got = [outcome if outcome is not None else (False, late) for outcome in answers.outcomes]
+    outcomes = answers.outcomes
+    if None in outcomes:  # (built only then: an exception per group cost its formatting every time)
+        late = RequestTimeout(f"no answer within {lapses.timeout_s:g} s; the outcome is unknown")
+        got = [outcome if outcome is not None else (False, late) for outcome in outcomes]
+    else:
+        got = cast("list[Outcome]", outcomes)
     answers.outcomes = []  # (it may wait in the lapses' queue behind an older group: keep no values)
     lapses.drop_answered()
     return got
@@ -194,11 +198,6 @@ async def submit_or_forward(
     if got is None:
         got = await submit_group(edge, op, bodies, sizes_bytes, lapses)
     return await settle(edge, op, bodies, sizes_bytes, token, lapses, got, give_up_at)
-
-
-def refused_here(got: list[Outcome]) -> bool:
-    """Whether any of a group's outcomes is this node's refusal as not the leader (:func:`settle`'s work)."""
-    return any(not ok and isinstance(value, NotLeader) for ok, value in got)
 
 
 async def settle(
@@ -272,10 +271,16 @@ class RespSession(EdgeSession):
     def number(self, client_id: int, service: str, commands: list[Any]) -> tuple[list[int], list[dict[str, Any]]]:
         """Number ``commands`` in this (registered) session, in order: their seqs (unanswered
         until the caller takes them out of ``_unanswered``) and request bodies."""
+        unanswered = self._unanswered
+        if len(commands) == 1:  # one command in flight per connection, the common case: fewer objects
+            seq = self._seq = self._seq + 1
+            ack_seq = (min(unanswered) if unanswered else seq) - 1
+            unanswered.add(seq)
+            return [seq], [{"client_id": client_id, "seq": seq, "ack_seq": ack_seq, "service": service, "command": commands[0]}]
         seqs = list(range(self._seq + 1, self._seq + 1 + len(commands)))
         self._seq = seqs[-1]
-        self._unanswered.update(seqs)
-        ack_seq = min(self._unanswered) - 1
+        unanswered.update(seqs)
+        ack_seq = min(unanswered) - 1
         bodies = [{"client_id": client_id, "seq": seq, "ack_seq": ack_seq, "service": service, "command": command} for command, seq in zip(commands, seqs)]
         return seqs, bodies
 

@@ -45,12 +45,11 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 import trio
 
 from trimaran import limits
-from trimaran.errors import ProtocolError, SessionExpired, TrimaranError
+from trimaran.errors import NotLeader, ProtocolError, SessionExpired, TrimaranError
 from trimaran.node.resp.base import Write
 from trimaran.node.resp.groups import (
     Answers,
     Outcome,
-    refused_here,
     settle,
     submit_or_forward,
     take_outcomes,
@@ -80,6 +79,11 @@ class PolledState:
         self.job: Job | None = None
         #: Set when the poller hands the connection back to its task (or closes it).
         self.handed: trio.Event | None = None
+
+
+#: Outcomes that send a connection's group to its task (:meth:`Poller._settle`): this node's
+#: refusal as not the leader (:func:`~.groups.settle`'s work), and a session that expired under its writes.
+_SETTLED_IN_TASK = (NotLeader, SessionExpired)
 
 
 class _Entry:
@@ -411,9 +415,10 @@ class Poller:
             conn.session.answered(entry.seqs)
         if conn.polled.mode != "busy":  # closed meanwhile (its task ended)
             return
-        if refused_here(got) or any(not ok and isinstance(value, SessionExpired) for ok, value in got):
-            self._hand(conn, partial(self._settle, entry, got))
-            return
+        for ok, value in got:
+            if not ok and isinstance(value, _SETTLED_IN_TASK):
+                self._hand(conn, partial(self._settle, entry, got))
+                return
         conn.polled.mode = "poll"
         self._write(conn, self.server.answer(entry.group, entry.replies, entry.sent, got))
         if conn.polled.mode == "poll":
@@ -422,7 +427,8 @@ class Poller:
     def _write(self, conn: _Connection, replies: list[Reply]) -> None:
         """Write ``conn``'s answers straight to its socket; what it does not take, its task sends."""
         assert conn.fd is not None
-        data = b"".join([self.server.wire(reply, conn.protocol) for reply in replies])
+        wire, protocol = self.server.wire, conn.protocol
+        data = wire(replies[0], protocol) if len(replies) == 1 else b"".join([wire(reply, protocol) for reply in replies])
         try:
             written = os.write(conn.fd, data)
         except BlockingIOError:
