@@ -10,14 +10,13 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.ports import worker_ports
+from tests.ports import port_free, worker_ports
 
 #: Where free_ports draws from (test_up and test_cli_up use 20000-31702 for their fixed offsets).
 FREE_PORTS = range(10_000, 20_000)
@@ -33,20 +32,11 @@ def free_ports(count: int) -> list[int]:
     picked: list[int] = []
     for _ in range(FREE_PORT_TRIES_MAX):
         port = rng.choice(_MINE)
-        if port not in picked and _bindable(port):
+        if port not in picked and port_free(port):
             picked.append(port)
             if len(picked) == count:
                 return picked
     raise AssertionError(f"no {count} free ports found in {FREE_PORTS}")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 @dataclass

@@ -4,7 +4,6 @@ its banner shows, `trimaran up`'s own. Its nodes stop, and it exits 0 as on Ctrl
 from __future__ import annotations
 
 import os
-import random
 import re
 import signal
 import subprocess
@@ -13,8 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.node.test_up import _free
-from tests.ports import worker_bases
+from tests.ports import free_base, port_free, worker_bases
 
 pytestmark = pytest.mark.slow
 
@@ -45,12 +43,7 @@ def _children_of(up_pid: int) -> list[int]:
 
 
 def _free_base() -> int:
-    rng = random.Random()
-    for _ in range(50):
-        base = rng.choice(_BASES)
-        if all(_free(base + offset) for offset in OFFSETS):
-            return base
-    raise AssertionError(f"no base port of this worker's in {BASE_PORTS} with all its ports free")
+    return free_base(_BASES, OFFSETS)
 
 
 async def test_make_run_stops_cleanly_on_sigterm_to_the_pid_its_banner_shows(tmp_path: Path) -> None:
@@ -77,7 +70,7 @@ async def test_make_run_stops_cleanly_on_sigterm_to_the_pid_its_banner_shows(tmp
         output = out_path.read_text()
         assert make.returncode == 0 and output.rstrip().endswith("trimaran: stopped"), output
         # Every node process is gone with it, and each of their ports can be bound again.
-        assert _children_of(up_pid) == [] and all(_free(base + offset) for offset in OFFSETS)
+        assert _children_of(up_pid) == [] and all(port_free(base + offset) for offset in OFFSETS)
     finally:
         if make.poll() is None:
             make.send_signal(signal.SIGTERM)  # make hands it on to `trimaran up`

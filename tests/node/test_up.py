@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -18,7 +17,7 @@ import redis
 import trio
 
 from tests.node.helpers import HOST, RawClient
-from tests.ports import worker_bases
+from tests.ports import free_base, port_free, worker_bases
 from trimaran.errors import NotLeader, Unauthenticated
 from trimaran.node.config import Address
 from trimaran.node.data_dir import mark_auth_required
@@ -27,16 +26,6 @@ pytestmark = pytest.mark.slow
 
 START_WAIT_S = 30.0
 STOP_WAIT_S = 30.0
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return False
-        return True
 
 
 #: The ports `trimaran up` takes above its base: clients, peers, HTTP, and RESP (the tests pass
@@ -52,15 +41,9 @@ BASE_PORTS = range(20_000, 27_000)
 _BASES = worker_bases(BASE_PORTS)
 
 
-def free_base_port(attempts_max: int = 50, nodes: int = 3) -> int:
+def free_base_port(nodes: int = 3) -> int:
     """A base port whose ports (clients, peers, HTTP, RESP of ``nodes`` nodes) are all free."""
-    rng = random.Random()
-    offsets = [step + i for step in (0, 100, 1000, RESP_OFFSET) for i in range(1, nodes + 1)]
-    for _ in range(attempts_max):
-        base = rng.choice(_BASES)
-        if all(_free(base + offset) for offset in offsets):
-            return base
-    raise AssertionError("no free base port found")
+    return free_base(_BASES, [step + i for step in (0, 100, 1000, RESP_OFFSET) for i in range(1, nodes + 1)])
 
 
 class Up:
@@ -162,7 +145,7 @@ async def test_up_serves_stops_cleanly_and_comes_back_from_its_data(tmp_path: Pa
         up.kill()
     assert "stopped" in up.output()
     # Every node process is gone: all nine ports can be bound again.
-    assert all(_free(base + offset) for offset in UP_PORT_OFFSETS)
+    assert all(port_free(base + offset) for offset in UP_PORT_OFFSETS)
 
     again = Up(tmp_path, base)
     try:
@@ -206,7 +189,7 @@ async def test_nodes_stop_by_themselves_when_up_is_killed(tmp_path: Path) -> Non
         os.kill(up.proc.pid, signal.SIGKILL)  # no chance to stop its children
         up.proc.wait(timeout=STOP_WAIT_S)
         with trio.fail_after(STOP_WAIT_S):  # each child notices its parent is gone and stops
-            while not all(_free(base + offset) for offset in UP_PORT_OFFSETS):
+            while not all(port_free(base + offset) for offset in UP_PORT_OFFSETS):
                 await trio.sleep(0.1)
     finally:
         up.kill()

@@ -27,7 +27,6 @@ from trimaran.errors import NotLeader, RequestTimeout, SessionExpired, TrimaranE
 from trimaran.node.config import Address
 from trimaran.node.http.edge import LEADER_ONLY_OPS, EdgeSession, HttpEdge
 from trimaran.node.probe import request_many
-from trimaran.node.tls import CA_CERT, client_context
 
 #: How long a group waits before asking again while no leader is known (an election).
 NO_LEADER_WAIT_S = 0.05
@@ -235,8 +234,7 @@ async def _forward(
         try:
             if edge.links is not None:
                 return await edge.links.request_many(leader, [(op, body) for body in bodies], token)
-            tls = client_context(f"{edge.config.tls_dir}/{CA_CERT}") if edge.config.tls_dir else None
-            return await request_many(leader, [(op, body) for body in bodies], edge.config.cluster_id, token, tls)
+            return await request_many(leader, [(op, body) for body in bodies], edge.config.cluster_id, token, edge.forward_tls)
         except (OSError, trio.BrokenResourceError):
             return None
         except TrimaranError as exc:  # the leader refused the hello (a token it does not accept)
