@@ -265,6 +265,15 @@ class ClientConnection:
         self.on_reply(seq, ok, value)
         self.flush_replies()
 
+    def seal_replies(self) -> None:
+        """Over TLS, encrypt the queued answers now for the next :meth:`flush_replies` (the driver
+        seals every connection's answers of a round before it writes any: see ``Driver._flush``)."""
+        tls = self._tls
+        if tls is not None and self._out and not self._head and self._fd >= 0 and not self._blocked:
+            data = self._next_chunk()
+            self._head_plain_bytes = len(data)
+            self._head = tls.encrypt(data)
+
     def flush_replies(self) -> None:
         """Write queued answers to the socket now, in one write, without waiting; whatever the
         socket does not take is left to the writer task, which waits until it is writable."""

@@ -240,6 +240,13 @@ class PeerQueue:
     def attached(self) -> bool:
         return self._fd >= 0
 
+    def seal(self) -> None:
+        """Over TLS, encrypt the queued frames now for the next :meth:`flush` (when it may write)."""
+        if self._encrypt is not None and not self._head and self._frames and self._fd >= 0 and not self.blocked:
+            frames = self._take_now(SEND_CHUNK_BYTES_MAX)
+            self._head = self._encrypt(b"".join(frames) if len(frames) > 1 else frames[0])
+            self.sent_frames += len(frames)
+
     def flush(self) -> bool:
         """Write what is queued to the attached socket without waiting; True when all of it went.
 
@@ -356,6 +363,9 @@ class PeerTransport:
                     cache[key] = frame
             if q.push(frame) and recipient not in touched:
                 touched.append(recipient)
+        if len(touched) > 1:
+            for peer_id in touched:  # every peer's record before the first write: see Driver._flush
+                queues[peer_id].seal()
         for peer_id in touched:
             self._flush(peer_id, queues[peer_id])
 
