@@ -241,6 +241,7 @@ async def test_a_group_the_driver_never_answers_lapses_and_the_connection_goes_o
                 await submit(op, body, token, size_bytes, more=more)
 
         monkeypatch.setattr(driver, "submit_client", lose_some)
+        monkeypatch.setattr(driver, "submit_client_group", one_by_one(driver))
         stream = await connect(address)
         await ask(stream, command("SET", "kept", "1"), b"+OK\r\n")
         await until(lambda: poller.connections == 1, "the connection in the poller")
@@ -251,6 +252,17 @@ async def test_a_group_the_driver_never_answers_lapses_and_the_connection_goes_o
         assert server.lapses.lapsed == lapsed + 1
         await ask(stream, command("GET", "kept"), bulk(b"1"))
         await stream.aclose()
+
+
+def one_by_one(driver: Any) -> Any:
+    """A stand-in for ``driver.submit_client_group`` that hands each request of a group to
+    ``driver.submit_client`` (which a test wraps to see, drop or precede single requests)."""
+
+    async def submit_group(op: str, bodies: list[dict[str, Any]], target: Any, sizes_bytes: list[int]) -> None:
+        for index, (body, size_bytes) in enumerate(zip(bodies, sizes_bytes)):
+            await driver.submit_client(op, body, (target, index), size_bytes, more=True)
+
+    return submit_group
 
 
 class _Registered:
@@ -310,6 +322,7 @@ async def test_writes_whose_session_expired_in_a_group_go_again_once_each(tmp_pa
             await submit(op, body, token, size_bytes, more=more)
 
         monkeypatch.setattr(driver, "submit_client", evict_before_a_second_write)
+        monkeypatch.setattr(driver, "submit_client_group", one_by_one(driver))
         handed, widest = poller.handed, poller.widest
         try:
             # Both pipelines reach the node before the poller's next pass (os.write does not yield

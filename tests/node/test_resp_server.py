@@ -670,6 +670,10 @@ class _SilentDriver:
     async def submit_client(self, op: str, body: Any, token: Any, size_bytes: int, *, more: bool = False) -> None:
         self.taken.append(op)
 
+    async def submit_client_group(self, op: str, bodies: list[Any], target: Any, sizes_bytes: list[int]) -> None:
+        for index, (body, size_bytes) in enumerate(zip(bodies, sizes_bytes)):
+            await self.submit_client(op, body, (target, index), size_bytes, more=True)
+
     def wake(self) -> None:
         self.taken.append("wake")
 

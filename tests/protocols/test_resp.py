@@ -395,6 +395,27 @@ def test_fuzz_resp_parser(data: st.DataObject) -> None:
     assert parse_chunks(chunks, RespParser(bulk_bytes_max=64, command_args_max=16, inline_bytes_max=64)) == whole
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_a_waiting_parser_has_no_command_and_no_error_due(data: st.DataObject) -> None:
+    """``waiting`` lets the listener skip a call to ``next_command``: whenever it says so, under any
+    split of a valid or a mutated stream and with the connection's limits, the call would have
+    returned None."""
+    stream = data.draw(mutated_streams() | streams().map(lambda case: case[0]))
+    parser = RespParser(bulk_bytes_max=16, command_args_max=4)
+    for chunk in data.draw(splits(stream)):
+        try:
+            parser.feed(chunk)
+            while True:
+                if parser.waiting:
+                    assert parser.next_command() is None
+                    break
+                if parser.next_command() is None:
+                    break
+        except ProtocolError:
+            break
+
+
 class _BytewiseParser(RespParser):
     """The parser without its fast path (one split of a batch on CRLF)."""
 

@@ -48,6 +48,10 @@ class Session:
     def drop_through(self, ack_seq: int) -> None:
         """Forget the answers of every seq up to ``ack_seq`` (the client has them)."""
         responses = self.responses
+        if len(responses) == 1:  # one command in flight per connection (RESP's common case)
+            if next(iter(responses)) <= ack_seq:
+                responses.clear()
+            return
         if self.ordered:
             # Ascending, so what goes is a prefix: the cost is what is dropped, not what is kept
             # (a scan of every answer kept cost 7 µs a command with 512 in flight on one session,

@@ -243,6 +243,16 @@ class Driver:
         ``more`` as for :meth:`deliver_peer`."""
         await self._put(("client", op, body, token, size_bytes), more, client=True)
 
+    async def submit_client_group(self, op: str, bodies: list[dict[str, Any]], target: ReplyTarget, sizes_bytes: list[int]) -> None:
+        """Client requests of one group, answered to ``target`` as tokens ``(target, 0)``,
+        ``(target, 1)``, ... in order: what :meth:`submit_client` does for each (``more=True``:
+        the caller then calls :meth:`start_round`), as one inbox item, so a group of a hundred
+        commands costs one wait for space and one coroutine, not a hundred. The producers bound
+        their groups (a RESP connection has one group in flight, of at most
+        ``resp_inflight_commands_max`` commands); a round takes a group whole, counting each of its
+        requests against ``driver_inputs_per_round_max``."""
+        await self._put(("group", op, bodies, target, sizes_bytes), True, client=True)
+
     def submit_client_nowait(self, op: str, body: dict[str, Any], token: Token, size_bytes: int) -> None:
         """A client request held back at the edge and due now (a long-polling job claim, see
         :mod:`trimaran.node.claim_waits`), from an after-round hook: queued without waiting for
@@ -534,13 +544,23 @@ class Driver:
     def _take_inputs(self) -> None:
         inbox = self._inbox
         now = trio.current_time()
-        for _ in range(min(len(inbox), self.config.driver_inputs_per_round_max)):
+        budget = self.config.driver_inputs_per_round_max
+        while inbox and budget > 0:
             item = inbox.popleft()
-            if item[0] == "peer":
+            kind = item[0]
+            if kind == "peer":
                 self.peer_contact_at[item[1].sender] = now
                 self.replica.step(item[1])
-            else:
-                self._on_client(item[1], item[2], item[3], item[4])
+                budget -= 1
+            elif kind == "client":
+                self._on_client(item[1], item[2], item[3], item[4], now)
+                budget -= 1
+            else:  # a group (submit_client_group)
+                _, op, bodies, target, sizes_bytes = item
+                on_client = self._on_client
+                for index, body in enumerate(bodies):
+                    on_client(op, body, (target, index), sizes_bytes[index], now)
+                budget -= len(bodies)
         if self._inbox_waiters:
             self._inbox_space.unpark_all()
 
@@ -649,9 +669,10 @@ class Driver:
 
     # ------------------------------------------------------------------ client requests
 
-    def _on_client(self, op: str, body: dict[str, Any], token: Token, size_bytes: int) -> None:
+    def _on_client(self, op: str, body: dict[str, Any], token: Token, size_bytes: int, now_s: float) -> None:
+        """``now_s``: trio's time when the round took its inputs."""
         replica = self.replica
-        self.requests.started((id(token[0]), token[1]), op, body, getattr(token[0], "edge_name", "other"))
+        self.requests.started((id(token[0]), token[1]), op, body, getattr(token[0], "edge_name", "other"), now_s)
         try:
             if op == "command":
                 self._refuse_if_full(size_bytes)

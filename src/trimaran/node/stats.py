@@ -139,7 +139,8 @@ class RequestStats:
         #: The last failed requests: (wall time ms, service, op, code, message).
         self.recent_errors: deque[tuple[int, str, str, str, str]] = deque(maxlen=RECENT_ERRORS_MAX)
 
-    def started(self, token: Any, op: str, body: dict[str, Any], edge: str = "other") -> None:
+    def started(self, token: Any, op: str, body: dict[str, Any], edge: str = "other", now_s: float | None = None) -> None:
+        """``now_s``: the clock's time already read by the caller (the driver's, once per round)."""
         service, name, kind = request_labels(op, body)
         if (service, name) not in self._labels:
             if len(self._labels) >= LABEL_SETS_MAX:
@@ -149,7 +150,7 @@ class RequestStats:
         if len(tracked) >= TRACKED_REQUESTS_MAX:
             del tracked[next(iter(tracked))]
             self.untracked += 1
-        tracked[token] = (service, name, kind, edge, self._clock_s())
+        tracked[token] = (service, name, kind, edge, self._clock_s() if now_s is None else now_s)
 
     def finished(self, token: Any, ok: bool, value: Any, wall_ms: Callable[[], int]) -> None:
         entry = self._tracked.pop(token, None)
@@ -165,11 +166,15 @@ class RequestStats:
         hist = self.latency.get((service, kind))
         if hist is None:
             hist = self.latency[(service, kind)] = Buckets(LATENCY_BUCKETS_S)
-        hist.observe(elapsed_s)
         edge_hist = self.edge_latency.get(edge)
         if edge_hist is None:
             edge_hist = self.edge_latency[edge] = Buckets(LATENCY_BUCKETS_S)
-        edge_hist.observe(elapsed_s)
+        # Both histograms have the same bounds: one search for the two (Buckets.observe, inlined).
+        slot = bisect.bisect_left(LATENCY_BUCKETS_S, elapsed_s)
+        for h in (hist, edge_hist):
+            h.counts[slot] += 1
+            h.sum += elapsed_s
+            h.count += 1
         if not ok:
             if kind == "command" and outcome in PROPOSAL_FAILURES:
                 self.proposal_failures += 1

@@ -286,6 +286,12 @@ class RespParser:
         """Bytes received and not yet returned as commands."""
         return self._buffered + self._ready_bytes
 
+    @property
+    def waiting(self) -> bool:
+        """:meth:`next_command` would return None without looking at a byte: no command or error
+        is due and too few bytes are buffered for the next one (a caller may skip the call)."""
+        return not self._ready and self._error is None and self._buffered < self._need_bytes
+
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Add bytes received from the client (any amount, split anywhere)."""
         if self._error is not None:

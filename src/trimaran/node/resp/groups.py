@@ -5,8 +5,8 @@ The runner of a connection (:mod:`.server`) hands a run of consecutive writes (c
 planner: one KV write each, :class:`~trimaran.node.resp.base.Write`) to :meth:`RespSession.command_group`,
 and a run of reads (one KV query each) to :func:`submit_or_forward`.
 It numbers them in the connection's client session in pipeline order and submits them to the
-driver as the native client port does with the requests of one read (``submit_client`` with
-``more=True``, then one ``start_round``): the driver takes them in that order into one group
+driver as one inbox item (``submit_client_group``, then one ``start_round``; each request is then
+served as the native client port's are): the driver takes them in that order into one group
 proposal (one log entry), so they are applied in order, each once (its own session seq), and each
 gets its own answer. A follower that knows the leader sends a group of writes straight there; a
 node that turns out not to be the leader answers ``not_leader``, and those requests are then
@@ -141,20 +141,15 @@ async def submit_group(edge: HttpEdge, op: str, bodies: list[dict[str, Any]], si
     lapses.add(answers)
     lapses.open += 1
     try:
-        submitted = 0
-        try:
-            for index, (body, size_bytes) in enumerate(zip(bodies, sizes_bytes)):
-                await driver.submit_client(op, body, (answers, index), size_bytes, more=True)
-                submitted += 1
-        finally:
-            if submitted and op == "read" and lapses.open > 1:
-                # Reads wait for the loop's next round rather than starting one here: the other
-                # connections' reads of this scheduler pass join it, and share one read point
-                # (one heartbeat round), where a round per connection would ask for one each.
-                # A group alone (no other connection waits) starts its round at once.
-                driver.wake()
-            elif submitted:
-                driver.start_round(client=True)
+        await driver.submit_client_group(op, bodies, answers, sizes_bytes)
+        if op == "read" and lapses.open > 1:
+            # Reads wait for the loop's next round rather than starting one here: the other
+            # connections' reads of this scheduler pass join it, and share one read point
+            # (one heartbeat round), where a round per connection would ask for one each.
+            # A group alone (no other connection waits) starts its round at once.
+            driver.wake()
+        else:
+            driver.start_round(client=True)
         await answers.wait()
     finally:
         lapses.open -= 1

@@ -290,7 +290,7 @@ class Poller:
                 state.mode = "busy"
                 return
             conn.pending.popleft()
-            group = server._gather(conn, conn.pending, [first], type(first))
+            group: list[Any] = server._gather(conn, conn.pending, [first], type(first)) if conn.pending else [first]
             server.commands += len(group)
             replies, sent, bodies = server.authorised(conn, group)
             if not sent:
@@ -316,11 +316,13 @@ class Poller:
         server.lapses.add(answers)
         server.lapses.open += 1
         driver = edge.driver
-        index = 0
-        for entry in entries:
-            for body, size_bytes in zip(entry.bodies, entry.sizes):
-                await driver.submit_client(op, body, (answers, index), size_bytes, more=True)
-                index += 1
+        if len(entries) == count:  # one command per connection (the common case)
+            bodies = [entry.bodies[0] for entry in entries]
+            sizes = [entry.sizes[0] for entry in entries]
+        else:
+            bodies = [body for entry in entries for body in entry.bodies]
+            sizes = [size for entry in entries for size in entry.sizes]
+        await driver.submit_client_group(op, bodies, answers, sizes)
         driver.start_round(client=True)
 
     def _place(self, entries: list[_Entry]) -> int:
@@ -368,8 +370,7 @@ class Poller:
         answers = Answers(len(conns), edge.edge_name, lambda: self._registered(conns, answers))
         self.server.lapses.add(answers)
         self.server.lapses.open += 1
-        for index in range(len(conns)):
-            await edge.driver.submit_client("register", {}, (answers, index), 0, more=True)
+        await edge.driver.submit_client_group("register", [{}] * len(conns), answers, [0] * len(conns))
         edge.driver.start_round(client=True)
 
     def _registered(self, conns: list[_Connection], answers: Answers) -> None:
@@ -438,7 +439,7 @@ class Poller:
             return
         if written < len(data):
             self._hand(conn, partial(_send_rest, conn, memoryview(data)[written:]))
-        elif not conn.pending:
+        elif not conn.pending and not conn.parser.waiting:
             self.server._parse(conn, conn.parser, conn.pending, b"")  # what it sent beyond the group
 
     def _idle(self, conn: _Connection) -> None:

@@ -31,10 +31,15 @@ def _expiry_ms(s: RespServer, unit: bytes, arg: bytes, command: str) -> int:
     return ms
 
 
+def _found_value(found: Any) -> Reply:
+    """A get's reply: the value, or nil."""
+    return None if found is None else found[0]
+
+
 def _plan_get(s: RespServer, c: _Connection, a: list[bytes]) -> Read:
     if len(a) != 2:
         raise arity_error(a[0])
-    return Read(["get", a[1]], lambda found: None if found is None else found[0])
+    return Read(["get", a[1]], _found_value)
 
 
 async def _set_with(
@@ -139,7 +144,16 @@ def _set_write(
     return Write(["set", key, value, options], len(key) + len(value), answer)
 
 
+def _plain_set_answer(ok: bool, result: Any) -> Reply:
+    """``SET key value``'s reply: what :func:`_set_write`'s answer gives without conditions."""
+    if ok:
+        return OK
+    return None if isinstance(result, ConditionFailed) else error_reply(result)
+
+
 def _plan_set(s: RespServer, c: _Connection, a: list[bytes]) -> Write | None:
+    if len(a) == 3:  # no options (most SETs): no option parsing, no closures per command
+        return Write(["set", a[1], a[2], {}], len(a[1]) + len(a[2]), _plain_set_answer)
     ttl_ms, nx, xx, get, keepttl = _parse_set(s, a)
     write = _set_write(a[1], a[2], ttl_ms, nx, lambda applied: OK if applied else None, xx, keepttl)
     if get:  # read and write in one entry: [get, set]
@@ -303,14 +317,14 @@ def _plan_incr(s: RespServer, c: _Connection, a: list[bytes]) -> Write | None:
         if delta == INT64_MIN:
             raise RespError(ErrorReply("decrement would overflow"))
         delta = -delta
+    return Write(["incr", a[1], delta], len(a[1]), _incr_answer)
 
-    def answer(ok: bool, result: Any) -> Reply:
-        if ok:
-            return int(result[0])
-        # Not a decimal int64, or the result would leave int64.
-        return NOT_AN_INTEGER if isinstance(result, InvalidArgument) else error_reply(result)
 
-    return Write(["incr", a[1], delta], len(a[1]), answer)
+def _incr_answer(ok: bool, result: Any) -> Reply:
+    if ok:
+        return int(result[0])
+    # Not a decimal int64, or the result would leave int64.
+    return NOT_AN_INTEGER if isinstance(result, InvalidArgument) else error_reply(result)
 
 
 def _plan_expire(s: RespServer, c: _Connection, a: list[bytes]) -> Write | None:
