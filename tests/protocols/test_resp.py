@@ -417,12 +417,15 @@ def test_a_waiting_parser_has_no_command_and_no_error_due(data: st.DataObject) -
 
 
 class _BytewiseParser(RespParser):
-    """The parser without its fast path (one split of a batch on CRLF)."""
+    """The parser without its fast paths (one split of a batch on CRLF; a read that is one command)."""
 
     __slots__ = ()
 
     def _parse_whole_commands(self, pieces: list[bytes], index: int, pos: int) -> tuple[int, int]:
         return index, pos
+
+    def _parse_alone(self, buf: bytes) -> list[bytes] | None:
+        return None
 
 
 @fuzz_settings
@@ -431,6 +434,45 @@ def test_fuzz_the_fast_path_agrees_with_the_bytewise_parser(stream: bytes) -> No
     small = {"bulk_bytes_max": 16, "command_args_max": 4}
     for limits_ in ({}, small):
         assert parse_chunks([stream], RespParser(**limits_)) == parse_chunks([stream], _BytewiseParser(**limits_))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(commands.map(lambda args: pack(*args)) | mutated_streams(), min_size=1, max_size=5),
+    st.sampled_from([{}, {"command_args_max": 4}, {"bulk_bytes_max": 16, "command_args_max": 4}, {"command_bytes_max": 40}]),
+)
+def test_a_read_that_is_one_command_parses_as_through_the_bytewise_parser(reads: list[bytes], limits_: dict[str, int]) -> None:
+    """The shortcut for a read that is one whole command (``_parse_alone``: a connection with one
+    command in flight) gives the byte-wise parser's commands and errors, read after read, whatever
+    the command and the connection's limits (a mutated stream is a read that may be anything)."""
+    parser = _CountingAlone(**limits_)
+    assert parse_chunks(reads, parser) == parse_chunks(reads, _BytewiseParser(**limits_))
+
+
+def test_a_read_that_is_one_short_command_takes_the_shortcut() -> None:
+    parser = _CountingAlone()
+    reads = [pack(b"SET", b"key:1", b"v"), pack(b"GET", b"key:1"), pack(b"SET", b"a\r\nb", b"v"), pack(b"GET", b"x" * 5000)]
+    assert parse_chunks(reads, parser) == ([[b"SET", b"key:1", b"v"], [b"GET", b"key:1"], [b"SET", b"a\r\nb", b"v"], [b"GET", b"x" * 5000]], None)
+    assert parser.alone == 2  # (a CRLF inside an argument, and a long one, take the general path)
+    # A read that ends with the start of the next command (no CRLF after it yet) is not one
+    # command: those bytes stay for the next read.
+    split = [pack(b"GET", b"k") + b"*2", b"\r\n$3\r\nGET\r\n$1\r\nj\r\n"]
+    assert parse_chunks(split, _CountingAlone()) == ([[b"GET", b"k"], [b"GET", b"j"]], None)
+
+
+class _CountingAlone(RespParser):
+    """Counts the reads its one-command shortcut took."""
+
+    __slots__ = ("alone",)
+
+    def __init__(self, **limits_: int) -> None:
+        super().__init__(**limits_)
+        self.alone = 0
+
+    def _parse_alone(self, buf: bytes) -> list[bytes] | None:
+        args = super()._parse_alone(buf)
+        self.alone += args is not None
+        return args
 
 
 class _CountingParser(RespParser):

@@ -236,6 +236,7 @@ class RespParser:
         "_ready",
         "_ready_bytes",
         "_error",
+        "_short_ok",
     )
 
     def __init__(
@@ -276,6 +277,8 @@ class RespParser:
         self._args: list[bytes] | None = None
         self._args_remaining = 0
         self._command_bytes = 0
+        # A command whose every header is in the fast path's tables is within these limits.
+        self._short_ok = self._arg_bytes_max() >= _SHORT_COMMAND_ARG_BYTES_MAX
         # Commands parsed and not yet returned, and their wire bytes (until all are returned).
         self._ready: deque[list[bytes]] = deque()
         self._ready_bytes = 0
@@ -317,6 +320,14 @@ class RespParser:
         if self._buffered < self._need_bytes:
             return None
         chunks = self._chunks
+        if len(chunks) == 1 and self._pos >= len(self._buf) and self._args is None and not self._line_bytes_max:
+            # One read that is one whole short command, with nothing before it (a connection
+            # with one command in flight, the usual case): no join, no batch, no parking.
+            alone = self._parse_alone(chunks[0])
+            if alone is not None:
+                self._chunks = []
+                self._buf, self._pos, self._buffered, self._need_bytes, self._chunks_scanned = b"", 0, 0, 1, 0
+                return alone
         if self._line_bytes_max:
             # Waiting for a line's end: only a newline in a new chunk (or too many bytes) can help.
             for index in range(self._chunks_scanned, len(chunks)):
@@ -381,6 +392,26 @@ class RespParser:
                 return
             ready.append(parsed)
 
+    def _parse_alone(self, buf: bytes) -> list[bytes] | None:
+        """The arguments if ``buf`` is exactly one multibulk command that the fast path
+        (:meth:`_parse_whole_commands`) would take as a short one (every header in its tables);
+        else None, and nothing is taken."""
+        if buf[:1] != b"*":
+            return None
+        pieces = buf.split(CRLF)
+        count = _COUNT_HEADERS.get(pieces[0])
+        if count is None or not self._short_ok or count > self.command_args_max or len(pieces) != 2 * count + 2 or pieces[-1]:
+            return None
+        args = pieces[2::2]
+        if pieces[1:-1:2] != list(map(_BULK_HEADERS.get, map(len, args))):
+            return None
+        return args
+
+    def _arg_bytes_max(self) -> int:
+        """One bound for a whole command's arguments: it implies each is within bulk_bytes_max,
+        and with framing and the count line within command_bytes_max."""
+        return min(self.bulk_bytes_max, self.command_bytes_max - (self.command_args_max + 1) * limits.resp_arg_framing_bytes_max)
+
     def _parse_whole_commands(self, pieces: list[bytes], index: int, pos: int) -> tuple[int, int]:
         """The fast path: whole multibulk commands from the pieces of the buffer split on CRLF,
         from ``pieces[index]``, which starts at byte ``pos``; the piece and byte after them.
@@ -396,11 +427,9 @@ class RespParser:
         whole = len(pieces) - 1  # the last piece is not followed by CRLF (yet)
         ready = self._ready
         args_max = self.command_args_max
-        # One bound for the whole command's arguments: it implies each is within bulk_bytes_max,
-        # and with framing and the count line within command_bytes_max; a command over it is
-        # left to the byte-wise parser, which knows the exact limits.
-        arg_bytes_max = min(self.bulk_bytes_max, self.command_bytes_max - (args_max + 1) * limits.resp_arg_framing_bytes_max)
-        short_within_limits = arg_bytes_max >= _SHORT_COMMAND_ARG_BYTES_MAX
+        # A command over this bound is left to the byte-wise parser, which knows the exact limits.
+        arg_bytes_max = self._arg_bytes_max()
+        short_within_limits = self._short_ok
         header_of = _BULK_HEADERS.get
         while index < whole:
             head = pieces[index]

@@ -298,8 +298,13 @@ class Poller:
                 continue
             if isinstance(group[sent[0]], Write):
                 assert conn.session.client_id is not None
-                entry = _Entry(conn, group, replies, sent, [], [group[i].size_bytes for i in sent])
-                entry.seqs, entry.bodies = conn.session.number(conn.session.client_id, "kv", [group[i].command for i in sent])
+                if len(group) == 1:  # (one command: no list building over sent)
+                    entry = _Entry(conn, group, replies, sent, [], [group[0].size_bytes])
+                    commands = [group[0].command]
+                else:
+                    entry = _Entry(conn, group, replies, sent, [], [group[i].size_bytes for i in sent])
+                    commands = [group[i].command for i in sent]
+                entry.seqs, entry.bodies = conn.session.number(conn.session.client_id, "kv", commands)
                 writes.append(entry)
             else:
                 reads.append(_Entry(conn, group, replies, sent, bodies, [0] * len(sent)))

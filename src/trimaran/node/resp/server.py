@@ -294,7 +294,7 @@ class RespServer:
     def _plan(self, conn: _Connection, command: list[bytes]) -> Write | Read | ErrorReply | None:
         """The one write or read of ``command`` if it may join a group (or its refusal before any:
         a syntax error); None: it runs alone."""
-        handler = COMMANDS.get(command[0].upper())
+        handler = COMMANDS.get(command[0]) or COMMANDS.get(command[0].upper())  # (clients mostly send upper case)
         if not isinstance(handler, Planned) or not conn.authenticated or conn.transaction is not None or conn.pubsub is not None:
             return None  # (with pub/sub, every answer goes through its outbox: one at a time)
         try:
