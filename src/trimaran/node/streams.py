@@ -95,7 +95,8 @@ class TlsStream(trio.abc.Stream):
         return self.session.getpeercert()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.do_handshake()
+        if not self.session.handshake_done:  # (tested here: a coroutine per call costs, done or not)
+            await self.do_handshake()
         await self.transport_stream.send_all(self.session.encrypt(data))
 
     async def wait_send_all_might_not_block(self) -> None:
@@ -103,7 +104,8 @@ class TlsStream(trio.abc.Stream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Plaintext (any amount: ``max_bytes`` is not honoured), or b"" at EOF."""
-        await self.do_handshake()
+        if not self.session.handshake_done:
+            await self.do_handshake()
         received = b""  # first what the handshake's last read brought along
         while True:
             try:
