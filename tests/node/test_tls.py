@@ -15,6 +15,7 @@ import trio
 from trimaran.client.client import Client
 from trimaran.errors import ConfigError, TlsError, Unavailable
 from trimaran.node.client_server import ClientConnection
+from trimaran.protocols.tls import TlsSession
 from trimaran.node.config import Address, NodeConfig
 from trimaran.node.tls import CA_CERT, CA_KEY, init_certs, issue_cert, node_cert_name, node_key_name, peer_node_id
 from trimaran.node.transport import PEER_PROTOCOL_VERSION, peer_hello
@@ -177,6 +178,48 @@ async def test_answers_sealed_together_reach_each_tls_connection_intact(
                     nursery.start_soon(work, n, c)
     assert got == {(n, i): f"v{n}.{i}".encode() for n in range(6) for i in range(30)}
     assert sealed > 0  # some rounds did answer several connections at once
+
+
+async def test_a_connection_whose_session_fails_to_seal_closes_and_the_node_serves_the_others(
+    tmp_path: Path, tls_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Encrypting can fail on a session the client's input broke (ssl.SSLError): in a round that
+    answers several connections, that connection closes (as a failed write closes it), the other
+    gets its answers, and the node stays up (the client of the closed one reads again elsewhere)."""
+    poisoned: set[int] = set()
+    real_encrypt = TlsSession.encrypt
+
+    def encrypt(self: TlsSession, data: bytes | bytearray | memoryview) -> bytes:
+        if id(self) in poisoned:
+            raise ssl.SSLError("a session in its error state")
+        return real_encrypt(self, data)
+
+    monkeypatch.setattr(TlsSession, "encrypt", encrypt)
+    async with in_process_cluster(tmp_path, 3, tls_dir=str(tls_dir)) as cluster:
+        with trio.fail_after(TIMEOUT_S * 2):
+            leader = await cluster.leader(timeout_s=TIMEOUT_S)
+            ca_file = str(tls_dir / CA_CERT)
+            endpoint = [str(cluster.client_address(leader))]
+            async with Client(endpoint, ca_file=ca_file, timeout_ms=5_000) as one, Client(endpoint, ca_file=ca_file, timeout_ms=5_000) as two:
+                await one.kv.set("a", "1")
+                await two.kv.set("b", "2")
+                server = cluster.nodes[leader].client_server
+                assert server is not None and len(server._connections) == 2
+                victim = next(iter(server._connections))
+                assert victim._tls is not None
+                poisoned.add(id(victim._tls))
+                got: list[bytes | None] = []
+
+                async def get(c: Client, key: str) -> None:
+                    got.append((await c.kv.get(key)).value)
+
+                async with trio.open_nursery() as nursery:
+                    for _ in range(5):
+                        nursery.start_soon(get, one, "a")
+                        nursery.start_soon(get, two, "b")
+                await cluster.wait_for(lambda: victim not in server._connections, what="the broken session's connection closed")
+            assert victim.closed and sorted(got) == [b"1"] * 5 + [b"2"] * 5
+            assert cluster.status(leader)["role"] == "leader"
 
 
 async def _peer_refused(address: Address, ctx: ssl.SSLContext | None, sender: int, recipient: int) -> bytes:

@@ -4,6 +4,7 @@ that closes on anything that is not the protocol while the node carries on."""
 from __future__ import annotations
 
 import socket
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,28 @@ def test_every_peers_record_is_encrypted_before_the_first_write() -> None:
                 frames.append(decode_from_peer(frame, sender=1, recipient=peer))
             assert frames == [m for m in beats if m.recipient == peer]
         assert transport._queues[2].sent_frames == 2 and transport._queues[3].sent_frames == 1
+    finally:
+        for ours, theirs in pairs.values():
+            ours.close()
+            theirs.close()
+
+
+def test_a_session_that_fails_to_seal_drops_its_peer_and_the_others_still_get_theirs() -> None:
+    """Encrypting can fail on a session the peer's input broke (ssl.SSLError, an OSError): that
+    connection is dropped, as a failed write drops it, and the driver's round goes on."""
+    transport = bare_transport()
+    transport._queues = {2: PeerQueue(10, 1 << 30), 3: PeerQueue(10, 1 << 30)}
+    pairs = {peer: socket.socketpair() for peer in (2, 3)}
+
+    def broken(data: bytes) -> bytes:
+        raise ssl.SSLError("a session in its error state")
+
+    try:
+        transport._queues[2].attach(pairs[2][0].fileno(), broken)
+        transport._queues[3].attach(pairs[3][0].fileno(), lambda data: b"E" + data)
+        transport.send([Heartbeat(2, 1, 2, 3), Heartbeat(2, 1, 3, 3)])
+        assert not transport._queues[2].attached and transport._queues[3].attached
+        assert pairs[3][1].recv(1 << 16).startswith(b"E")
     finally:
         for ours, theirs in pairs.values():
             ours.close()

@@ -272,7 +272,10 @@ class ClientConnection:
         if tls is not None and self._out and not self._head and self._fd >= 0 and not self._blocked:
             data = self._next_chunk()
             self._head_plain_bytes = len(data)
-            self._head = tls.encrypt(data)
+            try:
+                self._head = tls.encrypt(data)
+            except OSError:  # a session broken by what the client sent (ssl.SSLError): as a failed write
+                self._broken()
 
     def flush_replies(self) -> None:
         """Write queued answers to the socket now, in one write, without waiting; whatever the

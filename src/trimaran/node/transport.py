@@ -365,7 +365,11 @@ class PeerTransport:
                 touched.append(recipient)
         if len(touched) > 1:
             for peer_id in touched:  # every peer's record before the first write: see Driver._flush
-                queues[peer_id].seal()
+                q = queues[peer_id]
+                try:
+                    q.seal()
+                except OSError as exc:  # (ssl.SSLError: a session the peer's input broke)
+                    self._drop(peer_id, q, exc)
         for peer_id in touched:
             self._flush(peer_id, queues[peer_id])
 
@@ -386,13 +390,18 @@ class PeerTransport:
             if q.flush():
                 return
         except OSError as exc:
-            log.debug("node %d: connection to peer %d broke: %s", self._node_id, peer_id, exc)
-            q.detach()
-            scope = self._pump_scopes.get(peer_id)
-            if scope is not None:
-                scope.cancel()
+            self._drop(peer_id, q, exc)
             return
         q.wake()  # the socket is full: the connection's task waits until it is writable
+
+    def _drop(self, peer_id: int, q: PeerQueue, exc: OSError) -> None:
+        """The connection to ``peer_id`` broke while writing (or encrypting) for it: write nothing
+        more to it, and end its task (which dials again)."""
+        log.debug("node %d: connection to peer %d broke: %s", self._node_id, peer_id, exc)
+        q.detach()
+        scope = self._pump_scopes.get(peer_id)
+        if scope is not None:
+            scope.cancel()
 
     # ------------------------------------------------------------------ serving
 
