@@ -347,18 +347,20 @@ async def test_answers_given_in_one_round_are_flushed_once_per_connection(tmp_pa
 
 async def test_a_group_is_one_inbox_item_answered_by_index_and_counted_per_request(tmp_path: Path) -> None:
     driver, _ = make_driver(tmp_path, InlineWriter(), driver_inputs_per_round_max=4)
-    group, alone = Sink(), Sink()
-    await driver.submit_client_group("register", [{}] * 3, group, [16] * 3)
+    first, alone, second = Sink(), Sink(), Sink()
+    await driver.submit_client_group("register", [{}, {}, {}], first, [16] * 3)
     await driver.submit_client("register", {}, (alone, 7), 16, more=True)
-    await driver.submit_client_group("register", [{}] * 2, group, [16] * 2)
+    await driver.submit_client_group("register", [{} for _ in range(6)], second, [16] * 6)
     assert len(driver._inbox) == 3
+    # A round takes four inputs: the first group's three and the lone request ...
     driver._take_inputs()
-    # The first group's three requests and the lone one fill the round's budget of four: the
-    # second group waits for the next round, whole.
-    assert group.answers == [(0, False), (1, False), (2, False)] and alone.answers == [(7, False)]
-    assert len(driver._inbox) == 1
+    assert first.answers == [(0, False), (1, False), (2, False)] and alone.answers == [(7, False)]
+    assert second.answers == []
+    # ... then four of the second group's six, and the rest in the round after, in order.
     driver._take_inputs()
-    assert group.answers[3:] == [(0, False), (1, False)] and not driver._inbox
+    assert second.answers == [(i, False) for i in range(4)] and len(driver._inbox) == 1
+    driver._take_inputs()
+    assert second.answers == [(i, False) for i in range(6)] and not driver._inbox
 
 
 # ---------------------------------------------------------------------------- peer queue writes

@@ -171,7 +171,9 @@ class NodeConfig:
     # --- driver and storage ---
     #: Inputs (peer messages, client requests) the driver takes before one ``ready()``.
     driver_inputs_per_round_max: int = 1024
-    #: Inputs waiting for the driver; producers wait (backpressure) beyond this.
+    #: Inputs waiting for the driver; producers wait (backpressure) beyond this. A group of client
+    #: requests (``Driver.submit_client_group``) is one item here, each of its requests one input
+    #: of a round.
     driver_inbox_items_max: int = 8192
     #: Batches handed to the writer thread and not yet durable; the driver pauses inputs beyond.
     writes_outstanding_max: int = 4096

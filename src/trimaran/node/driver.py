@@ -247,11 +247,14 @@ class Driver:
         """Client requests of one group, answered to ``target`` as tokens ``(target, 0)``,
         ``(target, 1)``, ... in order: what :meth:`submit_client` does for each (``more=True``:
         the caller then calls :meth:`start_round`), as one inbox item, so a group of a hundred
-        commands costs one wait for space and one coroutine, not a hundred. The producers bound
-        their groups (a RESP connection has one group in flight, of at most
-        ``resp_inflight_commands_max`` commands); a round takes a group whole, counting each of its
-        requests against ``driver_inputs_per_round_max``."""
-        await self._put(("group", op, bodies, target, sizes_bytes), True, client=True)
+        commands costs one wait for space and one coroutine, not a hundred.
+
+        A round still takes at most ``driver_inputs_per_round_max`` inputs: of a larger group it
+        takes a prefix and leaves the rest first in the inbox for the next round (ticks and peer
+        messages run between). The inbox's bound counts a group as one item; its producers bound
+        what a group holds (the RESP listener: its connections' commands in flight, at most
+        ``resp_connections_max`` x ``resp_inflight_commands_max``)."""
+        await self._put(("group", op, bodies, target, sizes_bytes, 0), True, client=True)
 
     def submit_client_nowait(self, op: str, body: dict[str, Any], token: Token, size_bytes: int) -> None:
         """A client request held back at the edge and due now (a long-polling job claim, see
@@ -555,12 +558,15 @@ class Driver:
             elif kind == "client":
                 self._on_client(item[1], item[2], item[3], item[4], now)
                 budget -= 1
-            else:  # a group (submit_client_group)
-                _, op, bodies, target, sizes_bytes = item
+            else:  # a group (submit_client_group), from its first request not yet taken
+                _, op, bodies, target, sizes_bytes, start = item
+                end = min(len(bodies), start + budget)
                 on_client = self._on_client
-                for index, body in enumerate(bodies):
-                    on_client(op, body, (target, index), sizes_bytes[index], now)
-                budget -= len(bodies)
+                for index in range(start, end):
+                    on_client(op, bodies[index], (target, index), sizes_bytes[index], now)
+                budget -= end - start
+                if end < len(bodies):  # the rest goes first in the next round
+                    inbox.appendleft(("group", op, bodies, target, sizes_bytes, end))
         if self._inbox_waiters:
             self._inbox_space.unpark_all()
 

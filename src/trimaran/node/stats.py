@@ -67,7 +67,11 @@ class Buckets:
         self.count = 0
 
     def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.count_in(bisect.bisect_left(self.bounds, value), value)
+
+    def count_in(self, slot: int, value: float) -> None:
+        """:meth:`observe` with its bucket found already (histograms of the same bounds share one search)."""
+        self.counts[slot] += 1
         self.sum += value
         self.count += 1
 
@@ -169,12 +173,9 @@ class RequestStats:
         edge_hist = self.edge_latency.get(edge)
         if edge_hist is None:
             edge_hist = self.edge_latency[edge] = Buckets(LATENCY_BUCKETS_S)
-        # Both histograms have the same bounds: one search for the two (Buckets.observe, inlined).
-        slot = bisect.bisect_left(LATENCY_BUCKETS_S, elapsed_s)
-        for h in (hist, edge_hist):
-            h.counts[slot] += 1
-            h.sum += elapsed_s
-            h.count += 1
+        slot = bisect.bisect_left(LATENCY_BUCKETS_S, elapsed_s)  # (both have these bounds)
+        hist.count_in(slot, elapsed_s)
+        edge_hist.count_in(slot, elapsed_s)
         if not ok:
             if kind == "command" and outcome in PROPOSAL_FAILURES:
                 self.proposal_failures += 1

@@ -354,7 +354,8 @@ class RespParser:
             self._parse_batch()
         except ProtocolError as error:
             self._error = error
-        self._ready_bytes = unparsed_bytes - self._buffered
+        # (0 when the batch took bytes but made no command, e.g. empty lines: nothing is held)
+        self._ready_bytes = unparsed_bytes - self._buffered if ready else 0
         if ready:
             first = ready.popleft()
             if not ready:
@@ -398,9 +399,16 @@ class RespParser:
         else None, and nothing is taken."""
         if buf[:1] != b"*":
             return None
+        count = _COUNT_HEADERS.get(buf[: buf.find(CRLF)])
+        if count is None or not self._short_ok or count > self.command_args_max:
+            return None
+        # A pipeline's read (more line ends than one command has) is left whole to the general
+        # path, which splits it once: splitting it here first cost a 16-command read 2.6 µs (15%),
+        # counting first 1.2 µs, and a one-command read 0.3 µs more.
+        if buf.count(CRLF) != 2 * count + 1:
+            return None
         pieces = buf.split(CRLF)
-        count = _COUNT_HEADERS.get(pieces[0])
-        if count is None or not self._short_ok or count > self.command_args_max or len(pieces) != 2 * count + 2 or pieces[-1]:
+        if pieces[-1]:
             return None
         args = pieces[2::2]
         if pieces[1:-1:2] != list(map(_BULK_HEADERS.get, map(len, args))):

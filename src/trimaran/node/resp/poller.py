@@ -375,7 +375,7 @@ class Poller:
         answers = Answers(len(conns), edge.edge_name, lambda: self._registered(conns, answers))
         self.server.lapses.add(answers)
         self.server.lapses.open += 1
-        await edge.driver.submit_client_group("register", [{}] * len(conns), answers, [0] * len(conns))
+        await edge.driver.submit_client_group("register", [{} for _ in conns], answers, [0] * len(conns))
         edge.driver.start_round(client=True)
 
     def _registered(self, conns: list[_Connection], answers: Answers) -> None:

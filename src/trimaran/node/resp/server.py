@@ -423,7 +423,7 @@ class RespServer:
             if isinstance(plan, Write):
                 return [None], [0], [{}]
             if isinstance(plan, Read):
-                return [None], [0], [{"service": "kv", "query": plan.query, "consistency": conn.consistency}]
+                return [None], [0], [_read_body(conn, plan)]
         replies: list[Reply] = [g if isinstance(g, ErrorReply) else None for g in group]
         sent = []
         bodies = []
@@ -445,7 +445,7 @@ class RespServer:
             if isinstance(plan, Write):
                 op, body = "command", ({"service": "kv", "command": plan.command} if grant is not None else {})
             else:
-                op, body = "read", {"service": "kv", "query": plan.query, "consistency": conn.consistency}
+                op, body = "read", _read_body(conn, plan)
             if grant is not None:
                 try:
                     edge.authoriser.check(grant, op, body)
@@ -537,6 +537,11 @@ async def _receive(conn: _Connection) -> bytes | bytearray:
         raise trio.BrokenResourceError(str(exc)) from exc
     await trio.lowlevel.checkpoint()
     return data
+
+
+def _read_body(conn: _Connection, plan: Read) -> dict[str, Any]:
+    """The driver's request body of a planned read, at the connection's consistency."""
+    return {"service": "kv", "query": plan.query, "consistency": conn.consistency}
 
 
 def _check_unauthenticated(command: list[bytes]) -> None:

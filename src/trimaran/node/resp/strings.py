@@ -135,27 +135,36 @@ def _set_write(
         options["if_exists"] = True
     if keepttl:
         options["keep_ttl"] = True
+    answer = _SET_ANSWER if reply is _ok_or_nil else _set_answer(reply)
+    return Write(["set", key, value, options], len(key) + len(value), answer)
+
+
+def _set_answer(reply: Callable[[bool], Reply]) -> Callable[[bool, Any], Reply]:
+    """A set's reply from its write's outcome: ``reply(applied)``, also when its condition did not
+    hold (not applied); any other error as it is."""
 
     def answer(ok: bool, result: Any) -> Reply:
         if ok or isinstance(result, ConditionFailed):
             return reply(ok)
         return error_reply(result)
 
-    return Write(["set", key, value, options], len(key) + len(value), answer)
+    return answer
 
 
-def _plain_set_answer(ok: bool, result: Any) -> Reply:
-    """``SET key value``'s reply: what :func:`_set_write`'s answer gives without conditions."""
-    if ok:
-        return OK
-    return None if isinstance(result, ConditionFailed) else error_reply(result)
+def _ok_or_nil(applied: bool) -> Reply:
+    """SET's reply: OK, or nil when its NX or XX condition did not hold."""
+    return OK if applied else None
+
+
+#: SET's answer, built once (not a closure per command).
+_SET_ANSWER = _set_answer(_ok_or_nil)
 
 
 def _plan_set(s: RespServer, c: _Connection, a: list[bytes]) -> Write | None:
-    if len(a) == 3:  # no options (most SETs): no option parsing, no closures per command
-        return Write(["set", a[1], a[2], {}], len(a[1]) + len(a[2]), _plain_set_answer)
+    if len(a) == 3:  # no options (most SETs): no option parsing
+        return Write(["set", a[1], a[2], {}], len(a[1]) + len(a[2]), _SET_ANSWER)
     ttl_ms, nx, xx, get, keepttl = _parse_set(s, a)
-    write = _set_write(a[1], a[2], ttl_ms, nx, lambda applied: OK if applied else None, xx, keepttl)
+    write = _set_write(a[1], a[2], ttl_ms, nx, _ok_or_nil, xx, keepttl)
     if get:  # read and write in one entry: [get, set]
         if write is None:  # already expired: [get, delete] (with XX or NX: the loop of _set_with)
             if xx or nx:
@@ -321,6 +330,7 @@ def _plan_incr(s: RespServer, c: _Connection, a: list[bytes]) -> Write | None:
 
 
 def _incr_answer(ok: bool, result: Any) -> Reply:
+    """INCR's (and DECR's, INCRBY's, DECRBY's) reply: the new value, or why there is none."""
     if ok:
         return int(result[0])
     # Not a decimal int64, or the result would leave int64.
