@@ -234,14 +234,13 @@ async def test_new_connections_first_writes_register_their_sessions_together(tmp
 async def test_a_group_the_driver_never_answers_lapses_and_the_connection_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async with one_node(tmp_path, request_timeout_ms=300) as (server, poller, address):
         driver = server.edge.driver
-        submit = driver.submit_client
+        on_client = driver._on_client
 
-        async def lose_some(op: str, body: dict[str, Any], token: Any, size_bytes: int, *, more: bool = False) -> None:
-            if "lost" not in repr(body):  # (the driver never hears of the others)
-                await submit(op, body, token, size_bytes, more=more)
+        def lose_some(op: str, body: dict[str, Any], token: Any, size_bytes: int, now_s: float) -> None:
+            if "lost" not in repr(body):  # (the round never serves the others)
+                on_client(op, body, token, size_bytes, now_s)
 
-        monkeypatch.setattr(driver, "submit_client", lose_some)
-        monkeypatch.setattr(driver, "submit_client_group", one_by_one(driver))
+        monkeypatch.setattr(driver, "_on_client", lose_some)
         stream = await connect(address)
         await ask(stream, command("SET", "kept", "1"), b"+OK\r\n")
         await until(lambda: poller.connections == 1, "the connection in the poller")
@@ -252,17 +251,6 @@ async def test_a_group_the_driver_never_answers_lapses_and_the_connection_goes_o
         assert server.lapses.lapsed == lapsed + 1
         await ask(stream, command("GET", "kept"), bulk(b"1"))
         await stream.aclose()
-
-
-def one_by_one(driver: Any) -> Any:
-    """A stand-in for ``driver.submit_client_group`` that hands each request of a group to
-    ``driver.submit_client`` (which a test wraps to see, drop or precede single requests)."""
-
-    async def submit_group(op: str, bodies: list[dict[str, Any]], target: Any, sizes_bytes: list[int]) -> None:
-        for index, (body, size_bytes) in enumerate(zip(bodies, sizes_bytes)):
-            await driver.submit_client(op, body, (target, index), size_bytes, more=True)
-
-    return submit_group
 
 
 class _Registered:
@@ -288,9 +276,10 @@ async def test_writes_whose_session_expired_in_a_group_go_again_once_each(tmp_pa
 
     The expiry is a real one, through the cluster's own mechanism (the session table's LRU bound,
     ``limits.sessions_max``), arranged deterministically: the test wraps the driver's
-    ``submit_client`` to slip a session registration into the group right before the first write
-    named ``second:...``, with the table's bound lowered to 1 until that registration is applied
-    (so it evicts every session, as 100 000 registrations would), then put back."""
+    ``_on_client`` (where a round serves each request of the group) to slip a session registration
+    in right before the first write named ``second:...``, with the table's bound lowered to 1
+    until that registration is applied (so it evicts every session, as 100 000 registrations
+    would), then put back."""
     async with one_node(tmp_path) as (server, poller, address):
         driver = server.edge.driver
         sessions = driver.replica.sessions
@@ -305,24 +294,23 @@ async def test_writes_whose_session_expired_in_a_group_go_again_once_each(tmp_pa
         # Each write's submissions to the driver, by key: the client id each was numbered in.
         submitted: dict[str, list[int]] = {key: [] for key in keys}
         evicted: list[Any] = []
-        submit = driver.submit_client
+        on_client = driver._on_client
 
         def registered(ok: bool, value: Any) -> None:
             sessions.sessions_max = bound  # (before the settling tasks register again)
             evicted.append((ok, value, len(sessions)))
 
-        async def evict_before_a_second_write(op: str, body: dict[str, Any], token: Any, size_bytes: int, *, more: bool = False) -> None:
+        def evict_before_a_second_write(op: str, body: dict[str, Any], token: Any, size_bytes: int, now_s: float) -> None:
             if op == "command":
                 key = next((k for k in keys if k in repr(body["command"])), None)
                 if key is not None:
                     submitted[key].append(body["client_id"])
                     if key.startswith("second:") and not evicted and sessions.sessions_max == bound:
                         sessions.sessions_max = 1
-                        await submit("register", {}, (_Registered(registered), 0), 0, more=True)
-            await submit(op, body, token, size_bytes, more=more)
+                        on_client("register", {}, (_Registered(registered), 0), 0, now_s)
+            on_client(op, body, token, size_bytes, now_s)
 
-        monkeypatch.setattr(driver, "submit_client", evict_before_a_second_write)
-        monkeypatch.setattr(driver, "submit_client_group", one_by_one(driver))
+        monkeypatch.setattr(driver, "_on_client", evict_before_a_second_write)
         handed, widest = poller.handed, poller.widest
         try:
             # Both pipelines reach the node before the poller's next pass (os.write does not yield
