@@ -54,53 +54,7 @@ def test_an_append_for_two_followers_is_encoded_once() -> None:
     assert a is b  # one encoding, shared by both queues
 
 
-def test_every_peers_record_is_encrypted_before_the_first_write() -> None:
-    """Over TLS the records of one send are all sealed before any leaves (a write's loopback
-    delivery would evict OpenSSL's state from the caches between them), and each peer still reads
-    exactly its own frames, once, in order."""
-    transport = bare_transport()
-    transport._queues = {2: PeerQueue(10, 1 << 30), 3: PeerQueue(10, 1 << 30)}
-    pairs = {peer: socket.socketpair() for peer in (2, 3)}
-    written_at_encrypt: list[bool] = []
-
-    def encrypt_for(peer: int) -> Any:
-        def encrypt(data: bytes) -> bytes:
-            written = []
-            for other in pairs.values():  # has any record left yet?
-                other[1].setblocking(False)
-                try:
-                    written.append(other[1].recv(1 << 16, socket.MSG_PEEK))
-                except BlockingIOError:
-                    pass
-            written_at_encrypt.append(bool(written))
-            return b"E%d" % peer + data
-
-        return encrypt
-
-    try:
-        for peer, (ours, _) in pairs.items():
-            ours.setblocking(False)
-            transport._queues[peer].attach(ours.fileno(), encrypt_for(peer))
-        beats = [Heartbeat(2, 1, 2, 3), Heartbeat(2, 1, 3, 3), Heartbeat(2, 1, 2, 4)]
-        transport.send(beats)
-        assert written_at_encrypt == [False, False]  # one record per peer, both before any write
-        for peer, (_, theirs) in pairs.items():
-            got = theirs.recv(1 << 16)
-            assert got.startswith(b"E%d" % peer)
-            decoder = FrameDecoder()
-            decoder.feed(got[2:])
-            frames = []
-            while (frame := decoder.next_frame()) is not None:
-                frames.append(decode_from_peer(frame, sender=1, recipient=peer))
-            assert frames == [m for m in beats if m.recipient == peer]
-        assert transport._queues[2].sent_frames == 2 and transport._queues[3].sent_frames == 1
-    finally:
-        for ours, theirs in pairs.values():
-            ours.close()
-            theirs.close()
-
-
-def test_a_session_that_fails_to_seal_drops_its_peer_and_the_others_still_get_theirs() -> None:
+def test_a_session_that_fails_to_encrypt_drops_its_peer_and_the_others_still_get_theirs() -> None:
     """Encrypting can fail on a session the peer's input broke (ssl.SSLError, an OSError): that
     connection is dropped, as a failed write drops it, and the driver's round goes on."""
     transport = bare_transport()
@@ -120,26 +74,6 @@ def test_a_session_that_fails_to_seal_drops_its_peer_and_the_others_still_get_th
         for ours, theirs in pairs.values():
             ours.close()
             theirs.close()
-
-
-def test_a_blocked_peer_queue_is_not_sealed() -> None:
-    """A queue whose socket is full keeps its frames in plain form: its task writes them later, in
-    order after the rest of the chunk already encrypted."""
-    q = PeerQueue(10, 1 << 30)
-    ours, theirs = socket.socketpair()
-    try:
-        q.attach(ours.fileno(), lambda data: b"E" + data)
-        q.push(b"frame")
-        q.blocked = True
-        q.seal()
-        assert q._frames and not q._head
-        q.blocked = False
-        q.seal()
-        assert not q._frames and q._head == b"Eframe"
-        assert q.flush() and theirs.recv(64) == b"Eframe"
-    finally:
-        ours.close()
-        theirs.close()
 
 
 async def test_a_full_queue_drops_instead_of_waiting() -> None:

@@ -85,8 +85,8 @@ from trimaran.errors import (
 )
 from trimaran.node.authoriser import Authoriser, Grant
 from trimaran.node.claim_waits import ClaimWaits
-from trimaran.node.clock import wall_clock_ms as system_wall_clock_ms
 from trimaran.node import data_dir
+from trimaran.node.clock import wall_clock_ms as system_wall_clock_ms
 from trimaran.node.config import Address, NodeConfig
 from trimaran.node.driver import Driver
 from trimaran.node.streams import PendingHandshakes, TlsStream, linger_close, open_listeners, read_frame
@@ -264,18 +264,6 @@ class ClientConnection:
         """An answer given here rather than by the driver: queued and flushed at once."""
         self.on_reply(seq, ok, value)
         self.flush_replies()
-
-    def seal_replies(self) -> None:
-        """Over TLS, encrypt the queued answers now for the next :meth:`flush_replies` (the driver
-        seals every connection's answers of a round before it writes any: see ``Driver._flush``)."""
-        tls = self._tls
-        if tls is not None and self._out and not self._head and self._fd >= 0 and not self._blocked:
-            data = self._next_chunk()
-            self._head_plain_bytes = len(data)
-            try:
-                self._head = tls.encrypt(data)
-            except OSError:  # a session broken by what the client sent (ssl.SSLError): as a failed write
-                self._broken()
 
     def flush_replies(self) -> None:
         """Write queued answers to the socket now, in one write, without waiting; whatever the

@@ -109,9 +109,7 @@ class ReplyTarget(Protocol):
     """Whoever asked (a client connection): told the answer to its request ``seq``.
 
     A target may also have ``flush_replies()``: the driver calls it once at the end of every round
-    in which it answered that target, so answers given together leave together (one write); and
-    ``seal_replies()``, called on every such target before the first ``flush_replies()`` (see
-    :meth:`Driver._flush`).
+    in which it answered that target, so answers given together leave together (one write).
     """
 
     def on_reply(self, seq: int, ok: bool, value: Any) -> None: ...
@@ -411,15 +409,6 @@ class Driver:
                 self._send(outgoing)
         if self._answered:
             answered, self._answered = self._answered, {}
-            if len(answered) > 1:
-                # Every answer is sealed (encrypted, over TLS) before any leaves: one TLS record
-                # after another while OpenSSL's code and tables are still in the CPU's caches,
-                # rather than each between two writes whose loopback delivery evicts them (measured
-                # 1.6-1.9 against 2.4-3.4 µs per record).
-                for target in answered.values():
-                    seal = getattr(target, "seal_replies", None)
-                    if seal is not None:
-                        seal()
             for target in answered.values():
                 flush = getattr(target, "flush_replies", None)
                 if flush is not None:

@@ -36,8 +36,7 @@ import ssl
 import subprocess
 import sys
 import time
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -613,5 +612,5 @@ def run_local_cluster(
         )
     security = prepare_security(data_dir, cluster_id, auth=auth, tls=tls, hosts=(host,), insecure=insecure, size=size)
     if allow_auth_off and not auth:
-        security = dataclasses.replace(security, allow_auth_off=True)
+        security = replace(security, allow_auth_off=True)
     return trio.run(run_local_cluster_async, data_dir, base_port, cluster_id, tick_ms, echo, host, security, resp_base_port, size)

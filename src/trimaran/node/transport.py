@@ -240,13 +240,6 @@ class PeerQueue:
     def attached(self) -> bool:
         return self._fd >= 0
 
-    def seal(self) -> None:
-        """Over TLS, encrypt the queued frames now for the next :meth:`flush` (when it may write)."""
-        if self._encrypt is not None and not self._head and self._frames and self._fd >= 0 and not self.blocked:
-            frames = self._take_now(SEND_CHUNK_BYTES_MAX)
-            self._head = self._encrypt(b"".join(frames) if len(frames) > 1 else frames[0])
-            self.sent_frames += len(frames)
-
     def flush(self) -> bool:
         """Write what is queued to the attached socket without waiting; True when all of it went.
 
@@ -363,13 +356,6 @@ class PeerTransport:
                     cache[key] = frame
             if q.push(frame) and recipient not in touched:
                 touched.append(recipient)
-        if len(touched) > 1:
-            for peer_id in touched:  # every peer's record before the first write: see Driver._flush
-                q = queues[peer_id]
-                try:
-                    q.seal()
-                except OSError as exc:  # (ssl.SSLError: a session the peer's input broke)
-                    self._drop(peer_id, q, exc)
         for peer_id in touched:
             self._flush(peer_id, queues[peer_id])
 
@@ -390,18 +376,13 @@ class PeerTransport:
             if q.flush():
                 return
         except OSError as exc:
-            self._drop(peer_id, q, exc)
+            log.debug("node %d: connection to peer %d broke: %s", self._node_id, peer_id, exc)
+            q.detach()
+            scope = self._pump_scopes.get(peer_id)
+            if scope is not None:
+                scope.cancel()
             return
         q.wake()  # the socket is full: the connection's task waits until it is writable
-
-    def _drop(self, peer_id: int, q: PeerQueue, exc: OSError) -> None:
-        """The connection to ``peer_id`` broke while writing (or encrypting) for it: write nothing
-        more to it, and end its task (which dials again)."""
-        log.debug("node %d: connection to peer %d broke: %s", self._node_id, peer_id, exc)
-        q.detach()
-        scope = self._pump_scopes.get(peer_id)
-        if scope is not None:
-            scope.cancel()
 
     # ------------------------------------------------------------------ serving
 

@@ -325,8 +325,8 @@ class RespParser:
             # with one command in flight, the usual case): no join, no batch, no parking.
             alone = self._parse_alone(chunks[0])
             if alone is not None:
-                self._chunks = []
-                self._buf, self._pos, self._buffered, self._need_bytes, self._chunks_scanned = b"", 0, 0, 1, 0
+                self._chunks, self._buf = [], b""
+                self._more(0, 1)  # every byte taken: as the general path parks after a whole batch
                 return alone
         if self._line_bytes_max:
             # Waiting for a line's end: only a newline in a new chunk (or too many bytes) can help.

@@ -298,13 +298,8 @@ class Poller:
                 continue
             if isinstance(group[sent[0]], Write):
                 assert conn.session.client_id is not None
-                if len(group) == 1:  # (one command: no list building over sent)
-                    entry = _Entry(conn, group, replies, sent, [], [group[0].size_bytes])
-                    commands = [group[0].command]
-                else:
-                    entry = _Entry(conn, group, replies, sent, [], [group[i].size_bytes for i in sent])
-                    commands = [group[i].command for i in sent]
-                entry.seqs, entry.bodies = conn.session.number(conn.session.client_id, "kv", commands)
+                entry = _Entry(conn, group, replies, sent, [], [group[i].size_bytes for i in sent])
+                entry.seqs, entry.bodies = conn.session.number(conn.session.client_id, "kv", [group[i].command for i in sent])
                 writes.append(entry)
             else:
                 reads.append(_Entry(conn, group, replies, sent, bodies, [0] * len(sent)))
@@ -321,12 +316,8 @@ class Poller:
         server.lapses.add(answers)
         server.lapses.open += 1
         driver = edge.driver
-        if len(entries) == count:  # one command per connection (the common case)
-            bodies = [entry.bodies[0] for entry in entries]
-            sizes = [entry.sizes[0] for entry in entries]
-        else:
-            bodies = [body for entry in entries for body in entry.bodies]
-            sizes = [size for entry in entries for size in entry.sizes]
+        bodies = [body for entry in entries for body in entry.bodies]
+        sizes = [size for entry in entries for size in entry.sizes]
         await driver.submit_client_group(op, bodies, answers, sizes)
         driver.start_round(client=True)
 
