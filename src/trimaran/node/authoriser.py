@@ -350,23 +350,25 @@ class Authoriser:
 
     # ------------------------------------------------------------------ every request
 
-    def check(self, grant: Grant, op: str, body: dict[str, Any]) -> None:
+    def check(self, grant: Grant, op: str, body: dict[str, Any], now_ms: int | None = None) -> None:
         """Raise Unauthenticated (expired, revoked) or PermissionDenied unless ``grant`` covers the
         request; InvalidArgument / TooLarge if a command or query does not parse; Unavailable if a
-        jobs request names an id this node has not applied yet."""
+        jobs request names an id this node has not applied yet.
+
+        ``now_ms``: :meth:`now_ms` as the caller read it for the requests that arrived together
+        (one read of a connection, one RESP group), so that it is read once for all of them; None:
+        read here."""
         if grant.refused is not None:
             raise grant.refused
-        # now_ms() and grant.lapsed() inline: this runs for every request of every connection.
-        now_ms = self._wall_clock_ms()
-        log_ms = self._replica.last_timestamp_ms
-        if log_ms > now_ms:
-            now_ms = log_ms
+        if now_ms is None:
+            now_ms = self.now_ms()
+        # grant.lapsed() inline: this runs for every request of every connection.
         if now_ms > grant.expires_after_ms or (grant.key_not_after_ms and now_ms >= grant.key_not_after_ms):
             self._refuse_lapsed(grant, now_ms)
-        claims = grant.claims
         if op == "read" or op == "command":
             whole = grant.whole_kv_ops
             if whole is None:
+                claims = grant.claims
                 whole = grant.whole_kv_ops = self._whole_kv_ops(claims.scope_texts, claims.scopes)
             if op in whole and body["service"] == "kv":
                 # The grant covers every key for this op: no per-request match. A command is still
@@ -375,7 +377,7 @@ class Authoriser:
                 if op == "command":
                     kv_args.parse_command(body["command"])
                 return
-        granted = claims.scopes
+        granted = grant.claims.scopes
         for requirement in requirements(op, body, self._jobs):
             if not scopes.allowed(granted, *requirement):
                 self.permission_denied += 1

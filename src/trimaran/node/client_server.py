@@ -403,9 +403,11 @@ class ClientConnection:
                 except TrimaranError as exc:  # the requests before it are still served
                     error = exc
                 submitted = 0
+                # The node's time for the grant's expiry, read once for the requests that arrived together.
+                now_ms = server.authoriser.now_ms() if self.grant is not None else 0
                 try:
                     for frame in frames:
-                        submitted += await self._on_frame(frame)
+                        submitted += await self._on_frame(frame, now_ms)
                 finally:
                     if submitted:
                         server.driver.start_round(client=True)
@@ -448,8 +450,9 @@ class ClientConnection:
         self._queue(_encode(answer))
         self.flush_replies()
 
-    async def _on_frame(self, frame: bytes) -> bool:
-        """Serve one request frame; True if it went to the driver, whose round the caller starts."""
+    async def _on_frame(self, frame: bytes, now_ms: int) -> bool:
+        """Serve one request frame; True if it went to the driver, whose round the caller starts.
+        ``now_ms``: the node's time when it arrived (:meth:`Authoriser.now_ms`; unread without a grant)."""
         obj = unpack(frame, size_bytes_max=self._server.config.client_frame_bytes_max)
         try:
             request = parse_request(obj)
@@ -464,7 +467,7 @@ class ClientConnection:
         if self.grant is not None:
             # Authorise at the edge: a refusal is answered here and nothing reaches the driver.
             try:
-                server.authoriser.check(self.grant, request.op, request.body)
+                server.authoriser.check(self.grant, request.op, request.body, now_ms)
             except (AuthError, InvalidArgument, Unavailable) as exc:
                 self._answer(seq, False, exc)
                 return False

@@ -19,7 +19,8 @@ from __future__ import annotations
 import ssl
 from collections.abc import Awaitable, Callable
 
-#: Plaintext bytes asked of the session per ``read`` call.
+#: Plaintext bytes asked of the session per ``read`` call: a TLS record's most (2**14), so that a
+#: read that returns less took the whole record (see :meth:`TlsSession.decrypt`).
 READ_CHUNK_BYTES = 16 * 1024
 
 
@@ -38,6 +39,8 @@ class TlsSession:
         self.handshake_done = False
         #: The peer's close_notify was read: every later :meth:`decrypt` raises ``TlsClosed``.
         self._peer_closed = False
+        #: The last read filled its buffer: the session may hold more of that record's plaintext.
+        self._plain_held = False
 
     def handshake_step(self, received: bytes = b"") -> tuple[bytes, bool]:
         """Feed bytes received during the handshake; return (bytes to send now, done). Raises
@@ -65,21 +68,21 @@ class TlsSession:
     def decrypt(self, received: bytes | bytearray) -> bytes:
         """The plaintext that ``received`` completes (b"" if it completes none). Raises
         ``TlsClosed`` when the peer ended the session, ``ssl.SSLError`` for corrupt input."""
-        obj, incoming = self._obj, self._incoming
+        incoming = self._incoming
         if received:
             incoming.write(received)
-        elif not (incoming.pending or obj.pending() or incoming.eof or self._peer_closed):
+        elif not (incoming.pending or self._plain_held or incoming.eof or self._peer_closed):
             # Nothing to read (the usual call before a receive, for what a handshake or an earlier
             # read left): spare the read that would only raise SSLWantReadError, an exception per
             # receive on every TLS connection.
             return b""
+        read = self._obj.read
         out: list[bytes] = []
         while True:
-            if out and not incoming.pending and not obj.pending():
-                break  # all of it read: spare the read that would only raise SSLWantReadError
             try:
-                chunk = obj.read(READ_CHUNK_BYTES)
+                chunk = read(READ_CHUNK_BYTES)
             except ssl.SSLWantReadError:
+                self._plain_held = False
                 break
             except ssl.SSLZeroReturnError:
                 self._peer_closed = True
@@ -92,6 +95,13 @@ class TlsSession:
                     break
                 raise TlsClosed("the TLS session ended")
             out.append(chunk)
+            # A read returns one record's plaintext at most, and a record holds at most 16 KiB
+            # (READ_CHUNK_BYTES): a shorter chunk was a whole record, so with no input left there
+            # is nothing more to decrypt, and the read that would only raise SSLWantReadError is
+            # spared (so is SSL_pending, a call through ssl.py per record).
+            self._plain_held = len(chunk) == READ_CHUNK_BYTES
+            if not incoming.pending and not self._plain_held:
+                break
         return b"".join(out) if len(out) != 1 else out[0]
 
     @property

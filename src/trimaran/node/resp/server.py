@@ -431,11 +431,13 @@ class RespServer:
         # none, and nothing to check: a write's body is then not even built).
         refusal: TrimaranError | None = None
         grant = None
+        now_ms = 0  # the node's time for the grant's expiry, read once for the group
         if edge.authoriser.enabled and any(not isinstance(plan, ErrorReply) for plan in group):
             try:
                 grant = edge.grant(conn.token)
             except TrimaranError as exc:  # no valid token: every command of the group is refused
                 refusal = exc
+            now_ms = edge.authoriser.now_ms()
         for index, plan in enumerate(group):
             if isinstance(plan, ErrorReply):
                 continue
@@ -448,7 +450,7 @@ class RespServer:
                 op, body = "read", _read_body(conn, plan)
             if grant is not None:
                 try:
-                    edge.authoriser.check(grant, op, body)
+                    edge.authoriser.check(grant, op, body, now_ms)
                 except TrimaranError as exc:
                     replies[index] = error_reply(exc)  # refused here: nothing of it reaches the log
                     continue
