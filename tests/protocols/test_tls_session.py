@@ -7,6 +7,8 @@ import ssl
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from trimaran.node.tls import CA_CERT, init_certs, node_tls
 from trimaran.protocols.tls import TlsClosed, TlsSession
@@ -85,3 +87,26 @@ def test_bytes_that_came_with_the_handshake_are_read_by_a_decrypt_of_nothing(tls
     assert client.handshake_step(server.encrypt(b"first answer"))[1]
     assert client.decrypt(b"") == b"first answer"
     assert client.decrypt(b"") == b""
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    sizes=st.lists(st.one_of(st.integers(1, 300), st.sampled_from([16_383, 16_384, 16_385, 32_768, 40_000])), min_size=1, max_size=6),
+    cuts=st.lists(st.integers(1, 50_000), max_size=8),
+)
+def test_records_of_any_size_cut_anywhere_decrypt_whole_and_leave_nothing_behind(
+    tls_dir: Path, sizes: list[int], cuts: list[int]
+) -> None:
+    # decrypt stops reading once its input is used up and the last read was shorter than a
+    # record's most, instead of asking SSL_pending: every record still comes out, whatever its
+    # size (a full 16 KiB one included) and however the bytes are cut.
+    client, server = connected(tls_dir)
+    messages = [bytes([i % 251]) * size for i, size in enumerate(sizes)]
+    wire = b"".join(client.encrypt(m) for m in messages)
+    got = b""
+    start = 0
+    for cut in sorted(set(cuts)) + [len(wire)]:
+        got += server.decrypt(wire[start:cut])
+        start = max(start, cut)
+    assert got == b"".join(messages)
+    assert server.decrypt(b"") == b""  # nothing held back

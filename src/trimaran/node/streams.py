@@ -84,7 +84,7 @@ class TlsStream(trio.abc.Stream):
         self.session = TlsSession(context, server_side=server_side, server_hostname=server_hostname)
         #: Handshaken, and what its last read brought along was handed over (by a receive_some):
         #: from then on :func:`read_frame` reads the socket and decrypts without this stream's
-        #: coroutine (a trip through it per record cost the leader about a tenth of its TLS).
+        #: coroutine, until the peer's close_notify was read (then receive_some says EOF).
         self.drained = False
 
     async def do_handshake(self) -> None:
@@ -150,7 +150,7 @@ async def read_frame(stream: trio.abc.ReceiveStream, decoder: FrameDecoder) -> b
             return None
         if type(stream) is trio.SocketStream:
             decoder.feed(await receive_some(stream))
-        elif type(stream) is TlsStream and stream.drained:
+        elif type(stream) is TlsStream and stream.drained and not stream.session.peer_closed:
             received = await receive_some(stream.transport_stream)
             plain = stream.plaintext(received) if received else b""
             if plain is not None:

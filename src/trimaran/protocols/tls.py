@@ -38,9 +38,7 @@ class TlsSession:
         self._obj = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side, server_hostname=server_hostname)
         self.handshake_done = False
         #: The peer's close_notify was read: every later :meth:`decrypt` raises ``TlsClosed``.
-        self._peer_closed = False
-        #: The last read filled its buffer: the session may hold more of that record's plaintext.
-        self._plain_held = False
+        self.peer_closed = False
 
     def handshake_step(self, received: bytes = b"") -> tuple[bytes, bool]:
         """Feed bytes received during the handshake; return (bytes to send now, done). Raises
@@ -71,36 +69,35 @@ class TlsSession:
         incoming = self._incoming
         if received:
             incoming.write(received)
-        elif not (incoming.pending or self._plain_held or incoming.eof or self._peer_closed):
+        elif not (incoming.pending or incoming.eof or self.peer_closed):
             # Nothing to read (the usual call before a receive, for what a handshake or an earlier
             # read left): spare the read that would only raise SSLWantReadError, an exception per
             # receive on every TLS connection.
             return b""
-        read = self._obj.read
+        obj = self._obj
+        read = obj.read
         out: list[bytes] = []
         while True:
             try:
                 chunk = read(READ_CHUNK_BYTES)
             except ssl.SSLWantReadError:
-                self._plain_held = False
                 break
             except ssl.SSLZeroReturnError:
-                self._peer_closed = True
+                self.peer_closed = True
                 if out:
                     break  # hand over what came before the close; the next call raises
                 raise TlsClosed("the peer closed the TLS session") from None
             if not chunk:  # what ``read`` makes of the peer's close_notify, once it is read
-                self._peer_closed = True
+                self.peer_closed = True
                 if out:
                     break
                 raise TlsClosed("the TLS session ended")
             out.append(chunk)
-            # A read returns one record's plaintext at most, and a record holds at most 16 KiB
-            # (READ_CHUNK_BYTES): a shorter chunk was a whole record, so with no input left there
-            # is nothing more to decrypt, and the read that would only raise SSLWantReadError is
-            # spared (so is SSL_pending, a call through ssl.py per record).
-            self._plain_held = len(chunk) == READ_CHUNK_BYTES
-            if not incoming.pending and not self._plain_held:
+            # A read shorter than READ_CHUNK_BYTES (a record's most) left no plaintext in the
+            # session: with no input left either, the read that would only raise
+            # SSLWantReadError is spared, and so is SSL_pending (a call through ssl.py) but after
+            # a full one. Nothing is held in the session when this returns.
+            if not incoming.pending and (len(chunk) < READ_CHUNK_BYTES or not obj.pending()):
                 break
         return b"".join(out) if len(out) != 1 else out[0]
 
