@@ -56,7 +56,16 @@ async def _pair(tls_dir: Path) -> tuple[TlsStream, trio.SocketStream, TlsSession
     return stream, client_tcp, session
 
 
-async def test_frames_cut_anywhere_and_many_records_per_read_arrive_whole(tls_dir: Path) -> None:
+async def test_frames_cut_anywhere_and_many_records_per_read_arrive_whole(tls_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = 0
+    receive_some = TlsStream.receive_some
+
+    async def counted(self: TlsStream, max_bytes: int | None = None) -> bytes:
+        nonlocal calls
+        calls += 1
+        return await receive_some(self, max_bytes)
+
+    monkeypatch.setattr(TlsStream, "receive_some", counted)
     stream, tcp, session = await _pair(tls_dir)
     frames = [bytes([i]) * size for i, size in enumerate([1, 300, 20_000, 16_384, 5])]
     decoder = FrameDecoder()
@@ -71,11 +80,19 @@ async def test_frames_cut_anywhere_and_many_records_per_read_arrive_whole(tls_di
             await tcp.send_all(wire[start : start + 7_000])
         while len(got) < len(frames):
             got.append(await read_frame(stream, decoder))
-        assert stream.drained  # past the first receive, reads take read_frame's direct path
+        # The first read went through receive_some (the handshake's leftovers); the rest read
+        # and decrypted in read_frame itself.
+        assert stream.drained and calls == 1
         await tcp.send_all(session.encrypt(encode_frame(b"after")) + session.close_notify())
         assert await read_frame(stream, decoder) == b"after"
-        assert await read_frame(stream, decoder) is None  # close_notify: a clean end
+        # The close_notify came in the same read: the next read_frame must not wait on the
+        # socket (the peer keeps it open) but go through receive_some, which says EOF.
+        assert stream.session.peer_closed
+        assert await read_frame(stream, decoder) is None
+        assert calls == 2
     assert got == frames
+    await stream.aclose()
+    await tcp.aclose()
 
 
 @pytest.mark.parametrize("explicit", [False, True], ids=["handshake-in-first-read", "handshake-first"])
@@ -96,6 +113,8 @@ async def test_a_frame_sent_with_the_last_handshake_flight_is_read(tls_dir: Path
         if explicit:
             assert not stream.drained
             assert await read_frame(stream, decoder) == b"hello"
+    await stream.aclose()
+    await tcp.aclose()
 
 
 async def test_a_corrupt_record_breaks_the_stream(tls_dir: Path) -> None:
@@ -110,3 +129,5 @@ async def test_a_corrupt_record_breaks_the_stream(tls_dir: Path) -> None:
         await tcp.send_all(bytes(wire))
         with pytest.raises(trio.BrokenResourceError, match="TLS error"):
             await read_frame(stream, decoder)
+    await stream.aclose()
+    await tcp.aclose()

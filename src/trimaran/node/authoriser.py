@@ -356,8 +356,8 @@ class Authoriser:
         jobs request names an id this node has not applied yet.
 
         ``now_ms``: :meth:`now_ms` as the caller read it for the requests that arrived together
-        (one read of a connection, one RESP group), so that it is read once for all of them; None:
-        read here."""
+        (one read of a connection, one RESP group), so that it is read once for all of them and
+        each is judged as of its arrival; None: read here."""
         if grant.refused is not None:
             raise grant.refused
         if now_ms is None:

@@ -403,8 +403,9 @@ class ClientConnection:
                 except TrimaranError as exc:  # the requests before it are still served
                     error = exc
                 submitted = 0
-                # The node's time for the grant's expiry, read once for the requests that arrived together.
-                now_ms = server.authoriser.now_ms() if self.grant is not None else 0
+                # The node's time for the grant's expiry, read once for the requests that arrived
+                # together (each is judged as of its arrival, even if it then waits for a slot).
+                now_ms = server.authoriser.now_ms() if self.grant is not None else None
                 try:
                     for frame in frames:
                         submitted += await self._on_frame(frame, now_ms)
@@ -450,9 +451,9 @@ class ClientConnection:
         self._queue(_encode(answer))
         self.flush_replies()
 
-    async def _on_frame(self, frame: bytes, now_ms: int) -> bool:
+    async def _on_frame(self, frame: bytes, now_ms: int | None) -> bool:
         """Serve one request frame; True if it went to the driver, whose round the caller starts.
-        ``now_ms``: the node's time when it arrived (:meth:`Authoriser.now_ms`; unread without a grant)."""
+        ``now_ms``: the node's time when it arrived (:meth:`Authoriser.now_ms`; None: not read)."""
         obj = unpack(frame, size_bytes_max=self._server.config.client_frame_bytes_max)
         try:
             request = parse_request(obj)

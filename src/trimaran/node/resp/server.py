@@ -431,7 +431,7 @@ class RespServer:
         # none, and nothing to check: a write's body is then not even built).
         refusal: TrimaranError | None = None
         grant = None
-        now_ms = 0  # the node's time for the grant's expiry, read once for the group
+        now_ms: int | None = None  # the node's time for the grant's expiry, read once for the group
         if edge.authoriser.enabled and any(not isinstance(plan, ErrorReply) for plan in group):
             try:
                 grant = edge.grant(conn.token)
