@@ -236,6 +236,7 @@ class RespParser:
         "_ready",
         "_ready_bytes",
         "_error",
+        "_arg_bytes_max",
         "_short_ok",
     )
 
@@ -277,8 +278,11 @@ class RespParser:
         self._args: list[bytes] | None = None
         self._args_remaining = 0
         self._command_bytes = 0
+        # One bound for a whole command's arguments: it implies each is within bulk_bytes_max,
+        # and with framing and the count line within command_bytes_max (the limits are fixed).
+        self._arg_bytes_max = min(bulk_bytes_max, command_bytes_max - (command_args_max + 1) * limits.resp_arg_framing_bytes_max)
         # A command whose every header is in the fast path's tables is within these limits.
-        self._short_ok = self._arg_bytes_max() >= _SHORT_COMMAND_ARG_BYTES_MAX
+        self._short_ok = self._arg_bytes_max >= _SHORT_COMMAND_ARG_BYTES_MAX
         # Commands parsed and not yet returned, and their wire bytes (until all are returned).
         self._ready: deque[list[bytes]] = deque()
         self._ready_bytes = 0
@@ -415,11 +419,6 @@ class RespParser:
             return None
         return args
 
-    def _arg_bytes_max(self) -> int:
-        """One bound for a whole command's arguments: it implies each is within bulk_bytes_max,
-        and with framing and the count line within command_bytes_max."""
-        return min(self.bulk_bytes_max, self.command_bytes_max - (self.command_args_max + 1) * limits.resp_arg_framing_bytes_max)
-
     def _parse_whole_commands(self, pieces: list[bytes], index: int, pos: int) -> tuple[int, int]:
         """The fast path: whole multibulk commands from the pieces of the buffer split on CRLF,
         from ``pieces[index]``, which starts at byte ``pos``; the piece and byte after them.
@@ -436,7 +435,7 @@ class RespParser:
         ready = self._ready
         args_max = self.command_args_max
         # A command over this bound is left to the byte-wise parser, which knows the exact limits.
-        arg_bytes_max = self._arg_bytes_max()
+        arg_bytes_max = self._arg_bytes_max
         short_within_limits = self._short_ok
         header_of = _BULK_HEADERS.get
         while index < whole:
